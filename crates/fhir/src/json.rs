@@ -1,0 +1,210 @@
+//! Reading a resource body.
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// Why a body is not a usable FHIR JSON resource.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BodyError {
+    /// The bytes are not JSON; position is 1-based.
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    Malformed {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// The JSON is not an object.
+    #[error("the body must be a JSON object (a FHIR resource)")]
+    NotAnObject,
+    /// The object has no `resourceType` string.
+    #[error("the resource has no resourceType")]
+    MissingResourceType,
+}
+
+/// Parses a request body into a resource object. A UTF-8 BOM before the JSON is tolerated
+/// (some EHR exports write one); anything else that is not a JSON object is an error.
+pub fn parse_resource(bytes: &[u8]) -> Result<Value, BodyError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| BodyError::Malformed {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    match &v {
+        Value::Object(m) => match m.get("resourceType") {
+            Some(Value::String(_)) => Ok(v),
+            _ => Err(BodyError::MissingResourceType),
+        },
+        _ => Err(BodyError::NotAnObject),
+    }
+}
+
+/// A resource as received, kept as its top-level members with their JSON text untouched, so that
+/// storing it changes nothing but what the server must set (`id`, `meta`): `1.50` stays `1.50`
+/// and `1E-22` stays `1E-22`.
+#[derive(Debug, Clone)]
+pub struct RawResource {
+    members: Vec<(String, Box<RawValue>)>,
+}
+
+struct MembersVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MembersVisitor {
+    type Value = Vec<(String, Box<RawValue>)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+}
+
+impl RawResource {
+    /// Splits a resource object (already checked by [`parse_resource`]) into its members.
+    pub fn parse(bytes: &[u8]) -> Result<Self, BodyError> {
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let members =
+            serde::Deserializer::deserialize_map(&mut de, MembersVisitor).map_err(|e| {
+                BodyError::Malformed {
+                    line: e.line(),
+                    column: e.column(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(Self { members })
+    }
+
+    /// Builds a raw resource from a parsed value (for resources the server itself builds or rewrites).
+    pub fn from_value(v: &Value) -> Self {
+        let members = match v {
+            Value::Object(m) => m
+                .iter()
+                .filter_map(|(k, v)| {
+                    serde_json::value::to_raw_value(v)
+                        .ok()
+                        .map(|r| (k.clone(), r))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self { members }
+    }
+
+    /// Sets (or replaces, keeping its position) a top-level member. `id` goes right after
+    /// `resourceType` when new, `meta` after `id`, as the specification's examples order them.
+    pub fn set(&mut self, key: &str, value: &Value) {
+        let raw = match serde_json::value::to_raw_value(value) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if let Some(slot) = self.members.iter_mut().find(|(k, _)| k == key) {
+            slot.1 = raw;
+            return;
+        }
+        let after = match key {
+            "id" => Some("resourceType"),
+            "meta" => Some("id"),
+            _ => None,
+        };
+        let pos = after
+            .and_then(|a| self.members.iter().position(|(k, _)| k == a))
+            .map(|p| p + 1)
+            .unwrap_or(self.members.len());
+        self.members.insert(pos, (key.to_string(), raw));
+    }
+
+    /// Removes a top-level member.
+    pub fn remove(&mut self, key: &str) {
+        self.members.retain(|(k, _)| k != key);
+    }
+
+    /// A top-level member as a parsed value.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.members
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| serde_json::from_str(v.get()).ok())
+    }
+
+    /// Applies `f` to every top-level member whose text contains `needle`, re-serialising only
+    /// the members `f` reports as changed.
+    pub fn rewrite_members(&mut self, needle: &str, f: &mut dyn FnMut(&mut Value) -> bool) {
+        for (_, raw) in self.members.iter_mut() {
+            if !raw.get().contains(needle) {
+                continue;
+            }
+            if let Ok(mut v) = serde_json::from_str::<Value>(raw.get()) {
+                if f(&mut v) {
+                    if let Ok(r) = serde_json::value::to_raw_value(&v) {
+                        *raw = r;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The resource as JSON text, members in their original order and spelling.
+    pub fn to_json_string(&self) -> String {
+        let mut out = String::with_capacity(
+            self.members
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + 2,
+        );
+        out.push('{');
+        for (i, (k, v)) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(k).unwrap_or_default());
+            out.push(':');
+            out.push_str(v.get());
+        }
+        out.push('}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_decimal_text_and_order() {
+        let text = br#"{"resourceType":"Observation", "valueQuantity":{"value":1.50},"a":1E-22,"meta":{"tag":[{"code":"t"}]}}"#;
+        let mut r = RawResource::parse(text).unwrap();
+        r.set("id", &serde_json::json!("o1"));
+        let mut meta = r.get("meta").unwrap();
+        meta["versionId"] = serde_json::json!("1");
+        r.set("meta", &meta);
+        assert_eq!(
+            r.to_json_string(),
+            r#"{"resourceType":"Observation","id":"o1","valueQuantity":{"value":1.50},"a":1E-22,"meta":{"tag":[{"code":"t"}],"versionId":"1"}}"#
+        );
+        let v = parse_resource(text).unwrap();
+        assert_eq!(v["valueQuantity"]["value"].to_string(), "1.50");
+    }
+
+    #[test]
+    fn errors_have_positions() {
+        match parse_resource(b"{\n  \"resourceType\": ") {
+            Err(BodyError::Malformed { line, column, .. }) => {
+                assert_eq!(line, 2);
+                assert!(column > 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_resource(b"[1]"), Err(BodyError::NotAnObject));
+        assert_eq!(parse_resource(b"{}"), Err(BodyError::MissingResourceType));
+        assert!(parse_resource(b"\xEF\xBB\xBF{\"resourceType\":\"Patient\"}").is_ok());
+    }
+}

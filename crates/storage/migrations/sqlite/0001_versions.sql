@@ -1,0 +1,41 @@
+-- Every committed version of every resource; `seq` is the global change sequence.
+-- Rows are only ever inserted (tombstones have deleted = 1 and no body).
+CREATE TABLE resource_version (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    res_type        TEXT    NOT NULL,
+    res_id          TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    last_updated    TEXT    NOT NULL,
+    last_updated_us INTEGER NOT NULL,
+    deleted         INTEGER NOT NULL,
+    body            TEXT,
+    UNIQUE (res_type, res_id, version)
+);
+CREATE INDEX resource_version_type_seq ON resource_version (res_type, seq);
+CREATE INDEX resource_version_time ON resource_version (last_updated_us);
+
+-- Pointer to the current version of each resource.
+CREATE TABLE resource_current (
+    res_type TEXT    NOT NULL,
+    res_id   TEXT    NOT NULL,
+    seq      INTEGER NOT NULL,
+    deleted  INTEGER NOT NULL,
+    PRIMARY KEY (res_type, res_id)
+) WITHOUT ROWID;
+
+-- Search index of current, non-deleted versions.
+CREATE TABLE search_index (
+    res_type TEXT NOT NULL,
+    param    TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    system   TEXT,
+    res_id   TEXT NOT NULL
+);
+CREATE INDEX search_index_lookup ON search_index (res_type, param, value, system);
+CREATE INDEX search_index_owner ON search_index (res_type, res_id);
+
+-- Versions are append-only: the database refuses to change or remove one.
+CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
+BEGIN SELECT RAISE(ABORT, 'resource_version is append-only'); END;
+CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
+BEGIN SELECT RAISE(ABORT, 'resource_version is append-only'); END;

@@ -1,0 +1,297 @@
+//! The trial database: append-only resource versions, a global change sequence and the search
+//! index, behind one storage trait.
+//!
+//! Services never write SQL of their own: they read through [`ResourceStore`] and write through
+//! [`write`], which runs a closure against a [`WriteTxn`] inside one database transaction. The
+//! SQLite backend batches concurrent write closures into one commit (group commit), each inside
+//! its own savepoint, so a failing closure leaves nothing behind and a 2xx is only sent once the
+//! commit (and its fsync) is done.
+//!
+//! Every call takes an [`AccessContext`] first so that no query can run unscoped.
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+
+pub use trialbridge_fhir::index::IndexEntry;
+pub use trialbridge_fhir::search::SearchRequest;
+
+mod sqlite;
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// Who is asking, and for which study and site. Today every caller is [`Role::System`]; the
+/// security work scopes every query by this context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessContext {
+    /// The overall study the caller works in, if scoped.
+    pub study: Option<String>,
+    /// The site-level study the caller is limited to, if any.
+    pub site: Option<String>,
+    /// The caller's trial role.
+    pub role: Role,
+}
+
+/// Trial roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// trialbridge itself (start-up loading, CLI): unrestricted.
+    System,
+    /// A site's integration: its own site study only.
+    Site,
+    /// A monitor: read-only, assigned sites only.
+    Monitor,
+    /// The sponsor warehouse: read and export across sites.
+    Warehouse,
+    /// Study administration.
+    Admin,
+}
+
+impl AccessContext {
+    /// The unrestricted context of trialbridge itself.
+    pub fn system() -> Self {
+        Self {
+            study: None,
+            site: None,
+            role: Role::System,
+        }
+    }
+}
+
+/// Storage failures. None of these is the client's fault; the HTTP edge maps them to 500/503
+/// with an OperationOutcome.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The writer task has stopped (shutting down).
+    #[error("the storage writer has stopped")]
+    WriterGone,
+    /// A stored row could not be understood.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database URL is not usable.
+    #[error("unsupported database URL '{0}' (expected sqlite://path)")]
+    UnsupportedUrl(String),
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    /// Resource type.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// Version number, 1-based.
+    pub version: i64,
+    /// Global change sequence number.
+    pub seq: i64,
+    /// `meta.lastUpdated` as a FHIR instant.
+    pub last_updated: String,
+    /// Microseconds since the epoch of `last_updated`.
+    pub last_updated_us: i64,
+    /// True for a delete (tombstone).
+    pub deleted: bool,
+    /// The resource JSON as stored (with `id` and `meta`); `None` for a tombstone.
+    pub body: Option<String>,
+}
+
+/// Which versions a history request covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryScope {
+    /// All resources.
+    System,
+    /// All resources of one type.
+    Type(String),
+    /// One resource.
+    Instance(String, String),
+}
+
+/// History order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryOrder {
+    /// Newest first (the FHIR default).
+    NewestFirst,
+    /// Oldest first (change-feed consumers).
+    OldestFirst,
+}
+
+/// A history page request. Paging is by change sequence, never by offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Which versions.
+    pub scope: HistoryScope,
+    /// Only versions with `lastUpdated` at or after this (microseconds).
+    pub since_us: Option<i64>,
+    /// Only versions with `lastUpdated` at or before this (microseconds).
+    pub at_or_before_us: Option<i64>,
+    /// Order.
+    pub order: HistoryOrder,
+    /// Continue after this sequence number (exclusive, in the page direction).
+    pub after_seq: Option<i64>,
+    /// Ignore versions above this sequence number (the first page's snapshot).
+    pub snapshot_seq: Option<i64>,
+    /// Page size.
+    pub count: usize,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Versions in the requested order.
+    pub versions: Vec<StoredVersion>,
+    /// The highest committed sequence number when the page was read.
+    pub snapshot_seq: i64,
+    /// Whether more versions follow.
+    pub has_more: bool,
+}
+
+/// A page of search results, ordered by id for stable keyset paging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPage {
+    /// The current versions that match.
+    pub versions: Vec<StoredVersion>,
+    /// Whether more results follow the last one.
+    pub has_more: bool,
+}
+
+/// A version about to be appended.
+pub struct NewVersion<'a> {
+    /// Resource type.
+    pub resource_type: &'a str,
+    /// Logical id.
+    pub id: &'a str,
+    /// True to write a tombstone.
+    pub deleted: bool,
+    /// Index rows of the new content (ignored for tombstones).
+    pub index: &'a [IndexEntry],
+    /// Renders the body once the version number and `lastUpdated` instant are known.
+    pub body: &'a (dyn Fn(i64, &str) -> String + Sync),
+}
+
+/// What a write closure can do inside the write transaction.
+#[async_trait]
+pub trait WriteTxn: Send {
+    /// The current version (tombstones included) of a resource.
+    async fn current(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StorageError>;
+    /// Ids of current resources matching a search, at most `limit`.
+    async fn search_ids(
+        &mut self,
+        resource_type: &str,
+        request: &SearchRequest,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
+    /// Appends a version (number = current + 1), moves the current pointer and replaces the
+    /// search index rows, all in this transaction.
+    async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError>;
+}
+
+/// A type-erased write closure; see [`write`].
+pub type WriteJob =
+    Box<dyn for<'a> FnOnce(&'a mut dyn WriteTxn) -> BoxFuture<'a, JobOutcome> + Send>;
+
+/// What a write job reports back to the writer: whether to keep its changes, and what to do
+/// once the commit result is known.
+pub struct JobOutcome {
+    /// False rolls the job's savepoint back.
+    pub keep: bool,
+    /// Called with the commit result (or `Ok` for a job that was rolled back).
+    pub finish: Box<dyn FnOnce(Result<(), StorageError>) + Send>,
+}
+
+/// The storage trait: one implementation per database engine.
+#[async_trait]
+pub trait ResourceStore: Send + Sync + 'static {
+    /// The current version of a resource (a tombstone if deleted), or `None`.
+    async fn read(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StorageError>;
+    /// One version of a resource.
+    async fn vread(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredVersion>, StorageError>;
+    /// A page of history.
+    async fn history(
+        &self,
+        ctx: &AccessContext,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StorageError>;
+    /// A page of search results after the id `after_id`.
+    async fn search(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        request: &SearchRequest,
+        after_id: Option<&str>,
+        count: usize,
+    ) -> Result<SearchPage, StorageError>;
+    /// Counts current resources matching a search.
+    async fn count(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        request: &SearchRequest,
+    ) -> Result<u64, StorageError>;
+    /// Queues a write job; it reports its own result through [`JobOutcome::finish`].
+    async fn submit(&self, ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError>;
+    /// Whether the database answers.
+    async fn is_ready(&self) -> bool;
+}
+
+/// Runs `f` inside a write transaction and returns its result once the transaction has
+/// committed durably. If `f` fails, its changes are rolled back and its error returned.
+pub async fn write<T, E, F>(
+    store: &(impl ResourceStore + ?Sized),
+    ctx: &AccessContext,
+    f: F,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StorageError> + Send + 'static,
+    F: for<'a> FnOnce(&'a mut dyn WriteTxn) -> BoxFuture<'a, Result<T, E>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, E>>();
+    let job: WriteJob = Box::new(move |txn| {
+        Box::pin(async move {
+            match f(txn).await {
+                Ok(v) => JobOutcome {
+                    keep: true,
+                    finish: Box::new(move |commit| {
+                        let _ = tx.send(commit.map(|()| v).map_err(E::from));
+                    }),
+                },
+                Err(e) => JobOutcome {
+                    keep: false,
+                    finish: Box::new(move |_| {
+                        let _ = tx.send(Err(e));
+                    }),
+                },
+            }
+        })
+    });
+    store.submit(ctx, job).await.map_err(E::from)?;
+    rx.await.map_err(|_| E::from(StorageError::WriterGone))?
+}
+
+/// Opens the store named by a database URL (`sqlite://path`, `sqlite::memory:`).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(SqliteOptions::from_url(url)?).await?;
+        Ok(std::sync::Arc::new(store))
+    } else {
+        Err(StorageError::UnsupportedUrl(url.to_string()))
+    }
+}

@@ -1,0 +1,698 @@
+//! `POST /fhir` with a Bundle: `transaction` (all or nothing, in the specification's processing
+//! order, `urn:uuid:` fullUrls and conditional references resolved) and `batch` (independent
+//! entries).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
+use trialbridge_fhir::id::parse_etag_version;
+use trialbridge_fhir::json::{parse_resource, RawResource};
+use trialbridge_fhir::reference::{references, rewrite_references};
+use trialbridge_fhir::search::SearchRequest;
+use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
+use trialbridge_storage::{write, StoredVersion, WriteTxn};
+
+use crate::error::ApiError;
+use crate::http::{
+    access, conditional_criteria, conditional_update_in, found, json_response, query_pairs,
+    version_path,
+};
+use crate::interactions::{self, checked_id, incoming, known_type, Incoming};
+use crate::negotiate::{negotiate, read_body};
+use crate::StoreState;
+
+/// What one entry asks for.
+#[derive(Debug, Clone)]
+enum Action {
+    Create {
+        res: Incoming,
+        if_none_exist: Option<SearchRequest>,
+    },
+    Update {
+        res: Incoming,
+        id: String,
+        if_match: Option<i64>,
+    },
+    ConditionalUpdate {
+        res: Incoming,
+        criteria: SearchRequest,
+        if_match: Option<i64>,
+    },
+    Delete {
+        rt: &'static str,
+        id: String,
+        if_match: Option<i64>,
+    },
+    ConditionalDelete {
+        rt: &'static str,
+        criteria: SearchRequest,
+    },
+    Read {
+        rt: &'static str,
+        id: String,
+        version: Option<i64>,
+    },
+    Search {
+        rt: &'static str,
+        criteria: SearchRequest,
+    },
+}
+
+impl Action {
+    /// Processing order of the specification: DELETE, POST, PUT/PATCH, GET/HEAD.
+    fn rank(&self) -> u8 {
+        match self {
+            Action::Delete { .. } | Action::ConditionalDelete { .. } => 0,
+            Action::Create { .. } => 1,
+            Action::Update { .. } | Action::ConditionalUpdate { .. } => 2,
+            Action::Read { .. } | Action::Search { .. } => 3,
+        }
+    }
+
+    fn resource_mut(&mut self) -> Option<&mut Incoming> {
+        match self {
+            Action::Create { res, .. }
+            | Action::Update { res, .. }
+            | Action::ConditionalUpdate { res, .. } => Some(res),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Planned {
+    index: usize,
+    full_url: Option<String>,
+    action: Action,
+}
+
+/// The result of one entry.
+#[derive(Debug)]
+struct EntryResult {
+    status: StatusCode,
+    version: Option<StoredVersion>,
+    /// A searchset Bundle for a search entry.
+    bundle: Option<String>,
+}
+
+fn status_line(s: StatusCode) -> String {
+    format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
+}
+
+fn entry_error(i: usize, e: ApiError, field: &str) -> ApiError {
+    let status = e.status();
+    let mut outcome = e.outcome();
+    for issue in &mut outcome.issues {
+        issue.diagnostics = format!("entry {i}: {}", issue.diagnostics);
+        issue.expression = vec![format!("Bundle.entry[{i}].{field}")];
+    }
+    ApiError::Rejected { status, outcome }
+}
+
+/// Which part of an entry an error is about.
+fn error_field(e: &ApiError) -> &'static str {
+    match e {
+        ApiError::Rejected { outcome, .. } => match outcome.issues.first().map(|i| i.code) {
+            Some(IssueType::Conflict) => "request.ifMatch",
+            Some(
+                IssueType::Structure | IssueType::Invalid | IssueType::Required | IssueType::Value,
+            ) if outcome.issues.iter().any(|i| {
+                i.expression
+                    .iter()
+                    .any(|x| x.contains(".id") || x == "resourceType")
+            }) =>
+            {
+                "resource"
+            }
+            _ => "request.url",
+        },
+        ApiError::Storage(_) => "request",
+    }
+}
+
+fn plan_entry(i: usize, entry: &Value, base: &str) -> Result<Planned, ApiError> {
+    let bad = |field: &str, msg: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Invalid,
+            format!("entry {i}: {msg}"),
+        )
+        .at(format!("Bundle.entry[{i}].{field}"))
+    };
+    let request = entry.get("request").ok_or_else(|| {
+        bad(
+            "request",
+            "a transaction or batch entry needs a request".into(),
+        )
+    })?;
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("request.method", "request.method is missing".into()))?;
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("request.url", "request.url is missing".into()))?;
+    let url = url
+        .strip_prefix(base)
+        .map(|u| u.trim_start_matches('/'))
+        .unwrap_or(url);
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let full_url = entry
+        .get("fullUrl")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let wrap = |e: ApiError| entry_error(i, e, "request.url");
+    if segments.iter().any(|s| s.starts_with('$')) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::NotSupported,
+            format!("entry {i}: operation '{url}' is not supported"),
+        )
+        .at(format!("Bundle.entry[{i}].request.url")));
+    }
+    let rt = segments
+        .first()
+        .map(|t| known_type(t))
+        .transpose()
+        .map_err(wrap)?;
+    let Some(rt) = rt else {
+        return Err(bad(
+            "request.url",
+            format!("'{url}' names no resource type"),
+        ));
+    };
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        Some(v) => Some(
+            parse_etag_version(v)
+                .ok_or_else(|| bad("request.ifMatch", format!("'{v}' is not a version ETag")))?,
+        ),
+        None => None,
+    };
+    let resource = |field: &str| -> Result<Incoming, ApiError> {
+        let v = entry
+            .get("resource")
+            .cloned()
+            .ok_or_else(|| bad("resource", format!("{method} needs a resource")))?;
+        if !v.is_object() {
+            return Err(bad("resource", "the resource must be a JSON object".into()));
+        }
+        let raw = RawResource::from_value(&v);
+        incoming(rt, raw, v).map_err(|e| entry_error(i, e, field))
+    };
+    let criteria = |q: &str, what: &str| conditional_criteria(rt, q, what).map_err(wrap);
+    let action = match (method, segments.len(), query) {
+        ("POST", 1, None) => {
+            let if_none_exist = request
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(|q| criteria(q, "ifNoneExist"))
+                .transpose()?;
+            Action::Create {
+                res: resource("resource")?,
+                if_none_exist,
+            }
+        }
+        ("PUT", 2, None) => {
+            checked_id(rt, segments[1]).map_err(wrap)?;
+            Action::Update {
+                res: resource("resource")?,
+                id: segments[1].to_string(),
+                if_match,
+            }
+        }
+        ("PUT", 1, Some(q)) => Action::ConditionalUpdate {
+            res: resource("resource")?,
+            criteria: criteria(q, "conditional update")?,
+            if_match,
+        },
+        ("DELETE", 2, None) => {
+            checked_id(rt, segments[1]).map_err(wrap)?;
+            Action::Delete {
+                rt,
+                id: segments[1].to_string(),
+                if_match,
+            }
+        }
+        ("DELETE", 1, Some(q)) => Action::ConditionalDelete {
+            rt,
+            criteria: criteria(q, "conditional delete")?,
+        },
+        ("GET" | "HEAD", 2, None) => {
+            checked_id(rt, segments[1]).map_err(wrap)?;
+            Action::Read {
+                rt,
+                id: segments[1].to_string(),
+                version: None,
+            }
+        }
+        ("GET" | "HEAD", 4, None) if segments[2] == "_history" => {
+            checked_id(rt, segments[1]).map_err(wrap)?;
+            let v = segments[3].parse::<i64>().map_err(|_| {
+                bad(
+                    "request.url",
+                    format!("'{}' is not a version id", segments[3]),
+                )
+            })?;
+            Action::Read {
+                rt,
+                id: segments[1].to_string(),
+                version: Some(v),
+            }
+        }
+        ("GET" | "HEAD", 1, q) => {
+            let pairs = query_pairs(q);
+            let criteria = trialbridge_fhir::search::parse(rt, &pairs, false).map_err(|issue| {
+                entry_error(
+                    i,
+                    ApiError::from_issue(StatusCode::BAD_REQUEST, issue),
+                    "request.url",
+                )
+            })?;
+            Action::Search { rt, criteria }
+        }
+        ("PATCH", _, _) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::NotSupported,
+                format!("entry {i}: PATCH is not supported"),
+            )
+            .at(format!("Bundle.entry[{i}].request.method")))
+        }
+        _ => {
+            return Err(bad(
+                "request.url",
+                format!("{method} {url} is not an interaction this server supports"),
+            ))
+        }
+    };
+    Ok(Planned {
+        index: i,
+        full_url,
+        action,
+    })
+}
+
+pub async fn process(
+    State(s): State<StoreState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let bundle = parse_resource(&bytes).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, IssueType::Structure, e.to_string()).at("Bundle")
+    })?;
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Invalid,
+            "POST to the base URL takes a Bundle",
+        )
+        .at("resourceType"));
+    }
+    let btype = bundle.get("type").and_then(Value::as_str).unwrap_or("");
+    let entries = match bundle.get("entry") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Structure,
+                "Bundle.entry must be an array",
+            )
+            .at("Bundle.entry"))
+        }
+    };
+    let base = s.config.base_url.clone();
+    match btype {
+        "transaction" => {
+            let mut plan = Vec::with_capacity(entries.len());
+            let mut problems = OperationOutcome::default();
+            let mut status = None;
+            for (i, e) in entries.iter().enumerate() {
+                match plan_entry(i, e, &base) {
+                    Ok(p) => plan.push(p),
+                    Err(e) => {
+                        status.get_or_insert(e.status());
+                        problems.issues.extend(e.outcome().issues);
+                    }
+                }
+            }
+            // Entries that could not be planned fail the transaction, but the others are still
+            // run (and rolled back) so that the outcome names every failing entry.
+            let b = base.clone();
+            let planned_failures = status.map(|st| (st, problems));
+            let results = write(&*s.store, &access(&headers), move |txn| {
+                Box::pin(async move { run_transaction(txn, plan, &b, planned_failures).await })
+            })
+            .await?;
+            let mut out = BundleWriter::new("transaction-response");
+            for r in &results {
+                out.entry(response_entry(r));
+            }
+            Ok(json_response(StatusCode::OK, out.finish(), fmt))
+        }
+        "batch" => {
+            let mut out = BundleWriter::new("batch-response");
+            for (i, e) in entries.iter().enumerate() {
+                let result = match plan_entry(i, e, &base) {
+                    Ok(p) => {
+                        let b = base.clone();
+                        write(&*s.store, &access(&headers), move |txn| {
+                            Box::pin(async move { execute(txn, &p.action, &b).await })
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(r) => out.entry(response_entry(&r)),
+                    Err(e) => out.entry(BundleEntry { response: Some(json!({ "status": status_line(e.status()), "outcome": e.outcome().to_json() })), ..Default::default() }),
+                };
+            }
+            Ok(json_response(StatusCode::OK, out.finish(), fmt))
+        }
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Invalid,
+            format!("Bundle.type '{other}' cannot be processed here; send a transaction or batch"),
+        )
+        .at("Bundle.type")),
+    }
+}
+
+fn response_entry(r: &EntryResult) -> BundleEntry<'_> {
+    let mut response = json!({ "status": status_line(r.status) });
+    if let Some(v) = &r.version {
+        if !v.deleted {
+            response["location"] = json!(version_path(v));
+        }
+        response["etag"] = json!(format!("W/\"{}\"", v.version));
+        response["lastModified"] = json!(v.last_updated);
+    }
+    let resource = match (&r.bundle, &r.version) {
+        (Some(b), _) => Some(b.as_str()),
+        (None, Some(v)) if r.status == StatusCode::OK && !v.deleted => v.body.as_deref(),
+        _ => None,
+    };
+    BundleEntry {
+        resource,
+        response: Some(response),
+        ..Default::default()
+    }
+}
+
+async fn execute(
+    txn: &mut dyn WriteTxn,
+    action: &Action,
+    base: &str,
+) -> Result<EntryResult, ApiError> {
+    let written = match action {
+        Action::Create { res, if_none_exist } => {
+            interactions::create(
+                txn,
+                res,
+                &uuid::Uuid::new_v4().to_string(),
+                if_none_exist.as_ref(),
+            )
+            .await?
+        }
+        Action::Update { res, id, if_match } => {
+            interactions::update(txn, res, id, *if_match).await?
+        }
+        Action::ConditionalUpdate {
+            res,
+            criteria,
+            if_match,
+        } => conditional_update_in(txn, res.clone(), criteria, *if_match).await?,
+        Action::Delete { rt, id, if_match } => interactions::delete(txn, rt, id, *if_match).await?,
+        Action::ConditionalDelete { rt, criteria } => {
+            match interactions::match_one(txn, rt, criteria, "conditional delete").await? {
+                Some(id) => interactions::delete(txn, rt, &id, None).await?,
+                None => interactions::Written {
+                    status: StatusCode::NO_CONTENT,
+                    version: None,
+                },
+            }
+        }
+        Action::Read {
+            rt,
+            id,
+            version: None,
+        } => {
+            let v = found(rt, id, txn.current(rt, id).await?)?;
+            return Ok(EntryResult {
+                status: StatusCode::OK,
+                version: Some(v),
+                bundle: None,
+            });
+        }
+        Action::Read {
+            rt,
+            id,
+            version: Some(_),
+        } => {
+            // A version read inside a transaction: only the current version is visible here.
+            let v = found(rt, id, txn.current(rt, id).await?)?;
+            return Ok(EntryResult {
+                status: StatusCode::OK,
+                version: Some(v),
+                bundle: None,
+            });
+        }
+        Action::Search { rt, criteria } => {
+            let ids = txn.search_ids(rt, criteria, 1000).await?;
+            let mut versions = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(v) = txn.current(rt, id).await? {
+                    versions.push(v);
+                }
+            }
+            let mut b = BundleWriter::new("searchset");
+            b.total(versions.len() as u64);
+            for v in &versions {
+                b.entry(BundleEntry {
+                    full_url: Some(format!("{base}/{rt}/{}", v.id)),
+                    resource: v.body.as_deref(),
+                    search: Some(json!({"mode": "match"})),
+                    ..Default::default()
+                });
+            }
+            return Ok(EntryResult {
+                status: StatusCode::OK,
+                version: None,
+                bundle: Some(b.finish()),
+            });
+        }
+    };
+    Ok(EntryResult {
+        status: written.status,
+        version: written.version,
+        bundle: None,
+    })
+}
+
+/// Decides the id each creating entry will get, so that references can be rewritten before
+/// anything is written.
+async fn assign_ids(
+    txn: &mut dyn WriteTxn,
+    plan: &mut [Planned],
+) -> Result<HashMap<String, String>, ApiError> {
+    let mut ids = HashMap::new();
+    for p in plan.iter_mut() {
+        let i = p.index;
+        let target = match &mut p.action {
+            Action::Create { res, if_none_exist } => {
+                let existing = match if_none_exist {
+                    Some(c) => interactions::match_one(txn, res.resource_type, c, "ifNoneExist")
+                        .await
+                        .map_err(|e| entry_error(i, e, "request.ifNoneExist"))?,
+                    None => None,
+                };
+                let id = existing.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                set_id(res, &id);
+                Some(format!("{}/{id}", res.resource_type))
+            }
+            Action::Update { res, id, .. } => Some(format!("{}/{id}", res.resource_type)),
+            Action::ConditionalUpdate { res, criteria, .. } => {
+                let found =
+                    interactions::match_one(txn, res.resource_type, criteria, "conditional update")
+                        .await
+                        .map_err(|e| entry_error(i, e, "request.url"))?;
+                let id = found
+                    .or_else(|| {
+                        res.value
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                set_id(res, &id);
+                Some(format!("{}/{id}", res.resource_type))
+            }
+            _ => None,
+        };
+        if let (Some(full), Some(target)) = (&p.full_url, target) {
+            ids.insert(full.clone(), target);
+        }
+    }
+    Ok(ids)
+}
+
+fn set_id(res: &mut Incoming, id: &str) {
+    if let Value::Object(m) = &mut res.value {
+        m.insert("id".into(), Value::from(id));
+    }
+    res.raw.set("id", &Value::from(id));
+}
+
+/// Rewrites `urn:uuid:` references to assigned ids and resolves conditional references
+/// (`Patient?identifier=sys|val`) to the one resource they match.
+async fn resolve_references(
+    txn: &mut dyn WriteTxn,
+    p: &mut Planned,
+    ids: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let i = p.index;
+    let Some(res) = p.action.resource_mut() else {
+        return Ok(());
+    };
+    let mut refs = Vec::new();
+    references(&res.value, &mut refs);
+    let mut map: HashMap<String, String> = HashMap::new();
+    for r in refs {
+        if let Some(target) = ids.get(&r) {
+            map.insert(r, target.clone());
+        } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::NotFound,
+                format!("entry {i}: reference '{r}' matches no fullUrl in the Bundle"),
+            )
+            .at(format!("Bundle.entry[{i}].resource")));
+        } else if let Some((t, q)) = r.split_once('?') {
+            let rt = known_type(t).map_err(|e| entry_error(i, e, "resource"))?;
+            let criteria = conditional_criteria(rt, q, "conditional reference")
+                .map_err(|e| entry_error(i, e, "resource"))?;
+            match interactions::match_one(txn, rt, &criteria, "conditional reference")
+                .await
+                .map_err(|e| entry_error(i, e, "resource"))?
+            {
+                Some(id) => {
+                    map.insert(r, format!("{rt}/{id}"));
+                }
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        IssueType::NotFound,
+                        format!("entry {i}: conditional reference '{r}' matches no resource"),
+                    )
+                    .at(format!("Bundle.entry[{i}].resource")))
+                }
+            }
+        }
+    }
+    if map.is_empty() {
+        return Ok(());
+    }
+    rewrite_references(&mut res.value, &mut |r| map.get(r).cloned());
+    for needle in ["urn:", "?"] {
+        res.raw.rewrite_members(needle, &mut |v| {
+            rewrite_references(v, &mut |r| map.get(r).cloned()) > 0
+        });
+    }
+    Ok(())
+}
+
+async fn run_transaction(
+    txn: &mut dyn WriteTxn,
+    mut plan: Vec<Planned>,
+    base: &str,
+    planned_failures: Option<(StatusCode, OperationOutcome)>,
+) -> Result<Vec<EntryResult>, ApiError> {
+    let ids = assign_ids(txn, &mut plan).await?;
+    let (mut first_status, mut problems) = match planned_failures {
+        Some((st, oo)) => (Some(st), oo),
+        None => (None, OperationOutcome::default()),
+    };
+    for p in plan.iter_mut() {
+        if let Err(e) = resolve_references(txn, p, &ids).await {
+            first_status.get_or_insert(e.status());
+            problems.issues.extend(e.outcome().issues);
+        }
+    }
+    let mut order: Vec<usize> = (0..plan.len()).collect();
+    order.sort_by_key(|&k| (plan[k].action.rank(), plan[k].index));
+    let mut results: Vec<Option<EntryResult>> = (0..plan.len()).map(|_| None).collect();
+    for k in order {
+        let p = &plan[k];
+        // Creates already carry the id chosen in assign_ids: store them under it.
+        let r = match &p.action {
+            Action::Create { res, if_none_exist } => {
+                let id = res
+                    .value
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let existing = txn.current(res.resource_type, &id).await?;
+                if if_none_exist.is_some() && existing.as_ref().is_some_and(|v| !v.deleted) {
+                    Ok(EntryResult {
+                        status: StatusCode::OK,
+                        version: existing,
+                        bundle: None,
+                    })
+                } else {
+                    interactions::create(txn, res, &id, None)
+                        .await
+                        .map(|w| EntryResult {
+                            status: w.status,
+                            version: w.version,
+                            bundle: None,
+                        })
+                }
+            }
+            other => execute(txn, other, base).await,
+        };
+        match r {
+            Ok(r) => results[k] = Some(r),
+            Err(e) => {
+                let field = error_field(&e);
+                let e = if matches!(&e, ApiError::Rejected { outcome, .. } if outcome.issues.iter().all(|x| x.expression.iter().any(|s| s.starts_with("Bundle."))))
+                {
+                    e
+                } else {
+                    entry_error(p.index, e, field)
+                };
+                first_status.get_or_insert(e.status());
+                problems.issues.extend(e.outcome().issues);
+            }
+        }
+    }
+    if let Some(status) = first_status {
+        problems.issues.insert(
+            0,
+            OutcomeIssue::error(
+                IssueType::Processing,
+                "the transaction failed as a whole; nothing was stored",
+            )
+            .at("Bundle"),
+        );
+        return Err(ApiError::Rejected {
+            status,
+            outcome: problems,
+        });
+    }
+    Ok(results.into_iter().flatten().collect())
+}

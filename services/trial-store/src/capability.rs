@@ -1,0 +1,99 @@
+//! The CapabilityStatement, derived from what this server implements: the interaction tables
+//! below are the ones the router serves (a test drives every listed interaction), and the
+//! search parameters are exactly those the index can answer.
+
+use std::sync::OnceLock;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+use trialbridge_fhir::{index, resource_type, search_param};
+
+use crate::error::ApiError;
+use crate::http::{json_response, query_pairs};
+use crate::negotiate::negotiate;
+use crate::StoreState;
+
+/// Type-level interactions served for every resource type.
+pub const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
+/// System-level interactions served.
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+
+fn kind_code(k: search_param::SearchParamKind) -> &'static str {
+    use search_param::SearchParamKind::*;
+    match k {
+        Number => "number",
+        Date => "date",
+        String => "string",
+        Token => "token",
+        Reference => "reference",
+        Composite => "composite",
+        Quantity => "quantity",
+        Uri => "uri",
+        Special => "special",
+    }
+}
+
+fn statement() -> &'static Value {
+    static CS: OnceLock<Value> = OnceLock::new();
+    CS.get_or_init(|| {
+        let resources: Vec<Value> = resource_type::all()
+            .iter()
+            .map(|t| {
+                let params: Vec<Value> = search_param::for_type(t)
+                    .filter(|d| index::is_searchable(d))
+                    .map(|d| json!({ "name": d.code, "type": kind_code(d.kind), "definition": format!("http://hl7.org/fhir/SearchParameter/{}-{}", d.base, d.code.trim_start_matches('_')) }))
+                    .collect();
+                json!({
+                    "type": t,
+                    "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                    "versioning": "versioned-update",
+                    "readHistory": true,
+                    "updateCreate": true,
+                    "conditionalCreate": true,
+                    "conditionalRead": "not-supported",
+                    "conditionalUpdate": true,
+                    "conditionalDelete": "single",
+                    "searchParam": params,
+                })
+            })
+            .collect();
+        json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-11-25",
+            "publisher": "trialbridge",
+            "kind": "instance",
+            "software": { "name": "trialbridge", "version": env!("CARGO_PKG_VERSION") },
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "json"],
+            "rest": [{
+                "mode": "server",
+                "resource": resources,
+                "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+            }]
+        })
+    })
+}
+
+pub async fn metadata(
+    State(s): State<StoreState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let mut cs = statement().clone();
+    cs["implementation"] =
+        json!({ "description": "trialbridge trial store (MesemCart)", "url": s.config.base_url });
+    Ok(json_response(StatusCode::OK, cs.to_string(), fmt))
+}

@@ -1,0 +1,352 @@
+//! Create, update and delete as FHIR defines them, on a storage write transaction. The REST
+//! handlers and Bundle processing both run these, so a transaction entry behaves exactly like
+//! the same request on its own.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use trialbridge_fhir::json::{parse_resource, BodyError, RawResource};
+use trialbridge_fhir::search::SearchRequest;
+use trialbridge_fhir::{id::is_valid_id, index, resource_type, IssueType};
+use trialbridge_storage::{NewVersion, StoredVersion, WriteTxn};
+
+use crate::error::ApiError;
+
+/// A resource body checked against its URL and ready to store.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The resource type (static, from the R4 table).
+    pub resource_type: &'static str,
+    /// The members as received.
+    pub raw: RawResource,
+    /// The parsed value (for ids and index extraction).
+    pub value: Value,
+}
+
+/// What a write did.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// 200, 201 or 204.
+    pub status: StatusCode,
+    /// The version written or found (none for a delete of nothing).
+    pub version: Option<StoredVersion>,
+}
+
+/// Resolves a type name from a URL.
+pub fn known_type(name: &str) -> Result<&'static str, ApiError> {
+    resource_type::canonical(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotSupported,
+            format!("'{name}' is not a FHIR R4 resource type"),
+        )
+        .at(name.to_string())
+    })
+}
+
+/// Checks a logical id from a URL.
+pub fn checked_id(resource_type: &str, id: &str) -> Result<(), ApiError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Value,
+            format!("'{id}' is not a valid id (1-64 of A-Z a-z 0-9 - .)"),
+        )
+        .at(format!("{resource_type}.id")))
+    }
+}
+
+/// Parses a body for `url_type`: JSON object, matching `resourceType`, valid `id` if present.
+pub fn incoming_from_bytes(url_type: &'static str, bytes: &[u8]) -> Result<Incoming, ApiError> {
+    let value = parse_resource(bytes).map_err(|e| body_error(url_type, e))?;
+    let raw = RawResource::parse(bytes).map_err(|e| body_error(url_type, e))?;
+    incoming(url_type, raw, value)
+}
+
+/// Checks a parsed resource for `url_type`.
+pub fn incoming(
+    url_type: &'static str,
+    raw: RawResource,
+    value: Value,
+) -> Result<Incoming, ApiError> {
+    let body_type = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if body_type != url_type {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Invalid,
+            format!("resourceType '{body_type}' does not match the URL's type '{url_type}'"),
+        )
+        .at("resourceType"));
+    }
+    match value.get("id") {
+        None => {}
+        Some(Value::String(id)) if is_valid_id(id) => {}
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Value,
+                format!("{other} is not a valid id (1-64 of A-Z a-z 0-9 - .)"),
+            )
+            .at(format!("{url_type}.id")));
+        }
+    }
+    Ok(Incoming {
+        resource_type: url_type,
+        raw,
+        value,
+    })
+}
+
+fn body_error(url_type: &str, e: BodyError) -> ApiError {
+    let code = match e {
+        BodyError::Malformed { .. } => IssueType::Structure,
+        _ => IssueType::Invalid,
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()).at(url_type.to_string())
+}
+
+/// Appends `res` as the next version of `resource_type/id`, setting `id` and `meta`.
+async fn store(
+    txn: &mut dyn WriteTxn,
+    res: &Incoming,
+    id: &str,
+) -> Result<StoredVersion, ApiError> {
+    let mut body_value = res.value.clone();
+    if let Value::Object(m) = &mut body_value {
+        m.insert("id".into(), json!(id));
+    }
+    let entries = index::extract(res.resource_type, &body_value);
+    let mut raw = res.raw.clone();
+    raw.set("id", &json!(id));
+    let meta = raw
+        .get("meta")
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let render = move |version: i64, last_updated: &str| {
+        let mut meta = meta.clone();
+        meta["versionId"] = json!(version.to_string());
+        meta["lastUpdated"] = json!(last_updated);
+        let mut raw = raw.clone();
+        raw.set("meta", &meta);
+        raw.to_json_string()
+    };
+    Ok(txn
+        .append(NewVersion {
+            resource_type: res.resource_type,
+            id,
+            deleted: false,
+            index: &entries,
+            body: &render,
+        })
+        .await?)
+}
+
+/// Resolves conditional criteria to at most one id; several matches are a 412.
+pub async fn match_one(
+    txn: &mut dyn WriteTxn,
+    resource_type: &str,
+    criteria: &SearchRequest,
+    what: &str,
+) -> Result<Option<String>, ApiError> {
+    if criteria.criteria.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Invalid,
+            format!("{what} needs search criteria"),
+        )
+        .at(what.to_string()));
+    }
+    let mut ids = txn.search_ids(resource_type, criteria, 2).await?;
+    match ids.len() {
+        0 => Ok(None),
+        1 => Ok(ids.pop()),
+        _ => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            IssueType::MultipleMatches,
+            format!("{what} matches more than one {resource_type}"),
+        )
+        .at(what.to_string())),
+    }
+}
+
+/// create, with `If-None-Exist` criteria if given; `id` is the server-assigned id.
+pub async fn create(
+    txn: &mut dyn WriteTxn,
+    res: &Incoming,
+    id: &str,
+    if_none_exist: Option<&SearchRequest>,
+) -> Result<Written, ApiError> {
+    if let Some(criteria) = if_none_exist {
+        if let Some(existing) = match_one(txn, res.resource_type, criteria, "If-None-Exist").await?
+        {
+            let version = txn.current(res.resource_type, &existing).await?;
+            return Ok(Written {
+                status: StatusCode::OK,
+                version,
+            });
+        }
+    }
+    let v = store(txn, res, id).await?;
+    Ok(Written {
+        status: StatusCode::CREATED,
+        version: Some(v),
+    })
+}
+
+fn precondition(resource_type: &str, expected: i64, actual: Option<i64>) -> ApiError {
+    let actual = actual.map_or("none".to_string(), |v| format!("W/\"{v}\""));
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        IssueType::Conflict,
+        format!("If-Match W/\"{expected}\" does not match the current version ({actual})"),
+    )
+    .at(format!("{resource_type}.meta.versionId"))
+}
+
+/// update (create-on-update allowed), honouring `If-Match`.
+pub async fn update(
+    txn: &mut dyn WriteTxn,
+    res: &Incoming,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Written, ApiError> {
+    match res.value.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => {}
+        Some(body_id) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Invalid,
+                format!("the resource id '{body_id}' differs from the URL id '{id}'"),
+            )
+            .at(format!("{}.id", res.resource_type)));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Required,
+                format!("an update must carry the id '{id}' of the URL"),
+            )
+            .at(format!("{}.id", res.resource_type)));
+        }
+    }
+    let current = txn.current(res.resource_type, id).await?;
+    let live = current.as_ref().filter(|c| !c.deleted);
+    if let Some(expected) = if_match {
+        if live.map(|c| c.version) != Some(expected) {
+            return Err(precondition(
+                res.resource_type,
+                expected,
+                live.map(|c| c.version),
+            ));
+        }
+    }
+    let status = if live.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let v = store(txn, res, id).await?;
+    Ok(Written {
+        status,
+        version: Some(v),
+    })
+}
+
+/// delete: a tombstone version; deleting what is absent or already deleted changes nothing.
+pub async fn delete(
+    txn: &mut dyn WriteTxn,
+    resource_type: &'static str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Written, ApiError> {
+    let current = txn.current(resource_type, id).await?;
+    let live = current.as_ref().filter(|c| !c.deleted);
+    if let Some(expected) = if_match {
+        if live.map(|c| c.version) != Some(expected) {
+            return Err(precondition(
+                resource_type,
+                expected,
+                live.map(|c| c.version),
+            ));
+        }
+    }
+    if live.is_none() {
+        return Ok(Written {
+            status: StatusCode::NO_CONTENT,
+            version: None,
+        });
+    }
+    let render = |_: i64, _: &str| String::new();
+    let v = txn
+        .append(NewVersion {
+            resource_type,
+            id,
+            deleted: true,
+            index: &[],
+            body: &render,
+        })
+        .await?;
+    Ok(Written {
+        status: StatusCode::NO_CONTENT,
+        version: Some(v),
+    })
+}
+
+/// Result of loading one resource (start-up study and `trialbridge load`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadResult {
+    /// A new resource.
+    Created,
+    /// A new version of an existing resource.
+    Updated,
+    /// Same content as the current version: nothing written.
+    Unchanged,
+}
+
+/// Writes a resource with an id unless the current version already has the same content
+/// (ignoring `meta`), so loading the same files twice creates no versions.
+pub async fn load_resource(txn: &mut dyn WriteTxn, value: Value) -> Result<LoadResult, ApiError> {
+    let t = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let rt = known_type(t)?;
+    let id = value
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Required,
+                "a loaded resource needs an id",
+            )
+            .at(format!("{rt}.id"))
+        })?
+        .to_string();
+    checked_id(rt, &id)?;
+    let raw = RawResource::from_value(&value);
+    let res = incoming(rt, raw, value)?;
+    if let Some(current) = txn.current(rt, &id).await?.filter(|c| !c.deleted) {
+        if let Some(body) = &current.body {
+            if let Ok(mut stored) = serde_json::from_str::<Value>(body) {
+                let mut new = res.value.clone();
+                for v in [&mut stored, &mut new] {
+                    if let Value::Object(m) = v {
+                        m.remove("meta");
+                    }
+                }
+                if stored == new {
+                    return Ok(LoadResult::Unchanged);
+                }
+            }
+        }
+        store(txn, &res, &id).await?;
+        return Ok(LoadResult::Updated);
+    }
+    store(txn, &res, &id).await?;
+    Ok(LoadResult::Created)
+}

@@ -1,0 +1,153 @@
+//! Configuration of `serve`: environment variables with the `TRIALBRIDGE_` prefix, mirrored by
+//! flags. Every bad value is reported, one line each, before start-up stops.
+
+use std::net::SocketAddr;
+
+/// Flags (and their environment variables) of `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the FHIR API.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: String,
+    /// Database: sqlite://path (created if missing).
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_DATABASE_URL",
+        default_value = "sqlite://data/trialbridge.db",
+        global = true
+    )]
+    pub database_url: String,
+    /// Public base URL of the FHIR API (default http://LISTEN/fhir).
+    #[arg(long, env = "TRIALBRIDGE_BASE_URL", global = true)]
+    pub base_url: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_MAX_BODY_BYTES",
+        default_value = "16777216",
+        global = true
+    )]
+    pub max_body_bytes: String,
+    /// Load the MesemCart study definition at start-up (true/false).
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_LOAD_STUDY",
+        default_value = "true",
+        global = true
+    )]
+    pub load_study: String,
+}
+
+/// Checked configuration of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Public base URL.
+    pub base_url: Option<String>,
+    /// Body limit.
+    pub max_body_bytes: usize,
+    /// Whether to load the study.
+    pub load_study: bool,
+}
+
+impl ServeConfig {
+    /// Checks every value; returns all problems, one sentence each.
+    pub fn from_args(a: ServeArgs) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let listen = a
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problems.push(format!(
+                    "TRIALBRIDGE_LISTEN / --listen: '{}' is not an address such as 127.0.0.1:8080",
+                    a.listen
+                ))
+            })
+            .ok();
+        if !a.database_url.starts_with("sqlite:")
+            || trialbridge_storage::SqliteOptions::from_url(&a.database_url).is_err()
+        {
+            problems.push(format!("TRIALBRIDGE_DATABASE_URL / --database-url: '{}' is not supported (use sqlite://path)", a.database_url));
+        }
+        if let Some(b) = &a.base_url {
+            if !(b.starts_with("http://") || b.starts_with("https://")) {
+                problems.push(format!(
+                    "TRIALBRIDGE_BASE_URL / --base-url: '{b}' is not an http(s) URL"
+                ));
+            }
+        }
+        let max_body_bytes = match a.max_body_bytes.parse::<usize>() {
+            Ok(n) if n >= 1024 => Some(n),
+            _ => {
+                problems.push(format!("TRIALBRIDGE_MAX_BODY_BYTES / --max-body-bytes: '{}' is not a byte count of at least 1024", a.max_body_bytes));
+                None
+            }
+        };
+        let load_study = match a.load_study.as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            other => {
+                problems.push(format!(
+                    "TRIALBRIDGE_LOAD_STUDY / --load-study: '{other}' is not true or false"
+                ));
+                None
+            }
+        };
+        match (listen, max_body_bytes, load_study) {
+            (Some(listen), Some(max_body_bytes), Some(load_study)) if problems.is_empty() => {
+                Ok(Self {
+                    listen,
+                    database_url: a.database_url,
+                    base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
+                    max_body_bytes,
+                    load_study,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://data/x.db".into(),
+            base_url: None,
+            max_body_bytes: "4096".into(),
+            load_study: "true".into(),
+        }
+    }
+
+    #[test]
+    fn good_values_pass() {
+        let c = ServeConfig::from_args(args()).unwrap();
+        assert_eq!(c.max_body_bytes, 4096);
+        assert!(c.load_study);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let a = ServeArgs {
+            listen: "nowhere".into(),
+            database_url: "mysql://x".into(),
+            base_url: Some("ftp://x".into()),
+            max_body_bytes: "-1".into(),
+            load_study: "maybe".into(),
+        };
+        let problems = ServeConfig::from_args(a).unwrap_err();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].contains("TRIALBRIDGE_LISTEN"));
+    }
+}
