@@ -1,1 +1,93 @@
+//! Helpers for the cross-service tests: start the trial store in-process on an ephemeral port,
+//! or the real binary as a child process.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A trial store running in this process on 127.0.0.1 with its own SQLite file.
+pub struct TestStore {
+    /// FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
+    pub base: String,
+    /// The database file's directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestStore {
+    /// Starts a store with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a store, letting the caller adjust the API settings.
+    pub async fn start_with(adjust: impl FnOnce(&mut trial_store::StoreConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = trialbridge_storage::open(&url).await.expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut config = trial_store::StoreConfig::new(format!("http://{addr}/fhir"));
+        adjust(&mut config);
+        let base = config.base_url.clone();
+        let state = trial_store::StoreState {
+            store,
+            config: Arc::new(config),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = trial_store::serve(listener, state, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self {
+            base,
+            dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A fixture file under `integration-tests/fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(rel)
+}
+
+/// A FHIR JSON HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+/// The resource without `meta` (what a round trip must preserve).
+pub fn without_meta(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("meta");
+    }
+    v
+}

@@ -154,9 +154,6 @@ mod tests {
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["entry"][0]["search"]["mode"], "match");
         assert_eq!(v["total"], 1);
-        assert_eq!(
-            BundleWriter::new("history").finish().contains("entry"),
-            false
-        );
+        assert!(!BundleWriter::new("history").finish().contains("entry"));
     }
 }

@@ -60,10 +60,61 @@ impl<'de> serde::de::Visitor<'de> for MembersVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
         while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
+            let v = match minified(v.get()) {
+                Some(text) => RawValue::from_string(text).map_err(serde::de::Error::custom)?,
+                None => v,
+            };
             out.push((k, v));
         }
         Ok(out)
     }
+}
+
+/// The JSON text without insignificant whitespace, or `None` if it has none. Number and string
+/// text is copied unchanged.
+fn minified(text: &str) -> Option<String> {
+    let mut in_string = false;
+    let mut escaped = false;
+    let needs = text.bytes().any(|b| {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            false
+        } else {
+            if b == b'"' {
+                in_string = true;
+            }
+            matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+        }
+    });
+    if !needs {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\n' | '\r' | '\t') {
+            out.push(c);
+        }
+    }
+    Some(out)
 }
 
 impl RawResource {
@@ -189,6 +240,13 @@ mod tests {
         assert_eq!(
             r.to_json_string(),
             r#"{"resourceType":"Observation","id":"o1","valueQuantity":{"value":1.50},"a":1E-22,"meta":{"tag":[{"code":"t"}],"versionId":"1"}}"#
+        );
+        let pretty = "{\"resourceType\": \"Patient\",\n  \"name\": [ {\"text\": \"a \\\" b  c\"} ],\n \"x\": 1.0E+2 }";
+        assert_eq!(
+            RawResource::parse(pretty.as_bytes())
+                .unwrap()
+                .to_json_string(),
+            r#"{"resourceType":"Patient","name":[{"text":"a \" b  c"}],"x":1.0E+2}"#
         );
         let v = parse_resource(text).unwrap();
         assert_eq!(v["valueQuantity"]["value"].to_string(), "1.50");

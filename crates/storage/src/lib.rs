@@ -196,13 +196,16 @@ pub trait WriteTxn: Send {
 pub type WriteJob =
     Box<dyn for<'a> FnOnce(&'a mut dyn WriteTxn) -> BoxFuture<'a, JobOutcome> + Send>;
 
+/// Called once the commit result of a job's batch is known.
+pub type JobFinish = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
 /// What a write job reports back to the writer: whether to keep its changes, and what to do
 /// once the commit result is known.
 pub struct JobOutcome {
     /// False rolls the job's savepoint back.
     pub keep: bool,
     /// Called with the commit result (or `Ok` for a job that was rolled back).
-    pub finish: Box<dyn FnOnce(Result<(), StorageError>) + Send>,
+    pub finish: JobFinish,
 }
 
 /// The storage trait: one implementation per database engine.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -19,8 +20,8 @@ use tokio::sync::mpsc;
 use trialbridge_fhir::search::{Match, SearchRequest};
 
 use crate::{
-    AccessContext, HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, JobOutcome, NewVersion,
-    ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob, WriteTxn,
+    AccessContext, HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, JobFinish, JobOutcome,
+    NewVersion, ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob, WriteTxn,
 };
 
 /// How many queued write jobs one commit may take at most.
@@ -125,17 +126,16 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteJob
                 Some(m) => Err(StorageError::Corrupt(format!("commit failed: {m}"))),
             });
         }
-        // Jobs not reached because the batch failed early are answered too.
-        for job in batch.drain(..) {
-            drop(job);
-        }
+        // Jobs not reached because the batch failed early are dropped, which tells their
+        // callers that the writer could not run them.
+        batch.clear();
     }
 }
 
 async fn run_batch(
     conn: &mut SqliteConnection,
     batch: &mut Vec<WriteJob>,
-    finishers: &mut Vec<Box<dyn FnOnce(Result<(), StorageError>) + Send>>,
+    finishers: &mut Vec<JobFinish>,
 ) -> Result<(), StorageError> {
     conn.execute("BEGIN IMMEDIATE").await?;
     let last_us: i64 =
@@ -145,14 +145,30 @@ async fn run_batch(
     let mut txn = SqliteWriteTxn { conn, last_us };
     for job in batch.drain(..) {
         txn.conn.execute("SAVEPOINT job").await?;
-        let JobOutcome { keep, finish } = job(&mut txn).await;
-        if keep {
-            txn.conn.execute("RELEASE job").await?;
-        } else {
-            txn.conn.execute("ROLLBACK TO job").await?;
-            txn.conn.execute("RELEASE job").await?;
+        // A panicking job must not take the writer down: its savepoint is rolled back and its
+        // caller sees the writer's error.
+        match std::panic::AssertUnwindSafe(job(&mut txn))
+            .catch_unwind()
+            .await
+        {
+            Ok(JobOutcome { keep: true, finish }) => {
+                txn.conn.execute("RELEASE job").await?;
+                finishers.push(finish);
+            }
+            Ok(JobOutcome {
+                keep: false,
+                finish,
+            }) => {
+                txn.conn.execute("ROLLBACK TO job").await?;
+                txn.conn.execute("RELEASE job").await?;
+                finishers.push(finish);
+            }
+            Err(_) => {
+                tracing::error!("a write job panicked; its changes were rolled back");
+                txn.conn.execute("ROLLBACK TO job").await?;
+                txn.conn.execute("RELEASE job").await?;
+            }
         }
-        finishers.push(finish);
     }
     txn.conn.execute("COMMIT").await?;
     Ok(())
@@ -184,7 +200,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         request: &SearchRequest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let mut qb = search_query(resource_type, request, None, limit, "c.res_id");
+        let mut qb = search_query(resource_type, request, None, Some(limit), "c.res_id");
         let rows = qb.build().fetch_all(&mut *self.conn).await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>(0).map_err(StorageError::from))
@@ -292,12 +308,12 @@ fn glob_literal(s: &str) -> String {
         .collect()
 }
 
-/// Builds the search SELECT over current, non-deleted resources, ordered by id.
+/// Builds the search SELECT over current, non-deleted resources, ordered by id; with `limit` `None` it counts them instead.
 fn search_query<'q>(
     resource_type: &'q str,
     request: &'q SearchRequest,
     after_id: Option<&'q str>,
-    limit: usize,
+    limit: Option<usize>,
     columns: &str,
 ) -> QueryBuilder<'q, Sqlite> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
@@ -364,7 +380,9 @@ fn search_query<'q>(
     if let Some(after) = after_id {
         qb.push(" AND c.res_id > ").push_bind(after);
     }
-    qb.push(" ORDER BY c.res_id LIMIT ").push_bind(limit as i64);
+    if let Some(limit) = limit {
+        qb.push(" ORDER BY c.res_id LIMIT ").push_bind(limit as i64);
+    }
     qb
 }
 
@@ -467,7 +485,13 @@ impl ResourceStore for SqliteStore {
         after_id: Option<&str>,
         count: usize,
     ) -> Result<SearchPage, StorageError> {
-        let mut qb = search_query(resource_type, request, after_id, count + 1, VERSION_COLUMNS);
+        let mut qb = search_query(
+            resource_type,
+            request,
+            after_id,
+            Some(count + 1),
+            VERSION_COLUMNS,
+        );
         let rows = qb.build().fetch_all(&self.readers).await?;
         let mut versions = rows
             .iter()
@@ -484,11 +508,9 @@ impl ResourceStore for SqliteStore {
         resource_type: &str,
         request: &SearchRequest,
     ) -> Result<u64, StorageError> {
-        let mut qb = search_query(resource_type, request, None, i64::MAX as usize, "c.res_id");
-        let inner = qb.sql().to_string();
-        let _ = inner;
-        let rows = qb.build().fetch_all(&self.readers).await?;
-        Ok(rows.len() as u64)
+        let mut qb = search_query(resource_type, request, None, None, "COUNT(*)");
+        let n: i64 = qb.build_query_scalar().fetch_one(&self.readers).await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn submit(&self, _ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError> {
