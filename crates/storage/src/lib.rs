@@ -60,12 +60,15 @@ impl AccessContext {
 /// with an OperationOutcome.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The database reported an error.
+    /// SQLite reported an error.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Sqlite(#[from] rusqlite::Error),
+    /// The database file or its directory could not be used.
+    #[error("database file: {0}")]
+    Io(#[from] std::io::Error),
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(String),
     /// The writer task has stopped (shutting down).
     #[error("the storage writer has stopped")]
     WriterGone,

@@ -1,20 +1,23 @@
-//! The SQLite backend: WAL, `synchronous=FULL`, one writer task with group commit, a pool of
-//! read connections.
+//! The SQLite backend: WAL with `synchronous=FULL`, one writer thread with group commit, and a
+//! pool of read connections.
+//!
+//! The writer owns its connection on a dedicated thread and runs each queued job to completion
+//! there (jobs only await the writer's own synchronous calls), so a write costs one hand-over to
+//! the writer and one back, not one per statement. All jobs that queued up while the previous
+//! commit was being fsynced go into the next transaction, each in its own savepoint.
 //!
 //! Gap-safety of the change sequence: `seq` is assigned inside the write transaction and SQLite
 //! admits one writer at a time (across processes too), so commits happen in `seq` order and a
 //! reader that sees `seq = n` also sees every version below `n`.
 
 use std::path::PathBuf;
-use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Connection, Executor, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::mpsc;
 
 use trialbridge_fhir::search::{Match, SearchRequest};
@@ -25,15 +28,18 @@ use crate::{
 };
 
 /// How many queued write jobs one commit may take at most.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 512;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_versions.sql")];
 
 /// Where and how to open the SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     /// The database file.
     pub path: PathBuf,
-    /// Read connections in the pool.
-    pub readers: u32,
+    /// Read connections kept open.
+    pub readers: usize,
 }
 
 impl SqliteOptions {
@@ -49,30 +55,100 @@ impl SqliteOptions {
         }
         Ok(Self {
             path: PathBuf::from(path),
-            readers: 4,
+            readers: 8,
         })
     }
 }
 
 /// The SQLite implementation of [`ResourceStore`].
 pub struct SqliteStore {
-    readers: SqlitePool,
+    readers: Arc<ReaderPool>,
     jobs: mpsc::Sender<WriteJob>,
+}
+
+/// Read-only connections, reused.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    keep: usize,
+}
+
+impl ReaderPool {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.keep {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn open_connection(path: &std::path::Path, read_only: bool) -> Result<Connection, StorageError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    if !read_only {
+        // FULL: the WAL is fsynced at every commit, so a 2xx survives a crash of the machine,
+        // not only of the process.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= applied {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .map_err(|e| StorageError::Migration(format!("migration {version}: {e}")))?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+    }
+    if applied > MIGRATIONS.len() as i64 {
+        return Err(StorageError::Migration(format!(
+            "the database has schema version {applied}, newer than this trialbridge knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(())
 }
 
 const VERSION_COLUMNS: &str =
     "v.res_type, v.res_id, v.version, v.seq, v.last_updated, v.last_updated_us, v.deleted, v.body";
 
-fn version_from_row(row: &SqliteRow) -> Result<StoredVersion, StorageError> {
+fn version_from_row(row: &Row<'_>) -> rusqlite::Result<StoredVersion> {
     Ok(StoredVersion {
-        resource_type: row.try_get(0)?,
-        id: row.try_get(1)?,
-        version: row.try_get(2)?,
-        seq: row.try_get(3)?,
-        last_updated: row.try_get(4)?,
-        last_updated_us: row.try_get(5)?,
-        deleted: row.try_get::<i64, _>(6)? != 0,
-        body: row.try_get(7)?,
+        resource_type: row.get(0)?,
+        id: row.get(1)?,
+        version: row.get(2)?,
+        seq: row.get(3)?,
+        last_updated: row.get(4)?,
+        last_updated_us: row.get(5)?,
+        deleted: row.get::<_, i64>(6)? != 0,
+        body: row.get(7)?,
     })
 }
 
@@ -81,43 +157,55 @@ impl SqliteStore {
     pub async fn open(options: SqliteOptions) -> Result<Self, StorageError> {
         if let Some(dir) = options.path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
+                std::fs::create_dir_all(dir)?;
             }
         }
-        let connect = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(&options.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: the WAL is fsynced at every commit, so a 2xx survives a crash of the machine,
-            // not only of the process.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory");
-        let mut writer = SqliteConnection::connect_with(&connect).await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&mut writer)
-            .await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(options.readers.max(1))
-            .min_connections(1)
-            .connect_with(connect.read_only(true))
-            .await?;
+        let path = options.path.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut conn = open_connection(&path, false)?;
+            migrate(&mut conn)?;
+            Ok::<_, StorageError>(conn)
+        })
+        .await
+        .map_err(|e| StorageError::Corrupt(format!("opening the database panicked: {e}")))??;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer_loop(writer, rx));
+        std::thread::Builder::new()
+            .name("trialbridge-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))?;
+        let readers = Arc::new(ReaderPool {
+            path: options.path,
+            idle: Mutex::new(Vec::new()),
+            keep: options.readers.max(1),
+        });
         Ok(Self { readers, jobs: tx })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StorageError::Corrupt(format!("a read panicked: {e}")))?
     }
 }
 
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteJob>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
         let mut finishers = Vec::with_capacity(batch.len());
-        let result = run_batch(&mut conn, &mut batch, &mut finishers).await;
+        let result = run_batch(&mut conn, &mut batch, &mut finishers);
         if let Err(e) = &result {
             tracing::error!(error = %e, "write batch failed; rolling back");
-            let _ = conn.execute("ROLLBACK").await;
+            let _ = conn.execute_batch("ROLLBACK");
         }
         let msg = result.as_ref().err().map(ToString::to_string);
         for f in finishers {
@@ -132,56 +220,67 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteJob
     }
 }
 
-async fn run_batch(
-    conn: &mut SqliteConnection,
+fn run_batch(
+    conn: &mut Connection,
     batch: &mut Vec<WriteJob>,
     finishers: &mut Vec<JobFinish>,
 ) -> Result<(), StorageError> {
-    conn.execute("BEGIN IMMEDIATE").await?;
-    let last_us: i64 =
-        sqlx::query_scalar("SELECT COALESCE(MAX(last_updated_us), 0) FROM resource_version")
-            .fetch_one(&mut *conn)
-            .await?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let last_us: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(last_updated_us), 0) FROM resource_version",
+        [],
+        |r| r.get(0),
+    )?;
     let mut txn = SqliteWriteTxn { conn, last_us };
     for job in batch.drain(..) {
-        txn.conn.execute("SAVEPOINT job").await?;
-        // A panicking job must not take the writer down: its savepoint is rolled back and its
+        txn.conn.execute_batch("SAVEPOINT job")?;
+        // The job only awaits this transaction's synchronous calls, so it completes here. A
+        // panicking job must not take the writer down: its savepoint is rolled back and its
         // caller sees the writer's error.
-        match std::panic::AssertUnwindSafe(job(&mut txn))
-            .catch_unwind()
-            .await
-        {
+        let outcome =
+            futures::executor::block_on(std::panic::AssertUnwindSafe(job(&mut txn)).catch_unwind());
+        match outcome {
             Ok(JobOutcome { keep: true, finish }) => {
-                txn.conn.execute("RELEASE job").await?;
+                txn.conn.execute_batch("RELEASE job")?;
                 finishers.push(finish);
             }
             Ok(JobOutcome {
                 keep: false,
                 finish,
             }) => {
-                txn.conn.execute("ROLLBACK TO job").await?;
-                txn.conn.execute("RELEASE job").await?;
+                txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
                 finishers.push(finish);
             }
             Err(_) => {
                 tracing::error!("a write job panicked; its changes were rolled back");
-                txn.conn.execute("ROLLBACK TO job").await?;
-                txn.conn.execute("RELEASE job").await?;
+                txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
             }
         }
     }
-    txn.conn.execute("COMMIT").await?;
+    txn.conn.execute_batch("COMMIT")?;
     Ok(())
 }
 
 struct SqliteWriteTxn<'c> {
-    conn: &'c mut SqliteConnection,
+    conn: &'c mut Connection,
     last_us: i64,
 }
 
 fn now_us() -> i64 {
-    let t = time::OffsetDateTime::now_utc();
-    (t.unix_timestamp_nanos() / 1000) as i64
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+}
+
+fn read_current(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<StoredVersion>, StorageError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2"
+    ))?;
+    Ok(stmt
+        .query_row(params![resource_type, id], version_from_row)
+        .optional()?)
 }
 
 #[async_trait]
@@ -191,7 +290,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        read_current(&mut *self.conn, resource_type, id).await
+        read_current(self.conn, resource_type, id)
     }
 
     async fn search_ids(
@@ -200,21 +299,20 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         request: &SearchRequest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let mut qb = search_query(resource_type, request, None, Some(limit), "c.res_id");
-        let rows = qb.build().fetch_all(&mut *self.conn).await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(StorageError::from))
-            .collect()
+        let (sql, args) = search_sql(resource_type, request, None, Some(limit), "c.res_id");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let ids = stmt
+            .query_map(params_from_iter(args), |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ids)
     }
 
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
-        let previous: Option<i64> = sqlx::query_scalar(
-            "SELECT v.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2",
-        )
-        .bind(new.resource_type)
-        .bind(new.id)
-        .fetch_optional(&mut *self.conn)
-        .await?;
+        let conn = &*self.conn;
+        let previous: Option<i64> = conn
+            .prepare_cached("SELECT v.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
+            .query_row(params![new.resource_type, new.id], |r| r.get(0))
+            .optional()?;
         let version = previous.unwrap_or(0) + 1;
         // lastUpdated strictly increases with seq, so `_since` never skips a late commit.
         let us = now_us().max(self.last_us + 1);
@@ -223,50 +321,31 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let last_updated = trialbridge_fhir::instant::format(t);
         let body = (!new.deleted).then(|| (new.body)(version, &last_updated));
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO resource_version (res_type, res_id, version, last_updated, last_updated_us, deleted, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
-        )
-        .bind(new.resource_type)
-        .bind(new.id)
-        .bind(version)
-        .bind(&last_updated)
-        .bind(us)
-        .bind(i64::from(new.deleted))
-        .bind(body.as_deref())
-        .fetch_one(&mut *self.conn)
-        .await?;
-        sqlx::query(
+        let seq: i64 = conn
+            .prepare_cached(
+                "INSERT INTO resource_version (res_type, res_id, version, last_updated, last_updated_us, deleted, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
+            )?
+            .query_row(params![new.resource_type, new.id, version, last_updated, us, i64::from(new.deleted), body], |r| r.get(0))?;
+        conn.prepare_cached(
             "INSERT INTO resource_current (res_type, res_id, seq, deleted) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted",
-        )
-        .bind(new.resource_type)
-        .bind(new.id)
-        .bind(seq)
-        .bind(i64::from(new.deleted))
-        .execute(&mut *self.conn)
-        .await?;
+        )?
+        .execute(params![new.resource_type, new.id, seq, i64::from(new.deleted)])?;
         if previous.is_some() {
-            sqlx::query("DELETE FROM search_index WHERE res_type = ?1 AND res_id = ?2")
-                .bind(new.resource_type)
-                .bind(new.id)
-                .execute(&mut *self.conn)
-                .await?;
+            conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND res_id = ?2")?
+                .execute(params![new.resource_type, new.id])?;
         }
         if !new.deleted {
-            // 5 bound values per row; SQLite allows 32,766 per statement.
-            for chunk in new.index.chunks(1000) {
-                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO search_index (res_type, param, value, system, res_id) ",
-                );
-                qb.push_values(chunk, |mut b, e| {
-                    b.push_bind(new.resource_type)
-                        .push_bind(e.param)
-                        .push_bind(&e.value)
-                        .push_bind(e.system.as_deref())
-                        .push_bind(new.id);
-                });
-                qb.build().execute(&mut *self.conn).await?;
+            let mut insert = conn.prepare_cached("INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            for e in new.index {
+                insert.execute(params![
+                    new.resource_type,
+                    e.param,
+                    e.value,
+                    e.system,
+                    new.id
+                ])?;
             }
         }
         Ok(StoredVersion {
@@ -282,22 +361,6 @@ impl WriteTxn for SqliteWriteTxn<'_> {
     }
 }
 
-async fn read_current<'e, E: Executor<'e, Database = Sqlite>>(
-    ex: E,
-    resource_type: &str,
-    id: &str,
-) -> Result<Option<StoredVersion>, StorageError> {
-    let sql = format!(
-        "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2"
-    );
-    let row = sqlx::query(&sql)
-        .bind(resource_type)
-        .bind(id)
-        .fetch_optional(ex)
-        .await?;
-    row.as_ref().map(version_from_row).transpose()
-}
-
 /// Escapes GLOB metacharacters.
 fn glob_literal(s: &str) -> String {
     s.chars()
@@ -308,82 +371,142 @@ fn glob_literal(s: &str) -> String {
         .collect()
 }
 
-/// Builds the search SELECT over current, non-deleted resources, ordered by id; with `limit` `None` it counts them instead.
-fn search_query<'q>(
-    resource_type: &'q str,
-    request: &'q SearchRequest,
-    after_id: Option<&'q str>,
+/// The search SELECT over current, non-deleted resources, ordered by id; with `limit` `None`
+/// it selects `columns` without order or limit (for counting).
+fn search_sql(
+    resource_type: &str,
+    request: &SearchRequest,
+    after_id: Option<&str>,
     limit: Option<usize>,
     columns: &str,
-) -> QueryBuilder<'q, Sqlite> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-        "SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = "
-    ));
-    qb.push_bind(resource_type).push(" AND c.deleted = 0");
+) -> (String, Vec<SqlValue>) {
+    let mut sql = format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0");
+    let mut args: Vec<SqlValue> = vec![resource_type.to_string().into()];
     for criterion in &request.criteria {
-        qb.push(" AND (");
+        sql.push_str(" AND (");
         for (i, m) in criterion.any_of.iter().enumerate() {
             if i > 0 {
-                qb.push(" OR ");
+                sql.push_str(" OR ");
             }
             if let Match::Id(id) = m {
-                qb.push("c.res_id = ").push_bind(id.as_str());
+                sql.push_str("c.res_id = ?");
+                args.push(id.clone().into());
                 continue;
             }
-            qb.push("c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ")
-                .push_bind(resource_type)
-                .push(" AND i.param = ")
-                .push_bind(criterion.param.as_str());
+            sql.push_str("c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ? AND i.param = ?");
+            args.push(resource_type.to_string().into());
+            args.push(criterion.param.clone().into());
             match m {
                 Match::Id(_) => {}
                 Match::Token { system, code } => {
                     if let Some(code) = code {
-                        qb.push(" AND i.value = ").push_bind(code.as_str());
+                        sql.push_str(" AND i.value = ?");
+                        args.push(code.clone().into());
                     }
                     match system {
                         None => {}
-                        Some(None) => {
-                            qb.push(" AND i.system IS NULL");
-                        }
+                        Some(None) => sql.push_str(" AND i.system IS NULL"),
                         Some(Some(s)) => {
-                            qb.push(" AND i.system = ").push_bind(s.as_str());
+                            sql.push_str(" AND i.system = ?");
+                            args.push(s.clone().into());
                         }
                     }
                 }
                 Match::StartsWith(prefix) => {
-                    qb.push(" AND i.value >= ")
-                        .push_bind(prefix.as_str())
-                        .push(" AND i.value < ")
-                        .push_bind(format!("{prefix}\u{10FFFF}"));
+                    sql.push_str(" AND i.value >= ? AND i.value < ?");
+                    args.push(prefix.clone().into());
+                    args.push(format!("{prefix}\u{10FFFF}").into());
                 }
                 Match::Reference {
                     target_type: Some(t),
                     id,
                 } => {
-                    qb.push(" AND i.value = ").push_bind(format!("{t}/{id}"));
+                    sql.push_str(" AND i.value = ?");
+                    args.push(format!("{t}/{id}").into());
                 }
                 Match::Reference {
                     target_type: None,
                     id,
                 } => {
-                    qb.push(" AND i.value GLOB ")
-                        .push_bind(format!("*/{}", glob_literal(id)));
+                    sql.push_str(" AND i.value GLOB ?");
+                    args.push(format!("*/{}", glob_literal(id)).into());
                 }
                 Match::Uri(u) => {
-                    qb.push(" AND i.value = ").push_bind(u.as_str());
+                    sql.push_str(" AND i.value = ?");
+                    args.push(u.clone().into());
                 }
             }
-            qb.push(")");
+            sql.push(')');
         }
-        qb.push(")");
+        sql.push(')');
     }
     if let Some(after) = after_id {
-        qb.push(" AND c.res_id > ").push_bind(after);
+        sql.push_str(" AND c.res_id > ?");
+        args.push(after.to_string().into());
     }
     if let Some(limit) = limit {
-        qb.push(" ORDER BY c.res_id LIMIT ").push_bind(limit as i64);
+        sql.push_str(" ORDER BY c.res_id LIMIT ?");
+        args.push((limit as i64).into());
     }
-    qb
+    (sql, args)
+}
+
+fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StorageError> {
+    // One read transaction: the snapshot bound and the page come from the same snapshot.
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let max_seq: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM resource_version",
+            [],
+            |r| r.get(0),
+        )?;
+        let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
+        let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq <= ?");
+        let mut args: Vec<SqlValue> = vec![snapshot.into()];
+        match &q.scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) => {
+                sql.push_str(" AND v.res_type = ?");
+                args.push(t.clone().into());
+            }
+            HistoryScope::Instance(t, id) => {
+                sql.push_str(" AND v.res_type = ? AND v.res_id = ?");
+                args.push(t.clone().into());
+                args.push(id.clone().into());
+            }
+        }
+        if let Some(since) = q.since_us {
+            sql.push_str(" AND v.last_updated_us >= ?");
+            args.push(since.into());
+        }
+        if let Some(at) = q.at_or_before_us {
+            sql.push_str(" AND v.last_updated_us <= ?");
+            args.push(at.into());
+        }
+        let (cmp, order) = match q.order {
+            HistoryOrder::NewestFirst => ("<", "DESC"),
+            HistoryOrder::OldestFirst => (">", "ASC"),
+        };
+        if let Some(after) = q.after_seq {
+            sql.push_str(&format!(" AND v.seq {cmp} ?"));
+            args.push(after.into());
+        }
+        sql.push_str(&format!(" ORDER BY v.seq {order} LIMIT ?"));
+        args.push((q.count as i64 + 1).into());
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut versions = stmt
+            .query_map(params_from_iter(args), version_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let has_more = versions.len() > q.count;
+        versions.truncate(q.count);
+        Ok::<_, StorageError>(HistoryPage {
+            versions,
+            snapshot_seq: snapshot,
+            has_more,
+        })
+    })();
+    let _ = conn.execute_batch("COMMIT");
+    result
 }
 
 #[async_trait]
@@ -394,7 +517,9 @@ impl ResourceStore for SqliteStore {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        read_current(&self.readers, resource_type, id).await
+        // A point read by primary key takes microseconds: run it inline rather than hand it
+        // to another thread.
+        self.readers.with(|c| read_current(c, resource_type, id))
     }
 
     async fn vread(
@@ -404,14 +529,12 @@ impl ResourceStore for SqliteStore {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        let sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ?1 AND v.res_id = ?2 AND v.version = ?3");
-        let row = sqlx::query(&sql)
-            .bind(resource_type)
-            .bind(id)
-            .bind(version)
-            .fetch_optional(&self.readers)
-            .await?;
-        row.as_ref().map(version_from_row).transpose()
+        self.readers.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ?1 AND v.res_id = ?2 AND v.version = ?3"
+            ))?;
+            Ok(stmt.query_row(params![resource_type, id, version], version_from_row).optional()?)
+        })
     }
 
     async fn history(
@@ -419,62 +542,8 @@ impl ResourceStore for SqliteStore {
         _ctx: &AccessContext,
         q: &HistoryQuery,
     ) -> Result<HistoryPage, StorageError> {
-        let mut conn = self.readers.acquire().await?;
-        // One read transaction: the snapshot bound and the page come from the same snapshot.
-        conn.execute("BEGIN").await?;
-        let result = async {
-            let max_seq: i64 =
-                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM resource_version")
-                    .fetch_one(&mut *conn)
-                    .await?;
-            let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq <= "
-            ));
-            qb.push_bind(snapshot);
-            match &q.scope {
-                HistoryScope::System => {}
-                HistoryScope::Type(t) => {
-                    qb.push(" AND v.res_type = ").push_bind(t.as_str());
-                }
-                HistoryScope::Instance(t, id) => {
-                    qb.push(" AND v.res_type = ")
-                        .push_bind(t.as_str())
-                        .push(" AND v.res_id = ")
-                        .push_bind(id.as_str());
-                }
-            }
-            if let Some(since) = q.since_us {
-                qb.push(" AND v.last_updated_us >= ").push_bind(since);
-            }
-            if let Some(at) = q.at_or_before_us {
-                qb.push(" AND v.last_updated_us <= ").push_bind(at);
-            }
-            let (cmp, order) = match q.order {
-                HistoryOrder::NewestFirst => ("<", "DESC"),
-                HistoryOrder::OldestFirst => (">", "ASC"),
-            };
-            if let Some(after) = q.after_seq {
-                qb.push(format!(" AND v.seq {cmp} ")).push_bind(after);
-            }
-            qb.push(format!(" ORDER BY v.seq {order} LIMIT "))
-                .push_bind(q.count as i64 + 1);
-            let rows = qb.build().fetch_all(&mut *conn).await?;
-            let mut versions = rows
-                .iter()
-                .map(version_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let has_more = versions.len() > q.count;
-            versions.truncate(q.count);
-            Ok::<_, StorageError>(HistoryPage {
-                versions,
-                snapshot_seq: snapshot,
-                has_more,
-            })
-        }
-        .await;
-        let _ = conn.execute("COMMIT").await;
-        result
+        let q = q.clone();
+        self.blocking(move |c| history_page(c, &q)).await
     }
 
     async fn search(
@@ -485,21 +554,23 @@ impl ResourceStore for SqliteStore {
         after_id: Option<&str>,
         count: usize,
     ) -> Result<SearchPage, StorageError> {
-        let mut qb = search_query(
+        let (sql, args) = search_sql(
             resource_type,
             request,
             after_id,
             Some(count + 1),
             VERSION_COLUMNS,
         );
-        let rows = qb.build().fetch_all(&self.readers).await?;
-        let mut versions = rows
-            .iter()
-            .map(version_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = versions.len() > count;
-        versions.truncate(count);
-        Ok(SearchPage { versions, has_more })
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut versions = stmt
+                .query_map(params_from_iter(args), version_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let has_more = versions.len() > count;
+            versions.truncate(count);
+            Ok(SearchPage { versions, has_more })
+        })
+        .await
     }
 
     async fn count(
@@ -508,9 +579,14 @@ impl ResourceStore for SqliteStore {
         resource_type: &str,
         request: &SearchRequest,
     ) -> Result<u64, StorageError> {
-        let mut qb = search_query(resource_type, request, None, None, "COUNT(*)");
-        let n: i64 = qb.build_query_scalar().fetch_one(&self.readers).await?;
-        Ok(n.max(0) as u64)
+        let (sql, args) = search_sql(resource_type, request, None, None, "COUNT(*)");
+        self.blocking(move |c| {
+            let n: i64 = c
+                .prepare_cached(&sql)?
+                .query_row(params_from_iter(args), |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+        .await
     }
 
     async fn submit(&self, _ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError> {
@@ -521,9 +597,8 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn is_ready(&self) -> bool {
-        sqlx::query_scalar::<_, i64>("SELECT 1")
-            .fetch_one(&self.readers)
-            .await
+        self.readers
+            .with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .is_ok()
     }
 }
@@ -621,6 +696,7 @@ mod tests {
                 .len(),
             1
         );
+        assert_eq!(s.count(&ctx, "Patient", &req).await.unwrap(), 1);
         let h = s
             .history(
                 &ctx,
@@ -672,6 +748,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panicking_job_does_not_stop_the_writer() {
+        let (_d, s) = store().await;
+        let r = write::<(), StorageError, _>(&s, &AccessContext::system(), |_txn| {
+            Box::pin(async move { panic!("job bug") })
+        })
+        .await;
+        assert!(matches!(r, Err(StorageError::WriterGone)));
+        assert!(put(
+            &s,
+            "Patient",
+            "after",
+            serde_json::json!({"resourceType":"Patient"})
+        )
+        .await
+        .is_ok());
+    }
+
+    #[tokio::test]
     async fn versions_are_append_only_in_the_database() {
         let (d, s) = store().await;
         put(
@@ -682,14 +776,36 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut c =
-            SqliteConnection::connect(&format!("sqlite://{}", d.path().join("t.db").display()))
-                .await
-                .unwrap();
+        let c = Connection::open(d.path().join("t.db")).unwrap();
         assert!(c
-            .execute("UPDATE resource_version SET body = '{}'")
-            .await
+            .execute_batch("UPDATE resource_version SET body = '{}'")
             .is_err());
-        assert!(c.execute("DELETE FROM resource_version").await.is_err());
+        assert!(c.execute_batch("DELETE FROM resource_version").is_err());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions {
+            path: dir.path().join("r.db"),
+            readers: 1,
+        };
+        {
+            let s = SqliteStore::open(opts.clone()).await.unwrap();
+            put(
+                &s,
+                "Patient",
+                "keep",
+                serde_json::json!({"resourceType":"Patient"}),
+            )
+            .await
+            .unwrap();
+        }
+        let s = SqliteStore::open(opts).await.unwrap();
+        assert!(s
+            .read(&AccessContext::system(), "Patient", "keep")
+            .await
+            .unwrap()
+            .is_some());
     }
 }

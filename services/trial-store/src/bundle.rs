@@ -423,7 +423,7 @@ async fn execute(
             interactions::create(
                 txn,
                 res,
-                &uuid::Uuid::new_v4().to_string(),
+                &uuid::Uuid::now_v7().to_string(),
                 if_none_exist.as_ref(),
             )
             .await?
@@ -520,7 +520,7 @@ async fn assign_ids(
                         .map_err(|e| entry_error(i, e, "request.ifNoneExist"))?,
                     None => None,
                 };
-                let id = existing.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let id = existing.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 set_id(res, &id);
                 Some(format!("{}/{id}", res.resource_type))
             }
@@ -537,7 +537,7 @@ async fn assign_ids(
                             .and_then(Value::as_str)
                             .map(str::to_string)
                     })
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 set_id(res, &id);
                 Some(format!("{}/{id}", res.resource_type))
             }
@@ -558,7 +558,9 @@ fn set_id(res: &mut Incoming, id: &str) {
 }
 
 /// Rewrites `urn:uuid:` references to assigned ids and resolves conditional references
-/// (`Patient?identifier=sys|val`) to the one resource they match.
+/// (`Patient?identifier=sys|val`) to the one resource they match; a conditional reference that
+/// matches nothing fails the transaction. A `urn:uuid:` that names no entry is kept as it is
+/// (the specification only requires rewriting those that do; validation may flag it).
 async fn resolve_references(
     txn: &mut dyn WriteTxn,
     p: &mut Planned,
@@ -574,13 +576,6 @@ async fn resolve_references(
     for r in refs {
         if let Some(target) = ids.get(&r) {
             map.insert(r, target.clone());
-        } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                IssueType::NotFound,
-                format!("entry {i}: reference '{r}' matches no fullUrl in the Bundle"),
-            )
-            .at(format!("Bundle.entry[{i}].resource")));
         } else if let Some((t, q)) = r.split_once('?') {
             let rt = known_type(t).map_err(|e| entry_error(i, e, "resource"))?;
             let criteria = conditional_criteria(rt, q, "conditional reference")

@@ -384,7 +384,7 @@ async fn create(
         )?),
         None => None,
     };
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = uuid::Uuid::now_v7().to_string();
     let w = write(&*s.store, &access(&headers), move |txn| {
         Box::pin(async move { interactions::create(txn, &res, &id, ine.as_ref()).await })
     })
@@ -463,7 +463,7 @@ pub async fn conditional_update_in(
             interactions::update(txn, &res, &found, expected).await
         }
         None => {
-            let id = body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let id = body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             set_id(&mut res, &id);
             interactions::update(txn, &res, &id, expected).await
         }

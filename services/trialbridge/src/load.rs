@@ -85,7 +85,7 @@ pub fn resources_of(doc: Value, out: &mut Vec<Value>) {
     let mut doc = doc;
     if doc.get("id").is_none() {
         if let Value::Object(m) = &mut doc {
-            m.insert("id".into(), Value::from(uuid::Uuid::new_v4().to_string()));
+            m.insert("id".into(), Value::from(uuid::Uuid::now_v7().to_string()));
         }
     }
     out.push(doc);

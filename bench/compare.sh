@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs the foundation benchmark workloads against trialbridge and, when HFS_BIN is set, the
+# peer server helios-hfs, one after the other in the same run with the same client
+# (`trialbridge bench`) and the same data. Prints one JSON line per step; BENCHMARKS.md shows
+# how to turn them into the table.
+#
+#   cargo build --release
+#   HFS_BIN=/path/to/hfs HFS_DATA=/path/to/dir/with/search-parameters-r4.json bash bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tb=target/release/trialbridge
+data=bench/data/observations-1000.ndjson
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+suite() { # label base pid
+    local label=$1 base=$2 pid=$3
+    echo "{\"label\":\"$label\",\"rss_MiB_idle\":$(( $(ps -o rss= -p "$pid") / 1024 ))}"
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario put --concurrency 1 --requests 1000 --seconds 120
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario put --concurrency 16 --requests 1000 --seconds 120 --id-prefix c16-
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 1 --requests 1000 --seconds 120
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 16 --requests 1000 --seconds 120
+    echo "{\"label\":\"$label\",\"wrk\":\"$(wrk -t2 -c16 -d20s -s bench/get.lua --latency "$base" | grep '^WRK')\"}"
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario txn --concurrency 1 --requests 10 --seconds 120 --txn-size 100
+    echo "{\"label\":\"$label\",\"rss_MiB_after\":$(( $(ps -o rss= -p "$pid") / 1024 ))}"
+}
+
+wait_up() { for _ in $(seq 1 100); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.1; done; echo "server at $1 did not start" >&2; exit 1; }
+
+TRIALBRIDGE_DATABASE_URL="sqlite://$work/tb.db" TRIALBRIDGE_LOAD_STUDY=false $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
+tb_pid=$!
+wait_up http://127.0.0.1:8190/fhir
+suite trialbridge http://127.0.0.1:8190/fhir $tb_pid
+kill $tb_pid; wait $tb_pid 2>/dev/null || true
+
+if [ -n "${HFS_BIN:-}" ]; then
+    mkdir -p "$work/hfs/data"
+    cp "${HFS_DATA:?HFS_DATA must hold search-parameters-r4.json}/search-parameters-r4.json" "$work/hfs/data/"
+    (cd "$work/hfs" && HFS_LOG_LEVEL=warn HFS_BASE_URL=http://127.0.0.1:8191 "$HFS_BIN" --port 8191 --data-dir ./data --database-url ./hfs.db >hfs.log 2>&1) &
+    sleep 0.5
+    hfs_pid=$(pgrep -f "$HFS_BIN --port 8191" | head -1)
+    wait_up http://127.0.0.1:8191
+    suite helios-hfs http://127.0.0.1:8191 "$hfs_pid"
+    kill "$hfs_pid"
+fi
