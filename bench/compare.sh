@@ -16,12 +16,12 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 suite() { # label base pid
     local label=$1 base=$2 pid=$3
     echo "{\"label\":\"$label\",\"rss_MiB_idle\":$(( $(ps -o rss= -p "$pid") / 1024 ))}"
-    $tb bench --label "$label" --base "$base" --data "$data" --scenario put --concurrency 1 --requests 1000 --seconds 120
-    $tb bench --label "$label" --base "$base" --data "$data" --scenario put --concurrency 16 --requests 1000 --seconds 120 --id-prefix c16-
-    $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 1 --requests 1000 --seconds 120
-    $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 16 --requests 1000 --seconds 120
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario put --concurrency 1 --requests 2000 --seconds 60
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario put --concurrency 16 --requests 5000 --seconds 60 --id-prefix c16-
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 1 --requests 2000 --seconds 60
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 16 --requests 5000 --seconds 60
     echo "{\"label\":\"$label\",\"wrk\":\"$(wrk -t2 -c16 -d20s -s bench/get.lua --latency "$base" | grep '^WRK')\"}"
-    $tb bench --label "$label" --base "$base" --data "$data" --scenario txn --concurrency 1 --requests 10 --seconds 120 --txn-size 100
+    $tb bench --label "$label" --base "$base" --data "$data" --scenario txn --concurrency 1 --requests 20 --seconds 60 --txn-size 100
     echo "{\"label\":\"$label\",\"rss_MiB_after\":$(( $(ps -o rss= -p "$pid") / 1024 ))}"
 }
 

@@ -269,7 +269,7 @@ async fn transaction_rewrites_urn_uuid_and_conditional_references() {
         .await
         .unwrap();
     let b = json!({"resourceType":"Bundle","type":"transaction","entry":[
-        {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000001","resource":{"resourceType":"Observation","status":"final","code":{"text":"BMI"},
+        {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000001","resource":{"resourceType":"Observation","status":"final","code":{"text":"BMI"},"valueQuantity":{"value":"DECIMAL"},
             "subject":{"reference":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000002"},"performer":[{"reference":"Organization?identifier=urn:site|01"}]},
          "request":{"method":"POST","url":"Observation"}},
         {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000002","resource":{"resourceType":"Patient","identifier":[{"system":"urn:subj","value":"MC-1"}]},

@@ -1,6 +1,41 @@
 //! Writing Bundles whose entries embed stored resource text verbatim.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// One entry as sent: the resource is kept as text.
+#[derive(Debug, serde::Deserialize)]
+pub struct EntryText {
+    #[serde(rename = "fullUrl")]
+    /// `fullUrl`.
+    pub full_url: Option<String>,
+    /// The resource's JSON text.
+    pub resource: Option<Box<RawValue>>,
+    /// `request`.
+    pub request: Option<Value>,
+}
+
+/// The parts of a Bundle that transaction and batch processing read.
+#[derive(Debug, serde::Deserialize)]
+pub struct BundleText {
+    #[serde(rename = "resourceType")]
+    /// `resourceType`.
+    pub resource_type: Option<String>,
+    #[serde(rename = "type")]
+    /// `type`.
+    pub bundle_type: Option<String>,
+    #[serde(default)]
+    /// `entry`.
+    pub entry: Vec<EntryText>,
+}
+
+impl BundleText {
+    /// Reads a Bundle body (a UTF-8 BOM is tolerated).
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        serde_json::from_slice(bytes)
+    }
+}
 
 /// One entry of a Bundle being written.
 #[derive(Debug, Default)]

@@ -202,6 +202,63 @@ impl RawResource {
         }
     }
 
+    /// The resource as JSON text with one member replaced (or added, at the place [`Self::set`]
+    /// would put it), without copying the others first.
+    pub fn to_json_string_with(&self, key: &str, value: &Value) -> String {
+        let replacement = value.to_string();
+        let mut out = String::with_capacity(
+            self.members
+                .iter()
+                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .sum::<usize>()
+                + replacement.len()
+                + key.len()
+                + 6,
+        );
+        let present = self.members.iter().any(|(k, _)| k == key);
+        let after = match key {
+            "id" => "resourceType",
+            "meta" => "id",
+            _ => "",
+        };
+        let insert_at = if present {
+            None
+        } else {
+            Some(
+                self.members
+                    .iter()
+                    .position(|(k, _)| k == after)
+                    .map_or(self.members.len(), |p| p + 1),
+            )
+        };
+        let mut first = true;
+        let mut push = |out: &mut String, k: &str, v: &str| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&serde_json::to_string(k).unwrap_or_default());
+            out.push(':');
+            out.push_str(v);
+        };
+        out.push('{');
+        for (i, (k, v)) in self.members.iter().enumerate() {
+            if insert_at == Some(i) {
+                push(&mut out, key, &replacement);
+            }
+            if k == key {
+                push(&mut out, k, &replacement);
+            } else {
+                push(&mut out, k, v.get());
+            }
+        }
+        if insert_at == Some(self.members.len()) {
+            push(&mut out, key, &replacement);
+        }
+        out.push('}');
+        out
+    }
+
     /// The resource as JSON text, members in their original order and spelling.
     pub fn to_json_string(&self) -> String {
         let mut out = String::with_capacity(
@@ -250,6 +307,17 @@ mod tests {
         );
         let v = parse_resource(text).unwrap();
         assert_eq!(v["valueQuantity"]["value"].to_string(), "1.50");
+        let mut no_meta =
+            RawResource::parse(br#"{"resourceType":"Patient","id":"p","active":true}"#).unwrap();
+        assert_eq!(
+            no_meta.to_json_string_with("meta", &serde_json::json!({"versionId":"1"})),
+            r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"1"},"active":true}"#
+        );
+        no_meta.remove("id");
+        assert_eq!(
+            no_meta.to_json_string_with("meta", &serde_json::json!({})),
+            r#"{"resourceType":"Patient","active":true,"meta":{}}"#
+        );
     }
 
     #[test]

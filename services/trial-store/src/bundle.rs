@@ -9,9 +9,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
-use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
+use trialbridge_fhir::bundle::{BundleEntry, BundleText, BundleWriter, EntryText};
 use trialbridge_fhir::id::parse_etag_version;
-use trialbridge_fhir::json::{parse_resource, RawResource};
 use trialbridge_fhir::reference::{references, rewrite_references};
 use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
@@ -22,7 +21,7 @@ use crate::http::{
     access, conditional_criteria, conditional_update_in, found, json_response, query_pairs,
     version_path,
 };
-use crate::interactions::{self, checked_id, incoming, known_type, Incoming};
+use crate::interactions::{self, checked_id, incoming_from_bytes, known_type, Incoming};
 use crate::negotiate::{negotiate, read_body};
 use crate::StoreState;
 
@@ -135,7 +134,7 @@ fn error_field(e: &ApiError) -> &'static str {
     }
 }
 
-fn plan_entry(i: usize, entry: &Value, base: &str) -> Result<Planned, ApiError> {
+fn plan_entry(i: usize, entry: &EntryText, base: &str) -> Result<Planned, ApiError> {
     let bad = |field: &str, msg: String| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -144,7 +143,7 @@ fn plan_entry(i: usize, entry: &Value, base: &str) -> Result<Planned, ApiError> 
         )
         .at(format!("Bundle.entry[{i}].{field}"))
     };
-    let request = entry.get("request").ok_or_else(|| {
+    let request = entry.request.as_ref().ok_or_else(|| {
         bad(
             "request",
             "a transaction or batch entry needs a request".into(),
@@ -167,10 +166,7 @@ fn plan_entry(i: usize, entry: &Value, base: &str) -> Result<Planned, ApiError> 
         None => (url, None),
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let full_url = entry
-        .get("fullUrl")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let full_url = entry.full_url.clone();
     let wrap = |e: ApiError| entry_error(i, e, "request.url");
     if segments.iter().any(|s| s.starts_with('$')) {
         return Err(ApiError::new(
@@ -199,15 +195,12 @@ fn plan_entry(i: usize, entry: &Value, base: &str) -> Result<Planned, ApiError> 
         None => None,
     };
     let resource = |field: &str| -> Result<Incoming, ApiError> {
-        let v = entry
-            .get("resource")
-            .cloned()
+        let text = entry
+            .resource
+            .as_ref()
             .ok_or_else(|| bad("resource", format!("{method} needs a resource")))?;
-        if !v.is_object() {
-            return Err(bad("resource", "the resource must be a JSON object".into()));
-        }
-        let raw = RawResource::from_value(&v);
-        incoming(rt, raw, v).map_err(|e| entry_error(i, e, field))
+        // From the entry's own text, so that decimals keep their spelling here too.
+        incoming_from_bytes(rt, text.get().as_bytes()).map_err(|e| entry_error(i, e, field))
     };
     let criteria = |q: &str, what: &str| conditional_criteria(rt, q, what).map_err(wrap);
     let action = match (method, segments.len(), query) {
@@ -310,10 +303,19 @@ pub async fn process(
 ) -> Result<Response, ApiError> {
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let bundle = parse_resource(&bytes).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, IssueType::Structure, e.to_string()).at("Bundle")
+    let bundle = BundleText::parse(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::Structure,
+            format!(
+                "the Bundle cannot be read at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+        .at("Bundle")
     })?;
-    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+    if bundle.resource_type.as_deref() != Some("Bundle") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             IssueType::Invalid,
@@ -321,19 +323,8 @@ pub async fn process(
         )
         .at("resourceType"));
     }
-    let btype = bundle.get("type").and_then(Value::as_str).unwrap_or("");
-    let entries = match bundle.get("entry") {
-        None => Vec::new(),
-        Some(Value::Array(a)) => a.clone(),
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                IssueType::Structure,
-                "Bundle.entry must be an array",
-            )
-            .at("Bundle.entry"))
-        }
-    };
+    let btype = bundle.bundle_type.as_deref().unwrap_or("");
+    let entries = bundle.entry;
     let base = s.config.base_url.clone();
     match btype {
         "transaction" => {
@@ -602,6 +593,7 @@ async fn resolve_references(
         return Ok(());
     }
     rewrite_references(&mut res.value, &mut |r| map.get(r).cloned());
+    res.index = trialbridge_fhir::index::extract(res.resource_type, &res.value);
     for needle in ["urn:", "?"] {
         res.raw.rewrite_members(needle, &mut |v| {
             rewrite_references(v, &mut |r| map.get(r).cloned()) > 0

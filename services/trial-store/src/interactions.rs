@@ -20,6 +20,9 @@ pub struct Incoming {
     pub raw: RawResource,
     /// The parsed value (for ids and index extraction).
     pub value: Value,
+    /// Its search-index rows, extracted before the write transaction so that the writer does
+    /// not spend its time on them.
+    pub index: Vec<index::IndexEntry>,
 }
 
 /// What a write did.
@@ -94,10 +97,12 @@ pub fn incoming(
             .at(format!("{url_type}.id")));
         }
     }
+    let index = index::extract(url_type, &value);
     Ok(Incoming {
         resource_type: url_type,
         raw,
         value,
+        index,
     })
 }
 
@@ -115,11 +120,6 @@ async fn store(
     res: &Incoming,
     id: &str,
 ) -> Result<StoredVersion, ApiError> {
-    let mut body_value = res.value.clone();
-    if let Value::Object(m) = &mut body_value {
-        m.insert("id".into(), json!(id));
-    }
-    let entries = index::extract(res.resource_type, &body_value);
     let mut raw = res.raw.clone();
     raw.set("id", &json!(id));
     let meta = raw
@@ -130,16 +130,14 @@ async fn store(
         let mut meta = meta.clone();
         meta["versionId"] = json!(version.to_string());
         meta["lastUpdated"] = json!(last_updated);
-        let mut raw = raw.clone();
-        raw.set("meta", &meta);
-        raw.to_json_string()
+        raw.to_json_string_with("meta", &meta)
     };
     Ok(txn
         .append(NewVersion {
             resource_type: res.resource_type,
             id,
             deleted: false,
-            index: &entries,
+            index: &res.index,
             body: &render,
         })
         .await?)

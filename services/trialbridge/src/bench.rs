@@ -54,8 +54,18 @@ fn request_for(
     let n = obs.len();
     match args.scenario.as_str() {
         "put" => {
-            let o = obs.get(k)?;
-            let id = format!("{}{}", args.id_prefix, o["id"].as_str().unwrap_or_default());
+            // Past the end of the data the same resources are written again under new ids.
+            let o = &obs[k % n];
+            let round = if k >= n {
+                format!("r{}-", k / n)
+            } else {
+                String::new()
+            };
+            let id = format!(
+                "{}{round}{}",
+                args.id_prefix,
+                o["id"].as_str().unwrap_or_default()
+            );
             let mut o = o.clone();
             o["id"] = json!(id);
             Some((
@@ -65,7 +75,7 @@ fn request_for(
             ))
         }
         "post" => {
-            let mut o = obs.get(k)?.clone();
+            let mut o = obs[k % n].clone();
             if let Value::Object(m) = &mut o {
                 m.remove("id");
             }
