@@ -183,6 +183,13 @@ pub trait WriteTxn: Send {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError>;
+    /// The current version number of a resource and whether it is a tombstone, without its
+    /// body.
+    async fn current_version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<(i64, bool)>, StorageError>;
     /// Ids of current resources matching a search, at most `limit`.
     async fn search_ids(
         &mut self,

@@ -293,6 +293,19 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         read_current(self.conn, resource_type, id)
     }
 
+    async fn current_version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<(i64, bool)>, StorageError> {
+        let mut stmt = self.conn.prepare_cached("SELECT v.version, c.deleted FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?;
+        Ok(stmt
+            .query_row(params![resource_type, id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0))
+            })
+            .optional()?)
+    }
+
     async fn search_ids(
         &mut self,
         resource_type: &str,
@@ -343,7 +356,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
                     new.resource_type,
                     e.param,
                     e.value,
-                    e.system,
+                    e.system.as_deref().unwrap_or(""),
                     new.id
                 ])?;
             }
@@ -405,7 +418,7 @@ fn search_sql(
                     }
                     match system {
                         None => {}
-                        Some(None) => sql.push_str(" AND i.system IS NULL"),
+                        Some(None) => sql.push_str(" AND i.system = ''"),
                         Some(Some(s)) => {
                             sql.push_str(" AND i.system = ?");
                             args.push(s.clone().into());

@@ -231,15 +231,14 @@ pub async fn update(
             .at(format!("{}.id", res.resource_type)));
         }
     }
-    let current = txn.current(res.resource_type, id).await?;
-    let live = current.as_ref().filter(|c| !c.deleted);
+    let live = txn
+        .current_version(res.resource_type, id)
+        .await?
+        .filter(|(_, deleted)| !deleted)
+        .map(|(v, _)| v);
     if let Some(expected) = if_match {
-        if live.map(|c| c.version) != Some(expected) {
-            return Err(precondition(
-                res.resource_type,
-                expected,
-                live.map(|c| c.version),
-            ));
+        if live != Some(expected) {
+            return Err(precondition(res.resource_type, expected, live));
         }
     }
     let status = if live.is_some() {
@@ -261,15 +260,14 @@ pub async fn delete(
     id: &str,
     if_match: Option<i64>,
 ) -> Result<Written, ApiError> {
-    let current = txn.current(resource_type, id).await?;
-    let live = current.as_ref().filter(|c| !c.deleted);
+    let live = txn
+        .current_version(resource_type, id)
+        .await?
+        .filter(|(_, deleted)| !deleted)
+        .map(|(v, _)| v);
     if let Some(expected) = if_match {
-        if live.map(|c| c.version) != Some(expected) {
-            return Err(precondition(
-                resource_type,
-                expected,
-                live.map(|c| c.version),
-            ));
+        if live != Some(expected) {
+            return Err(precondition(resource_type, expected, live));
         }
     }
     if live.is_none() {

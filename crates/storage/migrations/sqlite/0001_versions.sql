@@ -23,15 +23,16 @@ CREATE TABLE resource_current (
     PRIMARY KEY (res_type, res_id)
 ) WITHOUT ROWID;
 
--- Search index of current, non-deleted versions.
+-- Search index of current, non-deleted versions; the primary key is the lookup order, so a
+-- search reads one range of one b-tree. `system` is '' when a token has no system.
 CREATE TABLE search_index (
     res_type TEXT NOT NULL,
     param    TEXT NOT NULL,
     value    TEXT NOT NULL,
-    system   TEXT,
-    res_id   TEXT NOT NULL
-);
-CREATE INDEX search_index_lookup ON search_index (res_type, param, value, system);
+    system   TEXT NOT NULL DEFAULT '',
+    res_id   TEXT NOT NULL,
+    PRIMARY KEY (res_type, param, value, system, res_id)
+) WITHOUT ROWID;
 CREATE INDEX search_index_owner ON search_index (res_type, res_id);
 
 -- Versions are append-only: the database refuses to change or remove one.
