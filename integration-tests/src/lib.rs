@@ -91,3 +91,25 @@ pub fn without_meta(v: &serde_json::Value) -> serde_json::Value {
     }
     v
 }
+
+/// The `next` link of a Bundle, if any.
+pub fn next_link(bundle: &serde_json::Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
+}
+
+/// GET `url` and return the body as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body")
+}

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::client;
+use integration_tests::{client, next_link};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -135,13 +135,8 @@ async fn acknowledged_writes_survive_kill_9() {
         for e in h["entry"].as_array().into_iter().flatten() {
             assert_eq!(e["resource"]["resourceType"], "Observation", "{e}");
         }
-        match h["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(n) => url = n["url"].as_str().unwrap().to_string(),
+        match next_link(&h) {
+            Some(n) => url = n,
             None => break,
         }
     }

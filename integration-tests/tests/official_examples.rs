@@ -1,7 +1,7 @@
 //! The official R4 examples survive a round trip, and the official transaction example behaves
 //! as the specification says.
 
-use integration_tests::{client, fixture, without_meta, TestStore};
+use integration_tests::{client, fixture, get_text, without_meta, TestStore};
 use serde_json::{json, Value};
 
 fn examples() -> Vec<(String, Value)> {
@@ -63,14 +63,7 @@ async fn decimal_precision_is_kept_byte_for_byte() {
         .send()
         .await
         .unwrap();
-    let got = client()
-        .get(s.url("Observation/decimal"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let got = get_text(&s.url("Observation/decimal")).await;
     for value_text in [
         "1.0",
         "1.00",
@@ -97,14 +90,7 @@ async fn decimal_precision_is_kept_byte_for_byte() {
         .send()
         .await
         .unwrap();
-    let got = client()
-        .get(s.url("Observation/e"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let got = get_text(&s.url("Observation/e")).await;
     assert!(
         got.contains(r#""valueQuantity":{"value":1E-22}"#) && got.contains(r#"{"value":1.00}"#),
         "{got}"
@@ -321,7 +307,9 @@ async fn batch_entries_are_independent() {
         {"resource":{"resourceType":"Patient","id":"b1"},"request":{"method":"PUT","url":"Patient/b1"}},
         {"request":{"method":"GET","url":"Patient/missing"}},
         {"resource":{"resourceType":"Observation","id":"x"},"request":{"method":"PUT","url":"Patient/b2"}},
-        {"request":{"method":"GET","url":"Patient/b1"}}
+        {"request":{"method":"GET","url":"Patient/b1"}},
+        {"request":{"method":"GET","url":"Patient/b1/_history/1"}},
+        {"request":{"method":"GET","url":"Patient/b1/_history/2"}}
     ]});
     let r: Value = client()
         .post(&s.base)
@@ -342,7 +330,14 @@ async fn batch_entries_are_independent() {
         .collect();
     assert_eq!(
         st,
-        ["201 Created", "404 Not Found", "400 Bad Request", "200 OK"]
+        [
+            "201 Created",
+            "404 Not Found",
+            "400 Bad Request",
+            "200 OK",
+            "200 OK",
+            "404 Not Found"
+        ]
     );
     assert_eq!(
         r["entry"][1]["response"]["outcome"]["resourceType"],

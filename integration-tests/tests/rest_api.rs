@@ -1,7 +1,7 @@
 //! The FHIR REST interactions of the trial store, and every error path with its
 //! OperationOutcome code and expression.
 
-use integration_tests::{client, TestStore};
+use integration_tests::{client, get_text, next_link, TestStore};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -557,14 +557,7 @@ async fn content_negotiation_accepts_json_forms() {
             .unwrap()
             .starts_with("application/fhir+json"));
     }
-    let r = client()
-        .get(s.url("Observation/n1?_pretty=true&_format=json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let r = get_text(&s.url("Observation/n1?_pretty=true&_format=json")).await;
     assert!(r.contains("\n  \"resourceType\""), "{r}");
 }
 
@@ -592,13 +585,7 @@ async fn history_pages_by_sequence_with_absolute_links() {
             seen.push(e["resource"]["id"].as_str().unwrap().to_string());
             assert!(e["fullUrl"].as_str().unwrap().starts_with("http://"));
         }
-        let next = r.body["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
-        match next {
+        match next_link(&r.body) {
             Some(n) => {
                 assert!(n.starts_with(&s.base), "absolute link {n}");
                 url = n;
@@ -665,13 +652,8 @@ async fn search_pages_with_keyset_links() {
                 })
                 .unwrap_or_default(),
         );
-        match r.body["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-        {
-            Some(n) => url = n["url"].as_str().unwrap().to_string(),
+        match next_link(&r.body) {
+            Some(n) => url = n,
             None => break,
         }
     }

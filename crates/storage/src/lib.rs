@@ -183,6 +183,13 @@ pub trait WriteTxn: Send {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError>;
+    /// One version of a resource, as this transaction sees it.
+    async fn version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredVersion>, StorageError>;
     /// The current version number of a resource and whether it is a tombstone, without its
     /// body.
     async fn current_version(

@@ -283,6 +283,20 @@ fn read_current(
         .optional()?)
 }
 
+fn read_version(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+) -> Result<Option<StoredVersion>, StorageError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ?1 AND v.res_id = ?2 AND v.version = ?3"
+    ))?;
+    Ok(stmt
+        .query_row(params![resource_type, id, version], version_from_row)
+        .optional()?)
+}
+
 #[async_trait]
 impl WriteTxn for SqliteWriteTxn<'_> {
     async fn current(
@@ -291,6 +305,15 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
         read_current(self.conn, resource_type, id)
+    }
+
+    async fn version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredVersion>, StorageError> {
+        read_version(self.conn, resource_type, id, version)
     }
 
     async fn current_version(
@@ -542,12 +565,8 @@ impl ResourceStore for SqliteStore {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        self.readers.with(|c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ?1 AND v.res_id = ?2 AND v.version = ?3"
-            ))?;
-            Ok(stmt.query_row(params![resource_type, id, version], version_from_row).optional()?)
-        })
+        self.readers
+            .with(|c| read_version(c, resource_type, id, version))
     }
 
     async fn history(

@@ -437,25 +437,11 @@ async fn execute(
                 },
             }
         }
-        Action::Read {
-            rt,
-            id,
-            version: None,
-        } => {
-            let v = found(rt, id, txn.current(rt, id).await?)?;
-            return Ok(EntryResult {
-                status: StatusCode::OK,
-                version: Some(v),
-                bundle: None,
-            });
-        }
-        Action::Read {
-            rt,
-            id,
-            version: Some(_),
-        } => {
-            // A version read inside a transaction: only the current version is visible here.
-            let v = found(rt, id, txn.current(rt, id).await?)?;
+        Action::Read { rt, id, version } => {
+            let v = match version {
+                None => found(rt, id, txn.current(rt, id).await?)?,
+                Some(n) => found(rt, id, txn.version(rt, id, *n).await?)?,
+            };
             return Ok(EntryResult {
                 status: StatusCode::OK,
                 version: Some(v),

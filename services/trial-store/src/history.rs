@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
-use trialbridge_fhir::{instant, IssueType, OperationOutcome, OutcomeIssue};
+use trialbridge_fhir::{instant, IssueType};
 use trialbridge_storage::{HistoryOrder, HistoryQuery, HistoryScope, StoredVersion};
 
 use crate::error::ApiError;
@@ -199,23 +199,7 @@ async fn respond(
         b.entry(history_entry(base, v));
     }
     if !ignored.is_empty() {
-        let oo = OperationOutcome {
-            issues: ignored
-                .iter()
-                .map(|p| {
-                    OutcomeIssue::warning(
-                        IssueType::NotSupported,
-                        format!("parameter '{p}' was ignored"),
-                    )
-                    .at(p.clone())
-                })
-                .collect(),
-        };
-        b.entry(BundleEntry {
-            resource_value: Some(oo.to_json()),
-            search: Some(json!({"mode": "outcome"})),
-            ..Default::default()
-        });
+        b.entry(crate::search::ignored_parameters_entry(&ignored));
     }
     Ok(json_response(StatusCode::OK, b.finish(), fmt))
 }

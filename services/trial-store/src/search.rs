@@ -144,24 +144,28 @@ async fn run(
         }
     }
     if !req.ignored.is_empty() {
-        let oo = OperationOutcome {
-            issues: req
-                .ignored
-                .iter()
-                .map(|p| {
-                    OutcomeIssue::warning(
-                        IssueType::NotSupported,
-                        format!("search parameter '{p}' is not supported and was ignored"),
-                    )
-                    .at(p.clone())
-                })
-                .collect(),
-        };
-        b.entry(BundleEntry {
-            resource_value: Some(oo.to_json()),
-            search: Some(json!({"mode": "outcome"})),
-            ..Default::default()
-        });
+        b.entry(ignored_parameters_entry(&req.ignored));
     }
     Ok(json_response(StatusCode::OK, b.finish(), fmt))
+}
+
+/// The `search.mode = outcome` entry that tells a lenient client which parameters were ignored.
+pub fn ignored_parameters_entry(ignored: &[String]) -> BundleEntry<'static> {
+    let oo = OperationOutcome {
+        issues: ignored
+            .iter()
+            .map(|p| {
+                OutcomeIssue::warning(
+                    IssueType::NotSupported,
+                    format!("parameter '{p}' is not supported and was ignored"),
+                )
+                .at(p.clone())
+            })
+            .collect(),
+    };
+    BundleEntry {
+        resource_value: Some(oo.to_json()),
+        search: Some(json!({"mode": "outcome"})),
+        ..Default::default()
+    }
 }

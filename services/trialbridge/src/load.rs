@@ -29,6 +29,28 @@ pub struct LoadCounts {
     pub unchanged: usize,
 }
 
+impl LoadCounts {
+    fn add(&mut self, c: LoadCounts) {
+        self.created += c.created;
+        self.updated += c.updated;
+        self.unchanged += c.unchanged;
+    }
+}
+
+/// Loads `pending` once it holds a whole batch.
+async fn flush_full_batch(
+    store: &dyn ResourceStore,
+    pending: &mut Vec<Value>,
+    total: &mut LoadCounts,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    if pending.len() >= BATCH {
+        total.add(load_values(store, std::mem::take(pending)).await?);
+        bar.set_message(format!("{} created", total.created));
+    }
+    Ok(())
+}
+
 /// Writes resources (with ids) in one transaction; content equal to the current version is
 /// left alone, so loading twice changes nothing.
 pub async fn load_values(
@@ -129,11 +151,6 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
     );
     let mut total = LoadCounts::default();
     let mut pending = Vec::with_capacity(BATCH);
-    let add = |c: LoadCounts, total: &mut LoadCounts| {
-        total.created += c.created;
-        total.updated += c.updated;
-        total.unchanged += c.unchanged;
-    };
     for f in &files {
         let is_ndjson = f.extension().and_then(|e| e.to_str()) == Some("ndjson");
         if is_ndjson {
@@ -147,13 +164,7 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
                 let v: Value = serde_json::from_str(&line)
                     .with_context(|| format!("{}:{}", f.display(), n + 1))?;
                 resources_of(v, &mut pending);
-                if pending.len() >= BATCH {
-                    add(
-                        load_values(&*store, std::mem::take(&mut pending)).await?,
-                        &mut total,
-                    );
-                    bar.set_message(format!("{} created", total.created));
-                }
+                flush_full_batch(&*store, &mut pending, &mut total, &bar).await?;
             }
         } else {
             let bytes = std::fs::read(f)?;
@@ -161,17 +172,11 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
             let v: Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not JSON", f.display()))?;
             resources_of(v, &mut pending);
-            if pending.len() >= BATCH {
-                add(
-                    load_values(&*store, std::mem::take(&mut pending)).await?,
-                    &mut total,
-                );
-                bar.set_message(format!("{} created", total.created));
-            }
+            flush_full_batch(&*store, &mut pending, &mut total, &bar).await?;
         }
     }
     if !pending.is_empty() {
-        add(load_values(&*store, pending).await?, &mut total);
+        total.add(load_values(&*store, pending).await?);
     }
     bar.finish_and_clear();
     println!(
