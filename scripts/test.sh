@@ -12,4 +12,12 @@ if ! "$venv/bin/python" -c 'import fhirpy' 2>/dev/null; then
 fi
 export TRIALBRIDGE_TEST_PYTHON="$PWD/$venv/bin/python"
 
-cargo test --workspace --locked
+# Unit and integration tests (no doc-tests: the crates have none). The summary line at the end
+# adds up every test binary's result.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets --locked 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

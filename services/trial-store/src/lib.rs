@@ -1,8 +1,9 @@
 //! trial-store: the MesemCart trial database as a FHIR R4 (4.0.1) server.
 //!
 //! The crate is a library: [`router`] builds the axum router over a [`StoreState`], and [`run`]
-//! opens the database, binds the listener and serves until shutdown. The all-in-one
-//! `trialbridge` binary and the integration tests start exactly this code.
+//! opens the database, loads the study, binds the listener and serves until shutdown. The
+//! crate's own thin `main` (`trial-store`), the all-in-one `trialbridge` binary and the
+//! integration tests start exactly this code.
 //!
 //! Layout: `http` (routes and handlers, the only module that knows HTTP), `error` (the one place
 //! where failures become OperationOutcomes), `interactions` (create/update/delete semantics on a
@@ -11,18 +12,23 @@
 
 mod bundle;
 mod capability;
+pub mod config;
 mod error;
 mod history;
 mod http;
 mod interactions;
+pub mod loading;
 mod negotiate;
 mod search;
+pub mod study;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use config::{ServeArgs, ServeConfig};
 pub use error::ApiError;
 pub use interactions::{load_resource, LoadResult};
+pub use loading::{load_values, LoadCounts};
 use trialbridge_storage::ResourceStore;
 
 /// Settings of the FHIR API.
@@ -64,25 +70,15 @@ pub fn router(state: StoreState) -> axum::Router {
     http::routes(state)
 }
 
-/// How to start the trial store on its own.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// `sqlite://path` (PostgreSQL follows).
-    pub database_url: String,
-    /// Public base URL; defaults to `http://{listen}/fhir`.
-    pub base_url: Option<String>,
-    /// Largest accepted request body in bytes.
-    pub max_body_bytes: usize,
-}
-
 /// Failures while starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The database could not be opened.
     #[error(transparent)]
     Storage(#[from] trialbridge_storage::StorageError),
+    /// The study definition could not be loaded.
+    #[error("loading the study definition failed: {0:?}")]
+    Study(ApiError),
     /// The listener could not be bound or failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -93,13 +89,24 @@ pub enum RunError {
     },
 }
 
-/// Opens the database, binds `config.listen` and serves until `shutdown` resolves; in-flight
-/// requests finish first.
-pub async fn run(
-    config: RunConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), RunError> {
+/// A store that is bound and ready to serve.
+pub struct Bound {
+    /// The bound listener.
+    pub listener: tokio::net::TcpListener,
+    /// The router state.
+    pub state: StoreState,
+    /// What loading the study did, if it was loaded.
+    pub study: Option<LoadCounts>,
+}
+
+/// Opens the database, loads the study if configured, and binds the listener.
+pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     let store = trialbridge_storage::open(&config.database_url).await?;
+    let study = if config.load_study {
+        Some(study::load(&*store).await.map_err(RunError::Study)?)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -113,18 +120,93 @@ pub async fn run(
     let mut api = StoreConfig::new(
         config
             .base_url
+            .clone()
             .unwrap_or_else(|| format!("http://{addr}/fhir")),
     );
     api.max_body_bytes = config.max_body_bytes;
-    serve(
+    Ok(Bound {
         listener,
-        StoreState {
+        state: StoreState {
             store,
             config: Arc::new(api),
         },
-        shutdown,
-    )
-    .await
+        study,
+    })
+}
+
+/// Starts the store and serves until `shutdown` resolves; in-flight requests finish first.
+pub async fn run(
+    config: &ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let b = bind(config).await?;
+    serve(b.listener, b.state, shutdown).await
+}
+
+/// The `serve` command shared by the binaries: checks the configuration (one line per
+/// problem, exit code 2), starts the store, prints the FHIR base URL alone on stdout, and
+/// serves until Ctrl-C or SIGTERM.
+pub async fn serve_command(args: ServeArgs) -> std::process::ExitCode {
+    let config = match ServeConfig::from_args(args) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("trialbridge: configuration: {p}");
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let bound = match bind(&config).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("trialbridge: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    if let Some(n) = bound.study {
+        eprintln!(
+            "trialbridge: MesemCart study loaded ({} created, {} updated, {} unchanged)",
+            n.created, n.updated, n.unchanged
+        );
+    }
+    let base = bound.state.config.base_url.clone();
+    println!("{base}");
+    eprintln!(
+        "trialbridge: trial store listening, FHIR base {base} (database {})",
+        config.database_url
+    );
+    match serve(bound.listener, bound.state, shutdown_signal()).await {
+        Ok(()) => {
+            eprintln!("trialbridge: stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trialbridge: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }
 
 /// Serves the router on an already bound listener (tests bind port 0 and read the address).

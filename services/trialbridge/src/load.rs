@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::Value;
-use trialbridge_storage::{write, AccessContext, ResourceStore};
+use trial_store::{load_values, LoadCounts};
+use trialbridge_storage::ResourceStore;
 
 /// Arguments of `load`.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,25 +19,6 @@ pub struct LoadArgs {
 /// How many resources one commit takes.
 const BATCH: usize = 500;
 
-/// What a load did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LoadCounts {
-    /// New resources.
-    pub created: usize,
-    /// New versions.
-    pub updated: usize,
-    /// Identical to what was stored; nothing written.
-    pub unchanged: usize,
-}
-
-impl LoadCounts {
-    fn add(&mut self, c: LoadCounts) {
-        self.created += c.created;
-        self.updated += c.updated;
-        self.unchanged += c.unchanged;
-    }
-}
-
 /// Loads `pending` once it holds a whole batch.
 async fn flush_full_batch(
     store: &dyn ResourceStore,
@@ -45,63 +27,47 @@ async fn flush_full_batch(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     if pending.len() >= BATCH {
-        total.add(load_values(store, std::mem::take(pending)).await?);
+        total.add(load_batch(store, std::mem::take(pending)).await?);
         bar.set_message(format!("{} created", total.created));
     }
     Ok(())
 }
 
-/// Writes resources (with ids) in one transaction; content equal to the current version is
-/// left alone, so loading twice changes nothing.
-pub async fn load_values(
-    store: &dyn ResourceStore,
-    values: Vec<Value>,
-) -> anyhow::Result<LoadCounts> {
-    let counts = write(store, &AccessContext::system(), move |txn| {
-        Box::pin(async move {
-            let mut c = LoadCounts::default();
-            for v in values {
-                let what = format!(
-                    "{}/{}",
-                    v.get("resourceType").and_then(Value::as_str).unwrap_or("?"),
-                    v.get("id").and_then(Value::as_str).unwrap_or("?")
-                );
-                match trial_store::load_resource(txn, v).await {
-                    Ok(trial_store::LoadResult::Created) => c.created += 1,
-                    Ok(trial_store::LoadResult::Updated) => c.updated += 1,
-                    Ok(trial_store::LoadResult::Unchanged) => c.unchanged += 1,
-                    Err(e) => {
-                        return Err(anyhow::anyhow!(
-                            "{what}: {}",
-                            e.outcome()
-                                .issues
-                                .first()
-                                .map(|i| i.diagnostics.clone())
-                                .unwrap_or_default()
-                        ))
-                    }
-                }
-            }
-            Ok::<_, anyhow::Error>(c)
-        })
+async fn load_batch(store: &dyn ResourceStore, values: Vec<Value>) -> anyhow::Result<LoadCounts> {
+    load_values(store, values).await.map_err(|e| {
+        let why: Vec<String> = e
+            .outcome()
+            .issues
+            .iter()
+            .map(|i| i.diagnostics.clone())
+            .collect();
+        anyhow::anyhow!("{}", why.join("; "))
     })
-    .await?;
-    Ok(counts)
 }
 
-/// Resources of one JSON document: a resource, or the resources of a Bundle's entries. A
-/// resource without an id gets a new one.
-pub fn resources_of(doc: Value, out: &mut Vec<Value>) {
-    if doc.get("resourceType").and_then(Value::as_str) == Some("Bundle")
-        && doc.get("type").and_then(Value::as_str) != Some("document")
-    {
-        if let Some(entries) = doc.get("entry").and_then(Value::as_array) {
-            for e in entries {
-                if let Some(r) = e.get("resource") {
-                    resources_of(r.clone(), out);
+/// Resources of one JSON document: a resource, or the resources of a Bundle's entries (for a
+/// collection, searchset or history Bundle). A resource without an id gets a new one.
+/// Transaction and batch Bundles are requests, not data: they belong on `POST /fhir`.
+pub fn resources_of(doc: Value, out: &mut Vec<Value>) -> anyhow::Result<()> {
+    if doc.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        match doc.get("type").and_then(Value::as_str) {
+            Some(t @ ("transaction" | "batch")) => anyhow::bail!(
+                "a {t} Bundle is a request: POST it to the FHIR base URL instead of loading it"
+            ),
+            Some("collection" | "searchset" | "history") => {
+                for e in doc
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(r) = e.get("resource") {
+                        resources_of(r.clone(), out)?;
+                    }
                 }
+                return Ok(());
             }
-            return;
+            _ => {}
         }
     }
     let mut doc = doc;
@@ -111,6 +77,7 @@ pub fn resources_of(doc: Value, out: &mut Vec<Value>) {
         }
     }
     out.push(doc);
+    Ok(())
 }
 
 fn files_under(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -163,7 +130,8 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
                 }
                 let v: Value = serde_json::from_str(&line)
                     .with_context(|| format!("{}:{}", f.display(), n + 1))?;
-                resources_of(v, &mut pending);
+                resources_of(v, &mut pending)
+                    .with_context(|| format!("{}:{}", f.display(), n + 1))?;
                 flush_full_batch(&*store, &mut pending, &mut total, &bar).await?;
             }
         } else {
@@ -171,12 +139,12 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
             bar.inc(bytes.len() as u64);
             let v: Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not JSON", f.display()))?;
-            resources_of(v, &mut pending);
+            resources_of(v, &mut pending).with_context(|| f.display().to_string())?;
             flush_full_batch(&*store, &mut pending, &mut total, &bar).await?;
         }
     }
     if !pending.is_empty() {
-        total.add(load_values(&*store, pending).await?);
+        total.add(load_batch(&*store, pending).await?);
     }
     bar.finish_and_clear();
     println!(

@@ -3,7 +3,8 @@
 
 use trialbridge_storage::ResourceStore;
 
-use crate::load::{load_values, LoadCounts};
+use crate::error::ApiError;
+use crate::loading::{load_values, LoadCounts};
 
 /// Every file of `studies/mesemcart/` (a test checks that none is missing).
 pub const FILES: &[(&str, &str)] = &[
@@ -102,11 +103,16 @@ pub const FILES: &[(&str, &str)] = &[
 ];
 
 /// Loads the study definition.
-pub async fn load(store: &dyn ResourceStore) -> anyhow::Result<LoadCounts> {
+pub async fn load(store: &dyn ResourceStore) -> Result<LoadCounts, ApiError> {
     let mut values = Vec::with_capacity(FILES.len());
     for (name, text) in FILES {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| anyhow::anyhow!("studies/mesemcart/{name}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                trialbridge_fhir::IssueType::Exception,
+                format!("studies/mesemcart/{name}: {e}"),
+            )
+        })?;
         values.push(v);
     }
     load_values(store, values).await

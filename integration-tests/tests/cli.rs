@@ -1,0 +1,85 @@
+//! The command line: configuration errors, `load`.
+
+use std::process::Command;
+
+use integration_tests::fixture;
+
+fn trialbridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trialbridge"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRIALBRIDGE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn every_bad_setting_is_reported_on_its_own_line() {
+    let out = trialbridge()
+        .arg("serve")
+        .env("TRIALBRIDGE_LISTEN", "nowhere")
+        .env("TRIALBRIDGE_MAX_BODY_BYTES", "lots")
+        .env("TRIALBRIDGE_DATABASE_URL", "mysql://db")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("configuration:"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("TRIALBRIDGE_LISTEN") && l.contains("nowhere")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("TRIALBRIDGE_MAX_BODY_BYTES")));
+    assert!(lines.iter().any(|l| l.contains("TRIALBRIDGE_DATABASE_URL")));
+}
+
+#[test]
+fn load_is_idempotent_and_refuses_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("in");
+    std::fs::create_dir(&data).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(fixture("r4-examples")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") && !name.starts_with("Bundle-") {
+            std::fs::copy(&p, data.join(&name)).unwrap();
+            n += 1;
+        }
+    }
+    let db = format!("sqlite://{}", dir.path().join("load.db").display());
+    let run = |path: &std::path::Path| {
+        trialbridge()
+            .args(["load"])
+            .arg(path)
+            .env("TRIALBRIDGE_DATABASE_URL", &db)
+            .output()
+            .unwrap()
+    };
+    let first = run(&data);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        stdout.contains(&format!("{n} created, 0 updated, 0 unchanged")),
+        "{stdout}"
+    );
+    let second = run(&data);
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        stdout.contains(&format!("0 created, 0 updated, {n} unchanged")),
+        "{stdout}"
+    );
+    let txn = run(&fixture("r4-examples/Bundle-bundle-transaction.json"));
+    assert!(!txn.status.success());
+    assert!(String::from_utf8_lossy(&txn.stderr).contains("POST it to the FHIR base URL"));
+}
