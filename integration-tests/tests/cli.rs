@@ -5,7 +5,7 @@ use std::process::Command;
 use integration_tests::fixture;
 
 fn trialbridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trialbridge"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
     for (k, _) in std::env::vars() {
         if k.starts_with("TRIALBRIDGE_") {
             c.env_remove(k);

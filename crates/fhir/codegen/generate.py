@@ -65,20 +65,26 @@ def part_applies(part, base):
 
 def search_parameters(types):
     bundle = load("search-parameters.json")
+    by_url = {e["resource"]["url"]: e["resource"] for e in bundle["entry"]}
     rows = []
     for e in bundle["entry"]:
         r = e["resource"]
         expr = r.get("expression")
+        components = tuple(
+            (by_url[c["definition"]]["type"], c["expression"])
+            for c in r.get("component", [])
+            if c["definition"] in by_url
+        )
         for base in r["base"]:
             if base in ("Resource", "DomainResource"):
                 if expr:
-                    rows.append((base, r["code"], r["type"], expr))
+                    rows.append((base, r["code"], r["type"], expr, components))
                 continue
             if base not in types or not expr:
                 continue
             parts = [p for p in split_top_level(expr) if part_applies(p, base)]
             if parts:
-                rows.append((base, r["code"], r["type"], " | ".join(parts)))
+                rows.append((base, r["code"], r["type"], " | ".join(parts), components))
     rows = sorted(set(rows))
     return rows
 
@@ -103,14 +109,18 @@ def main():
     rows = search_parameters(set(types))
     with open(os.path.join(OUT, "search_parameters.rs"), "w", encoding="utf-8") as f:
         f.write(HEADER)
-        f.write("use crate::search_param::{SearchParamKind, SearchParameterDef};\n\n")
+        f.write("use crate::search_param::{ComponentDef, SearchParamKind, SearchParameterDef};\n\n")
         f.write("/// The R4 SearchParameters per base type, sorted by (base, code); the expression\n")
         f.write("/// keeps only the union branches that apply to that base.\n")
         f.write("pub static SEARCH_PARAMETERS: &[SearchParameterDef] = &[\n")
-        for base, code, kind, expr in rows:
+        for base, code, kind, expr, components in rows:
+            comps = ", ".join(
+                f"ComponentDef {{ kind: SearchParamKind::{KINDS[k]}, expression: {json.dumps(x)} }}"
+                for k, x in components
+            )
             f.write(
                 f"    SearchParameterDef {{ base: {json.dumps(base)}, code: {json.dumps(code)}, "
-                f"kind: SearchParamKind::{KINDS[kind]}, expression: {json.dumps(expr)} }},\n"
+                f"kind: SearchParamKind::{KINDS[kind]}, expression: {json.dumps(expr)}, components: &[{comps}] }},\n"
             )
         f.write("];\n")
     print(f"{len(types)} resource types, {len(rows)} search parameter rows")

@@ -1,9 +1,9 @@
 //! Search-index values pulled out of a resource at write time.
 //!
-//! The store writes these rows in the same transaction as the version they describe. Today the
-//! token, string, reference and uri parameters whose R4 expression falls inside the
-//! [`crate::path`] subset are indexed; date, number, quantity and composite parameters are the
-//! search work that follows (see README "Not built yet").
+//! The store writes these rows in the same transaction as the version they describe. Token,
+//! string, reference and uri values become [`IndexEntry`] rows; date, number and quantity values
+//! and composites of a token with a quantity or date become [`RangeEntry`] rows. A parameter is
+//! indexed when its R4 expression falls inside the [`crate::path`] subset.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -19,10 +19,39 @@ use crate::search_param::{for_type, SearchParamKind, SearchParameterDef};
 pub struct IndexEntry {
     /// The search parameter code.
     pub param: &'static str,
-    /// Token system (or `None`); unused for other kinds.
+    /// Token system (or `None`); for a string, the text as written (for `:exact`).
     pub system: Option<String>,
     /// Token code, normalised string, `Type/id` reference or uri.
     pub value: String,
+}
+
+/// One range row: `param` of the resource covers `[low, high]` (dates: microseconds, `high`
+/// exclusive; numbers and quantities: the value itself, or a Range's bounds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeEntry {
+    /// The search parameter code.
+    pub param: &'static str,
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+    /// Quantity unit system ('' if none).
+    pub unit_system: String,
+    /// Quantity unit code, or the unit text when there is no code ('' if none).
+    pub unit_code: String,
+    /// For a composite: the token part's system ('' if none).
+    pub token_system: String,
+    /// For a composite: the token part's code ('' if not a composite).
+    pub token_code: String,
+}
+
+/// Every index row of one resource version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Index {
+    /// Token, string, reference and uri rows.
+    pub text: Vec<IndexEntry>,
+    /// Date, number, quantity and composite rows.
+    pub ranges: Vec<RangeEntry>,
 }
 
 /// Whether a parameter of `kind` is indexed by this crate.
@@ -33,12 +62,44 @@ pub fn is_indexed_kind(kind: SearchParamKind) -> bool {
             | SearchParamKind::String
             | SearchParamKind::Reference
             | SearchParamKind::Uri
+            | SearchParamKind::Date
+            | SearchParamKind::Number
+            | SearchParamKind::Quantity
+            | SearchParamKind::Composite
     )
 }
 
 struct Compiled {
     def: &'static SearchParameterDef,
     path: PathExpr,
+    /// For composites: the token part and the quantity or date part.
+    parts: Option<(PathExpr, PathExpr)>,
+}
+
+/// The compiled parts of a composite that this crate indexes: a token with a quantity or date.
+fn composite_parts(def: &SearchParameterDef) -> Option<(PathExpr, PathExpr)> {
+    match def.components {
+        [a, b]
+            if a.kind == SearchParamKind::Token
+                && matches!(b.kind, SearchParamKind::Quantity | SearchParamKind::Date) =>
+        {
+            Some((
+                PathExpr::compile(a.expression)?,
+                PathExpr::compile(b.expression)?,
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn compile(def: &'static SearchParameterDef) -> Option<Compiled> {
+    let path = PathExpr::compile(def.expression)?;
+    let parts = if def.kind == SearchParamKind::Composite {
+        Some(composite_parts(def)?)
+    } else {
+        None
+    };
+    Some(Compiled { def, path, parts })
 }
 
 type Registry = HashMap<&'static str, Vec<Compiled>>;
@@ -50,30 +111,200 @@ fn registry() -> &'static std::sync::Mutex<Registry> {
 
 /// True when `def` is indexed, i.e. can be searched.
 pub fn is_searchable(def: &SearchParameterDef) -> bool {
-    def.code == "_id" || (is_indexed_kind(def.kind) && PathExpr::compile(def.expression).is_some())
+    if def.code == "_id" || def.code == "_lastUpdated" {
+        return true;
+    }
+    is_indexed_kind(def.kind)
+        && PathExpr::compile(def.expression).is_some()
+        && (def.kind != SearchParamKind::Composite || composite_parts(def).is_some())
 }
 
 /// Extracts every index row of `resource`. Rows are sorted and free of duplicates.
-pub fn extract(resource_type: &'static str, resource: &Value) -> Vec<IndexEntry> {
-    let mut out = Vec::new();
+/// `_lastUpdated` is not extracted: the store indexes it from the version itself.
+pub fn extract(resource_type: &'static str, resource: &Value) -> Index {
+    let mut out = Index::default();
     let mut reg = match registry().lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
     let compiled = reg.entry(resource_type).or_insert_with(|| {
         for_type(resource_type)
-            .filter(|d| d.code != "_id" && is_indexed_kind(d.kind))
-            .filter_map(|def| PathExpr::compile(def.expression).map(|path| Compiled { def, path }))
+            .filter(|d| d.code != "_id" && d.code != "_lastUpdated" && is_indexed_kind(d.kind))
+            .filter_map(compile)
             .collect()
     });
     for c in compiled.iter() {
         for v in c.path.evaluate(resource) {
-            values_of(c.def, v, &mut out);
+            match (&c.parts, c.def.kind) {
+                (Some((token, value)), _) => {
+                    composite_rows(c.def, token, value, v, &mut out.ranges)
+                }
+                (
+                    None,
+                    SearchParamKind::Date | SearchParamKind::Number | SearchParamKind::Quantity,
+                ) => {
+                    if let Some(mut r) = range_of(c.def.kind, v) {
+                        r.param = c.def.code;
+                        out.ranges.push(r);
+                    }
+                }
+                _ => values_of(c.def, v, &mut out.text),
+            }
         }
     }
-    out.sort();
-    out.dedup();
+    out.text.sort();
+    out.text.dedup();
+    out.ranges.dedup();
     out
+}
+
+fn number_of(v: &Value) -> Option<f64> {
+    match v {
+        // With arbitrary_precision the number's text is kept; f64 is precise enough to search.
+        Value::Number(n) => n.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+fn empty_range(low: f64, high: f64) -> RangeEntry {
+    RangeEntry {
+        param: "",
+        low,
+        high,
+        unit_system: String::new(),
+        unit_code: String::new(),
+        token_system: String::new(),
+        token_code: String::new(),
+    }
+}
+
+/// The range a date, number or quantity value covers.
+fn range_of(kind: SearchParamKind, v: &Value) -> Option<RangeEntry> {
+    match kind {
+        SearchParamKind::Date => {
+            let (low, high) = match v {
+                Value::String(s) => {
+                    let r = crate::date::parse_range(s)?;
+                    (r.low as f64, r.high as f64)
+                }
+                Value::Object(o) => {
+                    // Period: an open end is unbounded.
+                    let start = o
+                        .get("start")
+                        .and_then(Value::as_str)
+                        .and_then(crate::date::parse_range);
+                    let end = o
+                        .get("end")
+                        .and_then(Value::as_str)
+                        .and_then(crate::date::parse_range);
+                    if start.is_none() && end.is_none() {
+                        return None;
+                    }
+                    (
+                        start.map_or(f64::MIN, |r| r.low as f64),
+                        end.map_or(f64::MAX, |r| r.high as f64),
+                    )
+                }
+                _ => return None,
+            };
+            Some(empty_range(low, high))
+        }
+        SearchParamKind::Number => number_of(v).map(|n| empty_range(n, n)),
+        SearchParamKind::Quantity => {
+            let o = v.as_object()?;
+            if let Some(n) = o.get("value").and_then(number_of) {
+                let mut r = empty_range(n, n);
+                r.unit_system = o
+                    .get("system")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                r.unit_code = o
+                    .get("code")
+                    .or_else(|| o.get("unit"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                return Some(r);
+            }
+            // A Range: its bounds (an open side is unbounded).
+            let low = o
+                .get("low")
+                .and_then(|q| q.get("value"))
+                .and_then(number_of);
+            let high = o
+                .get("high")
+                .and_then(|q| q.get("value"))
+                .and_then(number_of);
+            if low.is_none() && high.is_none() {
+                return None;
+            }
+            let unit_of = |k: &str| {
+                o.get(k)
+                    .and_then(|q| q.get("code").or_else(|| q.get("unit")))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            let mut r = empty_range(low.unwrap_or(f64::MIN), high.unwrap_or(f64::MAX));
+            r.unit_code = unit_of("low")
+                .or_else(|| unit_of("high"))
+                .unwrap_or_default();
+            r.unit_system = o
+                .get("low")
+                .or_else(|| o.get("high"))
+                .and_then(|q| q.get("system"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+/// Composite rows: every (token, value) pair of one node.
+fn composite_rows(
+    def: &'static SearchParameterDef,
+    token: &PathExpr,
+    value: &PathExpr,
+    node: &Value,
+    out: &mut Vec<RangeEntry>,
+) {
+    let value_kind = def
+        .components
+        .get(1)
+        .map(|c| c.kind)
+        .unwrap_or(SearchParamKind::Quantity);
+    let mut tokens = Vec::new();
+    for t in token.evaluate(node) {
+        let codings: Vec<&Value> = match t.get("coding").and_then(Value::as_array) {
+            Some(c) => c.iter().collect(),
+            None => vec![t],
+        };
+        for c in codings {
+            if let Some(code) = c.get("code").and_then(Value::as_str) {
+                tokens.push((
+                    c.get("system")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                    code.to_string(),
+                ));
+            }
+        }
+    }
+    for v in value.evaluate(node) {
+        if let Some(r) = range_of(value_kind, v) {
+            for (system, code) in &tokens {
+                out.push(RangeEntry {
+                    param: def.code,
+                    token_system: system.clone(),
+                    token_code: code.clone(),
+                    ..r.clone()
+                });
+            }
+        }
+    }
 }
 
 fn push(out: &mut Vec<IndexEntry>, param: &'static str, system: Option<&str>, value: &str) {
@@ -134,7 +365,8 @@ fn token_of(p: &'static str, v: &Value, out: &mut Vec<IndexEntry>) {
 
 fn string_values(p: &'static str, v: &Value, out: &mut Vec<IndexEntry>) {
     match v {
-        Value::String(s) => push(out, p, None, &normalize_string(s)),
+        // The exact text rides in `system` (unused for strings) for `:exact`.
+        Value::String(s) => push(out, p, Some(s), &normalize_string(s)),
         Value::Array(items) => items.iter().for_each(|i| string_values(p, i, out)),
         Value::Object(o) => {
             // HumanName and Address: every string part is searchable.
@@ -198,15 +430,15 @@ mod tests {
             "name":[{"family":"Müller","given":["Peter","James"]}],
             "gender":"male","active":true,
             "managingOrganization":{"reference":"http://h/fhir/Organization/o1"}});
-        let rows = extract("Patient", &p);
+        let rows = extract("Patient", &p).text;
         let has = |param: &str, sys: Option<&str>, v: &str| {
             rows.iter()
                 .any(|r| r.param == param && r.system.as_deref() == sys && r.value == v)
         };
         assert!(has("identifier", Some("urn:mrn"), "123"));
-        assert!(has("name", None, "muller"));
-        assert!(has("name", None, "peter"));
-        assert!(has("family", None, "muller"));
+        assert!(has("name", Some("Müller"), "muller"));
+        assert!(has("name", Some("Peter"), "peter"));
+        assert!(has("family", Some("Müller"), "muller"));
         assert!(has("gender", None, "male"));
         assert!(has("active", None, "true"));
         assert!(has("organization", None, "Organization/o1"));
@@ -218,7 +450,8 @@ mod tests {
         let o = json!({"resourceType":"Observation","status":"final",
             "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}],"text":"Heart rate"},
             "subject":{"reference":"Patient/example"}});
-        let rows = extract("Observation", &o);
+        let index = extract("Observation", &o);
+        let rows = index.text;
         assert!(rows.contains(&IndexEntry {
             param: "code",
             system: Some("http://loinc.org".into()),
@@ -239,5 +472,36 @@ mod tests {
             system: None,
             value: "final".into()
         }));
+    }
+
+    #[test]
+    fn range_rows() {
+        let o: Value = serde_json::from_str(r#"{"resourceType":"Observation","status":"final",
+            "code":{"coding":[{"system":"http://loinc.org","code":"39156-5"}]},
+            "effectivePeriod":{"start":"2024-03-05"},
+            "valueQuantity":{"value":24.50,"unit":"kg/m2","system":"http://unitsofmeasure.org","code":"kg/m2"},
+            "component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},"valueQuantity":{"value":120,"code":"mm[Hg]"}}]}"#).unwrap();
+        let r = extract("Observation", &o).ranges;
+        let find = |p: &str| r.iter().filter(|e| e.param == p).collect::<Vec<_>>();
+        let date = find("date");
+        assert_eq!(date.len(), 1);
+        assert_eq!(date[0].high, f64::MAX, "an open Period end is unbounded");
+        let q = find("value-quantity");
+        assert_eq!(
+            (q[0].low, q[0].unit_code.as_str(), q[0].unit_system.as_str()),
+            (24.5, "kg/m2", "http://unitsofmeasure.org")
+        );
+        let cvq = find("code-value-quantity");
+        assert_eq!((cvq[0].token_code.as_str(), cvq[0].low), ("39156-5", 24.5));
+        let comp = find("component-code-value-quantity");
+        assert_eq!(
+            (
+                comp[0].token_code.as_str(),
+                comp[0].low,
+                comp[0].unit_code.as_str()
+            ),
+            ("8480-6", 120.0, "mm[Hg]")
+        );
+        assert_eq!(find("combo-code-value-quantity").len(), 2);
     }
 }

@@ -13,6 +13,7 @@ pub mod generated {
     pub mod search_parameters;
 }
 pub mod bundle;
+pub mod date;
 pub mod id;
 pub mod index;
 pub mod instant;

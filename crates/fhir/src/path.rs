@@ -8,6 +8,9 @@
 
 use serde_json::Value;
 
+/// The root of a relative expression: any node.
+const RELATIVE: &str = "$this";
+
 /// A compiled path expression.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathExpr {
@@ -52,7 +55,11 @@ impl PathExpr {
             .unwrap_or("");
         let mut out = Vec::new();
         for b in &self.branches {
-            if b.root != rtype && b.root != "Resource" && b.root != "DomainResource" {
+            if b.root != rtype
+                && b.root != "Resource"
+                && b.root != "DomainResource"
+                && b.root != RELATIVE
+            {
                 continue;
             }
             let mut cur = vec![resource];
@@ -182,12 +189,19 @@ fn compile_branch(b: &str) -> Option<Branch> {
         }
     }
     segments.push(&b[start..]);
-    let root = segments.first()?.to_string();
-    if !is_name(&root) {
+    let first = *segments.first()?;
+    if !is_name(first) {
         return None;
     }
+    // `code`, `value.as(Quantity)`: a composite's part, relative to the node it is applied to.
+    let relative = first.starts_with(|c: char| c.is_ascii_lowercase());
+    let (root, rest) = if relative {
+        (RELATIVE.to_string(), &segments[..])
+    } else {
+        (first.to_string(), &segments[1..])
+    };
     let mut steps = Vec::new();
-    for seg in &segments[1..] {
+    for seg in rest {
         if is_name(seg) {
             steps.push(Step::Child(seg.to_string()));
         } else if let Some(ty) = seg.strip_prefix("as(").and_then(|s| s.strip_suffix(')')) {
@@ -237,6 +251,20 @@ mod tests {
         let p = PathExpr::compile("Patient.name | Observation.code").unwrap();
         assert_eq!(p.evaluate(&obs).len(), 1);
         assert!(PathExpr::compile("Observation.code.exists()").is_none());
+        let component = json!({"code":{"text":"c"},"valueQuantity":{"value":2}});
+        assert_eq!(
+            PathExpr::compile("value.as(Quantity)")
+                .unwrap()
+                .evaluate(&component),
+            vec![&json!({"value":2})]
+        );
+        assert_eq!(
+            PathExpr::compile("code")
+                .unwrap()
+                .evaluate(&component)
+                .len(),
+            1
+        );
     }
 
     #[test]

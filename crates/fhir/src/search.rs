@@ -1,16 +1,49 @@
 //! FHIR search requests: the query string parsed into criteria that storage can run.
 
 use crate::index::{normalize_string, relative_reference};
-use crate::search_param::{lookup, SearchParamKind};
+use crate::search_param::{lookup, SearchParamKind, SearchParameterDef};
 use crate::{IssueType, OutcomeIssue};
 
+/// A date, number or quantity comparison prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    /// `eq` (the default).
+    Eq,
+    /// `ne`.
+    Ne,
+    /// `gt`.
+    Gt,
+    /// `lt`.
+    Lt,
+    /// `ge`.
+    Ge,
+    /// `le`.
+    Le,
+    /// `sa`: starts after.
+    Sa,
+    /// `eb`: ends before.
+    Eb,
+    /// `ap`: approximately.
+    Ap,
+}
+
+/// What kind of values a [`Match::Range`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeKind {
+    /// Dates: the index holds ranges of time; the search value is a range too.
+    Date,
+    /// Numbers and quantities: the index holds values; the search value has an implicit
+    /// precision range (`5.4` is `[5.35, 5.45)`).
+    Number,
+}
+
 /// How one criterion compares index values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Match {
     /// The logical id equals.
     Id(String),
     /// Token: code equals; `system` is `Some(None)` for `|code` (no system), `Some(Some(s))` for
-    /// `s|code`, `None` when any system matches. An empty code with a system is `sys|`.
+    /// `s|code`, `None` when any system matches. A missing code with a system is `sys|`.
     Token {
         /// The system constraint.
         system: Option<Option<String>>,
@@ -19,6 +52,10 @@ pub enum Match {
     },
     /// String: the normalised value starts with this.
     StartsWith(String),
+    /// String `:exact`: the text as written equals this.
+    Exact(String),
+    /// String `:contains`: the normalised value contains this.
+    Contains(String),
     /// Reference: `Type/id`, or any type when only an id was given.
     Reference {
         /// The target type if known.
@@ -28,19 +65,44 @@ pub enum Match {
     },
     /// Uri equals.
     Uri(String),
+    /// Date, number, quantity, or a composite of a token with one of them.
+    Range {
+        /// What is compared.
+        kind: RangeKind,
+        /// The comparison.
+        prefix: Prefix,
+        /// The search value (numbers) or the start of its range (dates).
+        value: f64,
+        /// Lower end of the search value's range.
+        low: f64,
+        /// Upper end (exclusive) of the search value's range.
+        high: f64,
+        /// Quantity unit system, if given.
+        unit_system: Option<String>,
+        /// Quantity unit code, if given.
+        unit_code: Option<String>,
+        /// For a composite: the token part (system if given, code).
+        token: Option<(Option<String>, String)>,
+    },
+    /// `:missing=true|false`.
+    Missing(bool),
+    /// `:not`: resources without a matching value (including those with no value).
+    Not(Box<Match>),
 }
 
 /// One search parameter occurrence: the values are ORed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Criterion {
     /// The parameter code.
     pub param: String,
+    /// The parameter's type.
+    pub kind: SearchParamKind,
     /// Alternatives (comma-separated in the URL).
     pub any_of: Vec<Match>,
 }
 
 /// A parsed search: criteria are ANDed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SearchRequest {
     /// The criteria.
     pub criteria: Vec<Criterion>,
@@ -63,6 +125,14 @@ pub const RESULT_PARAMETERS: &[&str] = &[
     "_sort",
 ];
 
+fn bad(name: &str, what: String) -> OutcomeIssue {
+    OutcomeIssue::error(
+        IssueType::Value,
+        format!("search parameter '{name}': {what}"),
+    )
+    .at(name.to_string())
+}
+
 /// Parses `params` (already percent-decoded) for a search over `resource_type`.
 ///
 /// With `strict`, an unknown or unsupported parameter is an error naming it; otherwise it is
@@ -76,11 +146,10 @@ pub fn parse(
     for (name, value) in params {
         if name == "_count" {
             let n: usize = value.parse().map_err(|_| {
-                OutcomeIssue::error(
-                    IssueType::Value,
+                bad(
+                    name,
                     format!("_count must be a non-negative integer, got '{value}'"),
                 )
-                .at("_count")
             })?;
             req.count = Some(n);
             continue;
@@ -93,7 +162,8 @@ pub fn parse(
             None => (name.as_str(), None),
         };
         let def = lookup(resource_type, code);
-        let supported = def.filter(|d| crate::index::is_searchable(d) && modifier.is_none());
+        let supported =
+            def.filter(|d| crate::index::is_searchable(d) && modifier_supported(d, modifier));
         let Some(def) = supported else {
             if strict {
                 let why = if def.is_some() {
@@ -111,69 +181,264 @@ pub fn parse(
             continue;
         };
         let mut any_of = Vec::new();
-        for raw in split_unescaped(value, ',') {
-            if raw.is_empty() {
-                return Err(OutcomeIssue::error(
-                    IssueType::Value,
-                    format!("search parameter '{name}' has an empty value"),
-                )
-                .at(name.clone()));
-            }
-            let m = if def.code == "_id" {
-                Match::Id(unescape(&raw))
-            } else {
-                match def.kind {
-                    SearchParamKind::Token => match split_unescaped(&raw, '|').as_slice() {
-                        [code] => Match::Token {
-                            system: None,
-                            code: Some(unescape(code)),
-                        },
-                        [sys, code] => Match::Token {
-                            system: Some((!sys.is_empty()).then(|| unescape(sys))),
-                            code: (!code.is_empty()).then(|| unescape(code)),
-                        },
-                        _ => {
-                            return Err(OutcomeIssue::error(
-                                IssueType::Value,
-                                format!("token value '{raw}' of '{name}' has more than one '|'"),
-                            )
-                            .at(name.clone()))
-                        }
-                    },
-                    SearchParamKind::String => Match::StartsWith(normalize_string(&unescape(&raw))),
-                    SearchParamKind::Reference => {
-                        let r = relative_reference(&unescape(&raw));
-                        match r.split_once('/') {
-                            Some((t, id)) if crate::is_resource_type(t) => Match::Reference {
-                                target_type: Some(t.to_string()),
-                                id: id.to_string(),
-                            },
-                            _ => Match::Reference {
-                                target_type: None,
-                                id: r,
-                            },
-                        }
-                    }
-                    SearchParamKind::Uri => Match::Uri(unescape(&raw)),
-                    _ => unreachable_kind(name)?,
+        if modifier == Some("missing") {
+            match value.as_str() {
+                "true" => any_of.push(Match::Missing(true)),
+                "false" => any_of.push(Match::Missing(false)),
+                _ => {
+                    return Err(bad(
+                        name,
+                        format!(":missing takes true or false, got '{value}'"),
+                    ))
                 }
-            };
-            any_of.push(m);
+            }
+        } else {
+            for raw in split_unescaped(value, ',') {
+                if raw.is_empty() {
+                    return Err(bad(name, "empty value".into()));
+                }
+                let m = parse_value(def, modifier, &raw, name)?;
+                any_of.push(if modifier == Some("not") {
+                    Match::Not(Box::new(m))
+                } else {
+                    m
+                });
+            }
         }
         req.criteria.push(Criterion {
             param: def.code.to_string(),
+            kind: def.kind,
             any_of,
         });
     }
     Ok(req)
 }
 
-fn unreachable_kind(name: &str) -> Result<Match, OutcomeIssue> {
-    Err(OutcomeIssue::error(
-        IssueType::NotSupported,
-        format!("search parameter '{name}' is not supported yet"),
-    )
-    .at(name.to_string()))
+fn modifier_supported(def: &SearchParameterDef, modifier: Option<&str>) -> bool {
+    match modifier {
+        None | Some("missing") => true,
+        Some("not") => def.kind == SearchParamKind::Token && def.code != "_id",
+        Some("exact" | "contains") => def.kind == SearchParamKind::String,
+        Some(t) => def.kind == SearchParamKind::Reference && crate::is_resource_type(t),
+    }
+}
+
+fn parse_value(
+    def: &SearchParameterDef,
+    modifier: Option<&str>,
+    raw: &str,
+    name: &str,
+) -> Result<Match, OutcomeIssue> {
+    if def.code == "_id" {
+        return Ok(Match::Id(unescape(raw)));
+    }
+    Ok(match def.kind {
+        SearchParamKind::Token => parse_token(raw, name)?,
+        SearchParamKind::String => match modifier {
+            Some("exact") => Match::Exact(unescape(raw)),
+            Some("contains") => Match::Contains(normalize_string(&unescape(raw))),
+            _ => Match::StartsWith(normalize_string(&unescape(raw))),
+        },
+        SearchParamKind::Reference => {
+            let r = relative_reference(&unescape(raw));
+            match (r.split_once('/'), modifier) {
+                (Some((t, id)), _) if crate::is_resource_type(t) => {
+                    if modifier.is_some_and(|m| m != t) {
+                        return Err(bad(
+                            name,
+                            format!(
+                                "'{raw}' does not point at a {}",
+                                modifier.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    Match::Reference {
+                        target_type: Some(t.to_string()),
+                        id: id.to_string(),
+                    }
+                }
+                (_, Some(t)) => Match::Reference {
+                    target_type: Some(t.to_string()),
+                    id: r,
+                },
+                _ => Match::Reference {
+                    target_type: None,
+                    id: r,
+                },
+            }
+        }
+        SearchParamKind::Uri => Match::Uri(unescape(raw)),
+        SearchParamKind::Date => {
+            let (prefix, rest) = split_prefix(raw);
+            let r = crate::date::parse_range(rest).ok_or_else(|| {
+                bad(
+                    name,
+                    format!("'{raw}' is not a date such as 2024, 2024-03 or 2024-03-05T10:00:00Z"),
+                )
+            })?;
+            Match::Range {
+                kind: RangeKind::Date,
+                prefix,
+                value: r.low as f64,
+                low: r.low as f64,
+                high: r.high as f64,
+                unit_system: None,
+                unit_code: None,
+                token: None,
+            }
+        }
+        SearchParamKind::Number => {
+            let (prefix, rest) = split_prefix(raw);
+            let (value, low, high) =
+                number_range(rest).ok_or_else(|| bad(name, format!("'{raw}' is not a number")))?;
+            Match::Range {
+                kind: RangeKind::Number,
+                prefix,
+                value,
+                low,
+                high,
+                unit_system: None,
+                unit_code: None,
+                token: None,
+            }
+        }
+        SearchParamKind::Quantity => parse_quantity(raw, name)?,
+        SearchParamKind::Composite => {
+            let (left, right) = raw.split_once('$').ok_or_else(|| {
+                bad(
+                    name,
+                    format!(
+                        "'{raw}' is not a composite value such as http://loinc.org|8480-6$gt100"
+                    ),
+                )
+            })?;
+            let token = match parse_token(left, name)? {
+                Match::Token {
+                    system,
+                    code: Some(code),
+                } => (system.flatten(), code),
+                _ => return Err(bad(name, format!("the token part of '{raw}' needs a code"))),
+            };
+            let value_kind = def.components.get(1).map(|c| c.kind);
+            let mut m = if value_kind == Some(SearchParamKind::Date) {
+                let (prefix, rest) = split_prefix(right);
+                let r = crate::date::parse_range(rest)
+                    .ok_or_else(|| bad(name, format!("'{right}' is not a date")))?;
+                Match::Range {
+                    kind: RangeKind::Date,
+                    prefix,
+                    value: r.low as f64,
+                    low: r.low as f64,
+                    high: r.high as f64,
+                    unit_system: None,
+                    unit_code: None,
+                    token: None,
+                }
+            } else {
+                parse_quantity(right, name)?
+            };
+            if let Match::Range { token: t, .. } = &mut m {
+                *t = Some(token);
+            }
+            m
+        }
+        SearchParamKind::Special => {
+            return Err(OutcomeIssue::error(
+                IssueType::NotSupported,
+                format!("search parameter '{name}' is not supported yet"),
+            )
+            .at(name.to_string()))
+        }
+    })
+}
+
+fn parse_token(raw: &str, name: &str) -> Result<Match, OutcomeIssue> {
+    Ok(match split_unescaped(raw, '|').as_slice() {
+        [code] => Match::Token {
+            system: None,
+            code: Some(unescape(code)),
+        },
+        [sys, code] => Match::Token {
+            system: Some((!sys.is_empty()).then(|| unescape(sys))),
+            code: (!code.is_empty()).then(|| unescape(code)),
+        },
+        _ => {
+            return Err(bad(
+                name,
+                format!("token value '{raw}' has more than one '|'"),
+            ))
+        }
+    })
+}
+
+fn parse_quantity(raw: &str, name: &str) -> Result<Match, OutcomeIssue> {
+    let parts = split_unescaped(raw, '|');
+    let (number, system, code) = match parts.as_slice() {
+        [n] => (n.as_str(), None, None),
+        [n, s, c] => (
+            n.as_str(),
+            (!s.is_empty()).then(|| unescape(s)),
+            (!c.is_empty()).then(|| unescape(c)),
+        ),
+        _ => {
+            return Err(bad(
+                name,
+                format!("'{raw}' is not a quantity such as 5.4|http://unitsofmeasure.org|mg"),
+            ))
+        }
+    };
+    let (prefix, rest) = split_prefix(number);
+    let (value, low, high) = number_range(rest)
+        .ok_or_else(|| bad(name, format!("'{raw}' does not start with a number")))?;
+    Ok(Match::Range {
+        kind: RangeKind::Number,
+        prefix,
+        value,
+        low,
+        high,
+        unit_system: system,
+        unit_code: code,
+        token: None,
+    })
+}
+
+fn split_prefix(raw: &str) -> (Prefix, &str) {
+    let p = match raw.get(..2) {
+        Some("eq") => Prefix::Eq,
+        Some("ne") => Prefix::Ne,
+        Some("gt") => Prefix::Gt,
+        Some("lt") => Prefix::Lt,
+        Some("ge") => Prefix::Ge,
+        Some("le") => Prefix::Le,
+        Some("sa") => Prefix::Sa,
+        Some("eb") => Prefix::Eb,
+        Some("ap") => Prefix::Ap,
+        _ => return (Prefix::Eq, raw),
+    };
+    (p, &raw[2..])
+}
+
+/// A number with its implicit precision range: `5.4` → (5.4, 5.35, 5.45), `100` → (100, 99.5,
+/// 100.5), `1.0e2` → (100, 95, 105).
+pub fn number_range(text: &str) -> Option<(f64, f64, f64)> {
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
+    if !ok {
+        return None;
+    }
+    let value: f64 = text.parse().ok()?;
+    if !value.is_finite() {
+        return None;
+    }
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32) - exponent;
+    let half = 0.5 * 10f64.powi(-decimals);
+    Some((value, value - half, value + half))
 }
 
 /// Splits on `sep` where it is not escaped with a backslash (FHIR search escaping).
@@ -246,6 +511,8 @@ mod tests {
                 code: Some("y,z".into())
             }
         );
+        let r = parse("Observation", &p(&[("status:not", "final")]), true).unwrap();
+        assert!(matches!(&r.criteria[0].any_of[0], Match::Not(_)));
     }
 
     #[test]
@@ -256,5 +523,58 @@ mod tests {
         assert_eq!(r.ignored, vec!["foo".to_string()]);
         assert_eq!(r.criteria[0].any_of[0], Match::StartsWith("pet".into()));
         assert!(parse("Patient", &p(&[("_count", "x")]), false).is_err());
+        assert!(parse("Patient", &p(&[("name:fuzzy", "x")]), true).is_err());
+    }
+
+    #[test]
+    fn malformed_values_always_fail_naming_the_parameter() {
+        for (k, v) in [
+            ("date", "2024-13-45"),
+            ("value-quantity", "abc"),
+            ("code-value-quantity", "x"),
+            ("date", "gt"),
+            ("subject:missing", "maybe"),
+        ] {
+            let e = parse("Observation", &p(&[(k, v)]), false).unwrap_err();
+            assert_eq!(e.expression, vec![k.to_string()], "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn ranges_and_prefixes() {
+        let r = parse(
+            "Observation",
+            &p(&[("value-quantity", "gt5.4|http://unitsofmeasure.org|mg")]),
+            true,
+        )
+        .unwrap();
+        match &r.criteria[0].any_of[0] {
+            Match::Range {
+                prefix,
+                value,
+                low,
+                high,
+                unit_code,
+                ..
+            } => {
+                assert_eq!(*prefix, Prefix::Gt);
+                assert_eq!(*value, 5.4);
+                assert!((low - 5.35).abs() < 1e-9 && (high - 5.45).abs() < 1e-9);
+                assert_eq!(unit_code.as_deref(), Some("mg"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse(
+            "Observation",
+            &p(&[("code-value-quantity", "http://loinc.org|8480-6$ge100")]),
+            true,
+        )
+        .unwrap();
+        assert!(
+            matches!(&r.criteria[0].any_of[0], Match::Range { token: Some((Some(s), c)), prefix: Prefix::Ge, .. } if s == "http://loinc.org" && c == "8480-6")
+        );
+        assert_eq!(number_range("100"), Some((100.0, 99.5, 100.5)));
+        assert_eq!(number_range("1.0e2"), Some((100.0, 95.0, 105.0)));
+        assert!(number_range("1e400").is_none());
     }
 }

@@ -36,6 +36,17 @@ pub struct SearchParameterDef {
     pub kind: SearchParamKind,
     /// The FHIRPath expression restricted to `base`.
     pub expression: &'static str,
+    /// For a composite: its parts, evaluated relative to each node of `expression`.
+    pub components: &'static [ComponentDef],
+}
+
+/// One part of a composite search parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentDef {
+    /// The part's type.
+    pub kind: SearchParamKind,
+    /// The part's FHIRPath, relative to the composite's node.
+    pub expression: &'static str,
 }
 
 /// Finds the definition of `code` for `resource_type`, falling back to the parameters that

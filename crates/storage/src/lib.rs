@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
-pub use trialbridge_fhir::index::IndexEntry;
+pub use trialbridge_fhir::index::{Index, IndexEntry, RangeEntry};
 pub use trialbridge_fhir::search::SearchRequest;
 
 mod sqlite;
@@ -169,7 +169,7 @@ pub struct NewVersion<'a> {
     /// True to write a tombstone.
     pub deleted: bool,
     /// Index rows of the new content (ignored for tombstones).
-    pub index: &'a [IndexEntry],
+    pub index: &'a Index,
     /// Renders the body once the version number and `lastUpdated` instant are known.
     pub body: &'a (dyn Fn(i64, &str) -> String + Sync),
 }

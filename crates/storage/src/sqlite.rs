@@ -20,7 +20,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::mpsc;
 
-use trialbridge_fhir::search::{Match, SearchRequest};
+use trialbridge_fhir::index::normalize_string;
+use trialbridge_fhir::search::{Criterion, Match, Prefix, RangeKind, SearchRequest};
+use trialbridge_fhir::search_param::SearchParamKind;
 
 use crate::{
     AccessContext, HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, JobFinish, JobOutcome,
@@ -407,15 +409,34 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         if previous.is_some() {
             conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND res_id = ?2")?
                 .execute(params![new.resource_type, new.id])?;
+            conn.prepare_cached("DELETE FROM search_range WHERE res_type = ?1 AND res_id = ?2")?
+                .execute(params![new.resource_type, new.id])?;
         }
         if !new.deleted {
             let mut insert = conn.prepare_cached("INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            for e in new.index {
+            for e in &new.index.text {
                 insert.execute(params![
                     new.resource_type,
                     e.param,
                     e.value,
                     e.system.as_deref().unwrap_or(""),
+                    new.id
+                ])?;
+            }
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, res_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for r in &new.index.ranges {
+                insert.execute(params![
+                    new.resource_type,
+                    r.param,
+                    r.token_code,
+                    r.low,
+                    r.high,
+                    r.token_system,
+                    r.unit_system,
+                    r.unit_code,
                     new.id
                 ])?;
             }
@@ -452,75 +473,220 @@ fn search_sql(
     limit: Option<usize>,
     columns: &str,
 ) -> (String, Vec<SqlValue>) {
-    let mut sql = format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0");
-    let mut args: Vec<SqlValue> = vec![resource_type.to_string().into()];
+    let mut q = SqlBuilder { sql: format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), args: vec![resource_type.to_string().into()] };
     for criterion in &request.criteria {
-        sql.push_str(" AND (");
+        q.sql.push_str(" AND (");
         for (i, m) in criterion.any_of.iter().enumerate() {
             if i > 0 {
-                sql.push_str(" OR ");
+                q.sql.push_str(" OR ");
             }
-            if let Match::Id(id) = m {
-                sql.push_str("c.res_id = ?");
-                args.push(id.clone().into());
-                continue;
-            }
-            sql.push_str("c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ? AND i.param = ?");
-            args.push(resource_type.to_string().into());
-            args.push(criterion.param.clone().into());
-            match m {
-                Match::Id(_) => {}
-                Match::Token { system, code } => {
-                    if let Some(code) = code {
-                        sql.push_str(" AND i.value = ?");
-                        args.push(code.clone().into());
-                    }
-                    match system {
-                        None => {}
-                        Some(None) => sql.push_str(" AND i.system = ''"),
-                        Some(Some(s)) => {
-                            sql.push_str(" AND i.system = ?");
-                            args.push(s.clone().into());
-                        }
-                    }
-                }
-                Match::StartsWith(prefix) => {
-                    sql.push_str(" AND i.value >= ? AND i.value < ?");
-                    args.push(prefix.clone().into());
-                    args.push(format!("{prefix}\u{10FFFF}").into());
-                }
-                Match::Reference {
-                    target_type: Some(t),
-                    id,
-                } => {
-                    sql.push_str(" AND i.value = ?");
-                    args.push(format!("{t}/{id}").into());
-                }
-                Match::Reference {
-                    target_type: None,
-                    id,
-                } => {
-                    sql.push_str(" AND i.value GLOB ?");
-                    args.push(format!("*/{}", glob_literal(id)).into());
-                }
-                Match::Uri(u) => {
-                    sql.push_str(" AND i.value = ?");
-                    args.push(u.clone().into());
-                }
-            }
-            sql.push(')');
+            q.condition(resource_type, criterion, m);
         }
-        sql.push(')');
+        q.sql.push(')');
     }
     if let Some(after) = after_id {
-        sql.push_str(" AND c.res_id > ?");
-        args.push(after.to_string().into());
+        q.sql.push_str(" AND c.res_id > ?");
+        q.arg(after.to_string());
     }
     if let Some(limit) = limit {
-        sql.push_str(" ORDER BY c.res_id LIMIT ?");
-        args.push((limit as i64).into());
+        q.sql.push_str(" ORDER BY c.res_id LIMIT ?");
+        q.arg(limit as i64);
     }
-    (sql, args)
+    (q.sql, q.args)
+}
+
+/// SQL text with its bound values.
+struct SqlBuilder {
+    sql: String,
+    args: Vec<SqlValue>,
+}
+
+impl SqlBuilder {
+    fn arg(&mut self, v: impl Into<SqlValue>) {
+        self.args.push(v.into());
+    }
+
+    fn push(&mut self, sql: &str, v: impl Into<SqlValue>) {
+        self.sql.push_str(sql);
+        self.arg(v);
+    }
+
+    /// A boolean expression over `c` (current pointer) and `v` (its version) for one value.
+    fn condition(&mut self, rt: &str, criterion: &Criterion, m: &Match) {
+        let ranged = matches!(
+            criterion.kind,
+            SearchParamKind::Date
+                | SearchParamKind::Number
+                | SearchParamKind::Quantity
+                | SearchParamKind::Composite
+        );
+        match m {
+            Match::Id(id) => self.push("c.res_id = ?", id.clone()),
+            Match::Missing(missing) => {
+                self.sql.push_str(if *missing {
+                    "c.res_id NOT IN "
+                } else {
+                    "c.res_id IN "
+                });
+                let table = if ranged {
+                    "search_range"
+                } else {
+                    "search_index"
+                };
+                self.sql
+                    .push_str(&format!("(SELECT res_id FROM {table} WHERE res_type = ?"));
+                self.arg(rt.to_string());
+                self.push(" AND param = ?)", criterion.param.clone());
+            }
+            Match::Not(inner) => {
+                self.sql.push_str("NOT (");
+                self.condition(rt, criterion, inner);
+                self.sql.push(')');
+            }
+            Match::Range { .. } if criterion.param == "_lastUpdated" => {
+                // From the version itself: an instant, i.e. the range [t, t + 1 µs).
+                self.range_condition(m, "v.last_updated_us", "(v.last_updated_us + 1)");
+            }
+            Match::Range {
+                unit_system,
+                unit_code,
+                token,
+                ..
+            } => {
+                self.sql.push_str(
+                    "c.res_id IN (SELECT r.res_id FROM search_range r WHERE r.res_type = ?",
+                );
+                self.arg(rt.to_string());
+                self.push(" AND r.param = ?", criterion.param.clone());
+                if let Some((system, code)) = token {
+                    self.push(" AND r.token_code = ?", code.clone());
+                    if let Some(s) = system {
+                        self.push(" AND r.token_system = ?", s.clone());
+                    }
+                }
+                if let Some(u) = unit_code {
+                    self.push(" AND r.unit_code = ?", u.clone());
+                }
+                if let Some(s) = unit_system {
+                    self.push(" AND r.unit_system = ?", s.clone());
+                }
+                self.sql.push_str(" AND ");
+                self.range_condition(m, "r.low", "r.high");
+                self.sql.push(')');
+            }
+            _ => {
+                self.sql.push_str(
+                    "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
+                );
+                self.arg(rt.to_string());
+                self.push(" AND i.param = ?", criterion.param.clone());
+                self.text_condition(m);
+                self.sql.push(')');
+            }
+        }
+    }
+
+    fn text_condition(&mut self, m: &Match) {
+        match m {
+            Match::Token { system, code } => {
+                if let Some(code) = code {
+                    self.push(" AND i.value = ?", code.clone());
+                }
+                match system {
+                    None => {}
+                    Some(None) => self.sql.push_str(" AND i.system = ''"),
+                    Some(Some(s)) => self.push(" AND i.system = ?", s.clone()),
+                }
+            }
+            Match::StartsWith(prefix) => {
+                self.push(" AND i.value >= ?", prefix.clone());
+                self.push(" AND i.value < ?", format!("{prefix}\u{10FFFF}"));
+            }
+            Match::Exact(text) => {
+                self.push(" AND i.value = ?", normalize_string(text));
+                self.push(" AND i.system = ?", text.clone());
+            }
+            Match::Contains(part) => {
+                let escaped = part
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                self.push(" AND i.value LIKE ? ESCAPE '\\'", format!("%{escaped}%"));
+            }
+            Match::Reference {
+                target_type: Some(t),
+                id,
+            } => self.push(" AND i.value = ?", format!("{t}/{id}")),
+            Match::Reference {
+                target_type: None,
+                id,
+            } => self.push(" AND i.value GLOB ?", format!("*/{}", glob_literal(id))),
+            Match::Uri(u) => self.push(" AND i.value = ?", u.clone()),
+            Match::Id(_) | Match::Range { .. } | Match::Missing(_) | Match::Not(_) => {}
+        }
+    }
+
+    /// The comparison of an indexed range `[lo, hi)` (dates) or value (numbers) with the search
+    /// value, per the prefix rules of FHIR R4 search.
+    fn range_condition(&mut self, m: &Match, lo: &str, hi: &str) {
+        let Match::Range {
+            kind,
+            prefix,
+            value,
+            low,
+            high,
+            ..
+        } = m
+        else {
+            return;
+        };
+        let (pl, ph, pv) = (*low, *high, *value);
+        match kind {
+            RangeKind::Date => match prefix {
+                Prefix::Eq => self
+                    .sql
+                    .push_str(&format!("({lo} >= {pl:?} AND {hi} <= {ph:?})")),
+                Prefix::Ne => self
+                    .sql
+                    .push_str(&format!("NOT ({lo} >= {pl:?} AND {hi} <= {ph:?})")),
+                Prefix::Gt => self.sql.push_str(&format!("{hi} > {ph:?}")),
+                Prefix::Lt => self.sql.push_str(&format!("{lo} < {pl:?}")),
+                Prefix::Ge => self.sql.push_str(&format!(
+                    "({hi} > {ph:?} OR ({lo} >= {pl:?} AND {hi} <= {ph:?}))"
+                )),
+                Prefix::Le => self.sql.push_str(&format!(
+                    "({lo} < {pl:?} OR ({lo} >= {pl:?} AND {hi} <= {ph:?}))"
+                )),
+                Prefix::Sa => self.sql.push_str(&format!("{lo} >= {ph:?}")),
+                Prefix::Eb => self.sql.push_str(&format!("{hi} <= {pl:?}")),
+                Prefix::Ap => {
+                    // 10% of the distance from now, as the specification suggests.
+                    let now =
+                        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as f64;
+                    let d = ((now - pl).abs() * 0.1).max(ph - pl);
+                    self.sql
+                        .push_str(&format!("({lo} < {:?} AND {hi} > {:?})", ph + d, pl - d));
+                }
+            },
+            RangeKind::Number => match prefix {
+                Prefix::Eq => self
+                    .sql
+                    .push_str(&format!("({lo} >= {pl:?} AND {hi} < {ph:?})")),
+                Prefix::Ne => self
+                    .sql
+                    .push_str(&format!("NOT ({lo} >= {pl:?} AND {hi} < {ph:?})")),
+                Prefix::Gt | Prefix::Sa => self.sql.push_str(&format!("{hi} > {pv:?}")),
+                Prefix::Lt | Prefix::Eb => self.sql.push_str(&format!("{lo} < {pv:?}")),
+                Prefix::Ge => self.sql.push_str(&format!("{hi} >= {pv:?}")),
+                Prefix::Le => self.sql.push_str(&format!("{lo} <= {pv:?}")),
+                Prefix::Ap => {
+                    let d = (pv.abs() * 0.1).max(ph - pl);
+                    self.sql
+                        .push_str(&format!("({lo} <= {:?} AND {hi} >= {:?})", pv + d, pv - d));
+                }
+            },
+        }
+    }
 }
 
 fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StorageError> {
@@ -795,7 +961,7 @@ mod tests {
                     resource_type: "Patient",
                     id: "x",
                     deleted: false,
-                    index: &[],
+                    index: &Default::default(),
                     body: &render,
                 })
                 .await?;

@@ -22,7 +22,7 @@ pub struct Incoming {
     pub value: Value,
     /// Its search-index rows, extracted before the write transaction so that the writer does
     /// not spend its time on them.
-    pub index: Vec<index::IndexEntry>,
+    pub index: index::Index,
 }
 
 /// What a write did.
@@ -282,7 +282,7 @@ pub async fn delete(
             resource_type,
             id,
             deleted: true,
-            index: &[],
+            index: &Default::default(),
             body: &render,
         })
         .await?;

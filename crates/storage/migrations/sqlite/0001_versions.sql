@@ -40,3 +40,20 @@ CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource_version is append-only'); END;
 CREATE TRIGGER resource_version_no_delete BEFORE DELETE ON resource_version
 BEGIN SELECT RAISE(ABORT, 'resource_version is append-only'); END;
+
+-- Date, number and quantity values of current versions, and composites of a token with one
+-- of them: dates as microseconds since the epoch with an exclusive `high`, numbers as the
+-- value itself (`low` = `high`) or a Range's bounds.
+CREATE TABLE search_range (
+    res_type     TEXT NOT NULL,
+    param        TEXT NOT NULL,
+    token_code   TEXT NOT NULL DEFAULT '',
+    low          REAL NOT NULL,
+    high         REAL NOT NULL,
+    token_system TEXT NOT NULL DEFAULT '',
+    unit_system  TEXT NOT NULL DEFAULT '',
+    unit_code    TEXT NOT NULL DEFAULT '',
+    res_id       TEXT NOT NULL
+);
+CREATE INDEX search_range_lookup ON search_range (res_type, param, token_code, low);
+CREATE INDEX search_range_owner ON search_range (res_type, res_id);

@@ -1,0 +1,490 @@
+//! Search per parameter type and modifier. Expected results are computed by plain filters over
+//! the fixture JSON in this file, not by the server's index code.
+
+use std::collections::BTreeSet;
+
+use integration_tests::{client, fixture, next_link, TestStore};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// The fixtures: the official examples plus resources written for the cases the examples lack.
+fn fixtures() -> Vec<Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(fixture("r4-examples")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") && !name.starts_with("Bundle-") {
+            out.push(serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap());
+        }
+    }
+    out.push(json!({"resourceType":"Patient","id":"mueller","name":[{"family":"Müller","given":["Jürgen"]}],"gender":"male"}));
+    out.push(json!({"resourceType":"Patient","id":"muller-plain","name":[{"family":"Muller"}],"gender":"female"}));
+    for (id, p) in [
+        ("ra-1", "0.02"),
+        ("ra-2", "0.25"),
+        ("ra-3", "0.255"),
+        ("ra-4", "0.9"),
+    ] {
+        let text = format!(
+            r#"{{"resourceType":"RiskAssessment","id":"{id}","status":"final","subject":{{"reference":"Patient/example"}},"prediction":[{{"probabilityDecimal":{p}}}]}}"#
+        );
+        out.push(serde_json::from_str(&text).unwrap());
+    }
+    out
+}
+
+async fn load(s: &TestStore, all: &[Value]) {
+    for v in all {
+        let path = format!(
+            "{}/{}",
+            v["resourceType"].as_str().unwrap(),
+            v["id"].as_str().unwrap()
+        );
+        let r = client()
+            .put(s.url(&path))
+            .header("content-type", "application/fhir+json")
+            .body(v.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}");
+    }
+}
+
+/// Ids the server returns for a search, following every page.
+async fn ids(s: &TestStore, query: &str) -> BTreeSet<String> {
+    let sep = if query.contains('?') { '&' } else { '?' };
+    let mut url = s.url(&format!("{query}{sep}_count=7"));
+    let mut out = BTreeSet::new();
+    loop {
+        let r = client()
+            .get(&url)
+            .header("prefer", "handling=strict")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{query}: {}", r.text().await.unwrap());
+        let b: Value = r.json().await.unwrap();
+        for e in b["entry"].as_array().into_iter().flatten() {
+            assert!(
+                out.insert(e["resource"]["id"].as_str().unwrap().to_string()),
+                "{query}: repeated"
+            );
+        }
+        match next_link(&b) {
+            Some(n) => url = n,
+            None => return out,
+        }
+    }
+}
+
+fn expect(all: &[Value], rtype: &str, pred: impl Fn(&Value) -> bool) -> BTreeSet<String> {
+    all.iter()
+        .filter(|v| v["resourceType"] == rtype && pred(v))
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn arr(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Null => vec![],
+        other => vec![other],
+    }
+}
+
+fn has_coding(cc: &Value, system: Option<&str>, code: &str) -> bool {
+    arr(&cc["coding"])
+        .iter()
+        .any(|c| c["code"] == code && system.is_none_or(|s| c["system"] == s))
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_number().and_then(|n| n.to_string().parse().ok())
+}
+
+/// The instant an Observation's effective[x] starts, for the date cases (the fixtures' dates
+/// in these cases have full precision or are whole days).
+fn effective_start(o: &Value) -> Option<OffsetDateTime> {
+    let s = o["effectiveDateTime"]
+        .as_str()
+        .or_else(|| o["effectivePeriod"]["start"].as_str())
+        .or_else(|| o["effectiveInstant"].as_str())?;
+    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
+        let d =
+            time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+        Some(d.midnight().assume_utc())
+    })
+}
+
+/// effective[x] as a half-open range: a day for a date, a second for a dateTime with seconds,
+/// a Period's bounds (an open end runs forever).
+fn effective_range(o: &Value) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let far = OffsetDateTime::parse("9999-01-01T00:00:00Z", &Rfc3339).ok()?;
+    if let Some(p) = o["effectivePeriod"].as_object() {
+        let start = p
+            .get("start")
+            .and_then(Value::as_str)
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())?;
+        let end = p
+            .get("end")
+            .and_then(Value::as_str)
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+            .map_or(far, |e| e + time::Duration::seconds(1));
+        return Some((start, end));
+    }
+    let s = o["effectiveDateTime"]
+        .as_str()
+        .or_else(|| o["effectiveInstant"].as_str())?;
+    if s.len() == 10 {
+        let start = effective_start(o)?;
+        return Some((start, start + time::Duration::days(1)));
+    }
+    let start = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    Some((start, start + time::Duration::seconds(1)))
+}
+
+#[tokio::test]
+async fn every_parameter_type_and_modifier_matches_a_plain_filter() {
+    let s = TestStore::start().await;
+    let all = fixtures();
+    load(&s, &all).await;
+    let loinc = Some("http://loinc.org");
+
+    // token
+    assert_eq!(
+        ids(&s, "Observation?code=http://loinc.org|8867-4").await,
+        expect(&all, "Observation", |o| has_coding(
+            &o["code"], loinc, "8867-4"
+        ))
+    );
+    assert_eq!(
+        ids(&s, "Observation?code=8867-4").await,
+        expect(&all, "Observation", |o| has_coding(
+            &o["code"], None, "8867-4"
+        ))
+    );
+    assert_eq!(
+        ids(&s, "Observation?status=final,amended").await,
+        expect(&all, "Observation", |o| o["status"] == "final"
+            || o["status"] == "amended")
+    );
+    assert_eq!(
+        ids(&s, "Observation?status:not=final").await,
+        expect(&all, "Observation", |o| o["status"] != "final")
+    );
+    assert_eq!(
+        ids(&s, "Observation?code=http://loinc.org|").await,
+        expect(&all, "Observation", |o| arr(&o["code"]["coding"])
+            .iter()
+            .any(|c| c["system"] == "http://loinc.org"))
+    );
+    assert_eq!(
+        ids(&s, "Patient?gender=male").await,
+        expect(&all, "Patient", |p| p["gender"] == "male")
+    );
+    assert_eq!(
+        ids(&s, "Patient?active=true").await,
+        expect(&all, "Patient", |p| p["active"] == true)
+    );
+    let e = expect(&all, "Patient", |p| {
+        arr(&p["identifier"])
+            .iter()
+            .any(|i| i["system"] == "urn:oid:1.2.36.146.595.217.0.1" && i["value"] == "12345")
+    });
+    assert!(!e.is_empty());
+    assert_eq!(
+        ids(
+            &s,
+            "Patient?identifier=urn:oid:1.2.36.146.595.217.0.1|12345"
+        )
+        .await,
+        e
+    );
+
+    // string: starts-with, case- and accent-insensitive; :exact; :contains
+    let family = |p: &Value| {
+        arr(&p["name"])
+            .iter()
+            .flat_map(|n| arr(&n["family"]))
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let fold = |s: &str| s.to_lowercase().replace('ü', "u");
+    assert_eq!(
+        ids(&s, "Patient?family=MUL").await,
+        expect(&all, "Patient", |p| family(p)
+            .iter()
+            .any(|f| fold(f).starts_with("mul")))
+    );
+    assert_eq!(
+        ids(&s, "Patient?family:exact=Müller").await,
+        BTreeSet::from(["mueller".to_string()])
+    );
+    assert_eq!(
+        ids(&s, "Patient?family:contains=alm").await,
+        expect(&all, "Patient", |p| family(p)
+            .iter()
+            .any(|f| fold(f).contains("alm")))
+    );
+
+    // reference: Type/id, id only, :Type
+    let subject_is = |o: &Value, r: &str| o["subject"]["reference"] == r;
+    let e = expect(&all, "Observation", |o| subject_is(o, "Patient/example"));
+    assert!(e.len() > 5);
+    assert_eq!(ids(&s, "Observation?subject=Patient/example").await, e);
+    assert_eq!(ids(&s, "Observation?subject:Patient=example").await, e);
+    assert_eq!(ids(&s, "Observation?patient=example").await, e);
+    assert_eq!(
+        ids(&s, "Observation?subject=example").await,
+        expect(&all, "Observation", |o| o["subject"]["reference"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("/example")))
+    );
+
+    // date: prefixes over effective[x]
+    let t = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+    let day_start = t("2012-09-17T00:00:00Z");
+    let day_end = t("2012-09-18T00:00:00Z");
+    let starts_between = |o: &Value, a: OffsetDateTime, b: OffsetDateTime| {
+        effective_start(o).is_some_and(|x| x >= a && x < b) && o["effectivePeriod"].is_null()
+    };
+    assert_eq!(
+        ids(&s, "Observation?date=2012-09-17").await,
+        expect(&all, "Observation", |o| starts_between(
+            o, day_start, day_end
+        ))
+    );
+    let after = expect(&all, "Observation", |o| {
+        effective_start(o).is_some_and(|x| x >= t("2013-04-03T00:00:00Z"))
+    });
+    assert!(!after.is_empty());
+    assert_eq!(ids(&s, "Observation?date=sa2013-04-02").await, after);
+    let before = expect(&all, "Observation", |o| {
+        effective_start(o).is_some_and(|x| x < t("2012-01-01T00:00:00Z"))
+            && o["effectivePeriod"]["end"]
+                .as_str()
+                .is_none_or(|e| e < "2012")
+    });
+    assert_eq!(ids(&s, "Observation?date=eb2012").await, before);
+    let (ge, lt) = (
+        ids(&s, "Observation?date=ge2012").await,
+        ids(&s, "Observation?date=lt2012").await,
+    );
+    let dated = expect(&all, "Observation", |o| effective_start(o).is_some());
+    assert!(
+        ge.union(&lt)
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .is_superset(&dated),
+        "every dated Observation is before or in/after 2012"
+    );
+    // AND by repetition, with the specification's rules for ranges: ge = the range reaches past
+    // the end of 2012's range or lies inside it; lt = it starts before 2014.
+    let both = ids(&s, "Observation?date=ge2012&date=lt2014").await;
+    let (y2012, y2013, y2014) = (
+        t("2012-01-01T00:00:00Z"),
+        t("2013-01-01T00:00:00Z"),
+        t("2014-01-01T00:00:00Z"),
+    );
+    assert_eq!(
+        both,
+        expect(&all, "Observation", |o| effective_range(o).is_some_and(
+            |(a, b)| (b > y2013 || a >= y2012) && a < y2014
+        ))
+    );
+
+    // number: implicit precision (0.25 is [0.245, 0.255))
+    let prob = |r: &Value| num(&r["prediction"][0]["probabilityDecimal"]);
+    assert_eq!(
+        ids(&s, "RiskAssessment?probability=0.25").await,
+        expect(&all, "RiskAssessment", |r| prob(r)
+            .is_some_and(|p| (0.245..0.255).contains(&p)))
+    );
+    assert_eq!(
+        ids(&s, "RiskAssessment?probability=gt0.25").await,
+        expect(&all, "RiskAssessment", |r| prob(r)
+            .is_some_and(|p| p > 0.25))
+    );
+    assert_eq!(
+        ids(&s, "RiskAssessment?probability=le0.02").await,
+        expect(&all, "RiskAssessment", |r| prob(r)
+            .is_some_and(|p| p <= 0.02))
+    );
+
+    // quantity: prefixes, value|system|code
+    let vq = |o: &Value| num(&o["valueQuantity"]["value"]);
+    assert_eq!(
+        ids(&s, "Observation?value-quantity=gt100").await,
+        expect(&all, "Observation", |o| vq(o).is_some_and(|v| v > 100.0))
+    );
+    let e = expect(&all, "Observation", |o| {
+        vq(o).is_some_and(|v| (184.5..185.5).contains(&v))
+            && o["valueQuantity"]["code"] == "[lb_av]"
+    });
+    assert!(!e.is_empty());
+    assert_eq!(
+        ids(
+            &s,
+            "Observation?value-quantity=185|http://unitsofmeasure.org|[lb_av]"
+        )
+        .await,
+        e
+    );
+
+    // composite: code with value, and per component
+    let comp = |o: &Value, code: &str, min: f64| {
+        arr(&o["component"]).iter().any(|c| {
+            has_coding(&c["code"], loinc, code)
+                && num(&c["valueQuantity"]["value"]).is_some_and(|v| v > min)
+        })
+    };
+    let e = expect(&all, "Observation", |o| comp(o, "8480-6", 100.0));
+    assert!(!e.is_empty());
+    assert_eq!(
+        ids(
+            &s,
+            "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100"
+        )
+        .await,
+        e
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "Observation?code-value-quantity=http://loinc.org|29463-7$gt80"
+        )
+        .await,
+        expect(&all, "Observation", |o| has_coding(
+            &o["code"], loinc, "29463-7"
+        ) && vq(o)
+            .is_some_and(|v| v > 80.0))
+    );
+
+    // uri
+    let vitals = "http://hl7.org/fhir/StructureDefinition/vitalsigns";
+    assert_eq!(
+        ids(&s, &format!("Observation?_profile={vitals}")).await,
+        expect(&all, "Observation", |o| arr(&o["meta"]["profile"])
+            .iter()
+            .any(|p| *p == vitals))
+    );
+
+    // :missing
+    // A subject with only a display has no reference value, so it counts as missing.
+    assert_eq!(
+        ids(&s, "Observation?subject:missing=true").await,
+        expect(&all, "Observation", |o| o["subject"]["reference"].is_null())
+    );
+    assert_eq!(
+        ids(&s, "Observation?value-quantity:missing=false").await,
+        expect(&all, "Observation", |o| !o["valueQuantity"].is_null())
+    );
+
+    // _id
+    assert_eq!(
+        ids(&s, "Patient?_id=example,mueller").await,
+        BTreeSet::from(["example".to_string(), "mueller".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn last_updated_and_malformed_values() {
+    let s = TestStore::start().await;
+    let put = |id: &'static str| {
+        let url = s.url(&format!("Patient/{id}"));
+        async move {
+            let v: Value = client()
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType":"Patient","id":id}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["meta"]["lastUpdated"].as_str().unwrap().to_string()
+        }
+    };
+    let first = put("first").await;
+    put("second").await;
+    let later = ids(
+        &s,
+        &format!("Patient?_lastUpdated=gt{}", first.replace('+', "%2B")),
+    )
+    .await;
+    assert_eq!(later, BTreeSet::from(["second".to_string()]));
+    let all = ids(
+        &s,
+        &format!("Patient?_lastUpdated=ge{}", first.replace('+', "%2B")),
+    )
+    .await;
+    assert_eq!(all.len(), 2);
+    for (q, param) in [
+        ("Observation?date=2024-13-45", "date"),
+        ("Observation?value-quantity=abc", "value-quantity"),
+        ("Observation?code-value-quantity=x", "code-value-quantity"),
+    ] {
+        let r = client().get(s.url(q)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+        let oo: Value = r.json().await.unwrap();
+        assert_eq!(oo["issue"][0]["expression"][0], param, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn paging_while_writes_continue_skips_and_repeats_nothing() {
+    let s = TestStore::start().await;
+    for i in 0..60 {
+        let id = format!("p{i:03}");
+        client()
+            .put(s.url(&format!("Observation/{id}")))
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType":"Observation","id":id,"status":"final","code":{"text":"x"}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut url = s.url("Observation?status=final&_count=8");
+    let mut seen = Vec::new();
+    let mut n = 0;
+    loop {
+        let b: Value = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            b["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string()),
+        );
+        // Between pages: new resources before and after the cursor, and updates of seen ones.
+        n += 1;
+        for id in [format!("a{n:03}"), format!("z{n:03}")] {
+            client().put(s.url(&format!("Observation/{id}"))).header("content-type", "application/fhir+json")
+                .body(json!({"resourceType":"Observation","id":id,"status":"final","code":{"text":"new"}}).to_string()).send().await.unwrap();
+        }
+        client().put(s.url("Observation/p000")).header("content-type", "application/fhir+json")
+            .body(json!({"resourceType":"Observation","id":"p000","status":"final","code":{"text":format!("update {n}")}}).to_string()).send().await.unwrap();
+        match next_link(&b) {
+            Some(next) => url = next,
+            None => break,
+        }
+    }
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a resource was repeated");
+    for i in 0..60 {
+        assert!(unique.contains(&format!("p{i:03}")), "p{i:03} was skipped");
+    }
+}
