@@ -290,9 +290,8 @@ async fn every_parameter_type_and_modifier_matches_a_plain_filter() {
     );
     assert_eq!(
         both,
-        expect(&all, "Observation", |o| effective_range(o).is_some_and(
-            |(a, b)| (b > y2013 || a >= y2012) && a < y2014
-        ))
+        expect(&all, "Observation", |o| effective_range(o)
+            .is_some_and(|(a, b)| (b > y2013 || a >= y2012) && a < y2014))
     );
 
     // number: implicit precision (0.25 is [0.245, 0.255))
@@ -487,4 +486,85 @@ async fn paging_while_writes_continue_skips_and_repeats_nothing() {
     for i in 0..60 {
         assert!(unique.contains(&format!("p{i:03}")), "p{i:03} was skipped");
     }
+}
+
+/// Ids in server order, following every page of `_count` results.
+async fn ordered_ids(s: &TestStore, query: &str, count: usize) -> Vec<String> {
+    let mut url = s.url(&format!("{query}&_count={count}"));
+    let mut out = Vec::new();
+    loop {
+        let b: Value = client()
+            .get(&url)
+            .header("prefer", "handling=strict")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.extend(
+            b["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string()),
+        );
+        match next_link(&b) {
+            Some(n) => url = n,
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn sort_on_several_keys_pages_in_order() {
+    let s = TestStore::start().await;
+    let all = fixtures();
+    load(&s, &all).await;
+    let observations: Vec<&Value> = all
+        .iter()
+        .filter(|v| v["resourceType"] == "Observation")
+        .collect();
+
+    // -date: newest first, resources without a date last, ties by id.
+    let mut expected: Vec<(Option<OffsetDateTime>, String)> = observations
+        .iter()
+        .map(|o| (effective_start(o), o["id"].as_str().unwrap().to_string()))
+        .collect();
+    expected.sort_by(|a, b| match (a.0, b.0) {
+        (Some(x), Some(y)) => y.cmp(&x).then(a.1.cmp(&b.1)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.1.cmp(&b.1),
+    });
+    let expected: Vec<String> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        ordered_ids(&s, "Observation?_sort=-date", 9).await,
+        expected
+    );
+
+    // status, then -_id: two keys, text.
+    let mut by_status: Vec<(String, String)> = observations
+        .iter()
+        .map(|o| {
+            (
+                o["status"].as_str().unwrap().to_string(),
+                o["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_status.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let expected: Vec<String> = by_status.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        ordered_ids(&s, "Observation?_sort=status,-_id", 11).await,
+        expected
+    );
+
+    // A cursor from another search is refused, naming _cursor.
+    let r = client()
+        .get(s.url("Observation?_sort=status&_cursor=%5B%22x%22%5D"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 }

@@ -108,8 +108,79 @@ pub struct SearchRequest {
     pub criteria: Vec<Criterion>,
     /// `_count`, if given.
     pub count: Option<usize>,
+    /// `_sort` keys, most significant first; the id always breaks ties.
+    pub sort: Vec<SortKey>,
     /// Parameters that are not supported and were ignored (lenient handling).
     pub ignored: Vec<String>,
+}
+
+/// One `_sort` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    /// The parameter (`_id`, `_lastUpdated` or a search parameter of the type).
+    pub param: String,
+    /// Its type.
+    pub kind: SearchParamKind,
+    /// `-param`.
+    pub descending: bool,
+}
+
+/// One value of a sort key in a paging cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortValue {
+    /// The resource has no value for the key (sorted last).
+    Null,
+    /// A number (dates as microseconds).
+    Number(f64),
+    /// Text.
+    Text(String),
+}
+
+/// Where a page ends: the last resource's sort-key values and id. The next page starts after
+/// it, so pages stay stable while writes continue (no offsets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    /// Sort-key values, one per [`SearchRequest::sort`] key.
+    pub keys: Vec<SortValue>,
+    /// The last resource's id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor as text for a `_cursor` link parameter (a JSON array, id last).
+    pub fn encode(&self) -> String {
+        let mut items: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|k| match k {
+                SortValue::Null => serde_json::Value::Null,
+                SortValue::Number(n) => serde_json::Number::from_f64(*n)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                SortValue::Text(t) => serde_json::Value::from(t.as_str()),
+            })
+            .collect();
+        items.push(serde_json::Value::from(self.id.as_str()));
+        serde_json::Value::Array(items).to_string()
+    }
+
+    /// Reads a `_cursor` for a search with `keys` sort keys.
+    pub fn decode(text: &str, keys: usize) -> Option<Self> {
+        let items: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+        if items.len() != keys + 1 {
+            return None;
+        }
+        let id = items.last()?.as_str()?.to_string();
+        let keys = items[..keys]
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::Null => Some(SortValue::Null),
+                serde_json::Value::Number(n) => n.to_string().parse().ok().map(SortValue::Number),
+                serde_json::Value::String(s) => Some(SortValue::Text(s.clone())),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { keys, id })
+    }
 }
 
 /// Parameters that control the result rather than select resources; the store handles these
@@ -152,6 +223,43 @@ pub fn parse(
                 )
             })?;
             req.count = Some(n);
+            continue;
+        }
+        if name == "_sort" {
+            for key in value.split(',').filter(|k| !k.is_empty()) {
+                let (descending, code) = match key.strip_prefix('-') {
+                    Some(c) => (true, c),
+                    None => (false, key),
+                };
+                let kind = match code {
+                    "_id" => Some(SearchParamKind::Token),
+                    "_lastUpdated" => Some(SearchParamKind::Date),
+                    _ => lookup(resource_type, code)
+                        .filter(|d| {
+                            crate::index::is_searchable(d)
+                                && !matches!(
+                                    d.kind,
+                                    SearchParamKind::Composite | SearchParamKind::Special
+                                )
+                        })
+                        .map(|d| d.kind),
+                };
+                match kind {
+                    Some(kind) => req.sort.push(SortKey {
+                        param: code.to_string(),
+                        kind,
+                        descending,
+                    }),
+                    None if strict => {
+                        return Err(OutcomeIssue::error(
+                            IssueType::NotSupported,
+                            format!("cannot sort {resource_type} by '{code}'"),
+                        )
+                        .at("_sort"))
+                    }
+                    None => req.ignored.push(format!("_sort={key}")),
+                }
+            }
             continue;
         }
         if RESULT_PARAMETERS.contains(&name.as_str()) {
@@ -538,6 +646,28 @@ mod tests {
             let e = parse("Observation", &p(&[(k, v)]), false).unwrap_err();
             assert_eq!(e.expression, vec![k.to_string()], "{k}={v}");
         }
+    }
+
+    #[test]
+    fn sort_keys_and_cursors() {
+        let r = parse("Observation", &p(&[("_sort", "-date,_id,status")]), true).unwrap();
+        let keys: Vec<(&str, bool)> = r
+            .sort
+            .iter()
+            .map(|k| (k.param.as_str(), k.descending))
+            .collect();
+        assert_eq!(keys, [("date", true), ("_id", false), ("status", false)]);
+        assert!(parse("Observation", &p(&[("_sort", "nonsense")]), true).is_err());
+        let c = Cursor {
+            keys: vec![
+                SortValue::Number(1.5e15),
+                SortValue::Null,
+                SortValue::Text("a,b".into()),
+            ],
+            id: "x".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode(), 3), Some(c.clone()));
+        assert_eq!(Cursor::decode(&c.encode(), 2), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 pub use trialbridge_fhir::index::{Index, IndexEntry, RangeEntry};
-pub use trialbridge_fhir::search::SearchRequest;
+pub use trialbridge_fhir::search::{Cursor, SearchRequest};
 
 mod sqlite;
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -151,13 +151,13 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-/// A page of search results, ordered by id for stable keyset paging.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A page of search results in `_sort` order (then by id), for stable keyset paging.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchPage {
     /// The current versions that match.
     pub versions: Vec<StoredVersion>,
-    /// Whether more results follow the last one.
-    pub has_more: bool,
+    /// Where the next page starts, if more results follow.
+    pub next: Option<Cursor>,
 }
 
 /// A version about to be appended.
@@ -249,13 +249,13 @@ pub trait ResourceStore: Send + Sync + 'static {
         ctx: &AccessContext,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, StorageError>;
-    /// A page of search results after the id `after_id`.
+    /// A page of search results, starting after `after` (the previous page's cursor).
     async fn search(
         &self,
         ctx: &AccessContext,
         resource_type: &str,
         request: &SearchRequest,
-        after_id: Option<&str>,
+        after: Option<&Cursor>,
         count: usize,
     ) -> Result<SearchPage, StorageError>;
     /// Counts current resources matching a search.

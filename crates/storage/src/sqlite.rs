@@ -21,7 +21,9 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use tokio::sync::mpsc;
 
 use trialbridge_fhir::index::normalize_string;
-use trialbridge_fhir::search::{Criterion, Match, Prefix, RangeKind, SearchRequest};
+use trialbridge_fhir::search::{
+    Criterion, Cursor, Match, Prefix, RangeKind, SearchRequest, SortKey, SortValue,
+};
 use trialbridge_fhir::search_param::SearchParamKind;
 
 use crate::{
@@ -689,6 +691,119 @@ impl SqlBuilder {
     }
 }
 
+fn sort_value(row: &Row<'_>, i: usize) -> rusqlite::Result<SortValue> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(i)? {
+        ValueRef::Null => SortValue::Null,
+        ValueRef::Integer(n) => SortValue::Number(n as f64),
+        ValueRef::Real(f) => SortValue::Number(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            SortValue::Text(String::from_utf8_lossy(t).into_owned())
+        }
+    })
+}
+
+/// A page query in `_sort` order, then by id, starting after `after`. Resources without a
+/// value for a key sort last in either direction.
+fn sorted_search_sql(
+    resource_type: &str,
+    request: &SearchRequest,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> (String, Vec<SqlValue>) {
+    if request.sort.is_empty() {
+        return search_sql(
+            resource_type,
+            request,
+            after.map(|c| c.id.as_str()),
+            Some(limit),
+            VERSION_COLUMNS,
+        );
+    }
+    let mut key_exprs = String::new();
+    let mut key_args: Vec<SqlValue> = Vec::new();
+    for (k, key) in request.sort.iter().enumerate() {
+        let agg = if key.descending { "MAX" } else { "MIN" };
+        let expr = match (key.param.as_str(), key.kind) {
+            ("_id", _) => "c.res_id".to_string(),
+            ("_lastUpdated", _) => "v.last_updated_us".to_string(),
+            (_, SearchParamKind::Date | SearchParamKind::Number | SearchParamKind::Quantity) => {
+                key_args.push(key.param.clone().into());
+                format!("(SELECT {agg}(r.low) FROM search_range r WHERE r.res_type = c.res_type AND r.res_id = c.res_id AND r.param = ?)")
+            }
+            _ => {
+                key_args.push(key.param.clone().into());
+                format!("(SELECT {agg}(i.value) FROM search_index i WHERE i.res_type = c.res_type AND i.res_id = c.res_id AND i.param = ?)")
+            }
+        };
+        key_exprs.push_str(&format!(", {expr} AS k{k}"));
+    }
+    let (inner, inner_args) = search_sql(
+        resource_type,
+        request,
+        None,
+        None,
+        &format!("{VERSION_COLUMNS}{key_exprs}"),
+    );
+    // The key sub-selects come before the WHERE clause's placeholders.
+    let mut args = key_args;
+    args.extend(inner_args);
+    let keys: Vec<String> = (0..request.sort.len()).map(|k| format!("k{k}")).collect();
+    let mut sql = format!("SELECT * FROM ({inner}) AS m");
+    if let Some(cursor) = after {
+        sql.push_str(" WHERE ");
+        cursor_condition(&mut sql, &mut args, &request.sort, &keys, cursor, 0);
+    }
+    sql.push_str(" ORDER BY ");
+    for (k, key) in request.sort.iter().enumerate() {
+        sql.push_str(&format!(
+            "(k{k} IS NULL), k{k} {}, ",
+            if key.descending { "DESC" } else { "ASC" }
+        ));
+    }
+    sql.push_str("res_id LIMIT ?");
+    args.push((limit as i64).into());
+    (sql, args)
+}
+
+/// Rows after the cursor in (keys..., id) order, nulls last.
+fn cursor_condition(
+    sql: &mut String,
+    args: &mut Vec<SqlValue>,
+    sort: &[SortKey],
+    keys: &[String],
+    cursor: &Cursor,
+    j: usize,
+) {
+    if j == sort.len() {
+        sql.push_str("res_id > ?");
+        args.push(cursor.id.clone().into());
+        return;
+    }
+    let k = &keys[j];
+    let value: Option<SqlValue> = match cursor.keys.get(j) {
+        Some(SortValue::Number(n)) => Some((*n).into()),
+        Some(SortValue::Text(t)) => Some(t.clone().into()),
+        _ => None,
+    };
+    match value {
+        // After a row without a value only rows without a value remain.
+        None => {
+            sql.push_str(&format!("({k} IS NULL AND ("));
+            cursor_condition(sql, args, sort, keys, cursor, j + 1);
+            sql.push_str("))");
+        }
+        Some(v) => {
+            let op = if sort[j].descending { "<" } else { ">" };
+            sql.push_str(&format!("({k} IS NULL OR {k} {op} ? OR ({k} = ? AND ("));
+            args.push(v.clone());
+            args.push(v);
+            cursor_condition(sql, args, sort, keys, cursor, j + 1);
+            sql.push_str(")))");
+        }
+    }
+}
+
 fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StorageError> {
     // One read transaction: the snapshot bound and the page come from the same snapshot.
     conn.execute_batch("BEGIN")?;
@@ -785,24 +900,46 @@ impl ResourceStore for SqliteStore {
         _ctx: &AccessContext,
         resource_type: &str,
         request: &SearchRequest,
-        after_id: Option<&str>,
+        after: Option<&Cursor>,
         count: usize,
     ) -> Result<SearchPage, StorageError> {
-        let (sql, args) = search_sql(
-            resource_type,
-            request,
-            after_id,
-            Some(count + 1),
-            VERSION_COLUMNS,
-        );
+        if count == 0 {
+            return Ok(SearchPage {
+                versions: Vec::new(),
+                next: None,
+            });
+        }
+        let (sql, args) = sorted_search_sql(resource_type, request, after, count + 1);
+        let keys = request.sort.len();
         self.blocking(move |c| {
             let mut stmt = c.prepare_cached(&sql)?;
-            let mut versions = stmt
-                .query_map(params_from_iter(args), version_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            let has_more = versions.len() > count;
-            versions.truncate(count);
-            Ok(SearchPage { versions, has_more })
+            let mut rows = stmt.query(params_from_iter(args))?;
+            let mut versions = Vec::new();
+            let mut last_keys = Vec::new();
+            while let Some(row) = rows.next()? {
+                if versions.len() == count {
+                    // One more row exists: the page ends at the previous one.
+                    let id = versions
+                        .last()
+                        .map(|v: &StoredVersion| v.id.clone())
+                        .unwrap_or_default();
+                    return Ok(SearchPage {
+                        next: Some(Cursor {
+                            keys: std::mem::take(&mut last_keys),
+                            id,
+                        }),
+                        versions,
+                    });
+                }
+                versions.push(version_from_row(row)?);
+                last_keys = (0..keys)
+                    .map(|k| sort_value(row, 8 + k))
+                    .collect::<Result<Vec<_>, _>>()?;
+            }
+            Ok(SearchPage {
+                versions,
+                next: None,
+            })
         })
         .await
     }

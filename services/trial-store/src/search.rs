@@ -9,7 +9,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use serde_json::json;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
-use trialbridge_fhir::search::parse;
+use trialbridge_fhir::search::{parse, Cursor};
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
 
 use crate::error::ApiError;
@@ -88,10 +88,21 @@ async fn run(
         .count
         .unwrap_or(s.config.default_count)
         .min(s.config.max_count);
-    let cursor = pairs
+    let cursor_text = pairs
         .iter()
         .find(|(k, _)| k == "_cursor")
         .map(|(_, v)| v.as_str());
+    let cursor = match cursor_text {
+        None => None,
+        Some(t) => Some(Cursor::decode(t, req.sort.len()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::Value,
+                "_cursor is not a cursor from a next link of this search",
+            )
+            .at("_cursor")
+        })?),
+    };
     let total_wanted = pairs
         .iter()
         .any(|(k, v)| (k == "_total" && v == "accurate") || (k == "_summary" && v == "count"));
@@ -122,17 +133,19 @@ async fn run(
     if total_wanted {
         b.total(s.store.count(&ctx, rt, &req).await?);
     }
-    b.link("self", &link(cursor));
-    let page = if summary_count {
+    b.link("self", &link(cursor_text));
+    let page = if summary_count || count == 0 {
         None
     } else {
-        Some(s.store.search(&ctx, rt, &req, cursor, count).await?)
+        Some(
+            s.store
+                .search(&ctx, rt, &req, cursor.as_ref(), count)
+                .await?,
+        )
     };
     if let Some(page) = &page {
-        if page.has_more {
-            if let Some(last) = page.versions.last() {
-                b.link("next", &link(Some(&last.id)));
-            }
+        if let Some(next) = &page.next {
+            b.link("next", &link(Some(&next.encode())));
         }
         for v in &page.versions {
             b.entry(BundleEntry {
