@@ -31,6 +31,11 @@ fn fixtures() -> Vec<Value> {
         );
         out.push(serde_json::from_str(&text).unwrap());
     }
+    out.push(json!({"resourceType":"ResearchStudy","id":"mc","status":"active"}));
+    out.push(json!({"resourceType":"ResearchStudy","id":"mc-site-01","status":"active","partOf":[{"reference":"ResearchStudy/mc"}]}));
+    out.push(json!({"resourceType":"ResearchStudy","id":"other-site","status":"active","partOf":[{"reference":"ResearchStudy/other"}]}));
+    out.push(json!({"resourceType":"ResearchSubject","id":"mc-01-001","status":"on-study","study":{"reference":"ResearchStudy/mc-site-01"},"individual":{"reference":"Patient/example"}}));
+    out.push(json!({"resourceType":"ResearchSubject","id":"other-001","status":"on-study","study":{"reference":"ResearchStudy/other-site"},"individual":{"reference":"Patient/example"}}));
     out
 }
 
@@ -567,4 +572,119 @@ async fn sort_on_several_keys_pages_in_order() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+/// (mode, Type/id) of every entry of every page.
+async fn entries(s: &TestStore, query: &str) -> Vec<(String, String)> {
+    let mut url = s.url(query);
+    let mut out = Vec::new();
+    loop {
+        let b: Value = client()
+            .get(&url)
+            .header("prefer", "handling=strict")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(b["resourceType"], "Bundle", "{query}: {b}");
+        for e in b["entry"].as_array().into_iter().flatten() {
+            out.push((
+                e["search"]["mode"].as_str().unwrap().to_string(),
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                ),
+            ));
+        }
+        match next_link(&b) {
+            Some(n) => url = n,
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn include_and_revinclude_without_a_cap() {
+    let s = TestStore::start().await;
+    let mut all = fixtures();
+    // More referencing resources than any page or chunk size.
+    for i in 0..450 {
+        all.push(json!({"resourceType":"Observation","id":format!("many-{i:03}"),"status":"final","code":{"text":"x"},"subject":{"reference":"Patient/pat2"}}));
+    }
+    load(&s, &all).await;
+    let exists = |r: &str| {
+        all.iter().any(|v| {
+            format!(
+                "{}/{}",
+                v["resourceType"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            ) == r
+        })
+    };
+
+    // _include: the subjects of the matches that exist.
+    let got = entries(
+        &s,
+        "Observation?code=http://loinc.org|8867-4&_include=Observation:subject",
+    )
+    .await;
+    let matched: BTreeSet<String> = got
+        .iter()
+        .filter(|(m, _)| m == "match")
+        .map(|(_, r)| r.clone())
+        .collect();
+    let included: BTreeSet<String> = got
+        .iter()
+        .filter(|(m, _)| m == "include")
+        .map(|(_, r)| r.clone())
+        .collect();
+    let expected: BTreeSet<String> = all
+        .iter()
+        .filter(|o| {
+            matched.contains(&format!("Observation/{}", o["id"].as_str().unwrap()))
+                && o["resourceType"] == "Observation"
+        })
+        .filter_map(|o| o["subject"]["reference"].as_str().map(str::to_string))
+        .filter(|r| exists(r))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(included, expected);
+
+    // _revinclude: every Observation about Patient/pat2 (450 + the examples), on one page.
+    let got = entries(&s, "Patient?_id=pat2&_revinclude=Observation:subject").await;
+    let rev: BTreeSet<String> = got
+        .iter()
+        .filter(|(m, _)| m == "include")
+        .map(|(_, r)| r.clone())
+        .collect();
+    let expected: BTreeSet<String> = all
+        .iter()
+        .filter(|o| {
+            o["resourceType"] == "Observation" && o["subject"]["reference"] == "Patient/pat2"
+        })
+        .map(|o| format!("Observation/{}", o["id"].as_str().unwrap()))
+        .collect();
+    assert!(expected.len() > 450);
+    assert_eq!(rev, expected);
+
+    // :iterate follows included resources: Observation -> Patient -> Organization.
+    let got = entries(&s, "Observation?_id=example&_include=Observation:subject&_include:iterate=Patient:organization").await;
+    let inc: BTreeSet<String> = got
+        .iter()
+        .filter(|(m, _)| m == "include")
+        .map(|(_, r)| r.clone())
+        .collect();
+    let patient = all
+        .iter()
+        .find(|v| v["resourceType"] == "Patient" && v["id"] == "example")
+        .unwrap();
+    let org = patient["managingOrganization"]["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(exists(&org));
+    assert_eq!(inc, BTreeSet::from(["Patient/example".to_string(), org]));
 }

@@ -70,6 +70,7 @@ def search_parameters(types):
     for e in bundle["entry"]:
         r = e["resource"]
         expr = r.get("expression")
+        targets = tuple(sorted(r.get("target", [])))
         components = tuple(
             (by_url[c["definition"]]["type"], c["expression"])
             for c in r.get("component", [])
@@ -78,13 +79,13 @@ def search_parameters(types):
         for base in r["base"]:
             if base in ("Resource", "DomainResource"):
                 if expr:
-                    rows.append((base, r["code"], r["type"], expr, components))
+                    rows.append((base, r["code"], r["type"], expr, components, targets))
                 continue
             if base not in types or not expr:
                 continue
             parts = [p for p in split_top_level(expr) if part_applies(p, base)]
             if parts:
-                rows.append((base, r["code"], r["type"], " | ".join(parts), components))
+                rows.append((base, r["code"], r["type"], " | ".join(parts), components, targets))
     rows = sorted(set(rows))
     return rows
 
@@ -113,14 +114,15 @@ def main():
         f.write("/// The R4 SearchParameters per base type, sorted by (base, code); the expression\n")
         f.write("/// keeps only the union branches that apply to that base.\n")
         f.write("pub static SEARCH_PARAMETERS: &[SearchParameterDef] = &[\n")
-        for base, code, kind, expr, components in rows:
+        for base, code, kind, expr, components, targets in rows:
             comps = ", ".join(
                 f"ComponentDef {{ kind: SearchParamKind::{KINDS[k]}, expression: {json.dumps(x)} }}"
                 for k, x in components
             )
             f.write(
                 f"    SearchParameterDef {{ base: {json.dumps(base)}, code: {json.dumps(code)}, "
-                f"kind: SearchParamKind::{KINDS[kind]}, expression: {json.dumps(expr)}, components: &[{comps}] }},\n"
+                f"kind: SearchParamKind::{KINDS[kind]}, expression: {json.dumps(expr)}, components: &[{comps}], "
+                f"targets: &[{', '.join(json.dumps(t) for t in targets)}] }},\n"
             )
         f.write("];\n")
     print(f"{len(types)} resource types, {len(rows)} search parameter rows")

@@ -88,6 +88,24 @@ pub enum Match {
     Missing(bool),
     /// `:not`: resources without a matching value (including those with no value).
     Not(Box<Match>),
+    /// A chain (`subject:Patient.name=peter`): the reference points at a `target_type`
+    /// resource that matches `criterion`.
+    Chain {
+        /// The type the reference must point at.
+        target_type: String,
+        /// What that resource must match (itself possibly a chain).
+        criterion: Box<Criterion>,
+    },
+    /// A reverse chain (`_has:Observation:patient:code=1234-5`): some `source_type` resource
+    /// that matches `criterion` points at this one through `reference_param`.
+    Has {
+        /// The type of the pointing resource.
+        source_type: String,
+        /// Its reference parameter.
+        reference_param: String,
+        /// What the pointing resource must match.
+        criterion: Box<Criterion>,
+    },
 }
 
 /// One search parameter occurrence: the values are ORed.
@@ -110,8 +128,25 @@ pub struct SearchRequest {
     pub count: Option<usize>,
     /// `_sort` keys, most significant first; the id always breaks ties.
     pub sort: Vec<SortKey>,
+    /// `_include` and `_revinclude` requests.
+    pub includes: Vec<Include>,
     /// Parameters that are not supported and were ignored (lenient handling).
     pub ignored: Vec<String>,
+}
+
+/// One `_include` (`Observation:subject[:Patient]`) or `_revinclude`, possibly `:iterate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// The type that holds the reference.
+    pub source: String,
+    /// Its reference parameter.
+    pub param: String,
+    /// Only references to this type, if given.
+    pub target: Option<String>,
+    /// `_revinclude`: add the resources that point at the results (instead of those they point at).
+    pub reverse: bool,
+    /// `:iterate`: apply to included resources too, until nothing new is found.
+    pub iterate: bool,
 }
 
 /// One `_sort` key.
@@ -262,64 +297,195 @@ pub fn parse(
             }
             continue;
         }
+        if let Some(kind) = name
+            .strip_prefix("_include")
+            .map(|k| (false, k))
+            .or_else(|| name.strip_prefix("_revinclude").map(|k| (true, k)))
+        {
+            let (reverse, modifier) = kind;
+            let iterate = match modifier {
+                "" => false,
+                ":iterate" | ":recurse" => true,
+                _ => return Err(bad(name, "the only modifier is :iterate".into())),
+            };
+            match parse_include(value, reverse, iterate) {
+                Some(i) => req.includes.push(i),
+                None if strict => return Err(OutcomeIssue::error(IssueType::NotSupported, format!("{name}={value} is not a [type]:[reference parameter][:target type] this server knows")).at(name.clone())),
+                None => req.ignored.push(name.clone()),
+            }
+            continue;
+        }
         if RESULT_PARAMETERS.contains(&name.as_str()) {
             continue;
         }
-        let (code, modifier) = match name.split_once(':') {
-            Some((c, m)) => (c, Some(m)),
-            None => (name.as_str(), None),
+        match parse_param(resource_type, name, value, strict)? {
+            Some(c) => req.criteria.push(c),
+            None => req.ignored.push(name.clone()),
+        }
+    }
+    Ok(req)
+}
+
+fn parse_include(value: &str, reverse: bool, iterate: bool) -> Option<Include> {
+    let mut parts = value.split(':');
+    let source = parts.next()?;
+    let param = parts.next()?;
+    let target = parts.next();
+    if parts.next().is_some() {
+        return None;
+    }
+    let def = lookup(source, param)
+        .filter(|d| d.kind == SearchParamKind::Reference && crate::is_resource_type(source))?;
+    if let Some(t) = target {
+        if !def.targets.contains(&t) {
+            return None;
+        }
+    }
+    Some(Include {
+        source: source.to_string(),
+        param: param.to_string(),
+        target: target.map(str::to_string),
+        reverse,
+        iterate,
+    })
+}
+
+/// One `name=value` pair as a criterion; `None` when it is unsupported and `strict` is off.
+fn parse_param(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    strict: bool,
+) -> Result<Option<Criterion>, OutcomeIssue> {
+    let unsupported = |why: &str| -> Result<Option<Criterion>, OutcomeIssue> {
+        if strict {
+            Err(OutcomeIssue::error(
+                IssueType::NotSupported,
+                format!("search parameter '{name}' {why} for {resource_type}"),
+            )
+            .at(name.to_string()))
+        } else {
+            Ok(None)
+        }
+    };
+    if let Some(rest) = name.strip_prefix("_has:") {
+        // _has:Source:reference:inner
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(reference), Some(inner)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(
+                name,
+                "expected _has:[type]:[reference parameter]:[parameter]".into(),
+            ));
         };
-        let def = lookup(resource_type, code);
-        let supported =
-            def.filter(|d| crate::index::is_searchable(d) && modifier_supported(d, modifier));
-        let Some(def) = supported else {
-            if strict {
-                let why = if def.is_some() {
-                    "is not supported yet"
-                } else {
-                    "is not a search parameter of this type"
-                };
-                return Err(OutcomeIssue::error(
-                    IssueType::NotSupported,
-                    format!("search parameter '{name}' {why} for {resource_type}"),
-                )
-                .at(name.clone()));
+        let pointing = lookup(source, reference)
+            .filter(|d| d.kind == SearchParamKind::Reference && crate::is_resource_type(source));
+        if pointing.is_none() {
+            return unsupported("names no reference parameter");
+        }
+        let Some(criterion) = parse_param(source, inner, value, strict)? else {
+            return Ok(None);
+        };
+        return Ok(Some(Criterion {
+            param: "_has".into(),
+            kind: SearchParamKind::Special,
+            any_of: vec![Match::Has {
+                source_type: source.to_string(),
+                reference_param: reference.to_string(),
+                criterion: Box::new(criterion),
+            }],
+        }));
+    }
+    if let Some((head, rest)) = name.split_once('.') {
+        // A chain: head is `reference[:Type]`.
+        let (code, target) = match head.split_once(':') {
+            Some((c, t)) => (c, Some(t)),
+            None => (head, None),
+        };
+        let Some(def) =
+            lookup(resource_type, code).filter(|d| d.kind == SearchParamKind::Reference)
+        else {
+            return unsupported("cannot be chained");
+        };
+        let targets: Vec<&str> = match target {
+            Some(t) if def.targets.contains(&t) => vec![t],
+            Some(_) => {
+                return Err(bad(
+                    name,
+                    format!("'{code}' cannot point at {}", target.unwrap_or_default()),
+                ))
             }
-            req.ignored.push(name.clone());
-            continue;
+            None => def.targets.to_vec(),
         };
         let mut any_of = Vec::new();
-        if modifier == Some("missing") {
-            match value.as_str() {
-                "true" => any_of.push(Match::Missing(true)),
-                "false" => any_of.push(Match::Missing(false)),
-                _ => {
-                    return Err(bad(
-                        name,
-                        format!(":missing takes true or false, got '{value}'"),
-                    ))
-                }
-            }
-        } else {
-            for raw in split_unescaped(value, ',') {
-                if raw.is_empty() {
-                    return Err(bad(name, "empty value".into()));
-                }
-                let m = parse_value(def, modifier, &raw, name)?;
-                any_of.push(if modifier == Some("not") {
-                    Match::Not(Box::new(m))
-                } else {
-                    m
+        for t in targets {
+            // Only the target types that have the chained parameter take part.
+            if let Ok(Some(c)) = parse_param(t, rest, value, true) {
+                any_of.push(Match::Chain {
+                    target_type: t.to_string(),
+                    criterion: Box::new(c),
+                });
+            } else if let Err(e) = parse_param(t, rest, value, false) {
+                return Err(OutcomeIssue {
+                    expression: vec![name.to_string()],
+                    ..e
                 });
             }
         }
-        req.criteria.push(Criterion {
+        if any_of.is_empty() {
+            return unsupported("chains to a parameter no target type has");
+        }
+        return Ok(Some(Criterion {
             param: def.code.to_string(),
-            kind: def.kind,
+            kind: SearchParamKind::Reference,
             any_of,
-        });
+        }));
     }
-    Ok(req)
+    let (code, modifier) = match name.split_once(':') {
+        Some((c, m)) => (c, Some(m)),
+        None => (name, None),
+    };
+    let def = lookup(resource_type, code);
+    let Some(def) =
+        def.filter(|d| crate::index::is_searchable(d) && modifier_supported(d, modifier))
+    else {
+        return unsupported(if def.is_some() {
+            "is not supported yet"
+        } else {
+            "is not a search parameter of this type"
+        });
+    };
+    let mut any_of = Vec::new();
+    if modifier == Some("missing") {
+        match value {
+            "true" => any_of.push(Match::Missing(true)),
+            "false" => any_of.push(Match::Missing(false)),
+            _ => {
+                return Err(bad(
+                    name,
+                    format!(":missing takes true or false, got '{value}'"),
+                ))
+            }
+        }
+    } else {
+        for raw in split_unescaped(value, ',') {
+            if raw.is_empty() {
+                return Err(bad(name, "empty value".into()));
+            }
+            let m = parse_value(def, modifier, &raw, name)?;
+            any_of.push(if modifier == Some("not") {
+                Match::Not(Box::new(m))
+            } else {
+                m
+            });
+        }
+    }
+    Ok(Some(Criterion {
+        param: def.code.to_string(),
+        kind: def.kind,
+        any_of,
+    }))
 }
 
 fn modifier_supported(def: &SearchParameterDef, modifier: Option<&str>) -> bool {
@@ -646,6 +812,75 @@ mod tests {
             let e = parse("Observation", &p(&[(k, v)]), false).unwrap_err();
             assert_eq!(e.expression, vec![k.to_string()], "{k}={v}");
         }
+    }
+
+    #[test]
+    fn chains_and_reverse_chains() {
+        let r = parse(
+            "Observation",
+            &p(&[("subject:Patient.name", "peter")]),
+            true,
+        )
+        .unwrap();
+        assert!(
+            matches!(&r.criteria[0].any_of[..], [Match::Chain { target_type, .. }] if target_type == "Patient")
+        );
+        let r = parse(
+            "ResearchSubject",
+            &p(&[("study.partof", "ResearchStudy/mesemcart")]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.criteria[0].param, "study");
+        let r = parse(
+            "Patient",
+            &p(&[("_has:Observation:patient:code", "1234-5")]),
+            true,
+        )
+        .unwrap();
+        assert!(
+            matches!(&r.criteria[0].any_of[..], [Match::Has { source_type, reference_param, .. }] if source_type == "Observation" && reference_param == "patient")
+        );
+        assert!(parse("Patient", &p(&[("_has:Observation:nope:code", "x")]), true).is_err());
+        let e = parse(
+            "Observation",
+            &p(&[("subject:Patient.birthdate", "2024-13-45")]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.expression, vec!["subject:Patient.birthdate".to_string()]);
+    }
+
+    #[test]
+    fn includes() {
+        let r = parse(
+            "Observation",
+            &p(&[
+                ("_include", "Observation:subject:Patient"),
+                ("_revinclude:iterate", "Provenance:target"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.includes.len(), 2);
+        assert!(r.includes[1].reverse && r.includes[1].iterate);
+        assert!(parse("Observation", &p(&[("_include", "Observation:nope")]), true).is_err());
+        assert!(parse(
+            "Observation",
+            &p(&[("_include", "Observation:subject:Medication")]),
+            true
+        )
+        .is_err());
+        assert_eq!(
+            parse(
+                "Observation",
+                &p(&[("_include", "Observation:nope")]),
+                false
+            )
+            .unwrap()
+            .ignored,
+            vec!["_include".to_string()]
+        );
     }
 
     #[test]

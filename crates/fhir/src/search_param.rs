@@ -38,6 +38,8 @@ pub struct SearchParameterDef {
     pub expression: &'static str,
     /// For a composite: its parts, evaluated relative to each node of `expression`.
     pub components: &'static [ComponentDef],
+    /// For a reference: the resource types it may point at.
+    pub targets: &'static [&'static str],
 }
 
 /// One part of a composite search parameter.

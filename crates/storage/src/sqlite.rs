@@ -545,6 +545,38 @@ impl SqlBuilder {
                 self.condition(rt, criterion, inner);
                 self.sql.push(')');
             }
+            Match::Chain {
+                target_type,
+                criterion: inner,
+            } => {
+                // Nested SELECTs reuse the aliases c and v: SQL resolves them to the nearest one.
+                self.sql.push_str(
+                    "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
+                );
+                self.arg(rt.to_string());
+                self.push(" AND i.param = ?", criterion.param.clone());
+                self.push(
+                    " AND i.value IN (SELECT ? || '/' || c.res_id FROM ",
+                    target_type.clone(),
+                );
+                self.matching_ids_tail(target_type, inner);
+                self.sql.push_str("))");
+            }
+            Match::Has {
+                source_type,
+                reference_param,
+                criterion: inner,
+            } => {
+                let prefix = format!("{rt}/");
+                self.push("c.res_id IN (SELECT substr(i.value, ?) FROM search_index i WHERE i.res_type = ?", prefix.len() as i64 + 1);
+                self.arg(source_type.clone());
+                self.push(" AND i.param = ?", reference_param.clone());
+                self.push(" AND i.value >= ?", prefix.clone());
+                self.push(" AND i.value < ?", format!("{rt}0"));
+                self.sql.push_str(" AND i.res_id IN (SELECT c.res_id FROM ");
+                self.matching_ids_tail(source_type, inner);
+                self.sql.push_str("))");
+            }
             Match::Range { .. } if criterion.param == "_lastUpdated" => {
                 // From the version itself: an instant, i.e. the range [t, t + 1 µs).
                 self.range_condition(m, "v.last_updated_us", "(v.last_updated_us + 1)");
@@ -588,6 +620,23 @@ impl SqlBuilder {
         }
     }
 
+    /// `resource_current c JOIN resource_version v ... WHERE` current `rt` resources matching
+    /// `criterion` (the SELECT list is the caller's).
+    fn matching_ids_tail(&mut self, rt: &str, criterion: &Criterion) {
+        self.push(
+            "resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?",
+            rt.to_string(),
+        );
+        self.sql.push_str(" AND c.deleted = 0 AND (");
+        for (i, m) in criterion.any_of.iter().enumerate() {
+            if i > 0 {
+                self.sql.push_str(" OR ");
+            }
+            self.condition(rt, criterion, m);
+        }
+        self.sql.push(')');
+    }
+
     fn text_condition(&mut self, m: &Match) {
         match m {
             Match::Token { system, code } => {
@@ -624,7 +673,12 @@ impl SqlBuilder {
                 id,
             } => self.push(" AND i.value GLOB ?", format!("*/{}", glob_literal(id))),
             Match::Uri(u) => self.push(" AND i.value = ?", u.clone()),
-            Match::Id(_) | Match::Range { .. } | Match::Missing(_) | Match::Not(_) => {}
+            Match::Id(_)
+            | Match::Range { .. }
+            | Match::Missing(_)
+            | Match::Not(_)
+            | Match::Chain { .. }
+            | Match::Has { .. } => {}
         }
     }
 

@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 mod history;
 mod http;
+mod include;
 mod interactions;
 pub mod loading;
 mod negotiate;

@@ -1,5 +1,5 @@
-//! Type-level search (the token, string, reference and uri parameters indexed today) with
-//! keyset paging.
+//! Type-level search with keyset paging, `_sort`, `_total`, `_summary=count`, `_include` and
+//! `_revinclude`.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -155,6 +155,20 @@ async fn run(
                 ..Default::default()
             });
         }
+    }
+    let included = match &page {
+        Some(page) if !req.includes.is_empty() => {
+            crate::include::resolve(&*s.store, &ctx, &req.includes, &page.versions).await?
+        }
+        _ => Vec::new(),
+    };
+    for v in &included {
+        b.entry(BundleEntry {
+            full_url: Some(format!("{base}/{}/{}", v.resource_type, v.id)),
+            resource: v.body.as_deref(),
+            search: Some(json!({"mode": "include"})),
+            ..Default::default()
+        });
     }
     if !req.ignored.is_empty() {
         b.entry(ignored_parameters_entry(&req.ignored));

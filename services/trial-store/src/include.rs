@@ -1,0 +1,134 @@
+//! `_include` and `_revinclude` (with `:iterate`): the resources a search page points at, or
+//! that point at it. No cap: every referenced or referencing resource is returned.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use trialbridge_fhir::search::{Criterion, Cursor, Include, Match, SearchRequest};
+use trialbridge_fhir::search_param::SearchParamKind;
+use trialbridge_fhir::{index, resource_type};
+use trialbridge_storage::{AccessContext, ResourceStore, StorageError, StoredVersion};
+
+/// How many rounds `:iterate` may take. Cycles end by themselves (nothing new is found); this
+/// bounds very long reference chains.
+const MAX_ROUNDS: usize = 16;
+
+/// How many references one reverse-include query asks for at once.
+const CHUNK: usize = 200;
+
+/// The resources to add to a page as `search.mode = include`.
+pub async fn resolve(
+    store: &dyn ResourceStore,
+    ctx: &AccessContext,
+    includes: &[Include],
+    page: &[StoredVersion],
+) -> Result<Vec<StoredVersion>, StorageError> {
+    let mut seen: BTreeSet<(String, String)> = page
+        .iter()
+        .map(|v| (v.resource_type.clone(), v.id.clone()))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier: Vec<StoredVersion> = page.to_vec();
+    for round in 0..MAX_ROUNDS {
+        let mut found = Vec::new();
+        for inc in includes.iter().filter(|i| round == 0 || i.iterate) {
+            let candidates = if inc.reverse {
+                reverse_include(store, ctx, inc, &frontier).await?
+            } else {
+                forward_include(store, ctx, inc, &frontier).await?
+            };
+            for v in candidates {
+                if seen.insert((v.resource_type.clone(), v.id.clone())) {
+                    found.push(v);
+                }
+            }
+        }
+        if found.is_empty() {
+            break;
+        }
+        out.extend(found.iter().cloned());
+        frontier = found;
+    }
+    Ok(out)
+}
+
+/// `Type/id` references of `param` in `v` (through the same extraction as the index).
+fn references_of(v: &StoredVersion, param: &str) -> Vec<String> {
+    let (Some(rt), Some(body)) = (
+        resource_type::canonical(&v.resource_type),
+        v.body.as_deref(),
+    ) else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_json::from_str::<Value>(body) else {
+        return Vec::new();
+    };
+    index::extract(rt, &value)
+        .text
+        .into_iter()
+        .filter(|e| e.param == param)
+        .map(|e| e.value)
+        .collect()
+}
+
+async fn forward_include(
+    store: &dyn ResourceStore,
+    ctx: &AccessContext,
+    inc: &Include,
+    from: &[StoredVersion],
+) -> Result<Vec<StoredVersion>, StorageError> {
+    let mut out = Vec::new();
+    for v in from.iter().filter(|v| v.resource_type == inc.source) {
+        for r in references_of(v, &inc.param) {
+            let Some((t, id)) = r.split_once('/') else {
+                continue;
+            };
+            if inc.target.as_deref().is_some_and(|want| want != t) {
+                continue;
+            }
+            if let Some(found) = store.read(ctx, t, id).await?.filter(|f| !f.deleted) {
+                out.push(found);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn reverse_include(
+    store: &dyn ResourceStore,
+    ctx: &AccessContext,
+    inc: &Include,
+    to: &[StoredVersion],
+) -> Result<Vec<StoredVersion>, StorageError> {
+    let targets: Vec<Match> = to
+        .iter()
+        .filter(|v| inc.target.as_deref().is_none_or(|t| t == v.resource_type))
+        .map(|v| Match::Reference {
+            target_type: Some(v.resource_type.clone()),
+            id: v.id.clone(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for chunk in targets.chunks(CHUNK) {
+        let request = SearchRequest {
+            criteria: vec![Criterion {
+                param: inc.param.clone(),
+                kind: SearchParamKind::Reference,
+                any_of: chunk.to_vec(),
+            }],
+            ..Default::default()
+        };
+        let mut after: Option<Cursor> = None;
+        loop {
+            let page = store
+                .search(ctx, &inc.source, &request, after.as_ref(), 1000)
+                .await?;
+            out.extend(page.versions);
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
