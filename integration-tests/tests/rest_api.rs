@@ -760,6 +760,15 @@ async fn health_and_capability_statement() {
                 .await
             }
             "history-system" => send(Method::GET, &s.url("_history"), &[], None).await,
+            "search-system" => {
+                send(
+                    Method::GET,
+                    &format!("{}?_type=Observation&_id=cap", s.base),
+                    &[],
+                    None,
+                )
+                .await
+            }
             other => panic!("the statement claims '{other}': add it here"),
         };
         assert!(r.status.is_success(), "{}", i["code"]);

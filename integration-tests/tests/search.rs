@@ -688,3 +688,125 @@ async fn include_and_revinclude_without_a_cap() {
     assert!(exists(&org));
     assert_eq!(inc, BTreeSet::from(["Patient/example".to_string(), org]));
 }
+
+#[tokio::test]
+async fn elements_summary_compartments_and_system_search() {
+    let s = TestStore::start().await;
+    let all = fixtures();
+    load(&s, &all).await;
+
+    let b: Value = client()
+        .get(s.url("Observation?_id=example&_elements=status,code"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = &b["entry"][0]["resource"];
+    let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["resourceType", "id", "meta", "status", "code"])
+    );
+    assert!(r["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["code"] == "SUBSETTED"));
+    let b: Value = client()
+        .get(s.url("Observation?_id=example&_summary=data"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        b["entry"][0]["resource"]["text"].is_null()
+            && !b["entry"][0]["resource"]["status"].is_null()
+    );
+    let r = client()
+        .get(s.url("Observation?_summary=true"))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Patient compartment: subject or performer is the Patient.
+    let in_compartment = |o: &Value| {
+        o["subject"]["reference"] == "Patient/example"
+            || arr(&o["performer"])
+                .iter()
+                .any(|p| p["reference"] == "Patient/example")
+    };
+    assert_eq!(
+        ids(&s, "Patient/example/Observation?").await,
+        expect(&all, "Observation", in_compartment)
+    );
+    assert_eq!(
+        ids(
+            &s,
+            "Patient/example/Observation?code=http://loinc.org|8867-4"
+        )
+        .await,
+        expect(&all, "Observation", |o| in_compartment(o)
+            && has_coding(&o["code"], Some("http://loinc.org"), "8867-4"))
+    );
+    let r = client()
+        .get(s.url("Patient/example/Organization"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // System search over several types, paged across the type boundary.
+    let mut url = format!("{}?_type=Patient,Organization&_count=4", s.base);
+    let mut got = BTreeSet::new();
+    loop {
+        let b: Value = client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in b["entry"].as_array().into_iter().flatten() {
+            assert!(got.insert(format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )));
+        }
+        match next_link(&b) {
+            Some(n) => url = n,
+            None => break,
+        }
+    }
+    let expected: BTreeSet<String> = all
+        .iter()
+        .filter(|v| v["resourceType"] == "Patient" || v["resourceType"] == "Organization")
+        .map(|v| {
+            format!(
+                "{}/{}",
+                v["resourceType"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    let b: Value = client()
+        .get(format!(
+            "{}?_type=Patient,Organization&_summary=count",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b["total"].as_u64().unwrap() as usize, expected.len());
+}

@@ -125,7 +125,17 @@ def main():
                 f"targets: &[{', '.join(json.dumps(t) for t in targets)}] }},\n"
             )
         f.write("];\n")
-    print(f"{len(types)} resource types, {len(rows)} search parameter rows")
+    compartment = load("compartmentdefinition-patient.json")
+    members = sorted((r["code"], tuple(r["param"])) for r in compartment["resource"] if r.get("param"))
+    with open(os.path.join(OUT, "compartments.rs"), "w", encoding="utf-8") as f:
+        f.write(HEADER)
+        f.write("/// The Patient compartment of R4: for each member type, the parameters that link a resource\n")
+        f.write("/// to the Patient. Sorted by type.\n")
+        f.write("pub const PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[\n")
+        for t, params in members:
+            f.write(f"    ({json.dumps(t)}, &[{', '.join(json.dumps(p) for p in params)}]),\n")
+        f.write("];\n")
+    print(f"{len(types)} resource types, {len(rows)} search parameter rows, {len(members)} Patient compartment members")
 
 
 if __name__ == "__main__":

@@ -282,6 +282,34 @@ impl RawResource {
     }
 }
 
+/// `_elements` and `_summary=data`: the resource reduced to the named top-level elements
+/// (plus `resourceType`, `id` and `meta`), or without its narrative, tagged `SUBSETTED` as the
+/// specification asks. Text that is not a resource object is returned unchanged.
+pub fn subset(text: &str, elements: Option<&[String]>, drop_narrative: bool) -> String {
+    let Ok(mut raw) = RawResource::parse(text.as_bytes()) else {
+        return text.to_string();
+    };
+    if let Some(keep) = elements {
+        raw.members.retain(|(k, _)| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.iter().any(|e| e == k)
+        });
+    }
+    if drop_narrative {
+        raw.remove("text");
+    }
+    let mut meta = raw
+        .get("meta")
+        .filter(Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let tag = serde_json::json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"});
+    match meta.get_mut("tag").and_then(Value::as_array_mut) {
+        Some(tags) => tags.push(tag),
+        None => meta["tag"] = serde_json::json!([tag]),
+    }
+    raw.set("meta", &meta);
+    raw.to_json_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +346,21 @@ mod tests {
             no_meta.to_json_string_with("meta", &serde_json::json!({})),
             r#"{"resourceType":"Patient","active":true,"meta":{}}"#
         );
+    }
+
+    #[test]
+    fn subsets() {
+        let t = r#"{"resourceType":"Observation","id":"o","meta":{"versionId":"1"},"text":{"div":"x"},"status":"final","code":{"text":"c"},"valueQuantity":{"value":1.50}}"#;
+        let s = subset(
+            t,
+            Some(&["status".to_string(), "valueQuantity".to_string()]),
+            false,
+        );
+        assert_eq!(
+            s,
+            r#"{"resourceType":"Observation","id":"o","meta":{"versionId":"1","tag":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"SUBSETTED"}]},"status":"final","valueQuantity":{"value":1.50}}"#
+        );
+        assert!(!subset(t, None, true).contains(r#""text":{"div""#));
     }
 
     #[test]

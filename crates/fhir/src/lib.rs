@@ -9,6 +9,7 @@
 
 pub mod generated {
     //! Tables generated from the official R4 definitions by `codegen/generate.py`.
+    pub mod compartments;
     pub mod resource_types;
     pub mod search_parameters;
 }

@@ -96,6 +96,9 @@ pub enum Match {
         /// What that resource must match (itself possibly a chain).
         criterion: Box<Criterion>,
     },
+    /// Any of several criteria, e.g. membership of a compartment (`subject` or `performer`
+    /// is this Patient).
+    AnyOf(Vec<Criterion>),
     /// A reverse chain (`_has:Observation:patient:code=1234-5`): some `source_type` resource
     /// that matches `criterion` points at this one through `reference_param`.
     Has {
@@ -237,6 +240,40 @@ fn bad(name: &str, what: String) -> OutcomeIssue {
         format!("search parameter '{name}': {what}"),
     )
     .at(name.to_string())
+}
+
+/// The criterion "is in the compartment of `compartment_type/id`" for `resource_type`, or
+/// `None` if that type is not a member (only the Patient compartment is defined here).
+pub fn compartment_criterion(
+    compartment_type: &str,
+    id: &str,
+    resource_type: &str,
+) -> Option<Criterion> {
+    if compartment_type != "Patient" {
+        return None;
+    }
+    let members = crate::generated::compartments::PATIENT_COMPARTMENT;
+    let params = members
+        .binary_search_by(|(t, _)| (*t).cmp(resource_type))
+        .ok()
+        .map(|i| members[i].1)?;
+    let any_of = params
+        .iter()
+        .filter(|p| lookup(resource_type, p).is_some_and(|d| d.kind == SearchParamKind::Reference))
+        .map(|p| Criterion {
+            param: p.to_string(),
+            kind: SearchParamKind::Reference,
+            any_of: vec![Match::Reference {
+                target_type: Some(compartment_type.to_string()),
+                id: id.to_string(),
+            }],
+        })
+        .collect::<Vec<_>>();
+    (!any_of.is_empty()).then(|| Criterion {
+        param: "_compartment".into(),
+        kind: SearchParamKind::Special,
+        any_of: vec![Match::AnyOf(any_of)],
+    })
 }
 
 /// Parses `params` (already percent-decoded) for a search over `resource_type`.

@@ -562,6 +562,23 @@ impl SqlBuilder {
                 self.matching_ids_tail(target_type, inner);
                 self.sql.push_str("))");
             }
+            Match::AnyOf(criteria) => {
+                self.sql.push('(');
+                for (k, c) in criteria.iter().enumerate() {
+                    if k > 0 {
+                        self.sql.push_str(" OR ");
+                    }
+                    self.sql.push('(');
+                    for (i, m) in c.any_of.iter().enumerate() {
+                        if i > 0 {
+                            self.sql.push_str(" OR ");
+                        }
+                        self.condition(rt, c, m);
+                    }
+                    self.sql.push(')');
+                }
+                self.sql.push(')');
+            }
             Match::Has {
                 source_type,
                 reference_param,
@@ -678,6 +695,7 @@ impl SqlBuilder {
             | Match::Missing(_)
             | Match::Not(_)
             | Match::Chain { .. }
+            | Match::AnyOf(_)
             | Match::Has { .. } => {}
         }
     }

@@ -27,7 +27,8 @@ pub const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 /// System-level interactions served.
-pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "history-system"];
+pub const SYSTEM_INTERACTIONS: &[&str] =
+    &["transaction", "batch", "history-system", "search-system"];
 
 fn kind_code(k: search_param::SearchParamKind) -> &'static str {
     use search_param::SearchParamKind::*;
@@ -81,6 +82,7 @@ fn statement() -> &'static Value {
                 "mode": "server",
                 "resource": resources,
                 "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
             }]
         })
     })

@@ -37,6 +37,10 @@ pub fn routes(state: StoreState) -> Router {
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{rtype}/{id}/_history", get(history::instance))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread))
+        .route(
+            "/fhir/{rtype}/{id}/{member}",
+            get(search::compartment_search),
+        )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -232,6 +236,11 @@ pub fn written_response(s: &StoreState, w: Written, fmt: Format, pref: Prefer) -
         }
     }
     r
+}
+
+/// Checks a logical id (re-exported for the search module).
+pub fn checked_id_of(resource_type: &str, id: &str) -> Result<(), ApiError> {
+    checked_id(resource_type, id)
 }
 
 /// A read result: 404, 410, or the version.

@@ -1,5 +1,5 @@
-//! Type-level search with keyset paging, `_sort`, `_total`, `_summary=count`, `_include` and
-//! `_revinclude`.
+//! Search: type level, compartment (`Patient/{id}/Observation`) and system level (`_type`),
+//! with keyset paging, `_sort`, `_total`, `_summary`, `_elements`, `_include` and `_revinclude`.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -9,11 +9,13 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use serde_json::json;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
-use trialbridge_fhir::search::{parse, Cursor};
-use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
+use trialbridge_fhir::json::subset;
+use trialbridge_fhir::search::{compartment_criterion, parse, Cursor, SearchRequest};
+use trialbridge_fhir::{resource_type, IssueType, OperationOutcome, OutcomeIssue};
+use trialbridge_storage::StoredVersion;
 
 use crate::error::ApiError;
-use crate::http::{access, json_response, prefer, query_pairs};
+use crate::http::{access, checked_id_of, json_response, prefer, query_pairs};
 use crate::interactions::known_type;
 use crate::negotiate::negotiate;
 use crate::StoreState;
@@ -26,7 +28,7 @@ pub async fn type_search(
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
     let rt = known_type(&t)?;
-    run(&s, &headers, rt, query_pairs(q.as_deref())).await
+    run(&s, &headers, rt, query_pairs(q.as_deref()), None).await
 }
 
 pub async fn type_search_post(
@@ -59,19 +61,129 @@ pub async fn type_search_post(
                 IssueType::TooLong,
                 "the search form is too large",
             )
+            .at("Content-Length")
         })?
         .to_bytes();
     let mut pairs = query_pairs(q.as_deref());
     pairs.extend(url::form_urlencoded::parse(&bytes).into_owned());
-    run(&s, &headers, rt, pairs).await
+    run(&s, &headers, rt, pairs, None).await
 }
 
-pub async fn system_search() -> Result<Response, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        IssueType::NotSupported,
-        "system-level search is not supported yet; search per type (GET /fhir/[type]?...)",
-    ))
+/// `GET /fhir/Patient/{id}/Observation`: the Observations in that Patient's compartment.
+pub async fn compartment_search(
+    State(s): State<StoreState>,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path((ct, id, t)) = path?;
+    let compartment = known_type(&ct)?;
+    checked_id_of(compartment, &id)?;
+    let rt = known_type(&t)?;
+    let criterion = compartment_criterion(compartment, &id, rt).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, IssueType::NotSupported, format!("{rt} is not in the {compartment} compartment (only the Patient compartment is supported)")).at(rt.to_string())
+    })?;
+    run(
+        &s,
+        &headers,
+        rt,
+        query_pairs(q.as_deref()),
+        Some((format!("{compartment}/{id}/{rt}"), criterion)),
+    )
+    .await
+}
+
+/// Summary options this server honours.
+struct Shape {
+    count_only: bool,
+    drop_narrative: bool,
+    elements: Option<Vec<String>>,
+}
+
+fn shape(
+    pairs: &[(String, String)],
+    strict: bool,
+    ignored: &mut Vec<String>,
+) -> Result<Shape, ApiError> {
+    let mut sh = Shape {
+        count_only: false,
+        drop_narrative: false,
+        elements: None,
+    };
+    for (k, v) in pairs {
+        match (k.as_str(), v.as_str()) {
+            ("_summary", "count") => sh.count_only = true,
+            ("_summary", "data") => sh.drop_narrative = true,
+            ("_summary", "false") => {}
+            ("_summary", other) => {
+                if strict {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        IssueType::NotSupported,
+                        format!("_summary={other} is not supported (count, data and false are)"),
+                    )
+                    .at("_summary"));
+                }
+                ignored.push("_summary".into());
+            }
+            ("_elements", list) => {
+                sh.elements = Some(
+                    list.split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect(),
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(sh)
+}
+
+fn entry<'a>(base: &str, v: &'a StoredVersion, mode: &str, sh: &Shape) -> BundleEntry<'a> {
+    let shaped = (sh.elements.is_some() || sh.drop_narrative)
+        .then(|| {
+            v.body
+                .as_deref()
+                .map(|b| subset(b, sh.elements.as_deref(), sh.drop_narrative))
+        })
+        .flatten();
+    BundleEntry {
+        full_url: Some(format!("{base}/{}/{}", v.resource_type, v.id)),
+        resource: if shaped.is_some() {
+            None
+        } else {
+            v.body.as_deref()
+        },
+        resource_value: shaped.and_then(|t| serde_json::from_str(&t).ok()),
+        search: Some(json!({ "mode": mode })),
+        ..Default::default()
+    }
+}
+
+fn link(base: &str, path: &str, kept: &[&(String, String)], cursor: Option<&str>) -> String {
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in kept {
+        ser.append_pair(k, v);
+    }
+    if let Some(c) = cursor {
+        ser.append_pair("_cursor", c);
+    }
+    let qs = ser.finish();
+    if qs.is_empty() {
+        format!("{base}/{path}")
+    } else {
+        format!("{base}/{path}?{qs}")
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        IssueType::Value,
+        "_cursor is not a cursor from a next link of this search",
+    )
+    .at("_cursor")
 }
 
 async fn run(
@@ -79,11 +191,18 @@ async fn run(
     headers: &HeaderMap,
     rt: &'static str,
     pairs: Vec<(String, String)>,
+    compartment: Option<(String, trialbridge_fhir::search::Criterion)>,
 ) -> Result<Response, ApiError> {
     let fmt = negotiate(headers, &pairs)?;
     let strict = prefer(headers).strict;
-    let req = parse(rt, &pairs, strict)
+    let mut req = parse(rt, &pairs, strict)
         .map_err(|issue| ApiError::from_issue(StatusCode::BAD_REQUEST, issue))?;
+    let sh = shape(&pairs, strict, &mut req.ignored)?;
+    let (path, extra) = match compartment {
+        Some((p, c)) => (p, Some(c)),
+        None => (rt.to_string(), None),
+    };
+    req.criteria.extend(extra);
     let count = req
         .count
         .unwrap_or(s.config.default_count)
@@ -92,21 +211,10 @@ async fn run(
         .iter()
         .find(|(k, _)| k == "_cursor")
         .map(|(_, v)| v.as_str());
-    let cursor = match cursor_text {
-        None => None,
-        Some(t) => Some(Cursor::decode(t, req.sort.len()).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                IssueType::Value,
-                "_cursor is not a cursor from a next link of this search",
-            )
-            .at("_cursor")
-        })?),
-    };
-    let total_wanted = pairs
-        .iter()
-        .any(|(k, v)| (k == "_total" && v == "accurate") || (k == "_summary" && v == "count"));
-    let summary_count = pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
+    let cursor = cursor_text
+        .map(|t| Cursor::decode(t, req.sort.len()).ok_or_else(bad_cursor))
+        .transpose()?;
+    let total_wanted = sh.count_only || pairs.iter().any(|(k, v)| k == "_total" && v == "accurate");
     let ctx = access(headers);
     let base = &s.config.base_url;
     // self/next keep what was understood, and drop what was ignored.
@@ -114,27 +222,12 @@ async fn run(
         .iter()
         .filter(|(k, _)| k != "_cursor" && !req.ignored.contains(k))
         .collect();
-    let link = |c: Option<&str>| {
-        let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &kept {
-            ser.append_pair(k, v);
-        }
-        if let Some(c) = c {
-            ser.append_pair("_cursor", c);
-        }
-        let qs = ser.finish();
-        if qs.is_empty() {
-            format!("{base}/{rt}")
-        } else {
-            format!("{base}/{rt}?{qs}")
-        }
-    };
     let mut b = BundleWriter::new("searchset");
     if total_wanted {
         b.total(s.store.count(&ctx, rt, &req).await?);
     }
-    b.link("self", &link(cursor_text));
-    let page = if summary_count || count == 0 {
+    b.link("self", &link(base, &path, &kept, cursor_text));
+    let page = if sh.count_only || count == 0 {
         None
     } else {
         Some(
@@ -143,35 +236,147 @@ async fn run(
                 .await?,
         )
     };
-    if let Some(page) = &page {
-        if let Some(next) = &page.next {
-            b.link("next", &link(Some(&next.encode())));
-        }
-        for v in &page.versions {
-            b.entry(BundleEntry {
-                full_url: Some(format!("{base}/{rt}/{}", v.id)),
-                resource: v.body.as_deref(),
-                search: Some(json!({"mode": "match"})),
-                ..Default::default()
-            });
-        }
-    }
     let included = match &page {
         Some(page) if !req.includes.is_empty() => {
             crate::include::resolve(&*s.store, &ctx, &req.includes, &page.versions).await?
         }
         _ => Vec::new(),
     };
+    if let Some(page) = &page {
+        if let Some(next) = &page.next {
+            b.link("next", &link(base, &path, &kept, Some(&next.encode())));
+        }
+        for v in &page.versions {
+            b.entry(entry(base, v, "match", &sh));
+        }
+    }
     for v in &included {
-        b.entry(BundleEntry {
-            full_url: Some(format!("{base}/{}/{}", v.resource_type, v.id)),
-            resource: v.body.as_deref(),
-            search: Some(json!({"mode": "include"})),
-            ..Default::default()
-        });
+        b.entry(entry(base, v, "include", &sh));
     }
     if !req.ignored.is_empty() {
         b.entry(ignored_parameters_entry(&req.ignored));
+    }
+    Ok(json_response(StatusCode::OK, b.finish(), fmt))
+}
+
+/// `GET /fhir?_type=Patient,Observation&...`: the same search over several types (all types
+/// without `_type`), type after type, paged with one cursor.
+pub async fn system_search(
+    State(s): State<StoreState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(q.as_deref());
+    let fmt = negotiate(&headers, &pairs)?;
+    let strict = prefer(&headers).strict;
+    let types: Vec<&'static str> = match pairs.iter().find(|(k, _)| k == "_type") {
+        Some((_, list)) => list
+            .split(',')
+            .map(|t| known_type(t.trim()).map_err(|e| e.at("_type")))
+            .collect::<Result<_, _>>()?,
+        None => resource_type::all().to_vec(),
+    };
+    let rest: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_type")
+        .cloned()
+        .collect();
+    let mut requests: Vec<SearchRequest> = Vec::with_capacity(types.len());
+    let mut ignored = Vec::new();
+    for t in &types {
+        let r = parse(t, &rest, strict)
+            .map_err(|issue| ApiError::from_issue(StatusCode::BAD_REQUEST, issue))?;
+        if !r.sort.is_empty() || !r.includes.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                IssueType::NotSupported,
+                "_sort and _include are supported per type, not in a system-level search",
+            )
+            .at("_sort"));
+        }
+        ignored.extend(r.ignored.iter().cloned());
+        requests.push(r);
+    }
+    ignored.sort();
+    ignored.dedup();
+    let sh = shape(&rest, strict, &mut ignored)?;
+    let count = requests
+        .first()
+        .and_then(|r| r.count)
+        .unwrap_or(s.config.default_count)
+        .min(s.config.max_count);
+    // The cursor names the type index and that type's own cursor.
+    let cursor_text = pairs
+        .iter()
+        .find(|(k, _)| k == "_cursor")
+        .map(|(_, v)| v.as_str());
+    let (mut ti, mut inner) = match cursor_text {
+        None => (0usize, None),
+        Some(c) => {
+            let (i, rest) = c.split_once(':').ok_or_else(bad_cursor)?;
+            let i: usize = i.parse().map_err(|_| bad_cursor())?;
+            let inner = if rest.is_empty() {
+                None
+            } else {
+                Some(Cursor::decode(rest, 0).ok_or_else(bad_cursor)?)
+            };
+            (i, inner)
+        }
+    };
+    let ctx = access(&headers);
+    let base = &s.config.base_url;
+    let kept: Vec<&(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_cursor" && !ignored.contains(k))
+        .collect();
+    let mut b = BundleWriter::new("searchset");
+    if sh.count_only || pairs.iter().any(|(k, v)| k == "_total" && v == "accurate") {
+        let mut total = 0;
+        for (t, r) in types.iter().zip(&requests) {
+            total += s.store.count(&ctx, t, r).await?;
+        }
+        b.total(total);
+    }
+    b.link(
+        "self",
+        &link(base, "", &kept, cursor_text).replace("/?", "?"),
+    );
+    let mut found: Vec<StoredVersion> = Vec::new();
+    let mut next = None;
+    while !sh.count_only && ti < types.len() && found.len() < count {
+        let page = s
+            .store
+            .search(
+                &ctx,
+                types[ti],
+                &requests[ti],
+                inner.as_ref(),
+                count - found.len(),
+            )
+            .await?;
+        found.extend(page.versions);
+        match page.next {
+            Some(c) => {
+                next = Some(format!("{ti}:{}", c.encode()));
+                break;
+            }
+            None => {
+                ti += 1;
+                inner = None;
+            }
+        }
+    }
+    if next.is_none() && found.len() == count && ti < types.len() {
+        next = Some(format!("{ti}:"));
+    }
+    if let Some(n) = &next {
+        b.link("next", &link(base, "", &kept, Some(n)).replace("/?", "?"));
+    }
+    for v in &found {
+        b.entry(entry(base, v, "match", &sh));
+    }
+    if !ignored.is_empty() {
+        b.entry(ignored_parameters_entry(&ignored));
     }
     Ok(json_response(StatusCode::OK, b.finish(), fmt))
 }
