@@ -31,6 +31,10 @@ use crate::{
     NewVersion, ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob, WriteTxn,
 };
 
+/// Range rows at most this wide (in their unit: a day in microseconds for dates; numbers are
+/// points, width 0) are "short": a search can bound their `low` and read one index range.
+const SHORT_SPAN: f64 = 86_400_000_000.0;
+
 /// How many queued write jobs one commit may take at most.
 const MAX_BATCH: usize = 512;
 
@@ -426,8 +430,8 @@ impl WriteTxn for SqliteWriteTxn<'_> {
                 ])?;
             }
             let mut insert = conn.prepare_cached(
-                "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, res_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             for r in &new.index.ranges {
                 insert.execute(params![
@@ -439,6 +443,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
                     r.token_system,
                     r.unit_system,
                     r.unit_code,
+                    i64::from(r.high - r.low > SHORT_SPAN),
                     new.id
                 ])?;
             }
@@ -453,6 +458,42 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             deleted: new.deleted,
             body,
         })
+    }
+}
+
+/// Bounds on `low` that every short row (`high - low <= SHORT_SPAN`) matching `m` satisfies:
+/// a necessary condition the index can use; the exact comparison follows it.
+fn short_row_bounds(m: &Match) -> (f64, f64) {
+    let Match::Range {
+        kind,
+        prefix,
+        value,
+        low,
+        high,
+        ..
+    } = m
+    else {
+        return (f64::MIN, f64::MAX);
+    };
+    let (pl, ph, pv) = (*low, *high, *value);
+    match kind {
+        RangeKind::Date => match prefix {
+            Prefix::Eq => (pl, ph),
+            Prefix::Ne => (f64::MIN, f64::MAX),
+            Prefix::Gt => (ph - SHORT_SPAN, f64::MAX),
+            Prefix::Lt | Prefix::Eb => (f64::MIN, pl),
+            Prefix::Ge => (pl - SHORT_SPAN, f64::MAX),
+            Prefix::Le => (f64::MIN, ph),
+            Prefix::Sa => (ph, f64::MAX),
+            // ap widens by at most the distance to now; leave it unbounded.
+            Prefix::Ap => (f64::MIN, f64::MAX),
+        },
+        RangeKind::Number => match prefix {
+            Prefix::Eq => (pl, ph),
+            Prefix::Gt | Prefix::Sa | Prefix::Ge => (pv, f64::MAX),
+            Prefix::Lt | Prefix::Eb | Prefix::Le => (f64::MIN, pv),
+            Prefix::Ne | Prefix::Ap => (f64::MIN, f64::MAX),
+        },
     }
 }
 
@@ -476,7 +517,31 @@ fn search_sql(
     columns: &str,
 ) -> (String, Vec<SqlValue>) {
     let mut q = SqlBuilder { sql: format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), args: vec![resource_type.to_string().into()] };
+    // ANDed single-value range criteria of one parameter (`date=ge..&date=lt..`) are evaluated
+    // together, on the same value, so that the index reads only the rows between both bounds.
+    // (For an element that repeats, each criterion could otherwise be met by a different value.)
+    let single_range = |c: &Criterion| {
+        c.param != "_lastUpdated"
+            && matches!(c.any_of.as_slice(), [Match::Range { token: None, .. }])
+    };
+    let mut grouped: Vec<&str> = Vec::new();
     for criterion in &request.criteria {
+        if single_range(criterion) {
+            if grouped.contains(&criterion.param.as_str()) {
+                continue;
+            }
+            grouped.push(&criterion.param);
+            let group: Vec<&Match> = request
+                .criteria
+                .iter()
+                .filter(|c| c.param == criterion.param && single_range(c))
+                .map(|c| &c.any_of[0])
+                .collect();
+            q.sql.push_str(" AND (");
+            q.range_rows_condition(resource_type, &criterion.param, &group);
+            q.sql.push(')');
+            continue;
+        }
         q.sql.push_str(" AND (");
         for (i, m) in criterion.any_of.iter().enumerate() {
             if i > 0 {
@@ -598,33 +663,7 @@ impl SqlBuilder {
                 // From the version itself: an instant, i.e. the range [t, t + 1 µs).
                 self.range_condition(m, "v.last_updated_us", "(v.last_updated_us + 1)");
             }
-            Match::Range {
-                unit_system,
-                unit_code,
-                token,
-                ..
-            } => {
-                self.sql.push_str(
-                    "c.res_id IN (SELECT r.res_id FROM search_range r WHERE r.res_type = ?",
-                );
-                self.arg(rt.to_string());
-                self.push(" AND r.param = ?", criterion.param.clone());
-                if let Some((system, code)) = token {
-                    self.push(" AND r.token_code = ?", code.clone());
-                    if let Some(s) = system {
-                        self.push(" AND r.token_system = ?", s.clone());
-                    }
-                }
-                if let Some(u) = unit_code {
-                    self.push(" AND r.unit_code = ?", u.clone());
-                }
-                if let Some(s) = unit_system {
-                    self.push(" AND r.unit_system = ?", s.clone());
-                }
-                self.sql.push_str(" AND ");
-                self.range_condition(m, "r.low", "r.high");
-                self.sql.push(')');
-            }
+            Match::Range { .. } => self.range_rows_condition(rt, &criterion.param, &[m]),
             _ => {
                 self.sql.push_str(
                     "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
@@ -700,6 +739,75 @@ impl SqlBuilder {
         }
     }
 
+    /// `c.res_id IN` the resources with one `param` row that satisfies every match of `group`
+    /// (ANDed range criteria of one parameter are evaluated on the same value). Short rows are
+    /// bounded on `low` so the lookup index reads one range; long rows come from their own
+    /// index.
+    fn range_rows_condition(&mut self, rt: &str, param: &str, group: &[&Match]) {
+        let (mut lb, mut ub) = (f64::MIN, f64::MAX);
+        for m in group {
+            let (l, u) = short_row_bounds(m);
+            lb = lb.max(l);
+            ub = ub.min(u);
+        }
+        self.sql.push_str("c.res_id IN (");
+        for long in [false, true] {
+            if long {
+                self.sql.push_str(" UNION ALL ");
+            }
+            // The planner would otherwise scan the lookup index for the few long rows.
+            let table = if long {
+                "search_range r INDEXED BY search_range_long"
+            } else {
+                "search_range r"
+            };
+            self.push(
+                &format!("SELECT r.res_id FROM {table} WHERE r.res_type = ?"),
+                rt.to_string(),
+            );
+            self.push(" AND r.param = ?", param.to_string());
+            let token = group.iter().find_map(|m| match m {
+                Match::Range { token: Some(t), .. } => Some(t.clone()),
+                _ => None,
+            });
+            match &token {
+                Some((system, code)) => {
+                    self.push(" AND r.token_code = ?", code.clone());
+                    if let Some(s) = system {
+                        self.push(" AND r.token_system = ?", s.clone());
+                    }
+                }
+                None => self.sql.push_str(" AND r.token_code = ''"),
+            }
+            if long {
+                self.sql.push_str(" AND r.long = 1");
+            } else {
+                // Long rows may come back from both branches: harmless in an IN list, and it keeps
+                // this branch inside the covering index.
+                self.sql
+                    .push_str(&format!(" AND r.low >= {lb:?} AND r.low <= {ub:?}"));
+            }
+            for m in group {
+                if let Match::Range {
+                    unit_system,
+                    unit_code,
+                    ..
+                } = m
+                {
+                    if let Some(u) = unit_code {
+                        self.push(" AND r.unit_code = ?", u.clone());
+                    }
+                    if let Some(s) = unit_system {
+                        self.push(" AND r.unit_system = ?", s.clone());
+                    }
+                }
+                self.sql.push_str(" AND ");
+                self.range_condition(m, "r.low", "r.high");
+            }
+        }
+        self.sql.push(')');
+    }
+
     /// The comparison of an indexed range `[lo, hi)` (dates) or value (numbers) with the search
     /// value, per the prefix rules of FHIR R4 search.
     fn range_condition(&mut self, m: &Match, lo: &str, hi: &str) {
@@ -773,6 +881,80 @@ fn sort_value(row: &Row<'_>, i: usize) -> rusqlite::Result<SortValue> {
             SortValue::Text(String::from_utf8_lossy(t).into_owned())
         }
     })
+}
+
+/// The queries that deliver a page, run in order until the page is full. A search with no
+/// criteria sorted by one date, number or quantity parameter reads the range index in order
+/// (rows with a value), then the resources without one; anything else is one query.
+fn search_phases(
+    resource_type: &str,
+    request: &SearchRequest,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Vec<(String, Vec<SqlValue>)> {
+    let fast = match request.sort.as_slice() {
+        [key] => {
+            request.criteria.is_empty()
+                && key.param != "_lastUpdated"
+                && matches!(
+                    key.kind,
+                    SearchParamKind::Date | SearchParamKind::Number | SearchParamKind::Quantity
+                )
+        }
+        _ => false,
+    };
+    if !fast {
+        return vec![sorted_search_sql(resource_type, request, after, limit)];
+    }
+    let key = &request.sort[0];
+    let (order, op) = if key.descending {
+        ("DESC", "<")
+    } else {
+        ("ASC", ">")
+    };
+    let mut phases = Vec::new();
+    let after_value = after.map(|c| c.keys.first().cloned().unwrap_or(SortValue::Null));
+    if !matches!(after_value, Some(SortValue::Null)) {
+        // Each resource once, at its first row in this order (its MIN or MAX value).
+        let mut sql = format!(
+            "SELECT {VERSION_COLUMNS}, r.low AS k0 FROM search_range r \
+             JOIN resource_current c ON c.res_type = r.res_type AND c.res_id = r.res_id JOIN resource_version v ON v.seq = c.seq \
+             WHERE r.res_type = ? AND r.param = ? AND r.token_code = '' AND c.deleted = 0 \
+             AND r.rowid = (SELECT r2.rowid FROM search_range r2 INDEXED BY search_range_owner WHERE r2.res_type = r.res_type AND r2.res_id = r.res_id \
+             AND r2.param = r.param AND r2.token_code = '' ORDER BY r2.low {order}, r2.rowid LIMIT 1)"
+        );
+        let mut args: Vec<SqlValue> =
+            vec![resource_type.to_string().into(), key.param.clone().into()];
+        if let (Some(SortValue::Number(k)), Some(cursor)) = (&after_value, after) {
+            sql.push_str(&format!(
+                " AND (r.low {op} ? OR (r.low = ? AND c.res_id > ?))"
+            ));
+            args.push((*k).into());
+            args.push((*k).into());
+            args.push(cursor.id.clone().into());
+        }
+        sql.push_str(&format!(" ORDER BY r.low {order}, c.res_id LIMIT ?"));
+        args.push((limit as i64).into());
+        phases.push((sql, args));
+    }
+    let mut sql = format!(
+        "SELECT {VERSION_COLUMNS}, NULL AS k0 FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+         WHERE c.res_type = ? AND c.deleted = 0 \
+         AND c.res_id NOT IN (SELECT res_id FROM search_range WHERE res_type = ? AND param = ? AND token_code = '')"
+    );
+    let mut args: Vec<SqlValue> = vec![
+        resource_type.to_string().into(),
+        resource_type.to_string().into(),
+        key.param.clone().into(),
+    ];
+    if let (Some(SortValue::Null), Some(cursor)) = (&after_value, after) {
+        sql.push_str(" AND c.res_id > ?");
+        args.push(cursor.id.clone().into());
+    }
+    sql.push_str(" ORDER BY c.res_id LIMIT ?");
+    args.push((limit as i64).into());
+    phases.push((sql, args));
+    phases
 }
 
 /// A page query in `_sort` order, then by id, starting after `after`. Resources without a
@@ -981,32 +1163,34 @@ impl ResourceStore for SqliteStore {
                 next: None,
             });
         }
-        let (sql, args) = sorted_search_sql(resource_type, request, after, count + 1);
+        let phases = search_phases(resource_type, request, after, count + 1);
         let keys = request.sort.len();
         self.blocking(move |c| {
-            let mut stmt = c.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params_from_iter(args))?;
             let mut versions = Vec::new();
             let mut last_keys = Vec::new();
-            while let Some(row) = rows.next()? {
-                if versions.len() == count {
-                    // One more row exists: the page ends at the previous one.
-                    let id = versions
-                        .last()
-                        .map(|v: &StoredVersion| v.id.clone())
-                        .unwrap_or_default();
-                    return Ok(SearchPage {
-                        next: Some(Cursor {
-                            keys: std::mem::take(&mut last_keys),
-                            id,
-                        }),
-                        versions,
-                    });
+            for (sql, args) in phases {
+                let mut stmt = c.prepare_cached(&sql)?;
+                let mut rows = stmt.query(params_from_iter(args))?;
+                while let Some(row) = rows.next()? {
+                    if versions.len() == count {
+                        // One more row exists: the page ends at the previous one.
+                        let id = versions
+                            .last()
+                            .map(|v: &StoredVersion| v.id.clone())
+                            .unwrap_or_default();
+                        return Ok(SearchPage {
+                            next: Some(Cursor {
+                                keys: std::mem::take(&mut last_keys),
+                                id,
+                            }),
+                            versions,
+                        });
+                    }
+                    versions.push(version_from_row(row)?);
+                    last_keys = (0..keys)
+                        .map(|k| sort_value(row, 8 + k))
+                        .collect::<Result<Vec<_>, _>>()?;
                 }
-                versions.push(version_from_row(row)?);
-                last_keys = (0..keys)
-                    .map(|k| sort_value(row, 8 + k))
-                    .collect::<Result<Vec<_>, _>>()?;
             }
             Ok(SearchPage {
                 versions,

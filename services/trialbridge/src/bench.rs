@@ -19,9 +19,12 @@ pub struct BenchArgs {
     /// FHIR base URL of the server under test (e.g. http://127.0.0.1:8080/fhir).
     #[arg(long)]
     pub base: String,
-    /// put | post | get | txn
+    /// put | post | get | txn | query (GET --path repeatedly)
     #[arg(long)]
     pub scenario: String,
+    /// For `query`: the path and query below the base, e.g. `Observation?code=http://loinc.org|8867-4`.
+    #[arg(long, default_value = "")]
+    pub path: String,
     /// Requests in flight.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -98,6 +101,11 @@ fn request_for(
                 None,
             ))
         }
+        "query" => Some((
+            hyper::Method::GET,
+            format!("{base_path}/{}", args.path.trim_start_matches('/')),
+            None,
+        )),
         "txn" => {
             let entries: Vec<Value> = (0..args.txn_size)
                 .map(|j| {
@@ -119,8 +127,11 @@ fn request_for(
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if !matches!(args.scenario.as_str(), "put" | "post" | "get" | "txn") {
-        anyhow::bail!("--scenario must be put, post, get or txn");
+    if !matches!(
+        args.scenario.as_str(),
+        "put" | "post" | "get" | "txn" | "query"
+    ) {
+        anyhow::bail!("--scenario must be put, post, get, txn or query");
     }
     let text = std::fs::read_to_string(&args.data)
         .with_context(|| format!("cannot read {}", args.data.display()))?;

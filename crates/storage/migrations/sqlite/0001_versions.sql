@@ -33,7 +33,7 @@ CREATE TABLE search_index (
     res_id   TEXT NOT NULL,
     PRIMARY KEY (res_type, param, value, system, res_id)
 ) WITHOUT ROWID;
-CREATE INDEX search_index_owner ON search_index (res_type, res_id);
+CREATE INDEX search_index_owner ON search_index (res_type, res_id, param);
 
 -- Versions are append-only: the database refuses to change or remove one.
 CREATE TRIGGER resource_version_no_update BEFORE UPDATE ON resource_version
@@ -53,7 +53,12 @@ CREATE TABLE search_range (
     token_system TEXT NOT NULL DEFAULT '',
     unit_system  TEXT NOT NULL DEFAULT '',
     unit_code    TEXT NOT NULL DEFAULT '',
+    -- 1 when the range is wider than SHORT_SPAN: such rows are few (open Periods, Ranges) and
+    -- are searched through their own index, so that the short ones can be bounded on `low`.
+    long         INTEGER NOT NULL DEFAULT 0,
     res_id       TEXT NOT NULL
 );
-CREATE INDEX search_range_lookup ON search_range (res_type, param, token_code, low);
-CREATE INDEX search_range_owner ON search_range (res_type, res_id);
+-- Covering for range searches: the conditions and the result read only this index.
+CREATE INDEX search_range_lookup ON search_range (res_type, param, token_code, low, high, res_id);
+CREATE INDEX search_range_long ON search_range (res_type, param, token_code) WHERE long = 1;
+CREATE INDEX search_range_owner ON search_range (res_type, res_id, param);
