@@ -4,7 +4,7 @@ Observations in bench/data/observations-1000.ndjson (deterministic: the same N g
 
     python3 bench/gen_observations.py 1000000 /tmp/obs-1m.ndjson
 
-Subjects cycle through Patient/p00000..p09999; effective dates spread over 2020-2025; numeric
+Subjects cycle through Patient/p00000..p00999 (100 Observations each per 100,000); effective dates spread over 2020-2025; numeric
 valueQuantity values are scaled by a factor between 0.8 and 1.2.
 """
 import json
@@ -19,7 +19,7 @@ with open(out, "w", encoding="utf-8") as f:
     for i in range(n):
         o = dict(base[i % len(base)])
         o["id"] = f"gen-{i:07d}"
-        o["subject"] = {"reference": f"Patient/p{i % 10000:05d}"}
+        o["subject"] = {"reference": f"Patient/p{i % 1000:05d}"}
         for k in ("effectivePeriod", "effectiveInstant", "effectiveTiming"):
             o.pop(k, None)
         day = rng.randrange(0, 6 * 365)

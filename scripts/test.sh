@@ -12,6 +12,12 @@ if ! "$venv/bin/python" -c 'import fhirpy' 2>/dev/null; then
 fi
 export TRIALBRIDGE_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# fhir-kit-client from npm, pinned by integration-tests/node/package-lock.json.
+if [ ! -d integration-tests/node/node_modules/fhir-kit-client ]; then
+    echo "scripts/test.sh: installing the Node test clients" >&2
+    (cd integration-tests/node && npm ci --no-audit --no-fund --silent)
+fi
+
 # Unit and integration tests (no doc-tests: the crates have none). The summary line at the end
 # adds up every test binary's result.
 log=$(mktemp)

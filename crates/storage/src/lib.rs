@@ -258,6 +258,15 @@ pub trait ResourceStore: Send + Sync + 'static {
         after: Option<&Cursor>,
         count: usize,
     ) -> Result<SearchPage, StorageError>;
+    /// The indexed values of `param` (e.g. `Type/id` references) of the current versions of
+    /// `ids`, as `(id, value)` pairs.
+    async fn index_values(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        param: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError>;
     /// Counts current resources matching a search.
     async fn count(
         &self,

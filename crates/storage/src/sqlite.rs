@@ -1216,6 +1216,33 @@ impl ResourceStore for SqliteStore {
         .await
     }
 
+    async fn index_values(
+        &self,
+        _ctx: &AccessContext,
+        resource_type: &str,
+        param: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let (rt, param, ids) = (resource_type.to_string(), param.to_string(), ids.to_vec());
+        self.blocking(move |c| {
+            let mut out = Vec::new();
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let sql = format!("SELECT res_id, value FROM search_index INDEXED BY search_index_owner WHERE res_type = ? AND res_id IN ({marks}) AND param = ?");
+                let mut args: Vec<SqlValue> = vec![rt.clone().into()];
+                args.extend(chunk.iter().map(|i| SqlValue::from(i.clone())));
+                args.push(param.clone().into());
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn submit(&self, _ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError> {
         self.jobs
             .send(job)

@@ -3,10 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
+use trialbridge_fhir::resource_type;
 use trialbridge_fhir::search::{Criterion, Cursor, Include, Match, SearchRequest};
 use trialbridge_fhir::search_param::SearchParamKind;
-use trialbridge_fhir::{index, resource_type};
 use trialbridge_storage::{AccessContext, ResourceStore, StorageError, StoredVersion};
 
 /// How many rounds `:iterate` may take. Cycles end by themselves (nothing new is found); this
@@ -52,43 +51,41 @@ pub async fn resolve(
     Ok(out)
 }
 
-/// `Type/id` references of `param` in `v` (through the same extraction as the index).
-fn references_of(v: &StoredVersion, param: &str) -> Vec<String> {
-    let (Some(rt), Some(body)) = (
-        resource_type::canonical(&v.resource_type),
-        v.body.as_deref(),
-    ) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_json::from_str::<Value>(body) else {
-        return Vec::new();
-    };
-    index::extract(rt, &value)
-        .text
-        .into_iter()
-        .filter(|e| e.param == param)
-        .map(|e| e.value)
-        .collect()
-}
-
 async fn forward_include(
     store: &dyn ResourceStore,
     ctx: &AccessContext,
     inc: &Include,
     from: &[StoredVersion],
 ) -> Result<Vec<StoredVersion>, StorageError> {
+    let ids: Vec<String> = from
+        .iter()
+        .filter(|v| v.resource_type == inc.source)
+        .map(|v| v.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The references as the index holds them (`Type/id`), not re-read from the JSON.
+    let mut targets: Vec<String> = store
+        .index_values(ctx, &inc.source, &inc.param, &ids)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    targets.sort();
+    targets.dedup();
     let mut out = Vec::new();
-    for v in from.iter().filter(|v| v.resource_type == inc.source) {
-        for r in references_of(v, &inc.param) {
-            let Some((t, id)) = r.split_once('/') else {
-                continue;
-            };
-            if inc.target.as_deref().is_some_and(|want| want != t) {
-                continue;
-            }
-            if let Some(found) = store.read(ctx, t, id).await?.filter(|f| !f.deleted) {
-                out.push(found);
-            }
+    for r in targets {
+        let Some((t, id)) = r.split_once('/') else {
+            continue;
+        };
+        if inc.target.as_deref().is_some_and(|want| want != t)
+            || !resource_type::is_resource_type(t)
+        {
+            continue;
+        }
+        if let Some(found) = store.read(ctx, t, id).await?.filter(|f| !f.deleted) {
+            out.push(found);
         }
     }
     Ok(out)

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Entries per transaction Bundle (`txn`).
     #[arg(long, default_value_t = 100)]
     pub txn_size: usize,
+    /// For `put`: write the resources as this type instead (same bytes, other search parameters),
+    /// to measure what indexing costs.
+    #[arg(long)]
+    pub as_type: Option<String>,
     /// A label printed with the figures (e.g. the server's name).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -71,9 +75,11 @@ fn request_for(
             );
             let mut o = o.clone();
             o["id"] = json!(id);
+            let rtype = args.as_type.clone().unwrap_or_else(|| "Observation".into());
+            o["resourceType"] = json!(rtype);
             Some((
                 hyper::Method::PUT,
-                format!("{base_path}/Observation/{id}"),
+                format!("{base_path}/{rtype}/{id}"),
                 Some(Bytes::from(o.to_string())),
             ))
         }

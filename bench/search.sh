@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Search benchmark: loads N generated Observations (and their 1,000 Patients) into trialbridge and,
+# when HFS_BIN is set, into helios-hfs, through the same HTTP client (100-entry transactions),
+# then times the same six queries on both with 16 clients for 10 s each. One JSON line per step.
+#
+#   cargo build --release
+#   N=100000 HFS_BIN=... HFS_DATA=... bash bench/search.sh
+# Larger N for trialbridge alone (`N=1000000 bash bench/search.sh`): load 1,000,000 with
+# `trialbridge load` first and pass TB_DB=path to reuse that database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tb=target/release/trialbridge
+N=${N:-100000}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
+python3 - "$work/patients.ndjson" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(1000):
+        g = "female" if i % 2 else "male"
+        f.write(json.dumps({"resourceType": "Patient", "id": f"p{i:05d}", "gender": g,
+                            "name": [{"family": f"Proband{i:05d}"}], "birthDate": f"{1966 + i % 40}"}) + "\n")
+PY
+
+queries=(
+  "Observation?code=http://loinc.org|8867-4"
+  "Observation?subject=Patient/p00123&_count=50"
+  "Observation?date=ge2021-01-01&date=lt2021-02-01"
+  "Observation?code-value-quantity=http://loinc.org|8867-4\$gt50"
+  "Observation?code=http://loinc.org|8867-4&_include=Observation:subject"
+  "Observation?_sort=-date&_count=50"
+)
+
+load_and_query() { # label base
+    local label=$1 base=$2 t0 t1
+    if [ -z "${TB_DB:-}" ] || [ "$label" != trialbridge ]; then
+        t0=$(date +%s.%N)
+        $tb bench --label "$label" --base "$base" --data "$work/obs.ndjson" --scenario txn --txn-size 100 --requests $((N / 100)) --seconds 3600 --id-prefix ""
+        $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario put --concurrency 16 --requests 1000 --seconds 600 --as-type Patient
+        t1=$(date +%s.%N)
+        echo "{\"label\":\"$label\",\"loaded\":$N,\"load_seconds\":$(echo "$t1 - $t0" | bc)}"
+    fi
+    for q in "${queries[@]}"; do
+        $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario query --path "$q" --concurrency 16 --seconds 10 --requests 1000000
+    done
+}
+
+wait_up() { for _ in $(seq 1 300); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.2; done; echo "server at $1 did not start" >&2; exit 1; }
+
+db=${TB_DB:-$work/tb.db}
+TRIALBRIDGE_DATABASE_URL="sqlite://$db" TRIALBRIDGE_LOAD_STUDY=false $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
+tb_pid=$!
+wait_up http://127.0.0.1:8190/fhir
+load_and_query trialbridge http://127.0.0.1:8190/fhir
+kill $tb_pid; wait $tb_pid 2>/dev/null || true
+
+if [ -n "${HFS_BIN:-}" ]; then
+    mkdir -p "$work/hfs/data"
+    cp "${HFS_DATA:?HFS_DATA must hold search-parameters-r4.json}/search-parameters-r4.json" "$work/hfs/data/"
+    (cd "$work/hfs" && HFS_LOG_LEVEL=warn HFS_BASE_URL=http://127.0.0.1:8191 "$HFS_BIN" --port 8191 --data-dir ./data --database-url ./hfs.db >hfs.log 2>&1) &
+    wait_up http://127.0.0.1:8191
+    load_and_query helios-hfs http://127.0.0.1:8191
+fi
