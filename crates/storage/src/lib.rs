@@ -204,6 +204,14 @@ pub trait WriteTxn: Send {
         request: &SearchRequest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError>;
+    /// Replaces the search-index rows of a current resource without writing a version (after
+    /// the search-parameter definitions changed).
+    async fn replace_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        index: &Index,
+    ) -> Result<(), StorageError>;
     /// Appends a version (number = current + 1), moves the current pointer and replaces the
     /// search index rows, all in this transaction.
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError>;
@@ -267,6 +275,13 @@ pub trait ResourceStore: Send + Sync + 'static {
         param: &str,
         ids: &[String],
     ) -> Result<Vec<(String, String)>, StorageError>;
+    /// Current, non-deleted resources of every type in (type, id) order, after `after`.
+    async fn current_page(
+        &self,
+        ctx: &AccessContext,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<StoredVersion>, StorageError>;
     /// Counts current resources matching a search.
     async fn count(
         &self,

@@ -27,8 +27,9 @@ use trialbridge_fhir::search::{
 use trialbridge_fhir::search_param::SearchParamKind;
 
 use crate::{
-    AccessContext, HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, JobFinish, JobOutcome,
-    NewVersion, ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob, WriteTxn,
+    AccessContext, HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, Index, JobFinish,
+    JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob,
+    WriteTxn,
 };
 
 /// Range rows at most this wide (in their unit: a day in microseconds for dates; numbers are
@@ -341,8 +342,64 @@ fn read_version(
         .optional()?)
 }
 
+/// Replaces the index rows of one resource: removes the old ones (if it had any) and writes
+/// `index` (none for a tombstone).
+fn write_index(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    had_rows: bool,
+    index: Option<&Index>,
+) -> Result<(), StorageError> {
+    if had_rows {
+        conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND res_id = ?2")?
+            .execute(params![resource_type, id])?;
+        conn.prepare_cached("DELETE FROM search_range WHERE res_type = ?1 AND res_id = ?2")?
+            .execute(params![resource_type, id])?;
+    }
+    let Some(index) = index else { return Ok(()) };
+    let mut insert = conn.prepare_cached("INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    for e in &index.text {
+        insert.execute(params![
+            resource_type,
+            e.param,
+            e.value,
+            e.system.as_deref().unwrap_or(""),
+            id
+        ])?;
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for r in &index.ranges {
+        insert.execute(params![
+            resource_type,
+            r.param,
+            r.token_code,
+            r.low,
+            r.high,
+            r.token_system,
+            r.unit_system,
+            r.unit_code,
+            i64::from(r.high - r.low > SHORT_SPAN),
+            id
+        ])?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl WriteTxn for SqliteWriteTxn<'_> {
+    async fn replace_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        index: &Index,
+    ) -> Result<(), StorageError> {
+        write_index(self.conn, resource_type, id, true, Some(index))
+    }
+
     async fn current(
         &mut self,
         resource_type: &str,
@@ -412,42 +469,13 @@ impl WriteTxn for SqliteWriteTxn<'_> {
              ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted",
         )?
         .execute(params![new.resource_type, new.id, seq, i64::from(new.deleted)])?;
-        if previous.is_some() {
-            conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND res_id = ?2")?
-                .execute(params![new.resource_type, new.id])?;
-            conn.prepare_cached("DELETE FROM search_range WHERE res_type = ?1 AND res_id = ?2")?
-                .execute(params![new.resource_type, new.id])?;
-        }
-        if !new.deleted {
-            let mut insert = conn.prepare_cached("INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            for e in &new.index.text {
-                insert.execute(params![
-                    new.resource_type,
-                    e.param,
-                    e.value,
-                    e.system.as_deref().unwrap_or(""),
-                    new.id
-                ])?;
-            }
-            let mut insert = conn.prepare_cached(
-                "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for r in &new.index.ranges {
-                insert.execute(params![
-                    new.resource_type,
-                    r.param,
-                    r.token_code,
-                    r.low,
-                    r.high,
-                    r.token_system,
-                    r.unit_system,
-                    r.unit_code,
-                    i64::from(r.high - r.low > SHORT_SPAN),
-                    new.id
-                ])?;
-            }
-        }
+        write_index(
+            conn,
+            new.resource_type,
+            new.id,
+            previous.is_some(),
+            (!new.deleted).then_some(new.index),
+        )?;
         Ok(StoredVersion {
             resource_type: new.resource_type.to_string(),
             id: new.id.to_string(),
@@ -1212,6 +1240,24 @@ impl ResourceStore for SqliteStore {
                 .prepare_cached(&sql)?
                 .query_row(params_from_iter(args), |r| r.get(0))?;
             Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn current_page(
+        &self,
+        _ctx: &AccessContext,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<StoredVersion>, StorageError> {
+        self.blocking(move |c| {
+            let (t, i) = after.unwrap_or_default();
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+                 WHERE c.deleted = 0 AND (c.res_type > ?1 OR (c.res_type = ?1 AND c.res_id > ?2)) ORDER BY c.res_type, c.res_id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![t, i, limit as i64], version_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

@@ -64,3 +64,107 @@ pub async fn load_values(
     })
     .await
 }
+
+/// How many resources one re-index commit covers.
+const REINDEX_BATCH: usize = 500;
+
+/// Rebuilds the search index of every current resource from its stored JSON, without writing
+/// versions: for when the search-parameter definitions (or their extraction) changed. Calls
+/// `progress` with the running count after each batch; returns the total.
+pub async fn reindex(
+    store: &dyn ResourceStore,
+    mut progress: impl FnMut(usize),
+) -> Result<usize, ApiError> {
+    let ctx = AccessContext::system();
+    let mut after = None;
+    let mut done = 0;
+    loop {
+        let page = store
+            .current_page(&ctx, after.clone(), REINDEX_BATCH)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(done);
+        };
+        after = Some((last.resource_type.clone(), last.id.clone()));
+        let n = page.len();
+        write(store, &ctx, move |txn| {
+            Box::pin(async move {
+                for v in &page {
+                    let (Some(rt), Some(body)) = (
+                        trialbridge_fhir::resource_type::canonical(&v.resource_type),
+                        v.body.as_deref(),
+                    ) else {
+                        continue;
+                    };
+                    let Ok(value) = serde_json::from_str::<Value>(body) else {
+                        continue;
+                    };
+                    let index = trialbridge_fhir::index::extract(rt, &value);
+                    txn.replace_index(rt, &v.id, &index).await?;
+                }
+                Ok::<_, ApiError>(())
+            })
+        })
+        .await?;
+        done += n;
+        progress(done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reindex_restores_a_lost_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            trialbridge_storage::open(&format!("sqlite://{}", dir.path().join("r.db").display()))
+                .await
+                .unwrap();
+        let ctx = AccessContext::system();
+        let patients: Vec<Value> = (0..1200).map(|i| serde_json::json!({"resourceType":"Patient","id":format!("p{i}"),"gender":"female"})).collect();
+        load_values(&*store, patients).await.unwrap();
+        let query =
+            trialbridge_fhir::search::parse("Patient", &[("gender".into(), "female".into())], true)
+                .unwrap();
+        assert_eq!(store.count(&ctx, "Patient", &query).await.unwrap(), 1200);
+        // Lose the index rows (as if the definitions had changed).
+        write(&*store, &ctx, |txn| {
+            Box::pin(async move {
+                for i in 0..1200 {
+                    txn.replace_index("Patient", &format!("p{i}"), &Default::default())
+                        .await?;
+                }
+                Ok::<_, ApiError>(())
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.count(&ctx, "Patient", &query).await.unwrap(), 0);
+        let mut seen = Vec::new();
+        assert_eq!(reindex(&*store, |n| seen.push(n)).await.unwrap(), 1200);
+        assert_eq!(seen, [500, 1000, 1200]);
+        assert_eq!(store.count(&ctx, "Patient", &query).await.unwrap(), 1200);
+        let history = store
+            .history(
+                &ctx,
+                &trialbridge_storage::HistoryQuery {
+                    scope: trialbridge_storage::HistoryScope::System,
+                    since_us: None,
+                    at_or_before_us: None,
+                    order: trialbridge_storage::HistoryOrder::OldestFirst,
+                    after_seq: None,
+                    snapshot_seq: None,
+                    count: 5000,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            history.versions.len(),
+            1200,
+            "re-indexing writes no versions"
+        );
+    }
+}

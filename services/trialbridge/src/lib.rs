@@ -30,6 +30,8 @@ enum Command {
     Serve,
     /// Load FHIR resources from a JSON file, an NDJSON file or a directory of them.
     Load(load::LoadArgs),
+    /// Rebuild the search index of every resource (after search-parameter definitions changed).
+    Reindex,
     /// Drive a FHIR server with a benchmark workload and print one JSON line of figures.
     Bench(bench::BenchArgs),
 }
@@ -52,6 +54,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         None | Some(Command::Serve) => return trial_store::serve_command(cli.serve).await,
         Some(Command::Load(a)) => load::run(a, &cli.serve.database_url).await,
         Some(Command::Bench(a)) => bench::run(a).await,
+        Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,4 +72,17 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+async fn reindex(database_url: &str) -> anyhow::Result<()> {
+    let store = trialbridge_storage::open(database_url).await?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    let n = trial_store::loading::reindex(&*store, |n| {
+        bar.set_message(format!("{n} resources re-indexed"))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{:?}", e.outcome().issues))?;
+    bar.finish_and_clear();
+    println!("re-indexed {n} resources");
+    Ok(())
 }
