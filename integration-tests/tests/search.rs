@@ -31,6 +31,7 @@ fn fixtures() -> Vec<Value> {
         );
         out.push(serde_json::from_str(&text).unwrap());
     }
+    out.push(json!({"resourceType":"Observation","id":"logical-subject","status":"final","code":{"text":"Lysholm score"},"subject":{"identifier":{"system":"urn:mrn","value":"4711"}}}));
     out.push(json!({"resourceType":"ResearchStudy","id":"mc","status":"active"}));
     out.push(json!({"resourceType":"ResearchStudy","id":"mc-site-01","status":"active","partOf":[{"reference":"ResearchStudy/mc"}]}));
     out.push(json!({"resourceType":"ResearchStudy","id":"other-site","status":"active","partOf":[{"reference":"ResearchStudy/other"}]}));
@@ -384,6 +385,40 @@ async fn every_parameter_type_and_modifier_matches_a_plain_filter() {
     assert_eq!(
         ids(&s, "Observation?value-quantity:missing=false").await,
         expect(&all, "Observation", |o| !o["valueQuantity"].is_null())
+    );
+
+    // token :text (CodeableConcept.text and Coding.display), :of-type; reference :identifier
+    let texts = |cc: &Value| {
+        let mut t: Vec<String> = arr(&cc["coding"])
+            .iter()
+            .filter_map(|c| c["display"].as_str().map(fold))
+            .collect();
+        t.extend(cc["text"].as_str().map(fold));
+        t
+    };
+    let e = expect(&all, "Observation", |o| {
+        texts(&o["code"]).iter().any(|t| t.starts_with("heart"))
+    });
+    assert!(!e.is_empty());
+    assert_eq!(ids(&s, "Observation?code:text=Heart").await, e);
+    let mr = "http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345";
+    let e = expect(&all, "Patient", |p| {
+        arr(&p["identifier"]).iter().any(|i| {
+            i["value"] == "12345"
+                && arr(&i["type"]["coding"]).iter().any(|c| {
+                    c["system"] == "http://terminology.hl7.org/CodeSystem/v2-0203"
+                        && c["code"] == "MR"
+                })
+        })
+    });
+    assert!(!e.is_empty());
+    assert_eq!(
+        ids(&s, &format!("Patient?identifier:of-type={mr}")).await,
+        e
+    );
+    assert_eq!(
+        ids(&s, "Observation?subject:identifier=urn:mrn|4711").await,
+        BTreeSet::from(["logical-subject".to_string()])
     );
 
     // _id

@@ -324,12 +324,47 @@ fn values_of(def: &'static SearchParameterDef, v: &Value, out: &mut Vec<IndexEnt
             Value::String(s) => push(out, p, None, s),
             Value::Bool(b) => push(out, p, None, if *b { "true" } else { "false" }),
             Value::Object(o) => {
+                let text_param = modified(p, "text");
                 if let Some(codings) = o.get("coding").and_then(Value::as_array) {
                     for c in codings {
                         token_of(p, c, out);
+                        if let Some(d) = c.get("display").and_then(Value::as_str) {
+                            push(out, text_param, None, &normalize_string(d));
+                        }
+                    }
+                    if let Some(t) = o.get("text").and_then(Value::as_str) {
+                        push(out, text_param, None, &normalize_string(t));
                     }
                 } else {
                     token_of(p, v, out);
+                    if let Some(d) = o.get("display").and_then(Value::as_str) {
+                        push(out, text_param, None, &normalize_string(d));
+                    }
+                }
+                // Identifier.type: `:of-type` (type system|type code|value) and `:text`.
+                if let (Some(t), Some(value)) =
+                    (o.get("type"), o.get("value").and_then(Value::as_str))
+                {
+                    for c in t
+                        .get("coding")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(code) = c.get("code").and_then(Value::as_str) {
+                            let system =
+                                c.get("system").and_then(Value::as_str).unwrap_or_default();
+                            push(
+                                out,
+                                modified(p, "of-type"),
+                                None,
+                                &format!("{system}|{code}|{value}"),
+                            );
+                        }
+                    }
+                    if let Some(text) = t.get("text").and_then(Value::as_str) {
+                        push(out, text_param, None, &normalize_string(text));
+                    }
                 }
             }
             _ => {}
@@ -338,6 +373,10 @@ fn values_of(def: &'static SearchParameterDef, v: &Value, out: &mut Vec<IndexEnt
         SearchParamKind::Reference => {
             if let Some(r) = v.get("reference").and_then(Value::as_str) {
                 push(out, p, None, &relative_reference(r));
+            }
+            // A logical reference: `:identifier`.
+            if let Some(id) = v.get("identifier") {
+                token_of(modified(p, "identifier"), id, out);
             }
             if let Value::String(s) = v {
                 // canonical references are plain strings
@@ -390,6 +429,24 @@ fn string_values(p: &'static str, v: &Value, out: &mut Vec<IndexEntry>) {
         }
         _ => {}
     }
+}
+
+/// The index name of a modifier's own rows (`code:text`, `identifier:of-type`,
+/// `subject:identifier`). Interned: one allocation per name for the life of the process.
+pub fn modified(param: &str, modifier: &str) -> &'static str {
+    static NAMES: OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        OnceLock::new();
+    let name = format!("{param}:{modifier}");
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(name.as_str()) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
 
 /// `http://any.base/fhir/Patient/1/_history/2` and `Patient/1` both index as `Patient/1`.

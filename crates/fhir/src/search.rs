@@ -518,9 +518,19 @@ fn parse_param(
             });
         }
     }
+    // These modifiers search rows of their own (see `index::modified`).
+    let param = match modifier {
+        Some(m @ ("text" | "of-type" | "identifier")) => format!("{}:{m}", def.code),
+        _ => def.code.to_string(),
+    };
+    let kind = if modifier == Some("identifier") {
+        SearchParamKind::Token
+    } else {
+        def.kind
+    };
     Ok(Some(Criterion {
-        param: def.code.to_string(),
-        kind: def.kind,
+        param,
+        kind,
         any_of,
     }))
 }
@@ -530,6 +540,8 @@ fn modifier_supported(def: &SearchParameterDef, modifier: Option<&str>) -> bool 
         None | Some("missing") => true,
         Some("not") => def.kind == SearchParamKind::Token && def.code != "_id",
         Some("exact" | "contains") => def.kind == SearchParamKind::String,
+        Some("text" | "of-type") => def.kind == SearchParamKind::Token && def.code != "_id",
+        Some("identifier") => def.kind == SearchParamKind::Reference,
         Some(t) => def.kind == SearchParamKind::Reference && crate::is_resource_type(t),
     }
 }
@@ -544,6 +556,29 @@ fn parse_value(
         return Ok(Match::Id(unescape(raw)));
     }
     Ok(match def.kind {
+        SearchParamKind::Token if modifier == Some("text") => {
+            Match::StartsWith(normalize_string(&unescape(raw)))
+        }
+        SearchParamKind::Token if modifier == Some("of-type") => {
+            let parts = split_unescaped(raw, '|');
+            if parts.len() != 3 || parts.iter().any(String::is_empty) {
+                return Err(bad(
+                    name,
+                    format!("'{raw}' is not [type system]|[type code]|[value]"),
+                ));
+            }
+            Match::Token {
+                system: None,
+                code: Some(
+                    parts
+                        .iter()
+                        .map(|p| unescape(p))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+            }
+        }
+        SearchParamKind::Reference if modifier == Some("identifier") => parse_token(raw, name)?,
         SearchParamKind::Token => parse_token(raw, name)?,
         SearchParamKind::String => match modifier {
             Some("exact") => Match::Exact(unescape(raw)),
