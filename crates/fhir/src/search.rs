@@ -614,25 +614,7 @@ fn parse_value(
             }
         }
         SearchParamKind::Uri => Match::Uri(unescape(raw)),
-        SearchParamKind::Date => {
-            let (prefix, rest) = split_prefix(raw);
-            let r = crate::date::parse_range(rest).ok_or_else(|| {
-                bad(
-                    name,
-                    format!("'{raw}' is not a date such as 2024, 2024-03 or 2024-03-05T10:00:00Z"),
-                )
-            })?;
-            Match::Range {
-                kind: RangeKind::Date,
-                prefix,
-                value: r.low as f64,
-                low: r.low as f64,
-                high: r.high as f64,
-                unit_system: None,
-                unit_code: None,
-                token: None,
-            }
-        }
+        SearchParamKind::Date => date_match(raw, name)?,
         SearchParamKind::Number => {
             let (prefix, rest) = split_prefix(raw);
             let (value, low, high) =
@@ -667,19 +649,7 @@ fn parse_value(
             };
             let value_kind = def.components.get(1).map(|c| c.kind);
             let mut m = if value_kind == Some(SearchParamKind::Date) {
-                let (prefix, rest) = split_prefix(right);
-                let r = crate::date::parse_range(rest)
-                    .ok_or_else(|| bad(name, format!("'{right}' is not a date")))?;
-                Match::Range {
-                    kind: RangeKind::Date,
-                    prefix,
-                    value: r.low as f64,
-                    low: r.low as f64,
-                    high: r.high as f64,
-                    unit_system: None,
-                    unit_code: None,
-                    token: None,
-                }
+                date_match(right, name)?
             } else {
                 parse_quantity(right, name)?
             };
@@ -695,6 +665,27 @@ fn parse_value(
             )
             .at(name.to_string()))
         }
+    })
+}
+
+/// `[prefix]date`, e.g. `ge2024-03`.
+fn date_match(raw: &str, name: &str) -> Result<Match, OutcomeIssue> {
+    let (prefix, rest) = split_prefix(raw);
+    let r = crate::date::parse_range(rest).ok_or_else(|| {
+        bad(
+            name,
+            format!("'{raw}' is not a date such as 2024, 2024-03 or 2024-03-05T10:00:00Z"),
+        )
+    })?;
+    Ok(Match::Range {
+        kind: RangeKind::Date,
+        prefix,
+        value: r.low as f64,
+        low: r.low as f64,
+        high: r.high as f64,
+        unit_system: None,
+        unit_code: None,
+        token: None,
     })
 }
 
