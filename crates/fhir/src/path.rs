@@ -32,6 +32,8 @@ enum Step {
     ChoiceAs(String, String),
     /// Keep references that point at this resource type.
     ResolveIs(String),
+    /// `where(field = 'value')`: keep nodes whose string `field` equals `value`.
+    WhereEquals(String, String),
 }
 
 impl PathExpr {
@@ -112,6 +114,11 @@ fn apply<'a>(step: &Step, v: &'a Value, out: &mut Vec<&'a Value>) {
                 push_flat(child, out);
             }
         }
+        Step::WhereEquals(field, value) => {
+            if obj.get(field).and_then(Value::as_str) == Some(value.as_str()) {
+                out.push(v);
+            }
+        }
         Step::ResolveIs(target) => {
             if let Some(r) = obj.get("reference").and_then(Value::as_str) {
                 if reference_type(r) == Some(target.as_str()) {
@@ -160,6 +167,23 @@ fn is_name(s: &str) -> bool {
 }
 
 fn compile_branch(b: &str) -> Option<Branch> {
+    // `(Path as Type).rest`: the cast, then more steps.
+    if b.starts_with('(') && !b.ends_with(')') {
+        let mut depth = 0i32;
+        let close = b.char_indices().find_map(|(i, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            (depth == 0).then_some(i)
+        })?;
+        let mut br = compile_branch(&b[..=close])?;
+        let rest = b[close + 1..].strip_prefix('.')?;
+        let tail = compile_branch(&format!("X.{rest}"))?;
+        br.steps.extend(tail.steps);
+        return Some(br);
+    }
     // `(Path as Type)` form.
     if let Some(inner) = b.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
         let (path, ty) = inner.split_once(" as ")?;
@@ -212,6 +236,16 @@ fn compile_branch(b: &str) -> Option<Branch> {
                 return None;
             }
             steps.push(Step::ChoiceAs(name, ty.to_string()));
+        } else if let Some((field, value)) = seg
+            .strip_prefix("where(")
+            .and_then(|s| s.strip_suffix("')"))
+            .and_then(|s| s.split_once("='").or_else(|| s.split_once(" = '")))
+            .filter(|(f, v)| is_name(f.trim()) && !v.contains('\''))
+        {
+            steps.push(Step::WhereEquals(
+                field.trim().to_string(),
+                value.to_string(),
+            ));
         } else if let Some(ty) = seg
             .strip_prefix("where(resolve() is ")
             .and_then(|s| s.strip_suffix(')'))
@@ -251,6 +285,15 @@ mod tests {
         let p = PathExpr::compile("Patient.name | Observation.code").unwrap();
         assert_eq!(p.evaluate(&obs).len(), 1);
         assert!(PathExpr::compile("Observation.code.exists()").is_none());
+        let p = json!({"resourceType":"Patient","telecom":[{"system":"phone","value":"1"},{"system":"email","value":"a@b"}]});
+        let e = PathExpr::compile("Patient.telecom.where(system='email')").unwrap();
+        assert_eq!(
+            e.evaluate(&p),
+            vec![&json!({"system":"email","value":"a@b"})]
+        );
+        let o = json!({"resourceType":"Observation","valueCodeableConcept":{"text":"pos"}});
+        let e = PathExpr::compile("(Observation.value as CodeableConcept).text").unwrap();
+        assert_eq!(e.evaluate(&o), vec![&json!("pos")]);
         let component = json!({"code":{"text":"c"},"valueQuantity":{"value":2}});
         assert_eq!(
             PathExpr::compile("value.as(Quantity)")
