@@ -13,7 +13,7 @@ tb=target/release/trialbridge
 N=${N:-100000}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
+[ -n "${TB_DB:-}" ] && [ -z "${HFS_BIN:-}" ] || python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
 python3 - "$work/patients.ndjson" <<'PY'
 import json, sys
 with open(sys.argv[1], "w") as f:
