@@ -42,7 +42,7 @@ load_and_query() { # label base
         echo "{\"label\":\"$label\",\"loaded\":$N,\"load_seconds\":$(echo "$t1 - $t0" | bc)}"
     fi
     for q in "${queries[@]}"; do
-        $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario query --path "$q" --concurrency 16 --seconds 10 --requests 1000000
+        $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario query --path "$q" --concurrency "${CONC:-16}" --seconds 10 --requests 1000000
     done
 }
 
