@@ -22,7 +22,7 @@ suite() { # label base pid
     $tb bench --label "$label" --base "$base" --data "$data" --scenario post --concurrency 16 --requests 5000 --seconds 60
     echo "{\"label\":\"$label\",\"wrk\":\"$(wrk -t2 -c16 -d20s -s bench/get.lua --latency "$base" | grep '^WRK')\"}"
     $tb bench --label "$label" --base "$base" --data "$data" --scenario txn --concurrency 1 --requests 20 --seconds 60 --txn-size 100
-    echo "{\"label\":\"$label\",\"rss_MiB_after\":$(( $(ps -o rss= -p "$pid") / 1024 ))}"
+    echo "{\"label\":\"$label\",\"rss_MiB_after\":$(( $(ps -o rss= -p "$pid" || echo 0) / 1024 ))}"
 }
 
 wait_up() { for _ in $(seq 1 100); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.1; done; echo "server at $1 did not start" >&2; exit 1; }
