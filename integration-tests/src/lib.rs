@@ -113,3 +113,25 @@ pub async fn get_text(url: &str) -> String {
         .await
         .expect("body")
 }
+
+/// A POST of a FHIR JSON body.
+pub fn post_fhir(
+    url: impl reqwest::IntoUrl,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    client()
+        .post(url)
+        .header("content-type", "application/fhir+json")
+        .body(body)
+}
+
+/// A PUT of a FHIR JSON body.
+pub fn put_fhir(
+    url: impl reqwest::IntoUrl,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::RequestBuilder {
+    client()
+        .put(url)
+        .header("content-type", "application/fhir+json")
+        .body(body)
+}

@@ -1,7 +1,7 @@
 //! The official R4 examples survive a round trip, and the official transaction example behaves
 //! as the specification says.
 
-use integration_tests::{client, fixture, get_text, without_meta, TestStore};
+use integration_tests::{client, fixture, get_text, post_fhir, put_fhir, without_meta, TestStore};
 use serde_json::{json, Value};
 
 fn examples() -> Vec<(String, Value)> {
@@ -31,13 +31,7 @@ async fn put_then_get_returns_the_same_json() {
             v["id"].as_str().unwrap()
         );
         let text = std::fs::read(fixture(&format!("r4-examples/{name}"))).unwrap();
-        let r = client()
-            .put(s.url(&path))
-            .header("content-type", "application/fhir+json")
-            .body(text)
-            .send()
-            .await
-            .unwrap();
+        let r = put_fhir(s.url(&path), text).send().await.unwrap();
         assert_eq!(r.status(), 201, "{name}: {}", r.text().await.unwrap());
         let got: Value = client()
             .get(s.url(&path))
@@ -56,10 +50,7 @@ async fn put_then_get_returns_the_same_json() {
 async fn decimal_precision_is_kept_byte_for_byte() {
     let s = TestStore::start().await;
     let text = std::fs::read_to_string(fixture("r4-examples/Observation-decimal.json")).unwrap();
-    client()
-        .put(s.url("Observation/decimal"))
-        .header("content-type", "application/fhir+json")
-        .body(text.clone())
+    put_fhir(s.url("Observation/decimal"), text.clone())
         .send()
         .await
         .unwrap();
@@ -83,13 +74,7 @@ async fn decimal_precision_is_kept_byte_for_byte() {
     }
     // Exponent spelling and trailing zeros too.
     let body = r#"{"resourceType":"Observation","id":"e","status":"final","code":{"text":"x"},"valueQuantity":{"value":1E-22},"component":[{"code":{"text":"y"},"valueQuantity":{"value":1.00}}]}"#;
-    client()
-        .put(s.url("Observation/e"))
-        .header("content-type", "application/fhir+json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    put_fhir(s.url("Observation/e"), body).send().await.unwrap();
     let got = get_text(&s.url("Observation/e")).await;
     assert!(
         got.contains(r#""valueQuantity":{"value":1E-22}"#) && got.contains(r#"{"value":1.00}"#),
@@ -119,10 +104,7 @@ async fn count_patients(s: &TestStore) -> u64 {
 #[tokio::test]
 async fn official_transaction_fails_as_a_whole_naming_each_failing_entry() {
     let s = TestStore::start().await;
-    let r = client()
-        .post(&s.base)
-        .header("content-type", "application/fhir+json")
-        .body(transaction_example().to_string())
+    let r = post_fhir(&s.base, transaction_example().to_string())
         .send()
         .await
         .unwrap();
@@ -183,10 +165,7 @@ async fn official_transaction_without_the_failing_entries_succeeds_and_is_idempo
         .map(|(_, e)| e.clone())
         .collect();
     b["entry"] = json!(entries);
-    let r = client()
-        .post(format!("{}/", s.base))
-        .header("content-type", "application/fhir+json")
-        .body(b.to_string())
+    let r = post_fhir(format!("{}/", s.base), b.to_string())
         .send()
         .await
         .unwrap();
@@ -218,13 +197,7 @@ async fn official_transaction_without_the_failing_entries_succeeds_and_is_idempo
     assert_eq!(put.status(), 200);
 
     // Second run: ifNoneExist finds the Patient of the first run, no duplicate.
-    let r = client()
-        .post(&s.base)
-        .header("content-type", "application/fhir+json")
-        .body(b.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = post_fhir(&s.base, b.to_string()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let resp2: Value = r.json().await.unwrap();
     assert_eq!(resp2["entry"][1]["response"]["status"], "200 OK");
@@ -247,10 +220,7 @@ async fn official_transaction_without_the_failing_entries_succeeds_and_is_idempo
 async fn transaction_rewrites_urn_uuid_and_conditional_references() {
     let s = TestStore::start().await;
     let org = json!({"resourceType":"Organization","id":"site-01","identifier":[{"system":"urn:site","value":"01"}],"name":"Site 01"});
-    client()
-        .put(s.url("Organization/site-01"))
-        .header("content-type", "application/fhir+json")
-        .body(org.to_string())
+    put_fhir(s.url("Organization/site-01"), org.to_string())
         .send()
         .await
         .unwrap();
@@ -261,10 +231,7 @@ async fn transaction_rewrites_urn_uuid_and_conditional_references() {
         {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000002","resource":{"resourceType":"Patient","identifier":[{"system":"urn:subj","value":"MC-1"}]},
          "request":{"method":"POST","url":"Patient"}}
     ]});
-    let r: Value = client()
-        .post(&s.base)
-        .header("content-type", "application/fhir+json")
-        .body(b.to_string())
+    let r: Value = post_fhir(&s.base, b.to_string())
         .send()
         .await
         .unwrap()
@@ -288,13 +255,7 @@ async fn transaction_rewrites_urn_uuid_and_conditional_references() {
     // A conditional reference that matches nothing fails the whole transaction.
     let bad = json!({"resourceType":"Bundle","type":"transaction","entry":[
         {"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient?identifier=urn:subj|nobody"}},"request":{"method":"POST","url":"Observation"}}]});
-    let r = client()
-        .post(&s.base)
-        .header("content-type", "application/fhir+json")
-        .body(bad.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = post_fhir(&s.base, bad.to_string()).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let oo: Value = r.json().await.unwrap();
     assert!(oo.to_string().contains("Bundle.entry[0].resource"), "{oo}");
@@ -311,10 +272,7 @@ async fn batch_entries_are_independent() {
         {"request":{"method":"GET","url":"Patient/b1/_history/1"}},
         {"request":{"method":"GET","url":"Patient/b1/_history/2"}}
     ]});
-    let r: Value = client()
-        .post(&s.base)
-        .header("content-type", "application/fhir+json")
-        .body(b.to_string())
+    let r: Value = post_fhir(&s.base, b.to_string())
         .send()
         .await
         .unwrap()
@@ -344,13 +302,13 @@ async fn batch_entries_are_independent() {
         "OperationOutcome"
     );
     assert_eq!(r["entry"][3]["resource"]["id"], "b1");
-    let bad = client()
-        .post(&s.base)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType":"Bundle","type":"collection"}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let bad = post_fhir(
+        &s.base,
+        json!({"resourceType":"Bundle","type":"collection"}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(bad.status(), 400);
     let oo: Value = bad.json().await.unwrap();
     assert_eq!(oo["issue"][0]["expression"][0], "Bundle.type");

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use integration_tests::{client, fixture, next_link, TestStore};
+use integration_tests::{client, fixture, next_link, put_fhir, TestStore};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -47,13 +47,7 @@ async fn load(s: &TestStore, all: &[Value]) {
             v["resourceType"].as_str().unwrap(),
             v["id"].as_str().unwrap()
         );
-        let r = client()
-            .put(s.url(&path))
-            .header("content-type", "application/fhir+json")
-            .body(v.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = put_fhir(s.url(&path), v.to_string()).send().await.unwrap();
         assert!(r.status().is_success(), "{path}");
     }
 }
@@ -451,10 +445,7 @@ async fn last_updated_and_malformed_values() {
     let put = |id: &'static str| {
         let url = s.url(&format!("Patient/{id}"));
         async move {
-            let v: Value = client()
-                .put(url)
-                .header("content-type", "application/fhir+json")
-                .body(json!({"resourceType":"Patient","id":id}).to_string())
+            let v: Value = put_fhir(url, json!({"resourceType":"Patient","id":id}).to_string())
                 .send()
                 .await
                 .unwrap()
@@ -531,8 +522,7 @@ async fn paging_while_writes_continue_skips_and_repeats_nothing() {
             client().put(s.url(&format!("Observation/{id}"))).header("content-type", "application/fhir+json")
                 .body(json!({"resourceType":"Observation","id":id,"status":"final","code":{"text":"new"}}).to_string()).send().await.unwrap();
         }
-        client().put(s.url("Observation/p000")).header("content-type", "application/fhir+json")
-            .body(json!({"resourceType":"Observation","id":"p000","status":"final","code":{"text":format!("update {n}")}}).to_string()).send().await.unwrap();
+        put_fhir(s.url("Observation/p000"), json!({"resourceType":"Observation","id":"p000","status":"final","code":{"text":format!("update {n}")}}).to_string()).send().await.unwrap();
         match next_link(&b) {
             Some(next) => url = next,
             None => break,

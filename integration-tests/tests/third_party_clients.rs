@@ -2,7 +2,7 @@
 //! `integration-tests/python/requirements.txt` is taken from `TRIALBRIDGE_TEST_PYTHON` (the test
 //! script sets it up); without it this test fails and says how to get it.
 
-use integration_tests::{repo_root, TestStore};
+use integration_tests::{post_fhir, repo_root, TestStore};
 
 fn python() -> String {
     std::env::var("TRIALBRIDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
@@ -57,13 +57,7 @@ async fn load_weights(s: &TestStore, n: usize) {
             })
             .collect();
         let b = serde_json::json!({"resourceType":"Bundle","type":"transaction","entry":entries});
-        let r = integration_tests::client()
-            .post(&s.base)
-            .header("content-type", "application/fhir+json")
-            .body(b.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = post_fhir(&s.base, b.to_string()).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
 }
