@@ -12,6 +12,7 @@ tb=target/release/trialbridge
 data=bench/data/observations-1000.ndjson
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+. bench/lib.sh
 
 suite() { # label base pid
     local label=$1 base=$2 pid=$3
@@ -25,23 +26,13 @@ suite() { # label base pid
     echo "{\"label\":\"$label\",\"rss_MiB_after\":$(( $(ps -o rss= -p "$pid" || echo 0) / 1024 ))}"
 }
 
-port_free() { ! curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null || { echo "port $1 is in use: stop the server there first" >&2; exit 1; }; }
-wait_up() { for _ in $(seq 1 100); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.1; done; echo "server at $1 did not start" >&2; exit 1; }
 
-port_free 8190
-TRIALBRIDGE_DATABASE_URL="sqlite://$work/tb.db" TRIALBRIDGE_LOAD_STUDY=false $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
-tb_pid=$!
-wait_up http://127.0.0.1:8190/fhir
+start_trialbridge "$work/tb.db"
 suite trialbridge http://127.0.0.1:8190/fhir $tb_pid
 kill $tb_pid; wait $tb_pid 2>/dev/null || true
 
 if [ -n "${HFS_BIN:-}" ]; then
-    port_free 8191
-    mkdir -p "$work/hfs/data"
-    cp "${HFS_DATA:?HFS_DATA must hold search-parameters-r4.json}/search-parameters-r4.json" "$work/hfs/data/"
-    (cd "$work/hfs" && HFS_LOG_LEVEL=warn HFS_BASE_URL=http://127.0.0.1:8191 exec "$HFS_BIN" --port 8191 --data-dir ./data --database-url ./hfs.db >hfs.log 2>&1) &
-    hfs_pid=$!
-    wait_up http://127.0.0.1:8191
+    start_hfs
     suite helios-hfs http://127.0.0.1:8191 "$hfs_pid"
     kill "$hfs_pid"
 fi

@@ -72,6 +72,9 @@ pub enum StorageError {
     /// The writer task has stopped (shutting down).
     #[error("the storage writer has stopped")]
     WriterGone,
+    /// The batch transaction this write was part of did not commit; nothing of it was stored.
+    #[error("the write was not committed: {0}")]
+    CommitFailed(String),
     /// A stored row could not be understood.
     #[error("corrupt row: {0}")]
     Corrupt(String),

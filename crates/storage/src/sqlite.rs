@@ -256,7 +256,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
         for f in finishers {
             f(match &msg {
                 None => Ok(()),
-                Some(m) => Err(StorageError::Corrupt(format!("commit failed: {m}"))),
+                Some(m) => Err(StorageError::CommitFailed(m.clone())),
             });
         }
         // Jobs not reached because the batch failed early are dropped, which tells their

@@ -498,7 +498,7 @@ async fn assign_ids(
                     None => None,
                 };
                 let id = existing.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-                set_id(res, &id);
+                res.set_id(&id);
                 Some(format!("{}/{id}", res.resource_type))
             }
             Action::Update { res, id, .. } => Some(format!("{}/{id}", res.resource_type)),
@@ -515,7 +515,7 @@ async fn assign_ids(
                             .map(str::to_string)
                     })
                     .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-                set_id(res, &id);
+                res.set_id(&id);
                 Some(format!("{}/{id}", res.resource_type))
             }
             _ => None,
@@ -525,13 +525,6 @@ async fn assign_ids(
         }
     }
     Ok(ids)
-}
-
-fn set_id(res: &mut Incoming, id: &str) {
-    if let Value::Object(m) = &mut res.value {
-        m.insert("id".into(), Value::from(id));
-    }
-    res.raw.set("id", &Value::from(id));
 }
 
 /// Rewrites `urn:uuid:` references to assigned ids and resolves conditional references

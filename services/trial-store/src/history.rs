@@ -10,7 +10,7 @@ use trialbridge_fhir::{instant, IssueType};
 use trialbridge_storage::{HistoryOrder, HistoryQuery, HistoryScope, StoredVersion};
 
 use crate::error::ApiError;
-use crate::http::{access, json_response, prefer, query_pairs};
+use crate::http::{access, json_response, page_link, prefer, query_pairs};
 use crate::interactions::{checked_id, known_type};
 use crate::negotiate::negotiate;
 use crate::StoreState;
@@ -163,21 +163,8 @@ async fn respond(
         HistoryOrder::OldestFirst => i64::MAX,
     };
     let base = &s.config.base_url;
-    let link = |extra: Option<String>| {
-        let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &kept {
-            ser.append_pair(k, v);
-        }
-        if let Some(c) = extra {
-            ser.append_pair("_cursor", &c);
-        }
-        let qs = ser.finish();
-        if qs.is_empty() {
-            format!("{base}/{path}")
-        } else {
-            format!("{base}/{path}?{qs}")
-        }
-    };
+    let kept: Vec<&(String, String)> = kept.iter().collect();
+    let link = |cursor: Option<String>| page_link(base, &path, &kept, cursor.as_deref());
     let mut b = BundleWriter::new("history");
     b.link(
         "self",

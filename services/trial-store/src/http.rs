@@ -181,6 +181,34 @@ fn http_date(us: i64) -> String {
         .unwrap_or_default()
 }
 
+/// An absolute paging link (`self`, `next`): the base, the path, the parameters that were
+/// understood, and the cursor. An empty path is the system level (`/fhir?...`).
+pub fn page_link(
+    base: &str,
+    path: &str,
+    kept: &[&(String, String)],
+    cursor: Option<&str>,
+) -> String {
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in kept {
+        ser.append_pair(k, v);
+    }
+    if let Some(c) = cursor {
+        ser.append_pair("_cursor", c);
+    }
+    let qs = ser.finish();
+    let at = if path.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    if qs.is_empty() {
+        at
+    } else {
+        format!("{at}?{qs}")
+    }
+}
+
 /// `ETag` and `Last-Modified` of a version.
 pub fn version_headers(r: &mut Response, v: &StoredVersion) {
     let h = r.headers_mut();
@@ -236,11 +264,6 @@ pub fn written_response(s: &StoreState, w: Written, fmt: Format, pref: Prefer) -
         }
     }
     r
-}
-
-/// Checks a logical id (re-exported for the search module).
-pub fn checked_id_of(resource_type: &str, id: &str) -> Result<(), ApiError> {
-    checked_id(resource_type, id)
 }
 
 /// A read result: 404, 410, or the version.
@@ -468,22 +491,15 @@ pub async fn conditional_update_in(
                 )
                 .at(format!("{rt}.id")));
             }
-            set_id(&mut res, &found);
+            res.set_id(&found);
             interactions::update(txn, &res, &found, expected).await
         }
         None => {
             let id = body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            set_id(&mut res, &id);
+            res.set_id(&id);
             interactions::update(txn, &res, &id, expected).await
         }
     }
-}
-
-fn set_id(res: &mut interactions::Incoming, id: &str) {
-    if let Value::Object(m) = &mut res.value {
-        m.insert("id".into(), Value::from(id));
-    }
-    res.raw.set("id", &Value::from(id));
 }
 
 async fn delete(

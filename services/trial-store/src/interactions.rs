@@ -25,6 +25,16 @@ pub struct Incoming {
     pub index: index::Index,
 }
 
+impl Incoming {
+    /// Gives the resource its id (in the parsed value and in the text kept for storing).
+    pub fn set_id(&mut self, id: &str) {
+        if let Value::Object(m) = &mut self.value {
+            m.insert("id".into(), Value::from(id));
+        }
+        self.raw.set("id", &Value::from(id));
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Clone)]
 pub struct Written {

@@ -15,8 +15,8 @@ use trialbridge_fhir::{resource_type, IssueType, OperationOutcome, OutcomeIssue}
 use trialbridge_storage::StoredVersion;
 
 use crate::error::ApiError;
-use crate::http::{access, checked_id_of, json_response, prefer, query_pairs};
-use crate::interactions::known_type;
+use crate::http::{access, json_response, page_link, prefer, query_pairs};
+use crate::interactions::{checked_id, known_type};
 use crate::negotiate::negotiate;
 use crate::StoreState;
 
@@ -78,7 +78,7 @@ pub async fn compartment_search(
 ) -> Result<Response, ApiError> {
     let Path((ct, id, t)) = path?;
     let compartment = known_type(&ct)?;
-    checked_id_of(compartment, &id)?;
+    checked_id(compartment, &id)?;
     let rt = known_type(&t)?;
     let criterion = compartment_criterion(compartment, &id, rt).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, IssueType::NotSupported, format!("{rt} is not in the {compartment} compartment (only the Patient compartment is supported)")).at(rt.to_string())
@@ -161,22 +161,6 @@ fn entry<'a>(base: &str, v: &'a StoredVersion, mode: &str, sh: &Shape) -> Bundle
     }
 }
 
-fn link(base: &str, path: &str, kept: &[&(String, String)], cursor: Option<&str>) -> String {
-    let mut ser = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in kept {
-        ser.append_pair(k, v);
-    }
-    if let Some(c) = cursor {
-        ser.append_pair("_cursor", c);
-    }
-    let qs = ser.finish();
-    if qs.is_empty() {
-        format!("{base}/{path}")
-    } else {
-        format!("{base}/{path}?{qs}")
-    }
-}
-
 fn bad_cursor() -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
@@ -226,7 +210,7 @@ async fn run(
     if total_wanted {
         b.total(s.store.count(&ctx, rt, &req).await?);
     }
-    b.link("self", &link(base, &path, &kept, cursor_text));
+    b.link("self", &page_link(base, &path, &kept, cursor_text));
     let page = if sh.count_only || count == 0 {
         None
     } else {
@@ -244,7 +228,7 @@ async fn run(
     };
     if let Some(page) = &page {
         if let Some(next) = &page.next {
-            b.link("next", &link(base, &path, &kept, Some(&next.encode())));
+            b.link("next", &page_link(base, &path, &kept, Some(&next.encode())));
         }
         for v in &page.versions {
             b.entry(entry(base, v, "match", &sh));
@@ -337,10 +321,7 @@ pub async fn system_search(
         }
         b.total(total);
     }
-    b.link(
-        "self",
-        &link(base, "", &kept, cursor_text).replace("/?", "?"),
-    );
+    b.link("self", &page_link(base, "", &kept, cursor_text));
     let mut found: Vec<StoredVersion> = Vec::new();
     let mut next = None;
     while !sh.count_only && ti < types.len() && found.len() < count {
@@ -370,7 +351,7 @@ pub async fn system_search(
         next = Some(format!("{ti}:"));
     }
     if let Some(n) = &next {
-        b.link("next", &link(base, "", &kept, Some(n)).replace("/?", "?"));
+        b.link("next", &page_link(base, "", &kept, Some(n)));
     }
     for v in &found {
         b.entry(entry(base, v, "match", &sh));

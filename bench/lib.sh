@@ -1,0 +1,26 @@
+# Shared by the benchmark scripts (sourced): starting and stopping the servers under test.
+# Expects $work (a scratch folder) and $tb (the trialbridge binary).
+
+# Refuses to start a server on a port another process already answers on.
+port_free() { ! curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null || { echo "port $1 is in use: stop the server there first" >&2; exit 1; }; }
+
+wait_up() { for _ in $(seq 1 300); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.2; done; echo "server at $1 did not start" >&2; exit 1; }
+
+# start_trialbridge DB_FILE: serves on 127.0.0.1:8190; sets tb_pid.
+start_trialbridge() {
+    port_free 8190
+    TRIALBRIDGE_DATABASE_URL="sqlite://$1" TRIALBRIDGE_LOAD_STUDY=false $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
+    tb_pid=$!
+    wait_up http://127.0.0.1:8190/fhir
+}
+
+# start_hfs: helios-hfs ($HFS_BIN, search parameters from $HFS_DATA) on a fresh database on
+# 127.0.0.1:8191; sets hfs_pid. `exec`, so that the job is the server and the trap stops it.
+start_hfs() {
+    port_free 8191
+    mkdir -p "$work/hfs/data"
+    cp "${HFS_DATA:?HFS_DATA must hold search-parameters-r4.json}/search-parameters-r4.json" "$work/hfs/data/"
+    (cd "$work/hfs" && HFS_LOG_LEVEL=warn HFS_BASE_URL=http://127.0.0.1:8191 exec "$HFS_BIN" --port 8191 --data-dir ./data --database-url ./hfs.db >hfs.log 2>&1) &
+    hfs_pid=$!
+    wait_up http://127.0.0.1:8191
+}
