@@ -13,6 +13,13 @@ pub struct TestStore {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Extension domains of the official R4 examples that are neither core nor HL7 IGs.
+pub const EXAMPLE_EXTENSION_DOMAINS: &[&str] = &["http://example.org/", "http://nema.org/"];
+
+/// The one official R4 example of the fixtures that R4 does not allow (its `performer` is an
+/// Encounter): every validator must reject it.
+pub const INVALID_EXAMPLE: &str = "Observation-clinical-gender.json";
+
 impl TestStore {
     /// Starts a store with default settings.
     pub async fn start() -> Self {
@@ -29,6 +36,12 @@ impl TestStore {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = trial_store::StoreConfig::new(format!("http://{addr}/fhir"));
+        // The official examples carry extensions from these domains; a test store accepts them
+        // as a deployment would once configured (the default refuses them).
+        config
+            .validation
+            .extension_domains
+            .extend(EXAMPLE_EXTENSION_DOMAINS.iter().map(|d| d.to_string()));
         adjust(&mut config);
         let base = config.base_url.clone();
         let state = trial_store::StoreState {

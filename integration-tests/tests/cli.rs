@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use integration_tests::fixture;
+use integration_tests::{fixture, EXAMPLE_EXTENSION_DOMAINS, INVALID_EXAMPLE};
 
 fn trialbridge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
@@ -48,7 +48,7 @@ fn load_is_idempotent_and_refuses_transactions() {
     for e in std::fs::read_dir(fixture("r4-examples")).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".json") && !name.starts_with("Bundle-") {
+        if name.ends_with(".json") && !name.starts_with("Bundle-") && name != INVALID_EXAMPLE {
             std::fs::copy(&p, data.join(&name)).unwrap();
             n += 1;
         }
@@ -59,6 +59,14 @@ fn load_is_idempotent_and_refuses_transactions() {
             .args(["load"])
             .arg(path)
             .env("TRIALBRIDGE_DATABASE_URL", &db)
+            .env(
+                "TRIALBRIDGE_EXTENSION_DOMAINS",
+                format!(
+                    "{},{}",
+                    trial_store::config::DEFAULT_EXTENSION_DOMAINS,
+                    EXAMPLE_EXTENSION_DOMAINS.join(",")
+                ),
+            )
             .output()
             .unwrap()
     };

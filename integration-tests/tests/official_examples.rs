@@ -1,7 +1,9 @@
-//! The official R4 examples survive a round trip, and the official transaction example behaves
-//! as the specification says.
+//! The official R4 examples survive a round trip (the one invalid example is rejected), and the
+//! official transaction example behaves as the specification says.
 
-use integration_tests::{client, fixture, get_text, post_fhir, put_fhir, without_meta, TestStore};
+use integration_tests::{
+    client, fixture, get_text, post_fhir, put_fhir, without_meta, TestStore, INVALID_EXAMPLE,
+};
 use serde_json::{json, Value};
 
 fn examples() -> Vec<(String, Value)> {
@@ -32,6 +34,19 @@ async fn put_then_get_returns_the_same_json() {
         );
         let text = std::fs::read(fixture(&format!("r4-examples/{name}"))).unwrap();
         let r = put_fhir(s.url(&path), text).send().await.unwrap();
+        if name == INVALID_EXAMPLE {
+            assert_eq!(r.status(), 422);
+            let oo: Value = r.json().await.unwrap();
+            assert_eq!(
+                oo["issue"][0]["expression"][0], "Observation.performer[0]",
+                "{oo}"
+            );
+            assert!(oo["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains("Encounter"));
+            continue;
+        }
         assert_eq!(r.status(), 201, "{name}: {}", r.text().await.unwrap());
         let got: Value = client()
             .get(s.url(&path))
@@ -225,7 +240,7 @@ async fn transaction_rewrites_urn_uuid_and_conditional_references() {
         .await
         .unwrap();
     let b = json!({"resourceType":"Bundle","type":"transaction","entry":[
-        {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000001","resource":{"resourceType":"Observation","status":"final","code":{"text":"BMI"},"valueQuantity":{"value":"DECIMAL"},
+        {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000001","resource":{"resourceType":"Observation","status":"final","code":{"text":"BMI"},"valueQuantity":{"value":24.5},
             "subject":{"reference":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000002"},"performer":[{"reference":"Organization?identifier=urn:site|01"}]},
          "request":{"method":"POST","url":"Observation"}},
         {"fullUrl":"urn:uuid:2b0c3c9e-1111-4e52-8a3c-000000000002","resource":{"resourceType":"Patient","identifier":[{"system":"urn:subj","value":"MC-1"}]},

@@ -140,3 +140,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+    import structure
+    structure.main(SRC, OUT, HEADER)

@@ -10,8 +10,11 @@
 pub mod generated {
     //! Tables generated from the official R4 definitions by `codegen/generate.py`.
     pub mod compartments;
+    pub mod profiles;
     pub mod resource_types;
     pub mod search_parameters;
+    pub mod structure;
+    pub mod value_sets;
 }
 pub mod bundle;
 pub mod date;
@@ -25,6 +28,7 @@ pub mod reference;
 pub mod resource_type;
 pub mod search;
 pub mod search_param;
+pub mod structure;
 
 pub use outcome::{IssueSeverity, IssueType, OperationOutcome, OutcomeIssue};
 pub use resource_type::is_resource_type;

@@ -66,6 +66,8 @@ pub enum IssueType {
     Informational,
     /// A business rule failed.
     BusinessRule,
+    /// A code is not in the value set it must come from.
+    CodeInvalid,
 }
 
 impl IssueType {
@@ -90,6 +92,7 @@ impl IssueType {
             Self::Exception => "exception",
             Self::Informational => "informational",
             Self::BusinessRule => "business-rule",
+            Self::CodeInvalid => "code-invalid",
         }
     }
 }

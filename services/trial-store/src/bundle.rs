@@ -134,7 +134,12 @@ fn error_field(e: &ApiError) -> &'static str {
     }
 }
 
-fn plan_entry(i: usize, entry: &EntryText, base: &str) -> Result<Planned, ApiError> {
+fn plan_entry(
+    i: usize,
+    entry: &EntryText,
+    base: &str,
+    validation: &trialbridge_validation::Options,
+) -> Result<Planned, ApiError> {
     let bad = |field: &str, msg: String| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -200,7 +205,8 @@ fn plan_entry(i: usize, entry: &EntryText, base: &str) -> Result<Planned, ApiErr
             .as_ref()
             .ok_or_else(|| bad("resource", format!("{method} needs a resource")))?;
         // From the entry's own text, so that decimals keep their spelling here too.
-        incoming_from_bytes(rt, text.get().as_bytes()).map_err(|e| entry_error(i, e, field))
+        incoming_from_bytes(rt, text.get().as_bytes(), validation)
+            .map_err(|e| entry_error(i, e, field))
     };
     let criteria = |q: &str, what: &str| conditional_criteria(rt, q, what).map_err(wrap);
     let action = match (method, segments.len(), query) {
@@ -303,6 +309,14 @@ pub async fn process(
 ) -> Result<Response, ApiError> {
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    // The whole body under the validation limits first (duplicate keys, depth), and for a
+    // transaction the Bundle as a whole, so that one OperationOutcome names every bad entry.
+    let parsed = trialbridge_validation::json_text::parse(&bytes, &s.config.validation.limits)
+        .map_err(|issue| ApiError::from_issue(StatusCode::BAD_REQUEST, issue.at("Bundle")))?;
+    if parsed.get("type").and_then(Value::as_str) == Some("transaction") {
+        crate::interactions::validated(&parsed, &s.config.validation)?;
+    }
+    drop(parsed);
     let bundle = BundleText::parse(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -332,7 +346,7 @@ pub async fn process(
             let mut problems = OperationOutcome::default();
             let mut status = None;
             for (i, e) in entries.iter().enumerate() {
-                match plan_entry(i, e, &base) {
+                match plan_entry(i, e, &base, &s.config.validation) {
                     Ok(p) => plan.push(p),
                     Err(e) => {
                         status.get_or_insert(e.status());
@@ -357,7 +371,7 @@ pub async fn process(
         "batch" => {
             let mut out = BundleWriter::new("batch-response");
             for (i, e) in entries.iter().enumerate() {
-                let result = match plan_entry(i, e, &base) {
+                let result = match plan_entry(i, e, &base, &s.config.validation) {
                     Ok(p) => {
                         let b = base.clone();
                         write(&*s.store, &access(&headers), move |txn| {

@@ -41,6 +41,33 @@ pub struct ServeArgs {
         global = true
     )]
     pub load_study: String,
+    /// Extension URL prefixes accepted besides the R4 core ones, comma-separated.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_EXTENSION_DOMAINS",
+        default_value = DEFAULT_EXTENSION_DOMAINS,
+        global = true
+    )]
+    pub extension_domains: String,
+}
+
+/// Extensions accepted by default besides the R4 core: the study's own canonical base, the
+/// HL7 implementation guides (the schedule-of-activities IG of the study's PlanDefinitions,
+/// US Core in the official examples), and the German base and ISiK profiles that site EHRs
+/// send. Any other extension is refused until its domain is configured.
+pub const DEFAULT_EXTENSION_DOMAINS: &str = "https://fhir.mesemcart-sponsor.example/,http://hl7.org/fhir/,http://fhir.de/,https://gematik.de/fhir/";
+
+/// Validation options for a comma-separated list of accepted extension domains.
+pub fn validation_options(extension_domains: &str) -> trialbridge_validation::Options {
+    trialbridge_validation::Options {
+        extension_domains: extension_domains
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(String::from)
+            .collect(),
+        ..trialbridge_validation::Options::default()
+    }
 }
 
 /// Checked configuration of `serve`.
@@ -56,6 +83,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Whether to load the study.
     pub load_study: bool,
+    /// How payloads are validated.
+    pub validation: trialbridge_validation::Options,
 }
 
 impl ServeConfig {
@@ -108,6 +137,7 @@ impl ServeConfig {
                     database_url: a.database_url,
                     base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
                     max_body_bytes,
+                    validation: validation_options(&a.extension_domains),
                     load_study,
                 })
             }
@@ -127,6 +157,7 @@ mod tests {
             base_url: None,
             max_body_bytes: "4096".into(),
             load_study: "true".into(),
+            extension_domains: DEFAULT_EXTENSION_DOMAINS.into(),
         }
     }
 
@@ -145,6 +176,7 @@ mod tests {
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),
             load_study: "maybe".into(),
+            extension_domains: String::new(),
         };
         let problems = ServeConfig::from_args(a).unwrap_err();
         assert_eq!(problems.len(), 5, "{problems:#?}");

@@ -407,7 +407,7 @@ async fn create(
     let rt = known_type(&t)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let res = incoming_from_bytes(rt, &bytes)?;
+    let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
     let ine = match headers.get("if-none-exist") {
         Some(h) => Some(conditional_criteria(
             rt,
@@ -437,7 +437,7 @@ async fn update(
     checked_id(rt, &id)?;
     let expected = if_match(&headers, rt)?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let res = incoming_from_bytes(rt, &bytes)?;
+    let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
     let w = write(&*s.store, &access(&headers), move |txn| {
         Box::pin(async move { interactions::update(txn, &res, &id, expected).await })
     })
@@ -459,7 +459,7 @@ async fn conditional_update(
     let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional update")?;
     let expected = if_match(&headers, rt)?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let res = incoming_from_bytes(rt, &bytes)?;
+    let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
     let w = write(&*s.store, &access(&headers), move |txn| {
         Box::pin(async move { conditional_update_in(txn, res, &criteria, expected).await })
     })

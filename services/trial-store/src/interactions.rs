@@ -4,10 +4,11 @@
 
 use axum::http::StatusCode;
 use serde_json::{json, Value};
-use trialbridge_fhir::json::{parse_resource, BodyError, RawResource};
+use trialbridge_fhir::json::{BodyError, RawResource};
 use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{id::is_valid_id, index, resource_type, IssueType};
 use trialbridge_storage::{NewVersion, StoredVersion, WriteTxn};
+use trialbridge_validation::Options as ValidationOptions;
 
 use crate::error::ApiError;
 
@@ -70,11 +71,40 @@ pub fn checked_id(resource_type: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a body for `url_type`: JSON object, matching `resourceType`, valid `id` if present.
-pub fn incoming_from_bytes(url_type: &'static str, bytes: &[u8]) -> Result<Incoming, ApiError> {
-    let value = parse_resource(bytes).map_err(|e| body_error(url_type, e))?;
+/// Parses a body for `url_type` under the validation limits (duplicate keys and the like are
+/// refused with their position), then checks it as [`incoming`] does.
+pub fn incoming_from_bytes(
+    url_type: &'static str,
+    bytes: &[u8],
+    validation: &ValidationOptions,
+) -> Result<Incoming, ApiError> {
+    let value =
+        trialbridge_validation::json_text::parse(bytes, &validation.limits).map_err(|issue| {
+            let status = if issue.code == IssueType::TooLong {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError::from_issue(status, issue.at(url_type.to_string()))
+        })?;
+    if !value.is_object() {
+        return Err(body_error(url_type, BodyError::NotAnObject));
+    }
     let raw = RawResource::parse(bytes).map_err(|e| body_error(url_type, e))?;
-    incoming(url_type, raw, value)
+    incoming(url_type, raw, value, validation)
+}
+
+/// Validates a resource (structure, bindings, invariants, profiles): 422 with every issue
+/// when there is an error.
+pub fn validated(value: &Value, validation: &ValidationOptions) -> Result<(), ApiError> {
+    let report = trialbridge_validation::validate_resource(value, validation);
+    if report.has_errors() {
+        return Err(ApiError::Rejected {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            outcome: report.to_outcome(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a parsed resource for `url_type`.
@@ -82,6 +112,7 @@ pub fn incoming(
     url_type: &'static str,
     raw: RawResource,
     value: Value,
+    validation: &ValidationOptions,
 ) -> Result<Incoming, ApiError> {
     let body_type = value
         .get("resourceType")
@@ -107,6 +138,7 @@ pub fn incoming(
             .at(format!("{url_type}.id")));
         }
     }
+    validated(&value, validation)?;
     let index = index::extract(url_type, &value);
     Ok(Incoming {
         resource_type: url_type,
@@ -315,7 +347,11 @@ pub enum LoadResult {
 
 /// Writes a resource with an id unless the current version already has the same content
 /// (ignoring `meta`), so loading the same files twice creates no versions.
-pub async fn load_resource(txn: &mut dyn WriteTxn, value: Value) -> Result<LoadResult, ApiError> {
+pub async fn load_resource(
+    txn: &mut dyn WriteTxn,
+    value: Value,
+    validation: &ValidationOptions,
+) -> Result<LoadResult, ApiError> {
     let t = value
         .get("resourceType")
         .and_then(Value::as_str)
@@ -335,7 +371,7 @@ pub async fn load_resource(txn: &mut dyn WriteTxn, value: Value) -> Result<LoadR
         .to_string();
     checked_id(rt, &id)?;
     let raw = RawResource::from_value(&value);
-    let res = incoming(rt, raw, value)?;
+    let res = incoming(rt, raw, value, validation)?;
     if let Some(current) = txn.current(rt, &id).await?.filter(|c| !c.deleted) {
         if let Some(body) = &current.body {
             if let Ok(mut stored) = serde_json::from_str::<Value>(body) {

@@ -43,6 +43,8 @@ pub struct StoreConfig {
     pub default_count: usize,
     /// Largest page size honoured.
     pub max_count: usize,
+    /// How payloads are validated.
+    pub validation: trialbridge_validation::Options,
 }
 
 impl StoreConfig {
@@ -53,6 +55,7 @@ impl StoreConfig {
             max_body_bytes: 16 * 1024 * 1024,
             default_count: 20,
             max_count: 1000,
+            validation: config::validation_options(config::DEFAULT_EXTENSION_DOMAINS),
         }
     }
 }
@@ -104,7 +107,11 @@ pub struct Bound {
 pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     let store = trialbridge_storage::open(&config.database_url).await?;
     let study = if config.load_study {
-        Some(study::load(&*store).await.map_err(RunError::Study)?)
+        Some(
+            study::load(&*store, &config.validation)
+                .await
+                .map_err(RunError::Study)?,
+        )
     } else {
         None
     };
@@ -125,6 +132,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
             .unwrap_or_else(|| format!("http://{addr}/fhir")),
     );
     api.max_body_bytes = config.max_body_bytes;
+    api.validation = config.validation.clone();
     Ok(Bound {
         listener,
         state: StoreState {

@@ -33,7 +33,9 @@ impl LoadCounts {
 pub async fn load_values(
     store: &dyn ResourceStore,
     values: Vec<Value>,
+    validation: &trialbridge_validation::Options,
 ) -> Result<LoadCounts, ApiError> {
+    let validation = validation.clone();
     write(store, &AccessContext::system(), move |txn| {
         Box::pin(async move {
             let mut c = LoadCounts::default();
@@ -43,7 +45,7 @@ pub async fn load_values(
                     v.get("resourceType").and_then(Value::as_str).unwrap_or("?"),
                     v.get("id").and_then(Value::as_str).unwrap_or("?")
                 );
-                match load_resource(txn, v).await {
+                match load_resource(txn, v, &validation).await {
                     Ok(LoadResult::Created) => c.created += 1,
                     Ok(LoadResult::Updated) => c.updated += 1,
                     Ok(LoadResult::Unchanged) => c.unchanged += 1,
@@ -124,7 +126,9 @@ mod tests {
                 .unwrap();
         let ctx = AccessContext::system();
         let patients: Vec<Value> = (0..1200).map(|i| serde_json::json!({"resourceType":"Patient","id":format!("p{i}"),"gender":"female"})).collect();
-        load_values(&*store, patients).await.unwrap();
+        load_values(&*store, patients, &Default::default())
+            .await
+            .unwrap();
         let query =
             trialbridge_fhir::search::parse("Patient", &[("gender".into(), "female".into())], true)
                 .unwrap();

@@ -103,7 +103,10 @@ pub const FILES: &[(&str, &str)] = &[
 ];
 
 /// Loads the study definition.
-pub async fn load(store: &dyn ResourceStore) -> Result<LoadCounts, ApiError> {
+pub async fn load(
+    store: &dyn ResourceStore,
+    validation: &trialbridge_validation::Options,
+) -> Result<LoadCounts, ApiError> {
     let mut values = Vec::with_capacity(FILES.len());
     for (name, text) in FILES {
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
@@ -115,7 +118,7 @@ pub async fn load(store: &dyn ResourceStore) -> Result<LoadCounts, ApiError> {
         })?;
         values.push(v);
     }
-    load_values(store, values).await
+    load_values(store, values, validation).await
 }
 
 #[cfg(test)]
@@ -158,9 +161,19 @@ mod tests {
             trialbridge_storage::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
                 .await
                 .unwrap();
-        let first = load(&*store).await.unwrap();
+        let first = load(
+            &*store,
+            &crate::config::validation_options(crate::config::DEFAULT_EXTENSION_DOMAINS),
+        )
+        .await
+        .unwrap();
         assert_eq!(first.created, FILES.len());
-        let second = load(&*store).await.unwrap();
+        let second = load(
+            &*store,
+            &crate::config::validation_options(crate::config::DEFAULT_EXTENSION_DOMAINS),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             second,
             LoadCounts {

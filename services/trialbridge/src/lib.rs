@@ -52,7 +52,10 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
     init_tracing();
     let result = match cli.command {
         None | Some(Command::Serve) => return trial_store::serve_command(cli.serve).await,
-        Some(Command::Load(a)) => load::run(a, &cli.serve.database_url).await,
+        Some(Command::Load(a)) => {
+            let validation = trial_store::config::validation_options(&cli.serve.extension_domains);
+            load::run(a, &cli.serve.database_url, &validation).await
+        }
         Some(Command::Bench(a)) => bench::run(a).await,
         Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
     };

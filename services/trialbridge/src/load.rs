@@ -25,16 +25,21 @@ async fn flush_full_batch(
     pending: &mut Vec<Value>,
     total: &mut LoadCounts,
     bar: &indicatif::ProgressBar,
+    validation: &trialbridge_validation::Options,
 ) -> anyhow::Result<()> {
     if pending.len() >= BATCH {
-        total.add(load_batch(store, std::mem::take(pending)).await?);
+        total.add(load_batch(store, std::mem::take(pending), validation).await?);
         bar.set_message(format!("{} created", total.created));
     }
     Ok(())
 }
 
-async fn load_batch(store: &dyn ResourceStore, values: Vec<Value>) -> anyhow::Result<LoadCounts> {
-    load_values(store, values).await.map_err(|e| {
+async fn load_batch(
+    store: &dyn ResourceStore,
+    values: Vec<Value>,
+    validation: &trialbridge_validation::Options,
+) -> anyhow::Result<LoadCounts> {
+    load_values(store, values, validation).await.map_err(|e| {
         let why: Vec<String> = e
             .outcome()
             .issues
@@ -98,7 +103,11 @@ fn files_under(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
+pub async fn run(
+    args: LoadArgs,
+    database_url: &str,
+    validation: &trialbridge_validation::Options,
+) -> anyhow::Result<()> {
     let mut files = Vec::new();
     files_under(&args.path, &mut files)
         .with_context(|| format!("cannot read {}", args.path.display()))?;
@@ -132,7 +141,7 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
                     .with_context(|| format!("{}:{}", f.display(), n + 1))?;
                 resources_of(v, &mut pending)
                     .with_context(|| format!("{}:{}", f.display(), n + 1))?;
-                flush_full_batch(&*store, &mut pending, &mut total, &bar).await?;
+                flush_full_batch(&*store, &mut pending, &mut total, &bar, validation).await?;
             }
         } else {
             let bytes = std::fs::read(f)?;
@@ -140,11 +149,11 @@ pub async fn run(args: LoadArgs, database_url: &str) -> anyhow::Result<()> {
             let v: Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not JSON", f.display()))?;
             resources_of(v, &mut pending).with_context(|| f.display().to_string())?;
-            flush_full_batch(&*store, &mut pending, &mut total, &bar).await?;
+            flush_full_batch(&*store, &mut pending, &mut total, &bar, validation).await?;
         }
     }
     if !pending.is_empty() {
-        total.add(load_batch(&*store, pending).await?);
+        total.add(load_batch(&*store, pending, validation).await?);
     }
     bar.finish_and_clear();
     println!(

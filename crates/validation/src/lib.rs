@@ -1,0 +1,104 @@
+//! Validation of FHIR R4 payloads, pure and synchronous: every write to the trial store and
+//! every HL7 v2 message the site gateway maps goes through [`Validator`].
+//!
+//! Layers, each reporting every issue it finds with a FHIRPath `expression`:
+//! 1. [`json_text`]: the body as text (size, depth, string length, duplicate keys, JSON syntax);
+//! 2. the R4 structure, generated from the official StructureDefinitions (`walk`);
+//! 3. required and extensible bindings against the core value sets (`walk`);
+//! 4. core invariants and Bundle rules ([`invariants`]);
+//! 5. profiles: the core vital-signs profiles (`profiles`) and the trial's JSON Schemas.
+//!
+//! Protocol rules that need stored data (eligibility, status transitions, visit windows) are
+//! in [`protocol`], as functions of the facts the caller looked up.
+
+pub mod invariants;
+pub mod json_text;
+mod narrative;
+pub mod primitive;
+mod profiles;
+mod walk;
+
+pub use json_text::Limits;
+
+use serde_json::Value;
+use trialbridge_fhir::{IssueSeverity, OperationOutcome, OutcomeIssue};
+
+/// The result of validating one payload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// Every issue, errors and warnings, in document order.
+    pub issues: Vec<OutcomeIssue>,
+}
+
+impl Report {
+    /// Whether any issue is an error (or fatal).
+    pub fn has_errors(&self) -> bool {
+        self.issues
+            .iter()
+            .any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
+    }
+
+    /// The errors only.
+    pub fn errors(&self) -> impl Iterator<Item = &OutcomeIssue> {
+        self.issues
+            .iter()
+            .filter(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
+    }
+
+    /// The report as an OperationOutcome (an `information` issue when there is nothing to say,
+    /// as `$validate` must return at least one issue).
+    pub fn to_outcome(&self) -> OperationOutcome {
+        let mut issues = self.issues.clone();
+        if issues.is_empty() {
+            issues.push(OutcomeIssue::information(
+                trialbridge_fhir::IssueType::Informational,
+                "no issues found",
+            ));
+        }
+        OperationOutcome { issues }
+    }
+}
+
+/// What a deployment decides about validation.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Bounds on bodies (layer 1).
+    pub limits: Limits,
+    /// URL prefixes of extensions accepted without a definition here (the study's canonical
+    /// base, national base profiles). Any other non-core extension is an error.
+    pub extension_domains: Vec<String>,
+    /// Treat HTML tags inside markdown as errors (else warnings).
+    pub no_html_in_markdown: bool,
+}
+
+/// Validates a resource that is already parsed: layers 2-4 (structure, bindings, invariants).
+pub fn validate_resource(resource: &Value, options: &Options) -> Report {
+    let mut walk = walk::Walk::new(options);
+    match resource {
+        Value::Object(m) => {
+            walk.path = m
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("Resource")
+                .to_string();
+            walk.resource(m, false);
+        }
+        _ => walk.error(
+            trialbridge_fhir::IssueType::Structure,
+            "a resource must be a JSON object",
+        ),
+    }
+    Report {
+        issues: walk.issues,
+    }
+}
+
+/// Validates a body as received: layer 1, then the resource.
+pub fn validate_bytes(body: &[u8], options: &Options) -> Report {
+    match json_text::parse(body, &options.limits) {
+        Ok(v) => validate_resource(&v, options),
+        Err(issue) => Report {
+            issues: vec![issue],
+        },
+    }
+}
