@@ -92,25 +92,17 @@ pub(crate) fn element_type(walk: &mut Walk, td: &TypeDef, m: &Map<String, Value>
                 }
             }
         }
-        "Quantity" => {
-            if m.contains_key("code") && !m.contains_key("system") {
-                violated(walk, "qty-3");
-            }
+        "Quantity" if m.contains_key("code") && !m.contains_key("system") => {
+            violated(walk, "qty-3");
         }
-        "Attachment" => {
-            if m.contains_key("data") && !m.contains_key("contentType") {
-                violated(walk, "att-1");
-            }
+        "Attachment" if m.contains_key("data") && !m.contains_key("contentType") => {
+            violated(walk, "att-1");
         }
-        "ContactPoint" => {
-            if m.contains_key("value") && !m.contains_key("system") {
-                violated(walk, "cpt-2");
-            }
+        "ContactPoint" if m.contains_key("value") && !m.contains_key("system") => {
+            violated(walk, "cpt-2");
         }
-        "Ratio" => {
-            if m.contains_key("numerator") != m.contains_key("denominator") {
-                violated(walk, "rat-1");
-            }
+        "Ratio" if m.contains_key("numerator") != m.contains_key("denominator") => {
+            violated(walk, "rat-1");
         }
         "Extension" => {
             let value = has_prefix(m, "value");
@@ -118,10 +110,10 @@ pub(crate) fn element_type(walk: &mut Walk, td: &TypeDef, m: &Map<String, Value>
                 violated(walk, "ext-1");
             }
         }
-        "Observation.referenceRange" => {
-            if !m.contains_key("low") && !m.contains_key("high") && !has(m, "text") {
-                violated(walk, "obs-3");
-            }
+        "Observation.referenceRange"
+            if !m.contains_key("low") && !m.contains_key("high") && !has(m, "text") =>
+        {
+            violated(walk, "obs-3");
         }
         "Patient.contact" => {
             let details = ["name", "telecom", "address", "organization"]
@@ -193,11 +185,14 @@ pub(crate) fn contained(walk: &mut Walk, m: &Map<String, Value>, frame: &Resourc
     }
 }
 
+/// (fullUrl, type, id, versionId) of a Bundle entry.
+type BundleEntryKey = (Option<String>, &'static str, Option<String>, Option<String>);
+
 /// What references inside a Bundle can resolve to.
 pub(crate) struct BundleContext {
     ty: String,
     /// (fullUrl, type, id, versionId) per entry with a resource.
-    entries: Vec<(Option<String>, &'static str, Option<String>, Option<String>)>,
+    entries: Vec<BundleEntryKey>,
 }
 
 impl BundleContext {
@@ -469,10 +464,8 @@ fn bundle(walk: &mut Walk, m: &Map<String, Value>) {
                 violated(walk, "bdl-11");
             }
         }
-        "message" => {
-            if first != Some("MessageHeader") {
-                violated(walk, "bdl-12");
-            }
+        "message" if first != Some("MessageHeader") => {
+            violated(walk, "bdl-12");
         }
         _ => {}
     }

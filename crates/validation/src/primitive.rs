@@ -107,7 +107,7 @@ fn base64(text: &str) -> bool {
         }
         n += 1;
     }
-    n % 4 == 0 && pad <= 2
+    n.is_multiple_of(4) && pad <= 2
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
@@ -119,7 +119,9 @@ fn digits(b: &[u8]) -> Option<u32> {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,

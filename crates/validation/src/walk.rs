@@ -207,7 +207,7 @@ impl<'o> Walk<'o> {
             } else {
                 choices.iter().any(|(c, _)| *c == el.choice)
             };
-            if !present && !(el.choice.len() > 0 && self.reported_missing_choice(el)) {
+            if !present && (el.choice.is_empty() || !self.reported_missing_choice(el)) {
                 let name = if el.choice.is_empty() {
                     el.name.to_string()
                 } else {

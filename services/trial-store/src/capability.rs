@@ -66,6 +66,7 @@ fn statement() -> &'static Value {
                     "conditionalUpdate": true,
                     "conditionalDelete": "single",
                     "searchParam": params,
+                    "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
                 })
             })
             .collect();

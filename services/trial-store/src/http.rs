@@ -17,7 +17,7 @@ use trialbridge_storage::{write, AccessContext, StoredVersion};
 use crate::error::{outcome_response, ApiError};
 use crate::interactions::{self, checked_id, incoming_from_bytes, known_type, Written};
 use crate::negotiate::{negotiate, read_body, Format};
-use crate::{bundle, capability, history, search, StoreState};
+use crate::{bundle, capability, history, search, validate, StoreState};
 
 pub fn routes(state: StoreState) -> Router {
     Router::new()
@@ -33,6 +33,11 @@ pub fn routes(state: StoreState) -> Router {
                 .delete(conditional_delete),
         )
         .route("/fhir/{rtype}/_search", post(search::type_search_post))
+        .route("/fhir/{rtype}/$validate", post(validate::type_level))
+        .route(
+            "/fhir/{rtype}/{id}/$validate",
+            post(validate::instance_level).get(validate::instance_level),
+        )
         .route("/fhir/{rtype}/_history", get(history::of_type))
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{rtype}/{id}/_history", get(history::instance))

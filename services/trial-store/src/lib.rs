@@ -22,6 +22,7 @@ pub mod loading;
 mod negotiate;
 mod search;
 pub mod study;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

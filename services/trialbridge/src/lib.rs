@@ -1,11 +1,12 @@
 //! The all-in-one trialbridge binary and CLI.
 //!
 //! `trialbridge` (or `trialbridge serve`) starts every service in one process on an embedded
-//! SQLite database with the MesemCart study loaded; `load` imports FHIR files; `bench` drives a
-//! FHIR server with the benchmark workloads. The integration tests run this same entry point.
+//! SQLite database with the MesemCart study loaded; `load` imports FHIR files; `validate` checks
+//! files as the store would; `bench` drives a FHIR server with the benchmark workloads. The integration tests run this same entry point.
 
 mod bench;
 mod load;
+mod validate;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Reindex,
     /// Drive a FHIR server with a benchmark workload and print one JSON line of figures.
     Bench(bench::BenchArgs),
+    /// Validate FHIR JSON or NDJSON files as the store would, without a server.
+    Validate(validate::ValidateArgs),
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -57,6 +60,10 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             load::run(a, &cli.serve.database_url, &validation).await
         }
         Some(Command::Bench(a)) => bench::run(a).await,
+        Some(Command::Validate(a)) => validate::run(
+            a,
+            &trial_store::config::validation_options(&cli.serve.extension_domains),
+        ),
         Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
     };
     match result {

@@ -1,0 +1,243 @@
+//! `$validate` (`POST [type]/$validate`, `POST [type]/{id}/$validate`, `GET
+//! [type]/{id}/$validate`): the checks every write passes, as a report instead of a write.
+//! The answer is 200 with the OperationOutcome whether or not the resource is valid.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use trialbridge_fhir::structure::VITAL_SIGNS_PROFILES;
+use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
+use trialbridge_validation::Report;
+
+use crate::error::ApiError;
+use crate::http::{access, found, json_response, query_pairs};
+use crate::interactions::{checked_id, known_type};
+use crate::negotiate::{negotiate, read_body};
+use crate::StoreState;
+
+/// What the request asks to validate.
+struct ValidateRequest {
+    resource: Option<Value>,
+    mode: Option<String>,
+    profile: Option<String>,
+}
+
+fn bad(msg: impl Into<String>, at: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, msg).at(at.to_string())
+}
+
+/// Reads a body that is either the resource or a Parameters with `resource`, `mode`, `profile`.
+/// Layer-1 problems of the body (duplicate keys, syntax) are part of the report, not a 400.
+fn parse_request(
+    bytes: &[u8],
+    s: &StoreState,
+    pairs: &[(String, String)],
+) -> Result<(ValidateRequest, Vec<OutcomeIssue>), ApiError> {
+    let query = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut req = ValidateRequest {
+        resource: None,
+        mode: query("mode"),
+        profile: query("profile"),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok((req, Vec::new()));
+    }
+    let value = match trialbridge_validation::json_text::parse(bytes, &s.config.validation.limits) {
+        Ok(v) => v,
+        Err(issue) => return Ok((req, vec![issue])),
+    };
+    if value.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+        for p in value
+            .get("parameter")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match p.get("name").and_then(Value::as_str) {
+                Some("resource") => req.resource = p.get("resource").cloned(),
+                Some("mode") => {
+                    req.mode = p.get("valueCode").and_then(Value::as_str).map(String::from)
+                }
+                Some("profile") => {
+                    req.profile = p
+                        .get("valueUri")
+                        .or_else(|| p.get("valueCanonical"))
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                }
+                Some(other) => {
+                    return Err(bad(
+                        format!("$validate has no parameter '{other}' (resource, mode, profile)"),
+                        "Parameters.parameter",
+                    ))
+                }
+                None => return Err(bad("a parameter needs a name", "Parameters.parameter")),
+            }
+        }
+    } else {
+        req.resource = Some(value);
+    }
+    Ok((req, Vec::new()))
+}
+
+fn report_for(
+    s: &StoreState,
+    rt: &str,
+    resource: &Value,
+    profile: Option<&str>,
+) -> Result<Report, ApiError> {
+    let body_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if body_type != rt {
+        return Err(bad(
+            format!("resourceType '{body_type}' does not match the URL's type '{rt}'"),
+            "resourceType",
+        ));
+    }
+    let Some(profile) = profile else {
+        return Ok(trialbridge_validation::validate_resource(
+            resource,
+            &s.config.validation,
+        ));
+    };
+    // A profile parameter is validated as if the resource claimed it.
+    let url = profile.split('|').next().unwrap_or(profile);
+    if !VITAL_SIGNS_PROFILES.iter().any(|p| p.url == url) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            IssueType::NotSupported,
+            format!("the profile {url} is not known here (known: the R4 vital-signs profiles)"),
+        )
+        .at("profile"));
+    }
+    let mut claimed = resource.clone();
+    if let Value::Object(m) = &mut claimed {
+        let meta = m
+            .entry("meta")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(meta) = meta {
+            let profiles = meta
+                .entry("profile")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = profiles {
+                list.push(Value::from(url));
+            }
+        }
+    }
+    Ok(trialbridge_validation::validate_resource(
+        &claimed,
+        &s.config.validation,
+    ))
+}
+
+fn respond(
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+    outcome: OperationOutcome,
+) -> Result<Response, ApiError> {
+    let fmt = negotiate(headers, pairs)?;
+    Ok(json_response(
+        StatusCode::OK,
+        outcome.to_json().to_string(),
+        fmt,
+    ))
+}
+
+/// `POST [type]/$validate`.
+pub async fn type_level(
+    State(s): State<StoreState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(t) = path?;
+    let rt = known_type(&t)?;
+    let pairs = query_pairs(q.as_deref());
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let (req, layer1) = parse_request(&bytes, &s, &pairs)?;
+    if !layer1.is_empty() {
+        return respond(&headers, &pairs, OperationOutcome { issues: layer1 });
+    }
+    match req.mode.as_deref() {
+        None | Some("create") => {}
+        Some(m) => {
+            return Err(bad(
+                format!("mode '{m}' needs an instance: POST {rt}/[id]/$validate"),
+                "mode",
+            ))
+        }
+    }
+    let resource = req
+        .resource
+        .ok_or_else(|| bad("$validate needs a resource to validate", "resource"))?;
+    let report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+    respond(&headers, &pairs, report.to_outcome())
+}
+
+/// `POST [type]/{id}/$validate` (modes update and delete) and `GET [type]/{id}/$validate`
+/// (the stored current version).
+pub async fn instance_level(
+    State(s): State<StoreState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path((t, id)) = path?;
+    let rt = known_type(&t)?;
+    checked_id(rt, &id)?;
+    let pairs = query_pairs(q.as_deref());
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let (req, layer1) = parse_request(&bytes, &s, &pairs)?;
+    if !layer1.is_empty() {
+        return respond(&headers, &pairs, OperationOutcome { issues: layer1 });
+    }
+    let current = s.store.read(&access(&headers), rt, &id).await?;
+    match req.mode.as_deref() {
+        Some("delete") => {
+            let outcome = match current.filter(|c| !c.deleted) {
+                Some(_) => Report::default().to_outcome(),
+                None => OperationOutcome::single(
+                    OutcomeIssue::error(IssueType::NotFound, format!("{rt}/{id} does not exist"))
+                        .at(rt.to_string()),
+                ),
+            };
+            respond(&headers, &pairs, outcome)
+        }
+        None | Some("update") => {
+            let resource = match req.resource {
+                Some(r) => {
+                    if r.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                        return Err(bad(
+                            format!("the resource's id must be '{id}' to validate an update of {rt}/{id}"),
+                            &format!("{rt}.id"),
+                        ));
+                    }
+                    r
+                }
+                None => {
+                    let stored = found(rt, &id, current)?;
+                    serde_json::from_str(stored.body.as_deref().unwrap_or("{}")).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            IssueType::Exception,
+                            format!("the stored {rt}/{id} is not JSON: {e}"),
+                        )
+                    })?
+                }
+            };
+            let report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+            respond(&headers, &pairs, report.to_outcome())
+        }
+        Some(m) => Err(bad(
+            format!("mode '{m}' is not one of create, update, delete"),
+            "mode",
+        )),
+    }
+}
