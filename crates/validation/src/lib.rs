@@ -6,7 +6,8 @@
 //! 2. the R4 structure, generated from the official StructureDefinitions (`walk`);
 //! 3. required and extensible bindings against the core value sets (`walk`);
 //! 4. core invariants and Bundle rules ([`invariants`]);
-//! 5. profiles: the core vital-signs profiles (`profiles`) and the trial's JSON Schemas.
+//! 5. profiles: the core vital-signs profiles (`profiles`) and the trial profiles, JSON
+//!    Schemas in `openapi/schemas/` ([`trial`]).
 //!
 //! Protocol rules that need stored data (eligibility, status transitions, visit windows) are
 //! in [`protocol`], as functions of the facts the caller looked up.
@@ -16,6 +17,8 @@ pub mod json_text;
 mod narrative;
 pub mod primitive;
 mod profiles;
+pub mod protocol;
+pub mod trial;
 mod walk;
 
 pub use json_text::Limits;
@@ -82,6 +85,7 @@ pub fn validate_resource(resource: &Value, options: &Options) -> Report {
                 .unwrap_or("Resource")
                 .to_string();
             walk.resource(m, false);
+            trial::check(resource, &mut walk.issues);
         }
         _ => walk.error(
             trialbridge_fhir::IssueType::Structure,

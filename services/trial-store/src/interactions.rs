@@ -156,8 +156,25 @@ fn body_error(url_type: &str, e: BodyError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()).at(url_type.to_string())
 }
 
-/// Appends `res` as the next version of `resource_type/id`, setting `id` and `meta`.
+/// Appends `res` after the protocol rules passed, then records any protocol deviation they
+/// found (a DetectedIssue) in the same transaction.
 async fn store(
+    txn: &mut dyn WriteTxn,
+    res: &Incoming,
+    id: &str,
+) -> Result<StoredVersion, ApiError> {
+    let deviations = crate::protocol::enforce(txn, crate::study::rules(), res, id).await?;
+    let stored = append_version(txn, res, id).await?;
+    for d in deviations {
+        let raw = RawResource::from_value(&d);
+        let issue = incoming("DetectedIssue", raw, d, &ValidationOptions::default())?;
+        append_version(txn, &issue, &uuid::Uuid::now_v7().to_string()).await?;
+    }
+    Ok(stored)
+}
+
+/// Appends `res` as the next version of `resource_type/id`, setting `id` and `meta`.
+async fn append_version(
     txn: &mut dyn WriteTxn,
     res: &Incoming,
     id: &str,

@@ -20,6 +20,7 @@ mod include;
 mod interactions;
 pub mod loading;
 mod negotiate;
+mod protocol;
 mod search;
 pub mod study;
 mod validate;

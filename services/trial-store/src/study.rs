@@ -17,6 +17,12 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../studies/mesemcart/CodeSystem-mesemcart-measures.json"),
     ),
     (
+        "ConceptMap-mesemcart-subject-status-transitions.json",
+        include_str!(
+            "../../../studies/mesemcart/ConceptMap-mesemcart-subject-status-transitions.json"
+        ),
+    ),
+    (
         "Group-mesemcart-eligibility.json",
         include_str!("../../../studies/mesemcart/Group-mesemcart-eligibility.json"),
     ),
@@ -102,6 +108,19 @@ pub const FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The protocol rules of the built-in study definition (parsed once).
+pub fn rules() -> &'static trialbridge_validation::protocol::StudyRules {
+    static RULES: std::sync::OnceLock<trialbridge_validation::protocol::StudyRules> =
+        std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        let values: Vec<serde_json::Value> = FILES
+            .iter()
+            .filter_map(|(_, text)| serde_json::from_str(text).ok())
+            .collect();
+        trialbridge_validation::protocol::StudyRules::from_study(&values)
+    })
+}
+
 /// Loads the study definition.
 pub async fn load(
     store: &dyn ResourceStore,
@@ -124,6 +143,18 @@ pub async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_protocol_rules_come_from_the_study_files() {
+        let r = rules();
+        assert_eq!(r.age_years, Some((18.0, 60.0)));
+        assert_eq!(r.bmi_below, Some(35.0));
+        assert_eq!(r.qualifying_grades.len(), 5);
+        assert!(r.excluded_conditions.iter().any(|(_, c)| c == "M17"));
+        assert!(r.transition("on-study", "off-study").is_none());
+        assert!(r.transition("on-study", "withdrawn").is_some());
+        assert_eq!(r.visits.len(), 9, "{:?}", r.visits);
+    }
 
     #[test]
     fn every_study_file_is_built_in() {
