@@ -9,10 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
-data=bench/data/observations-1000.ndjson
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 . bench/lib.sh
+data=$work/observations.ndjson
+writable_data "$data"
 
 suite() { # label base pid
     local label=$1 base=$2 pid=$3

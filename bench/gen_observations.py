@@ -14,6 +14,11 @@ import sys
 n = int(sys.argv[1])
 out = sys.argv[2]
 base = [json.loads(line) for line in open("bench/data/observations-1000.ndjson", encoding="utf-8")]
+# As bench/lib.sh writable_data: the invalid performer (an Encounter) of the clinical-gender
+# example becomes a Practitioner, so that every server stores every Observation.
+for o in base:
+    if o.get("performer") == [{"reference": "Encounter/example"}]:
+        o["performer"] = [{"reference": "Practitioner/example"}]
 rng = random.Random(42)
 with open(out, "w", encoding="utf-8") as f:
     for i in range(n):

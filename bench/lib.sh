@@ -24,3 +24,11 @@ start_hfs() {
     hfs_pid=$!
     wait_up http://127.0.0.1:8191
 }
+
+# writable_data OUT: the benchmark Observations as every server must store them: the four
+# copies of Observation-clinical-gender, whose performer is an Encounter (invalid in R4, and
+# refused by trialbridge), point at Practitioner/example instead.
+writable_data() {
+    sed 's#"performer":\[{"reference":"Encounter/example"}\]#"performer":[{"reference":"Practitioner/example"}]#' \
+        bench/data/observations-1000.ndjson > "$1"
+}
