@@ -301,3 +301,28 @@ async fn a_visit_outside_its_window_is_stored_and_recorded_as_a_deviation() {
     );
     assert!(d["detail"].as_str().unwrap().contains("day 130"), "{d}");
 }
+
+#[tokio::test]
+async fn validate_takes_a_trial_profile() {
+    let s = TestStore::start().await;
+    // An Observation without the study link, validated against the trial profile on request.
+    let mut koos = example("Observation-mc-01-001-koos-pain-v5.json");
+    let o = koos.as_object_mut().unwrap();
+    o.remove("meta");
+    o.remove("extension");
+    let params = json!({"resourceType":"Parameters","parameter":[
+        {"name":"resource","resource":koos},
+        {"name":"profile","valueUri":"https://fhir.mesemcart-sponsor.example/StructureDefinition/mesemcart-observation"}]});
+    let r = post_fhir(s.url("Observation/$validate"), params.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let oo: Value = r.json().await.unwrap();
+    assert!(
+        errors(&oo)
+            .iter()
+            .any(|(e, _)| e == "Observation.extension"),
+        "{oo}"
+    );
+}

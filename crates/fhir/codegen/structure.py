@@ -44,6 +44,12 @@ class Gen:
         for ext in t.get("extension", []):
             if ext["url"] == FHIR_TYPE_EXT:
                 return ext.get("valueUrl") or ext.get("valueUri")
+        # Quantity profiles on an element's type (Range.low is a SimpleQuantity) name the type,
+        # so that their invariants (sqty-1, mny-1) apply.
+        for prof in t.get("profile", []):
+            name = prof.rsplit("/", 1)[-1]
+            if code == "Quantity" and name in QUANTITY_PROFILES:
+                return name
         if code.startswith("http://hl7.org/fhirpath/System."):
             return {"String": "string", "Boolean": "boolean", "Integer": "integer",
                     "Decimal": "decimal", "DateTime": "dateTime", "Time": "time",

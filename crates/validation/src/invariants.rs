@@ -11,11 +11,32 @@ use crate::walk::{ResourceFrame, Walk};
 
 /// The invariant keys this module evaluates. `ele-1` (no empty elements) is part of the walk.
 pub const IMPLEMENTED: &[&str] = &[
-    "att-1", "bdl-1", "bdl-2", "bdl-3", "bdl-4", "bdl-5", "bdl-7", "bdl-8", "bdl-9", "bdl-10",
-    "bdl-11", "bdl-12", "cpt-2", "dom-2", "dom-3", "dom-4", "dom-5", "ele-1", "ext-1", "obs-3",
-    "obs-6", "obs-7", "pat-1", "per-1", "qty-3", "rat-1", "ref-1", "rng-2", "sqty-1", "txt-1",
-    "txt-2",
+    "age-1", "att-1", "bdl-1", "bdl-2", "bdl-3", "bdl-4", "bdl-5", "bdl-7", "bdl-8", "bdl-9",
+    "bdl-10", "bdl-11", "bdl-12", "cnt-3", "con-1", "con-2", "con-3", "con-4", "con-5", "cpt-2",
+    "dis-1", "dom-2", "dom-3", "dom-4", "dom-5", "dom-6", "drq-1", "drq-2", "drt-1", "ele-1",
+    "exp-1", "ext-1", "obs-3", "obs-6", "obs-7", "org-1", "org-2", "org-3", "pat-1", "pdf-0",
+    "per-1", "qty-3", "rat-1", "ref-1", "rng-2", "sqty-1", "tim-1", "tim-2", "tim-4", "tim-5",
+    "tim-6", "tim-7", "tim-8", "tim-9", "tim-10", "trd-1", "trd-2", "trd-3", "txt-1", "txt-2",
 ];
+
+const UCUM: &str = "http://unitsofmeasure.org";
+
+fn ucum_or_absent(m: &Map<String, Value>) -> bool {
+    m.get("system").is_none_or(|s| s.as_str() == Some(UCUM))
+}
+
+fn coded(v: Option<&Value>, system: &str, codes: &[&str]) -> bool {
+    v.and_then(|c| c.get("coding"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("system").and_then(Value::as_str) == Some(system)
+                && c.get("code")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| codes.contains(&k))
+        })
+}
 
 fn violated(walk: &mut Walk, key: &str) {
     let (error, human) = structure::invariant(key).map_or((true, ""), |i| (i.error, i.human));
@@ -122,6 +143,121 @@ pub(crate) fn element_type(walk: &mut Walk, td: &TypeDef, m: &Map<String, Value>
             if !details {
                 violated(walk, "pat-1");
             }
+        }
+        "Age" => {
+            let value_ok = m
+                .get("value")
+                .and_then(Value::as_f64)
+                .is_none_or(|v| v > 0.0);
+            if (m.contains_key("value") && !m.contains_key("code"))
+                || !ucum_or_absent(m)
+                || !value_ok
+            {
+                violated(walk, "age-1");
+            }
+        }
+        "Count" => {
+            let whole = m
+                .get("value")
+                .is_none_or(|v| v.to_string().parse::<i64>().is_ok());
+            let code_one = m.get("code").is_none_or(|c| c.as_str() == Some("1"));
+            if (m.contains_key("value") && !m.contains_key("code"))
+                || !ucum_or_absent(m)
+                || !code_one
+                || !whole
+            {
+                violated(walk, "cnt-3");
+            }
+        }
+        "Distance"
+            if (m.contains_key("value") && !m.contains_key("code")) || !ucum_or_absent(m) =>
+        {
+            violated(walk, "dis-1");
+        }
+        "Duration"
+            if m.contains_key("code")
+                && (m.get("system").and_then(Value::as_str) != Some(UCUM)
+                    || !m.contains_key("value")) =>
+        {
+            violated(walk, "drt-1");
+        }
+        "Timing.repeat" => {
+            let num = |k: &str| m.get(k).and_then(Value::as_f64);
+            let when: Vec<&str> = m
+                .get("when")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let rules: [(&str, bool); 9] = [
+                (
+                    "tim-1",
+                    m.contains_key("duration") && !m.contains_key("durationUnit"),
+                ),
+                (
+                    "tim-2",
+                    m.contains_key("period") && !m.contains_key("periodUnit"),
+                ),
+                ("tim-4", num("duration").is_some_and(|d| d < 0.0)),
+                ("tim-5", num("period").is_some_and(|p| p < 0.0)),
+                (
+                    "tim-6",
+                    m.contains_key("periodMax") && !m.contains_key("period"),
+                ),
+                (
+                    "tim-7",
+                    m.contains_key("durationMax") && !m.contains_key("duration"),
+                ),
+                (
+                    "tim-8",
+                    m.contains_key("countMax") && !m.contains_key("count"),
+                ),
+                (
+                    "tim-9",
+                    m.contains_key("offset")
+                        && (when.is_empty()
+                            || when.iter().any(|w| matches!(*w, "C" | "CM" | "CD" | "CV"))),
+                ),
+                (
+                    "tim-10",
+                    m.contains_key("timeOfDay") && m.contains_key("when"),
+                ),
+            ];
+            for (key, broken) in rules {
+                if broken {
+                    violated(walk, key);
+                }
+            }
+        }
+        "DataRequirement.codeFilter" if m.contains_key("path") == m.contains_key("searchParam") => {
+            violated(walk, "drq-1");
+        }
+        "DataRequirement.dateFilter" if m.contains_key("path") == m.contains_key("searchParam") => {
+            violated(walk, "drq-2");
+        }
+        "Expression" if !has(m, "expression") && !has(m, "reference") => violated(walk, "exp-1"),
+        "TriggerDefinition" => {
+            let has_timing = m.keys().any(|k| k.starts_with("timing"));
+            if m.contains_key("data") && has_timing {
+                violated(walk, "trd-1");
+            }
+            if m.contains_key("condition") && !m.contains_key("data") {
+                violated(walk, "trd-2");
+            }
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
+            if (ty == "named-event" && !has(m, "name"))
+                || (ty == "periodic" && !has_timing)
+                || (ty.starts_with("data-") && !m.contains_key("data"))
+            {
+                violated(walk, "trd-3");
+            }
+        }
+        "Condition.stage" if !m.contains_key("summary") && !m.contains_key("assessment") => {
+            violated(walk, "con-1");
+        }
+        "Condition.evidence" if !m.contains_key("code") && !m.contains_key("detail") => {
+            violated(walk, "con-2");
         }
         "Bundle.entry" => {
             if !m.contains_key("resource")
@@ -273,14 +409,93 @@ fn entries(m: &Map<String, Value>) -> &[Value] {
 }
 
 /// Invariants of a resource type as a whole.
-pub(crate) fn resource(walk: &mut Walk, type_name: &str, m: &Map<String, Value>, _contained: bool) {
+pub(crate) fn resource(walk: &mut Walk, type_name: &str, m: &Map<String, Value>, contained: bool) {
     match type_name {
         "Observation" => {
             observation(walk, m);
             crate::profiles::vital_signs(walk, m);
         }
         "Bundle" => bundle(walk, m),
+        "Condition" => condition(walk, m),
+        "Organization" => organization(walk, m),
+        "PlanDefinition" => plan_definition(walk, m),
         _ => {}
+    }
+    // dom-6 (a guideline, so a warning): a resource should have a narrative.
+    let domain = !matches!(type_name, "Bundle" | "Binary" | "Parameters");
+    if domain && !contained && m.get("text").and_then(|t| t.get("div")).is_none() {
+        violated(walk, "dom-6");
+    }
+}
+
+const CONDITION_CLINICAL: &str = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+const CONDITION_VERIFICATION: &str = "http://terminology.hl7.org/CodeSystem/condition-ver-status";
+
+fn condition(walk: &mut Walk, m: &Map<String, Value>) {
+    let entered_in_error = coded(
+        m.get("verificationStatus"),
+        CONDITION_VERIFICATION,
+        &["entered-in-error"],
+    );
+    let problem_list = m
+        .get("category")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            coded(
+                Some(c),
+                "http://terminology.hl7.org/CodeSystem/condition-category",
+                &["problem-list-item"],
+            )
+        });
+    if !m.contains_key("clinicalStatus") && !entered_in_error && problem_list {
+        violated(walk, "con-3");
+    }
+    let abated = m.keys().any(|k| k.starts_with("abatement"));
+    if abated
+        && !coded(
+            m.get("clinicalStatus"),
+            CONDITION_CLINICAL,
+            &["resolved", "remission", "inactive"],
+        )
+    {
+        violated(walk, "con-4");
+    }
+    if entered_in_error && m.contains_key("clinicalStatus") {
+        violated(walk, "con-5");
+    }
+}
+
+fn organization(walk: &mut Walk, m: &Map<String, Value>) {
+    if !m.contains_key("identifier") && !has(m, "name") {
+        violated(walk, "org-1");
+    }
+    for (field, key) in [("address", "org-2"), ("telecom", "org-3")] {
+        for (i, a) in m
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if a.get("use").and_then(Value::as_str) == Some("home") {
+                violated_at(walk, &format!(".{field}[{i}]"), key);
+            }
+        }
+    }
+}
+
+fn plan_definition(walk: &mut Walk, m: &Map<String, Value>) {
+    if let Some(name) = m.get("name").and_then(Value::as_str) {
+        let b = name.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 255
+            && b[0].is_ascii_uppercase()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        if !ok {
+            violated_at(walk, ".name", "pdf-0");
+        }
     }
 }
 

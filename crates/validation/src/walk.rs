@@ -9,12 +9,10 @@ use trialbridge_fhir::{resource_type, IssueSeverity, IssueType, OutcomeIssue};
 
 use crate::{invariants, narrative, primitive};
 
-/// Quantity profiles that R4 uses as element types; they have Quantity's elements.
+/// SimpleQuantity, the Quantity profile that R4 element types name; it has Quantity's elements.
 fn model_type(name: &str) -> &str {
     match name {
-        "SimpleQuantity" | "MoneyQuantity" | "Age" | "Count" | "Distance" | "Duration" => {
-            "Quantity"
-        }
+        "SimpleQuantity" => "Quantity",
         other => other,
     }
 }
@@ -482,6 +480,14 @@ impl<'o> Walk<'o> {
             "CodeableConcept" => self.concept_binding(el, m),
             "Reference" => self.reference(el, m),
             "Extension" => self.extension(m),
+            _ => {}
+        }
+        // SimpleQuantity: a Quantity profile that element types name (Range.low, ...).
+        match el.ty.name {
+            "SimpleQuantity" if m.contains_key("comparator") => self.error(
+                IssueType::Invariant,
+                "sqty-1: The comparator is not used on a SimpleQuantity",
+            ),
             _ => {}
         }
     }

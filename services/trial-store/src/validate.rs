@@ -107,11 +107,15 @@ fn report_for(
     };
     // A profile parameter is validated as if the resource claimed it.
     let url = profile.split('|').next().unwrap_or(profile);
-    if !VITAL_SIGNS_PROFILES.iter().any(|p| p.url == url) {
+    let known = VITAL_SIGNS_PROFILES.iter().any(|p| p.url == url)
+        || trialbridge_validation::trial::profiles()
+            .iter()
+            .any(|p| p.url == url);
+    if !known {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             IssueType::NotSupported,
-            format!("the profile {url} is not known here (known: the R4 vital-signs profiles)"),
+            format!("the profile {url} is not known here (known: the R4 vital-signs profiles and the MesemCart profiles)"),
         )
         .at("profile"));
     }

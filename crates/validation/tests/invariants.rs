@@ -1,0 +1,347 @@
+//! Every invariant the validator claims to evaluate (`IMPLEMENTED`) has a resource here that
+//! breaks it and is reported under that key, so the list cannot claim more than is checked.
+
+use serde_json::{json, Value};
+use trialbridge_validation::invariants::IMPLEMENTED;
+use trialbridge_validation::{validate_resource, Options};
+
+fn obs(extra: Value) -> Value {
+    let mut o = json!({"resourceType":"Observation","status":"final","code":{"text":"KOOS pain"},
+        "text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}});
+    for (k, v) in extra.as_object().unwrap() {
+        o[k] = v.clone();
+    }
+    o
+}
+
+fn ext(value: Value) -> Value {
+    let (k, v) = value.as_object().unwrap().iter().next().unwrap();
+    obs(json!({"extension": [{"url": "http://example.org/x", k.clone(): v}]}))
+}
+
+fn repeat(r: Value) -> Value {
+    obs(json!({"effectiveTiming": {"repeat": r}}))
+}
+
+fn bundle(ty: &str, entries: Value, extra: Value) -> Value {
+    let mut b = json!({"resourceType":"Bundle","type":ty,"entry":entries});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+fn patient_entry(url: &str) -> Value {
+    json!({"fullUrl": url, "resource": {"resourceType":"Patient"}})
+}
+
+fn plan(action: Value) -> Value {
+    json!({"resourceType":"PlanDefinition","status":"active","action":[action]})
+}
+
+fn condition(extra: Value) -> Value {
+    let mut c = json!({"resourceType":"Condition","subject":{"reference":"Patient/p"}});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn cases() -> Vec<(&'static str, Value)> {
+    let ucum = "http://unitsofmeasure.org";
+    let u1 = "urn:uuid:6f1c9b8e-1d2c-4c59-9f1e-2d8a0e7c0001";
+    vec![
+        (
+            "age-1",
+            condition(json!({"onsetAge":{"value":-5,"unit":"a","system":ucum,"code":"a"}})),
+        ),
+        (
+            "att-1",
+            json!({"resourceType":"Patient","photo":[{"data":"aGVsbG8="}]}),
+        ),
+        (
+            "bdl-1",
+            bundle("collection", json!([patient_entry(u1)]), json!({"total":1})),
+        ),
+        (
+            "bdl-2",
+            bundle(
+                "collection",
+                json!([{"fullUrl":u1,"resource":{"resourceType":"Patient"},"search":{"mode":"match"}}]),
+                json!({}),
+            ),
+        ),
+        (
+            "bdl-3",
+            bundle("transaction", json!([patient_entry(u1)]), json!({})),
+        ),
+        (
+            "bdl-4",
+            bundle(
+                "transaction-response",
+                json!([patient_entry(u1)]),
+                json!({}),
+            ),
+        ),
+        (
+            "bdl-5",
+            bundle("collection", json!([{"fullUrl":u1}]), json!({})),
+        ),
+        (
+            "bdl-7",
+            bundle(
+                "collection",
+                json!([patient_entry(u1), patient_entry(u1)]),
+                json!({}),
+            ),
+        ),
+        (
+            "bdl-8",
+            bundle(
+                "collection",
+                json!([{"fullUrl":"http://x.org/fhir/Patient/1/_history/1","resource":{"resourceType":"Patient","id":"1"}}]),
+                json!({}),
+            ),
+        ),
+        (
+            "bdl-9",
+            bundle(
+                "document",
+                json!([{"fullUrl":u1,"resource":{"resourceType":"Composition","status":"final","type":{"text":"x"},"date":"2026","author":[{"display":"x"}],"title":"x"}}]),
+                json!({"timestamp":"2026-01-01T00:00:00Z"}),
+            ),
+        ),
+        (
+            "bdl-10",
+            bundle(
+                "document",
+                json!([{"fullUrl":u1,"resource":{"resourceType":"Composition","status":"final","type":{"text":"x"},"date":"2026","author":[{"display":"x"}],"title":"x"}}]),
+                json!({"identifier":{"system":"urn:x","value":"1"}}),
+            ),
+        ),
+        (
+            "bdl-11",
+            bundle(
+                "document",
+                json!([patient_entry(u1)]),
+                json!({"identifier":{"system":"urn:x","value":"1"},"timestamp":"2026-01-01T00:00:00Z"}),
+            ),
+        ),
+        (
+            "bdl-12",
+            bundle("message", json!([patient_entry(u1)]), json!({})),
+        ),
+        (
+            "cnt-3",
+            ext(json!({"valueCount":{"value":1.5,"system":ucum,"code":"1"}})),
+        ),
+        ("con-1", condition(json!({"stage":[{"type":{"text":"x"}}]}))),
+        ("con-2", condition(json!({"evidence":[{"id":"e1"}]}))),
+        (
+            "con-3",
+            condition(
+                json!({"category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-category","code":"problem-list-item"}]}]}),
+            ),
+        ),
+        (
+            "con-4",
+            condition(
+                json!({"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},"abatementDateTime":"2026"}),
+            ),
+        ),
+        (
+            "con-5",
+            condition(
+                json!({"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"active"}]},"verificationStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-ver-status","code":"entered-in-error"}]}}),
+            ),
+        ),
+        (
+            "cpt-2",
+            json!({"resourceType":"Patient","telecom":[{"value":"0301 123"}]}),
+        ),
+        ("dis-1", ext(json!({"valueDistance":{"value":3}}))),
+        (
+            "dom-2",
+            obs(
+                json!({"contained":[{"resourceType":"Patient","id":"p","contained":[{"resourceType":"Patient","id":"q"}]}],"subject":{"reference":"#p"}}),
+            ),
+        ),
+        (
+            "dom-3",
+            obs(json!({"contained":[{"resourceType":"Patient","id":"p"}]})),
+        ),
+        (
+            "dom-4",
+            obs(
+                json!({"contained":[{"resourceType":"Patient","id":"p","meta":{"versionId":"1"}}],"subject":{"reference":"#p"}}),
+            ),
+        ),
+        (
+            "dom-5",
+            obs(
+                json!({"contained":[{"resourceType":"Patient","id":"p","meta":{"security":[{"code":"R"}]}}],"subject":{"reference":"#p"}}),
+            ),
+        ),
+        ("dom-6", json!({"resourceType":"Patient"})),
+        (
+            "drq-1",
+            plan(
+                json!({"input":[{"type":"Patient","codeFilter":[{"path":"code","searchParam":"code"}]}]}),
+            ),
+        ),
+        (
+            "drq-2",
+            plan(json!({"input":[{"type":"Patient","dateFilter":[{"valueDateTime":"2026"}]}]})),
+        ),
+        (
+            "drt-1",
+            ext(json!({"valueDuration":{"value":1,"code":"d"}})),
+        ),
+        ("ele-1", obs(json!({"subject":{}}))),
+        (
+            "exp-1",
+            plan(
+                json!({"condition":[{"kind":"applicability","expression":{"language":"text/fhirpath"}}]}),
+            ),
+        ),
+        (
+            "ext-1",
+            obs(json!({"extension":[{"url":"http://example.org/x"}]})),
+        ),
+        (
+            "obs-3",
+            obs(json!({"referenceRange":[{"appliesTo":[{"text":"adults"}]}]})),
+        ),
+        (
+            "obs-6",
+            obs(json!({"valueString":"x","dataAbsentReason":{"text":"asked"}})),
+        ),
+        (
+            "obs-7",
+            obs(
+                json!({"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},"valueString":"x","component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6"}]},"valueString":"y"}]}),
+            ),
+        ),
+        (
+            "org-1",
+            json!({"resourceType":"Organization","active":true}),
+        ),
+        (
+            "org-2",
+            json!({"resourceType":"Organization","name":"Site","address":[{"use":"home","city":"Berlin"}]}),
+        ),
+        (
+            "org-3",
+            json!({"resourceType":"Organization","name":"Site","telecom":[{"system":"phone","value":"1","use":"home"}]}),
+        ),
+        (
+            "pat-1",
+            json!({"resourceType":"Patient","contact":[{"gender":"male"}]}),
+        ),
+        (
+            "pdf-0",
+            json!({"resourceType":"PlanDefinition","status":"active","name":"not an identifier"}),
+        ),
+        (
+            "per-1",
+            obs(json!({"effectivePeriod":{"start":"2026-03-02","end":"2026-03-01"}})),
+        ),
+        (
+            "qty-3",
+            obs(json!({"valueQuantity":{"value":1,"code":"mg"}})),
+        ),
+        (
+            "rat-1",
+            obs(json!({"valueRatio":{"numerator":{"value":1}}})),
+        ),
+        ("ref-1", obs(json!({"subject":{"reference":"#nowhere"}}))),
+        (
+            "rng-2",
+            obs(json!({"valueRange":{"low":{"value":5},"high":{"value":1}}})),
+        ),
+        (
+            "sqty-1",
+            obs(json!({"referenceRange":[{"low":{"value":1,"comparator":"<"}}]})),
+        ),
+        ("tim-1", repeat(json!({"duration":1}))),
+        ("tim-2", repeat(json!({"period":1}))),
+        ("tim-4", repeat(json!({"duration":-1,"durationUnit":"h"}))),
+        ("tim-5", repeat(json!({"period":-1,"periodUnit":"h"}))),
+        ("tim-6", repeat(json!({"periodMax":2}))),
+        ("tim-7", repeat(json!({"durationMax":2}))),
+        ("tim-8", repeat(json!({"countMax":2}))),
+        ("tim-9", repeat(json!({"offset":30}))),
+        (
+            "tim-10",
+            repeat(json!({"timeOfDay":["08:00:00"],"when":["MORN"]})),
+        ),
+        (
+            "trd-1",
+            plan(
+                json!({"trigger":[{"type":"periodic","timingDate":"2026","data":[{"type":"Patient"}]}]}),
+            ),
+        ),
+        (
+            "trd-2",
+            plan(
+                json!({"trigger":[{"type":"named-event","name":"x","condition":{"language":"text/fhirpath","expression":"true"}}]}),
+            ),
+        ),
+        ("trd-3", plan(json!({"trigger":[{"type":"named-event"}]}))),
+        (
+            "txt-1",
+            obs(
+                json!({"text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>x()</script></div>"}}),
+            ),
+        ),
+        (
+            "txt-2",
+            obs(
+                json!({"text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}}),
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn every_claimed_invariant_is_reported_when_broken() {
+    let options = Options {
+        extension_domains: vec!["http://example.org/".into()],
+        ..Options::default()
+    };
+    let cases = cases();
+    for key in IMPLEMENTED {
+        let Some((_, resource)) = cases.iter().find(|(k, _)| k == key) else {
+            panic!("no case breaks {key}");
+        };
+        let report = validate_resource(resource, &options);
+        assert!(
+            report
+                .issues
+                .iter()
+                .any(|i| i.diagnostics.contains(&format!("{key}:"))
+                    || i.diagnostics.contains(&format!("({key})"))),
+            "{key} not reported for {resource}: {:#?}",
+            report.issues
+        );
+    }
+}
+
+#[test]
+fn the_valid_bases_break_nothing() {
+    let options = Options::default();
+    let clean = obs(json!({}));
+    assert!(
+        !validate_resource(&clean, &options).has_errors(),
+        "{:#?}",
+        validate_resource(&clean, &options)
+    );
+    let c = condition(
+        json!({"text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}}),
+    );
+    assert!(
+        validate_resource(&c, &options).issues.is_empty(),
+        "{:#?}",
+        validate_resource(&c, &options)
+    );
+}
