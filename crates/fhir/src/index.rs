@@ -451,19 +451,9 @@ pub fn modified(param: &str, modifier: &str) -> &'static str {
 
 /// `http://any.base/fhir/Patient/1/_history/2` and `Patient/1` both index as `Patient/1`.
 pub fn relative_reference(r: &str) -> String {
-    let parts: Vec<&str> = r.split('/').collect();
-    let n = parts.len();
-    let (t, id) = if n >= 4 && parts[n - 2] == "_history" {
-        (parts[n - 4], parts[n - 3])
-    } else if n >= 2 {
-        (parts[n - 2], parts[n - 1])
-    } else {
-        return r.to_string();
-    };
-    if crate::is_resource_type(t) {
-        format!("{t}/{id}")
-    } else {
-        r.to_string()
+    match crate::reference::literal_target(r) {
+        Some((t, id)) => format!("{t}/{id}"),
+        None => r.to_string(),
     }
 }
 

@@ -3,6 +3,21 @@
 
 use serde_json::Value;
 
+/// The resource type and id of a literal reference: `Type/id`, `Type/id/_history/v`, or an
+/// absolute URL ending in one of them. `None` when the type is not an R4 resource type.
+pub fn literal_target(r: &str) -> Option<(&'static str, &str)> {
+    let parts: Vec<&str> = r.split('/').collect();
+    let n = parts.len();
+    let (t, id) = if n >= 4 && parts[n - 2] == "_history" {
+        (parts[n - 4], parts[n - 3])
+    } else if n >= 2 {
+        (parts[n - 2], parts[n - 1])
+    } else {
+        return None;
+    };
+    Some((crate::resource_type::canonical(t)?, id))
+}
+
 /// Replaces every `reference` value for which `map` returns a replacement, anywhere in the
 /// resource (contained resources and extensions included). Returns how many were replaced.
 pub fn rewrite_references(v: &mut Value, map: &mut dyn FnMut(&str) -> Option<String>) -> usize {

@@ -37,7 +37,8 @@ pub(crate) fn claimed(m: &Map<String, Value>) -> Vec<&'static VitalSignsProfile>
     out
 }
 
-fn codings(cc: Option<&Value>) -> impl Iterator<Item = (&str, &str)> {
+/// `(system, code)` of each coding of a CodeableConcept.
+pub(crate) fn codings(cc: Option<&Value>) -> impl Iterator<Item = (&str, &str)> {
     cc.and_then(|c| c.get("coding"))
         .and_then(Value::as_array)
         .into_iter()

@@ -7,6 +7,7 @@
 use serde_json::Value;
 use trialbridge_fhir::{IssueSeverity, IssueType, OutcomeIssue};
 
+use crate::profiles::codings;
 use crate::trial::STUDY_BASE;
 
 /// ResearchSubject statuses that mean enrolled (R4 `research-subject-status`).
@@ -58,14 +59,6 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
         cur = cur.get(p)?;
     }
     cur.as_str()
-}
-
-fn codings(cc: Option<&Value>) -> impl Iterator<Item = (&str, &str)> {
-    cc.and_then(|c| c.get("coding"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| Some((c.get("system")?.as_str()?, c.get("code")?.as_str()?)))
 }
 
 impl StudyRules {

@@ -711,16 +711,7 @@ impl<'o> Walk<'o> {
 /// URL ending in one of them.
 pub(crate) fn reference_type(r: &str) -> Option<&'static str> {
     let r = r.split(['?', '#']).next().unwrap_or(r);
-    let parts: Vec<&str> = r.split('/').collect();
-    let n = parts.len();
-    let (t, id) = if n >= 4 && parts[n - 2] == "_history" {
-        (parts[n - 4], parts[n - 3])
-    } else if n >= 2 {
-        (parts[n - 2], parts[n - 1])
-    } else {
-        return None;
-    };
-    let t = resource_type::canonical(t)?;
+    let (t, id) = trialbridge_fhir::reference::literal_target(r)?;
     trialbridge_fhir::id::is_valid_id(id).then_some(t)
 }
 
