@@ -1,0 +1,350 @@
+//! Acknowledgements: original mode (MSA-1 AA/AE/AR) and enhanced mode (commit CA/CE/CR as
+//! MSH-15 asks), with an ERR segment per problem (location, HL7 table 0357 code, severity,
+//! text), in the shape of the acknowledged message's version.
+
+use crate::escape::escape;
+use crate::{Delimiters, Message};
+
+/// MSA-1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckCode {
+    /// Application accept.
+    AA,
+    /// Application error: the sender should fix the message.
+    AE,
+    /// Application reject: unsupported type, version or processing id, or the receiver is
+    /// unavailable (the sender may resend unchanged).
+    AR,
+    /// Commit accept (enhanced mode).
+    CA,
+    /// Commit error (enhanced mode).
+    CE,
+    /// Commit reject (enhanced mode).
+    CR,
+}
+
+impl AckCode {
+    /// The code as written in MSA-1.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AA => "AA",
+            Self::AE => "AE",
+            Self::AR => "AR",
+            Self::CA => "CA",
+            Self::CE => "CE",
+            Self::CR => "CR",
+        }
+    }
+
+    /// The enhanced-mode (commit) code for an application code.
+    pub fn commit(self) -> Self {
+        match self {
+            Self::AA | Self::CA => Self::CA,
+            Self::AE | Self::CE => Self::CE,
+            Self::AR | Self::CR => Self::CR,
+        }
+    }
+}
+
+/// One problem, for an ERR segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckError {
+    /// Segment id (`PID`), empty when the message as a whole is concerned.
+    pub segment: String,
+    /// Which occurrence of the segment (1-based).
+    pub sequence: usize,
+    /// Field number, if one.
+    pub field: Option<usize>,
+    /// HL7 table 0357 code (`101` required field missing, `102` data type error, `103` table
+    /// value not found, `200` unsupported message type, `203` unsupported version id, `207`
+    /// application internal error).
+    pub code: &'static str,
+    /// `E` error, `W` warning, `I` information.
+    pub severity: char,
+    /// What an integrator should do about it.
+    pub text: String,
+}
+
+impl AckError {
+    /// An error about the whole message.
+    pub fn message(code: &'static str, text: impl Into<String>) -> Self {
+        Self {
+            segment: String::new(),
+            sequence: 1,
+            field: None,
+            code,
+            severity: 'E',
+            text: text.into(),
+        }
+    }
+
+    /// An error at a field.
+    pub fn at(
+        segment: &str,
+        sequence: usize,
+        field: usize,
+        code: &'static str,
+        text: impl Into<String>,
+    ) -> Self {
+        Self {
+            segment: segment.to_string(),
+            sequence,
+            field: Some(field),
+            code,
+            severity: 'E',
+            text: text.into(),
+        }
+    }
+}
+
+fn code_text(code: &str) -> &'static str {
+    match code {
+        "0" => "Message accepted",
+        "100" => "Segment sequence error",
+        "101" => "Required field missing",
+        "102" => "Data type error",
+        "103" => "Table value not found",
+        "200" => "Unsupported message type",
+        "201" => "Unsupported event code",
+        "202" => "Unsupported processing id",
+        "203" => "Unsupported version id",
+        "204" => "Unknown key identifier",
+        "205" => "Duplicate key identifier",
+        "206" => "Application record locked",
+        _ => "Application internal error",
+    }
+}
+
+/// What the acknowledged message said of itself (from its MSH, or defaults when it had none).
+#[derive(Debug, Clone)]
+pub struct Acknowledged {
+    delimiters: Delimiters,
+    sending: (String, String),
+    receiving: (String, String),
+    trigger: String,
+    control_id: String,
+    processing_id: String,
+    version: String,
+    accept_ack: String,
+    app_ack: String,
+}
+
+impl Acknowledged {
+    /// From a parsed message.
+    pub fn of(m: &Message) -> Self {
+        Self {
+            delimiters: *m.delimiters(),
+            sending: (m.msh(3).raw().to_string(), m.msh(4).raw().to_string()),
+            receiving: (m.msh(5).raw().to_string(), m.msh(6).raw().to_string()),
+            trigger: m.msh(9).component(2).into_owned(),
+            control_id: m.msh(10).raw().to_string(),
+            processing_id: m.msh(11).raw().to_string(),
+            version: m.msh(12).raw().to_string(),
+            accept_ack: m.msh(15).raw().to_string(),
+            app_ack: m.msh(16).raw().to_string(),
+        }
+    }
+
+    /// For bytes that are not a message: an MSA-2 recovered from an MSH line if there is one.
+    pub fn unparsed(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let line = text
+            .split(['\r', '\n'])
+            .find(|l| l.starts_with("MSH"))
+            .unwrap_or("");
+        let sep = line
+            .chars()
+            .nth(3)
+            .filter(|c| !c.is_alphanumeric())
+            .unwrap_or('|');
+        let fields: Vec<&str> = line.split(sep).collect();
+        let get = |n: usize| fields.get(n - 1).map_or(String::new(), |s| s.to_string());
+        Self {
+            delimiters: Delimiters::default(),
+            sending: (get(3), get(4)),
+            receiving: (get(5), get(6)),
+            trigger: String::new(),
+            control_id: get(10).chars().filter(|c| *c != '\r').collect(),
+            processing_id: "P".into(),
+            version: "2.5".into(),
+            accept_ack: String::new(),
+            app_ack: String::new(),
+        }
+    }
+
+    /// Whether the sender asked for enhanced mode (MSH-15 or MSH-16 present).
+    pub fn enhanced(&self) -> bool {
+        !self.accept_ack.is_empty() || !self.app_ack.is_empty()
+    }
+
+    /// Whether an acknowledgement with this (application) outcome is to be sent on the
+    /// connection: always in original mode; in enhanced mode as MSH-15 (AL, ER, SU, NE) says.
+    pub fn wants(&self, code: AckCode) -> bool {
+        if !self.enhanced() {
+            return true;
+        }
+        let ok = matches!(code, AckCode::AA | AckCode::CA);
+        match self.accept_ack.as_str() {
+            "NE" => false,
+            "ER" => !ok,
+            "SU" => ok,
+            _ => true,
+        }
+    }
+
+    /// MSA-2: the control id acknowledged.
+    pub fn control_id(&self) -> &str {
+        &self.control_id
+    }
+}
+
+/// Builds the acknowledgement message. `control_id` is the ACK's own MSH-10 and `now` its
+/// MSH-7 (`YYYYMMDDHHMMSS`). In enhanced mode the code becomes the commit code.
+pub fn build(
+    of: &Acknowledged,
+    code: AckCode,
+    errors: &[AckError],
+    control_id: &str,
+    now: &str,
+) -> String {
+    let d = &of.delimiters;
+    let f = d.field as char;
+    let c = d.component as char;
+    let sub = d.subcomponent as char;
+    let code = if of.enhanced() { code.commit() } else { code };
+    let version = if of.version.is_empty() {
+        "2.5".to_string()
+    } else {
+        of.version.clone()
+    };
+    let mut out = format!(
+        "MSH{f}{enc}{f}{ra}{f}{rf}{f}{sa}{f}{sf}{f}{now}{f}{f}ACK{c}{trig}{c}ACK{f}{cid}{f}{pid}{f}{ver}",
+        enc = d.encoding_characters(),
+        ra = of.receiving.0,
+        rf = of.receiving.1,
+        sa = of.sending.0,
+        sf = of.sending.1,
+        trig = of.trigger,
+        cid = escape(control_id, d),
+        pid = if of.processing_id.is_empty() { "P" } else { &of.processing_id },
+        ver = version,
+    );
+    out.push('\r');
+    let text = errors
+        .first()
+        .map(|e| escape(&e.text, d))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "MSA{f}{}{f}{}{f}{}\r",
+        code.as_str(),
+        of.control_id,
+        text
+    ));
+    let old = version.as_str() < "2.5";
+    for e in errors {
+        let loc = if e.segment.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{}{c}{}{c}{}",
+                e.segment,
+                e.sequence,
+                e.field.map(|n| n.to_string()).unwrap_or_default()
+            )
+        };
+        let text = escape(&e.text, d);
+        if old {
+            // ERR-1 (v2.1-2.4): segment ^ sequence ^ field ^ code&text&table.
+            let loc = if loc.is_empty() {
+                format!("{c}{c}")
+            } else {
+                loc
+            };
+            out.push_str(&format!(
+                "ERR{f}{loc}{c}{}{sub}{}{sub}HL70357\r",
+                e.code,
+                code_text(e.code)
+            ));
+        } else {
+            out.push_str(&format!(
+                "ERR{f}{f}{loc}{f}{}{c}{}{c}HL70357{f}{}{f}{f}{f}{f}{text}\r",
+                e.code,
+                code_text(e.code),
+                e.severity
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_mode_ack_with_err() {
+        let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260101||ORU^R01|C123|P|2.5.1\rPID|1\r")
+            .unwrap();
+        let of = Acknowledged::of(&m);
+        let ack = build(
+            &of,
+            AckCode::AE,
+            &[AckError::at(
+                "OBX",
+                2,
+                5,
+                "102",
+                "OBX-5 '1,5' is not a number",
+            )],
+            "A1",
+            "20260101120000",
+        );
+        let parsed = Message::parse(ack.as_bytes()).unwrap();
+        assert_eq!(parsed.msh(3).raw(), "TB");
+        assert_eq!(parsed.msh(5).raw(), "LAB");
+        assert_eq!(parsed.msh(9).raw(), "ACK^R01^ACK");
+        let msa = parsed.segment("MSA").unwrap();
+        assert_eq!(msa.field(1).raw(), "AE");
+        assert_eq!(msa.field(2).raw(), "C123");
+        let err = parsed.segment("ERR").unwrap();
+        assert_eq!(err.field(2).raw(), "OBX^2^5");
+        assert_eq!(err.field(3).component(1), "102");
+        assert_eq!(err.field(4).raw(), "E");
+        assert!(of.wants(AckCode::AA));
+    }
+
+    #[test]
+    fn enhanced_mode_commit_codes() {
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|1||ADT^A04|9|P|2.5|||ER|AL\r").unwrap();
+        let of = Acknowledged::of(&m);
+        assert!(of.enhanced());
+        assert!(!of.wants(AckCode::AA));
+        assert!(of.wants(AckCode::AE));
+        let ack = build(&of, AckCode::AE, &[], "A2", "1");
+        assert!(ack.contains("MSA|CE|9"));
+    }
+
+    #[test]
+    fn old_versions_get_err_1() {
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|1||ADT^A04|9|P|2.3\r").unwrap();
+        let ack = build(
+            &Acknowledged::of(&m),
+            AckCode::AR,
+            &[AckError::message("200", "no")],
+            "A3",
+            "1",
+        );
+        assert!(
+            ack.contains("ERR|^^^200&Unsupported message type&HL70357"),
+            "{ack}"
+        );
+    }
+
+    #[test]
+    fn nak_for_bytes_that_are_not_a_message() {
+        let of = Acknowledged::unparsed(b"MSH|^~\\&|A|B|C|D|1||ADT^A04|XYZ|P|2.5\rgarbage");
+        assert_eq!(of.control_id(), "XYZ");
+        let of = Acknowledged::unparsed(b"\x00\x01binary");
+        assert_eq!(of.control_id(), "");
+    }
+}
