@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The test command of the README: sets up the third-party clients the integration tests drive
-# (fhirpy in a venv under target/), then runs every test of the workspace.
+# (fhirpy and python-hl7 with its mllp_send in a venv under target/), then runs every test of
+# the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/test-venv
-if ! "$venv/bin/python" -c 'import fhirpy' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import fhirpy, hl7' 2>/dev/null || [ ! -x "$venv/bin/mllp_send" ]; then
     echo "scripts/test.sh: installing the Python test clients into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r integration-tests/python/requirements.txt
 fi
 export TRIALBRIDGE_TEST_PYTHON="$PWD/$venv/bin/python"
+export TRIALBRIDGE_TEST_MLLP_SEND="$PWD/$venv/bin/mllp_send"
 
 # fhir-kit-client from npm, pinned by integration-tests/node/package-lock.json.
 if [ ! -d integration-tests/node/node_modules/fhir-kit-client ]; then

@@ -12,7 +12,15 @@ use tokio::process::{Child, Command};
 
 async fn start(db: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--mllp-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
         .env("TRIALBRIDGE_DATABASE_URL", db)
         .env("TRIALBRIDGE_LOAD_STUDY", "false")
         .stdout(Stdio::piped())

@@ -6,6 +6,7 @@
 
 mod bench;
 mod load;
+mod serve;
 mod validate;
 
 use std::ffi::OsString;
@@ -23,11 +24,13 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    #[command(flatten)]
+    gateway: site_gateway::GatewayArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the trial store (the default when no command is given).
+    /// Serve the trial store and the site gateway (the default when no command is given).
     Serve,
     /// Load FHIR resources from a JSON file, an NDJSON file or a directory of them.
     Load(load::LoadArgs),
@@ -54,7 +57,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
     };
     init_tracing();
     let result = match cli.command {
-        None | Some(Command::Serve) => return trial_store::serve_command(cli.serve).await,
+        None | Some(Command::Serve) => return serve::run(cli.serve, cli.gateway).await,
         Some(Command::Load(a)) => {
             let validation = trial_store::config::validation_options(&cli.serve.extension_domains);
             load::run(a, &cli.serve.database_url, &validation).await

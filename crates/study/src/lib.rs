@@ -1,0 +1,227 @@
+//! The MesemCart study definition (`studies/mesemcart/`: ResearchStudies, eligibility Group,
+//! schedule PlanDefinitions, CodeSystems, ValueSets, ConceptMaps) built into the binary, for
+//! every service that needs it: the trial store loads it, the site gateway maps site codes
+//! with its ConceptMaps, the protocol rules read their numbers from it.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Every file of `studies/mesemcart/` (a test checks that none is missing).
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "CodeSystem-mesemcart-grades.json",
+        include_str!("../../../studies/mesemcart/CodeSystem-mesemcart-grades.json"),
+    ),
+    (
+        "CodeSystem-mesemcart-measures.json",
+        include_str!("../../../studies/mesemcart/CodeSystem-mesemcart-measures.json"),
+    ),
+    (
+        "ConceptMap-mesemcart-site-local-codes.json",
+        include_str!("../../../studies/mesemcart/ConceptMap-mesemcart-site-local-codes.json"),
+    ),
+    (
+        "ConceptMap-mesemcart-subject-status-transitions.json",
+        include_str!(
+            "../../../studies/mesemcart/ConceptMap-mesemcart-subject-status-transitions.json"
+        ),
+    ),
+    (
+        "Group-mesemcart-eligibility.json",
+        include_str!("../../../studies/mesemcart/Group-mesemcart-eligibility.json"),
+    ),
+    (
+        "Organization-mesemcart-sponsor.json",
+        include_str!("../../../studies/mesemcart/Organization-mesemcart-sponsor.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-protocol.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-protocol.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v0.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v0.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v1.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v1.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v2.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v2.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v3.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v3.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v4.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v4.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v5.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v5.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v6.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v6.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v7.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v7.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v8.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v8.json"),
+    ),
+    (
+        "PlanDefinition-mesemcart-visit-v9.json",
+        include_str!("../../../studies/mesemcart/PlanDefinition-mesemcart-visit-v9.json"),
+    ),
+    (
+        "ResearchStudy-mesemcart-site-01.json",
+        include_str!("../../../studies/mesemcart/ResearchStudy-mesemcart-site-01.json"),
+    ),
+    (
+        "ResearchStudy-mesemcart-site-02.json",
+        include_str!("../../../studies/mesemcart/ResearchStudy-mesemcart-site-02.json"),
+    ),
+    (
+        "ResearchStudy-mesemcart-site-03.json",
+        include_str!("../../../studies/mesemcart/ResearchStudy-mesemcart-site-03.json"),
+    ),
+    (
+        "ResearchStudy-mesemcart.json",
+        include_str!("../../../studies/mesemcart/ResearchStudy-mesemcart.json"),
+    ),
+    (
+        "ValueSet-mesemcart-conditions.json",
+        include_str!("../../../studies/mesemcart/ValueSet-mesemcart-conditions.json"),
+    ),
+    (
+        "ValueSet-mesemcart-excluded-conditions.json",
+        include_str!("../../../studies/mesemcart/ValueSet-mesemcart-excluded-conditions.json"),
+    ),
+    (
+        "ValueSet-mesemcart-observation-codes.json",
+        include_str!("../../../studies/mesemcart/ValueSet-mesemcart-observation-codes.json"),
+    ),
+    (
+        "ValueSet-mesemcart-qualifying-defect-grades.json",
+        include_str!("../../../studies/mesemcart/ValueSet-mesemcart-qualifying-defect-grades.json"),
+    ),
+];
+
+/// The study's resources, parsed once.
+pub fn resources() -> &'static [Value] {
+    static RESOURCES: OnceLock<Vec<Value>> = OnceLock::new();
+    RESOURCES.get_or_init(|| {
+        FILES
+            .iter()
+            .map(|(name, text)| {
+                serde_json::from_str(text).unwrap_or_else(|e| {
+                    panic!("studies/mesemcart/{name}: {e} (a test parses every file)")
+                })
+            })
+            .collect()
+    })
+}
+
+/// The resource of this type and id.
+pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
+    resources().iter().find(|r| {
+        r.get("resourceType").and_then(Value::as_str) == Some(resource_type)
+            && r.get("id").and_then(Value::as_str) == Some(id)
+    })
+}
+
+/// Looks a code up in the study's ConceptMaps: the target `(system, code, display)` of
+/// `(system, code)`, if a map has it.
+pub fn translate(system: &str, code: &str) -> Option<(String, String, Option<String>)> {
+    for cm in resources()
+        .iter()
+        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("ConceptMap"))
+    {
+        for g in cm
+            .get("group")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if g.get("source").and_then(Value::as_str) != Some(system) {
+                continue;
+            }
+            let Some(target_system) = g.get("target").and_then(Value::as_str) else {
+                continue;
+            };
+            for e in g
+                .get("element")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if e.get("code").and_then(Value::as_str) != Some(code) {
+                    continue;
+                }
+                let t = e
+                    .get("target")
+                    .and_then(Value::as_array)
+                    .and_then(|t| t.first())?;
+                let eq = t.get("equivalence").and_then(Value::as_str).unwrap_or("");
+                if matches!(eq, "unmatched" | "disjoint") {
+                    return None;
+                }
+                let tc = t.get("code").and_then(Value::as_str)?;
+                let display = t.get("display").and_then(Value::as_str).map(String::from);
+                return Some((target_system.to_string(), tc.to_string(), display));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_study_file_is_built_in_and_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../studies/mesemcart");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        on_disk.sort();
+        let built_in: Vec<String> = FILES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(on_disk, built_in, "add new study files to FILES");
+        assert_eq!(resources().len(), FILES.len());
+        assert!(resource("ResearchStudy", "mesemcart-site-01").is_some());
+    }
+
+    #[test]
+    fn site_local_codes_translate() {
+        let (system, code, _) = translate("urn:mesemcart:site-01:local", "BMI").unwrap();
+        assert_eq!(
+            (system.as_str(), code.as_str()),
+            ("http://loinc.org", "39156-5")
+        );
+        assert!(translate("urn:mesemcart:site-01:local", "HB").is_none());
+    }
+
+    #[test]
+    fn file_names_match_type_and_id() {
+        for ((name, _), v) in FILES.iter().zip(resources()) {
+            assert_eq!(
+                *name,
+                format!(
+                    "{}-{}.json",
+                    v["resourceType"].as_str().unwrap(),
+                    v["id"].as_str().unwrap()
+                )
+            );
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The site gateway end to end: a real third-party MLLP client (`mllp_send` from PyPI `hl7`)
+//! sends a MesemCart patient's messages; AA comes back with the right MSA-2 only once stored;
+//! the pseudonymised data reaches the trial store, and nothing that identifies the patient
+//! does. Hostile bytes on the listener get AR/AE or a clean close, and the next message is
+//! still acknowledged.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use integration_tests::{client, TestStore};
+use serde_json::{json, Value};
+use site_gateway::{Gateway, GatewayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct TestGateway {
+    mllp: SocketAddr,
+    http: String,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start_gateway(store: &TestStore) -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GatewayConfig {
+        mllp_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.path().join("gateway.db"),
+        site: "site-01".into(),
+        store_url: store.base.clone(),
+        utc_offset: "+01:00".into(),
+        max_frame_bytes: 64 * 1024,
+        idle_timeout: Duration::from_secs(5),
+        max_connections: 16,
+    };
+    let gateway = Gateway::open(config).unwrap();
+    let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mllp_addr, http_addr) = (mllp.local_addr().unwrap(), api.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(site_gateway::serve(gateway, mllp, api, async {
+        let _ = rx.await;
+    }));
+    TestGateway {
+        mllp: mllp_addr,
+        http: format!("http://{http_addr}"),
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+const ADT: &str = "MSH|^~\\&|KIS|KH-NORD|TB|SPONSOR|20260302081500+0100||ADT^A04^ADT_A01|{ID}|P|2.5\rEVN|A04|20260302081500+0100\rPID|1||4711^^^KH-NORD^MR~A123456789^^^AOK^NII||Muster^Erika^^^^^L||19880412|F|||Hauptstr. 5^^Berlin^^10115^DEU||030 1234567\rPV1|1|O|ORTHO^^^KH-NORD||||||||||||||||V998877|||||||||||||||||||||||||20260302081500+0100\r";
+
+const ORU: &str = "MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|{ID}|P|2.5.1\rPID|1||4711^^^KH-NORD^MR||Muster^Erika||19880412|F|||Hauptstr. 5^^Berlin\rOBR|1|||SCREEN^Screening|||20260302093000+0100\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM|18.5-25|H|||F|||20260302093000+0100\rOBX|2|NM|29463-7^Body weight^LN||68|kg^^UCUM|||||F|||20260302093000+0100\rOBX|3|NM|718-7^Hemoglobin^LN||13.1|g/dL^^UCUM|||||F|||20260302093000+0100\rNTE|1||Patientin Erika Muster nuechtern\r";
+
+fn msg(template: &str, id: &str) -> String {
+    template.replace("{ID}", id)
+}
+
+/// Sends one message with `mllp_send`; returns what it printed (the ACK).
+async fn mllp_send(addr: SocketAddr, message: &str) -> String {
+    let bin = std::env::var("TRIALBRIDGE_TEST_MLLP_SEND").unwrap_or_else(|_| "mllp_send".into());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.hl7");
+    // mllp_send reads its input file as an MLLP stream.
+    std::fs::write(&file, trialbridge_hl7v2::mllp::frame(message.as_bytes())).unwrap();
+    let out = tokio::process::Command::new(&bin)
+        .args(["--port", &addr.port().to_string(), "--file"])
+        .arg(&file)
+        .arg(addr.ip().to_string())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{bin}: {e}: run `bash scripts/test.sh` (it installs python-hl7) or set TRIALBRIDGE_TEST_MLLP_SEND"));
+    assert!(
+        out.status.success(),
+        "mllp_send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn msa(ack: &str) -> (String, String) {
+    let line = ack
+        .split(['\r', '\n'])
+        .find(|l| l.starts_with("MSA"))
+        .unwrap_or_else(|| panic!("no MSA in {ack:?}"));
+    let f: Vec<&str> = line.split('|').collect();
+    (f[1].to_string(), f.get(2).unwrap_or(&"").to_string())
+}
+
+async fn get(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_for_count(store: &TestStore, query: &str, n: u64) -> Value {
+    for _ in 0..100 {
+        let b = get(&store.url(query)).await;
+        if b["total"].as_u64() == Some(n) {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{query} never reached {n}: {}",
+        get(&store.url(query)).await
+    );
+}
+
+async fn enrol(g: &TestGateway) {
+    let r = client()
+        .post(format!("{}/enrolments", g.http))
+        .json(&json!({"mrn": "4711", "authority": "KH-NORD", "subjectId": "MC-01-001", "gender": "female", "birthYear": 1988}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mllp_send_to_the_trial_store_pseudonymised() {
+    let store = TestStore::start().await;
+    let g = start_gateway(&store).await;
+    // Not enrolled yet: acknowledged, nothing leaves, only a counter remains.
+    let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0001")).await;
+    assert_eq!(msa(&ack), ("AA".into(), "LAB-0001".into()));
+    let status = get(&format!("{}/status", g.http)).await;
+    assert_eq!(status["not_enrolled"], 1, "{status}");
+    enrol(&g).await;
+    let ack = mllp_send(g.mllp, &msg(ADT, "KIS-0001")).await;
+    assert_eq!(msa(&ack), ("AA".into(), "KIS-0001".into()));
+    let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0002")).await;
+    assert_eq!(msa(&ack), ("AA".into(), "LAB-0002".into()));
+    // BMI (a local code, translated by the study's ConceptMap) and weight arrive; hemoglobin is
+    // outside the trial's dataset and stays at the site.
+    let obs = wait_for_count(
+        &store,
+        "Observation?subject=Patient/mc-01-001&_summary=count",
+        2,
+    )
+    .await;
+    assert_eq!(obs["total"], 2);
+    let bmi =
+        get(&store.url("Observation?subject=Patient/mc-01-001&code=http://loinc.org|39156-5"))
+            .await;
+    let o = &bmi["entry"][0]["resource"];
+    assert_eq!(o["valueQuantity"]["value"].to_string(), "27.4");
+    assert_eq!(o["effectiveDateTime"], "2026-03-02T09:30:00+01:00");
+    assert_eq!(
+        o["extension"][0]["valueReference"]["reference"],
+        "ResearchStudy/mesemcart-site-01"
+    );
+    let patient = get(&store.url("Patient/mc-01-001")).await;
+    assert_eq!(
+        (patient["gender"].as_str(), patient["birthDate"].as_str()),
+        (Some("female"), Some("1988"))
+    );
+    let prov = wait_for_count(&store, "Provenance?_summary=count", 2).await;
+    assert_eq!(prov["total"], 2);
+    // The same message again: AA again, stored once.
+    let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0002")).await;
+    assert_eq!(msa(&ack), ("AA".into(), "LAB-0002".into()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get(&store.url("Observation?_summary=count")).await["total"],
+        2
+    );
+    assert_eq!(get(&format!("{}/status", g.http)).await["duplicates"], 1);
+    // Nothing that identifies the patient reached the store.
+    let mut everything = String::new();
+    for t in [
+        "Patient",
+        "Observation",
+        "Encounter",
+        "Provenance",
+        "Condition",
+        "Procedure",
+    ] {
+        everything.push_str(
+            &get(&store.url(&format!("{t}?_count=1000")))
+                .await
+                .to_string(),
+        );
+    }
+    // (The sending system and facility stay in the Provenance: they name the source for
+    // source-data verification, not the patient.)
+    for secret in [
+        "Muster",
+        "Erika",
+        "4711",
+        "A123456789",
+        "1988-04-12",
+        "19880412",
+        "Hauptstr",
+        "Berlin",
+        "030 1234567",
+        "V998877",
+        "nuechtern",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} reached the trial store"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unmapped_codes_wait_in_the_dead_letter_queue() {
+    let store = TestStore::start().await;
+    let g = start_gateway(&store).await;
+    enrol(&g).await;
+    let unknown = msg(ORU, "LAB-0100").replace("BMI^Body mass index^L", "KNIE-SCORE^Knee score^L");
+    let ack = mllp_send(g.mllp, &unknown).await;
+    assert_eq!(msa(&ack).0, "AA");
+    let dead = get(&format!("{}/dead-letters", g.http)).await;
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("KNIE-SCORE"),
+        "{dead}"
+    );
+    let id = dead[0]["id"].as_i64().unwrap();
+    let one = get(&format!("{}/dead-letters/{id}", g.http)).await;
+    assert!(one["message"].as_str().unwrap().contains("KNIE-SCORE"));
+    let r: Value = client()
+        .post(format!("{}/dead-letters/{id}/replay", g.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        r["result"].as_str().unwrap().starts_with("still dead"),
+        "{r}"
+    );
+    let r = client()
+        .delete(format!("{}/dead-letters/{id}", g.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(get(&format!("{}/dead-letters", g.http))
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+/// Writes `bytes` and reads one MLLP frame back (None on a clean close or nothing in time).
+async fn exchange(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
+    s.write_all(bytes).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.ends_with(&[0x1c, 0x0d]) {
+            return Some(String::from_utf8_lossy(&got[1..got.len() - 2]).into_owned());
+        }
+    }
+}
+
+fn framed(m: &[u8]) -> Vec<u8> {
+    trialbridge_hl7v2::mllp::frame(m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_bytes_get_a_nak_and_the_listener_keeps_serving() {
+    let store = TestStore::start().await;
+    let g = start_gateway(&store).await;
+    let mut s = TcpStream::connect(g.mllp).await.unwrap();
+    let good = |n: u32| framed(msg(ORU, &format!("OK-{n}")).as_bytes());
+    let mut big = vec![b'X'; 70 * 1024];
+    big.splice(0..0, b"MSH|^~\\&|".iter().copied());
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("garbage", framed(b"HELLO WORLD"), &["AR"]),
+        ("binary", framed(&[0, 1, 2, 0xff, 0xfe, 7]), &["AR"]),
+        ("truncated MSH", framed(b"MSH|^~"), &["AE"]),
+        (
+            "missing encoding characters",
+            framed(b"MSH||A|B|C|D|1||ORU^R01|X1|P|2.5\r"),
+            &["AE"],
+        ),
+        (
+            "duplicate encoding characters",
+            framed(b"MSH|^^\\&|A|B|C|D|1||ORU^R01|X2|P|2.5\r"),
+            &["AE"],
+        ),
+        (
+            "batch envelope",
+            framed(b"BHS|^~\\&|A\rMSH|^~\\&|A|B|C|D|1||ORU^R01|X3|P|2.5\rBTS|1\r"),
+            &["AR"],
+        ),
+        (
+            "unsupported type",
+            framed(b"MSH|^~\\&|A|B|C|D|1||SIU^S12|X4|P|2.5\rPID|1||1\r"),
+            &["AR"],
+        ),
+        (
+            "unsupported version",
+            framed(b"MSH|^~\\&|A|B|C|D|1||ORU^R01|X5|P|3.0\rPID|1||1\r"),
+            &["AR"],
+        ),
+        (
+            "bad number",
+            framed(msg(ORU, "X6").replace("||27.4|", "||27,4|").as_bytes()),
+            &["AE"],
+        ),
+        ("oversize frame", framed(&big), &["AR"]),
+        (
+            "BOM",
+            framed(&[b"\xEF\xBB\xBF".as_slice(), msg(ORU, "X7").as_bytes()].concat()),
+            &["AA"],
+        ),
+    ];
+    for (i, (name, bytes, expected)) in cases.into_iter().enumerate() {
+        let ack = exchange(&mut s, &bytes)
+            .await
+            .unwrap_or_else(|| panic!("{name}: no answer"));
+        let (code, _) = msa(&ack);
+        assert!(
+            expected.contains(&code.as_str()),
+            "{name}: {code} in {ack:?}"
+        );
+        if code != "AA" {
+            assert!(ack.contains("\rERR|"), "{name}: no ERR segment in {ack:?}");
+        }
+        // The next good message on the same connection is acknowledged.
+        let ack = exchange(&mut s, &good(i as u32))
+            .await
+            .unwrap_or_else(|| panic!("after {name}: no answer"));
+        assert_eq!(msa(&ack), ("AA".into(), format!("OK-{i}")), "after {name}");
+    }
+    // A frame that never ends, then the sender goes away: a clean close, nothing stored.
+    let mut t = TcpStream::connect(g.mllp).await.unwrap();
+    t.write_all(b"\x0bMSH|^~\\&|A|B|C|D|1||ORU^R01|NEVER|P|2.5\r")
+        .await
+        .unwrap();
+    drop(t);
+    // The listener still serves new connections.
+    let mut u = TcpStream::connect(g.mllp).await.unwrap();
+    let ack = exchange(&mut u, &good(99)).await.unwrap();
+    assert_eq!(msa(&ack), ("AA".into(), "OK-99".into()));
+}

@@ -1,0 +1,259 @@
+//! From site-side FHIR to what may leave the hospital: the enrolled subject's pseudonymous
+//! Patient (gender, birth year), the message's clinical resources pointing at it, tagged with
+//! the site study and translated to the study's codes, one Provenance per message. Names,
+//! addresses, telecom, MRNs, insurance numbers and full birth dates never appear; results
+//! outside the trial's dataset are dropped (counted), local codes without a translation send
+//! the message to the dead-letter queue.
+
+use serde_json::{json, Value};
+use trialbridge_validation::Options;
+
+use crate::mapping::{Event, Mapped};
+
+/// The key-list entry of an enrolled subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolment {
+    /// Pseudonymous subject id (`MC-01-001`).
+    pub subject_id: String,
+    /// Id of the pseudonymous Patient in the trial store (`mc-01-001`).
+    pub patient_id: String,
+    /// The site study (`mesemcart-site-01`).
+    pub site_study: String,
+}
+
+/// Where a message came from (for ids and Provenance).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// MSH-3^MSH-4.
+    pub sender: String,
+    /// MSH-10.
+    pub control_id: String,
+    /// When the gateway received it (FHIR instant).
+    pub received: String,
+    /// The site (`site-01`).
+    pub site: String,
+}
+
+/// What pseudonymisation made of a message.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A transaction Bundle for the trial store.
+    Bundle(Value),
+    /// Nothing of the trial's dataset (results outside it, or a merge): acknowledged, not sent.
+    Nothing,
+    /// Cannot go out as is: the reason for the dead-letter queue.
+    Dead(String),
+}
+
+const STUDY_EXT: &str = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy";
+
+/// A short stable hash for deterministic ids (FNV-1a, 64 bit).
+pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0x1f]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{prefix}-{h:016x}")
+}
+
+fn in_study_value_set(coding: &Value) -> bool {
+    let Some(vs) = trialbridge_study::resource("ValueSet", "mesemcart-observation-codes") else {
+        return false;
+    };
+    let (Some(s), Some(c)) = (
+        coding.get("system").and_then(Value::as_str),
+        coding.get("code").and_then(Value::as_str),
+    ) else {
+        return false;
+    };
+    vs.pointer("/compose/include")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|inc| {
+            inc.get("system").and_then(Value::as_str) == Some(s)
+                && inc
+                    .get("concept")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|k| k.get("code").and_then(Value::as_str) == Some(c))
+        })
+}
+
+/// Translates the site-local codings of a CodeableConcept; `Err` names the first local code
+/// that has no translation (and no standard coding beside it).
+fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
+    let local = format!("urn:mesemcart:{site}:local");
+    let Some(codings) = cc.get_mut("coding").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let mut out = Vec::new();
+    let mut untranslated = None;
+    for c in codings.iter() {
+        let system = c.get("system").and_then(Value::as_str).unwrap_or("");
+        let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+        if system == local {
+            match trialbridge_study::translate(&local, code) {
+                Some((s, k, d)) => {
+                    let mut t = json!({"system": s, "code": k});
+                    if let Some(d) = d {
+                        t["display"] = json!(d);
+                    }
+                    out.push(t);
+                }
+                None => untranslated = Some(code.to_string()),
+            }
+        } else {
+            out.push(c.clone());
+        }
+    }
+    if out.is_empty() {
+        if let Some(code) = untranslated {
+            return Err(format!("the local code '{code}' of {site} has no entry in ConceptMap mesemcart-site-local-codes"));
+        }
+    }
+    *codings = out;
+    Ok(())
+}
+
+/// Builds what leaves the site for one mapped message of an enrolled subject.
+pub fn outgoing(
+    mapped: &Mapped,
+    who: &Enrolment,
+    origin: &Origin,
+    validation: &Options,
+) -> (Outgoing, usize) {
+    let patient_ref = format!("Patient/{}", who.patient_id);
+    let study = json!([{"url": STUDY_EXT, "valueReference": {"reference": format!("ResearchStudy/{}", who.site_study)}}]);
+    let mut entries: Vec<Value> = Vec::new();
+    let mut dropped = 0;
+    if mapped.event == Event::Visit {
+        let mut p = json!({"resourceType": "Patient", "id": who.patient_id});
+        if let Some(g) = mapped.patient.gender {
+            p["gender"] = json!(g);
+        }
+        if let Some(b) = &mapped.patient.birth_date {
+            p["birthDate"] = json!(&b[..4]);
+        }
+        entries.push(p);
+    }
+    if let Event::Merge { .. } = mapped.event {
+        return (Outgoing::Nothing, 0);
+    }
+    for r in &mapped.resources {
+        let mut r = r.clone();
+        let key = r
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let ty = r
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(code) = r.get_mut("code") {
+            if let Err(why) = translate(code, &origin.site) {
+                return (Outgoing::Dead(why), 0);
+            }
+        }
+        if let Some(v) = r.get_mut("valueCodeableConcept") {
+            if let Err(why) = translate(v, &origin.site) {
+                return (Outgoing::Dead(why), 0);
+            }
+        }
+        match ty.as_str() {
+            "Observation" => {
+                let in_study = r
+                    .pointer("/code/coding")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| cs.iter().any(in_study_value_set));
+                if !in_study {
+                    dropped += 1;
+                    continue;
+                }
+                r["id"] = json!(stable_id(
+                    "obs",
+                    &[&origin.sender, &origin.control_id, &key]
+                ));
+                r["subject"] = json!({"reference": patient_ref});
+                r["extension"] = study.clone();
+            }
+            "Procedure" => {
+                r["id"] = json!(stable_id(
+                    "proc",
+                    &[&origin.sender, &origin.control_id, &key]
+                ));
+                r["subject"] = json!({"reference": patient_ref});
+                r["extension"] = study.clone();
+            }
+            "Condition" => {
+                r["id"] = json!(stable_id(
+                    "cond",
+                    &[&origin.sender, &origin.control_id, &key]
+                ));
+                r["subject"] = json!({"reference": patient_ref});
+            }
+            "Encounter" => {
+                r["id"] = json!(stable_id(
+                    "enc",
+                    &[&origin.sender, &who.patient_id, &origin.control_id]
+                ));
+                r["subject"] = json!({"reference": patient_ref});
+            }
+            _ => continue,
+        }
+        entries.push(r);
+    }
+    if entries.is_empty() {
+        return (Outgoing::Nothing, dropped);
+    }
+    let targets: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({"reference": format!("{}/{}", e["resourceType"].as_str().unwrap_or(""), e["id"].as_str().unwrap_or(""))}))
+        .collect();
+    entries.push(json!({
+        "resourceType": "Provenance",
+        "id": stable_id("prov", &[&origin.sender, &origin.control_id]),
+        "target": targets,
+        "recorded": origin.received,
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]},
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "assembler"}]},
+                   "who": {"display": format!("trialbridge site gateway, {}", origin.site)}}],
+        "entity": [{"role": "source", "what": {"identifier": {"system": format!("urn:mesemcart:{}:hl7v2-message", origin.site), "value": format!("{}|{}", origin.sender, origin.control_id)}, "display": "HL7 v2 message"}}],
+    }));
+    for e in &entries {
+        let report = trialbridge_validation::validate_resource(e, validation);
+        if report.has_errors() {
+            let why: Vec<String> = report
+                .errors()
+                .map(|i| format!("{}: {}", i.expression.join(", "), i.diagnostics))
+                .collect();
+            return (
+                Outgoing::Dead(format!(
+                    "{} would be refused by the trial store: {}",
+                    e["resourceType"].as_str().unwrap_or(""),
+                    why.join("; ")
+                )),
+                dropped,
+            );
+        }
+    }
+    let bundle_entries: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            let url = format!("{}/{}", e["resourceType"].as_str().unwrap_or(""), e["id"].as_str().unwrap_or(""));
+            json!({"fullUrl": format!("urn:trialbridge:{url}"), "resource": e, "request": {"method": "PUT", "url": url}})
+        })
+        .collect();
+    (
+        Outgoing::Bundle(
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": bundle_entries}),
+        ),
+        dropped,
+    )
+}

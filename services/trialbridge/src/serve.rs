@@ -1,0 +1,130 @@
+//! `trialbridge serve`: the trial store and the site gateway in one process (the first of the
+//! README's two commands). The gateway forwards to this process's store over its HTTP API,
+//! exactly as a hospital deployment forwards over the network.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use site_gateway::{Gateway, GatewayArgs, GatewayConfig};
+use trial_store::{ServeArgs, ServeConfig};
+
+/// The gateway database beside the store's SQLite file (`data/site-gateway.db` by default).
+fn gateway_database(store_url: &str) -> PathBuf {
+    let path = store_url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    PathBuf::from(path)
+        .parent()
+        .map(|d| d.join("site-gateway.db"))
+        .unwrap_or_else(|| "site-gateway.db".into())
+}
+
+/// Starts both services; stops both on Ctrl-C or SIGTERM.
+pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
+    let store_config = ServeConfig::from_args(store_args);
+    let gateway_check =
+        GatewayConfig::from_args(&gateway_args, "http://127.0.0.1/fhir", PathBuf::new());
+    let mut problems = Vec::new();
+    if let Err(p) = &store_config {
+        problems.extend(p.iter().cloned());
+    }
+    if let Err(p) = &gateway_check {
+        problems.extend(p.iter().cloned());
+    }
+    let Ok(store_config) = store_config else {
+        return report(problems);
+    };
+    if !problems.is_empty() {
+        return report(problems);
+    }
+    let bound = match trial_store::bind(&store_config).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("trialbridge: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(n) = bound.study {
+        eprintln!(
+            "trialbridge: MesemCart study loaded ({} created, {} updated, {} unchanged)",
+            n.created, n.updated, n.unchanged
+        );
+    }
+    let base = bound.state.config.base_url.clone();
+    let gateway_config = match GatewayConfig::from_args(
+        &gateway_args,
+        &base,
+        gateway_database(&store_config.database_url),
+    ) {
+        Ok(c) => c,
+        Err(p) => return report(p),
+    };
+    let gateway = match Gateway::open(gateway_config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("trialbridge: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (mllp, api) = match (
+        tokio::net::TcpListener::bind(gateway.config.mllp_listen).await,
+        tokio::net::TcpListener::bind(gateway.config.http_listen).await,
+    ) {
+        (Ok(m), Ok(a)) => (m, a),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!(
+                "trialbridge: the site gateway cannot listen ({} MLLP, {} HTTP): {e}",
+                gateway.config.mllp_listen, gateway.config.http_listen
+            );
+            return ExitCode::from(1);
+        }
+    };
+    println!("{base}");
+    eprintln!(
+        "trialbridge: trial store listening, FHIR base {base} (database {})",
+        store_config.database_url
+    );
+    eprintln!(
+        "trialbridge: site gateway for {} listening, MLLP {} and HTTP http://{} (database {}), forwarding to {}",
+        gateway.config.site,
+        mllp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        gateway.config.database.display(),
+        gateway.config.store_url
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let store = tokio::spawn(trial_store::serve(
+        bound.listener,
+        bound.state,
+        stopped(stop_rx.clone()),
+    ));
+    let gw = tokio::spawn(site_gateway::serve(gateway, mllp, api, stopped(stop_rx)));
+    trial_store::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    // The gateway first: its forwarder may still be sending to the store.
+    let _ = gw.await;
+    match store.await {
+        Ok(Ok(())) => {
+            eprintln!("trialbridge: stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("trialbridge: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("trialbridge: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report(problems: Vec<String>) -> ExitCode {
+    for p in &problems {
+        eprintln!("trialbridge: configuration: {p}");
+    }
+    ExitCode::from(2)
+}
