@@ -284,16 +284,19 @@ fn patient(m: &Message, cx: &mut Ctx<'_>) -> PatientFacts {
     p
 }
 
-/// OBX-11 (table 0085) to Observation.status.
+/// OBX-11 (table 0085) to Observation.status, as the v2-to-FHIR IG's ConceptMap has it (A, C,
+/// D, F, I, P, S, W), plus X (cannot be obtained) as cancelled and U (changed to final without
+/// retransmission) as final; the codes the IG leaves unmapped (B, N, O, R, V) are unknown.
 fn observation_status(code: &str) -> Option<&'static str> {
     Some(match code {
         "F" | "U" => "final",
-        "P" | "R" | "S" => "preliminary",
+        "P" | "S" => "preliminary",
         "C" => "corrected",
         "A" => "amended",
         "D" | "W" => "entered-in-error",
-        "X" | "N" => "cancelled",
-        "I" | "O" => "registered",
+        "X" => "cancelled",
+        "I" => "registered",
+        "B" | "N" | "O" | "R" | "V" => "unknown",
         _ => return None,
     })
 }
@@ -305,6 +308,10 @@ fn observation(
     cx: &mut Ctx<'_>,
 ) -> Option<Value> {
     let value_type = seg.field(2).component(1).into_owned();
+    // Encapsulated data and reference pointers carry documents, not trial values: not mapped.
+    if matches!(value_type.as_str(), "ED" | "RP") {
+        return None;
+    }
     let code_field = cx.required(seg, seq, 3, "observation identifier")?;
     let Some(code) = concept(&code_field, cx.site) else {
         cx.errors
@@ -312,8 +319,14 @@ fn observation(
         return None;
     };
     let status_raw = seg.field(11).component(1);
-    let Some(status) = observation_status(&status_raw) else {
-        cx.errors.push(AckError::at("OBX", seq, 11, if status_raw.is_empty() { "101" } else { "103" }, format!("OBX-11 '{status_raw}' is not an observation result status (table 0085: F, P, C, A, D, W, X, ...)")));
+    // A missing OBX-11 is common in real feeds: the status is then unknown (and such a result
+    // cannot pass the trial profile, so it waits in the dead-letter queue, not in the store).
+    let status = if status_raw.is_empty() {
+        "unknown"
+    } else if let Some(s) = observation_status(&status_raw) {
+        s
+    } else {
+        cx.errors.push(AckError::at("OBX", seq, 11, "103", format!("OBX-11 '{status_raw}' is not an observation result status (table 0085: F, P, C, A, D, W, X, ...)")));
         return None;
     };
     let mut o = json!({"resourceType": "Observation", "id": format!("obx-{seq}"), "status": status, "code": code});
@@ -411,7 +424,7 @@ fn observation(
                     return None;
                 }
             },
-            // Other value types (ED, RP, ...) carry documents or pointers, not trial values.
+            // Other value types (CQ, MO, NA, ...) are kept without a value.
             _ => {}
         }
     }

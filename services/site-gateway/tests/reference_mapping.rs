@@ -1,0 +1,230 @@
+//! The 19 FHIR-Converter messages through the gateway's mapping, compared in meaning with the
+//! converter's own output beside them (one vendor's mapping, not a norm): Observation code,
+//! value, unit, effective time and status; Patient gender and birth year; Procedure code and
+//! time. Every difference is one of the deliberate ones listed in `DELIBERATE`, with why.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+use site_gateway::mapping::{map, Event};
+use trialbridge_hl7v2::Message;
+
+/// Differences on purpose: (message, what, why).
+const DELIBERATE: &[(&str, &str, &str)] = &[
+    ("*", "status of OBX-11 S or I", "S (partial) is preliminary and I (in process) registered in the v2-to-FHIR IG's ConceptMap for table 0085, which trialbridge follows; the converter says unknown"),
+    ("*", "observation from a non-OBX segment", "the converter also turns PID-30/PV1/TXA fields into Observations (death certificate, injury narrative); trialbridge maps results (OBX) only"),
+    ("*", "procedure from PR1 without a code", "PR1-3 is empty in these messages; the converter emits a Procedure with no code, trialbridge emits none"),
+    ("*", "procedure from a non-PR1 segment", "the converter makes Procedures of death certification and autopsy (PDA) and of the OBR order code; trialbridge maps PR1 only"),
+    ("*", "unit text", "the converter puts the unit text (OBX-6.2) or the raw code in Quantity.unit; trialbridge keeps OBX-6.2 as unit and the code in Quantity.code"),
+    ("*", "local code system", "codes of systems other than LN/SCT/ICD-10-GM/OPS become urn:mesemcart:<site>:local, translated later by the study ConceptMap; the converter invents http://example.com/... systems"),
+    ("*", "effective time without zone", "HL7 times without a zone take the site's offset (+01:00) in trialbridge; the converter leaves them as local date-times"),
+    ("*", "effective from OBR-7/MSH-7", "without OBX-14 trialbridge takes OBR-7, then MSH-7; the converter leaves effective empty"),
+];
+
+fn fixtures() -> std::path::PathBuf {
+    // The fixtures live with the parser crate, which owns them.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/hl7v2/tests/fixtures/fhir-converter")
+}
+
+fn code_key(cc: &Value) -> Vec<String> {
+    cc.get("coding")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("code").and_then(Value::as_str).map(String::from))
+        .collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    compared: usize,
+    agreed: BTreeMap<&'static str, usize>,
+    differences: BTreeMap<String, usize>,
+}
+
+#[test]
+fn the_meaning_matches_the_reference_mapping() {
+    let dir = fixtures();
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("messages"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 19);
+    let mut t = Tally::default();
+    for name in &names {
+        let bytes = std::fs::read(dir.join("messages").join(name)).unwrap();
+        let msg = Message::parse(&bytes).unwrap();
+        let mapped = map(&msg, "site-01", "+01:00").unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let reference: Value = serde_json::from_slice(
+            &std::fs::read(
+                dir.join("expected-fhir")
+                    .join(name.replace(".hl7", "-expected.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let resources: Vec<&Value> = reference["entry"]
+            .as_array()
+            .map(|a| a.iter().map(|e| &e["resource"]).collect())
+            .unwrap_or_default();
+        // Patient: gender and birth year.
+        if let Some(p) = resources.iter().find(|r| r["resourceType"] == "Patient") {
+            t.compared += 1;
+            assert_eq!(
+                mapped.patient.gender,
+                p["gender"].as_str(),
+                "{name}: gender"
+            );
+            let year = |d: Option<&str>| d.map(|d| d[..4].to_string());
+            assert_eq!(
+                year(mapped.patient.birth_date.as_deref()),
+                year(p["birthDate"].as_str()),
+                "{name}: birth year"
+            );
+            *t.agreed.entry("patient gender and birth year").or_default() += 1;
+        } else {
+            assert!(
+                matches!(mapped.event, Event::Merge { .. }),
+                "{name}: no reference Patient"
+            );
+        }
+        // Observations: matched by code.
+        let ours: Vec<&Value> = mapped
+            .resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Observation")
+            .collect();
+        for o in resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Observation")
+        {
+            let key = code_key(&o["code"]);
+            let Some(mine) = ours.iter().find(|m| code_key(&m["code"]) == key) else {
+                *t.differences
+                    .entry("observation from a non-OBX segment".into())
+                    .or_default() += 1;
+                continue;
+            };
+            t.compared += 1;
+            let status_ref = o["status"].as_str().unwrap_or("");
+            let status = mine["status"].as_str().unwrap();
+            if status != status_ref {
+                let raw =
+                    if status_ref == "unknown" && matches!(status, "preliminary" | "registered") {
+                        "status of OBX-11 S or I"
+                    } else {
+                        panic!("{name} {key:?}: status {status} vs {status_ref}")
+                    };
+                *t.differences.entry(raw.into()).or_default() += 1;
+            }
+            for (field, what) in [
+                ("valueQuantity", "value"),
+                ("valueString", "string"),
+                ("valueCodeableConcept", "concept"),
+            ] {
+                let (a, b) = (&mine[field], &o[field]);
+                if b.is_null() {
+                    continue;
+                }
+                match field {
+                    "valueQuantity" => {
+                        assert_eq!(
+                            a["value"].as_f64(),
+                            b["value"].as_f64(),
+                            "{name} {key:?}: {what}"
+                        );
+                        if a["unit"] != b["unit"] {
+                            *t.differences.entry("unit text".into()).or_default() += 1;
+                        }
+                    }
+                    "valueCodeableConcept" => {
+                        assert_eq!(code_key(a), code_key(b), "{name} {key:?}: {what}")
+                    }
+                    _ => assert_eq!(a, b, "{name} {key:?}: {what}"),
+                }
+            }
+            let (ea, eb) = (
+                mine["effectiveDateTime"].as_str(),
+                o["effectiveDateTime"].as_str(),
+            );
+            match (ea, eb) {
+                (Some(a), Some(b)) if a == b => {}
+                // The same instant written in another zone.
+                (Some(a), Some(b))
+                    if b.len() > 19
+                        && trialbridge_fhir::date::parse_range(a).map(|r| r.low)
+                            == trialbridge_fhir::date::parse_range(b).map(|r| r.low) => {}
+                (Some(a), Some(b)) if a.starts_with(&b[..b.len().min(19)]) => {
+                    *t.differences
+                        .entry("effective time without zone".into())
+                        .or_default() += 1
+                }
+                (Some(_), None) => {
+                    *t.differences
+                        .entry("effective from OBR-7/MSH-7".into())
+                        .or_default() += 1
+                }
+                (a, b) => panic!("{name} {key:?}: effective {a:?} vs {b:?}"),
+            }
+            let sys_ref = o["code"]["coding"][0]["system"].as_str().unwrap_or("");
+            if sys_ref.starts_with("http://example.com/") {
+                *t.differences.entry("local code system".into()).or_default() += 1;
+            } else {
+                assert_eq!(
+                    mine["code"]["coding"][0]["system"].as_str().unwrap_or(""),
+                    sys_ref,
+                    "{name} {key:?}: system"
+                );
+            }
+            *t.agreed
+                .entry("observation status, value, effective")
+                .or_default() += 1;
+        }
+        // Procedures: by code.
+        for p in resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Procedure")
+        {
+            if p["code"].is_null() {
+                *t.differences
+                    .entry("procedure from PR1 without a code".into())
+                    .or_default() += 1;
+                continue;
+            }
+            let key = code_key(&p["code"]);
+            match mapped
+                .resources
+                .iter()
+                .find(|r| r["resourceType"] == "Procedure" && code_key(&r["code"]) == key)
+            {
+                Some(mine) => {
+                    t.compared += 1;
+                    assert_eq!(
+                        mine["performedDateTime"].as_str().map(|s| &s[..10]),
+                        p["performedDateTime"].as_str().map(|s| &s[..10]),
+                        "{name}: procedure time"
+                    );
+                    *t.agreed.entry("procedure code and time").or_default() += 1;
+                }
+                None => {
+                    *t.differences
+                        .entry("procedure from a non-PR1 segment".into())
+                        .or_default() += 1
+                }
+            }
+        }
+    }
+    println!(
+        "compared {} facts; agreed: {:?}; deliberate differences: {:?}",
+        t.compared, t.agreed, t.differences
+    );
+    for what in t.differences.keys() {
+        assert!(
+            DELIBERATE.iter().any(|(_, w, _)| w == what),
+            "an unlisted difference: {what}"
+        );
+    }
+    assert!(t.compared >= 60, "only {} facts compared", t.compared);
+}
