@@ -19,6 +19,9 @@ pub enum DbError {
     /// The blocking task was lost.
     #[error("site-gateway database task failed: {0}")]
     Task(String),
+    /// A write did not commit.
+    #[error("site-gateway database write failed: {0}")]
+    Write(String),
 }
 
 /// State of a received message.
@@ -84,10 +87,67 @@ pub struct DeadLetter {
     pub message: Option<String>,
 }
 
-/// The gateway database.
+/// A write job for the writer thread: its SQL, and where to say whether it committed.
+struct Job {
+    work: Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// The gateway database: one writer thread that commits every queued write together (group
+/// commit: one fsync for all messages that arrived meanwhile, each in its own savepoint), and
+/// a read connection.
 #[derive(Clone)]
 pub struct Db {
-    conn: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    writer: std::sync::mpsc::Sender<Job>,
+}
+
+/// Runs jobs in batches until every sender is gone.
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for j in batch {
+                let _ = j.done.send(Err(e.to_string()));
+            }
+            continue;
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for j in batch {
+            let outcome = conn
+                .execute_batch("SAVEPOINT job")
+                .and_then(|_| (j.work)(&conn));
+            match outcome {
+                Ok(()) => {
+                    let _ = conn.execute_batch("RELEASE job");
+                    results.push((j.done, Ok(())));
+                }
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    results.push((j.done, Err(e.to_string())));
+                }
+            }
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (done, r) in results {
+                    let _ = done.send(r);
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                for (done, _) in results {
+                    let _ = done.send(Err(format!("commit failed: {e}")));
+                }
+            }
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -129,8 +189,16 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("gateway-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| DbError::Task(e.to_string()))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
+            writer: tx,
         })
     }
 
@@ -138,7 +206,7 @@ impl Db {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, DbError> {
-        let conn = self.conn.clone();
+        let conn = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut c)
@@ -146,6 +214,30 @@ impl Db {
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
         .map_err(DbError::from)
+    }
+
+    /// A write through the writer thread; returns once it is committed (fsynced).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let slot: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let work = Box::new(move |c: &Connection| {
+            let v = f(c)?;
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+            Ok(())
+        });
+        self.writer
+            .send(Job { work, done })
+            .map_err(|_| DbError::Task("the writer thread is gone".into()))?;
+        committed
+            .await
+            .map_err(|_| DbError::Task("the writer thread is gone".into()))?
+            .map_err(DbError::Write)?;
+        let v = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        v.ok_or_else(|| DbError::Task("a committed write left no result".into()))
     }
 
     /// The acknowledgement already sent for this message, if it was received before.
@@ -186,8 +278,7 @@ impl Db {
             m.ack.to_string(),
         );
         let counter = counter.map(|(n, v)| (n.to_string(), v));
-        self.run(move |conn| {
-            let tx = conn.transaction()?;
+        self.write(move |tx| {
             let existing: Option<String> = tx
                 .query_row("SELECT ack FROM message WHERE sender = ?1 AND control_id = ?2", params![sender, control_id], |r| r.get(0))
                 .optional()?;
@@ -202,7 +293,6 @@ impl Db {
             if let Some((name, v)) = counter {
                 tx.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, v])?;
             }
-            tx.commit()?;
             Ok(Ok(id))
         })
         .await
@@ -211,7 +301,7 @@ impl Db {
     /// Adds to a counter.
     pub async fn bump(&self, name: &str, by: i64) -> Result<(), DbError> {
         let name = name.to_string();
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, by])
                 .map(|_| ())
         })
@@ -244,8 +334,7 @@ impl Db {
         who: Enrolment,
         when: String,
     ) -> Result<(), DbError> {
-        self.run(move |conn| {
-            let tx = conn.transaction()?;
+        self.write(move |tx| {
             for (authority, mrn) in identifiers {
                 tx.execute(
                     "INSERT INTO enrolment (authority, mrn, subject_id, patient_id, site_study, enrolled) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -253,7 +342,7 @@ impl Db {
                     params![authority, mrn, who.subject_id, who.patient_id, who.site_study, when],
                 )?;
             }
-            tx.commit()
+            Ok(())
         })
         .await
     }
@@ -317,7 +406,7 @@ impl Db {
         state: State,
         reason: Option<String>,
     ) -> Result<(), DbError> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE message SET state = ?2, reason = ?3, attempts = attempts + 1 WHERE id = ?1",
                 params![id, state.as_str(), reason],
@@ -335,7 +424,7 @@ impl Db {
         reason: Option<String>,
         bundle: Option<String>,
     ) -> Result<(), DbError> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE message SET state = ?2, reason = ?3, bundle = ?4 WHERE id = ?1",
                 params![id, state.as_str(), reason, bundle],
@@ -381,7 +470,7 @@ impl Db {
 
     /// Discards a dead letter (its row stays as `done`, with the reason, for the record).
     pub async fn discard(&self, id: i64) -> Result<bool, DbError> {
-        self.run(move |conn| {
+        self.write(move |conn| {
             conn.execute("UPDATE message SET state = 'done', reason = 'discarded: ' || coalesce(reason, ''), raw = NULL, bundle = NULL WHERE id = ?1 AND state = 'dead'", params![id])
                 .map(|n| n > 0)
         })

@@ -5,6 +5,7 @@
 //! files as the store would; `bench` drives a FHIR server with the benchmark workloads. The integration tests run this same entry point.
 
 mod bench;
+mod hl7;
 mod load;
 mod serve;
 mod validate;
@@ -40,6 +41,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Validate FHIR JSON or NDJSON files as the store would, without a server.
     Validate(validate::ValidateArgs),
+    /// HL7 v2 tools: parse message files, send messages over MLLP.
+    #[command(subcommand)]
+    Hl7(hl7::Hl7Command),
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -63,6 +67,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             load::run(a, &cli.serve.database_url, &validation).await
         }
         Some(Command::Bench(a)) => bench::run(a).await,
+        Some(Command::Hl7(c)) => hl7::run(c).await,
         Some(Command::Validate(a)) => validate::run(
             a,
             &trial_store::config::validation_options(&cli.serve.extension_domains),
