@@ -87,9 +87,12 @@ pub struct DeadLetter {
     pub message: Option<String>,
 }
 
+/// The SQL of a write job, run inside its own savepoint.
+type Work = Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>;
+
 /// A write job for the writer thread: its SQL, and where to say whether it committed.
 struct Job {
-    work: Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>,
+    work: Work,
     done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
