@@ -444,6 +444,19 @@ impl<'a> Field<'a> {
         self.split(self.msg.delimiters.repetition, n)
     }
 
+    /// Every component of this part (of a repetition, or of the first repetition of a field).
+    pub fn components(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+        let msg = self.msg;
+        let first = self
+            .text
+            .split(msg.delimiters.repetition as char)
+            .next()
+            .unwrap_or("");
+        first
+            .split(msg.delimiters.component as char)
+            .map(move |t| Field { msg, text: t })
+    }
+
     /// Component `n` (1-based) of the first repetition, unescaped.
     pub fn component(&self, n: usize) -> Cow<'a, str> {
         self.component_part(n).value()

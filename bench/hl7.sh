@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# HL7 v2 in one run: parse time per message of trialbridge's parser beside npm hl7v2 1.8.0 and
+# python-hl7 (bench/hl7-peers), then the site gateway's MLLP throughput and ACK latency with
+# `trialbridge hl7 send` (16 connections, then 1), for a patient who is not enrolled (receive,
+# dedup, durable commit, ACK) and for an enrolled one (plus mapping, pseudonymisation and the
+# outbox row; the forwarder runs meanwhile). One JSON line per figure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-20000}
+MSG=crates/hl7v2/tests/fixtures/fhir-converter/messages/ORU-R01-01.hl7
+cargo build --release --locked -q -p trialbridge
+(cd bench/hl7-peers && npm ci --no-audit --no-fund --silent)
+venv=target/bench-venv
+[ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import hl7' 2>/dev/null || { python3 -m venv "$venv"; "$venv/bin/pip" install --quiet --disable-pip-version-check hl7==0.4.5; }
+tb=target/release/trialbridge
+$tb hl7 parse --repeat "$N" "$MSG"
+node bench/hl7-peers/parse.mjs $((N / 10)) "$MSG"
+"$venv/bin/python" bench/hl7-peers/parse.py $((N / 20)) "$MSG"
+
+. bench/lib.sh
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+port_free 18480; port_free 18481
+TRIALBRIDGE_DATABASE_URL="sqlite://$work/store.db" TRIALBRIDGE_LISTEN=127.0.0.1:18480 \
+    TRIALBRIDGE_MLLP_LISTEN=127.0.0.1:18482 TRIALBRIDGE_GATEWAY_LISTEN=127.0.0.1:18481 \
+    $tb serve >/dev/null 2>&1 &
+wait_up http://127.0.0.1:18480/fhir
+printf 'MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|X|P|2.5.1\rPID|1||4711^^^KH-NORD^MR||Muster^Erika||19880412|F\rOBR|1|||SCREEN|||20260302093000+0100\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM|18.5-25|H|||F|||20260302093000+0100\rOBX|2|NM|29463-7^Body weight^LN||68|kg^^UCUM|||||F|||20260302093000+0100\r' > "$work/oru.hl7"
+$tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "not enrolled, 16 connections"
+$tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "not enrolled, 1 connection"
+curl -sf -X POST http://127.0.0.1:18481/enrolments -H 'content-type: application/json' \
+    -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
+$tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "enrolled, 16 connections"
+$tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "enrolled, 1 connection"
