@@ -21,6 +21,13 @@ struct TestGateway {
 }
 
 async fn start_gateway(store: &TestStore) -> TestGateway {
+    start_gateway_with(store, None).await.0
+}
+
+async fn start_gateway_with(
+    store: &TestStore,
+    ehr: Option<site_gateway::ehr_pull::EhrConfig>,
+) -> (TestGateway, Gateway) {
     let dir = tempfile::tempdir().unwrap();
     let config = GatewayConfig {
         mllp_listen: "127.0.0.1:0".parse().unwrap(),
@@ -32,21 +39,23 @@ async fn start_gateway(store: &TestStore) -> TestGateway {
         max_frame_bytes: 64 * 1024,
         idle_timeout: Duration::from_secs(5),
         max_connections: 16,
+        ehr,
     };
     let gateway = Gateway::open(config).unwrap();
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (mllp_addr, http_addr) = (mllp.local_addr().unwrap(), api.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(site_gateway::serve(gateway, mllp, api, async {
+    tokio::spawn(site_gateway::serve(gateway.clone(), mllp, api, async {
         let _ = rx.await;
     }));
-    TestGateway {
+    let g = TestGateway {
         mllp: mllp_addr,
         http: format!("http://{http_addr}"),
         _dir: dir,
         _stop: tx,
-    }
+    };
+    (g, gateway)
 }
 
 const ADT: &str = "MSH|^~\\&|KIS|KH-NORD|TB|SPONSOR|20260302081500+0100||ADT^A04^ADT_A01|{ID}|P|2.5\rEVN|A04|20260302081500+0100\rPID|1||4711^^^KH-NORD^MR~A123456789^^^AOK^NII||Muster^Erika^^^^^L||19880412|F|||Hauptstr. 5^^Berlin^^10115^DEU||030 1234567\rPV1|1|O|ORTHO^^^KH-NORD||||||||||||||||V998877|||||||||||||||||||||||||20260302081500+0100\r";
@@ -193,7 +202,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     for secret in [
         "Muster",
         "Erika",
-        "4711",
+        "\"4711\"",
         "A123456789",
         "1988-04-12",
         "19880412",
@@ -353,4 +362,147 @@ async fn hostile_bytes_get_a_nak_and_the_listener_keeps_serving() {
     let mut u = TcpStream::connect(g.mllp).await.unwrap();
     let ack = exchange(&mut u, &good(99)).await.unwrap();
     assert_eq!(msa(&ack), ("AA".into(), "OK-99".into()));
+}
+
+/// A stand-in OAuth2 token endpoint (client credentials) that counts its calls.
+async fn token_endpoint(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move |body: String| {
+            let calls = calls.clone();
+            async move {
+                assert!(
+                    body.contains("grant_type=client_credentials")
+                        && body.contains("client_id=trialbridge"),
+                    "{body}"
+                );
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                axum::Json(
+                    json!({"access_token": "t0k3n", "token_type": "bearer", "expires_in": 3600}),
+                )
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    format!("http://{addr}/token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ehr_pull_brings_each_new_version_once() {
+    let store = TestStore::start().await;
+    let ehr = TestStore::start().await;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token_url = token_endpoint(calls.clone()).await;
+    let mrn_system = "urn:oid:1.2.276.0.76.4.8.9.1";
+    let config = site_gateway::ehr_pull::EhrConfig {
+        base: ehr.base.clone(),
+        mrn_system: mrn_system.into(),
+        oauth: Some((token_url, "trialbridge".into(), "s3cret".into())),
+        every: Duration::from_secs(3600),
+    };
+    let (g, gateway) = start_gateway_with(&store, Some(config.clone())).await;
+    // The EHR: the patient with name and address, 120 weights (paged), a hemoglobin, a
+    // diagnosis, a procedure.
+    let put = |path: String, v: Value| {
+        let url = ehr.url(&path);
+        async move {
+            let r = integration_tests::put_fhir(url, v.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status().is_success(),
+                "{path}: {}",
+                r.text().await.unwrap()
+            );
+        }
+    };
+    put("Patient/ehr-77".into(), json!({"resourceType":"Patient","id":"ehr-77","identifier":[{"system":mrn_system,"value":"4711"}],"name":[{"family":"Muster","given":["Erika"]}],"birthDate":"1988-04-12","address":[{"line":["Hauptstr. 5"],"city":"Berlin"}]})).await;
+    for i in 0..120 {
+        put(format!("Observation/w{i}"), json!({"resourceType":"Observation","id":format!("w{i}"),"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":format!("2026-03-{:02}T08:00:00+01:00", 1 + i % 28),"valueQuantity":{"value":60 + i % 10,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"note":[{"text":"Frau Muster, nüchtern"}]})).await;
+    }
+    put("Observation/hb".into(), json!({"resourceType":"Observation","id":"hb","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"718-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":"2026-03-01T08:00:00+01:00","valueQuantity":{"value":13.1,"unit":"g/dL","system":"http://unitsofmeasure.org","code":"g/dL"}})).await;
+    put("Condition/oa".into(), json!({"resourceType":"Condition","id":"oa","subject":{"reference":"Patient/ehr-77"},"code":{"coding":[{"system":"http://fhir.de/CodeSystem/bfarm/icd-10-gm","code":"M94.26"}]}})).await;
+    put("Procedure/asc".into(), json!({"resourceType":"Procedure","id":"asc","status":"completed","subject":{"reference":"Patient/ehr-77"},"code":{"coding":[{"system":"http://fhir.de/CodeSystem/bfarm/ops","code":"1-697.7"}]},"performedDateTime":"2026-03-02"})).await;
+    enrol(&g).await;
+    let stored = site_gateway::ehr_pull::poll_once(&gateway, &config)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, 123,
+        "120 weights, the hemoglobin (kept at the site), the diagnosis, the procedure"
+    );
+    wait_for_count(
+        &store,
+        "Observation?subject=Patient/mc-01-001&_summary=count",
+        120,
+    )
+    .await;
+    wait_for_count(
+        &store,
+        "Condition?subject=Patient/mc-01-001&_summary=count",
+        1,
+    )
+    .await;
+    wait_for_count(
+        &store,
+        "Procedure?subject=Patient/mc-01-001&_summary=count",
+        1,
+    )
+    .await;
+    assert!(
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the client-credentials token was fetched"
+    );
+    // Nothing new: nothing pulled. A new version of one result: pulled once, stored as an update.
+    assert_eq!(
+        site_gateway::ehr_pull::poll_once(&gateway, &config)
+            .await
+            .unwrap(),
+        0
+    );
+    put("Observation/w5".into(), json!({"resourceType":"Observation","id":"w5","status":"amended","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":"2026-03-06T08:00:00+01:00","valueQuantity":{"value":71.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}})).await;
+    assert_eq!(
+        site_gateway::ehr_pull::poll_once(&gateway, &config)
+            .await
+            .unwrap(),
+        1
+    );
+    wait_for_count(
+        &store,
+        "Observation?subject=Patient/mc-01-001&status=amended&_summary=count",
+        1,
+    )
+    .await;
+    let amended = get(&store.url("Observation?subject=Patient/mc-01-001&status=amended")).await;
+    assert_eq!(
+        amended["entry"][0]["resource"]["valueQuantity"]["value"].to_string(),
+        "71.5"
+    );
+    assert_eq!(
+        get(&store.url("Observation?_summary=count")).await["total"],
+        120
+    );
+    // The Provenance names the EHR resource version; no name, address or note reached the store.
+    let prov = get(&store.url("Provenance?_count=1000")).await.to_string();
+    assert!(
+        prov.contains(&format!("{}/Observation/w5/_history/2", ehr.base)),
+        "provenance of the new version"
+    );
+    let everything = get(&store.url("Observation?_count=1000")).await.to_string() + &prov;
+    for secret in [
+        "Muster",
+        "Erika",
+        "Hauptstr",
+        "1988-04-12",
+        "nüchtern",
+        "\"4711\"",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} reached the trial store"
+        );
+    }
 }

@@ -179,6 +179,7 @@ CREATE TABLE IF NOT EXISTS enrolment (
 );
 CREATE INDEX IF NOT EXISTS enrolment_subject ON enrolment (subject_id);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cursor (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 impl Db {
@@ -307,6 +308,29 @@ impl Db {
         self.write(move |conn| {
             conn.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, by])
                 .map(|_| ())
+        })
+        .await
+    }
+
+    /// A poll cursor (the newest `meta.lastUpdated` stored), if set.
+    pub async fn cursor(&self, name: &str) -> Result<Option<String>, DbError> {
+        let name = name.to_string();
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT value FROM cursor WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Moves a poll cursor.
+    pub async fn set_cursor(&self, name: &str, value: &str) -> Result<(), DbError> {
+        let (name, value) = (name.to_string(), value.to_string());
+        self.write(move |conn| {
+            conn.execute("INSERT INTO cursor (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2", params![name, value]).map(|_| ())
         })
         .await
     }

@@ -7,6 +7,7 @@
 //! the same code.
 
 pub mod db;
+pub mod ehr_pull;
 pub mod forwarder;
 pub mod http;
 pub mod mapping;
@@ -66,6 +67,39 @@ pub struct GatewayArgs {
         global = true
     )]
     pub site_utc_offset: String,
+    /// FHIR R4 base URL of the EHR to poll for enrolled subjects (off when not set).
+    #[arg(long, env = "TRIALBRIDGE_EHR_FHIR_URL", global = true)]
+    pub ehr_fhir_url: Option<String>,
+    /// Identifier system of the site's MRNs in the EHR.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_EHR_MRN_SYSTEM",
+        default_value = "urn:mesemcart:site:mrn",
+        global = true
+    )]
+    pub ehr_mrn_system: String,
+    /// OAuth2 token endpoint of the EHR (client credentials).
+    #[arg(long, env = "TRIALBRIDGE_EHR_TOKEN_URL", global = true)]
+    pub ehr_token_url: Option<String>,
+    /// OAuth2 client id.
+    #[arg(long, env = "TRIALBRIDGE_EHR_CLIENT_ID", global = true)]
+    pub ehr_client_id: Option<String>,
+    /// OAuth2 client secret (from the environment or a Kubernetes Secret).
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_EHR_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub ehr_client_secret: Option<String>,
+    /// Seconds between EHR polls.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_EHR_POLL_SECONDS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub ehr_poll_seconds: u64,
 }
 
 /// Checked gateway configuration.
@@ -89,6 +123,8 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Most simultaneous MLLP connections.
     pub max_connections: usize,
+    /// The EHR's FHIR API to poll, if any.
+    pub ehr: Option<ehr_pull::EhrConfig>,
 }
 
 impl GatewayConfig {
@@ -128,6 +164,29 @@ impl GatewayConfig {
         if !(off.len() == 6 && matches!(off[0], b'+' | b'-') && off[3] == b':') {
             problems.push(format!("TRIALBRIDGE_SITE_UTC_OFFSET / --site-utc-offset: '{}' is not an offset such as +01:00", a.site_utc_offset));
         }
+        let oauth = match (&a.ehr_token_url, &a.ehr_client_id, &a.ehr_client_secret) {
+            (Some(u), Some(i), Some(s)) => Some((u.clone(), i.clone(), s.clone())),
+            (None, None, None) => None,
+            _ => {
+                problems.push(
+                    "TRIALBRIDGE_EHR_TOKEN_URL, _CLIENT_ID and _CLIENT_SECRET go together".into(),
+                );
+                None
+            }
+        };
+        if let Some(u) = &a.ehr_fhir_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                problems.push(format!(
+                    "TRIALBRIDGE_EHR_FHIR_URL / --ehr-fhir-url: '{u}' is not an http(s) URL"
+                ));
+            }
+        }
+        let ehr = a.ehr_fhir_url.as_ref().map(|base| ehr_pull::EhrConfig {
+            base: base.clone(),
+            mrn_system: a.ehr_mrn_system.clone(),
+            oauth: oauth.clone(),
+            every: Duration::from_secs(a.ehr_poll_seconds.max(1)),
+        });
         match (mllp, http) {
             (Some(mllp_listen), Some(http_listen)) if problems.is_empty() => Ok(Self {
                 mllp_listen,
@@ -144,6 +203,7 @@ impl GatewayConfig {
                 max_frame_bytes: 1024 * 1024,
                 idle_timeout: Duration::from_secs(120),
                 max_connections: 64,
+                ehr,
             }),
             _ => Err(problems),
         }
@@ -164,7 +224,7 @@ pub struct Gateway {
     pub db: Db,
     /// Wakes the forwarder when the outbox grows.
     pub wake: Arc<tokio::sync::Notify>,
-    validation: Arc<trialbridge_validation::Options>,
+    pub(crate) validation: Arc<trialbridge_validation::Options>,
 }
 
 /// Failures while starting the gateway.
@@ -183,7 +243,7 @@ pub enum GatewayError {
     },
 }
 
-fn now_instant() -> String {
+pub(crate) fn now_instant() -> String {
     trialbridge_fhir::instant::format(time::OffsetDateTime::now_utc())
 }
 
@@ -649,6 +709,11 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let forwarder = tokio::spawn(forwarder::run(gateway.clone(), stop_rx.clone()));
+    let puller = gateway
+        .config
+        .ehr
+        .clone()
+        .map(|ehr| tokio::spawn(ehr_pull::run(gateway.clone(), ehr, stop_rx.clone())));
     let listener = tokio::spawn(mllp::serve(gateway.clone(), mllp, stop_rx.clone()));
     let mut http_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
@@ -663,4 +728,7 @@ pub async fn serve(
     let _ = listener.await;
     let _ = api.await;
     let _ = forwarder.await;
+    if let Some(p) = puller {
+        let _ = p.await;
+    }
 }
