@@ -146,6 +146,20 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     assert_eq!(msa(&ack), ("AA".into(), "KIS-0001".into()));
     let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0002")).await;
     assert_eq!(msa(&ack), ("AA".into(), "LAB-0002".into()));
+    // The discharge (A03) of the same visit updates the Encounter the A04 created.
+    let discharge = msg(ADT, "KIS-0002").replace("ADT^A04^ADT_A01", "ADT^A03^ADT_A03");
+    assert_eq!(msa(&mllp_send(g.mllp, &discharge).await).0, "AA");
+    let enc = wait_for_count(
+        &store,
+        "Encounter?subject=Patient/mc-01-001&status=finished&_summary=count",
+        1,
+    )
+    .await;
+    assert_eq!(enc["total"], 1);
+    assert_eq!(
+        get(&store.url("Encounter?_summary=count")).await["total"],
+        1
+    );
     // BMI (a local code, translated by the study's ConceptMap) and weight arrive; hemoglobin is
     // outside the trial's dataset and stays at the site.
     let obs = wait_for_count(
@@ -170,8 +184,9 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
         (patient["gender"].as_str(), patient["birthDate"].as_str()),
         (Some("female"), Some("1988"))
     );
-    let prov = wait_for_count(&store, "Provenance?_summary=count", 2).await;
-    assert_eq!(prov["total"], 2);
+    // One Provenance per message forwarded (A04, ORU, A03).
+    let prov = wait_for_count(&store, "Provenance?_summary=count", 3).await;
+    assert_eq!(prov["total"], 3);
     // The same message again: AA again, stored once.
     let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0002")).await;
     assert_eq!(msa(&ack), ("AA".into(), "LAB-0002".into()));

@@ -492,7 +492,15 @@ pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<
             _ => None,
         };
         if let Some((code, display)) = class {
-            let mut e = json!({"resourceType": "Encounter", "id": "pv1",
+            // The visit number (PV1-19) keys the visit, so that A08 corrections and the A03
+            // discharge update the Encounter the A01/A04 created.
+            let visit = pv1.field(19).component(1);
+            let key = if visit.is_empty() {
+                "pv1".to_string()
+            } else {
+                format!("visit:{visit}")
+            };
+            let mut e = json!({"resourceType": "Encounter", "id": key,
                 "status": if event == Event::Discharge { "finished" } else { "in-progress" },
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display}});
             let start = cx.time(&pv1, 1, 44);

@@ -199,10 +199,13 @@ pub fn outgoing(
                 r["subject"] = json!({"reference": patient_ref});
             }
             "Encounter" => {
-                r["id"] = json!(stable_id(
-                    "enc",
-                    &[&origin.sender, &who.patient_id, &origin.control_id]
-                ));
+                // One Encounter per visit number; without one, per message.
+                let per = if key.starts_with("visit:") {
+                    key.as_str()
+                } else {
+                    origin.control_id.as_str()
+                };
+                r["id"] = json!(stable_id("enc", &[&origin.sender, &who.patient_id, per]));
                 r["subject"] = json!({"reference": patient_ref});
             }
             _ => continue,
