@@ -234,12 +234,16 @@ pub fn build(
         .first()
         .map(|e| escape(&e.text, d))
         .unwrap_or_default();
-    out.push_str(&format!(
-        "MSA{f}{}{f}{}{f}{}\r",
-        code.as_str(),
-        of.control_id,
-        text
-    ));
+    if text.is_empty() {
+        out.push_str(&format!("MSA{f}{}{f}{}\r", code.as_str(), of.control_id));
+    } else {
+        out.push_str(&format!(
+            "MSA{f}{}{f}{}{f}{}\r",
+            code.as_str(),
+            of.control_id,
+            text
+        ));
+    }
     let old = version.as_str() < "2.5";
     for e in errors {
         let loc = if e.segment.is_empty() {
