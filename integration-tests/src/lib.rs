@@ -116,6 +116,18 @@ pub fn next_link(bundle: &serde_json::Value) -> Option<String> {
 }
 
 /// GET `url` and return the body as text.
+/// GET a URL and parse the JSON answer (any status).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
 pub async fn get_text(url: &str) -> String {
     client()
         .get(url)

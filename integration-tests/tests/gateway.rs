@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use integration_tests::{client, TestStore};
+use integration_tests::{client, get_json, TestStore};
 use serde_json::{json, Value};
 use site_gateway::{Gateway, GatewayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,20 +97,9 @@ fn msa(ack: &str) -> (String, String) {
     (f[1].to_string(), f.get(2).unwrap_or(&"").to_string())
 }
 
-async fn get(url: &str) -> Value {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_for_count(store: &TestStore, query: &str, n: u64) -> Value {
     for _ in 0..100 {
-        let b = get(&store.url(query)).await;
+        let b = get_json(&store.url(query)).await;
         if b["total"].as_u64() == Some(n) {
             return b;
         }
@@ -118,7 +107,7 @@ async fn wait_for_count(store: &TestStore, query: &str, n: u64) -> Value {
     }
     panic!(
         "{query} never reached {n}: {}",
-        get(&store.url(query)).await
+        get_json(&store.url(query)).await
     );
 }
 
@@ -139,7 +128,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     // Not enrolled yet: acknowledged, nothing leaves, only a counter remains.
     let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0001")).await;
     assert_eq!(msa(&ack), ("AA".into(), "LAB-0001".into()));
-    let status = get(&format!("{}/status", g.http)).await;
+    let status = get_json(&format!("{}/status", g.http)).await;
     assert_eq!(status["not_enrolled"], 1, "{status}");
     enrol(&g).await;
     let ack = mllp_send(g.mllp, &msg(ADT, "KIS-0001")).await;
@@ -157,7 +146,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     .await;
     assert_eq!(enc["total"], 1);
     assert_eq!(
-        get(&store.url("Encounter?_summary=count")).await["total"],
+        get_json(&store.url("Encounter?_summary=count")).await["total"],
         1
     );
     // BMI (a local code, translated by the study's ConceptMap) and weight arrive; hemoglobin is
@@ -170,7 +159,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     .await;
     assert_eq!(obs["total"], 2);
     let bmi =
-        get(&store.url("Observation?subject=Patient/mc-01-001&code=http://loinc.org|39156-5"))
+        get_json(&store.url("Observation?subject=Patient/mc-01-001&code=http://loinc.org|39156-5"))
             .await;
     let o = &bmi["entry"][0]["resource"];
     assert_eq!(o["valueQuantity"]["value"].to_string(), "27.4");
@@ -179,7 +168,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
         o["extension"][0]["valueReference"]["reference"],
         "ResearchStudy/mesemcart-site-01"
     );
-    let patient = get(&store.url("Patient/mc-01-001")).await;
+    let patient = get_json(&store.url("Patient/mc-01-001")).await;
     assert_eq!(
         (patient["gender"].as_str(), patient["birthDate"].as_str()),
         (Some("female"), Some("1988"))
@@ -192,10 +181,13 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     assert_eq!(msa(&ack), ("AA".into(), "LAB-0002".into()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        get(&store.url("Observation?_summary=count")).await["total"],
+        get_json(&store.url("Observation?_summary=count")).await["total"],
         2
     );
-    assert_eq!(get(&format!("{}/status", g.http)).await["duplicates"], 1);
+    assert_eq!(
+        get_json(&format!("{}/status", g.http)).await["duplicates"],
+        1
+    );
     // Nothing that identifies the patient reached the store.
     let mut everything = String::new();
     for t in [
@@ -207,7 +199,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
         "Procedure",
     ] {
         everything.push_str(
-            &get(&store.url(&format!("{t}?_count=1000")))
+            &get_json(&store.url(&format!("{t}?_count=1000")))
                 .await
                 .to_string(),
         );
@@ -242,14 +234,14 @@ async fn unmapped_codes_wait_in_the_dead_letter_queue() {
     let unknown = msg(ORU, "LAB-0100").replace("BMI^Body mass index^L", "KNIE-SCORE^Knee score^L");
     let ack = mllp_send(g.mllp, &unknown).await;
     assert_eq!(msa(&ack).0, "AA");
-    let dead = get(&format!("{}/dead-letters", g.http)).await;
+    let dead = get_json(&format!("{}/dead-letters", g.http)).await;
     assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
     assert!(
         dead[0]["reason"].as_str().unwrap().contains("KNIE-SCORE"),
         "{dead}"
     );
     let id = dead[0]["id"].as_i64().unwrap();
-    let one = get(&format!("{}/dead-letters/{id}", g.http)).await;
+    let one = get_json(&format!("{}/dead-letters/{id}", g.http)).await;
     assert!(one["message"].as_str().unwrap().contains("KNIE-SCORE"));
     let r: Value = client()
         .post(format!("{}/dead-letters/{id}/replay", g.http))
@@ -269,7 +261,7 @@ async fn unmapped_codes_wait_in_the_dead_letter_queue() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(get(&format!("{}/dead-letters", g.http))
+    assert!(get_json(&format!("{}/dead-letters", g.http))
         .await
         .as_array()
         .unwrap()
@@ -491,22 +483,28 @@ async fn ehr_pull_brings_each_new_version_once() {
         1,
     )
     .await;
-    let amended = get(&store.url("Observation?subject=Patient/mc-01-001&status=amended")).await;
+    let amended =
+        get_json(&store.url("Observation?subject=Patient/mc-01-001&status=amended")).await;
     assert_eq!(
         amended["entry"][0]["resource"]["valueQuantity"]["value"].to_string(),
         "71.5"
     );
     assert_eq!(
-        get(&store.url("Observation?_summary=count")).await["total"],
+        get_json(&store.url("Observation?_summary=count")).await["total"],
         120
     );
     // The Provenance names the EHR resource version; no name, address or note reached the store.
-    let prov = get(&store.url("Provenance?_count=1000")).await.to_string();
+    let prov = get_json(&store.url("Provenance?_count=1000"))
+        .await
+        .to_string();
     assert!(
         prov.contains(&format!("{}/Observation/w5/_history/2", ehr.base)),
         "provenance of the new version"
     );
-    let everything = get(&store.url("Observation?_count=1000")).await.to_string() + &prov;
+    let everything = get_json(&store.url("Observation?_count=1000"))
+        .await
+        .to_string()
+        + &prov;
     for secret in [
         "Muster",
         "Erika",

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::client;
+use integration_tests::{client, get_json};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -137,14 +137,7 @@ async fn every_acknowledged_message_arrives_exactly_once_after_kill_9() {
     // Wait for the outbox to drain.
     let mut status = Value::Null;
     for _ in 0..600 {
-        status = client()
-            .get(format!("{http}/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        status = get_json(&format!("{http}/status")).await;
         if status["messages_outbox"].as_u64().unwrap_or(0) == 0 {
             break;
         }

@@ -3,7 +3,7 @@
 //! element and stores nothing; a visit outside its window is stored and recorded as a
 //! DetectedIssue.
 
-use integration_tests::{client, post_fhir, put_fhir, repo_root, TestStore};
+use integration_tests::{get_json, post_fhir, put_fhir, repo_root, TestStore};
 use serde_json::{json, Value};
 
 fn example(name: &str) -> Value {
@@ -129,14 +129,7 @@ async fn trial_profiles_check_units_ranges_ids_and_lots() {
         .remove("lotNumber");
     rejected(&s, &no_lot, "Procedure.contained", "").await;
     // Nothing of the above was stored.
-    let n: Value = client()
-        .get(s.url("Observation?_summary=count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let n: Value = get_json(&s.url("Observation?_summary=count")).await;
     assert_eq!(n["total"], 2);
 }
 
@@ -235,14 +228,7 @@ async fn status_changes_follow_the_transition_map() {
     )
     .await;
     // Old and new values stay in the history.
-    let h: Value = client()
-        .get(s.url("ResearchSubject/mc-01-001/_history"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = get_json(&s.url("ResearchSubject/mc-01-001/_history")).await;
     let statuses: Vec<&str> = h["entry"]
         .as_array()
         .unwrap()
@@ -276,14 +262,7 @@ async fn a_visit_outside_its_window_is_stored_and_recorded_as_a_deviation() {
     // V5 on day 91: inside days 77-105.
     put_ok(&s, &example("Observation-mc-01-001-koos-pain-v5.json")).await;
     let deviations = || async {
-        let b: Value = client()
-            .get(s.url("DetectedIssue?patient=Patient/mc-01-001"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let b: Value = get_json(&s.url("DetectedIssue?patient=Patient/mc-01-001")).await;
         b["entry"].as_array().cloned().unwrap_or_default()
     };
     assert!(deviations().await.is_empty());

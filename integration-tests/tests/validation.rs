@@ -1,7 +1,7 @@
 //! Validation at the HTTP edge: every write is validated (422 with the whole OperationOutcome)
 //! and `$validate` reports the same issues without writing.
 
-use integration_tests::{client, fixture, post_fhir, put_fhir, TestStore};
+use integration_tests::{client, fixture, get_json, post_fhir, put_fhir, TestStore};
 use serde_json::{json, Value};
 
 fn observation() -> Value {
@@ -101,14 +101,7 @@ async fn each_mutation_is_rejected_naming_the_element_and_nothing_is_stored() {
         );
     }
     // The stored resource is still version 1.
-    let v: Value = client()
-        .get(s.url("Observation/example"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&s.url("Observation/example")).await;
     assert_eq!(v["meta"]["versionId"], "1");
 }
 
@@ -205,13 +198,6 @@ async fn a_transaction_with_bad_entries_names_every_one_and_writes_nothing() {
         ex.contains(&"Bundle.entry[2].resource.code".to_string()),
         "{oo}"
     );
-    let n: Value = client()
-        .get(s.url("Patient?_summary=count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let n: Value = get_json(&s.url("Patient?_summary=count")).await;
     assert_eq!(n["total"], 0);
 }

@@ -166,7 +166,7 @@ pub fn outgoing(
                 return (Outgoing::Dead(why), 0);
             }
         }
-        match ty.as_str() {
+        let prefix = match ty.as_str() {
             "Observation" => {
                 let in_study = r
                     .pointer("/code/coding")
@@ -176,39 +176,28 @@ pub fn outgoing(
                     dropped += 1;
                     continue;
                 }
-                r["id"] = json!(stable_id(
-                    "obs",
-                    &[&origin.sender, &origin.control_id, &key]
-                ));
-                r["subject"] = json!({"reference": patient_ref});
-                r["extension"] = study.clone();
+                "obs"
             }
-            "Procedure" => {
-                r["id"] = json!(stable_id(
-                    "proc",
-                    &[&origin.sender, &origin.control_id, &key]
-                ));
-                r["subject"] = json!({"reference": patient_ref});
-                r["extension"] = study.clone();
-            }
-            "Condition" => {
-                r["id"] = json!(stable_id(
-                    "cond",
-                    &[&origin.sender, &origin.control_id, &key]
-                ));
-                r["subject"] = json!({"reference": patient_ref});
-            }
-            "Encounter" => {
-                // One Encounter per visit number; without one, per message.
-                let per = if key.starts_with("visit:") {
-                    key.as_str()
-                } else {
-                    origin.control_id.as_str()
-                };
-                r["id"] = json!(stable_id("enc", &[&origin.sender, &who.patient_id, per]));
-                r["subject"] = json!({"reference": patient_ref});
-            }
+            "Procedure" => "proc",
+            "Condition" => "cond",
+            "Encounter" => "enc",
             _ => continue,
+        };
+        r["id"] = json!(if ty == "Encounter" {
+            // One Encounter per visit number; without one, per message.
+            let per = if key.starts_with("visit:") {
+                key.as_str()
+            } else {
+                origin.control_id.as_str()
+            };
+            stable_id(prefix, &[&origin.sender, &who.patient_id, per])
+        } else {
+            stable_id(prefix, &[&origin.sender, &origin.control_id, &key])
+        });
+        r["subject"] = json!({"reference": patient_ref});
+        // The study link where the trial profiles look for it (results and procedures).
+        if matches!(ty.as_str(), "Observation" | "Procedure") {
+            r["extension"] = study.clone();
         }
         entries.push(r);
     }
