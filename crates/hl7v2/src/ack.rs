@@ -140,8 +140,9 @@ impl Acknowledged {
             control_id: m.msh(10).raw().to_string(),
             processing_id: m.msh(11).raw().to_string(),
             version: m.msh(12).raw().to_string(),
-            accept_ack: m.msh(15).raw().to_string(),
-            app_ack: m.msh(16).raw().to_string(),
+            // Some senders pad empty fields with a space: that is no request for enhanced mode.
+            accept_ack: m.msh(15).raw().trim().to_string(),
+            app_ack: m.msh(16).raw().trim().to_string(),
         }
     }
 
