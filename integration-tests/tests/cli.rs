@@ -91,3 +91,47 @@ fn load_is_idempotent_and_refuses_transactions() {
     assert!(!txn.status.success());
     assert!(String::from_utf8_lossy(&txn.stderr).contains("POST it to the FHIR base URL"));
 }
+
+#[test]
+fn validate_and_hl7_parse_report_and_fail_on_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, r#"{"resourceType":"Patient","gender":"female"}"#).unwrap();
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        "{\"resourceType\":\"Observation\",\"status\":\"done\",\"code\":{\"text\":\"x\"}}\n",
+    )
+    .unwrap();
+    let ok = trialbridge().arg("validate").arg(&good).output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = trialbridge().arg("validate").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad.ndjson:1: Observation.status"), "{text}");
+    let msg = dir.path().join("m.hl7");
+    std::fs::write(
+        &msg,
+        "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|M1|P|2.5\nPID|1||4711\n",
+    )
+    .unwrap();
+    let out = trialbridge()
+        .args(["hl7", "parse"])
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"type\":\"ORU^R01\""));
+    std::fs::write(&msg, "PID|1||4711\n").unwrap();
+    let out = trialbridge()
+        .args(["hl7", "parse"])
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not start with an MSH segment"));
+}

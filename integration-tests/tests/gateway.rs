@@ -519,3 +519,40 @@ async fn ehr_pull_brings_each_new_version_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_post_of_a_message_gets_the_same_acknowledgement() {
+    let store = TestStore::start().await;
+    let g = start_gateway(&store).await;
+    enrol(&g).await;
+    let post = |body: String| {
+        let url = format!("{}/hl7v2", g.http);
+        async move {
+            client()
+                .post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let ack = post(msg(ORU, "HTTP-1")).await;
+    assert_eq!(msa(&ack), ("AA".into(), "HTTP-1".into()));
+    wait_for_count(
+        &store,
+        "Observation?subject=Patient/mc-01-001&_summary=count",
+        2,
+    )
+    .await;
+    // The same message over MLLP afterwards is a duplicate: AA, nothing new.
+    let again = mllp_send(g.mllp, &msg(ORU, "HTTP-1")).await;
+    assert_eq!(msa(&again), ("AA".into(), "HTTP-1".into()));
+    let bad =
+        post("MSH|^~\\&|LAB|KH|TB|SP|1||ORU^R01|HTTP-2|P|2.5\rOBX|1|NM|x^y^LN||1,5|||||F\r".into())
+            .await;
+    assert_eq!(msa(&bad).0, "AE", "{bad}");
+    assert!(bad.contains("ERR|"), "{bad}");
+}
