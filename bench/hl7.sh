@@ -31,4 +31,8 @@ $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --reque
 curl -sf -X POST http://127.0.0.1:18481/enrolments -H 'content-type: application/json' \
     -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "enrolled, 16 connections"
+# How long the outbox takes to reach the store after that burst (forwarding runs meanwhile).
+start=$(date +%s.%N)
+while [ "$(curl -sf http://127.0.0.1:18481/status | python3 -c 'import json,sys; print(json.load(sys.stdin).get("messages_outbox", 0))')" != 0 ]; do sleep 0.2; done
+python3 -c "import sys; s=float(sys.argv[1]); import time; print('{\"label\": \"outbox drained after the enrolled burst\", \"seconds_after_burst\": %.1f}' % (time.time()-s))" "$start"
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "enrolled, 1 connection"

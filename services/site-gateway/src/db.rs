@@ -443,6 +443,19 @@ impl Db {
         .await
     }
 
+    /// Moves several messages to a state in one commit.
+    pub async fn set_states(&self, ids: Vec<i64>, state: State) -> Result<(), DbError> {
+        self.write(move |conn| {
+            let mut q = conn
+                .prepare("UPDATE message SET state = ?2, attempts = attempts + 1 WHERE id = ?1")?;
+            for id in ids {
+                q.execute(params![id, state.as_str()])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Replaces what a message forwards (after a replay).
     pub async fn requeue(
         &self,

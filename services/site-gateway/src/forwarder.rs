@@ -1,20 +1,93 @@
 //! The outbox forwarder: sends queued transaction Bundles to the trial store in the order they
-//! were received. 2xx marks a message forwarded; a refusal (4xx) moves it to the dead-letter
-//! queue with the store's OperationOutcome; a store that is down (5xx, no connection) is
-//! retried with backoff, and nothing is skipped. The Bundles use PUT with deterministic ids,
-//! so sending one twice (after a crash between the store's commit and ours) changes nothing.
+//! were received. Consecutive messages go together in one transaction (up to `GROUP`, and
+//! never two that write the same resource, so every message still becomes its own versions);
+//! if the store refuses a group, its messages are sent one by one so that only the refused one
+//! moves to the dead-letter queue, with the store's OperationOutcome. A store that is down
+//! (5xx, no connection) is retried with backoff, and nothing is skipped. The Bundles use PUT
+//! with deterministic ids, so sending one twice (after a crash between the store's commit and
+//! ours) changes nothing.
 
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::db::State;
 use crate::Gateway;
 
-/// Runs until `stop` turns true (finishing the message in flight).
+/// Most messages per transaction sent to the store.
+const GROUP: usize = 25;
+
+/// What the store said to one POST.
+enum Sent {
+    Accepted,
+    Refused(String),
+    Unavailable,
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: String) -> Sent {
+    match client
+        .post(url)
+        .header("content-type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => Sent::Accepted,
+        Ok(r) if r.status().is_client_error() => {
+            let status = r.status();
+            Sent::Refused(format!(
+                "the trial store refused it ({status}): {}",
+                r.text().await.unwrap_or_default()
+            ))
+        }
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "the trial store failed; retrying");
+            Sent::Unavailable
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the trial store is not reachable; retrying");
+            Sent::Unavailable
+        }
+    }
+}
+
+fn entries(bundle: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(bundle)
+        .ok()
+        .and_then(|b| b.get("entry").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+}
+
+/// Splits the outbox rows into groups of consecutive messages that write disjoint resources.
+fn groups(rows: &[(i64, String)]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut urls: Vec<String> = Vec::new();
+    for (i, (_, bundle)) in rows.iter().enumerate() {
+        let mine: Vec<String> = entries(bundle)
+            .iter()
+            .filter_map(|e| {
+                e.pointer("/request/url")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .collect();
+        let fits =
+            out.last().is_some_and(|g| g.len() < GROUP) && !mine.iter().any(|u| urls.contains(u));
+        if !fits {
+            out.push(Vec::new());
+            urls.clear();
+        }
+        out.last_mut().expect("a group").push(i);
+        urls.extend(mine);
+    }
+    out
+}
+
+/// Runs until `stop` turns true (finishing the send in flight).
 pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
         .build()
         .expect("HTTP client");
     let url = format!("{}/", gateway.config.store_url);
@@ -23,14 +96,14 @@ pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let batch = match gateway.db.outbox(50).await {
+        let rows = match gateway.db.outbox(GROUP * 4).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
                 Vec::new()
             }
         };
-        if batch.is_empty() {
+        if rows.is_empty() {
             tokio::select! {
                 _ = gateway.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -38,51 +111,94 @@ pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
             }
             continue;
         }
-        for (id, bundle) in batch {
-            let sent = client
-                .post(&url)
-                .header("content-type", "application/fhir+json")
-                .body(bundle)
-                .send()
-                .await;
-            let outcome = match sent {
-                Ok(r) if r.status().is_success() => Some((State::Forwarded, None)),
-                Ok(r) if r.status().is_client_error() => {
-                    let status = r.status();
-                    let body = r.text().await.unwrap_or_default();
-                    Some((
-                        State::Dead,
-                        Some(format!("the trial store refused it ({status}): {body}")),
-                    ))
-                }
-                Ok(r) => {
-                    tracing::warn!(status = %r.status(), "the trial store failed; retrying");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the trial store is not reachable; retrying");
-                    None
-                }
+        let mut unavailable = false;
+        'groups: for group in groups(&rows) {
+            let sent = if group.len() == 1 {
+                post(&client, &url, rows[group[0]].1.clone()).await
+            } else {
+                let all: Vec<Value> = group.iter().flat_map(|&i| entries(&rows[i].1)).collect();
+                let combined = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": all});
+                post(&client, &url, combined.to_string()).await
             };
-            match outcome {
-                Some((state, reason)) => {
-                    if state == State::Dead {
-                        let _ = gateway.db.bump("dead_letters", 1).await;
-                    }
-                    if let Err(e) = gateway.db.set_state(id, state, reason).await {
+            match sent {
+                Sent::Accepted => {
+                    let ids: Vec<i64> = group.iter().map(|&i| rows[i].0).collect();
+                    if let Err(e) = gateway.db.set_states(ids, State::Forwarded).await {
                         tracing::error!(error = %e, "cannot update the outbox");
                     }
-                    backoff = Duration::from_millis(100);
                 }
-                None => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                Sent::Unavailable => {
+                    unavailable = true;
+                    break 'groups;
+                }
+                // One message of the group was refused: find it by sending them one by one.
+                Sent::Refused(why) if group.len() == 1 => {
+                    let _ = gateway.db.bump("dead_letters", 1).await;
+                    if let Err(e) = gateway
+                        .db
+                        .set_state(rows[group[0]].0, State::Dead, Some(why))
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot update the outbox");
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    break;
+                }
+                Sent::Refused(_) => {
+                    for &i in &group {
+                        match post(&client, &url, rows[i].1.clone()).await {
+                            Sent::Accepted => {
+                                let _ = gateway
+                                    .db
+                                    .set_states(vec![rows[i].0], State::Forwarded)
+                                    .await;
+                            }
+                            Sent::Refused(why) => {
+                                let _ = gateway.db.bump("dead_letters", 1).await;
+                                let _ = gateway
+                                    .db
+                                    .set_state(rows[i].0, State::Dead, Some(why))
+                                    .await;
+                            }
+                            Sent::Unavailable => {
+                                unavailable = true;
+                                break 'groups;
+                            }
+                        }
+                    }
                 }
             }
         }
+        if unavailable {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        } else {
+            backoff = Duration::from_millis(100);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_never_write_a_resource_twice() {
+        let b = |urls: &[&str]| {
+            let e: Vec<Value> = urls
+                .iter()
+                .map(|u| serde_json::json!({"request": {"method": "PUT", "url": u}}))
+                .collect();
+            serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": e})
+                .to_string()
+        };
+        let rows = vec![
+            (1, b(&["Patient/a", "Observation/1"])),
+            (2, b(&["Observation/2"])),
+            (3, b(&["Patient/a", "Observation/3"])),
+            (4, b(&["Observation/4"])),
+        ];
+        assert_eq!(groups(&rows), vec![vec![0, 1], vec![2, 3]]);
     }
 }
