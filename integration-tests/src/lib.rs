@@ -42,11 +42,13 @@ impl TestStore {
             .validation
             .extension_domains
             .extend(EXAMPLE_EXTENSION_DOMAINS.iter().map(|d| d.to_string()));
+        config.export_dir = dir.path().join("exports");
         adjust(&mut config);
         let base = config.base_url.clone();
         let state = trial_store::StoreState {
             store,
             config: Arc::new(config),
+            exports: Arc::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -285,6 +285,19 @@ pub trait ResourceStore: Send + Sync + 'static {
         after: Option<(String, String)>,
         limit: usize,
     ) -> Result<Vec<StoredVersion>, StorageError>;
+    /// The highest committed change sequence (0 for an empty store).
+    async fn last_seq(&self, ctx: &AccessContext) -> Result<i64, StorageError>;
+    /// The resources of one type as they stood at change sequence `as_of`: for each id the
+    /// newest version with `seq <= as_of`, unless that is a delete; ordered by id, after
+    /// `after`. Writes committed later do not change the answer (a consistent export).
+    async fn snapshot_page(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        as_of: i64,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredVersion>, StorageError>;
     /// Counts current resources matching a search.
     async fn count(
         &self,

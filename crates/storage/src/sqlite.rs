@@ -1262,6 +1262,64 @@ impl ResourceStore for SqliteStore {
         .await
     }
 
+    async fn last_seq(&self, _ctx: &AccessContext) -> Result<i64, StorageError> {
+        self.blocking(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM resource_version",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn snapshot_page(
+        &self,
+        _ctx: &AccessContext,
+        resource_type: &str,
+        as_of: i64,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredVersion>, StorageError> {
+        let rt = resource_type.to_string();
+        self.blocking(move |c| {
+            // Page over the current pointers by id; a resource changed after `as_of` is read
+            // at its newest version up to `as_of` (few: only those written during an export).
+            let mut cur = c.prepare_cached(
+                "SELECT res_id, seq FROM resource_current WHERE res_type = ?1 AND res_id > ?2 ORDER BY res_id LIMIT ?3",
+            )?;
+            let mut at = c.prepare_cached(&format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq = ?1"))?;
+            let mut older = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ?1 AND v.res_id = ?2 AND v.seq <= ?3 ORDER BY v.version DESC LIMIT 1"
+            ))?;
+            let mut out = Vec::new();
+            let mut after = after.unwrap_or_default();
+            // Keep reading pointer pages until `limit` snapshot rows are found or the type ends.
+            loop {
+                let ptrs: Vec<(String, i64)> = cur
+                    .query_map(params![rt, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let Some((last, _)) = ptrs.last().cloned() else { break };
+                for (id, seq) in ptrs {
+                    let v = if seq <= as_of {
+                        at.query_row(params![seq], version_from_row).optional()?
+                    } else {
+                        older.query_row(params![rt, id, as_of], version_from_row).optional()?
+                    };
+                    if let Some(v) = v.filter(|v| !v.deleted) {
+                        out.push(v);
+                        if out.len() == limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                after = last;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn index_values(
         &self,
         _ctx: &AccessContext,

@@ -17,7 +17,7 @@ use trialbridge_storage::{write, AccessContext, StoredVersion};
 use crate::error::{outcome_response, ApiError};
 use crate::interactions::{self, checked_id, incoming_from_bytes, known_type, Written};
 use crate::negotiate::{negotiate, read_body, Format};
-use crate::{bundle, capability, history, search, validate, StoreState};
+use crate::{bundle, capability, export, history, search, validate, StoreState};
 
 pub fn routes(state: StoreState) -> Router {
     Router::new()
@@ -32,6 +32,13 @@ pub fn routes(state: StoreState) -> Router {
                 .put(conditional_update)
                 .delete(conditional_delete),
         )
+        .route("/fhir/$export", get(export::system))
+        .route("/fhir/{rtype}/$export", get(type_export))
+        .route(
+            "/fhir/$export-status/{job}",
+            get(export::status).delete(export::cancel),
+        )
+        .route("/fhir/$export-file/{job}/{file}", get(export::file))
         .route("/fhir/{rtype}/_search", post(search::type_search_post))
         .route("/fhir/{rtype}/$validate", post(validate::type_level))
         .route(
@@ -53,6 +60,24 @@ pub fn routes(state: StoreState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// `GET [base]/[type]/$export`: Patient-level export (Group-level is not built yet).
+async fn type_export(
+    State(s): State<StoreState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path(t) = path?;
+    if t != "Patient" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotSupported,
+            format!("$export is served at the system level and for Patient, not for {t}"),
+        ));
+    }
+    export::kick_off(&s, &headers, q.as_deref(), true).await
 }
 
 /// The access context of a request. Until authentication lands every request acts as the

@@ -14,6 +14,7 @@ mod bundle;
 mod capability;
 pub mod config;
 mod error;
+pub mod export;
 mod history;
 mod http;
 mod include;
@@ -47,6 +48,8 @@ pub struct StoreConfig {
     pub max_count: usize,
     /// How payloads are validated.
     pub validation: trialbridge_validation::Options,
+    /// Where `$export` jobs keep their state and files.
+    pub export_dir: std::path::PathBuf,
 }
 
 impl StoreConfig {
@@ -58,6 +61,7 @@ impl StoreConfig {
             default_count: 20,
             max_count: 1000,
             validation: config::validation_options(config::DEFAULT_EXTENSION_DOMAINS),
+            export_dir: "data/exports".into(),
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct StoreState {
     pub store: Arc<dyn ResourceStore>,
     /// API settings.
     pub config: Arc<StoreConfig>,
+    /// Running `$export` jobs.
+    pub exports: Arc<export::Exports>,
 }
 
 /// The router of the FHIR API (`/fhir/...`) and the health endpoints (`/livez`, `/readyz`).
@@ -135,11 +141,20 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     );
     api.max_body_bytes = config.max_body_bytes;
     api.validation = config.validation.clone();
+    let db_path = config
+        .database_url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    api.export_dir = std::path::Path::new(db_path)
+        .parent()
+        .map(|d| d.join("exports"))
+        .unwrap_or_else(|| "exports".into());
     Ok(Bound {
         listener,
         state: StoreState {
             store,
             config: Arc::new(api),
+            exports: Arc::default(),
         },
         study,
     })
@@ -230,6 +245,8 @@ pub async fn serve(
         addr: ([0, 0, 0, 0], 0).into(),
         source,
     })?;
+    // Export jobs that were running when the server stopped run again.
+    export::resume(&state);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -1,0 +1,427 @@
+//! Bulk Data export (FHIR Bulk Data Access IG v2): `GET [base]/$export` and
+//! `GET [base]/Patient/$export` with `Prefer: respond-async`; the job reads one consistent
+//! snapshot (the change sequence at kick-off), streams NDJSON files to disk page by page
+//! (never the whole data in memory), and keeps its state in a file beside them, so a job that
+//! was running when the server stopped is run again at start-up. `$export-status/{job}` gives
+//! 202 with `X-Progress` until the manifest; DELETE cancels; the files are served from
+//! `$export-file/{job}/{Type}.ndjson`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use trialbridge_fhir::IssueType;
+use trialbridge_storage::AccessContext;
+
+use crate::error::ApiError;
+use crate::http::query_pairs;
+use crate::StoreState;
+
+/// Running jobs' cancel flags.
+#[derive(Default)]
+pub struct Exports {
+    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+/// A job as kept in `job.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Job {
+    id: String,
+    /// queued | running | done | failed | cancelled
+    status: String,
+    request: String,
+    types: Vec<String>,
+    since_us: Option<i64>,
+    as_of: i64,
+    transaction_time: String,
+    written: u64,
+    outputs: Vec<(String, u64)>,
+    error: Option<String>,
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, msg)
+}
+
+fn job_dir(s: &StoreState, id: &str) -> PathBuf {
+    s.config.export_dir.join(id)
+}
+
+fn save(dir: &Path, job: &Job) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("job.json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(
+            &mut f,
+            serde_json::to_string(job).unwrap_or_default().as_bytes(),
+        )?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, dir.join("job.json"))
+}
+
+fn load(dir: &Path) -> Option<Job> {
+    serde_json::from_slice(&std::fs::read(dir.join("job.json")).ok()?).ok()
+}
+
+/// Kick-off: `GET [base]/$export` and `GET [base]/Patient/$export`.
+pub async fn kick_off(
+    s: &StoreState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    patient_level: bool,
+) -> Result<Response, ApiError> {
+    let prefer = headers
+        .get("prefer")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !prefer
+        .split([',', ';'])
+        .any(|p| p.trim() == "respond-async")
+    {
+        return Err(bad("$export runs asynchronously: send Prefer: respond-async").at("Prefer"));
+    }
+    let pairs = query_pairs(query);
+    let mut types: Vec<String> = if patient_level {
+        let mut t: Vec<String> = trialbridge_fhir::generated::compartments::PATIENT_COMPARTMENT
+            .iter()
+            .map(|(t, _)| t.to_string())
+            .collect();
+        t.push("Patient".into());
+        t.sort();
+        t.dedup();
+        t
+    } else {
+        trialbridge_fhir::resource_type::all()
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    };
+    let mut since_us = None;
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_type" => {
+                let wanted: Vec<String> = v
+                    .split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                for t in &wanted {
+                    if !types.contains(t) {
+                        return Err(bad(format!(
+                            "_type {t} is not a resource type this export can contain"
+                        ))
+                        .at("_type"));
+                    }
+                }
+                types = wanted;
+            }
+            "_since" => {
+                let t = trialbridge_fhir::instant::parse(v)
+                    .ok_or_else(|| bad(format!("_since '{v}' is not an instant")).at("_since"))?;
+                since_us = Some((t.unix_timestamp_nanos() / 1000) as i64);
+            }
+            "_outputFormat" => {
+                if !matches!(
+                    v.as_str(),
+                    "application/fhir+ndjson" | "application/ndjson" | "ndjson"
+                ) {
+                    return Err(bad(format!(
+                        "_outputFormat {v} is not supported (application/fhir+ndjson)"
+                    ))
+                    .at("_outputFormat"));
+                }
+            }
+            other => {
+                return Err(bad(format!(
+                    "$export has no parameter {other} here (_type, _since, _outputFormat)"
+                ))
+                .at(other.to_string()))
+            }
+        }
+    }
+    let ctx = AccessContext::system();
+    let as_of = s.store.last_seq(&ctx).await?;
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let request = format!(
+        "{}/{}$export{}",
+        s.config.base_url,
+        if patient_level { "Patient/" } else { "" },
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    );
+    let job = Job {
+        id: id.clone(),
+        status: "queued".into(),
+        request,
+        types,
+        since_us,
+        as_of,
+        transaction_time: trialbridge_fhir::instant::format(time::OffsetDateTime::now_utc()),
+        written: 0,
+        outputs: Vec::new(),
+        error: None,
+    };
+    save(&job_dir(s, &id), &job).map_err(|e| ApiError::Storage(e.into()))?;
+    start(s.clone(), job);
+    let mut r = StatusCode::ACCEPTED.into_response();
+    let loc = format!("{}/$export-status/{id}", s.config.base_url);
+    r.headers_mut().insert(
+        header::CONTENT_LOCATION,
+        HeaderValue::from_str(&loc).expect("an ASCII URL"),
+    );
+    Ok(r)
+}
+
+fn start(s: StoreState, job: Job) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    s.exports
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(job.id.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let id = job.id.clone();
+        let dir = job_dir(&s, &id);
+        let result = run(&s, job.clone(), &dir, &cancel).await;
+        s.exports
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if cancel.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        if let Err(e) = result {
+            let mut failed = load(&dir).unwrap_or(job);
+            failed.status = "failed".into();
+            failed.error = Some(e);
+            let _ = save(&dir, &failed);
+        }
+    });
+}
+
+async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> Result<(), String> {
+    job.status = "running".into();
+    job.written = 0;
+    job.outputs.clear();
+    save(dir, &job).map_err(|e| e.to_string())?;
+    let ctx = AccessContext::system();
+    for t in job.types.clone() {
+        let path = dir.join(format!("{t}.ndjson"));
+        let mut file = tokio::io::BufWriter::new(
+            tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        let mut count = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let page = s
+                .store
+                .snapshot_page(&ctx, &t, job.as_of, after.clone(), 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for v in &page {
+                if job.since_us.is_some_and(|since| v.last_updated_us <= since) {
+                    continue;
+                }
+                if let Some(body) = &v.body {
+                    file.write_all(body.as_bytes())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    file.write_all(b"\n").await.map_err(|e| e.to_string())?;
+                    count += 1;
+                }
+            }
+            job.written += page.len() as u64;
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
+        file.get_ref().sync_all().await.map_err(|e| e.to_string())?;
+        if count == 0 {
+            let _ = tokio::fs::remove_file(&path).await;
+        } else {
+            job.outputs.push((t.clone(), count));
+        }
+        save(dir, &job).map_err(|e| e.to_string())?;
+    }
+    job.status = "done".into();
+    save(dir, &job).map_err(|e| e.to_string())
+}
+
+/// Runs again every job that was queued or running when the server stopped.
+pub fn resume(s: &StoreState) {
+    let Ok(entries) = std::fs::read_dir(&s.config.export_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if let Some(job) = load(&e.path()) {
+            if matches!(job.status.as_str(), "queued" | "running") {
+                tracing::info!(job = %job.id, "resuming an export job");
+                start(s.clone(), job);
+            }
+        }
+    }
+}
+
+fn checked_job(id: &str) -> Result<(), ApiError> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("no export job {id}"),
+        ))
+    }
+}
+
+/// `GET [base]/$export-status/{job}`.
+pub async fn status(
+    State(s): State<StoreState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    checked_job(&id)?;
+    let job = load(&job_dir(&s, &id)).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("no export job {id}"),
+        )
+    })?;
+    match job.status.as_str() {
+        "queued" | "running" => {
+            let mut r = StatusCode::ACCEPTED.into_response();
+            let progress = format!("{} resources read", job.written);
+            r.headers_mut().insert(
+                "x-progress",
+                HeaderValue::from_str(&progress).expect("ASCII"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(r)
+        }
+        "done" => {
+            let output: Vec<Value> = job
+                .outputs
+                .iter()
+                .map(|(t, n)| json!({"type": t, "url": format!("{}/$export-file/{id}/{t}.ndjson", s.config.base_url), "count": n}))
+                .collect();
+            let manifest = json!({"transactionTime": job.transaction_time, "request": job.request, "requiresAccessToken": false, "output": output, "error": []});
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                manifest.to_string(),
+            )
+                .into_response())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            IssueType::Exception,
+            format!("export job {id} failed: {}", job.error.unwrap_or_default()),
+        )),
+    }
+}
+
+/// `DELETE [base]/$export-status/{job}`: cancels a job and removes its files.
+pub async fn cancel(
+    State(s): State<StoreState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    checked_job(&id)?;
+    let dir = job_dir(&s, &id);
+    if load(&dir).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("no export job {id}"),
+        ));
+    }
+    let running = s
+        .exports
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned();
+    match running {
+        Some(flag) => flag.store(true, Ordering::SeqCst),
+        None => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `GET [base]/$export-file/{job}/{Type}.ndjson`, streamed from disk.
+pub async fn file(
+    State(s): State<StoreState>,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    checked_job(&id)?;
+    let t = name.strip_suffix(".ndjson").unwrap_or("");
+    if trialbridge_fhir::resource_type::canonical(t).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("no export file {name}"),
+        ));
+    }
+    let f = tokio::fs::File::open(job_dir(&s, &id).join(&name))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                IssueType::NotFound,
+                format!("no export file {name} in job {id}"),
+            )
+        })?;
+    let stream = futures::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+            }
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/fhir+ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `GET [base]/$export` handler.
+pub async fn system(
+    State(s): State<StoreState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    kick_off(&s, &headers, q.as_deref(), false).await
+}
+
+/// `GET [base]/Patient/$export` handler.
+pub async fn patient(
+    State(s): State<StoreState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    kick_off(&s, &headers, q.as_deref(), true).await
+}
