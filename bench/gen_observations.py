@@ -36,4 +36,13 @@ with open(out, "w", encoding="utf-8") as f:
             q = dict(q)
             q["value"] = round(q["value"] * rng.uniform(0.8, 1.2), 2)
             o["valueQuantity"] = q
+        # A contained resource that only the replaced subject pointed at would now be
+        # unreferenced (dom-3): keep only the contained resources something still refers to.
+        if "contained" in o:
+            text = json.dumps({k: v for k, v in o.items() if k != "contained"})
+            kept = [c for c in o["contained"] if f'"#{c.get("id")}"' in text]
+            if kept:
+                o["contained"] = kept
+            else:
+                del o["contained"]
         f.write(json.dumps(o, separators=(",", ":")) + "\n")

@@ -260,3 +260,34 @@ async fn a_job_left_running_runs_again_at_start_up() {
     let m = manifest(&s.url(&format!("$export-status/{job}"))).await;
     assert_eq!(m["transactionTime"], "2026-11-25T00:00:00Z");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_command_downloads_the_files() {
+    let s = TestStore::start().await;
+    for i in 0..3 {
+        put_fhir(
+            s.url(&format!("Patient/c{i}")),
+            json!({"resourceType":"Patient","id":format!("c{i}")}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+        .args(["export", "--from", &s.base, "--type", "Patient", "--to"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("Patient.ndjson")).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["output"][0]["count"], 3);
+}

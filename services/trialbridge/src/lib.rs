@@ -5,6 +5,7 @@
 //! files as the store would; `bench` drives a FHIR server with the benchmark workloads. The integration tests run this same entry point.
 
 mod bench;
+mod export;
 mod hl7;
 mod load;
 mod serve;
@@ -41,6 +42,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Validate FHIR JSON or NDJSON files as the store would, without a server.
     Validate(validate::ValidateArgs),
+    /// Bulk export from a trial store into a folder of NDJSON files (the warehouse's first load).
+    Export(export::ExportArgs),
     /// HL7 v2 tools: parse message files, send messages over MLLP.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
@@ -68,6 +71,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         }
         Some(Command::Bench(a)) => bench::run(a).await,
         Some(Command::Hl7(c)) => hl7::run(c).await,
+        Some(Command::Export(a)) => export::run(a).await,
         Some(Command::Validate(a)) => validate::run(
             a,
             &trial_store::config::validation_options(&cli.serve.extension_domains),
