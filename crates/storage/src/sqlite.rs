@@ -1283,28 +1283,29 @@ impl ResourceStore for SqliteStore {
     ) -> Result<Vec<StoredVersion>, StorageError> {
         let rt = resource_type.to_string();
         self.blocking(move |c| {
-            // Page over the current pointers by id; a resource changed after `as_of` is read
-            // at its newest version up to `as_of` (few: only those written during an export).
-            let mut cur = c.prepare_cached(
-                "SELECT res_id, seq FROM resource_current WHERE res_type = ?1 AND res_id > ?2 ORDER BY res_id LIMIT ?3",
-            )?;
-            let mut at = c.prepare_cached(&format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq = ?1"))?;
+            // Page over the current versions by id (one query); a resource changed after
+            // `as_of` is read at its newest version up to `as_of` (few: only those written
+            // while the export runs).
+            let mut cur = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+                 WHERE c.res_type = ?1 AND c.res_id > ?2 ORDER BY c.res_id LIMIT ?3"
+            ))?;
             let mut older = c.prepare_cached(&format!(
                 "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ?1 AND v.res_id = ?2 AND v.seq <= ?3 ORDER BY v.version DESC LIMIT 1"
             ))?;
             let mut out = Vec::new();
             let mut after = after.unwrap_or_default();
-            // Keep reading pointer pages until `limit` snapshot rows are found or the type ends.
+            // Keep reading pages until `limit` snapshot rows are found or the type ends.
             loop {
-                let ptrs: Vec<(String, i64)> = cur
-                    .query_map(params![rt, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let page: Vec<StoredVersion> = cur
+                    .query_map(params![rt, after, limit as i64], version_from_row)?
                     .collect::<Result<_, _>>()?;
-                let Some((last, _)) = ptrs.last().cloned() else { break };
-                for (id, seq) in ptrs {
-                    let v = if seq <= as_of {
-                        at.query_row(params![seq], version_from_row).optional()?
+                let Some(last) = page.last().map(|v| v.id.clone()) else { break };
+                for v in page {
+                    let v = if v.seq <= as_of {
+                        Some(v)
                     } else {
-                        older.query_row(params![rt, id, as_of], version_from_row).optional()?
+                        older.query_row(params![rt, v.id, as_of], version_from_row).optional()?
                     };
                     if let Some(v) = v.filter(|v| !v.deleted) {
                         out.push(v);

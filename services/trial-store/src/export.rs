@@ -217,11 +217,8 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
     let ctx = AccessContext::system();
     for t in job.types.clone() {
         let path = dir.join(format!("{t}.ndjson"));
-        let mut file = tokio::io::BufWriter::new(
-            tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        // The file is created with its first resource: types without any cost no I/O.
+        let mut file: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
         let mut count = 0u64;
         let mut after: Option<String> = None;
         loop {
@@ -240,23 +237,30 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
                     continue;
                 }
                 if let Some(body) = &v.body {
-                    file.write_all(body.as_bytes())
+                    if file.is_none() {
+                        file = Some(tokio::io::BufWriter::with_capacity(
+                            256 * 1024,
+                            tokio::fs::File::create(&path)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        ));
+                    }
+                    let f = file.as_mut().expect("created above");
+                    f.write_all(body.as_bytes())
                         .await
                         .map_err(|e| e.to_string())?;
-                    file.write_all(b"\n").await.map_err(|e| e.to_string())?;
+                    f.write_all(b"\n").await.map_err(|e| e.to_string())?;
                     count += 1;
                 }
             }
             job.written += page.len() as u64;
         }
-        file.flush().await.map_err(|e| e.to_string())?;
-        file.get_ref().sync_all().await.map_err(|e| e.to_string())?;
-        if count == 0 {
-            let _ = tokio::fs::remove_file(&path).await;
-        } else {
+        if let Some(mut f) = file {
+            f.flush().await.map_err(|e| e.to_string())?;
+            f.get_ref().sync_all().await.map_err(|e| e.to_string())?;
             job.outputs.push((t.clone(), count));
+            save(dir, &job).map_err(|e| e.to_string())?;
         }
-        save(dir, &job).map_err(|e| e.to_string())?;
     }
     job.status = "done".into();
     save(dir, &job).map_err(|e| e.to_string())

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# $export throughput and memory: N Observations (bench/gen_observations.py, loaded with
+# `trialbridge load`, or an existing database in TB_DB), then `trialbridge export` of
+# everything against `trialbridge serve`; prints resources/s and the server's peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-100000}
+cargo build --release --locked -q -p trialbridge
+tb=target/release/trialbridge
+work=$(mktemp -d)
+. bench/lib.sh
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+db=${TB_DB:-$work/tb.db}
+if [ -z "${TB_DB:-}" ]; then
+    python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
+    $tb load "$work/obs.ndjson" --database-url "sqlite://$db" >/dev/null
+fi
+port_free 18580
+TRIALBRIDGE_DATABASE_URL="sqlite://$db" TRIALBRIDGE_LISTEN=127.0.0.1:18580 \
+    TRIALBRIDGE_MLLP_LISTEN=127.0.0.1:0 TRIALBRIDGE_GATEWAY_LISTEN=127.0.0.1:0 $tb serve >/dev/null 2>&1 &
+pid=$!
+wait_up http://127.0.0.1:18580/fhir
+start=$(date +%s.%N)
+$tb export --from http://127.0.0.1:18580/fhir --to "$work/out" >/dev/null
+end=$(date +%s.%N)
+n=$(cat "$work"/out/*.ndjson | wc -l)
+python3 - "$start" "$end" "$n" "$(grep VmHWM /proc/$pid/status | awk '{print $2}')" <<'PY'
+import json, sys
+s, e, n, hwm = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+print(json.dumps({"scenario": "$export everything, downloaded", "resources": n, "seconds": round(e - s, 2),
+                  "resources_per_s": round(n / (e - s)), "server_peak_rss_MiB": round(hwm / 1024)}))
+PY
