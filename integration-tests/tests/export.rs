@@ -291,3 +291,79 @@ async fn the_export_command_downloads_the_files() {
         serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["output"][0]["count"], 3);
 }
+
+#[tokio::test]
+async fn a_group_export_holds_its_members_compartments() {
+    let s = TestStore::start().await;
+    for p in ["a", "b", "c"] {
+        put_fhir(
+            s.url(&format!("Patient/{p}")),
+            json!({"resourceType":"Patient","id":p}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+        put_fhir(
+            s.url(&format!("Observation/o-{p}")),
+            json!({"resourceType":"Observation","id":format!("o-{p}"),"status":"final","code":{"text":"KOOS pain"},"subject":{"reference":format!("Patient/{p}")}}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    }
+    let group = json!({"resourceType":"Group","id":"site-01-subjects","type":"person","actual":true,
+        "member":[{"entity":{"reference":"Patient/a"}},{"entity":{"reference":"Patient/c"}}]});
+    assert!(put_fhir(s.url("Group/site-01-subjects"), group.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    // The Group's own routes still answer beside the export route.
+    assert_eq!(
+        client()
+            .get(s.url("Group/site-01-subjects"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(s.url("Group/site-01-subjects/_history"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = kick_off(
+        &s,
+        "Group/site-01-subjects/$export?_type=Patient,Observation",
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let m = manifest(r.headers()["content-location"].to_str().unwrap()).await;
+    let mut ids = Vec::new();
+    for out in m["output"].as_array().unwrap() {
+        for v in ndjson(out["url"].as_str().unwrap()).await {
+            ids.push(format!(
+                "{}/{}",
+                v["resourceType"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            ));
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "Observation/o-a",
+            "Observation/o-c",
+            "Patient/a",
+            "Patient/c"
+        ]
+    );
+    assert_eq!(kick_off(&s, "Group/nobody/$export").await.status(), 404);
+}

@@ -39,6 +39,9 @@ struct Job {
     request: String,
     types: Vec<String>,
     since_us: Option<i64>,
+    /// For a Group export: the `Patient/id` references of its members.
+    #[serde(default)]
+    patients: Option<Vec<String>>,
     as_of: i64,
     transaction_time: String,
     written: u64,
@@ -78,7 +81,38 @@ pub async fn kick_off(
     headers: &HeaderMap,
     query: Option<&str>,
     patient_level: bool,
+    group: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let patients = match group {
+        None => None,
+        Some(gid) => {
+            let ctx = AccessContext::system();
+            let g = s
+                .store
+                .read(&ctx, "Group", gid)
+                .await?
+                .filter(|v| !v.deleted)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        IssueType::NotFound,
+                        format!("Group/{gid} does not exist"),
+                    )
+                })?;
+            let v: Value =
+                serde_json::from_str(g.body.as_deref().unwrap_or("{}")).unwrap_or_default();
+            let members: Vec<String> = v["member"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["entity"]["reference"].as_str())
+                .filter_map(trialbridge_fhir::reference::literal_target)
+                .filter(|(t, _)| *t == "Patient")
+                .map(|(t, id)| format!("{t}/{id}"))
+                .collect();
+            Some(members)
+        }
+    };
     let prefer = headers
         .get("prefer")
         .and_then(|h| h.to_str().ok())
@@ -151,10 +185,14 @@ pub async fn kick_off(
     let ctx = AccessContext::system();
     let as_of = s.store.last_seq(&ctx).await?;
     let id = uuid::Uuid::now_v7().simple().to_string();
+    let level = match group {
+        Some(g) => format!("Group/{g}/"),
+        None if patient_level => "Patient/".to_string(),
+        None => String::new(),
+    };
     let request = format!(
-        "{}/{}$export{}",
+        "{}/{level}$export{}",
         s.config.base_url,
-        if patient_level { "Patient/" } else { "" },
         query.map(|q| format!("?{q}")).unwrap_or_default()
     );
     let job = Job {
@@ -163,6 +201,7 @@ pub async fn kick_off(
         request,
         types,
         since_us,
+        patients,
         as_of,
         transaction_time: trialbridge_fhir::instant::format(time::OffsetDateTime::now_utc()),
         written: 0,
@@ -232,8 +271,19 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
                 .map_err(|e| e.to_string())?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
+            let members = match &job.patients {
+                None => None,
+                Some(p) => Some(
+                    group_members(s, &t, &page, p)
+                        .await
+                        .map_err(|e| format!("{e:?}"))?,
+                ),
+            };
             for v in &page {
                 if job.since_us.is_some_and(|since| v.last_updated_us <= since) {
+                    continue;
+                }
+                if members.as_ref().is_some_and(|m| !m.contains(&v.id)) {
                     continue;
                 }
                 if let Some(body) = &v.body {
@@ -264,6 +314,40 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
     }
     job.status = "done".into();
     save(dir, &job).map_err(|e| e.to_string())
+}
+
+/// The ids of `page` that belong to the compartment of one of `patients` (a Group export):
+/// the Patients themselves, or resources whose Patient-compartment parameters point at one.
+async fn group_members(
+    s: &StoreState,
+    resource_type: &str,
+    page: &[trialbridge_storage::StoredVersion],
+    patients: &[String],
+) -> Result<std::collections::HashSet<String>, ApiError> {
+    let mut out = std::collections::HashSet::new();
+    if resource_type == "Patient" {
+        for v in page {
+            if patients.contains(&format!("Patient/{}", v.id)) {
+                out.insert(v.id.clone());
+            }
+        }
+        return Ok(out);
+    }
+    let params = trialbridge_fhir::generated::compartments::PATIENT_COMPARTMENT
+        .iter()
+        .find(|(t, _)| *t == resource_type)
+        .map(|(_, p)| *p)
+        .unwrap_or(&[]);
+    let ids: Vec<String> = page.iter().map(|v| v.id.clone()).collect();
+    let ctx = AccessContext::system();
+    for p in params {
+        for (id, value) in s.store.index_values(&ctx, resource_type, p, &ids).await? {
+            if patients.contains(&value) {
+                out.insert(id);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs again every job that was queued or running when the server stopped.
@@ -418,7 +502,17 @@ pub async fn system(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    kick_off(&s, &headers, q.as_deref(), false).await
+    kick_off(&s, &headers, q.as_deref(), false, None).await
+}
+
+/// `GET [base]/Group/{id}/$export` handler: the compartments of the Group's Patients.
+pub async fn group(
+    State(s): State<StoreState>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    kick_off(&s, &headers, q.as_deref(), true, Some(&id)).await
 }
 
 /// `GET [base]/Patient/$export` handler.
@@ -427,5 +521,5 @@ pub async fn patient(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    kick_off(&s, &headers, q.as_deref(), true).await
+    kick_off(&s, &headers, q.as_deref(), true, None).await
 }

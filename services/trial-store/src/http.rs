@@ -34,6 +34,7 @@ pub fn routes(state: StoreState) -> Router {
         )
         .route("/fhir/$export", get(export::system))
         .route("/fhir/{rtype}/$export", get(type_export))
+        .route("/fhir/Group/{id}/$export", get(export::group))
         .route(
             "/fhir/$export-status/{job}",
             get(export::status).delete(export::cancel),
@@ -62,7 +63,7 @@ pub fn routes(state: StoreState) -> Router {
         .with_state(state)
 }
 
-/// `GET [base]/[type]/$export`: Patient-level export (Group-level is not built yet).
+/// `GET [base]/[type]/$export`: Patient-level export (Group-level has its own route).
 async fn type_export(
     State(s): State<StoreState>,
     path: Result<Path<String>, PathRejection>,
@@ -77,7 +78,7 @@ async fn type_export(
             format!("$export is served at the system level and for Patient, not for {t}"),
         ));
     }
-    export::kick_off(&s, &headers, q.as_deref(), true).await
+    export::kick_off(&s, &headers, q.as_deref(), true, None).await
 }
 
 /// The access context of a request. Until authentication lands every request acts as the
