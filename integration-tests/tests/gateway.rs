@@ -315,8 +315,8 @@ async fn hostile_bytes_get_a_nak_and_the_listener_keeps_serving() {
             &["AE"],
         ),
         (
-            "batch envelope",
-            framed(b"BHS|^~\\&|A\rMSH|^~\\&|A|B|C|D|1||ORU^R01|X3|P|2.5\rBTS|1\r"),
+            "batch envelope with a wrong count",
+            framed(b"BHS|^~\\&|A\rMSH|^~\\&|A|B|C|D|1||ORU^R01|X3|P|2.5\rPID|1||1\rBTS|2\r"),
             &["AR"],
         ),
         (
@@ -555,4 +555,32 @@ async fn http_post_of_a_message_gets_the_same_acknowledgement() {
             .await;
     assert_eq!(msa(&bad).0, "AE", "{bad}");
     assert!(bad.contains("ERR|"), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_is_received_message_by_message_and_acknowledged_together() {
+    let store = TestStore::start().await;
+    let g = start_gateway(&store).await;
+    enrol(&g).await;
+    let batch = format!(
+        "FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r{}{}BTS|2\rFTS|1\r",
+        msg(ORU, "B-1"),
+        msg(ORU, "B-2")
+    );
+    let mut s = TcpStream::connect(g.mllp).await.unwrap();
+    let ack = exchange(&mut s, &framed(batch.as_bytes()))
+        .await
+        .expect("a batch ACK");
+    assert!(ack.starts_with("BHS|"), "{ack:?}");
+    assert!(
+        ack.contains("MSA|AA|B-1") && ack.contains("MSA|AA|B-2"),
+        "{ack:?}"
+    );
+    assert!(ack.trim_end().ends_with("BTS|2"), "{ack:?}");
+    wait_for_count(
+        &store,
+        "Observation?subject=Patient/mc-01-001&_summary=count",
+        4,
+    )
+    .await;
 }

@@ -48,8 +48,11 @@ fn failed(e: crate::db::DbError) -> Response {
 }
 
 async fn hl7v2(State(g): State<Gateway>, body: Bytes) -> Response {
-    let r = g.receive(&body).await;
-    let text = r.ack.unwrap_or_default().replace('\r', "\r\n");
+    let text = g
+        .receive_frame(&body)
+        .await
+        .unwrap_or_default()
+        .replace('\r', "\r\n");
     (
         StatusCode::OK,
         [(

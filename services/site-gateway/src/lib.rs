@@ -568,6 +568,43 @@ impl Gateway {
         )
     }
 
+    /// Receives what one frame (or one HTTP body) carries: a message, or a batch/file
+    /// (FHS/BHS ... BTS/FTS) whose messages are each received in order and acknowledged
+    /// together in a batch of ACKs. A malformed envelope is refused as a whole (AR).
+    pub async fn receive_frame(&self, bytes: &[u8]) -> Option<String> {
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        let start = body
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(0);
+        if !(body[start..].starts_with(b"BHS") || body[start..].starts_with(b"FHS")) {
+            return self.receive(bytes).await.ack;
+        }
+        let messages = match trialbridge_hl7v2::parse_batch(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let of = Acknowledged::unparsed(bytes);
+                return Some(ack::build(
+                    &of,
+                    AckCode::AR,
+                    &[AckError::message("100", e.to_string())],
+                    &ack_id(),
+                    &now_hl7(),
+                ));
+            }
+        };
+        let mut out = format!("BHS|^~\\&|||||{}\r", now_hl7());
+        let mut n = 0;
+        for m in &messages {
+            if let Some(a) = self.receive(m.text().as_bytes()).await.ack {
+                out.push_str(&a);
+                n += 1;
+            }
+        }
+        out.push_str(&format!("BTS|{n}\r"));
+        Some(out)
+    }
+
     /// Enrols a patient (site staff): their MRNs now map to the subject, and the pseudonymous
     /// Patient (gender and birth year only) is queued for the trial store.
     pub async fn enrol(

@@ -60,7 +60,7 @@ async fn connection(gateway: Gateway, mut stream: TcpStream, mut stop: watch::Re
         let before = framer.skipped();
         for event in framer.push(&buf[..n]) {
             let answer = match event {
-                FrameEvent::Frame(bytes) => gateway.receive(&bytes).await.ack,
+                FrameEvent::Frame(bytes) => gateway.receive_frame(&bytes).await,
                 FrameEvent::TooLarge { size } => {
                     let _ = gateway.db.bump("frames_too_large", 1).await;
                     let of = Acknowledged::unparsed(b"");
