@@ -305,3 +305,47 @@ async fn validate_takes_a_trial_profile() {
         "{oo}"
     );
 }
+
+#[tokio::test]
+async fn validate_applies_the_protocol_rules_without_writing() {
+    let s = TestStore::start().await;
+    screened(&s).await;
+    let mut bmi = example("Observation-mc-01-001-bmi.json");
+    bmi["id"] = json!("mc-01-001-bmi-2");
+    bmi["effectiveDateTime"] = json!("2026-03-05");
+    bmi["valueQuantity"]["value"] = json!(36.2);
+    put_ok(&s, &bmi).await;
+    let r = post_fhir(
+        s.url("ResearchSubject/mc-01-001/$validate"),
+        with_status("on-study").to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let oo: Value = r.json().await.unwrap();
+    assert!(
+        errors(&oo)
+            .iter()
+            .any(|(e, d)| e == "ResearchSubject.status" && d.contains("BMI 36.2")),
+        "{oo}"
+    );
+    // Nothing was written: still screening, version 1.
+    let rs = get_json(&s.url("ResearchSubject/mc-01-001")).await;
+    assert_eq!(
+        (rs["status"].as_str(), rs["meta"]["versionId"].as_str()),
+        (Some("screening"), Some("1"))
+    );
+    // A valid change validates clean.
+    bmi["valueQuantity"]["value"] = json!(30.0);
+    put_ok(&s, &bmi).await;
+    let r = post_fhir(
+        s.url("ResearchSubject/mc-01-001/$validate"),
+        with_status("on-study").to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    let oo: Value = r.json().await.unwrap();
+    assert!(errors(&oo).is_empty(), "{oo}");
+}

@@ -180,8 +180,64 @@ pub async fn type_level(
     let resource = req
         .resource
         .ok_or_else(|| bad("$validate needs a resource to validate", "resource"))?;
-    let report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+    let mut report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+    let id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    report
+        .issues
+        .extend(protocol_issues(&s, rt, &resource, &id, &report).await?);
     respond(&headers, &pairs, report.to_outcome())
+}
+
+/// The protocol rules (layer 6) for a resource that passed layers 1-5, as a write would apply
+/// them: run in a write transaction that changes nothing (the rules only read), so they see
+/// the same facts a write would. Deviations come back as warnings.
+async fn protocol_issues(
+    s: &StoreState,
+    rt: &str,
+    resource: &Value,
+    id: &str,
+    report: &Report,
+) -> Result<Vec<OutcomeIssue>, ApiError> {
+    if report.has_errors() {
+        return Ok(Vec::new());
+    }
+    let Ok(rt) = known_type(rt) else {
+        return Ok(Vec::new());
+    };
+    let incoming = crate::interactions::incoming(
+        rt,
+        trialbridge_fhir::json::RawResource::from_value(resource),
+        resource.clone(),
+        &s.config.validation,
+    )?;
+    let id = id.to_string();
+    trialbridge_storage::write(
+        &*s.store,
+        &trialbridge_storage::AccessContext::system(),
+        move |txn| {
+            Box::pin(async move {
+                match crate::protocol::enforce(txn, crate::study::rules(), &incoming, &id).await {
+                    Ok(deviations) => Ok(deviations
+                        .iter()
+                        .map(|d| {
+                            OutcomeIssue::warning(
+                                IssueType::BusinessRule,
+                                d["detail"].as_str().unwrap_or("protocol deviation"),
+                            )
+                            .at(format!("{}.effective", incoming.resource_type))
+                        })
+                        .collect()),
+                    Err(ApiError::Rejected { outcome, .. }) => Ok(outcome.issues),
+                    Err(e) => Err(e),
+                }
+            })
+        },
+    )
+    .await
 }
 
 /// `POST [type]/{id}/$validate` (modes update and delete) and `GET [type]/{id}/$validate`
@@ -236,7 +292,10 @@ pub async fn instance_level(
                     })?
                 }
             };
-            let report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+            let mut report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+            report
+                .issues
+                .extend(protocol_issues(&s, rt, &resource, &id, &report).await?);
             respond(&headers, &pairs, report.to_outcome())
         }
         Some(m) => Err(bad(
