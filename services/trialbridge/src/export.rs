@@ -86,12 +86,29 @@ pub async fn run(a: ExportArgs) -> anyhow::Result<()> {
     };
     bar.finish_and_clear();
     tokio::fs::create_dir_all(&a.to).await?;
+    // A server may split one type over several files: they go into one file per type.
+    let mut started: Vec<String> = Vec::new();
     for out in manifest["output"].as_array().into_iter().flatten() {
         let (Some(t), Some(u)) = (out["type"].as_str(), out["url"].as_str()) else {
             continue;
         };
+        anyhow::ensure!(
+            !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphabetic()),
+            "the manifest names an unusable type {t:?}"
+        );
         let path = a.to.join(format!("{t}.ndjson"));
-        let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&path).await?);
+        let first = !started.iter().any(|s| s == t);
+        if first {
+            started.push(t.to_string());
+        }
+        let f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!first)
+            .truncate(first)
+            .open(&path)
+            .await?;
+        let mut file = tokio::io::BufWriter::new(f);
         let mut r = client.get(u).send().await?;
         anyhow::ensure!(r.status().is_success(), "{u}: {}", r.status());
         while let Some(chunk) = r.chunk().await? {
