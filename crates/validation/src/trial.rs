@@ -191,13 +191,8 @@ pub(crate) fn fhirpath(resource_type: &str, pointer: &str) -> String {
             }
         }
         td = el.and_then(|el| {
-            let name = match el.ty.name {
-                "SimpleQuantity" | "Age" | "Count" | "Distance" | "Duration" | "MoneyQuantity" => {
-                    "Quantity"
-                }
-                n => n,
-            };
-            structure::type_def(name).filter(|t| t.kind != TypeKind::Primitive)
+            structure::type_def(crate::walk::model_type(el.ty.name))
+                .filter(|t| t.kind != TypeKind::Primitive)
         });
     }
     out

@@ -10,7 +10,7 @@ use trialbridge_fhir::{resource_type, IssueSeverity, IssueType, OutcomeIssue};
 use crate::{invariants, narrative, primitive};
 
 /// SimpleQuantity, the Quantity profile that R4 element types name; it has Quantity's elements.
-fn model_type(name: &str) -> &str {
+pub(crate) fn model_type(name: &str) -> &str {
     match name {
         "SimpleQuantity" => "Quantity",
         other => other,
@@ -200,39 +200,29 @@ impl<'o> Walk<'o> {
             self.path.truncate(len);
         }
         for el in td.elements.iter().filter(|e| e.min > 0) {
-            let present = if el.choice.is_empty() {
-                m.contains_key(el.name) || m.contains_key(&format!("_{}", el.name))
+            let (present, shown) = if el.choice.is_empty() {
+                let present = m.contains_key(el.name) || m.contains_key(&format!("_{}", el.name));
+                (present, el.name.to_string())
             } else {
-                choices.iter().any(|(c, _)| *c == el.choice)
+                // One report per choice element, not one per branch of it.
+                let present = choices.iter().any(|(c, _)| *c == el.choice);
+                choices.push((el.choice, ""));
+                (present, format!("{}[x]", el.choice))
             };
-            if !present && (el.choice.is_empty() || !self.reported_missing_choice(el)) {
-                let name = if el.choice.is_empty() {
-                    el.name.to_string()
+            if !present {
+                let at = if el.choice.is_empty() {
+                    el.name
                 } else {
-                    format!("{}[x]", el.choice)
+                    el.choice
                 };
-                self.error_at(
-                    if el.choice.is_empty() {
-                        el.name
-                    } else {
-                        el.choice
-                    },
-                    IssueType::Required,
-                    format!(
-                        "{}.{name} is required (minimum cardinality {})",
-                        td.name, el.min
-                    ),
+                let msg = format!(
+                    "{}.{shown} is required (minimum cardinality {})",
+                    td.name, el.min
                 );
+                self.error_at(at, IssueType::Required, msg);
             }
         }
         invariants::element_type(self, td, m);
-    }
-
-    fn reported_missing_choice(&self, el: &ElementDef) -> bool {
-        let want = format!("{}.{}", self.path, el.choice);
-        self.issues
-            .iter()
-            .any(|i| i.code == IssueType::Required && i.expression.first() == Some(&want))
     }
 
     fn push_name(&mut self, el: &ElementDef) {
@@ -363,8 +353,7 @@ impl<'o> Walk<'o> {
             TypeKind::Primitive => self.primitive(el, ty, v),
             TypeKind::Resource | TypeKind::Abstract => match v {
                 Value::Object(m) => {
-                    let contained = self.path.ends_with(']')
-                        && self.path[..self.path.rfind('[').unwrap_or(0)].ends_with(".contained");
+                    let contained = el.name == "contained";
                     if contained {
                         invariants::contained_resource(self, m);
                     }

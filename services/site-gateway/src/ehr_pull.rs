@@ -374,15 +374,9 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
     Ok(stored)
 }
 
+/// A query-parameter value, percent-encoded.
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Polls every `config.every` until `stop`.

@@ -424,6 +424,14 @@ impl Gateway {
             bundle: None,
             ack: &ack_text,
         };
+        // A merge: the surviving identifiers join the subject of either side, if enrolled.
+        let enrolment = match (&enrolment, &mapped.event) {
+            (None, Event::Merge { prior }) => match self.db.enrolment_of(prior).await {
+                Ok(e) => e,
+                Err(e) => return self.unavailable(&of, e),
+            },
+            _ => enrolment,
+        };
         let stored = match (&enrolment, &mapped.event) {
             (Some(who), Event::Merge { prior }) => {
                 let mut ids = mapped.patient.identifiers.clone();
@@ -442,39 +450,6 @@ impl Gateway {
                     )
                     .await
             }
-            (None, Event::Merge { prior }) => match self.db.enrolment_of(prior).await {
-                Ok(Some(who)) => {
-                    if let Err(e) = self
-                        .db
-                        .enrol(mapped.patient.identifiers.clone(), who, received.clone())
-                        .await
-                    {
-                        return self.unavailable(&of, e);
-                    }
-                    self.db
-                        .record(
-                            NewMessage {
-                                raw: Some(bytes),
-                                reason: Some("merge applied to the key list"),
-                                ..base
-                            },
-                            Some(("merges", 1)),
-                        )
-                        .await
-                }
-                Ok(None) => {
-                    self.db
-                        .record(
-                            NewMessage {
-                                reason: Some("not enrolled"),
-                                ..base
-                            },
-                            Some(("not_enrolled", 1)),
-                        )
-                        .await
-                }
-                Err(e) => return self.unavailable(&of, e),
-            },
             (None, _) => {
                 self.db
                     .record(

@@ -141,14 +141,9 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     );
     api.max_body_bytes = config.max_body_bytes;
     api.validation = config.validation.clone();
-    let db_path = config
-        .database_url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    api.export_dir = std::path::Path::new(db_path)
-        .parent()
-        .map(|d| d.join("exports"))
-        .unwrap_or_else(|| "exports".into());
+    if let Ok(sqlite) = trialbridge_storage::SqliteOptions::from_url(&config.database_url) {
+        api.export_dir = sqlite.beside("exports");
+    }
     Ok(Bound {
         listener,
         state: StoreState {

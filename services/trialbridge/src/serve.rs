@@ -10,13 +10,9 @@ use trial_store::{ServeArgs, ServeConfig};
 
 /// The gateway database beside the store's SQLite file (`data/site-gateway.db` by default).
 fn gateway_database(store_url: &str) -> PathBuf {
-    let path = store_url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    PathBuf::from(path)
-        .parent()
-        .map(|d| d.join("site-gateway.db"))
-        .unwrap_or_else(|| "site-gateway.db".into())
+    trialbridge_storage::SqliteOptions::from_url(store_url)
+        .map(|o| o.beside("site-gateway.db"))
+        .unwrap_or_else(|_| "site-gateway.db".into())
 }
 
 /// Starts both services; stops both on Ctrl-C or SIGTERM.
