@@ -2,7 +2,9 @@
 //! or the real binary as a child process.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+pub use trialbridge_storage::Role;
 
 /// A trial store running in this process on 127.0.0.1 with its own SQLite file.
 pub struct TestStore {
@@ -45,10 +47,20 @@ impl TestStore {
         config.export_dir = dir.path().join("exports");
         adjust(&mut config);
         let base = config.base_url.clone();
+        let verifier = trialbridge_auth::Verifier::from_jwks(
+            &test_issuer().jwks(),
+            trialbridge_auth::VerifierSettings {
+                issuer: trial_store::config::LOCAL_ISSUER.into(),
+                audience: TEST_AUDIENCE.into(),
+                leeway_seconds: 30,
+            },
+        )
+        .expect("test JWKS");
         let state = trial_store::StoreState {
             store,
             config: Arc::new(config),
             exports: Arc::default(),
+            auth: Arc::new(trial_store::AuthConfig { verifier }),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -93,9 +105,87 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A FHIR JSON HTTP client.
+/// The audience of the test tokens (the local profile's default).
+pub const TEST_AUDIENCE: &str = "trialbridge";
+
+/// The signing key of every test token: one per test process, also installed into the data
+/// directory of binaries under test (see [`install_test_key`]) so that both accept its tokens.
+pub fn test_issuer() -> &'static trialbridge_auth::DevIssuer {
+    static ISSUER: OnceLock<trialbridge_auth::DevIssuer> = OnceLock::new();
+    ISSUER.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("key dir").keep();
+        trialbridge_auth::DevIssuer::load_or_create(
+            &dir,
+            trial_store::config::LOCAL_ISSUER,
+            TEST_AUDIENCE,
+        )
+        .expect("test key")
+    })
+}
+
+/// Copies the test signing key into a data directory, so that a `trialbridge` process started
+/// on it (local profile) accepts the test tokens.
+pub fn install_test_key(data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    std::fs::copy(
+        test_issuer().path(),
+        data_dir.join(trialbridge_auth::DEV_KEY_FILE),
+    )
+    .expect("install the test key");
+}
+
+/// A token for a role, its sites and scopes (default scopes when `scope` is empty).
+pub fn token(role: Role, sites: &[&str], scope: &str) -> String {
+    let scope = if scope.is_empty() {
+        trialbridge_auth::default_scopes(role)
+    } else {
+        scope
+    };
+    test_issuer().mint(&trialbridge_auth::TokenRequest {
+        subject: format!("test-{}", trialbridge_auth::role_name(role)),
+        role,
+        sites: sites.iter().map(|s| s.to_string()).collect(),
+        scope: scope.into(),
+        lifetime_seconds: 6 * 3600,
+    })
+}
+
+/// The system token the general tests use.
+pub fn system_token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| token(Role::System, &[], ""))
+}
+
+/// A FHIR JSON HTTP client carrying `token`, and no reason for change.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client")
+}
+
+/// The general tests' FHIR JSON HTTP client: a system token, and a reason for change on every
+/// request (the security tests use [`client_with`] to test the rules themselves).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().build().expect("client")
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", system_token()))
+            .expect("token"),
+    );
+    h.insert(
+        "x-reason-for-change",
+        reqwest::header::HeaderValue::from_static("integration test"),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .expect("client")
 }
 
 /// The resource without `meta` (what a round trip must preserve).

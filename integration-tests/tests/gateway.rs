@@ -40,6 +40,11 @@ async fn start_gateway_with(
         idle_timeout: Duration::from_secs(5),
         max_connections: 16,
         ehr,
+        store_token: site_gateway::StoreToken::Static(integration_tests::token(
+            integration_tests::Role::Site,
+            &["mesemcart-site-01"],
+            "",
+        )),
     };
     let gateway = Gateway::open(config).unwrap();
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

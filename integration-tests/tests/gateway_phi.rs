@@ -113,6 +113,11 @@ async fn nothing_identifying_leaves_the_site() {
         idle_timeout: Duration::from_secs(5),
         max_connections: 8,
         ehr: None,
+        store_token: site_gateway::StoreToken::Static(integration_tests::token(
+            integration_tests::Role::Site,
+            &["mesemcart-site-01"],
+            "",
+        )),
     })
     .unwrap();
     let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

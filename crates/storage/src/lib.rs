@@ -18,16 +18,37 @@ pub use trialbridge_fhir::search::{Cursor, SearchRequest};
 mod sqlite;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
-/// Who is asking, and for which study and site. Today every caller is [`Role::System`]; the
-/// security work scopes every query by this context.
+/// Who is asking, and for which study and sites. Every read query is limited to the sites the
+/// context sees (shared resources, those without a site, are seen by everyone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessContext {
     /// The overall study the caller works in, if scoped.
     pub study: Option<String>,
-    /// The site-level study the caller is limited to, if any.
-    pub site: Option<String>,
+    /// The site studies the caller sees.
+    pub sites: SiteScope,
     /// The caller's trial role.
     pub role: Role,
+    /// Who is asking (the token's `sub`, or the trialbridge command), for the audit trail.
+    pub agent: String,
+}
+
+/// The site studies (`mesemcart-site-01`) a caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteScope {
+    /// Every site (warehouse, admin, trialbridge itself).
+    All,
+    /// Only these sites, plus shared resources.
+    Only(Vec<String>),
+}
+
+impl SiteScope {
+    /// Whether a resource of `site` (`None`: shared) is visible.
+    pub fn sees(&self, site: Option<&str>) -> bool {
+        match (self, site) {
+            (SiteScope::All, _) | (_, None) => true,
+            (SiteScope::Only(sites), Some(s)) => sites.iter().any(|x| x == s),
+        }
+    }
 }
 
 /// Trial roles.
@@ -46,12 +67,14 @@ pub enum Role {
 }
 
 impl AccessContext {
-    /// The unrestricted context of trialbridge itself.
-    pub fn system() -> Self {
+    /// The unrestricted context of trialbridge itself, acting as `agent` (the command or
+    /// component, for the audit trail).
+    pub fn system(agent: &str) -> Self {
         Self {
             study: None,
-            site: None,
+            sites: SiteScope::All,
             role: Role::System,
+            agent: agent.into(),
         }
     }
 }
@@ -78,6 +101,9 @@ pub enum StorageError {
     /// A stored row could not be understood.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A write job changed data without recording an audit event; it was rolled back.
+    #[error("a change without an audit event was refused")]
+    Unaudited,
     /// The database URL is not usable.
     #[error("unsupported database URL '{0}' (expected sqlite://path)")]
     UnsupportedUrl(String),
@@ -102,6 +128,8 @@ pub struct StoredVersion {
     pub deleted: bool,
     /// The resource JSON as stored (with `id` and `meta`); `None` for a tombstone.
     pub body: Option<String>,
+    /// The site study the resource belongs to; `None` for shared resources.
+    pub site: Option<String>,
 }
 
 /// Which versions a history request covers.
@@ -175,6 +203,72 @@ pub struct NewVersion<'a> {
     pub index: &'a Index,
     /// Renders the body once the version number and `lastUpdated` instant are known.
     pub body: &'a (dyn Fn(i64, &str) -> String + Sync),
+    /// The site study the resource belongs to (`None`: shared).
+    pub site: Option<&'a str>,
+}
+
+/// One entry of the audit trail, as the trial store built it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// The AuditEvent's logical id.
+    pub id: String,
+    /// When it was recorded, microseconds since the epoch.
+    pub recorded_us: i64,
+    /// The site the event concerns, for monitors' access (`None`: not site-specific).
+    pub site: Option<String>,
+    /// `Type/id` of every resource the event is about, for lookup by entity.
+    pub entities: Vec<String>,
+    /// The AuditEvent JSON.
+    pub body: String,
+}
+
+/// A stored audit event with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAudit {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// The AuditEvent's logical id.
+    pub id: String,
+    /// Microseconds since the epoch.
+    pub recorded_us: i64,
+    /// The site the event concerns.
+    pub site: Option<String>,
+    /// The AuditEvent JSON as recorded.
+    pub body: String,
+    /// The previous event's hash (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash`, `seq` and `body`, hex.
+    pub hash: String,
+}
+
+/// The chain hash of an audit event: SHA-256 of the previous hash, the sequence number and
+/// the body, each followed by a newline.
+pub fn audit_hash(prev_hash: &str, seq: i64, body: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(seq.to_string().as_bytes());
+    h.update(b"\n");
+    h.update(body.as_bytes());
+    h.update(b"\n");
+    hex::encode(h.finalize())
+}
+
+/// The hash before the first audit event.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An audit-trail query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only events about this `Type/id`.
+    pub entity: Option<String>,
+    /// Only events recorded at or after this (microseconds).
+    pub since_us: Option<i64>,
+    /// Continue after this chain position (oldest first).
+    pub after_seq: Option<i64>,
+    /// Page size.
+    pub count: usize,
 }
 
 /// What a write closure can do inside the write transaction.
@@ -193,16 +287,17 @@ pub trait WriteTxn: Send {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StorageError>;
-    /// The current version number of a resource and whether it is a tombstone, without its
-    /// body.
+    /// The current version number of a resource, whether it is a tombstone, and its site,
+    /// without its body.
     async fn current_version(
         &mut self,
         resource_type: &str,
         id: &str,
-    ) -> Result<Option<(i64, bool)>, StorageError>;
-    /// Ids of current resources matching a search, at most `limit`.
+    ) -> Result<Option<(i64, bool, Option<String>)>, StorageError>;
+    /// Ids of current resources matching a search that `ctx` sees, at most `limit`.
     async fn search_ids(
         &mut self,
+        ctx: &AccessContext,
         resource_type: &str,
         request: &SearchRequest,
         limit: usize,
@@ -218,6 +313,9 @@ pub trait WriteTxn: Send {
     /// Appends a version (number = current + 1), moves the current pointer and replaces the
     /// search index rows, all in this transaction.
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError>;
+    /// Appends an audit event to the chain, in this transaction. A job that appends versions
+    /// without recording an audit event is rolled back: no change goes unaudited.
+    async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError>;
 }
 
 /// A type-erased write closure; see [`write`].
@@ -305,6 +403,21 @@ pub trait ResourceStore: Send + Sync + 'static {
         resource_type: &str,
         request: &SearchRequest,
     ) -> Result<u64, StorageError>;
+    /// Records an audit event of a request that changed nothing (a read, a search, a refusal).
+    /// It is queued for the next commit; the caller does not wait for it.
+    async fn audit(&self, record: AuditRecord) -> Result<(), StorageError>;
+    /// One audit event by id, if `ctx` sees its site.
+    async fn audit_read(
+        &self,
+        ctx: &AccessContext,
+        id: &str,
+    ) -> Result<Option<StoredAudit>, StorageError>;
+    /// Audit events in chain order.
+    async fn audit_search(
+        &self,
+        ctx: &AccessContext,
+        query: &AuditQuery,
+    ) -> Result<Vec<StoredAudit>, StorageError>;
     /// Queues a write job; it reports its own result through [`JobOutcome::finish`].
     async fn submit(&self, ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError>;
     /// Whether the database answers.

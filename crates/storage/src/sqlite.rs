@@ -27,7 +27,8 @@ use trialbridge_fhir::search::{
 use trialbridge_fhir::search_param::SearchParamKind;
 
 use crate::{
-    AccessContext, HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, Index, JobFinish,
+    audit_hash, AccessContext, AuditQuery, AuditRecord, SiteScope, StoredAudit, AUDIT_GENESIS,
+    HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, Index, JobFinish,
     JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob,
     WriteTxn,
 };
@@ -40,7 +41,10 @@ const SHORT_SPAN: f64 = 86_400_000_000.0;
 const MAX_BATCH: usize = 512;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_versions.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_versions.sql"),
+    include_str!("../migrations/sqlite/0002_audit_and_sites.sql"),
+];
 
 /// Where and how to open the SQLite database.
 #[derive(Debug, Clone)]
@@ -181,7 +185,29 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
 }
 
 const VERSION_COLUMNS: &str =
-    "v.res_type, v.res_id, v.version, v.seq, v.last_updated, v.last_updated_us, v.deleted, v.body";
+    "v.res_type, v.res_id, v.version, v.seq, v.last_updated, v.last_updated_us, v.deleted, v.body, v.site";
+/// The number of columns in [`VERSION_COLUMNS`]; sort keys follow them.
+const VERSION_COLUMN_COUNT: usize = 9;
+
+/// ` AND (col IS NULL OR col IN (...))` for a caller limited to some sites; nothing otherwise.
+fn push_site_scope(sql: &mut String, args: &mut Vec<SqlValue>, sites: Option<&[String]>, col: &str) {
+    let Some(sites) = sites else { return };
+    if sites.is_empty() {
+        sql.push_str(&format!(" AND {col} IS NULL"));
+        return;
+    }
+    let marks = vec!["?"; sites.len()].join(",");
+    sql.push_str(&format!(" AND ({col} IS NULL OR {col} IN ({marks}))"));
+    args.extend(sites.iter().map(|s| SqlValue::from(s.clone())));
+}
+
+/// The sites a context is limited to, `None` when it sees every site.
+fn limited(ctx: &AccessContext) -> Option<&[String]> {
+    match &ctx.sites {
+        SiteScope::All => None,
+        SiteScope::Only(s) => Some(s),
+    }
+}
 
 fn version_from_row(row: &Row<'_>) -> rusqlite::Result<StoredVersion> {
     Ok(StoredVersion {
@@ -193,6 +219,7 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<StoredVersion> {
         last_updated_us: row.get(5)?,
         deleted: row.get::<_, i64>(6)? != 0,
         body: row.get(7)?,
+        site: row.get(8)?,
     })
 }
 
@@ -284,15 +311,27 @@ fn run_batch(
         [],
         |r| r.get(0),
     )?;
-    let mut txn = SqliteWriteTxn { conn, last_us };
+    let mut txn = SqliteWriteTxn {
+        conn,
+        last_us,
+        appended: 0,
+        audited: 0,
+    };
     for job in batch.drain(..) {
         txn.conn.execute_batch("SAVEPOINT job")?;
+        txn.appended = 0;
+        txn.audited = 0;
         // The job only awaits this transaction's synchronous calls, so it completes here. A
         // panicking job must not take the writer down: its savepoint is rolled back and its
         // caller sees the writer's error.
         let outcome =
             futures::executor::block_on(std::panic::AssertUnwindSafe(job(&mut txn)).catch_unwind());
         match outcome {
+            Ok(JobOutcome { keep: true, finish }) if txn.appended > 0 && txn.audited == 0 => {
+                tracing::error!("a write job changed data without an audit event; rolled back");
+                txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                finish(Err(StorageError::Unaudited));
+            }
             Ok(JobOutcome { keep: true, finish }) => {
                 txn.conn.execute_batch("RELEASE job")?;
                 finishers.push(finish);
@@ -317,6 +356,42 @@ fn run_batch(
 struct SqliteWriteTxn<'c> {
     conn: &'c mut Connection,
     last_us: i64,
+    /// Versions the current job appended.
+    appended: usize,
+    /// Audit events the current job recorded.
+    audited: usize,
+}
+
+/// Appends one event to the chain (the writer is the only one, so the chain's end is stable).
+fn insert_audit(conn: &Connection, r: &AuditRecord) -> Result<(), StorageError> {
+    let (last_seq, prev): (i64, String) = conn
+        .prepare_cached("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, AUDIT_GENESIS.to_string()));
+    let seq = last_seq + 1;
+    let hash = audit_hash(&prev, seq, &r.body);
+    conn.prepare_cached("INSERT INTO audit_event (seq, id, recorded_us, site, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+        .execute(params![seq, r.id, r.recorded_us, r.site, r.body, prev, hash])?;
+    let mut e = conn.prepare_cached("INSERT OR IGNORE INTO audit_entity (entity, seq) VALUES (?1, ?2)")?;
+    for entity in &r.entities {
+        e.execute(params![entity, seq])?;
+    }
+    Ok(())
+}
+
+const AUDIT_COLUMNS: &str = "seq, id, recorded_us, site, body, prev_hash, hash";
+
+fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<StoredAudit> {
+    Ok(StoredAudit {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        recorded_us: row.get(2)?,
+        site: row.get(3)?,
+        body: row.get(4)?,
+        prev_hash: row.get(5)?,
+        hash: row.get(6)?,
+    })
 }
 
 fn now_us() -> i64 {
@@ -429,22 +504,23 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         &mut self,
         resource_type: &str,
         id: &str,
-    ) -> Result<Option<(i64, bool)>, StorageError> {
-        let mut stmt = self.conn.prepare_cached("SELECT v.version, c.deleted FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?;
+    ) -> Result<Option<(i64, bool, Option<String>)>, StorageError> {
+        let mut stmt = self.conn.prepare_cached("SELECT v.version, c.deleted, c.site FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?;
         Ok(stmt
             .query_row(params![resource_type, id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?))
             })
             .optional()?)
     }
 
     async fn search_ids(
         &mut self,
+        ctx: &AccessContext,
         resource_type: &str,
         request: &SearchRequest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let (sql, args) = search_sql(resource_type, request, None, Some(limit), "c.res_id");
+        let (sql, args) = search_sql(limited(ctx), resource_type, request, None, Some(limit), "c.res_id");
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let ids = stmt
             .query_map(params_from_iter(args), |r| r.get::<_, String>(0))?
@@ -452,7 +528,14 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         Ok(ids)
     }
 
+    async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError> {
+        insert_audit(self.conn, &record)?;
+        self.audited += 1;
+        Ok(())
+    }
+
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
+        self.appended += 1;
         let conn = &*self.conn;
         let previous: Option<i64> = conn
             .prepare_cached("SELECT v.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
@@ -468,15 +551,15 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         let body = (!new.deleted).then(|| (new.body)(version, &last_updated));
         let seq: i64 = conn
             .prepare_cached(
-                "INSERT INTO resource_version (res_type, res_id, version, last_updated, last_updated_us, deleted, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
+                "INSERT INTO resource_version (res_type, res_id, version, last_updated, last_updated_us, deleted, body, site) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
             )?
-            .query_row(params![new.resource_type, new.id, version, last_updated, us, i64::from(new.deleted), body], |r| r.get(0))?;
+            .query_row(params![new.resource_type, new.id, version, last_updated, us, i64::from(new.deleted), body, new.site], |r| r.get(0))?;
         conn.prepare_cached(
-            "INSERT INTO resource_current (res_type, res_id, seq, deleted) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted",
+            "INSERT INTO resource_current (res_type, res_id, seq, deleted, site) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site",
         )?
-        .execute(params![new.resource_type, new.id, seq, i64::from(new.deleted)])?;
+        .execute(params![new.resource_type, new.id, seq, i64::from(new.deleted), new.site])?;
         write_index(
             conn,
             new.resource_type,
@@ -493,6 +576,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             last_updated_us: us,
             deleted: new.deleted,
             body,
+            site: new.site.map(String::from),
         })
     }
 }
@@ -546,13 +630,15 @@ fn glob_literal(s: &str) -> String {
 /// The search SELECT over current, non-deleted resources, ordered by id; with `limit` `None`
 /// it selects `columns` without order or limit (for counting).
 fn search_sql(
+    sites: Option<&[String]>,
     resource_type: &str,
     request: &SearchRequest,
     after_id: Option<&str>,
     limit: Option<usize>,
     columns: &str,
 ) -> (String, Vec<SqlValue>) {
-    let mut q = SqlBuilder { sql: format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), args: vec![resource_type.to_string().into()] };
+    let mut q = SqlBuilder { sql: format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), args: vec![resource_type.to_string().into()], sites: sites.map(<[String]>::to_vec) };
+    q.site_scope();
     // ANDed single-value range criteria of one parameter (`date=ge..&date=lt..`) are evaluated
     // together, on the same value, so that the index reads only the rows between both bounds.
     // (For an element that repeats, each criterion could otherwise be met by a different value.)
@@ -602,9 +688,16 @@ fn search_sql(
 struct SqlBuilder {
     sql: String,
     args: Vec<SqlValue>,
+    /// The caller's sites when limited: every `resource_current c` the query reads, nested
+    /// ones (chains, `_has`) included, is filtered by them.
+    sites: Option<Vec<String>>,
 }
 
 impl SqlBuilder {
+    fn site_scope(&mut self) {
+        push_site_scope(&mut self.sql, &mut self.args, self.sites.as_deref(), "c.site");
+    }
+
     fn arg(&mut self, v: impl Into<SqlValue>) {
         self.args.push(v.into());
     }
@@ -719,7 +812,9 @@ impl SqlBuilder {
             "resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?",
             rt.to_string(),
         );
-        self.sql.push_str(" AND c.deleted = 0 AND (");
+        self.sql.push_str(" AND c.deleted = 0");
+        self.site_scope();
+        self.sql.push_str(" AND (");
         for (i, m) in criterion.any_of.iter().enumerate() {
             if i > 0 {
                 self.sql.push_str(" OR ");
@@ -923,6 +1018,7 @@ fn sort_value(row: &Row<'_>, i: usize) -> rusqlite::Result<SortValue> {
 /// criteria sorted by one date, number or quantity parameter reads the range index in order
 /// (rows with a value), then the resources without one; anything else is one query.
 fn search_phases(
+    sites: Option<&[String]>,
     resource_type: &str,
     request: &SearchRequest,
     after: Option<&Cursor>,
@@ -940,7 +1036,7 @@ fn search_phases(
         _ => false,
     };
     if !fast {
-        return vec![sorted_search_sql(resource_type, request, after, limit)];
+        return vec![sorted_search_sql(sites, resource_type, request, after, limit)];
     }
     let key = &request.sort[0];
     let (order, op) = if key.descending {
@@ -961,6 +1057,7 @@ fn search_phases(
         );
         let mut args: Vec<SqlValue> =
             vec![resource_type.to_string().into(), key.param.clone().into()];
+        push_site_scope(&mut sql, &mut args, sites, "c.site");
         if let (Some(SortValue::Number(k)), Some(cursor)) = (&after_value, after) {
             sql.push_str(&format!(
                 " AND (r.low {op} ? OR (r.low = ? AND c.res_id > ?))"
@@ -983,6 +1080,7 @@ fn search_phases(
         resource_type.to_string().into(),
         key.param.clone().into(),
     ];
+    push_site_scope(&mut sql, &mut args, sites, "c.site");
     if let (Some(SortValue::Null), Some(cursor)) = (&after_value, after) {
         sql.push_str(" AND c.res_id > ?");
         args.push(cursor.id.clone().into());
@@ -996,6 +1094,7 @@ fn search_phases(
 /// A page query in `_sort` order, then by id, starting after `after`. Resources without a
 /// value for a key sort last in either direction.
 fn sorted_search_sql(
+    sites: Option<&[String]>,
     resource_type: &str,
     request: &SearchRequest,
     after: Option<&Cursor>,
@@ -1003,6 +1102,7 @@ fn sorted_search_sql(
 ) -> (String, Vec<SqlValue>) {
     if request.sort.is_empty() {
         return search_sql(
+            sites,
             resource_type,
             request,
             after.map(|c| c.id.as_str()),
@@ -1029,6 +1129,7 @@ fn sorted_search_sql(
         key_exprs.push_str(&format!(", {expr} AS k{k}"));
     }
     let (inner, inner_args) = search_sql(
+        sites,
         resource_type,
         request,
         None,
@@ -1094,7 +1195,11 @@ fn cursor_condition(
     }
 }
 
-fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, StorageError> {
+fn history_page(
+    conn: &Connection,
+    sites: Option<&[String]>,
+    q: &HistoryQuery,
+) -> Result<HistoryPage, StorageError> {
     // One read transaction: the snapshot bound and the page come from the same snapshot.
     conn.execute_batch("BEGIN")?;
     let result = (|| {
@@ -1106,6 +1211,7 @@ fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, Stor
         let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
         let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq <= ?");
         let mut args: Vec<SqlValue> = vec![snapshot.into()];
+        push_site_scope(&mut sql, &mut args, sites, "v.site");
         match &q.scope {
             HistoryScope::System => {}
             HistoryScope::Type(t) => {
@@ -1156,38 +1262,43 @@ fn history_page(conn: &Connection, q: &HistoryQuery) -> Result<HistoryPage, Stor
 impl ResourceStore for SqliteStore {
     async fn read(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
         // A point read by primary key takes microseconds: run it inline rather than hand it
         // to another thread.
-        self.readers.with(|c| read_current(c, resource_type, id))
+        let v = self.readers.with(|c| read_current(c, resource_type, id))?;
+        Ok(v.filter(|v| ctx.sites.sees(v.site.as_deref())))
     }
 
     async fn vread(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        self.readers
-            .with(|c| read_version(c, resource_type, id, version))
+        let v = self
+            .readers
+            .with(|c| read_version(c, resource_type, id, version))?;
+        Ok(v.filter(|v| ctx.sites.sees(v.site.as_deref())))
     }
 
     async fn history(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         q: &HistoryQuery,
     ) -> Result<HistoryPage, StorageError> {
         let q = q.clone();
-        self.blocking(move |c| history_page(c, &q)).await
+        let sites = limited(ctx).map(<[String]>::to_vec);
+        self.blocking(move |c| history_page(c, sites.as_deref(), &q))
+            .await
     }
 
     async fn search(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         request: &SearchRequest,
         after: Option<&Cursor>,
@@ -1199,7 +1310,7 @@ impl ResourceStore for SqliteStore {
                 next: None,
             });
         }
-        let phases = search_phases(resource_type, request, after, count + 1);
+        let phases = search_phases(limited(ctx), resource_type, request, after, count + 1);
         let keys = request.sort.len();
         self.blocking(move |c| {
             let mut versions = Vec::new();
@@ -1224,7 +1335,7 @@ impl ResourceStore for SqliteStore {
                     }
                     versions.push(version_from_row(row)?);
                     last_keys = (0..keys)
-                        .map(|k| sort_value(row, 8 + k))
+                        .map(|k| sort_value(row, VERSION_COLUMN_COUNT + k))
                         .collect::<Result<Vec<_>, _>>()?;
                 }
             }
@@ -1238,11 +1349,11 @@ impl ResourceStore for SqliteStore {
 
     async fn count(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         request: &SearchRequest,
     ) -> Result<u64, StorageError> {
-        let (sql, args) = search_sql(resource_type, request, None, None, "COUNT(*)");
+        let (sql, args) = search_sql(limited(ctx), resource_type, request, None, None, "COUNT(*)");
         self.blocking(move |c| {
             let n: i64 = c
                 .prepare_cached(&sql)?
@@ -1254,10 +1365,11 @@ impl ResourceStore for SqliteStore {
 
     async fn current_page(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         after: Option<(String, String)>,
         limit: usize,
     ) -> Result<Vec<StoredVersion>, StorageError> {
+        let sites = ctx.sites.clone();
         self.blocking(move |c| {
             let (t, i) = after.unwrap_or_default();
             let mut stmt = c.prepare_cached(&format!(
@@ -1265,7 +1377,8 @@ impl ResourceStore for SqliteStore {
                  WHERE c.deleted = 0 AND (c.res_type > ?1 OR (c.res_type = ?1 AND c.res_id > ?2)) ORDER BY c.res_type, c.res_id LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![t, i, limit as i64], version_from_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            // A page may come back short for a limited caller; callers page until empty.
+            Ok(rows.into_iter().filter(|v| sites.sees(v.site.as_deref())).collect())
         })
         .await
     }
@@ -1283,13 +1396,14 @@ impl ResourceStore for SqliteStore {
 
     async fn snapshot_page(
         &self,
-        _ctx: &AccessContext,
+        ctx: &AccessContext,
         resource_type: &str,
         as_of: i64,
         after: Option<String>,
         limit: usize,
     ) -> Result<Vec<StoredVersion>, StorageError> {
         let rt = resource_type.to_string();
+        let sites = ctx.sites.clone();
         self.blocking(move |c| {
             // Page over the current versions by id (one query); a resource changed after
             // `as_of` is read at its newest version up to `as_of` (few: only those written
@@ -1315,7 +1429,7 @@ impl ResourceStore for SqliteStore {
                     } else {
                         older.query_row(params![rt, v.id, as_of], version_from_row).optional()?
                     };
-                    if let Some(v) = v.filter(|v| !v.deleted) {
+                    if let Some(v) = v.filter(|v| !v.deleted && sites.sees(v.site.as_deref())) {
                         out.push(v);
                         if out.len() == limit {
                             return Ok(out);
@@ -1352,6 +1466,69 @@ impl ResourceStore for SqliteStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn audit(&self, record: AuditRecord) -> Result<(), StorageError> {
+        let job: WriteJob = Box::new(move |txn| {
+            Box::pin(async move {
+                let ok = txn.audit(record).await;
+                if let Err(e) = &ok {
+                    tracing::error!(error = %e, "an audit event could not be recorded");
+                }
+                JobOutcome {
+                    keep: ok.is_ok(),
+                    finish: Box::new(|_| {}),
+                }
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StorageError::WriterGone)
+    }
+
+    async fn audit_read(
+        &self,
+        ctx: &AccessContext,
+        id: &str,
+    ) -> Result<Option<StoredAudit>, StorageError> {
+        let id = id.to_string();
+        let sites = ctx.sites.clone();
+        self.blocking(move |c| {
+            let a = c
+                .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit_event WHERE id = ?1"))?
+                .query_row(params![id], audit_from_row)
+                .optional()?;
+            Ok(a.filter(|a| sites.sees(a.site.as_deref())))
+        })
+        .await
+    }
+
+    async fn audit_search(
+        &self,
+        ctx: &AccessContext,
+        q: &AuditQuery,
+    ) -> Result<Vec<StoredAudit>, StorageError> {
+        let q = q.clone();
+        let sites = limited(ctx).map(<[String]>::to_vec);
+        self.blocking(move |c| {
+            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_event a WHERE a.seq > ?");
+            let mut args: Vec<SqlValue> = vec![q.after_seq.unwrap_or(0).into()];
+            push_site_scope(&mut sql, &mut args, sites.as_deref(), "a.site");
+            if let Some(e) = &q.entity {
+                sql.push_str(" AND a.seq IN (SELECT seq FROM audit_entity WHERE entity = ?)");
+                args.push(e.clone().into());
+            }
+            if let Some(t) = q.since_us {
+                sql.push_str(" AND a.recorded_us >= ?");
+                args.push(t.into());
+            }
+            sql.push_str(" ORDER BY a.seq LIMIT ?");
+            args.push((q.count as i64).into());
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(params_from_iter(args), audit_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -1393,29 +1570,118 @@ mod tests {
         id: &str,
         body: serde_json::Value,
     ) -> Result<StoredVersion, StorageError> {
+        put_at(s, None, t, id, body).await
+    }
+
+    fn record(n: usize) -> AuditRecord {
+        AuditRecord {
+            id: format!("a{n}-{}", now_us()),
+            recorded_us: now_us(),
+            site: None,
+            entities: vec![],
+            body: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    async fn put_at(
+        s: &SqliteStore,
+        site: Option<&'static str>,
+        t: &'static str,
+        id: &str,
+        body: serde_json::Value,
+    ) -> Result<StoredVersion, StorageError> {
         let id = id.to_string();
-        write(s, &AccessContext::system(), move |txn| {
+        write(s, &AccessContext::system("test"), move |txn| {
             Box::pin(async move {
                 let index = extract(t, &body);
                 let text = body.to_string();
                 let render = move |_v: i64, _t: &str| text.clone();
-                txn.append(NewVersion {
-                    resource_type: t,
-                    id: &id,
-                    deleted: false,
-                    index: &index,
-                    body: &render,
-                })
-                .await
+                let v = txn
+                    .append(NewVersion {
+                        resource_type: t,
+                        id: &id,
+                        deleted: false,
+                        index: &index,
+                        body: &render,
+                        site,
+                    })
+                    .await?;
+                txn.audit(record(0)).await?;
+                Ok(v)
             })
         })
         .await
     }
 
+    fn site_ctx(sites: &[&str]) -> AccessContext {
+        AccessContext {
+            study: None,
+            sites: SiteScope::Only(sites.iter().map(|s| s.to_string()).collect()),
+            role: crate::Role::Site,
+            agent: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_limited_context_sees_its_sites_and_shared_resources_only() {
+        let (_d, s) = store().await;
+        let obs = |v: &str| serde_json::json!({"resourceType":"Observation","status":"final","code":{"text":v}});
+        put_at(&s, Some("site-a"), "Observation", "a", obs("x")).await.unwrap();
+        put_at(&s, Some("site-b"), "Observation", "b", obs("x")).await.unwrap();
+        put_at(&s, None, "Observation", "shared", obs("x")).await.unwrap();
+        let a = site_ctx(&["site-a"]);
+        let all = AccessContext::system("test");
+        assert!(s.read(&a, "Observation", "a").await.unwrap().is_some());
+        assert!(s.read(&a, "Observation", "b").await.unwrap().is_none());
+        assert!(s.vread(&a, "Observation", "b", 1).await.unwrap().is_none());
+        assert!(s.read(&a, "Observation", "shared").await.unwrap().is_some());
+        let q = trialbridge_fhir::search::parse("Observation", &[("status".into(), "final".into())], true).unwrap();
+        assert_eq!(s.count(&a, "Observation", &q).await.unwrap(), 2);
+        assert_eq!(s.count(&all, "Observation", &q).await.unwrap(), 3);
+        let ids: Vec<String> = s.search(&a, "Observation", &q, None, 10).await.unwrap().versions.into_iter().map(|v| v.id).collect();
+        assert_eq!(ids, ["a", "shared"]);
+        let h = s.history(&a, &HistoryQuery { scope: HistoryScope::System, since_us: None, at_or_before_us: None, order: HistoryOrder::OldestFirst, after_seq: None, snapshot_seq: None, count: 10 }).await.unwrap();
+        assert_eq!(h.versions.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["a", "shared"]);
+        assert!(s.snapshot_page(&a, "Observation", 10, None, 10).await.unwrap().iter().all(|v| v.id != "b"));
+        let none = site_ctx(&[]);
+        assert_eq!(s.count(&none, "Observation", &q).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_without_an_audit_event_is_refused_and_the_trail_is_append_only() {
+        let (d, s) = store().await;
+        let ctx = AccessContext::system("test");
+        let r = write::<_, StorageError, _>(&s, &ctx, |txn| {
+            Box::pin(async move {
+                let render = |_: i64, _: &str| "{}".to_string();
+                txn.append(NewVersion { resource_type: "Patient", id: "u", deleted: false, index: &Default::default(), body: &render, site: None }).await
+            })
+        })
+        .await;
+        assert!(matches!(r, Err(StorageError::Unaudited)), "{r:?}");
+        assert!(s.read(&ctx, "Patient", "u").await.unwrap().is_none());
+        for n in 1..=3 {
+            s.audit(record(n)).await.unwrap();
+        }
+        put(&s, "Patient", "p", serde_json::json!({"resourceType":"Patient"})).await.unwrap();
+        let chain = s.audit_search(&ctx, &AuditQuery { count: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(chain.len(), 4);
+        let mut prev = AUDIT_GENESIS.to_string();
+        for (i, a) in chain.iter().enumerate() {
+            assert_eq!(a.seq, i as i64 + 1);
+            assert_eq!(a.prev_hash, prev);
+            assert_eq!(a.hash, audit_hash(&prev, a.seq, &a.body));
+            prev = a.hash.clone();
+        }
+        let c = Connection::open(d.path().join("t.db")).unwrap();
+        assert!(c.execute_batch("UPDATE audit_event SET body = '{}' WHERE seq = 1").is_err());
+        assert!(c.execute_batch("DELETE FROM audit_event").is_err());
+    }
+
     #[tokio::test]
     async fn versions_sequence_and_index() {
         let (_d, s) = store().await;
-        let ctx = AccessContext::system();
+        let ctx = AccessContext::system("test");
         let a = put(
             &s,
             "Patient",
@@ -1486,7 +1752,7 @@ mod tests {
     #[tokio::test]
     async fn failed_job_leaves_nothing_and_others_commit() {
         let (_d, s) = store().await;
-        let ctx = AccessContext::system();
+        let ctx = AccessContext::system("test");
         let failing = write::<(), StorageError, _>(&s, &ctx, |txn| {
             Box::pin(async move {
                 let render = |_: i64, _: &str| "{}".to_string();
@@ -1496,6 +1762,7 @@ mod tests {
                     deleted: false,
                     index: &Default::default(),
                     body: &render,
+                    site: None,
                 })
                 .await?;
                 Err(StorageError::Corrupt("boom".into()))
@@ -1517,7 +1784,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_job_does_not_stop_the_writer() {
         let (_d, s) = store().await;
-        let r = write::<(), StorageError, _>(&s, &AccessContext::system(), |_txn| {
+        let r = write::<(), StorageError, _>(&s, &AccessContext::system("test"), |_txn| {
             Box::pin(async move { panic!("job bug") })
         })
         .await;
@@ -1595,7 +1862,7 @@ mod tests {
         }
         let s = SqliteStore::open(opts).await.unwrap();
         assert!(s
-            .read(&AccessContext::system(), "Patient", "keep")
+            .read(&AccessContext::system("test"), "Patient", "keep")
             .await
             .unwrap()
             .is_some());

@@ -128,6 +128,20 @@ pub fn resources() -> &'static [Value] {
     })
 }
 
+/// The ids of the site studies (ResearchStudy resources that are `partOf` another study):
+/// the units of access control.
+pub fn site_studies() -> &'static [String] {
+    static SITES: OnceLock<Vec<String>> = OnceLock::new();
+    SITES.get_or_init(|| {
+        resources()
+            .iter()
+            .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("ResearchStudy"))
+            .filter(|r| r.get("partOf").is_some())
+            .filter_map(|r| r.get("id").and_then(Value::as_str).map(String::from))
+            .collect()
+    })
+}
+
 /// The resource of this type and id.
 pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
     resources().iter().find(|r| {

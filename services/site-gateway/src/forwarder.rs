@@ -25,14 +25,20 @@ enum Sent {
     Unavailable,
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: String) -> Sent {
-    match client
+async fn post(client: &reqwest::Client, gateway: &Gateway, url: &str, body: String) -> Sent {
+    let mut req = client
         .post(url)
         .header("content-type", "application/fhir+json")
-        .body(body)
-        .send()
-        .await
-    {
+        .body(body);
+    if let Some(t) = gateway.config.store_token.current() {
+        req = req.bearer_auth(t);
+    }
+    match req.send().await {
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+            // A token problem is the deployment's, not the message's: keep it and retry.
+            tracing::error!(status = %r.status(), "the trial store refused the gateway's token; retrying");
+            Sent::Unavailable
+        }
         Ok(r) if r.status().is_success() => Sent::Accepted,
         Ok(r) if r.status().is_client_error() => {
             let status = r.status();
@@ -114,11 +120,11 @@ pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
         let mut unavailable = false;
         'groups: for group in groups(&rows) {
             let sent = if group.len() == 1 {
-                post(&client, &url, rows[group[0]].1.clone()).await
+                post(&client, &gateway, &url, rows[group[0]].1.clone()).await
             } else {
                 let all: Vec<Value> = group.iter().flat_map(|&i| entries(&rows[i].1)).collect();
                 let combined = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": all});
-                post(&client, &url, combined.to_string()).await
+                post(&client, &gateway, &url, combined.to_string()).await
             };
             match sent {
                 Sent::Accepted => {
@@ -144,7 +150,7 @@ pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
                 }
                 Sent::Refused(_) => {
                     for &i in &group {
-                        match post(&client, &url, rows[i].1.clone()).await {
+                        match post(&client, &gateway, &url, rows[i].1.clone()).await {
                             Sent::Accepted => {
                                 let _ = gateway
                                     .db

@@ -59,6 +59,9 @@ pub struct GatewayArgs {
     /// FHIR base URL of the trial store to forward to (default: the store of this process).
     #[arg(long, env = "TRIALBRIDGE_STORE_URL", global = true)]
     pub store_url: Option<String>,
+    /// Bearer token (a `site` token for this site's study) the gateway sends to the trial store.
+    #[arg(long, env = "TRIALBRIDGE_STORE_TOKEN", global = true, hide_env_values = true)]
+    pub store_token: Option<String>,
     /// UTC offset for HL7 times that carry none.
     #[arg(
         long,
@@ -125,6 +128,41 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// The EHR's FHIR API to poll, if any.
     pub ehr: Option<ehr_pull::EhrConfig>,
+    /// How the gateway authenticates to the trial store.
+    pub store_token: StoreToken,
+}
+
+/// The bearer token the gateway sends to the trial store.
+#[derive(Clone, Default)]
+pub enum StoreToken {
+    /// None configured (the store will refuse the gateway's writes).
+    #[default]
+    None,
+    /// A fixed token (`TRIALBRIDGE_STORE_TOKEN`).
+    Static(String),
+    /// Minted afresh for each request (the all-in-one local profile signs its own).
+    Minted(std::sync::Arc<dyn Fn() -> String + Send + Sync>),
+}
+
+impl StoreToken {
+    /// The token to send now, if any.
+    pub fn current(&self) -> Option<String> {
+        match self {
+            StoreToken::None => None,
+            StoreToken::Static(t) => Some(t.clone()),
+            StoreToken::Minted(f) => Some(f()),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreToken::None => "None",
+            StoreToken::Static(_) => "Static(..)",
+            StoreToken::Minted(_) => "Minted(..)",
+        })
+    }
 }
 
 impl GatewayConfig {
@@ -204,6 +242,10 @@ impl GatewayConfig {
                 idle_timeout: Duration::from_secs(120),
                 max_connections: 64,
                 ehr,
+                store_token: a
+                    .store_token
+                    .clone()
+                    .map_or(StoreToken::None, StoreToken::Static),
             }),
             _ => Err(problems),
         }

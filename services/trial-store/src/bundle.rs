@@ -14,11 +14,14 @@ use trialbridge_fhir::id::parse_etag_version;
 use trialbridge_fhir::reference::{references, rewrite_references};
 use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
-use trialbridge_storage::{write, StoredVersion, WriteTxn};
+use trialbridge_auth::Interaction;
+use trialbridge_storage::{StoredVersion, WriteTxn};
 
+use crate::access::Caller;
+use crate::audit::{write_audited, Changes};
 use crate::error::ApiError;
 use crate::http::{
-    access, conditional_criteria, conditional_update_in, found, json_response, query_pairs,
+    audited, conditional_criteria, conditional_update_in, found, json_response, query_pairs,
     version_path,
 };
 use crate::interactions::{self, checked_id, incoming_from_bytes, known_type, Incoming};
@@ -73,6 +76,49 @@ impl Action {
         }
     }
 
+    /// The interactions the entry needs permission for, on its type.
+    fn needs(&self) -> (&str, &'static [Interaction]) {
+        use Interaction::*;
+        match self {
+            Action::Create {
+                res,
+                if_none_exist: None,
+            } => (res.resource_type, &[Create]),
+            Action::Create { res, .. } => (res.resource_type, &[Create, Search]),
+            Action::Update { res, .. } => (res.resource_type, &[Update]),
+            Action::ConditionalUpdate { res, .. } => (res.resource_type, &[Update, Search]),
+            Action::Delete { rt, .. } => (rt, &[Delete]),
+            Action::ConditionalDelete { rt, .. } => (rt, &[Delete, Search]),
+            Action::Read { rt, .. } => (rt, &[Read]),
+            Action::Search { rt, .. } => (rt, &[Search]),
+        }
+    }
+
+    /// The audit subtype of the entry on its own (batch).
+    fn subtype(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "create",
+            Action::Update { .. } | Action::ConditionalUpdate { .. } => "update",
+            Action::Delete { .. } | Action::ConditionalDelete { .. } => "delete",
+            Action::Read { .. } => "read",
+            Action::Search { .. } => "search-type",
+        }
+    }
+
+    /// The `Type/id` an update or delete changes, when known before it runs.
+    fn target(&self) -> Option<String> {
+        match self {
+            Action::Update { res, id, .. } => Some(format!("{}/{id}", res.resource_type)),
+            Action::ConditionalUpdate { res, .. } => res
+                .value
+                .get("id")
+                .and_then(Value::as_str)
+                .map(|id| format!("{}/{id}", res.resource_type)),
+            Action::Delete { rt, id, .. } => Some(format!("{rt}/{id}")),
+            _ => None,
+        }
+    }
+
     fn resource_mut(&mut self) -> Option<&mut Incoming> {
         match self {
             Action::Create { res, .. }
@@ -94,9 +140,83 @@ struct Planned {
 #[derive(Debug)]
 struct EntryResult {
     status: StatusCode,
+    /// Whether `version` was written by this entry (not only read).
+    changed: bool,
     version: Option<StoredVersion>,
     /// A searchset Bundle for a search entry.
     bundle: Option<String>,
+}
+
+impl Changes for Vec<EntryResult> {
+    fn versions(&self) -> Vec<&StoredVersion> {
+        self.iter()
+            .filter(|r| r.changed)
+            .filter_map(|r| r.version.as_ref())
+            .collect()
+    }
+}
+
+impl Changes for EntryResult {
+    fn versions(&self) -> Vec<&StoredVersion> {
+        self.version.iter().filter(|_| self.changed).collect()
+    }
+}
+
+/// 403 for an entry the caller may not run.
+fn permitted(caller: &Caller, p: &Planned) -> Result<(), ApiError> {
+    let (rt, needs) = p.action.needs();
+    for i in needs {
+        caller
+            .require(rt, *i)
+            .map_err(|e| entry_error(p.index, e, "request.url"))?;
+    }
+    Ok(())
+}
+
+/// Provenances in a transaction give the resources they target a reason for change: their
+/// `reason` or `activity` text, else a pointer to the Provenance itself.
+fn provenance_reasons(plan: &[Planned]) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for p in plan {
+        let (Action::Create { res, .. } | Action::Update { res, .. }) = &p.action else {
+            continue;
+        };
+        if res.resource_type != "Provenance" {
+            continue;
+        }
+        let v = &res.value;
+        let text = |cc: &Value| {
+            cc.get("text").and_then(Value::as_str).map(String::from).or_else(|| {
+                cc.pointer("/coding/0/display")
+                    .or_else(|| cc.pointer("/coding/0/code"))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+        };
+        let why = v
+            .get("reason")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find_map(text))
+            .or_else(|| v.get("activity").and_then(text))
+            .unwrap_or_else(|| {
+                format!(
+                    "see Provenance/{}",
+                    v.get("id").and_then(Value::as_str).unwrap_or("")
+                )
+            });
+        for t in v
+            .get("target")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = t.get("reference").and_then(Value::as_str) {
+                let base = r.split("/_history/").next().unwrap_or(r);
+                out.insert(base.to_string(), why.clone());
+            }
+        }
+    }
+    out
 }
 
 fn status_line(s: StatusCode) -> String {
@@ -303,6 +423,7 @@ fn plan_entry(
 
 pub async fn process(
     State(s): State<StoreState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
     body: Body,
@@ -346,7 +467,9 @@ pub async fn process(
             let mut problems = OperationOutcome::default();
             let mut status = None;
             for (i, e) in entries.iter().enumerate() {
-                match plan_entry(i, e, &base, &s.config.validation) {
+                match plan_entry(i, e, &base, &s.config.validation)
+                    .and_then(|p| permitted(&caller, &p).map(|()| p))
+                {
                     Ok(p) => plan.push(p),
                     Err(e) => {
                         status.get_or_insert(e.status());
@@ -358,24 +481,30 @@ pub async fn process(
             // run (and rolled back) so that the outcome names every failing entry.
             let b = base.clone();
             let planned_failures = status.map(|st| (st, problems));
-            let results = write(&*s.store, &access(&headers), move |txn| {
-                Box::pin(async move { run_transaction(txn, plan, &b, planned_failures).await })
+            let c = caller.clone();
+            let results = write_audited(&*s.store, &caller, "transaction", move |txn| {
+                Box::pin(
+                    async move { run_transaction(txn, &c, plan, &b, planned_failures).await },
+                )
             })
             .await?;
             let mut out = BundleWriter::new("transaction-response");
             for r in &results {
                 out.entry(response_entry(r));
             }
-            Ok(json_response(StatusCode::OK, out.finish(), fmt))
+            Ok(audited(json_response(StatusCode::OK, out.finish(), fmt)))
         }
         "batch" => {
             let mut out = BundleWriter::new("batch-response");
             for (i, e) in entries.iter().enumerate() {
-                let result = match plan_entry(i, e, &base, &s.config.validation) {
+                let result = match plan_entry(i, e, &base, &s.config.validation)
+                    .and_then(|p| permitted(&caller, &p).map(|()| p))
+                {
                     Ok(p) => {
                         let b = base.clone();
-                        write(&*s.store, &access(&headers), move |txn| {
-                            Box::pin(async move { execute(txn, &p.action, &b).await })
+                        let c = caller.clone();
+                        write_audited(&*s.store, &caller, p.action.subtype(), move |txn| {
+                            Box::pin(async move { execute(txn, &c, &p.action, &b).await })
                         })
                         .await
                     }
@@ -386,6 +515,7 @@ pub async fn process(
                     Err(e) => out.entry(BundleEntry { response: Some(json!({ "status": status_line(e.status()), "outcome": e.outcome().to_json() })), ..Default::default() }),
                 };
             }
+            // Each entry was audited in its own transaction; refused entries by the batch's event.
             Ok(json_response(StatusCode::OK, out.finish(), fmt))
         }
         other => Err(ApiError::new(
@@ -420,13 +550,16 @@ fn response_entry(r: &EntryResult) -> BundleEntry<'_> {
 
 async fn execute(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     action: &Action,
     base: &str,
 ) -> Result<EntryResult, ApiError> {
+    let visible = |v: Option<StoredVersion>| v.filter(|v| caller.ctx.sites.sees(v.site.as_deref()));
     let written = match action {
         Action::Create { res, if_none_exist } => {
             interactions::create(
                 txn,
+                caller,
                 res,
                 &uuid::Uuid::now_v7().to_string(),
                 if_none_exist.as_ref(),
@@ -434,17 +567,19 @@ async fn execute(
             .await?
         }
         Action::Update { res, id, if_match } => {
-            interactions::update(txn, res, id, *if_match).await?
+            interactions::update(txn, caller, res, id, *if_match).await?
         }
         Action::ConditionalUpdate {
             res,
             criteria,
             if_match,
-        } => conditional_update_in(txn, res.clone(), criteria, *if_match).await?,
-        Action::Delete { rt, id, if_match } => interactions::delete(txn, rt, id, *if_match).await?,
+        } => conditional_update_in(txn, caller, res.clone(), criteria, *if_match).await?,
+        Action::Delete { rt, id, if_match } => {
+            interactions::delete(txn, caller, rt, id, *if_match).await?
+        }
         Action::ConditionalDelete { rt, criteria } => {
-            match interactions::match_one(txn, rt, criteria, "conditional delete").await? {
-                Some(id) => interactions::delete(txn, rt, &id, None).await?,
+            match interactions::match_one(txn, caller, rt, criteria, "conditional delete").await? {
+                Some(id) => interactions::delete(txn, caller, rt, &id, None).await?,
                 None => interactions::Written {
                     status: StatusCode::NO_CONTENT,
                     version: None,
@@ -453,17 +588,18 @@ async fn execute(
         }
         Action::Read { rt, id, version } => {
             let v = match version {
-                None => found(rt, id, txn.current(rt, id).await?)?,
-                Some(n) => found(rt, id, txn.version(rt, id, *n).await?)?,
+                None => found(rt, id, visible(txn.current(rt, id).await?))?,
+                Some(n) => found(rt, id, visible(txn.version(rt, id, *n).await?))?,
             };
             return Ok(EntryResult {
                 status: StatusCode::OK,
+                changed: false,
                 version: Some(v),
                 bundle: None,
             });
         }
         Action::Search { rt, criteria } => {
-            let ids = txn.search_ids(rt, criteria, 1000).await?;
+            let ids = txn.search_ids(&caller.ctx, rt, criteria, 1000).await?;
             let mut versions = Vec::with_capacity(ids.len());
             for id in &ids {
                 if let Some(v) = txn.current(rt, id).await? {
@@ -482,6 +618,7 @@ async fn execute(
             }
             return Ok(EntryResult {
                 status: StatusCode::OK,
+                changed: false,
                 version: None,
                 bundle: Some(b.finish()),
             });
@@ -489,6 +626,7 @@ async fn execute(
     };
     Ok(EntryResult {
         status: written.status,
+        changed: true,
         version: written.version,
         bundle: None,
     })
@@ -498,6 +636,7 @@ async fn execute(
 /// anything is written.
 async fn assign_ids(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     plan: &mut [Planned],
 ) -> Result<HashMap<String, String>, ApiError> {
     let mut ids = HashMap::new();
@@ -506,7 +645,7 @@ async fn assign_ids(
         let target = match &mut p.action {
             Action::Create { res, if_none_exist } => {
                 let existing = match if_none_exist {
-                    Some(c) => interactions::match_one(txn, res.resource_type, c, "ifNoneExist")
+                    Some(c) => interactions::match_one(txn, caller, res.resource_type, c, "ifNoneExist")
                         .await
                         .map_err(|e| entry_error(i, e, "request.ifNoneExist"))?,
                     None => None,
@@ -518,7 +657,7 @@ async fn assign_ids(
             Action::Update { res, id, .. } => Some(format!("{}/{id}", res.resource_type)),
             Action::ConditionalUpdate { res, criteria, .. } => {
                 let found =
-                    interactions::match_one(txn, res.resource_type, criteria, "conditional update")
+                    interactions::match_one(txn, caller, res.resource_type, criteria, "conditional update")
                         .await
                         .map_err(|e| entry_error(i, e, "request.url"))?;
                 let id = found
@@ -547,6 +686,7 @@ async fn assign_ids(
 /// (the specification only requires rewriting those that do; validation may flag it).
 async fn resolve_references(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     p: &mut Planned,
     ids: &HashMap<String, String>,
 ) -> Result<(), ApiError> {
@@ -564,7 +704,7 @@ async fn resolve_references(
             let rt = known_type(t).map_err(|e| entry_error(i, e, "resource"))?;
             let criteria = conditional_criteria(rt, q, "conditional reference")
                 .map_err(|e| entry_error(i, e, "resource"))?;
-            match interactions::match_one(txn, rt, &criteria, "conditional reference")
+            match interactions::match_one(txn, caller, rt, &criteria, "conditional reference")
                 .await
                 .map_err(|e| entry_error(i, e, "resource"))?
             {
@@ -597,17 +737,18 @@ async fn resolve_references(
 
 async fn run_transaction(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     mut plan: Vec<Planned>,
     base: &str,
     planned_failures: Option<(StatusCode, OperationOutcome)>,
 ) -> Result<Vec<EntryResult>, ApiError> {
-    let ids = assign_ids(txn, &mut plan).await?;
+    let ids = assign_ids(txn, caller, &mut plan).await?;
     let (mut first_status, mut problems) = match planned_failures {
         Some((st, oo)) => (Some(st), oo),
         None => (None, OperationOutcome::default()),
     };
     for p in plan.iter_mut() {
-        if let Err(e) = resolve_references(txn, p, &ids).await {
+        if let Err(e) = resolve_references(txn, caller, p, &ids).await {
             first_status.get_or_insert(e.status());
             problems.issues.extend(e.outcome().issues);
         }
@@ -615,8 +756,21 @@ async fn run_transaction(
     let mut order: Vec<usize> = (0..plan.len()).collect();
     order.sort_by_key(|&k| (plan[k].action.rank(), plan[k].index));
     let mut results: Vec<Option<EntryResult>> = (0..plan.len()).map(|_| None).collect();
+    let reasons = provenance_reasons(&plan);
     for k in order {
         let p = &plan[k];
+        // A Provenance in the transaction is the reason for changing what it targets.
+        let with_reason;
+        let caller = match (&caller.reason, p.action.target().and_then(|t| reasons.get(&t))) {
+            (None, Some(why)) => {
+                with_reason = Caller {
+                    reason: Some(why.clone()),
+                    ..caller.clone()
+                };
+                &with_reason
+            }
+            _ => caller,
+        };
         // Creates already carry the id chosen in assign_ids: store them under it.
         let r = match &p.action {
             Action::Create { res, if_none_exist } => {
@@ -630,20 +784,22 @@ async fn run_transaction(
                 if if_none_exist.is_some() && existing.as_ref().is_some_and(|v| !v.deleted) {
                     Ok(EntryResult {
                         status: StatusCode::OK,
+                        changed: false,
                         version: existing,
                         bundle: None,
                     })
                 } else {
-                    interactions::create(txn, res, &id, None)
+                    interactions::create(txn, caller, res, &id, None)
                         .await
                         .map(|w| EntryResult {
                             status: w.status,
+                            changed: true,
                             version: w.version,
                             bundle: None,
                         })
                 }
             }
-            other => execute(txn, other, base).await,
+            other => execute(txn, caller, other, base).await,
         };
         match r {
             Ok(r) => results[k] = Some(r),

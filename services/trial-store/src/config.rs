@@ -49,6 +49,82 @@ pub struct ServeArgs {
         global = true
     )]
     pub extension_domains: String,
+    /// `local` (loopback only, tokens signed by a development key kept beside the database)
+    /// or `production` (a JWKS is required).
+    #[arg(long, env = "TRIALBRIDGE_PROFILE", default_value = "local", global = true)]
+    pub profile: String,
+    /// JWKS of the token issuer: a file path or an http(s) URL (fetched at start-up).
+    #[arg(long, env = "TRIALBRIDGE_AUTH_JWKS", global = true)]
+    pub auth_jwks: Option<String>,
+    /// The `iss` tokens must carry.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_AUTH_ISSUER",
+        default_value = LOCAL_ISSUER,
+        global = true
+    )]
+    pub auth_issuer: String,
+    /// The `aud` tokens must carry.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_AUTH_AUDIENCE",
+        default_value = "trialbridge",
+        global = true
+    )]
+    pub auth_audience: String,
+}
+
+/// The issuer of the local profile's development tokens.
+pub const LOCAL_ISSUER: &str = "urn:trialbridge:local";
+
+/// Where the token keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthSource {
+    /// The local profile's development key in this directory (created on first start).
+    LocalKey(std::path::PathBuf),
+    /// A JWKS file or URL.
+    Jwks(String),
+}
+
+/// The directory of the local development key for a database URL (beside the database).
+pub fn local_key_dir(database_url: &str) -> std::path::PathBuf {
+    trialbridge_storage::SqliteOptions::from_url(database_url)
+        .ok()
+        .and_then(|o| o.path.parent().map(std::path::Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| ".".into())
+}
+
+/// The verifier for a configuration: the JWKS read from its file or URL, or the local key's.
+pub async fn verifier(c: &ServeConfig) -> Result<trialbridge_auth::Verifier, String> {
+    let jwks = match &c.auth {
+        AuthSource::LocalKey(dir) => {
+            trialbridge_auth::DevIssuer::load_or_create(dir, &c.auth_issuer, &c.auth_audience)
+                .map_err(|e| format!("the development signing key in {}: {e}", dir.display()))?
+                .jwks()
+        }
+        AuthSource::Jwks(src) if src.starts_with("http://") || src.starts_with("https://") => {
+            let r = reqwest::get(src)
+                .await
+                .map_err(|e| format!("fetching the JWKS {src}: {e}"))?;
+            if !r.status().is_success() {
+                return Err(format!("fetching the JWKS {src}: HTTP {}", r.status()));
+            }
+            r.text()
+                .await
+                .map_err(|e| format!("fetching the JWKS {src}: {e}"))?
+        }
+        AuthSource::Jwks(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("reading the JWKS {path}: {e}"))?,
+    };
+    trialbridge_auth::Verifier::from_jwks(
+        &jwks,
+        trialbridge_auth::VerifierSettings {
+            issuer: c.auth_issuer.clone(),
+            audience: c.auth_audience.clone(),
+            leeway_seconds: 30,
+        },
+    )
 }
 
 /// Extensions accepted by default besides the R4 core: the study's own canonical base, the
@@ -85,6 +161,12 @@ pub struct ServeConfig {
     pub load_study: bool,
     /// How payloads are validated.
     pub validation: trialbridge_validation::Options,
+    /// Where token keys come from.
+    pub auth: AuthSource,
+    /// Expected `iss`.
+    pub auth_issuer: String,
+    /// Expected `aud`.
+    pub auth_audience: String,
 }
 
 impl ServeConfig {
@@ -130,8 +212,29 @@ impl ServeConfig {
                 None
             }
         };
-        match (listen, max_body_bytes, load_study) {
-            (Some(listen), Some(max_body_bytes), Some(load_study)) if problems.is_empty() => {
+        let auth = match (a.profile.as_str(), &a.auth_jwks) {
+            (_, Some(j)) => Some(AuthSource::Jwks(j.clone())),
+            ("local", None) => Some(AuthSource::LocalKey(local_key_dir(&a.database_url))),
+            ("production", None) => {
+                problems.push("TRIALBRIDGE_AUTH_JWKS / --auth-jwks: the production profile needs the token issuer's JWKS (file or URL)".to_string());
+                None
+            }
+            (other, _) => {
+                problems.push(format!(
+                    "TRIALBRIDGE_PROFILE / --profile: '{other}' is not local or production"
+                ));
+                None
+            }
+        };
+        if a.profile == "local" {
+            if let Some(l) = listen.filter(|l| !l.ip().is_loopback()) {
+                problems.push(format!("TRIALBRIDGE_LISTEN / --listen: the local profile listens on loopback only, not {l}; set TRIALBRIDGE_PROFILE=production and TRIALBRIDGE_AUTH_JWKS to serve a network"));
+            }
+        }
+        match (listen, max_body_bytes, load_study, auth) {
+            (Some(listen), Some(max_body_bytes), Some(load_study), Some(auth))
+                if problems.is_empty() =>
+            {
                 Ok(Self {
                     listen,
                     database_url: a.database_url,
@@ -139,6 +242,9 @@ impl ServeConfig {
                     max_body_bytes,
                     validation: validation_options(&a.extension_domains),
                     load_study,
+                    auth,
+                    auth_issuer: a.auth_issuer,
+                    auth_audience: a.auth_audience,
                 })
             }
             _ => Err(problems),
@@ -158,7 +264,29 @@ mod tests {
             max_body_bytes: "4096".into(),
             load_study: "true".into(),
             extension_domains: DEFAULT_EXTENSION_DOMAINS.into(),
+            profile: "local".into(),
+            auth_jwks: None,
+            auth_issuer: LOCAL_ISSUER.into(),
+            auth_audience: "trialbridge".into(),
         }
+    }
+
+    #[test]
+    fn production_needs_a_jwks_and_local_stays_on_loopback() {
+        let prod = ServeArgs {
+            profile: "production".into(),
+            ..args()
+        };
+        let p = ServeConfig::from_args(prod).unwrap_err();
+        assert!(p[0].contains("TRIALBRIDGE_AUTH_JWKS"), "{p:?}");
+        let open = ServeArgs {
+            listen: "0.0.0.0:8080".into(),
+            ..args()
+        };
+        let p = ServeConfig::from_args(open).unwrap_err();
+        assert!(p[0].contains("loopback"), "{p:?}");
+        let c = ServeConfig::from_args(args()).unwrap();
+        assert_eq!(c.auth, AuthSource::LocalKey("data".into()));
     }
 
     #[test]
@@ -177,6 +305,10 @@ mod tests {
             max_body_bytes: "-1".into(),
             load_study: "maybe".into(),
             extension_domains: String::new(),
+            profile: "local".into(),
+            auth_jwks: None,
+            auth_issuer: LOCAL_ISSUER.into(),
+            auth_audience: "trialbridge".into(),
         };
         let problems = ServeConfig::from_args(a).unwrap_err();
         assert_eq!(problems.len(), 5, "{problems:#?}");

@@ -18,8 +18,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use trialbridge_fhir::IssueType;
-use trialbridge_storage::AccessContext;
+use trialbridge_auth::Interaction;
+use trialbridge_storage::{AccessContext, Role};
 
+use crate::access::{forbidden, Caller};
 use crate::error::ApiError;
 use crate::http::query_pairs;
 use crate::StoreState;
@@ -47,7 +49,32 @@ struct Job {
     written: u64,
     outputs: Vec<(String, u64)>,
     error: Option<String>,
+    /// The token subject that started the job: only they (or the system) poll, download and
+    /// cancel it.
+    #[serde(default)]
+    owner: Option<String>,
 }
+
+/// The job, if it exists and the caller owns it.
+fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("no export job {id}"),
+        )
+    };
+    checked_job(id)?;
+    let job = load(&job_dir(s, id)).ok_or_else(not_found)?;
+    match (&job.owner, &caller.principal) {
+        (_, None) => Ok(job),
+        (Some(o), Some(p)) if *o == p.subject => Ok(job),
+        _ if caller.role() == Role::System => Ok(job),
+        _ => Err(not_found()),
+    }
+}
+
+const EXPORT_ACTOR: &str = "trialbridge $export";
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, msg)
@@ -78,18 +105,20 @@ fn load(dir: &Path) -> Option<Job> {
 /// Kick-off: `GET [base]/$export` and `GET [base]/Patient/$export`.
 pub async fn kick_off(
     s: &StoreState,
+    caller: &Caller,
     headers: &HeaderMap,
     query: Option<&str>,
     patient_level: bool,
     group: Option<&str>,
 ) -> Result<Response, ApiError> {
+    caller.require_role(&[Role::Warehouse, Role::System], "run a bulk export")?;
     let patients = match group {
         None => None,
         Some(gid) => {
-            let ctx = AccessContext::system();
+            let ctx = &caller.ctx;
             let g = s
                 .store
-                .read(&ctx, "Group", gid)
+                .read(ctx, "Group", gid)
                 .await?
                 .filter(|v| !v.deleted)
                 .ok_or_else(|| {
@@ -156,6 +185,9 @@ pub async fn kick_off(
                         .at("_type"));
                     }
                 }
+                for t in &wanted {
+                    caller.require(t, Interaction::Search)?;
+                }
                 types = wanted;
             }
             "_since" => {
@@ -182,8 +214,13 @@ pub async fn kick_off(
             }
         }
     }
-    let ctx = AccessContext::system();
-    let as_of = s.store.last_seq(&ctx).await?;
+    types.retain(|t| caller.permits(t, Interaction::Search));
+    if types.is_empty() {
+        return Err(forbidden(
+            "the granted scopes allow none of the types this export would contain".into(),
+        ));
+    }
+    let as_of = s.store.last_seq(&caller.ctx).await?;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let level = match group {
         Some(g) => format!("Group/{g}/"),
@@ -207,6 +244,7 @@ pub async fn kick_off(
         written: 0,
         outputs: Vec::new(),
         error: None,
+        owner: caller.principal.as_ref().map(|p| p.subject.clone()),
     };
     save(&job_dir(s, &id), &job).map_err(|e| ApiError::Storage(e.into()))?;
     start(s.clone(), job);
@@ -253,7 +291,7 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
     job.written = 0;
     job.outputs.clear();
     save(dir, &job).map_err(|e| e.to_string())?;
-    let ctx = AccessContext::system();
+    let ctx = AccessContext::system(EXPORT_ACTOR);
     for t in job.types.clone() {
         let path = dir.join(format!("{t}.ndjson"));
         // The file is created with its first resource: types without any cost no I/O.
@@ -339,7 +377,7 @@ async fn group_members(
         .map(|(_, p)| *p)
         .unwrap_or(&[]);
     let ids: Vec<String> = page.iter().map(|v| v.id.clone()).collect();
-    let ctx = AccessContext::system();
+    let ctx = AccessContext::system(EXPORT_ACTOR);
     for p in params {
         for (id, value) in s.store.index_values(&ctx, resource_type, p, &ids).await? {
             if patients.contains(&value) {
@@ -380,16 +418,10 @@ fn checked_job(id: &str) -> Result<(), ApiError> {
 /// `GET [base]/$export-status/{job}`.
 pub async fn status(
     State(s): State<StoreState>,
+    caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    checked_job(&id)?;
-    let job = load(&job_dir(&s, &id)).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            IssueType::NotFound,
-            format!("no export job {id}"),
-        )
-    })?;
+    let job = owned(&s, &caller, &id)?;
     match job.status.as_str() {
         "queued" | "running" => {
             let mut r = StatusCode::ACCEPTED.into_response();
@@ -408,7 +440,7 @@ pub async fn status(
                 .iter()
                 .map(|(t, n)| json!({"type": t, "url": format!("{}/$export-file/{id}/{t}.ndjson", s.config.base_url), "count": n}))
                 .collect();
-            let manifest = json!({"transactionTime": job.transaction_time, "request": job.request, "requiresAccessToken": false, "output": output, "error": []});
+            let manifest = json!({"transactionTime": job.transaction_time, "request": job.request, "requiresAccessToken": true, "output": output, "error": []});
             Ok((
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -427,17 +459,11 @@ pub async fn status(
 /// `DELETE [base]/$export-status/{job}`: cancels a job and removes its files.
 pub async fn cancel(
     State(s): State<StoreState>,
+    caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    checked_job(&id)?;
+    owned(&s, &caller, &id)?;
     let dir = job_dir(&s, &id);
-    if load(&dir).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            IssueType::NotFound,
-            format!("no export job {id}"),
-        ));
-    }
     let running = s
         .exports
         .running
@@ -457,9 +483,10 @@ pub async fn cancel(
 /// `GET [base]/$export-file/{job}/{Type}.ndjson`, streamed from disk.
 pub async fn file(
     State(s): State<StoreState>,
+    caller: Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    checked_job(&id)?;
+    owned(&s, &caller, &id)?;
     let t = name.strip_suffix(".ndjson").unwrap_or("");
     if trialbridge_fhir::resource_type::canonical(t).is_none() {
         return Err(ApiError::new(
@@ -499,27 +526,30 @@ pub async fn file(
 /// `GET [base]/$export` handler.
 pub async fn system(
     State(s): State<StoreState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    kick_off(&s, &headers, q.as_deref(), false, None).await
+    kick_off(&s, &caller, &headers, q.as_deref(), false, None).await
 }
 
 /// `GET [base]/Group/{id}/$export` handler: the compartments of the Group's Patients.
 pub async fn group(
     State(s): State<StoreState>,
+    caller: Caller,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    kick_off(&s, &headers, q.as_deref(), true, Some(&id)).await
+    kick_off(&s, &caller, &headers, q.as_deref(), true, Some(&id)).await
 }
 
 /// `GET [base]/Patient/$export` handler.
 pub async fn patient(
     State(s): State<StoreState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    kick_off(&s, &headers, q.as_deref(), true, None).await
+    kick_off(&s, &caller, &headers, q.as_deref(), true, None).await
 }

@@ -9,19 +9,25 @@ use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
 use trialbridge_fhir::{instant, IssueType};
 use trialbridge_storage::{HistoryOrder, HistoryQuery, HistoryScope, StoredVersion};
 
+use trialbridge_auth::Interaction;
+
+use crate::access::Caller;
 use crate::error::ApiError;
-use crate::http::{access, json_response, page_link, prefer, query_pairs};
+use crate::http::{json_response, page_link, prefer, query_pairs};
 use crate::interactions::{checked_id, known_type};
 use crate::negotiate::negotiate;
 use crate::StoreState;
 
 pub async fn system(
     State(s): State<StoreState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
+    caller.require_every_type(Interaction::Search)?;
     respond(
         &s,
+        &caller,
         &headers,
         q.as_deref(),
         HistoryScope::System,
@@ -32,14 +38,17 @@ pub async fn system(
 
 pub async fn of_type(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Search)?;
     respond(
         &s,
+        &caller,
         &headers,
         q.as_deref(),
         HistoryScope::Type(rt.to_string()),
@@ -50,14 +59,16 @@ pub async fn of_type(
 
 pub async fn instance(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path((t, id)) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Read)?;
     checked_id(rt, &id)?;
-    if s.store.read(&access(&headers), rt, &id).await?.is_none() {
+    if s.store.read(&caller.ctx, rt, &id).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             IssueType::NotFound,
@@ -67,6 +78,7 @@ pub async fn instance(
     }
     respond(
         &s,
+        &caller,
         &headers,
         q.as_deref(),
         HistoryScope::Instance(rt.to_string(), id.clone()),
@@ -83,6 +95,7 @@ fn parse_cursor(v: &str) -> Option<(i64, i64)> {
 
 async fn respond(
     s: &StoreState,
+    caller: &Caller,
     headers: &HeaderMap,
     q: Option<&str>,
     scope: HistoryScope,
@@ -156,7 +169,7 @@ async fn respond(
         }
         kept.push((k.clone(), v.clone()));
     }
-    let page = s.store.history(&access(headers), &query).await?;
+    let page = s.store.history(&caller.ctx, &query).await?;
     // For oldest-first paging the snapshot bound must not hide later commits from next pages.
     let snap_for_link = match query.order {
         HistoryOrder::NewestFirst => page.snapshot_seq,

@@ -12,12 +12,15 @@ use tower_http::catch_panic::CatchPanicLayer;
 use trialbridge_fhir::id::parse_etag_version;
 use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{instant, IssueType, OperationOutcome, OutcomeIssue};
-use trialbridge_storage::{write, AccessContext, StoredVersion};
+use trialbridge_auth::Interaction;
+use trialbridge_storage::StoredVersion;
 
+use crate::access::{Audited, Caller};
+use crate::audit::write_audited;
 use crate::error::{outcome_response, ApiError};
 use crate::interactions::{self, checked_id, incoming_from_bytes, known_type, Written};
 use crate::negotiate::{negotiate, read_body, Format};
-use crate::{bundle, capability, export, history, search, validate, StoreState};
+use crate::{bundle, capability, export, history, monitor, search, validate, StoreState};
 
 pub fn routes(state: StoreState) -> Router {
     Router::new()
@@ -47,6 +50,9 @@ pub fn routes(state: StoreState) -> Router {
             post(validate::instance_level).get(validate::instance_level),
         )
         .route("/fhir/{rtype}/_history", get(history::of_type))
+        .route("/fhir/{rtype}/{id}/$sdv", get(monitor::sdv))
+        .route("/fhir/{rtype}/{id}/$diff", get(monitor::version_diff))
+        .route("/fhir/{rtype}/{id}/$verify", post(monitor::verify))
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{rtype}/{id}/_history", get(history::instance))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread))
@@ -58,6 +64,10 @@ pub fn routes(state: StoreState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::authenticate,
+        ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
@@ -66,6 +76,7 @@ pub fn routes(state: StoreState) -> Router {
 /// `GET [base]/[type]/$export`: Patient-level export (Group-level has its own route).
 async fn type_export(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -78,13 +89,13 @@ async fn type_export(
             format!("$export is served at the system level and for Patient, not for {t}"),
         ));
     }
-    export::kick_off(&s, &headers, q.as_deref(), true, None).await
+    export::kick_off(&s, &caller, &headers, q.as_deref(), true, None).await
 }
 
-/// The access context of a request. Until authentication lands every request acts as the
-/// system; the security work derives it from the bearer token here and nowhere else.
-pub fn access(_headers: &HeaderMap) -> AccessContext {
-    AccessContext::system()
+/// Marks a response as audited inside its write transaction.
+pub fn audited(mut r: Response) -> Response {
+    r.extensions_mut().insert(Audited);
+    r
 }
 
 impl From<PathRejection> for ApiError {
@@ -351,15 +362,20 @@ fn if_match(headers: &HeaderMap, resource_type: &str) -> Result<Option<i64>, Api
 
 async fn read(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path((t, id)) = path?;
+    if t == "AuditEvent" {
+        return crate::monitor::audit_event(&s, &caller, &id).await;
+    }
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Read)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     checked_id(rt, &id)?;
-    let v = found(rt, &id, s.store.read(&access(&headers), rt, &id).await?)?;
+    let v = found(rt, &id, s.store.read(&caller.ctx, rt, &id).await?)?;
     if let Some(inm) = headers.get(header::IF_NONE_MATCH) {
         if parse_etag_version(inm.to_str().unwrap_or("")) == Some(v.version) {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
@@ -386,12 +402,14 @@ async fn read(
 
 async fn vread(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path((t, id, vid)) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Read)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     checked_id(rt, &id)?;
     let version = vid.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
@@ -402,7 +420,7 @@ async fn vread(
         )
         .at(format!("{rt}.meta.versionId"))
     })?;
-    let v = s.store.vread(&access(&headers), rt, &id, version).await?;
+    let v = s.store.vread(&caller.ctx, rt, &id, version).await?;
     let v = match v {
         None => {
             return Err(ApiError::new(
@@ -429,6 +447,7 @@ async fn vread(
 
 async fn create(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -436,6 +455,7 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Create)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
@@ -447,16 +467,21 @@ async fn create(
         )?),
         None => None,
     };
+    if ine.is_some() {
+        caller.require(rt, Interaction::Search)?;
+    }
     let id = uuid::Uuid::now_v7().to_string();
-    let w = write(&*s.store, &access(&headers), move |txn| {
-        Box::pin(async move { interactions::create(txn, &res, &id, ine.as_ref()).await })
+    let c = caller.clone();
+    let w = write_audited(&*s.store, &caller, "create", move |txn| {
+        Box::pin(async move { interactions::create(txn, &c, &res, &id, ine.as_ref()).await })
     })
     .await?;
-    Ok(written_response(&s, w, fmt, prefer(&headers)))
+    Ok(audited(written_response(&s, w, fmt, prefer(&headers))))
 }
 
 async fn update(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -464,20 +489,23 @@ async fn update(
 ) -> Result<Response, ApiError> {
     let Path((t, id)) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Update)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     checked_id(rt, &id)?;
     let expected = if_match(&headers, rt)?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
-    let w = write(&*s.store, &access(&headers), move |txn| {
-        Box::pin(async move { interactions::update(txn, &res, &id, expected).await })
+    let c = caller.clone();
+    let w = write_audited(&*s.store, &caller, "update", move |txn| {
+        Box::pin(async move { interactions::update(txn, &c, &res, &id, expected).await })
     })
     .await?;
-    Ok(written_response(&s, w, fmt, prefer(&headers)))
+    Ok(audited(written_response(&s, w, fmt, prefer(&headers))))
 }
 
 async fn conditional_update(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -485,23 +513,27 @@ async fn conditional_update(
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Update)?;
+    caller.require(rt, Interaction::Search)?;
     let pairs = query_pairs(q.as_deref());
     let fmt = negotiate(&headers, &pairs)?;
     let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional update")?;
     let expected = if_match(&headers, rt)?;
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
-    let w = write(&*s.store, &access(&headers), move |txn| {
-        Box::pin(async move { conditional_update_in(txn, res, &criteria, expected).await })
+    let c = caller.clone();
+    let w = write_audited(&*s.store, &caller, "update", move |txn| {
+        Box::pin(async move { conditional_update_in(txn, &c, res, &criteria, expected).await })
     })
     .await?;
-    Ok(written_response(&s, w, fmt, prefer(&headers)))
+    Ok(audited(written_response(&s, w, fmt, prefer(&headers))))
 }
 
 /// Conditional update: no match creates (with the body's id or a new one), one match updates
 /// it, several are a 412.
 pub async fn conditional_update_in(
     txn: &mut dyn trialbridge_storage::WriteTxn,
+    caller: &Caller,
     mut res: interactions::Incoming,
     criteria: &SearchRequest,
     expected: Option<i64>,
@@ -512,7 +544,7 @@ pub async fn conditional_update_in(
         .get("id")
         .and_then(Value::as_str)
         .map(str::to_string);
-    match interactions::match_one(txn, rt, criteria, "conditional update").await? {
+    match interactions::match_one(txn, caller, rt, criteria, "conditional update").await? {
         Some(found) => {
             if body_id.as_deref().is_some_and(|b| b != found) {
                 return Err(ApiError::new(
@@ -523,49 +555,55 @@ pub async fn conditional_update_in(
                 .at(format!("{rt}.id")));
             }
             res.set_id(&found);
-            interactions::update(txn, &res, &found, expected).await
+            interactions::update(txn, caller, &res, &found, expected).await
         }
         None => {
             let id = body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
             res.set_id(&id);
-            interactions::update(txn, &res, &id, expected).await
+            interactions::update(txn, caller, &res, &id, expected).await
         }
     }
 }
 
 async fn delete(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((t, id)) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Delete)?;
     checked_id(rt, &id)?;
     let expected = if_match(&headers, rt)?;
-    let w = write(&*s.store, &access(&headers), move |txn| {
-        Box::pin(async move { interactions::delete(txn, rt, &id, expected).await })
+    let c = caller.clone();
+    let w = write_audited(&*s.store, &caller, "delete", move |txn| {
+        Box::pin(async move { interactions::delete(txn, &c, rt, &id, expected).await })
     })
     .await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(v) = &w.version {
         version_headers(&mut r, v);
     }
-    Ok(r)
+    Ok(audited(r))
 }
 
 async fn conditional_delete(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Delete)?;
+    caller.require(rt, Interaction::Search)?;
     let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional delete")?;
-    write(&*s.store, &access(&headers), move |txn| {
+    let c = caller.clone();
+    write_audited(&*s.store, &caller, "delete", move |txn| {
         Box::pin(async move {
-            match interactions::match_one(txn, rt, &criteria, "conditional delete").await? {
-                Some(id) => interactions::delete(txn, rt, &id, None).await,
+            match interactions::match_one(txn, &c, rt, &criteria, "conditional delete").await? {
+                Some(id) => interactions::delete(txn, &c, rt, &id, None).await,
                 None => Ok(Written {
                     status: StatusCode::NO_CONTENT,
                     version: None,
@@ -574,5 +612,5 @@ async fn conditional_delete(
         })
     })
     .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(audited(StatusCode::NO_CONTENT.into_response()))
 }

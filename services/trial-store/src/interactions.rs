@@ -10,6 +10,7 @@ use trialbridge_fhir::{id::is_valid_id, index, resource_type, IssueType};
 use trialbridge_storage::{NewVersion, StoredVersion, WriteTxn};
 use trialbridge_validation::Options as ValidationOptions;
 
+use crate::access::{forbidden, resource_site, Caller};
 use crate::error::ApiError;
 
 /// A resource body checked against its URL and ready to store.
@@ -160,17 +161,58 @@ fn body_error(url_type: &str, e: BodyError) -> ApiError {
 /// found (a DetectedIssue) in the same transaction.
 async fn store(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     res: &Incoming,
     id: &str,
 ) -> Result<StoredVersion, ApiError> {
+    let site = resource_site(caller, &res.value)?;
     let deviations = crate::protocol::enforce(txn, crate::study::rules(), res, id).await?;
-    let stored = append_version(txn, res, id).await?;
+    let stored = append_version(txn, res, id, site.as_deref()).await?;
     for d in deviations {
         let raw = RawResource::from_value(&d);
         let issue = incoming("DetectedIssue", raw, d, &ValidationOptions::default())?;
-        append_version(txn, &issue, &uuid::Uuid::now_v7().to_string()).await?;
+        append_version(
+            txn,
+            &issue,
+            &uuid::Uuid::now_v7().to_string(),
+            site.as_deref(),
+        )
+        .await?;
     }
     Ok(stored)
+}
+
+/// The live version of a resource the caller may change: one in a site the caller does not
+/// see is refused (a site never overwrites another site's resource).
+async fn live_version(
+    txn: &mut dyn WriteTxn,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<i64>, ApiError> {
+    match txn.current_version(resource_type, id).await? {
+        Some((_, _, Some(site))) if !caller.ctx.sites.sees(Some(&site)) => Err(forbidden(format!(
+            "{resource_type}/{id} belongs to a site this token does not cover"
+        ))),
+        Some((v, false, _)) => Ok(Some(v)),
+        _ => Ok(None),
+    }
+}
+
+/// Changing or deleting recorded clinical data needs a reason (GCP): the
+/// `X-Reason-For-Change` header, or a Provenance for the resource in the same transaction.
+fn require_reason(caller: &Caller, resource_type: &str, id: &str) -> Result<(), ApiError> {
+    if caller.reason.is_some()
+        || !trialbridge_auth::REASON_REQUIRED_TYPES.contains(&resource_type)
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        IssueType::Required,
+        format!("changing {resource_type}/{id} needs a reason for change: send the X-Reason-For-Change header, or a Provenance targeting it in the same transaction"),
+    )
+    .at("X-Reason-For-Change"))
 }
 
 /// Appends `res` as the next version of `resource_type/id`, setting `id` and `meta`.
@@ -178,6 +220,7 @@ async fn append_version(
     txn: &mut dyn WriteTxn,
     res: &Incoming,
     id: &str,
+    site: Option<&str>,
 ) -> Result<StoredVersion, ApiError> {
     let mut raw = res.raw.clone();
     raw.set("id", &json!(id));
@@ -198,6 +241,7 @@ async fn append_version(
             deleted: false,
             index: &res.index,
             body: &render,
+            site,
         })
         .await?)
 }
@@ -205,6 +249,7 @@ async fn append_version(
 /// Resolves conditional criteria to at most one id; several matches are a 412.
 pub async fn match_one(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     resource_type: &str,
     criteria: &SearchRequest,
     what: &str,
@@ -217,7 +262,9 @@ pub async fn match_one(
         )
         .at(what.to_string()));
     }
-    let mut ids = txn.search_ids(resource_type, criteria, 2).await?;
+    let mut ids = txn
+        .search_ids(&caller.ctx, resource_type, criteria, 2)
+        .await?;
     match ids.len() {
         0 => Ok(None),
         1 => Ok(ids.pop()),
@@ -233,12 +280,14 @@ pub async fn match_one(
 /// create, with `If-None-Exist` criteria if given; `id` is the server-assigned id.
 pub async fn create(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     res: &Incoming,
     id: &str,
     if_none_exist: Option<&SearchRequest>,
 ) -> Result<Written, ApiError> {
     if let Some(criteria) = if_none_exist {
-        if let Some(existing) = match_one(txn, res.resource_type, criteria, "If-None-Exist").await?
+        if let Some(existing) =
+            match_one(txn, caller, res.resource_type, criteria, "If-None-Exist").await?
         {
             let version = txn.current(res.resource_type, &existing).await?;
             return Ok(Written {
@@ -247,7 +296,7 @@ pub async fn create(
             });
         }
     }
-    let v = store(txn, res, id).await?;
+    let v = store(txn, caller, res, id).await?;
     Ok(Written {
         status: StatusCode::CREATED,
         version: Some(v),
@@ -267,6 +316,7 @@ fn precondition(resource_type: &str, expected: i64, actual: Option<i64>) -> ApiE
 /// update (create-on-update allowed), honouring `If-Match`.
 pub async fn update(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     res: &Incoming,
     id: &str,
     if_match: Option<i64>,
@@ -290,22 +340,21 @@ pub async fn update(
             .at(format!("{}.id", res.resource_type)));
         }
     }
-    let live = txn
-        .current_version(res.resource_type, id)
-        .await?
-        .filter(|(_, deleted)| !deleted)
-        .map(|(v, _)| v);
+    let live = live_version(txn, caller, res.resource_type, id).await?;
     if let Some(expected) = if_match {
         if live != Some(expected) {
             return Err(precondition(res.resource_type, expected, live));
         }
+    }
+    if live.is_some() {
+        require_reason(caller, res.resource_type, id)?;
     }
     let status = if live.is_some() {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
-    let v = store(txn, res, id).await?;
+    let v = store(txn, caller, res, id).await?;
     Ok(Written {
         status,
         version: Some(v),
@@ -315,19 +364,19 @@ pub async fn update(
 /// delete: a tombstone version; deleting what is absent or already deleted changes nothing.
 pub async fn delete(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     resource_type: &'static str,
     id: &str,
     if_match: Option<i64>,
 ) -> Result<Written, ApiError> {
-    let live = txn
-        .current_version(resource_type, id)
-        .await?
-        .filter(|(_, deleted)| !deleted)
-        .map(|(v, _)| v);
+    let live = live_version(txn, caller, resource_type, id).await?;
     if let Some(expected) = if_match {
         if live != Some(expected) {
             return Err(precondition(resource_type, expected, live));
         }
+    }
+    if live.is_some() {
+        require_reason(caller, resource_type, id)?;
     }
     if live.is_none() {
         return Ok(Written {
@@ -336,6 +385,11 @@ pub async fn delete(
         });
     }
     let render = |_: i64, _: &str| String::new();
+    // The tombstone stays with the resource's site.
+    let site = txn
+        .current_version(resource_type, id)
+        .await?
+        .and_then(|(_, _, site)| site);
     let v = txn
         .append(NewVersion {
             resource_type,
@@ -343,6 +397,7 @@ pub async fn delete(
             deleted: true,
             index: &Default::default(),
             body: &render,
+            site: site.as_deref(),
         })
         .await?;
     Ok(Written {
@@ -366,6 +421,7 @@ pub enum LoadResult {
 /// (ignoring `meta`), so loading the same files twice creates no versions.
 pub async fn load_resource(
     txn: &mut dyn WriteTxn,
+    caller: &Caller,
     value: Value,
     validation: &ValidationOptions,
 ) -> Result<LoadResult, ApiError> {
@@ -403,9 +459,9 @@ pub async fn load_resource(
                 }
             }
         }
-        store(txn, &res, &id).await?;
+        store(txn, caller, &res, &id).await?;
         return Ok(LoadResult::Updated);
     }
-    store(txn, &res, &id).await?;
+    store(txn, caller, &res, &id).await?;
     Ok(LoadResult::Created)
 }

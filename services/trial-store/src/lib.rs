@@ -10,6 +10,8 @@
 //! storage write transaction, shared by the REST handlers and Bundle processing), `bundle`
 //! (transaction and batch), `history`, `search`, `capability`.
 
+pub mod access;
+mod audit;
 mod bundle;
 mod capability;
 pub mod config;
@@ -19,6 +21,7 @@ mod history;
 mod http;
 mod include;
 mod interactions;
+mod monitor;
 pub mod loading;
 mod negotiate;
 mod protocol;
@@ -29,7 +32,8 @@ mod validate;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{ServeArgs, ServeConfig};
+pub use access::{AuthConfig, Caller};
+pub use config::{AuthSource, ServeArgs, ServeConfig};
 pub use error::ApiError;
 pub use interactions::{load_resource, LoadResult};
 pub use loading::{load_values, LoadCounts};
@@ -75,6 +79,8 @@ pub struct StoreState {
     pub config: Arc<StoreConfig>,
     /// Running `$export` jobs.
     pub exports: Arc<export::Exports>,
+    /// How tokens are checked.
+    pub auth: Arc<AuthConfig>,
 }
 
 /// The router of the FHIR API (`/fhir/...`) and the health endpoints (`/livez`, `/readyz`).
@@ -91,6 +97,9 @@ pub enum RunError {
     /// The study definition could not be loaded.
     #[error("loading the study definition failed: {0:?}")]
     Study(ApiError),
+    /// The token keys could not be set up.
+    #[error("authentication: {0}")]
+    Auth(String),
     /// The listener could not be bound or failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -113,6 +122,7 @@ pub struct Bound {
 
 /// Opens the database, loads the study if configured, and binds the listener.
 pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
+    let verifier = config::verifier(config).await.map_err(RunError::Auth)?;
     let store = trialbridge_storage::open(&config.database_url).await?;
     let study = if config.load_study {
         Some(
@@ -150,6 +160,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
             store,
             config: Arc::new(api),
             exports: Arc::default(),
+            auth: Arc::new(AuthConfig { verifier }),
         },
         study,
     })
@@ -192,6 +203,14 @@ pub async fn serve_command(args: ServeArgs) -> std::process::ExitCode {
     }
     let base = bound.state.config.base_url.clone();
     println!("{base}");
+    if let AuthSource::LocalKey(dir) = &config.auth {
+        eprintln!(
+            "trialbridge: LOCAL PROFILE: tokens are signed by the development key in {} and \
+             minted with `trialbridge token --role ROLE [--site SITE]`. Never expose this \
+             server; production needs TRIALBRIDGE_PROFILE=production and TRIALBRIDGE_AUTH_JWKS.",
+            dir.display()
+        );
+    }
     eprintln!(
         "trialbridge: trial store listening, FHIR base {base} (database {})",
         config.database_url
@@ -242,7 +261,10 @@ pub async fn serve(
     })?;
     // Export jobs that were running when the server stopped run again.
     export::resume(&state);
-    axum::serve(listener, router(state))
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| RunError::Listen { addr, source })

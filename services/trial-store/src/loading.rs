@@ -5,6 +5,8 @@
 use serde_json::Value;
 use trialbridge_storage::{write, AccessContext, ResourceStore};
 
+use crate::access::Caller;
+use crate::audit::{write_audited, Changes};
 use crate::error::ApiError;
 use crate::interactions::{load_resource, LoadResult};
 
@@ -28,15 +30,24 @@ impl LoadCounts {
     }
 }
 
+impl Changes for LoadCounts {
+    fn versions(&self) -> Vec<&trialbridge_storage::StoredVersion> {
+        Vec::new()
+    }
+}
+
 /// Writes `values` in one transaction: all of them or, if one is refused, none (the error
-/// names it).
+/// names it). The audit event names `agent` (the command that loads).
 pub async fn load_values(
     store: &dyn ResourceStore,
+    agent: &str,
     values: Vec<Value>,
     validation: &trialbridge_validation::Options,
 ) -> Result<LoadCounts, ApiError> {
     let validation = validation.clone();
-    write(store, &AccessContext::system(), move |txn| {
+    let caller = Caller::system(agent);
+    let who = caller.clone();
+    write_audited(store, &caller, "batch", move |txn| {
         Box::pin(async move {
             let mut c = LoadCounts::default();
             for v in values {
@@ -45,7 +56,7 @@ pub async fn load_values(
                     v.get("resourceType").and_then(Value::as_str).unwrap_or("?"),
                     v.get("id").and_then(Value::as_str).unwrap_or("?")
                 );
-                match load_resource(txn, v, &validation).await {
+                match load_resource(txn, &who, v, &validation).await {
                     Ok(LoadResult::Created) => c.created += 1,
                     Ok(LoadResult::Updated) => c.updated += 1,
                     Ok(LoadResult::Unchanged) => c.unchanged += 1,
@@ -77,7 +88,7 @@ pub async fn reindex(
     store: &dyn ResourceStore,
     mut progress: impl FnMut(usize),
 ) -> Result<usize, ApiError> {
-    let ctx = AccessContext::system();
+    let ctx = AccessContext::system("trialbridge reindex");
     let mut after = None;
     let mut done = 0;
     loop {
@@ -124,9 +135,9 @@ mod tests {
             trialbridge_storage::open(&format!("sqlite://{}", dir.path().join("r.db").display()))
                 .await
                 .unwrap();
-        let ctx = AccessContext::system();
+        let ctx = AccessContext::system("test");
         let patients: Vec<Value> = (0..1200).map(|i| serde_json::json!({"resourceType":"Patient","id":format!("p{i}"),"gender":"female"})).collect();
-        load_values(&*store, patients, &Default::default())
+        load_values(&*store, "test", patients, &Default::default())
             .await
             .unwrap();
         let query =

@@ -7,7 +7,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
-use trialbridge_storage::WriteTxn;
+use trialbridge_storage::{AccessContext, WriteTxn};
 use trialbridge_validation::protocol::{
     age_range, EligibilityFacts, StudyRules, ENROLLED, VISIT_EXTENSION,
 };
@@ -51,7 +51,9 @@ async fn find(
         .collect();
     let request = trialbridge_fhir::search::parse(rt, &pairs, true)
         .map_err(|issue| ApiError::from_issue(StatusCode::INTERNAL_SERVER_ERROR, issue))?;
-    let ids = txn.search_ids(rt, &request, 1000).await?;
+    let ids = txn
+        .search_ids(&AccessContext::system("protocol rules"), rt, &request, 1000)
+        .await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(v) = current_json(txn, rt, &id).await? {

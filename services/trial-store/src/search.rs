@@ -14,25 +14,33 @@ use trialbridge_fhir::search::{compartment_criterion, parse, Cursor, SearchReque
 use trialbridge_fhir::{resource_type, IssueType, OperationOutcome, OutcomeIssue};
 use trialbridge_storage::StoredVersion;
 
+use trialbridge_auth::Interaction;
+
+use crate::access::Caller;
 use crate::error::ApiError;
-use crate::http::{access, json_response, page_link, prefer, query_pairs};
+use crate::http::{json_response, page_link, prefer, query_pairs};
 use crate::interactions::{checked_id, known_type};
 use crate::negotiate::negotiate;
 use crate::StoreState;
 
 pub async fn type_search(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
+    if t == "AuditEvent" {
+        return crate::monitor::audit_search(&s, &caller, &query_pairs(q.as_deref())).await;
+    }
     let rt = known_type(&t)?;
-    run(&s, &headers, rt, query_pairs(q.as_deref()), None).await
+    run(&s, &caller, &headers, rt, query_pairs(q.as_deref()), None).await
 }
 
 pub async fn type_search_post(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -66,12 +74,13 @@ pub async fn type_search_post(
         .to_bytes();
     let mut pairs = query_pairs(q.as_deref());
     pairs.extend(url::form_urlencoded::parse(&bytes).into_owned());
-    run(&s, &headers, rt, pairs, None).await
+    run(&s, &caller, &headers, rt, pairs, None).await
 }
 
 /// `GET /fhir/Patient/{id}/Observation`: the Observations in that Patient's compartment.
 pub async fn compartment_search(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -83,8 +92,10 @@ pub async fn compartment_search(
     let criterion = compartment_criterion(compartment, &id, rt).ok_or_else(|| {
         ApiError::new(StatusCode::BAD_REQUEST, IssueType::NotSupported, format!("{rt} is not in the {compartment} compartment (only the Patient compartment is supported)")).at(rt.to_string())
     })?;
+    caller.require(compartment, Interaction::Read)?;
     run(
         &s,
+        &caller,
         &headers,
         rt,
         query_pairs(q.as_deref()),
@@ -172,11 +183,13 @@ fn bad_cursor() -> ApiError {
 
 async fn run(
     s: &StoreState,
+    caller: &Caller,
     headers: &HeaderMap,
     rt: &'static str,
     pairs: Vec<(String, String)>,
     compartment: Option<(String, trialbridge_fhir::search::Criterion)>,
 ) -> Result<Response, ApiError> {
+    caller.require(rt, Interaction::Search)?;
     let fmt = negotiate(headers, &pairs)?;
     let strict = prefer(headers).strict;
     let mut req = parse(rt, &pairs, strict)
@@ -199,7 +212,7 @@ async fn run(
         .map(|t| Cursor::decode(t, req.sort.len()).ok_or_else(bad_cursor))
         .transpose()?;
     let total_wanted = sh.count_only || pairs.iter().any(|(k, v)| k == "_total" && v == "accurate");
-    let ctx = access(headers);
+    let ctx = &caller.ctx;
     let base = &s.config.base_url;
     // self/next keep what was understood, and drop what was ignored.
     let kept: Vec<&(String, String)> = pairs
@@ -208,7 +221,7 @@ async fn run(
         .collect();
     let mut b = BundleWriter::new("searchset");
     if total_wanted {
-        b.total(s.store.count(&ctx, rt, &req).await?);
+        b.total(s.store.count(ctx, rt, &req).await?);
     }
     b.link("self", &page_link(base, &path, &kept, cursor_text));
     let page = if sh.count_only || count == 0 {
@@ -216,16 +229,18 @@ async fn run(
     } else {
         Some(
             s.store
-                .search(&ctx, rt, &req, cursor.as_ref(), count)
+                .search(ctx, rt, &req, cursor.as_ref(), count)
                 .await?,
         )
     };
-    let included = match &page {
+    let mut included = match &page {
         Some(page) if !req.includes.is_empty() => {
-            crate::include::resolve(&*s.store, &ctx, &req.includes, &page.versions).await?
+            crate::include::resolve(&*s.store, ctx, &req.includes, &page.versions).await?
         }
         _ => Vec::new(),
     };
+    // Included resources of a type the caller may not read are left out, as SMART servers do.
+    included.retain(|v| caller.permits(&v.resource_type, Interaction::Read));
     if let Some(page) = &page {
         if let Some(next) = &page.next {
             b.link("next", &page_link(base, &path, &kept, Some(&next.encode())));
@@ -247,6 +262,7 @@ async fn run(
 /// without `_type`), type after type, paged with one cursor.
 pub async fn system_search(
     State(s): State<StoreState>,
+    caller: Caller,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -256,9 +272,17 @@ pub async fn system_search(
     let types: Vec<&'static str> = match pairs.iter().find(|(k, _)| k == "_type") {
         Some((_, list)) => list
             .split(',')
-            .map(|t| known_type(t.trim()).map_err(|e| e.at("_type")))
+            .map(|t| {
+                let t = known_type(t.trim()).map_err(|e| e.at("_type"))?;
+                caller.require(t, Interaction::Search)?;
+                Ok::<_, ApiError>(t)
+            })
             .collect::<Result<_, _>>()?,
-        None => resource_type::all().to_vec(),
+        None => resource_type::all()
+            .iter()
+            .copied()
+            .filter(|t| caller.permits(t, Interaction::Search))
+            .collect(),
     };
     let rest: Vec<(String, String)> = pairs
         .iter()
@@ -307,7 +331,7 @@ pub async fn system_search(
             (i, inner)
         }
     };
-    let ctx = access(&headers);
+    let ctx = &caller.ctx;
     let base = &s.config.base_url;
     let kept: Vec<&(String, String)> = pairs
         .iter()
@@ -317,7 +341,7 @@ pub async fn system_search(
     if sh.count_only || pairs.iter().any(|(k, v)| k == "_total" && v == "accurate") {
         let mut total = 0;
         for (t, r) in types.iter().zip(&requests) {
-            total += s.store.count(&ctx, t, r).await?;
+            total += s.store.count(ctx, t, r).await?;
         }
         b.total(total);
     }
@@ -328,7 +352,7 @@ pub async fn system_search(
         let page = s
             .store
             .search(
-                &ctx,
+                ctx,
                 types[ti],
                 &requests[ti],
                 inner.as_ref(),

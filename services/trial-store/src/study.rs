@@ -20,7 +20,13 @@ pub async fn load(
     store: &dyn ResourceStore,
     validation: &trialbridge_validation::Options,
 ) -> Result<LoadCounts, ApiError> {
-    load_values(store, trialbridge_study::resources().to_vec(), validation).await
+    load_values(
+        store,
+        "trialbridge start-up: MesemCart study definition",
+        trialbridge_study::resources().to_vec(),
+        validation,
+    )
+    .await
 }
 
 #[cfg(test)]

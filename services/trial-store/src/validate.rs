@@ -12,8 +12,11 @@ use trialbridge_fhir::structure::VITAL_SIGNS_PROFILES;
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
 use trialbridge_validation::Report;
 
+use trialbridge_auth::Interaction;
+
+use crate::access::Caller;
 use crate::error::ApiError;
-use crate::http::{access, found, json_response, query_pairs};
+use crate::http::{found, json_response, query_pairs};
 use crate::interactions::{checked_id, known_type};
 use crate::negotiate::{negotiate, read_body};
 use crate::StoreState;
@@ -155,6 +158,7 @@ fn respond(
 /// `POST [type]/$validate`.
 pub async fn type_level(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -162,6 +166,7 @@ pub async fn type_level(
 ) -> Result<Response, ApiError> {
     let Path(t) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Read)?;
     let pairs = query_pairs(q.as_deref());
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     let (req, layer1) = parse_request(&bytes, &s, &pairs)?;
@@ -217,7 +222,7 @@ async fn protocol_issues(
     let id = id.to_string();
     trialbridge_storage::write(
         &*s.store,
-        &trialbridge_storage::AccessContext::system(),
+        &trialbridge_storage::AccessContext::system("$validate protocol rules"),
         move |txn| {
             Box::pin(async move {
                 match crate::protocol::enforce(txn, crate::study::rules(), &incoming, &id).await {
@@ -244,6 +249,7 @@ async fn protocol_issues(
 /// (the stored current version).
 pub async fn instance_level(
     State(s): State<StoreState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
@@ -251,6 +257,7 @@ pub async fn instance_level(
 ) -> Result<Response, ApiError> {
     let Path((t, id)) = path?;
     let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Read)?;
     checked_id(rt, &id)?;
     let pairs = query_pairs(q.as_deref());
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
@@ -258,7 +265,7 @@ pub async fn instance_level(
     if !layer1.is_empty() {
         return respond(&headers, &pairs, OperationOutcome { issues: layer1 });
     }
-    let current = s.store.read(&access(&headers), rt, &id).await?;
+    let current = s.store.read(&caller.ctx, rt, &id).await?;
     match req.mode.as_deref() {
         Some("delete") => {
             let outcome = match current.filter(|c| !c.deleted) {

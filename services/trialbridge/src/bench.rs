@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// A label printed with the figures (e.g. the server's name).
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Bearer token sent with every request.
+    #[arg(long, env = "TRIALBRIDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 fn request_for(
@@ -190,6 +193,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .header("accept", "application/fhir+json");
                 if body.is_some() {
                     req = req.header("content-type", "application/fhir+json");
+                }
+                if let Some(t) = &args.token {
+                    req = req.header("authorization", format!("Bearer {t}"));
                 }
                 let Ok(req) = req.body(Full::new(body.unwrap_or_default())) else {
                     errors += 1;

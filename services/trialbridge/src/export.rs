@@ -26,11 +26,23 @@ pub struct ExportArgs {
     /// Patient-level export (the Patient compartment) instead of everything.
     #[arg(long)]
     pub patients: bool,
+    /// Bearer token (a `warehouse` token).
+    #[arg(long, env = "TRIALBRIDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Runs the export; prints one line per file.
 pub async fn run(a: ExportArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &a.token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?,
+        );
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let base = a.from.trim_end_matches('/');
     let mut url = format!("{base}/{}$export", if a.patients { "Patient/" } else { "" });
     let mut params = Vec::new();

@@ -4,11 +4,13 @@
 //! SQLite database with the MesemCart study loaded; `load` imports FHIR files; `validate` checks
 //! files as the store would; `bench` drives a FHIR server with the benchmark workloads. The integration tests run this same entry point.
 
+mod audit;
 mod bench;
 mod export;
 mod hl7;
 mod load;
 mod serve;
+mod token;
 mod validate;
 
 use std::ffi::OsString;
@@ -47,6 +49,11 @@ enum Command {
     /// HL7 v2 tools: parse message files, send messages over MLLP.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
+    /// Mint a bearer token with the local profile's development key (printed alone on stdout).
+    Token(token::TokenArgs),
+    /// The audit trail: `verify` checks its hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -77,6 +84,8 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             &trial_store::config::validation_options(&cli.serve.extension_domains),
         ),
         Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
+        Some(Command::Token(a)) => token::run(a, &cli.serve),
+        Some(Command::Audit(c)) => audit::run(c, &cli.serve.database_url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -39,7 +39,9 @@ async fn load_batch(
     values: Vec<Value>,
     validation: &trialbridge_validation::Options,
 ) -> anyhow::Result<LoadCounts> {
-    load_values(store, values, validation).await.map_err(|e| {
+    load_values(store, "trialbridge load", values, validation)
+        .await
+        .map_err(|e| {
         let why: Vec<String> = e
             .outcome()
             .issues

@@ -47,7 +47,7 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
         );
     }
     let base = bound.state.config.base_url.clone();
-    let gateway_config = match GatewayConfig::from_args(
+    let mut gateway_config = match GatewayConfig::from_args(
         &gateway_args,
         &base,
         gateway_database(&store_config.database_url),
@@ -55,6 +55,33 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
         Ok(c) => c,
         Err(p) => return report(p),
     };
+    // In the local profile the gateway signs its own site token with the development key.
+    if let (trial_store::AuthSource::LocalKey(dir), site_gateway::StoreToken::None) =
+        (&store_config.auth, &gateway_config.store_token)
+    {
+        match trialbridge_auth::DevIssuer::load_or_create(
+            dir,
+            &store_config.auth_issuer,
+            &store_config.auth_audience,
+        ) {
+            Ok(issuer) => {
+                let request = trialbridge_auth::TokenRequest {
+                    subject: format!("site-gateway-{}", gateway_config.site),
+                    role: trialbridge_storage::Role::Site,
+                    sites: vec![gateway_config.site_study()],
+                    scope: "system/*.cruds".into(),
+                    lifetime_seconds: 300,
+                };
+                gateway_config.store_token = site_gateway::StoreToken::Minted(
+                    std::sync::Arc::new(move || issuer.mint(&request)),
+                );
+            }
+            Err(e) => {
+                eprintln!("trialbridge: the development signing key: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let gateway = match Gateway::open(gateway_config) {
         Ok(g) => g,
         Err(e) => {

@@ -1,0 +1,482 @@
+//! What monitors (CRAs) use for remote source data verification: the audit trail as FHIR
+//! AuditEvents, `ResearchSubject/{id}/$sdv` (every clinical value of a subject with its source,
+//! its versions with who, when and why, and whether it was verified), `[type]/{id}/$diff`
+//! between two versions, and `[type]/{id}/$verify`, the one write a monitor makes (a
+//! Provenance with a `verifier` agent, audited like any change).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+use trialbridge_auth::Interaction;
+use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
+use trialbridge_fhir::IssueType;
+use trialbridge_storage::{
+    AuditQuery, HistoryOrder, HistoryQuery, HistoryScope, Role, StoredVersion,
+};
+
+use crate::access::Caller;
+use crate::audit::write_audited;
+use crate::error::ApiError;
+use crate::http::{audited, found, json_response, page_link, query_pairs, written_response};
+use crate::interactions::{self, checked_id, known_type};
+use crate::negotiate::{negotiate, read_body};
+use crate::StoreState;
+
+/// The types whose values a monitor verifies for a subject.
+const CLINICAL: &[&str] = &["AdverseEvent", "Condition", "Observation", "Procedure"];
+
+/// The `verifier` participant type of a verification Provenance.
+const VERIFIER: &str = "http://terminology.hl7.org/CodeSystem/provenance-participant-type";
+
+fn bad(msg: impl Into<String>, at: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, IssueType::Value, msg).at(at.to_string())
+}
+
+fn parse(v: &StoredVersion) -> Value {
+    v.body
+        .as_deref()
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// `GET AuditEvent/{id}`.
+pub async fn audit_event(s: &StoreState, caller: &Caller, id: &str) -> Result<Response, ApiError> {
+    caller.require("AuditEvent", Interaction::Read)?;
+    let a = s.store.audit_read(&caller.ctx, id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("AuditEvent/{id} is not known"),
+        )
+    })?;
+    Ok(json_response(StatusCode::OK, a.body, Default::default()))
+}
+
+/// `GET AuditEvent?entity=Type/id&date=geINSTANT&_count=N`, oldest first, paged by chain
+/// position.
+pub async fn audit_search(
+    s: &StoreState,
+    caller: &Caller,
+    pairs: &[(String, String)],
+) -> Result<Response, ApiError> {
+    caller.require("AuditEvent", Interaction::Search)?;
+    let mut q = AuditQuery {
+        count: s.config.default_count,
+        ..Default::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "entity" => q.entity = Some(v.split("/_history/").next().unwrap_or(v).to_string()),
+            "date" => {
+                let t = v
+                    .strip_prefix("ge")
+                    .and_then(trialbridge_fhir::instant::parse)
+                    .ok_or_else(|| bad("date takes ge and an instant", "date"))?;
+                q.since_us = Some((t.unix_timestamp_nanos() / 1000) as i64);
+            }
+            "_count" => {
+                q.count = v
+                    .parse::<usize>()
+                    .map_err(|_| bad("_count is a number", "_count"))?
+                    .min(s.config.max_count)
+            }
+            "_cursor" => {
+                q.after_seq = Some(v.parse().map_err(|_| bad("_cursor is not ours", "_cursor"))?)
+            }
+            "_format" => {}
+            other => {
+                return Err(bad(
+                    format!("AuditEvent is searched by entity, date, _count (not {other})"),
+                    other,
+                ))
+            }
+        }
+    }
+    let page = s.store.audit_search(&caller.ctx, &q).await?;
+    let base = &s.config.base_url;
+    let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").collect();
+    let mut b = BundleWriter::new("searchset");
+    b.link("self", &page_link(base, "AuditEvent", &kept, None));
+    if page.len() == q.count && q.count > 0 {
+        let last = page.last().map(|a| a.seq.to_string());
+        b.link("next", &page_link(base, "AuditEvent", &kept, last.as_deref()));
+    }
+    for a in &page {
+        b.entry(BundleEntry {
+            full_url: Some(format!("{base}/AuditEvent/{}", a.id)),
+            resource: Some(&a.body),
+            search: Some(json!({"mode": "match"})),
+            ..Default::default()
+        });
+    }
+    Ok(json_response(StatusCode::OK, b.finish(), Default::default()))
+}
+
+/// Who changed each version of a resource, when and why, from the audit trail.
+async fn changes_of(
+    s: &StoreState,
+    caller: &Caller,
+    entity: &str,
+) -> Result<HashMap<i64, Value>, ApiError> {
+    let q = AuditQuery {
+        entity: Some(entity.to_string()),
+        count: 10_000,
+        ..Default::default()
+    };
+    let mut out = HashMap::new();
+    for a in s.store.audit_search(&caller.ctx, &q).await? {
+        let e: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+        let who = e
+            .pointer("/agent/0/who/identifier/value")
+            .or_else(|| e.pointer("/agent/0/who/display"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        for ent in e["entity"].as_array().into_iter().flatten() {
+            let Some(r) = ent.pointer("/what/reference").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some((base, v)) = r.split_once("/_history/") else {
+                continue;
+            };
+            if base != entity {
+                continue;
+            }
+            if let Ok(v) = v.parse::<i64>() {
+                out.insert(v, json!({
+                    "who": who, "when": e["recorded"], "action": e["action"],
+                    "why": ent.pointer("/detail/0/valueString").cloned().unwrap_or(Value::Null),
+                    "auditEvent": format!("AuditEvent/{}", a.id),
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Provenances targeting a resource: (sources, verification marks).
+async fn provenances(
+    s: &StoreState,
+    caller: &Caller,
+    entity: &str,
+) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+    let req = trialbridge_fhir::search::parse(
+        "Provenance",
+        &[("target".to_string(), entity.to_string())],
+        true,
+    )
+    .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?;
+    let page = s
+        .store
+        .search(&caller.ctx, "Provenance", &req, None, 1000)
+        .await?;
+    let (mut sources, mut marks) = (Vec::new(), Vec::new());
+    for v in &page.versions {
+        let p = parse(v);
+        let verifier = p["agent"].as_array().into_iter().flatten().any(|a| {
+            a.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("verifier")
+        });
+        if verifier {
+            marks.push(json!({
+                "target": p.pointer("/target/0/reference"),
+                "who": p.pointer("/agent/0/who/identifier/value"),
+                "when": p["recorded"], "comment": p.pointer("/reason/0/text"),
+                "provenance": format!("Provenance/{}", v.id),
+            }));
+        } else {
+            sources.push(json!({
+                "system": p.pointer("/agent/0/who/display").or_else(|| p.pointer("/agent/0/who/reference")),
+                "message": p.pointer("/entity/0/what/identifier/value").or_else(|| p.pointer("/entity/0/what/reference")),
+                "received": p["recorded"],
+                "provenance": format!("Provenance/{}", v.id),
+            }));
+        }
+    }
+    Ok((sources, marks))
+}
+
+/// One item of `$sdv`: a value with its source, versions and verification state.
+async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Value, ApiError> {
+    let entity = format!("{}/{}", v.resource_type, v.id);
+    let body = parse(v);
+    let history = s
+        .store
+        .history(
+            &caller.ctx,
+            &HistoryQuery {
+                scope: HistoryScope::Instance(v.resource_type.clone(), v.id.clone()),
+                since_us: None,
+                at_or_before_us: None,
+                order: HistoryOrder::OldestFirst,
+                after_seq: None,
+                snapshot_seq: None,
+                count: 1000,
+            },
+        )
+        .await?;
+    let changes = changes_of(s, caller, &entity).await?;
+    let versions: Vec<Value> = history
+        .versions
+        .iter()
+        .map(|h| {
+            let mut x = json!({"version": h.version, "lastUpdated": h.last_updated, "deleted": h.deleted});
+            if let Some(c) = changes.get(&h.version) {
+                x["change"] = c.clone();
+            }
+            x
+        })
+        .collect();
+    let (sources, marks) = provenances(s, caller, &entity).await?;
+    let current = format!("{entity}/_history/{}", v.version);
+    let verified = marks
+        .iter()
+        .any(|m| m["target"].as_str() == Some(current.as_str()));
+    let value = ["valueQuantity", "valueCodeableConcept", "valueString", "valueInteger", "valueBoolean", "valueDateTime"]
+        .iter()
+        .find_map(|k| body.get(*k).map(|x| json!({*k: x})));
+    Ok(json!({
+        "resource": current,
+        "code": body.get("code"),
+        "value": value,
+        "effective": body.get("effectiveDateTime").or_else(|| body.get("performedDateTime")).or_else(|| body.get("onsetDateTime")).or_else(|| body.get("date")),
+        "sources": sources,
+        "versions": versions,
+        "verified": verified,
+        "verifications": marks,
+    }))
+}
+
+/// `GET ResearchSubject/{id}/$sdv[?unverified=true]`: the subject's clinical values for source
+/// data verification, as a JSON report (`application/json`).
+pub async fn sdv(
+    State(s): State<StoreState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path((t, id)) = path?;
+    if t != "ResearchSubject" {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotSupported,
+            "$sdv is an operation on ResearchSubject",
+        ));
+    }
+    checked_id(&t, &id)?;
+    for t in std::iter::once("ResearchSubject").chain(CLINICAL.iter().copied()) {
+        caller.require(t, Interaction::Read)?;
+    }
+    let only_unverified = query_pairs(q.as_deref())
+        .iter()
+        .any(|(k, v)| k == "unverified" && v == "true");
+    let subject = found(
+        "ResearchSubject",
+        &id,
+        s.store.read(&caller.ctx, "ResearchSubject", &id).await?,
+    )?;
+    let sb = parse(&subject);
+    let patient = sb
+        .pointer("/individual/reference")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut items = vec![item(&s, &caller, &subject).await?];
+    for t in CLINICAL {
+        let param = if *t == "AdverseEvent" { "subject" } else { "patient" };
+        let req = trialbridge_fhir::search::parse(
+            t,
+            &[(param.to_string(), patient.clone())],
+            true,
+        )
+        .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?;
+        let mut after = None;
+        loop {
+            let page = s
+                .store
+                .search(&caller.ctx, t, &req, after.as_ref(), 500)
+                .await?;
+            for v in &page.versions {
+                items.push(item(&s, &caller, v).await?);
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+    }
+    let total = items.len();
+    let unverified = items.iter().filter(|i| i["verified"] != json!(true)).count();
+    if only_unverified {
+        items.retain(|i| i["verified"] != json!(true));
+    }
+    let report = json!({
+        "subject": format!("ResearchSubject/{id}"),
+        "patient": patient,
+        "status": sb.get("status"),
+        "site": subject.site,
+        "values": total, "unverified": unverified,
+        "items": items,
+    });
+    Ok(axum::response::IntoResponse::into_response((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        report.to_string(),
+    )))
+}
+
+/// The differences between two JSON values, as (path, operation, old, new).
+fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<Value>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                let p = format!("{path}.{k}");
+                match y.get(k) {
+                    Some(vb) => diff(&p, va, vb, out),
+                    None => out.push(json!({"path": p, "op": "remove", "old": va})),
+                }
+            }
+            for (k, vb) in y {
+                if !x.contains_key(k) {
+                    out.push(json!({"path": format!("{path}.{k}"), "op": "add", "new": vb}));
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                diff(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ if a == b => {}
+        _ => out.push(json!({"path": path, "op": "replace", "old": a, "new": b})),
+    }
+}
+
+/// `GET [type]/{id}/$diff?from=N&to=M` (default: the previous and the current version): what
+/// changed, element by element (`meta` left out), with who, when and why of `to`.
+pub async fn version_diff(
+    State(s): State<StoreState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let Path((t, id)) = path?;
+    let rt = known_type(&t)?;
+    caller.require(rt, Interaction::Read)?;
+    checked_id(rt, &id)?;
+    let current = found(rt, &id, s.store.read(&caller.ctx, rt, &id).await?)?;
+    let pairs = query_pairs(q.as_deref());
+    let num = |k: &str, default: i64| -> Result<i64, ApiError> {
+        match pairs.iter().find(|(n, _)| n == k) {
+            None => Ok(default),
+            Some((_, v)) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad(format!("{k} must be a version number"), k)),
+        }
+    };
+    let to = num("to", current.version)?;
+    let from = num("from", (to - 1).max(1))?;
+    let mut bodies = Vec::new();
+    for n in [from, to] {
+        let v = s
+            .store
+            .vread(&caller.ctx, rt, &id, n)
+            .await?
+            .ok_or_else(|| bad(format!("{rt}/{id} has no version {n}"), "from"))?;
+        let mut b = parse(&v);
+        if let Value::Object(m) = &mut b {
+            m.remove("meta");
+        }
+        bodies.push(b);
+    }
+    let mut changes = Vec::new();
+    diff(rt, &bodies[0], &bodies[1], &mut changes);
+    let who = changes_of(&s, &caller, &format!("{rt}/{id}")).await?;
+    let report = json!({
+        "resource": format!("{rt}/{id}"), "from": from, "to": to,
+        "change": who.get(&to), "differences": changes,
+    });
+    Ok(axum::response::IntoResponse::into_response((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        report.to_string(),
+    )))
+}
+
+/// `POST [type]/{id}/$verify` (monitors): marks a version (default the current one) as source
+/// data verified, optionally with a `comment`, as a Provenance with a `verifier` agent.
+pub async fn verify(
+    State(s): State<StoreState>,
+    caller: Caller,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path((t, id)) = path?;
+    let rt = known_type(&t)?;
+    caller.require_role(&[Role::Monitor, Role::System], "mark source data as verified")?;
+    caller.require(rt, Interaction::Read)?;
+    checked_id(rt, &id)?;
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let current = found(rt, &id, s.store.read(&caller.ctx, rt, &id).await?)?;
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let params: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        trialbridge_validation::json_text::parse(&bytes, &s.config.validation.limits)
+            .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?
+    };
+    let param = |name: &str| {
+        params["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+    };
+    let version = match param("version") {
+        Some(p) => p["valueInteger"]
+            .as_i64()
+            .ok_or_else(|| bad("version is a valueInteger", "Parameters.parameter"))?,
+        None => current.version,
+    };
+    if s.store.vread(&caller.ctx, rt, &id, version).await?.is_none() {
+        return Err(bad(format!("{rt}/{id} has no version {version}"), "version"));
+    }
+    let who = caller
+        .principal
+        .as_ref()
+        .map_or(caller.ctx.agent.clone(), |p| p.subject.clone());
+    let mut prov = json!({
+        "resourceType": "Provenance",
+        "target": [{"reference": format!("{rt}/{id}/_history/{version}")}],
+        "recorded": trialbridge_fhir::instant::format(time::OffsetDateTime::now_utc()),
+        "activity": {"text": "source data verified"},
+        "agent": [{"type": {"coding": [{"system": VERIFIER, "code": "verifier", "display": "Verifier"}]},
+                   "who": {"identifier": {"system": "urn:trialbridge:token-subject", "value": who}}}],
+    });
+    if let Some(c) = param("comment").and_then(|p| p["valueString"].as_str().map(String::from)) {
+        prov["reason"] = json!([{"text": c}]);
+    }
+    if let Some(site) = &current.site {
+        prov["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy",
+                                    "valueReference": {"reference": format!("ResearchStudy/{site}")}}]);
+    }
+    let raw = trialbridge_fhir::json::RawResource::from_value(&prov);
+    let res = interactions::incoming("Provenance", raw, prov, &s.config.validation)?;
+    let pid = uuid::Uuid::now_v7().to_string();
+    // The verification is written with the system's reach for the Provenance type, but it is
+    // audited as the monitor's act.
+    let c = caller.clone();
+    let w = write_audited(&*s.store, &caller, "create", move |txn| {
+        Box::pin(async move { interactions::create(txn, &c, &res, &pid, None).await })
+    })
+    .await?;
+    Ok(audited(written_response(&s, w, fmt, Default::default())))
+}
