@@ -3,7 +3,7 @@ import { Client } from 'fhir-kit-client';
 
 async function main() {
   const [baseUrl, expectedText] = process.argv.slice(2);
-  const client = new Client({ baseUrl });
+  const client = new Client({ baseUrl, bearerToken: process.env.TRIALBRIDGE_TOKEN });
   let bundle = await client.search({ resourceType: 'Observation', searchParams: { code: 'http://loinc.org|29463-7', _count: 41 } });
   const ids = [];
   for (;;) {

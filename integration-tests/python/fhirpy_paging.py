@@ -2,12 +2,13 @@
 
 Usage: python fhirpy_paging.py FHIR_BASE_URL EXPECTED_COUNT
 """
+import os
 import sys
 
 from fhirpy import SyncFHIRClient
 
 base, expected = sys.argv[1], int(sys.argv[2])
-client = SyncFHIRClient(base)
+client = SyncFHIRClient(base, authorization=f"Bearer {os.environ['TRIALBRIDGE_TOKEN']}")
 found = client.resources("Observation").search(code="http://loinc.org|29463-7").sort("-date").limit(37).fetch_all()
 ids = [o["id"] for o in found]
 assert len(ids) == expected, f"{len(ids)} resources, expected {expected}"

@@ -3,13 +3,17 @@
 Usage: python fhirpy_walkthrough.py FHIR_BASE_URL
 Exits non-zero (with the failing step) if any interaction misbehaves.
 """
+import os
 import sys
 
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import BaseFHIRError, OperationOutcome, ResourceNotFound
 
 base = sys.argv[1]
-client = SyncFHIRClient(base, extra_headers={"Accept": "application/fhir+json"})
+# A bearer token from the test (a system token); updates of clinical data would also need a
+# reason for change, the Patient here does not.
+auth = f"Bearer {os.environ['TRIALBRIDGE_TOKEN']}"
+client = SyncFHIRClient(base, authorization=auth, extra_headers={"Accept": "application/fhir+json"})
 
 
 def step(name):
@@ -33,7 +37,7 @@ read = client.reference("Patient", pid).to_resource()
 assert read["gender"] == "female" and read["birthDate"] == "1990", read
 
 step("update with If-Match")
-matching = SyncFHIRClient(base, extra_headers={"If-Match": 'W/"1"'})
+matching = SyncFHIRClient(base, authorization=auth, extra_headers={"If-Match": 'W/"1"'})
 updated = matching.resource("Patient", **{**read.serialize(), "gender": "other"})
 updated.save()
 assert updated["meta"]["versionId"] == "2", updated["meta"]

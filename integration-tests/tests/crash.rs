@@ -42,6 +42,7 @@ async fn start(db: &str) -> (Child, String) {
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("crash.db").display());
+    integration_tests::install_test_key(dir.path());
     let (mut child, base) = start(&db).await;
 
     // id -> highest acknowledged version; transactions acknowledged (by number).

@@ -277,6 +277,7 @@ async fn the_export_command_downloads_the_files() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
         .args(["export", "--from", &s.base, "--type", "Patient", "--to"])
         .arg(dir.path())
+        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
         .output()
         .await
         .unwrap();

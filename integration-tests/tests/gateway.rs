@@ -390,7 +390,8 @@ async fn token_endpoint(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -
                 );
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 axum::Json(
-                    json!({"access_token": "t0k3n", "token_type": "bearer", "expires_in": 3600}),
+                    // The stand-in EHR is a trial store: it accepts the test tokens.
+                    json!({"access_token": integration_tests::system_token(), "token_type": "bearer", "expires_in": 3600}),
                 )
             }
         }),

@@ -31,6 +31,7 @@ async fn fhirpy_create_read_update_history_transaction_delete() {
     let out = tokio::process::Command::new(&py)
         .arg(script)
         .arg(&s.base)
+        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
         .output()
         .await
         .expect("run python");
@@ -70,6 +71,7 @@ async fn fhirpy_fetch_all_sorted_walks_1000_results_once() {
     let out = tokio::process::Command::new(python_with_fhirpy().await)
         .arg(script)
         .arg(&s.base)
+        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
         .arg("1000")
         .output()
         .await
@@ -94,6 +96,7 @@ async fn fhir_kit_client_next_page_walks_1000_results_once() {
     let out = tokio::process::Command::new("node")
         .arg(node_dir.join("fhir_kit_client_paging.mjs"))
         .arg(&s.base)
+        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
         .arg("1000")
         .output()
         .await
