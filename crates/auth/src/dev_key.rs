@@ -156,7 +156,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let issuer = DevIssuer::load_or_create(dir.path(), "urn:test", "trialbridge").unwrap();
         let again = DevIssuer::load_or_create(dir.path(), "urn:test", "trialbridge").unwrap();
-        assert_eq!(issuer.jwks(), again.jwks(), "the key is kept, not regenerated");
+        assert_eq!(
+            issuer.jwks(),
+            again.jwks(),
+            "the key is kept, not regenerated"
+        );
         let v = Verifier::from_jwks(&issuer.jwks(), settings()).unwrap();
         let t = issuer.mint(&request(
             Role::Site,
@@ -204,7 +208,10 @@ mod tests {
             issuer.mint(&ok).split('.').nth(1).unwrap()
         );
         assert!(matches!(v.verify(&none), Err(AuthError::Malformed(_))));
-        assert!(matches!(v.verify("not-a-jwt"), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            v.verify("not-a-jwt"),
+            Err(AuthError::Malformed(_))
+        ));
         assert!(matches!(
             v.verify(&issuer.mint(&request(Role::Site, &[], "system/*.rs", 60))),
             Err(AuthError::Claims(_))

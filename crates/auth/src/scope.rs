@@ -98,7 +98,9 @@ impl Scope {
 
     /// Parses a space-separated `scope` claim, keeping the resource scopes.
     pub fn parse_all(s: &str) -> Vec<Scope> {
-        s.split_ascii_whitespace().filter_map(Scope::parse).collect()
+        s.split_ascii_whitespace()
+            .filter_map(Scope::parse)
+            .collect()
     }
 
     /// Whether this scope grants `interaction` on `resource_type`.
@@ -128,12 +130,23 @@ mod tests {
         let v1 = Scope::parse("user/*.write").unwrap();
         assert!(v1.grants("Patient", Interaction::Update));
         assert!(!v1.grants("Patient", Interaction::Read));
-        assert!(Scope::parse("system/*.*").unwrap().grants("X", Interaction::Search));
+        assert!(Scope::parse("system/*.*")
+            .unwrap()
+            .grants("X", Interaction::Search));
     }
 
     #[test]
     fn malformed_and_other_scopes_grant_nothing() {
-        for s in ["openid", "launch/patient", "user/*.rc", "user/*.rr", "user/.rs", "x/*.rs", "user/Obs-1.r", "user/*."] {
+        for s in [
+            "openid",
+            "launch/patient",
+            "user/*.rc",
+            "user/*.rr",
+            "user/.rs",
+            "x/*.rs",
+            "user/Obs-1.r",
+            "user/*.",
+        ] {
             assert_eq!(Scope::parse(s), None, "{s}");
         }
         let p = Scope::parse("patient/*.rs").unwrap();

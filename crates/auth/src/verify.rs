@@ -106,7 +106,8 @@ impl Verifier {
                 }
                 _ => continue,
             };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("a JWKS key is not usable: {e}"))?;
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| format!("a JWKS key is not usable: {e}"))?;
             keys.push(Key {
                 kid: jwk.common.key_id.clone(),
                 alg,

@@ -27,10 +27,9 @@ use trialbridge_fhir::search::{
 use trialbridge_fhir::search_param::SearchParamKind;
 
 use crate::{
-    audit_hash, AccessContext, AuditQuery, AuditRecord, SiteScope, StoredAudit, AUDIT_GENESIS,
-    HistoryOrder, HistoryPage, HistoryQuery, HistoryScope, Index, JobFinish,
-    JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredVersion, WriteJob,
-    WriteTxn,
+    audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryOrder, HistoryPage, HistoryQuery,
+    HistoryScope, Index, JobFinish, JobOutcome, NewVersion, ResourceStore, SearchPage, SiteScope,
+    StorageError, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
 };
 
 /// Range rows at most this wide (in their unit: a day in microseconds for dates; numbers are
@@ -190,7 +189,12 @@ const VERSION_COLUMNS: &str =
 const VERSION_COLUMN_COUNT: usize = 9;
 
 /// ` AND (col IS NULL OR col IN (...))` for a caller limited to some sites; nothing otherwise.
-fn push_site_scope(sql: &mut String, args: &mut Vec<SqlValue>, sites: Option<&[String]>, col: &str) {
+fn push_site_scope(
+    sql: &mut String,
+    args: &mut Vec<SqlValue>,
+    sites: Option<&[String]>,
+    col: &str,
+) {
     let Some(sites) = sites else { return };
     if sites.is_empty() {
         sql.push_str(&format!(" AND {col} IS NULL"));
@@ -373,7 +377,8 @@ fn insert_audit(conn: &Connection, r: &AuditRecord) -> Result<(), StorageError> 
     let hash = audit_hash(&prev, seq, &r.body);
     conn.prepare_cached("INSERT INTO audit_event (seq, id, recorded_us, site, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
         .execute(params![seq, r.id, r.recorded_us, r.site, r.body, prev, hash])?;
-    let mut e = conn.prepare_cached("INSERT OR IGNORE INTO audit_entity (entity, seq) VALUES (?1, ?2)")?;
+    let mut e =
+        conn.prepare_cached("INSERT OR IGNORE INTO audit_entity (entity, seq) VALUES (?1, ?2)")?;
     for entity in &r.entities {
         e.execute(params![entity, seq])?;
     }
@@ -520,7 +525,14 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         request: &SearchRequest,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
-        let (sql, args) = search_sql(limited(ctx), resource_type, request, None, Some(limit), "c.res_id");
+        let (sql, args) = search_sql(
+            limited(ctx),
+            resource_type,
+            request,
+            None,
+            Some(limit),
+            "c.res_id",
+        );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let ids = stmt
             .query_map(params_from_iter(args), |r| r.get::<_, String>(0))?
@@ -695,7 +707,12 @@ struct SqlBuilder {
 
 impl SqlBuilder {
     fn site_scope(&mut self) {
-        push_site_scope(&mut self.sql, &mut self.args, self.sites.as_deref(), "c.site");
+        push_site_scope(
+            &mut self.sql,
+            &mut self.args,
+            self.sites.as_deref(),
+            "c.site",
+        );
     }
 
     fn arg(&mut self, v: impl Into<SqlValue>) {
@@ -1036,7 +1053,13 @@ fn search_phases(
         _ => false,
     };
     if !fast {
-        return vec![sorted_search_sql(sites, resource_type, request, after, limit)];
+        return vec![sorted_search_sql(
+            sites,
+            resource_type,
+            request,
+            after,
+            limit,
+        )];
     }
     let key = &request.sort[0];
     let (order, op) = if key.descending {
@@ -1483,7 +1506,10 @@ impl ResourceStore for SqliteStore {
                 }
             })
         });
-        self.jobs.send(job).await.map_err(|_| StorageError::WriterGone)
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StorageError::WriterGone)
     }
 
     async fn audit_read(
@@ -1495,7 +1521,9 @@ impl ResourceStore for SqliteStore {
         let sites = ctx.sites.clone();
         self.blocking(move |c| {
             let a = c
-                .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit_event WHERE id = ?1"))?
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_event WHERE id = ?1"
+                ))?
                 .query_row(params![id], audit_from_row)
                 .optional()?;
             Ok(a.filter(|a| sites.sees(a.site.as_deref())))
@@ -1626,23 +1654,63 @@ mod tests {
     async fn a_limited_context_sees_its_sites_and_shared_resources_only() {
         let (_d, s) = store().await;
         let obs = |v: &str| serde_json::json!({"resourceType":"Observation","status":"final","code":{"text":v}});
-        put_at(&s, Some("site-a"), "Observation", "a", obs("x")).await.unwrap();
-        put_at(&s, Some("site-b"), "Observation", "b", obs("x")).await.unwrap();
-        put_at(&s, None, "Observation", "shared", obs("x")).await.unwrap();
+        put_at(&s, Some("site-a"), "Observation", "a", obs("x"))
+            .await
+            .unwrap();
+        put_at(&s, Some("site-b"), "Observation", "b", obs("x"))
+            .await
+            .unwrap();
+        put_at(&s, None, "Observation", "shared", obs("x"))
+            .await
+            .unwrap();
         let a = site_ctx(&["site-a"]);
         let all = AccessContext::system("test");
         assert!(s.read(&a, "Observation", "a").await.unwrap().is_some());
         assert!(s.read(&a, "Observation", "b").await.unwrap().is_none());
         assert!(s.vread(&a, "Observation", "b", 1).await.unwrap().is_none());
         assert!(s.read(&a, "Observation", "shared").await.unwrap().is_some());
-        let q = trialbridge_fhir::search::parse("Observation", &[("status".into(), "final".into())], true).unwrap();
+        let q = trialbridge_fhir::search::parse(
+            "Observation",
+            &[("status".into(), "final".into())],
+            true,
+        )
+        .unwrap();
         assert_eq!(s.count(&a, "Observation", &q).await.unwrap(), 2);
         assert_eq!(s.count(&all, "Observation", &q).await.unwrap(), 3);
-        let ids: Vec<String> = s.search(&a, "Observation", &q, None, 10).await.unwrap().versions.into_iter().map(|v| v.id).collect();
+        let ids: Vec<String> = s
+            .search(&a, "Observation", &q, None, 10)
+            .await
+            .unwrap()
+            .versions
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
         assert_eq!(ids, ["a", "shared"]);
-        let h = s.history(&a, &HistoryQuery { scope: HistoryScope::System, since_us: None, at_or_before_us: None, order: HistoryOrder::OldestFirst, after_seq: None, snapshot_seq: None, count: 10 }).await.unwrap();
-        assert_eq!(h.versions.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), ["a", "shared"]);
-        assert!(s.snapshot_page(&a, "Observation", 10, None, 10).await.unwrap().iter().all(|v| v.id != "b"));
+        let h = s
+            .history(
+                &a,
+                &HistoryQuery {
+                    scope: HistoryScope::System,
+                    since_us: None,
+                    at_or_before_us: None,
+                    order: HistoryOrder::OldestFirst,
+                    after_seq: None,
+                    snapshot_seq: None,
+                    count: 10,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            h.versions.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+            ["a", "shared"]
+        );
+        assert!(s
+            .snapshot_page(&a, "Observation", 10, None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.id != "b"));
         let none = site_ctx(&[]);
         assert_eq!(s.count(&none, "Observation", &q).await.unwrap(), 1);
     }
@@ -1654,7 +1722,15 @@ mod tests {
         let r = write::<_, StorageError, _>(&s, &ctx, |txn| {
             Box::pin(async move {
                 let render = |_: i64, _: &str| "{}".to_string();
-                txn.append(NewVersion { resource_type: "Patient", id: "u", deleted: false, index: &Default::default(), body: &render, site: None }).await
+                txn.append(NewVersion {
+                    resource_type: "Patient",
+                    id: "u",
+                    deleted: false,
+                    index: &Default::default(),
+                    body: &render,
+                    site: None,
+                })
+                .await
             })
         })
         .await;
@@ -1663,8 +1739,24 @@ mod tests {
         for n in 1..=3 {
             s.audit(record(n)).await.unwrap();
         }
-        put(&s, "Patient", "p", serde_json::json!({"resourceType":"Patient"})).await.unwrap();
-        let chain = s.audit_search(&ctx, &AuditQuery { count: 10, ..Default::default() }).await.unwrap();
+        put(
+            &s,
+            "Patient",
+            "p",
+            serde_json::json!({"resourceType":"Patient"}),
+        )
+        .await
+        .unwrap();
+        let chain = s
+            .audit_search(
+                &ctx,
+                &AuditQuery {
+                    count: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(chain.len(), 4);
         let mut prev = AUDIT_GENESIS.to_string();
         for (i, a) in chain.iter().enumerate() {
@@ -1674,7 +1766,9 @@ mod tests {
             prev = a.hash.clone();
         }
         let c = Connection::open(d.path().join("t.db")).unwrap();
-        assert!(c.execute_batch("UPDATE audit_event SET body = '{}' WHERE seq = 1").is_err());
+        assert!(c
+            .execute_batch("UPDATE audit_event SET body = '{}' WHERE seq = 1")
+            .is_err());
         assert!(c.execute_batch("DELETE FROM audit_event").is_err());
     }
 

@@ -60,7 +60,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "TRIALBRIDGE_STORE_URL", global = true)]
     pub store_url: Option<String>,
     /// Bearer token (a `site` token for this site's study) the gateway sends to the trial store.
-    #[arg(long, env = "TRIALBRIDGE_STORE_TOKEN", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_STORE_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
     pub store_token: Option<String>,
     /// UTC offset for HL7 times that carry none.
     #[arg(

@@ -193,8 +193,8 @@ pub fn resource_site(caller: &Caller, value: &Value) -> Result<Option<String>, A
 
 /// A 401 with `WWW-Authenticate`, as RFC 6750 asks.
 fn unauthorized(why: &str) -> Response {
-    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, IssueType::Login, why.to_string())
-        .into_response();
+    let mut r =
+        ApiError::new(StatusCode::UNAUTHORIZED, IssueType::Login, why.to_string()).into_response();
     let challenge = format!(
         "Bearer realm=\"trialbridge\", error=\"invalid_token\", error_description=\"{}\"",
         why.replace('"', "'")

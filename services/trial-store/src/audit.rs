@@ -16,19 +16,14 @@ use crate::StoreState;
 
 /// What a write returns that the audit event lists.
 pub trait Changes {
-    /// The versions written or found.
-    fn versions(&self) -> Vec<&StoredVersion>;
+    /// The versions written, each with its own reason for change when it has one (a
+    /// Provenance in the same transaction) that differs from the request's.
+    fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)>;
 }
 
 impl Changes for Written {
-    fn versions(&self) -> Vec<&StoredVersion> {
-        self.version.iter().collect()
-    }
-}
-
-impl Changes for () {
-    fn versions(&self) -> Vec<&StoredVersion> {
-        Vec::new()
+    fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
+        self.version.iter().map(|v| (v, None)).collect()
     }
 }
 
@@ -96,7 +91,9 @@ fn agents(caller: &Caller) -> Value {
             }
             a
         }
-        None => json!({"who": {"display": caller.ctx.agent}, "requestor": true, "role": [{"text": "system"}]}),
+        None => {
+            json!({"who": {"display": caller.ctx.agent}, "requestor": true, "role": [{"text": "system"}]})
+        }
     };
     json!([user, {"who": {"display": "trialbridge trial store"}, "requestor": false}])
 }
@@ -160,14 +157,17 @@ fn resource_entity(reference: &str, reason: Option<&str>) -> Value {
 }
 
 /// The event of a change, listing every version written.
-pub fn change_event(caller: &Caller, subtype: &str, versions: &[&StoredVersion]) -> AuditRecord {
-    let reason = caller.reason.as_deref();
+pub fn change_event(
+    caller: &Caller,
+    subtype: &str,
+    versions: &[(&StoredVersion, Option<&str>)],
+) -> AuditRecord {
     let entities: Vec<Value> = versions
         .iter()
-        .map(|v| {
+        .map(|(v, own)| {
             resource_entity(
                 &format!("{}/{}/_history/{}", v.resource_type, v.id, v.version),
-                reason,
+                own.or(caller.reason.as_deref()),
             )
         })
         .chain(std::iter::once(query_entity(&caller.request)))
@@ -178,11 +178,11 @@ pub fn change_event(caller: &Caller, subtype: &str, versions: &[&StoredVersion])
         recorded_us: us,
         site: versions
             .iter()
-            .find_map(|v| v.site.clone())
+            .find_map(|(v, _)| v.site.clone())
             .or_else(|| caller.own_site().map(String::from)),
         entities: versions
             .iter()
-            .map(|v| format!("{}/{}", v.resource_type, v.id))
+            .map(|(v, _)| format!("{}/{}", v.resource_type, v.id))
             .collect(),
         body: body.to_string(),
     }

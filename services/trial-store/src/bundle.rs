@@ -9,12 +9,12 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
+use trialbridge_auth::Interaction;
 use trialbridge_fhir::bundle::{BundleEntry, BundleText, BundleWriter, EntryText};
 use trialbridge_fhir::id::parse_etag_version;
 use trialbridge_fhir::reference::{references, rewrite_references};
 use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
-use trialbridge_auth::Interaction;
 use trialbridge_storage::{StoredVersion, WriteTxn};
 
 use crate::access::Caller;
@@ -142,23 +142,26 @@ struct EntryResult {
     status: StatusCode,
     /// Whether `version` was written by this entry (not only read).
     changed: bool,
+    /// The reason for change a Provenance in the same transaction gave this entry.
+    reason: Option<String>,
     version: Option<StoredVersion>,
     /// A searchset Bundle for a search entry.
     bundle: Option<String>,
 }
 
 impl Changes for Vec<EntryResult> {
-    fn versions(&self) -> Vec<&StoredVersion> {
-        self.iter()
-            .filter(|r| r.changed)
-            .filter_map(|r| r.version.as_ref())
-            .collect()
+    fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
+        self.iter().flat_map(|r| r.versions()).collect()
     }
 }
 
 impl Changes for EntryResult {
-    fn versions(&self) -> Vec<&StoredVersion> {
-        self.version.iter().filter(|_| self.changed).collect()
+    fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
+        self.version
+            .iter()
+            .filter(|_| self.changed)
+            .map(|v| (v, self.reason.as_deref()))
+            .collect()
     }
 }
 
@@ -186,12 +189,15 @@ fn provenance_reasons(plan: &[Planned]) -> HashMap<String, String> {
         }
         let v = &res.value;
         let text = |cc: &Value| {
-            cc.get("text").and_then(Value::as_str).map(String::from).or_else(|| {
-                cc.pointer("/coding/0/display")
-                    .or_else(|| cc.pointer("/coding/0/code"))
-                    .and_then(Value::as_str)
-                    .map(String::from)
-            })
+            cc.get("text")
+                .and_then(Value::as_str)
+                .map(String::from)
+                .or_else(|| {
+                    cc.pointer("/coding/0/display")
+                        .or_else(|| cc.pointer("/coding/0/code"))
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
         };
         let why = v
             .get("reason")
@@ -483,9 +489,7 @@ pub async fn process(
             let planned_failures = status.map(|st| (st, problems));
             let c = caller.clone();
             let results = write_audited(&*s.store, &caller, "transaction", move |txn| {
-                Box::pin(
-                    async move { run_transaction(txn, &c, plan, &b, planned_failures).await },
-                )
+                Box::pin(async move { run_transaction(txn, &c, plan, &b, planned_failures).await })
             })
             .await?;
             let mut out = BundleWriter::new("transaction-response");
@@ -594,6 +598,7 @@ async fn execute(
             return Ok(EntryResult {
                 status: StatusCode::OK,
                 changed: false,
+                reason: None,
                 version: Some(v),
                 bundle: None,
             });
@@ -619,6 +624,7 @@ async fn execute(
             return Ok(EntryResult {
                 status: StatusCode::OK,
                 changed: false,
+                reason: None,
                 version: None,
                 bundle: Some(b.finish()),
             });
@@ -627,6 +633,7 @@ async fn execute(
     Ok(EntryResult {
         status: written.status,
         changed: true,
+        reason: None,
         version: written.version,
         bundle: None,
     })
@@ -645,9 +652,11 @@ async fn assign_ids(
         let target = match &mut p.action {
             Action::Create { res, if_none_exist } => {
                 let existing = match if_none_exist {
-                    Some(c) => interactions::match_one(txn, caller, res.resource_type, c, "ifNoneExist")
-                        .await
-                        .map_err(|e| entry_error(i, e, "request.ifNoneExist"))?,
+                    Some(c) => {
+                        interactions::match_one(txn, caller, res.resource_type, c, "ifNoneExist")
+                            .await
+                            .map_err(|e| entry_error(i, e, "request.ifNoneExist"))?
+                    }
                     None => None,
                 };
                 let id = existing.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -656,10 +665,15 @@ async fn assign_ids(
             }
             Action::Update { res, id, .. } => Some(format!("{}/{id}", res.resource_type)),
             Action::ConditionalUpdate { res, criteria, .. } => {
-                let found =
-                    interactions::match_one(txn, caller, res.resource_type, criteria, "conditional update")
-                        .await
-                        .map_err(|e| entry_error(i, e, "request.url"))?;
+                let found = interactions::match_one(
+                    txn,
+                    caller,
+                    res.resource_type,
+                    criteria,
+                    "conditional update",
+                )
+                .await
+                .map_err(|e| entry_error(i, e, "request.url"))?;
                 let id = found
                     .or_else(|| {
                         res.value
@@ -761,7 +775,10 @@ async fn run_transaction(
         let p = &plan[k];
         // A Provenance in the transaction is the reason for changing what it targets.
         let with_reason;
-        let caller = match (&caller.reason, p.action.target().and_then(|t| reasons.get(&t))) {
+        let caller = match (
+            &caller.reason,
+            p.action.target().and_then(|t| reasons.get(&t)),
+        ) {
             (None, Some(why)) => {
                 with_reason = Caller {
                     reason: Some(why.clone()),
@@ -785,6 +802,7 @@ async fn run_transaction(
                     Ok(EntryResult {
                         status: StatusCode::OK,
                         changed: false,
+                        reason: None,
                         version: existing,
                         bundle: None,
                     })
@@ -794,6 +812,7 @@ async fn run_transaction(
                         .map(|w| EntryResult {
                             status: w.status,
                             changed: true,
+                            reason: None,
                             version: w.version,
                             bundle: None,
                         })
@@ -801,6 +820,12 @@ async fn run_transaction(
             }
             other => execute(txn, caller, other, base).await,
         };
+        let r = r.map(|mut r| {
+            if r.changed {
+                r.reason = caller.reason.clone();
+            }
+            r
+        });
         match r {
             Ok(r) => results[k] = Some(r),
             Err(e) => {

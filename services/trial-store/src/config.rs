@@ -51,7 +51,12 @@ pub struct ServeArgs {
     pub extension_domains: String,
     /// `local` (loopback only, tokens signed by a development key kept beside the database)
     /// or `production` (a JWKS is required).
-    #[arg(long, env = "TRIALBRIDGE_PROFILE", default_value = "local", global = true)]
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_PROFILE",
+        default_value = "local",
+        global = true
+    )]
     pub profile: String,
     /// JWKS of the token issuer: a file path or an http(s) URL (fetched at start-up).
     #[arg(long, env = "TRIALBRIDGE_AUTH_JWKS", global = true)]
@@ -114,8 +119,9 @@ pub async fn verifier(c: &ServeConfig) -> Result<trialbridge_auth::Verifier, Str
                 .await
                 .map_err(|e| format!("fetching the JWKS {src}: {e}"))?
         }
-        AuthSource::Jwks(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("reading the JWKS {path}: {e}"))?,
+        AuthSource::Jwks(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("reading the JWKS {path}: {e}"))?
+        }
     };
     trialbridge_auth::Verifier::from_jwks(
         &jwks,

@@ -17,8 +17,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
-use trialbridge_fhir::IssueType;
 use trialbridge_auth::Interaction;
+use trialbridge_fhir::IssueType;
 use trialbridge_storage::{AccessContext, Role};
 
 use crate::access::{forbidden, Caller};

@@ -9,10 +9,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::Value;
 use tower_http::catch_panic::CatchPanicLayer;
+use trialbridge_auth::Interaction;
 use trialbridge_fhir::id::parse_etag_version;
 use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{instant, IssueType, OperationOutcome, OutcomeIssue};
-use trialbridge_auth::Interaction;
 use trialbridge_storage::StoredVersion;
 
 use crate::access::{Audited, Caller};

@@ -202,8 +202,7 @@ async fn live_version(
 /// Changing or deleting recorded clinical data needs a reason (GCP): the
 /// `X-Reason-For-Change` header, or a Provenance for the resource in the same transaction.
 fn require_reason(caller: &Caller, resource_type: &str, id: &str) -> Result<(), ApiError> {
-    if caller.reason.is_some()
-        || !trialbridge_auth::REASON_REQUIRED_TYPES.contains(&resource_type)
+    if caller.reason.is_some() || !trialbridge_auth::REASON_REQUIRED_TYPES.contains(&resource_type)
     {
         return Ok(());
     }

@@ -21,8 +21,8 @@ mod history;
 mod http;
 mod include;
 mod interactions;
-mod monitor;
 pub mod loading;
+mod monitor;
 mod negotiate;
 mod protocol;
 mod search;
@@ -265,7 +265,7 @@ pub async fn serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| RunError::Listen { addr, source })
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|source| RunError::Listen { addr, source })
 }

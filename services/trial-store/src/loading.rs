@@ -31,7 +31,7 @@ impl LoadCounts {
 }
 
 impl Changes for LoadCounts {
-    fn versions(&self) -> Vec<&trialbridge_storage::StoredVersion> {
+    fn versions(&self) -> Vec<(&trialbridge_storage::StoredVersion, Option<&str>)> {
         Vec::new()
     }
 }

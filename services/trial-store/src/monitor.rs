@@ -86,7 +86,10 @@ pub async fn audit_search(
                     .min(s.config.max_count)
             }
             "_cursor" => {
-                q.after_seq = Some(v.parse().map_err(|_| bad("_cursor is not ours", "_cursor"))?)
+                q.after_seq = Some(
+                    v.parse()
+                        .map_err(|_| bad("_cursor is not ours", "_cursor"))?,
+                )
             }
             "_format" => {}
             other => {
@@ -104,7 +107,10 @@ pub async fn audit_search(
     b.link("self", &page_link(base, "AuditEvent", &kept, None));
     if page.len() == q.count && q.count > 0 {
         let last = page.last().map(|a| a.seq.to_string());
-        b.link("next", &page_link(base, "AuditEvent", &kept, last.as_deref()));
+        b.link(
+            "next",
+            &page_link(base, "AuditEvent", &kept, last.as_deref()),
+        );
     }
     for a in &page {
         b.entry(BundleEntry {
@@ -114,7 +120,11 @@ pub async fn audit_search(
             ..Default::default()
         });
     }
-    Ok(json_response(StatusCode::OK, b.finish(), Default::default()))
+    Ok(json_response(
+        StatusCode::OK,
+        b.finish(),
+        Default::default(),
+    ))
 }
 
 /// Who changed each version of a resource, when and why, from the audit trail.
@@ -147,11 +157,14 @@ async fn changes_of(
                 continue;
             }
             if let Ok(v) = v.parse::<i64>() {
-                out.insert(v, json!({
-                    "who": who, "when": e["recorded"], "action": e["action"],
-                    "why": ent.pointer("/detail/0/valueString").cloned().unwrap_or(Value::Null),
-                    "auditEvent": format!("AuditEvent/{}", a.id),
-                }));
+                out.insert(
+                    v,
+                    json!({
+                        "who": who, "when": e["recorded"], "action": e["action"],
+                        "why": ent.pointer("/detail/0/valueString").cloned().unwrap_or(Value::Null),
+                        "auditEvent": format!("AuditEvent/{}", a.id),
+                    }),
+                );
             }
         }
     }
@@ -177,9 +190,10 @@ async fn provenances(
     let (mut sources, mut marks) = (Vec::new(), Vec::new());
     for v in &page.versions {
         let p = parse(v);
-        let verifier = p["agent"].as_array().into_iter().flatten().any(|a| {
-            a.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("verifier")
-        });
+        let verifier =
+            p["agent"].as_array().into_iter().flatten().any(|a| {
+                a.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("verifier")
+            });
         if verifier {
             marks.push(json!({
                 "target": p.pointer("/target/0/reference"),
@@ -223,7 +237,8 @@ async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Valu
         .versions
         .iter()
         .map(|h| {
-            let mut x = json!({"version": h.version, "lastUpdated": h.last_updated, "deleted": h.deleted});
+            let mut x =
+                json!({"version": h.version, "lastUpdated": h.last_updated, "deleted": h.deleted});
             if let Some(c) = changes.get(&h.version) {
                 x["change"] = c.clone();
             }
@@ -235,9 +250,16 @@ async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Valu
     let verified = marks
         .iter()
         .any(|m| m["target"].as_str() == Some(current.as_str()));
-    let value = ["valueQuantity", "valueCodeableConcept", "valueString", "valueInteger", "valueBoolean", "valueDateTime"]
-        .iter()
-        .find_map(|k| body.get(*k).map(|x| json!({*k: x})));
+    let value = [
+        "valueQuantity",
+        "valueCodeableConcept",
+        "valueString",
+        "valueInteger",
+        "valueBoolean",
+        "valueDateTime",
+    ]
+    .iter()
+    .find_map(|k| body.get(*k).map(|x| json!({*k: x})));
     Ok(json!({
         "resource": current,
         "code": body.get("code"),
@@ -286,13 +308,13 @@ pub async fn sdv(
         .to_string();
     let mut items = vec![item(&s, &caller, &subject).await?];
     for t in CLINICAL {
-        let param = if *t == "AdverseEvent" { "subject" } else { "patient" };
-        let req = trialbridge_fhir::search::parse(
-            t,
-            &[(param.to_string(), patient.clone())],
-            true,
-        )
-        .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?;
+        let param = if *t == "AdverseEvent" {
+            "subject"
+        } else {
+            "patient"
+        };
+        let req = trialbridge_fhir::search::parse(t, &[(param.to_string(), patient.clone())], true)
+            .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?;
         let mut after = None;
         loop {
             let page = s
@@ -309,7 +331,10 @@ pub async fn sdv(
         }
     }
     let total = items.len();
-    let unverified = items.iter().filter(|i| i["verified"] != json!(true)).count();
+    let unverified = items
+        .iter()
+        .filter(|i| i["verified"] != json!(true))
+        .count();
     if only_unverified {
         items.retain(|i| i["verified"] != json!(true));
     }
@@ -420,7 +445,10 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let Path((t, id)) = path?;
     let rt = known_type(&t)?;
-    caller.require_role(&[Role::Monitor, Role::System], "mark source data as verified")?;
+    caller.require_role(
+        &[Role::Monitor, Role::System],
+        "mark source data as verified",
+    )?;
     caller.require(rt, Interaction::Read)?;
     checked_id(rt, &id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
@@ -446,8 +474,15 @@ pub async fn verify(
             .ok_or_else(|| bad("version is a valueInteger", "Parameters.parameter"))?,
         None => current.version,
     };
-    if s.store.vread(&caller.ctx, rt, &id, version).await?.is_none() {
-        return Err(bad(format!("{rt}/{id} has no version {version}"), "version"));
+    if s.store
+        .vread(&caller.ctx, rt, &id, version)
+        .await?
+        .is_none()
+    {
+        return Err(bad(
+            format!("{rt}/{id} has no version {version}"),
+            "version",
+        ));
     }
     let who = caller
         .principal

@@ -93,6 +93,12 @@ pub async fn compartment_search(
         ApiError::new(StatusCode::BAD_REQUEST, IssueType::NotSupported, format!("{rt} is not in the {compartment} compartment (only the Patient compartment is supported)")).at(rt.to_string())
     })?;
     caller.require(compartment, Interaction::Read)?;
+    // A compartment is searched only when its owner is visible to the caller.
+    crate::http::found(
+        compartment,
+        &id,
+        s.store.read(&caller.ctx, compartment, &id).await?,
+    )?;
     run(
         &s,
         &caller,

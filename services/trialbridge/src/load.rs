@@ -42,14 +42,14 @@ async fn load_batch(
     load_values(store, "trialbridge load", values, validation)
         .await
         .map_err(|e| {
-        let why: Vec<String> = e
-            .outcome()
-            .issues
-            .iter()
-            .map(|i| i.diagnostics.clone())
-            .collect();
-        anyhow::anyhow!("{}", why.join("; "))
-    })
+            let why: Vec<String> = e
+                .outcome()
+                .issues
+                .iter()
+                .map(|i| i.diagnostics.clone())
+                .collect();
+            anyhow::anyhow!("{}", why.join("; "))
+        })
 }
 
 /// Resources of one JSON document: a resource, or the resources of a Bundle's entries (for a

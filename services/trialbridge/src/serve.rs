@@ -72,9 +72,10 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
                     scope: "system/*.cruds".into(),
                     lifetime_seconds: 300,
                 };
-                gateway_config.store_token = site_gateway::StoreToken::Minted(
-                    std::sync::Arc::new(move || issuer.mint(&request)),
-                );
+                gateway_config.store_token =
+                    site_gateway::StoreToken::Minted(std::sync::Arc::new(move || {
+                        issuer.mint(&request)
+                    }));
             }
             Err(e) => {
                 eprintln!("trialbridge: the development signing key: {e}");

@@ -37,7 +37,10 @@ pub fn run(a: TokenArgs, serve: &trial_store::ServeArgs) -> anyhow::Result<()> {
     let known = trialbridge_study::site_studies();
     for s in &a.sites {
         if !known.contains(s) {
-            anyhow::bail!("--site {s}: not a site study of the study (one of {})", known.join(", "));
+            anyhow::bail!(
+                "--site {s}: not a site study of the study (one of {})",
+                known.join(", ")
+            );
         }
     }
     match role {

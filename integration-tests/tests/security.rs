@@ -1,0 +1,837 @@
+//! Security at the HTTP edge: tokens, roles and scopes, site isolation on every path (direct and
+//! indirect), the audit trail (every request, refusals included, hash-chained, tamper-evident),
+//! reasons for change, and the monitor's source data verification walk.
+
+use std::time::Duration;
+
+use integration_tests::{client_with, repo_root, token, Role, TestStore};
+use serde_json::{json, Value};
+
+const S1: &str = "mesemcart-site-01";
+const S2: &str = "mesemcart-site-02";
+
+fn site_ext(site: &str) -> Value {
+    json!([{"url": "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy",
+            "valueReference": {"reference": format!("ResearchStudy/{site}")}}])
+}
+
+fn patient(id: &str, gender: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "gender": gender})
+}
+
+fn observation(id: &str, patient: &str, code: &str, value: f64) -> Value {
+    json!({"resourceType": "Observation", "id": id, "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+           "subject": {"reference": format!("Patient/{patient}")},
+           "effectiveDateTime": "2026-03-02",
+           "valueQuantity": {"value": value, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+}
+
+/// A caller: a label and its HTTP client.
+struct Who {
+    name: &'static str,
+    http: reqwest::Client,
+}
+
+fn who(name: &'static str, role: Role, sites: &[&str], scope: &str) -> Who {
+    Who {
+        name,
+        http: client_with(&token(role, sites, scope)),
+    }
+}
+
+async fn send(w: &Who, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut r = w
+        .http
+        .request(method, url)
+        .header("x-reason-for-change", "correction");
+    if let Some(b) = body {
+        r = r
+            .header("content-type", "application/fhir+json")
+            .body(b.to_string());
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(w: &Who, url: String) -> (u16, Value) {
+    send(w, reqwest::Method::GET, url, None).await
+}
+
+async fn put(w: &Who, s: &TestStore, v: Value) -> u16 {
+    let path = format!(
+        "{}/{}",
+        v["resourceType"].as_str().unwrap(),
+        v["id"].as_str().unwrap()
+    );
+    send(w, reqwest::Method::PUT, s.url(&path), Some(v)).await.0
+}
+
+/// `Type/id` of the entries of a Bundle, with their search mode.
+fn entries(b: &Value) -> Vec<String> {
+    b["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let r = &e["resource"];
+            Some(format!(
+                "{}/{}",
+                r["resourceType"].as_str()?,
+                r["id"].as_str()?
+            ))
+        })
+        .collect()
+}
+
+/// Two sites' data written by their own site tokens, plus a shared definition.
+async fn two_sites(s: &TestStore) -> (Who, Who) {
+    let site1 = who("site-01", Role::Site, &[S1], "");
+    let site2 = who("site-02", Role::Site, &[S2], "");
+    for (w, n, site) in [(&site1, "1", S1), (&site2, "2", S2)] {
+        assert_eq!(put(w, s, patient(&format!("p{n}"), "female")).await, 201);
+        let rs = json!({"resourceType": "ResearchSubject", "id": format!("rs{n}"), "status": "candidate",
+            "identifier": [{"system": "https://fhir.mesemcart-sponsor.example/sid/subject", "value": format!("MC-0{n}-001")}],
+            "study": {"reference": format!("ResearchStudy/{site}")},
+            "individual": {"reference": format!("Patient/p{n}")}});
+        let (st, oo) = send(
+            w,
+            reqwest::Method::PUT,
+            s.url(&format!("ResearchSubject/rs{n}")),
+            Some(rs),
+        )
+        .await;
+        assert_eq!(st, 201, "{oo}");
+        let mut o = observation(&format!("o{n}"), &format!("p{n}"), "29463-7", 70.0);
+        o["identifier"] = json!([{"system": "urn:test", "value": format!("obs-{n}")}]);
+        assert_eq!(put(w, s, o).await, 201);
+    }
+    // Site 2 attaches a result to site 1's patient (it knows the id): site 1 must still not
+    // see it, through any path.
+    assert_eq!(
+        put(&site2, s, observation("o2x", "p1", "718-7", 13.0)).await,
+        201
+    );
+    let admin = who("admin", Role::Admin, &[], "");
+    let pd = json!({"resourceType": "PlanDefinition", "id": "pd", "status": "active"});
+    assert_eq!(put(&admin, s, pd).await, 201);
+    (site1, site2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_by_interaction_by_site() {
+    let s = TestStore::start().await;
+    let (site1, site2) = two_sites(&s).await;
+    let mon1 = who("monitor of site 01", Role::Monitor, &[S1], "");
+    let mon12 = who("monitor of both", Role::Monitor, &[S1, S2], "");
+    let wh = who("warehouse", Role::Warehouse, &[], "");
+    let admin = who("admin", Role::Admin, &[], "");
+    let narrow = who(
+        "site-01, Observation.rs only",
+        Role::Site,
+        &[S1],
+        "system/Observation.rs",
+    );
+    let callers = [&site1, &site2, &mon1, &mon12, &wh, &admin, &narrow];
+
+    // Reads: (path, expected status per caller in the order above).
+    let reads: &[(&str, [u16; 7])] = &[
+        ("Observation/o1", [200, 404, 200, 200, 200, 403, 200]),
+        ("Observation/o2", [404, 200, 404, 200, 200, 403, 404]),
+        ("Observation/o2x", [404, 200, 404, 200, 200, 403, 404]),
+        (
+            "Observation/o2/_history/1",
+            [404, 200, 404, 200, 200, 403, 404],
+        ),
+        (
+            "Observation/o2/_history",
+            [404, 200, 404, 200, 200, 403, 404],
+        ),
+        ("Patient/p1", [200, 404, 200, 200, 200, 403, 403]),
+        ("PlanDefinition/pd", [200, 200, 200, 200, 200, 200, 403]),
+        (
+            "Observation/o2/$validate",
+            [404, 200, 404, 200, 200, 403, 404],
+        ),
+        ("AuditEvent?_count=1", [403, 403, 200, 200, 403, 200, 403]),
+    ];
+    for (path, expected) in reads {
+        for (w, want) in callers.iter().zip(expected) {
+            let (got, body) = get(w, s.url(path)).await;
+            assert_eq!(got, *want, "{} GET {path}: {body}", w.name);
+        }
+    }
+
+    // Searches: what each caller finds (None: refused with 403).
+    type Finds = [Result<&'static [&'static str], u16>; 7];
+    let searches: &[(&str, Finds)] = &[
+        (
+            "Observation?_count=50",
+            [
+                Ok(&["Observation/o1"]),
+                Ok(&["Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/o1"]),
+                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Err(403),
+                Ok(&["Observation/o1"]),
+            ],
+        ),
+        // A chain through the patient: site 1 must not learn of o2x (which points at p1).
+        (
+            "Observation?subject:Patient.gender=female",
+            [
+                Ok(&["Observation/o1"]),
+                // o2x's patient is site 1's: site 2 cannot match through it either.
+                Ok(&["Observation/o2"]),
+                Ok(&["Observation/o1"]),
+                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Err(403),
+                Ok(&["Observation/o1"]),
+            ],
+        ),
+        // _include of a patient in another site is left out.
+        (
+            "Observation?_id=o2x&_include=Observation:subject",
+            [
+                Ok(&[]),
+                Ok(&["Observation/o2x"]),
+                Ok(&[]),
+                Ok(&["Observation/o2x", "Patient/p1"]),
+                Ok(&["Observation/o2x", "Patient/p1"]),
+                Err(403),
+                Ok(&[]),
+            ],
+        ),
+        // _revinclude does not bring another site's results for one's own patient.
+        (
+            "Patient?_id=p1&_revinclude=Observation:subject",
+            [
+                Ok(&["Patient/p1", "Observation/o1"]),
+                Ok(&[]),
+                Ok(&["Patient/p1", "Observation/o1"]),
+                Ok(&["Patient/p1", "Observation/o1", "Observation/o2x"]),
+                Ok(&["Patient/p1", "Observation/o1", "Observation/o2x"]),
+                Err(403),
+                Err(403),
+            ],
+        ),
+        // _has: p1 has a hemoglobin only through site 2's o2x.
+        (
+            "Patient?_has:Observation:subject:code=718-7",
+            [
+                Ok(&[]),
+                Ok(&[]),
+                Ok(&[]),
+                Ok(&["Patient/p1"]),
+                Ok(&["Patient/p1"]),
+                Err(403),
+                Err(403),
+            ],
+        ),
+        (
+            "Observation/_history",
+            [
+                Ok(&["Observation/o1"]),
+                Ok(&["Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/o1"]),
+                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Err(403),
+                Ok(&["Observation/o1"]),
+            ],
+        ),
+        (
+            "Patient/p1/Observation",
+            [
+                Ok(&["Observation/o1"]),
+                // The compartment of a patient site 2 does not see is not found.
+                Err(404),
+                Ok(&["Observation/o1"]),
+                Ok(&["Observation/o1", "Observation/o2x"]),
+                Ok(&["Observation/o1", "Observation/o2x"]),
+                Err(403),
+                Err(403),
+            ],
+        ),
+    ];
+    for (path, expected) in searches {
+        for (w, want) in callers.iter().zip(expected) {
+            let (got, body) = get(w, s.url(path)).await;
+            match want {
+                Err(code) => assert_eq!(got, *code, "{} GET {path}: {body}", w.name),
+                Ok(ids) => {
+                    assert_eq!(got, 200, "{} GET {path}: {body}", w.name);
+                    let mut found = entries(&body);
+                    found.sort();
+                    let mut ids: Vec<String> = ids.iter().map(|x| x.to_string()).collect();
+                    ids.sort();
+                    if path.contains("_history") {
+                        found.dedup();
+                    }
+                    assert_eq!(found, ids, "{} GET {path}", w.name);
+                }
+            }
+        }
+    }
+
+    // _total counts only what the caller sees.
+    for (w, n) in [(&site1, 1), (&site2, 2), (&wh, 3)] {
+        let (_, b) = get(w, s.url("Observation?_summary=count")).await;
+        assert_eq!(b["total"], n, "{} _total", w.name);
+    }
+    // System-level search and history.
+    let (_, b) = get(&site1, s.url("?_type=Observation,Patient")).await;
+    let mut found = entries(&b);
+    found.sort();
+    assert_eq!(found, ["Observation/o1", "Patient/p1"]);
+    let (_, b) = get(&site1, s.url("_history?_count=100")).await;
+    assert!(
+        entries(&b)
+            .iter()
+            .all(|e| !e.ends_with("o2") && !e.ends_with("o2x") && !e.ends_with("p2")),
+        "{b}"
+    );
+    assert_eq!(get(&admin, s.url("_history")).await.0, 403);
+
+    // Writes.
+    let o = || observation("new", "p1", "29463-7", 71.0);
+    let writes: &[(&str, &str, Value, [u16; 7])] = &[
+        // A site writes its own clinical data; monitors, warehouse and admin do not.
+        (
+            "PUT",
+            "Observation/new",
+            o(),
+            [201, 201, 403, 403, 403, 403, 403],
+        ),
+        // Site 1 may not overwrite site 2's resource, nor claim another site in the content.
+        (
+            "PUT",
+            "Observation/o2",
+            observation("o2", "p2", "29463-7", 1.0),
+            [403, 200, 403, 403, 403, 403, 403],
+        ),
+        (
+            "DELETE",
+            "Observation/o2x",
+            Value::Null,
+            [403, 204, 403, 403, 403, 403, 403],
+        ),
+        (
+            "PUT",
+            "PlanDefinition/pd",
+            json!({"resourceType": "PlanDefinition", "id": "pd", "status": "retired"}),
+            [403, 403, 403, 403, 403, 200, 403],
+        ),
+        (
+            "POST",
+            "AuditEvent",
+            json!({"resourceType": "AuditEvent"}),
+            [403, 403, 403, 403, 403, 403, 403],
+        ),
+    ];
+    for (method, path, body, expected) in writes {
+        for (w, want) in callers.iter().zip(expected) {
+            // Each PUT of Observation/new by a site creates it in that site the first time.
+            let body = if body.is_null() {
+                None
+            } else {
+                Some(body.clone())
+            };
+            let (got, oo) = send(w, method.parse().unwrap(), s.url(path), body).await;
+            let want = if *path == "Observation/new" && w.name == "site-02" {
+                403
+            } else {
+                *want
+            };
+            assert_eq!(got, want, "{} {method} {path}: {oo}", w.name);
+        }
+    }
+    let mut claims_other = observation("claim", "p1", "29463-7", 1.0);
+    claims_other["extension"] = site_ext(S2);
+    assert_eq!(put(&site1, &s, claims_other).await, 403);
+
+    // Transactions: every entry is checked; a read of another site's resource is not found.
+    let txn =
+        |entries: Value| json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let (st, oo) = send(
+        &site1,
+        reqwest::Method::POST,
+        s.base.clone(),
+        Some(txn(json!([
+        {"request": {"method": "GET", "url": "Observation/o2"}}]))),
+    )
+    .await;
+    assert_eq!(st, 404, "{oo}");
+    let (st, oo) = send(&site1, reqwest::Method::POST, s.base.clone(), Some(txn(json!([
+        {"resource": observation("o2", "p2", "29463-7", 2.0), "request": {"method": "PUT", "url": "Observation/o2"}}])))).await;
+    assert_eq!(st, 403, "{oo}");
+    assert!(oo.to_string().contains("Bundle.entry[0]"), "{oo}");
+    let (st, _) = send(&wh, reqwest::Method::POST, s.base.clone(), Some(txn(json!([
+        {"resource": observation("w", "p2", "29463-7", 2.0), "request": {"method": "PUT", "url": "Observation/w"}}])))).await;
+    assert_eq!(st, 403);
+    // A conditional update by site 1 matching site 2's identifier does not touch site 2's.
+    let mut cu = observation("ignored", "p1", "29463-7", 5.0);
+    cu.as_object_mut().unwrap().remove("id");
+    let (st, created) = send(
+        &site1,
+        reqwest::Method::PUT,
+        s.url("Observation?identifier=urn:test|obs-2"),
+        Some(cu),
+    )
+    .await;
+    assert_eq!(st, 201, "{created}");
+    assert_ne!(created["id"], "o2");
+    let (_, o2) = get(&site2, s.url("Observation/o2")).await;
+    assert_eq!(
+        o2["valueQuantity"]["value"], 1.0,
+        "site 2's own update, not site 1's"
+    );
+
+    // Bulk export: warehouse only.
+    for (w, want) in [(&site1, 403), (&mon1, 403), (&admin, 403), (&wh, 202)] {
+        let r = w
+            .http
+            .get(s.url("$export"))
+            .header("prefer", "respond-async")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{} $export", w.name);
+    }
+}
+
+async fn audit_events(s: &TestStore, min: usize, filter: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let admin = who("admin", Role::Admin, &[], "");
+    // Audit events of reads and refusals are committed with the next batch: poll briefly.
+    for _ in 0..100 {
+        let mut all = Vec::new();
+        let mut url = Some(s.url("AuditEvent?_count=1000"));
+        while let Some(u) = url {
+            let (st, b) = get(&admin, u).await;
+            assert_eq!(st, 200, "{b}");
+            all.extend(
+                b["entry"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e["resource"].clone()),
+            );
+            url = integration_tests::next_link(&b);
+        }
+        let hits: Vec<Value> = all.into_iter().filter(|e| filter(e)).collect();
+        if hits.len() >= min {
+            return hits;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {min} matching audit events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_and_audited() {
+    let s = TestStore::start().await;
+    let good = token(Role::Warehouse, &[], "system/Observation.rs");
+    let stranger = {
+        let dir = tempfile::tempdir().unwrap();
+        trialbridge_auth::DevIssuer::load_or_create(
+            dir.path(),
+            trial_store::config::LOCAL_ISSUER,
+            "trialbridge",
+        )
+        .unwrap()
+    };
+    let req = |role, _aud: &str, lifetime| trialbridge_auth::TokenRequest {
+        subject: "intruder".into(),
+        role,
+        sites: vec![],
+        scope: "system/*.rs".into(),
+        lifetime_seconds: lifetime,
+    };
+    let wrong_aud = {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            integration_tests::test_issuer().path(),
+            dir.path().join(trialbridge_auth::DEV_KEY_FILE),
+        )
+        .unwrap();
+        trialbridge_auth::DevIssuer::load_or_create(
+            dir.path(),
+            trial_store::config::LOCAL_ISSUER,
+            "another-server",
+        )
+        .unwrap()
+    };
+    let forged = {
+        // The test key's header and claims, another key's signature.
+        let t = stranger.mint(&req(Role::Warehouse, "", 600));
+        let g = integration_tests::test_issuer().mint(&req(Role::Warehouse, "", 600));
+        let mut parts: Vec<&str> = g.split('.').collect();
+        parts[2] = t.split('.').nth(2).unwrap();
+        parts.join(".")
+    };
+    let expired = integration_tests::test_issuer().mint(&req(Role::Warehouse, "", -600));
+    let alg_none = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            e.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            good.split('.').nth(1).unwrap()
+        )
+    };
+    let cases: [(&str, Option<String>, u16); 6] = [
+        ("no token", None, 401),
+        ("bad signature", Some(forged), 401),
+        (
+            "wrong aud",
+            Some(wrong_aud.mint(&req(Role::Warehouse, "", 600))),
+            401,
+        ),
+        ("expired", Some(expired), 401),
+        ("alg none", Some(alg_none), 401),
+        ("scope for another type", Some(good.clone()), 403),
+    ];
+    for (name, t, want) in &cases {
+        let mut r = integration_tests::client_with("x").get(s.url("Patient?_count=1"));
+        r = match t {
+            Some(t) => r.bearer_auth(t),
+            None => reqwest::Client::new().get(s.url("Patient?_count=1")),
+        };
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), *want, "{name}");
+        if *want == 401 {
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .map(|h| h.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            assert!(challenge.starts_with("Bearer "), "{name}: {challenge}");
+        }
+        let oo: Value = resp.json().await.unwrap();
+        assert_eq!(oo["resourceType"], "OperationOutcome", "{name}");
+    }
+    // The capability statement and health checks stay open.
+    assert_eq!(reqwest::get(s.url("metadata")).await.unwrap().status(), 200);
+    // Every refusal is in the audit trail: five 401s and the 403.
+    let refused = audit_events(&s, 6, |e| e["outcome"] == "4").await;
+    assert!(
+        refused
+            .iter()
+            .filter(|e| e["outcomeDesc"].as_str().unwrap().starts_with("HTTP 401"))
+            .count()
+            >= 5,
+        "{refused:#?}"
+    );
+    assert!(
+        refused.iter().any(
+            |e| e["outcomeDesc"].as_str().unwrap().starts_with("HTTP 403")
+                && e.pointer("/agent/0/who/identifier/value") == Some(&json!("test-warehouse"))
+        ),
+        "{refused:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasons_for_change_are_required_and_recorded() {
+    let s = TestStore::start().await;
+    let site1 = who("site-01", Role::Site, &[S1], "");
+    let plain = client_with(&token(Role::Site, &[S1], ""));
+    let put_plain = |v: Value| {
+        let url = s.url(&format!("Observation/{}", v["id"].as_str().unwrap()));
+        plain
+            .put(url)
+            .header("content-type", "application/fhir+json")
+            .body(v.to_string())
+            .send()
+    };
+    // Creating needs no reason.
+    assert_eq!(
+        put_plain(observation("r", "p", "29463-7", 70.0))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    // Changing does.
+    let r = put_plain(observation("r", "p", "29463-7", 71.0))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(
+        oo["issue"][0]["expression"][0], "X-Reason-For-Change",
+        "{oo}"
+    );
+    let r = plain.delete(s.url("Observation/r")).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    // With the header.
+    let r = plain
+        .put(s.url("Observation/r"))
+        .header("content-type", "application/fhir+json")
+        .header("x-reason-for-change", "transcription error corrected")
+        .body(observation("r", "p", "29463-7", 71.0).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // With a Provenance in the same transaction.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("r", "p", "29463-7", 72.0), "request": {"method": "PUT", "url": "Observation/r"}},
+        {"fullUrl": "urn:uuid:0d6e3f0a-1b2c-4d5e-8f90-a1b2c3d4e5f6",
+         "resource": {"resourceType": "Provenance", "target": [{"reference": "Observation/r"}], "recorded": "2026-03-03T10:00:00Z",
+                      "reason": [{"text": "late lab correction"}], "agent": [{"who": {"display": "lab system"}}]},
+         "request": {"method": "POST", "url": "Provenance"}}]});
+    let r = plain
+        .post(&s.base)
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Old and new values stay in the history, and the audit trail says who, when and why.
+    let (_, h) = get(&site1, s.url("Observation/r/_history")).await;
+    let values: Vec<f64> = h["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["valueQuantity"]["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, [72.0, 71.0, 70.0]);
+    let reasons: Vec<String> =
+        audit_events(&s, 3, |e| e.to_string().contains("Observation/r/_history/"))
+            .await
+            .iter()
+            .filter_map(|e| {
+                e.pointer("/entity/0/detail/0/valueString")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .collect();
+    assert!(
+        reasons.contains(&"transcription error corrected".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"late lab correction".to_string()),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_audit_row_is_found_by_audit_verify() {
+    let s = TestStore::start().await;
+    let (site1, _) = two_sites(&s).await;
+    for _ in 0..5 {
+        get(&site1, s.url("Observation/o1")).await;
+    }
+    audit_events(&s, 10, |_| true).await;
+    let db = s.dir.path().join("store.db");
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+            .args(["audit", "verify"])
+            .env(
+                "TRIALBRIDGE_DATABASE_URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("audit trail intact"));
+    // Someone with database access edits event 4 (the triggers refuse it until dropped).
+    let c = rusqlite::Connection::open(&db).unwrap();
+    assert!(c
+        .execute(
+            "UPDATE audit_event SET body = body || ' ' WHERE seq = 4",
+            []
+        )
+        .is_err());
+    let id: String = c
+        .query_row("SELECT id FROM audit_event WHERE seq = 4", [], |r| r.get(0))
+        .unwrap();
+    c.execute_batch("DROP TRIGGER audit_event_no_update; UPDATE audit_event SET body = body || ' ' WHERE seq = 4;").unwrap();
+    let bad = verify();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains(&format!("event 4 (AuditEvent/{id})")), "{err}");
+}
+
+fn example(name: &str) -> Value {
+    let path = repo_root().join("studies/mesemcart/examples").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_verifies_one_subject_from_screening_to_month_24() {
+    let s = TestStore::start().await;
+    let site = who("site-01", Role::Site, &[S1], "");
+    let ok = |st: u16| assert!(st == 200 || st == 201, "{st}");
+    // Screening, as the site gateway sends it: each value with the Provenance of its message.
+    for f in [
+        "Patient-mc-01-001.json",
+        "ResearchSubject-mc-01-001.json",
+        "Observation-mc-01-001-bmi.json",
+        "Observation-mc-01-001-icrs-grade.json",
+    ] {
+        ok(put(&site, &s, example(f)).await);
+    }
+    let prov = |id: &str, target: &str, msg: &str| {
+        json!({"resourceType": "Provenance", "id": id,
+        "target": [{"reference": target}], "recorded": "2026-03-02T09:15:00Z",
+        "agent": [{"who": {"display": "trialbridge site gateway, site-01"}}],
+        "entity": [{"role": "source", "what": {"identifier": {"system": "urn:mesemcart:site-01:hl7v2-message", "value": msg}}}]})
+    };
+    ok(put(
+        &site,
+        &s,
+        prov("src-bmi", "Observation/mc-01-001-bmi", "LIS|MSG0001"),
+    )
+    .await);
+    // Enrolment, implantation (day 0), the KOOS at month 3 and at month 24.
+    let mut rs = example("ResearchSubject-mc-01-001.json");
+    rs["status"] = json!("on-study");
+    ok(put(&site, &s, rs).await);
+    ok(put(&site, &s, example("Procedure-mc-01-001-implantation.json")).await);
+    ok(put(
+        &site,
+        &s,
+        example("Observation-mc-01-001-koos-pain-v5.json"),
+    )
+    .await);
+    let mut m24 = example("Observation-mc-01-001-koos-pain-v5.json");
+    m24["id"] = json!("mc-01-001-koos-pain-m24");
+    m24["effectiveDateTime"] = json!("2028-03-16");
+    m24["extension"][1]["valueCanonical"] =
+        json!("https://fhir.mesemcart-sponsor.example/PlanDefinition/mesemcart-visit-v9");
+    m24["valueQuantity"]["value"] = json!(90);
+    ok(put(&site, &s, m24.clone()).await);
+    // A correction of the month-24 value, with its reason.
+    m24["valueQuantity"]["value"] = json!(88);
+    let (st, body) = send(
+        &site,
+        reqwest::Method::PUT,
+        s.url("Observation/mc-01-001-koos-pain-m24"),
+        Some(m24),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+
+    let mon = who("monitor", Role::Monitor, &[S1], "");
+    let other = who("monitor of site 02", Role::Monitor, &[S2], "");
+    assert_eq!(
+        get(&other, s.url("ResearchSubject/mc-01-001/$sdv")).await.0,
+        404
+    );
+    let (st, sdv) = get(&mon, s.url("ResearchSubject/mc-01-001/$sdv")).await;
+    assert_eq!(st, 200, "{sdv}");
+    assert_eq!(sdv["site"], S1);
+    let items = sdv["items"].as_array().unwrap();
+    let item = |r: &str| {
+        items
+            .iter()
+            .find(|i| i["resource"].as_str().unwrap().starts_with(r))
+            .unwrap_or_else(|| panic!("{r} not in {sdv}"))
+    };
+    // Every value of the subject, screening to month 24.
+    for r in [
+        "ResearchSubject/mc-01-001/",
+        "Observation/mc-01-001-bmi/",
+        "Observation/mc-01-001-icrs-grade/",
+        "Procedure/mc-01-001-implantation/",
+        "Observation/mc-01-001-koos-pain-v5/",
+        "Observation/mc-01-001-koos-pain-m24/",
+    ] {
+        item(r);
+    }
+    // The source of the BMI: the gateway's Provenance with the message id.
+    let bmi = item("Observation/mc-01-001-bmi/");
+    assert_eq!(bmi["sources"][0]["message"], "LIS|MSG0001", "{bmi}");
+    // Versions with who, when and why.
+    let m = item("Observation/mc-01-001-koos-pain-m24/");
+    assert_eq!(
+        m["resource"],
+        "Observation/mc-01-001-koos-pain-m24/_history/2"
+    );
+    let v = m["versions"].as_array().unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[1]["change"]["who"], "test-site");
+    assert_eq!(v[1]["change"]["why"], "correction");
+    assert_eq!(v[1]["change"]["action"], "U");
+    assert!(v[0]["change"]["when"].is_string());
+    // The diff of the correction.
+    let (st, d) = get(&mon, s.url("Observation/mc-01-001-koos-pain-m24/$diff")).await;
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(
+        d["differences"],
+        json!([{"path": "Observation.valueQuantity.value", "op": "replace", "old": 90, "new": 88}])
+    );
+    assert_eq!(d["change"]["why"], "correction");
+    // Verification marks: the only thing a monitor writes.
+    assert_eq!(
+        send(
+            &mon,
+            reqwest::Method::PUT,
+            s.url("Observation/mc-01-001-bmi"),
+            Some(example("Observation-mc-01-001-bmi.json"))
+        )
+        .await
+        .0,
+        403
+    );
+    let (st, p) = send(&mon, reqwest::Method::POST, s.url("Observation/mc-01-001-bmi/$verify"),
+        Some(json!({"resourceType": "Parameters", "parameter": [{"name": "comment", "valueString": "matches the lab printout"}]}))).await;
+    assert_eq!(st, 201, "{p}");
+    assert_eq!(
+        p["target"][0]["reference"],
+        "Observation/mc-01-001-bmi/_history/1"
+    );
+    assert_eq!(
+        send(
+            &site,
+            reqwest::Method::POST,
+            s.url("Observation/mc-01-001-bmi/$verify"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    let (_, sdv) = get(
+        &mon,
+        s.url("ResearchSubject/mc-01-001/$sdv?unverified=true"),
+    )
+    .await;
+    let listed: Vec<&str> = sdv["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["resource"].as_str().unwrap())
+        .collect();
+    assert!(
+        !listed
+            .iter()
+            .any(|r| r.starts_with("Observation/mc-01-001-bmi/")),
+        "{listed:?}"
+    );
+    assert_eq!(
+        sdv["unverified"].as_u64().unwrap() + 1,
+        sdv["values"].as_u64().unwrap()
+    );
+    // The verification is audited as the monitor's act.
+    let acts = audit_events(&s, 1, |e| {
+        e["action"] == "C"
+            && e.pointer("/agent/0/who/identifier/value") == Some(&json!("test-monitor"))
+    })
+    .await;
+    assert!(acts[0].to_string().contains("Provenance/"), "{acts:?}");
+}
