@@ -20,17 +20,9 @@ use crate::StoreState;
 /// The header that carries a reason for change.
 pub const REASON_HEADER: &str = "x-reason-for-change";
 
-/// Paths served without a token: the capability statement, SMART discovery, the API
-/// description and the health checks.
+/// Paths served without a token: the capability statement and the health checks.
 fn is_open(path: &str) -> bool {
-    matches!(
-        path,
-        "/fhir/metadata"
-            | "/fhir/.well-known/smart-configuration"
-            | "/livez"
-            | "/readyz"
-            | "/openapi.json"
-    )
+    matches!(path, "/fhir/metadata" | "/livez" | "/readyz")
 }
 
 /// How the store checks tokens.

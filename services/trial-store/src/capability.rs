@@ -81,6 +81,11 @@ fn statement() -> &'static Value {
             "format": ["application/fhir+json", "json"],
             "rest": [{
                 "mode": "server",
+                "security": {
+                    "cors": false,
+                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth", "display": "OAuth"}]}],
+                    "description": "OAuth2 bearer JWTs checked against the configured JWKS (RS256/ES256), SMART v2 scopes (system/ and user/) and the trialbridge_role claim (site, monitor, warehouse, admin); site and monitor tokens see their trialbridge_sites only. Every request is audited as an AuditEvent."
+                },
                 "resource": resources,
                 "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
                 "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],

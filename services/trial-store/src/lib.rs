@@ -203,14 +203,7 @@ pub async fn serve_command(args: ServeArgs) -> std::process::ExitCode {
     }
     let base = bound.state.config.base_url.clone();
     println!("{base}");
-    if let AuthSource::LocalKey(dir) = &config.auth {
-        eprintln!(
-            "trialbridge: LOCAL PROFILE: tokens are signed by the development key in {} and \
-             minted with `trialbridge token --role ROLE [--site SITE]`. Never expose this \
-             server; production needs TRIALBRIDGE_PROFILE=production and TRIALBRIDGE_AUTH_JWKS.",
-            dir.display()
-        );
-    }
+    local_profile_notice(&config);
     eprintln!(
         "trialbridge: trial store listening, FHIR base {base} (database {})",
         config.database_url
@@ -224,6 +217,19 @@ pub async fn serve_command(args: ServeArgs) -> std::process::ExitCode {
             eprintln!("trialbridge: {e}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// Says loudly, on stderr, that the local profile signs its own tokens.
+pub fn local_profile_notice(config: &ServeConfig) {
+    if let AuthSource::LocalKey(dir) = &config.auth {
+        eprintln!(
+            "trialbridge: LOCAL PROFILE: every FHIR request needs a bearer token; tokens are \
+             signed by the development key in {} and minted with \
+             `trialbridge token --role ROLE [--site SITE]`. Never expose this server: production \
+             needs TRIALBRIDGE_PROFILE=production and TRIALBRIDGE_AUTH_JWKS.",
+            dir.display()
+        );
     }
 }
 
