@@ -656,14 +656,11 @@ async fn an_edited_audit_row_is_found_by_audit_verify() {
             []
         )
         .is_err());
-    let id: String = c
-        .query_row("SELECT id FROM audit_event WHERE seq = 4", [], |r| r.get(0))
-        .unwrap();
     c.execute_batch("DROP TRIGGER audit_event_no_update; UPDATE audit_event SET body = body || ' ' WHERE seq = 4;").unwrap();
     let bad = verify();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains(&format!("event 4 (AuditEvent/{id})")), "{err}");
+    assert!(err.contains("event 4 (AuditEvent/4"), "{err}");
 }
 
 fn example(name: &str) -> Value {

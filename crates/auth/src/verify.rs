@@ -63,6 +63,16 @@ struct Key {
 pub struct Verifier {
     keys: Vec<Key>,
     settings: VerifierSettings,
+    /// Tokens already verified, until their `exp`: a signature check costs far more than the
+    /// request it guards, and a client sends the same token many times.
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Principal, i64, i64)>>,
+}
+
+/// How many verified tokens are remembered (the cache is emptied when full).
+const VERIFIED_CACHE: usize = 10_000;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl std::fmt::Debug for Verifier {
@@ -77,6 +87,9 @@ impl std::fmt::Debug for Verifier {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
     #[serde(default)]
     scope: String,
     #[serde(default)]
@@ -117,11 +130,36 @@ impl Verifier {
         if keys.is_empty() {
             return Err("the JWKS holds no RS256 or ES256 key".into());
         }
-        Ok(Self { keys, settings })
+        Ok(Self {
+            keys,
+            settings,
+            verified: Default::default(),
+        })
     }
 
     /// Verifies a token (without the `Bearer ` prefix) and reads the caller from it.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let leeway = self.settings.leeway_seconds as i64;
+        if let Ok(cache) = self.verified.lock() {
+            if let Some((p, exp, nbf)) = cache.get(token) {
+                let t = now();
+                if t < exp + leeway && t >= nbf - leeway {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let (principal, exp, nbf) = self.verify_signed(token)?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert(token.to_string(), (principal.clone(), exp, nbf));
+        }
+        Ok(principal)
+    }
+
+    /// The full check: header, key, signature, claims.
+    fn verify_signed(&self, token: &str) -> Result<(Principal, i64, i64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -145,7 +183,10 @@ impl Verifier {
         let mut last = AuthError::Signature;
         for k in candidates {
             match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
-                Ok(data) => return principal(data.claims),
+                Ok(data) => {
+                    let (exp, nbf) = (data.claims.exp, data.claims.nbf.unwrap_or(i64::MIN / 2));
+                    return principal(data.claims).map(|p| (p, exp, nbf));
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {

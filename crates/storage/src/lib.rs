@@ -210,30 +210,29 @@ pub struct NewVersion<'a> {
 /// One entry of the audit trail, as the trial store built it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
-    /// The AuditEvent's logical id.
-    pub id: String,
     /// When it was recorded, microseconds since the epoch.
     pub recorded_us: i64,
     /// The site the event concerns, for monitors' access (`None`: not site-specific).
     pub site: Option<String>,
     /// `Type/id` of every resource the event is about, for lookup by entity.
     pub entities: Vec<String>,
-    /// The AuditEvent JSON.
+    /// The AuditEvent JSON, without an id (its id is its place in the chain).
     pub body: String,
 }
 
-/// A stored audit event with its place in the hash chain.
+/// A stored row of the audit trail with its place in the hash chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredAudit {
     /// Position in the chain, from 1.
     pub seq: i64,
-    /// The AuditEvent's logical id.
-    pub id: String,
-    /// Microseconds since the epoch.
+    /// Microseconds since the epoch (of the first event of a batch).
     pub recorded_us: i64,
-    /// The site the event concerns.
+    /// The site the events concern.
     pub site: Option<String>,
-    /// The AuditEvent JSON as recorded.
+    /// Whether `body` is a JSON array of AuditEvents (requests that changed nothing, written
+    /// together) rather than one.
+    pub batch: bool,
+    /// The JSON as recorded.
     pub body: String,
     /// The previous event's hash (64 zeros for the first).
     pub prev_hash: String,
@@ -404,13 +403,14 @@ pub trait ResourceStore: Send + Sync + 'static {
         request: &SearchRequest,
     ) -> Result<u64, StorageError>;
     /// Records an audit event of a request that changed nothing (a read, a search, a refusal).
-    /// It is queued for the next commit; the caller does not wait for it.
+    /// It is queued and written with the others queued meanwhile, in one row of the chain per
+    /// site; the caller does not wait for it.
     async fn audit(&self, record: AuditRecord) -> Result<(), StorageError>;
-    /// One audit event by id, if `ctx` sees its site.
+    /// One row of the audit trail by its chain position, if `ctx` sees its site.
     async fn audit_read(
         &self,
         ctx: &AccessContext,
-        id: &str,
+        seq: i64,
     ) -> Result<Option<StoredAudit>, StorageError>;
     /// Audit events in chain order.
     async fn audit_search(

@@ -39,6 +39,12 @@ const SHORT_SPAN: f64 = 86_400_000_000.0;
 /// How many queued write jobs one commit may take at most.
 const MAX_BATCH: usize = 512;
 
+/// Queued audit events beyond which each new one waits for the writer.
+const MAX_PENDING_AUDIT: usize = 50_000;
+
+/// How long audit events of requests that changed nothing wait for a commit at most.
+const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(20);
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_versions.sql"),
@@ -84,6 +90,8 @@ impl SqliteOptions {
 pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     jobs: mpsc::Sender<WriteJob>,
+    /// Audit events waiting for the writer's next commit.
+    pending_audit: Arc<PendingAudit>,
     /// Dropping it stops the checkpoint thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -244,9 +252,11 @@ impl SqliteStore {
         .await
         .map_err(|e| StorageError::Corrupt(format!("opening the database panicked: {e}")))??;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let pending_audit = Arc::new(PendingAudit::default());
+        let pending = pending_audit.clone();
         std::thread::Builder::new()
             .name("trialbridge-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))?;
+            .spawn(move || writer_loop(writer, rx, &pending))?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let checkpoint_path = options.path.clone();
         std::thread::Builder::new()
@@ -260,6 +270,7 @@ impl SqliteStore {
         Ok(Self {
             readers,
             jobs: tx,
+            pending_audit,
             _checkpointer: stop_tx,
         })
     }
@@ -275,7 +286,7 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pending: &PendingAudit) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -286,7 +297,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>) {
             }
         }
         let mut finishers = Vec::with_capacity(batch.len());
-        let result = run_batch(&mut conn, &mut batch, &mut finishers);
+        let result = run_batch(&mut conn, &mut batch, &mut finishers, pending);
         if let Err(e) = &result {
             tracing::error!(error = %e, "write batch failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
@@ -308,6 +319,7 @@ fn run_batch(
     conn: &mut Connection,
     batch: &mut Vec<WriteJob>,
     finishers: &mut Vec<JobFinish>,
+    pending: &PendingAudit,
 ) -> Result<(), StorageError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let last_us: i64 = conn.query_row(
@@ -320,11 +332,14 @@ fn run_batch(
         last_us,
         appended: 0,
         audited: 0,
+        chain_end: None,
     };
     for job in batch.drain(..) {
         txn.conn.execute_batch("SAVEPOINT job")?;
         txn.appended = 0;
         txn.audited = 0;
+        // Restored when the job is rolled back, with its audit rows.
+        let chain_before = txn.chain_end.clone();
         // The job only awaits this transaction's synchronous calls, so it completes here. A
         // panicking job must not take the writer down: its savepoint is rolled back and its
         // caller sees the writer's error.
@@ -334,6 +349,7 @@ fn run_batch(
             Ok(JobOutcome { keep: true, finish }) if txn.appended > 0 && txn.audited == 0 => {
                 tracing::error!("a write job changed data without an audit event; rolled back");
                 txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                txn.chain_end = chain_before;
                 finish(Err(StorageError::Unaudited));
             }
             Ok(JobOutcome { keep: true, finish }) => {
@@ -345,14 +361,18 @@ fn run_batch(
                 finish,
             }) => {
                 txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                txn.chain_end = chain_before;
                 finishers.push(finish);
             }
             Err(_) => {
                 tracing::error!("a write job panicked; its changes were rolled back");
                 txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                txn.chain_end = chain_before;
             }
         }
     }
+    // The queued audit events of requests that changed nothing ride along with this commit.
+    pending.flush(txn.conn, &mut txn.chain_end)?;
     txn.conn.execute_batch("COMMIT")?;
     Ok(())
 }
@@ -364,39 +384,97 @@ struct SqliteWriteTxn<'c> {
     appended: usize,
     /// Audit events the current job recorded.
     audited: usize,
+    /// The audit chain's last position and hash in this transaction, once read.
+    chain_end: Option<(i64, String)>,
 }
 
-/// Appends one event to the chain (the writer is the only one, so the chain's end is stable).
-fn insert_audit(conn: &Connection, r: &AuditRecord) -> Result<(), StorageError> {
-    let (last_seq, prev): (i64, String) = conn
-        .prepare_cached("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, AUDIT_GENESIS.to_string()));
+/// Appends one row to the chain (the writer is the only one, so the chain's end, read once
+/// per transaction, stays true).
+fn insert_audit(
+    conn: &Connection,
+    chain_end: &mut Option<(i64, String)>,
+    r: &AuditRecord,
+    batch: bool,
+) -> Result<(), StorageError> {
+    let (last_seq, prev) = match chain_end.take() {
+        Some(end) => end,
+        None => conn
+            .prepare_cached("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, AUDIT_GENESIS.to_string())),
+    };
     let seq = last_seq + 1;
     let hash = audit_hash(&prev, seq, &r.body);
-    conn.prepare_cached("INSERT INTO audit_event (seq, id, recorded_us, site, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-        .execute(params![seq, r.id, r.recorded_us, r.site, r.body, prev, hash])?;
+    conn.prepare_cached("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+        .execute(params![seq, r.recorded_us, r.site, i64::from(batch), r.body, prev, hash])?;
     let mut e =
         conn.prepare_cached("INSERT OR IGNORE INTO audit_entity (entity, seq) VALUES (?1, ?2)")?;
     for entity in &r.entities {
         e.execute(params![entity, seq])?;
     }
+    *chain_end = Some((seq, hash));
     Ok(())
 }
 
-const AUDIT_COLUMNS: &str = "seq, id, recorded_us, site, body, prev_hash, hash";
+const AUDIT_COLUMNS: &str = "seq, recorded_us, site, batch, body, prev_hash, hash";
 
 fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<StoredAudit> {
     Ok(StoredAudit {
         seq: row.get(0)?,
-        id: row.get(1)?,
-        recorded_us: row.get(2)?,
-        site: row.get(3)?,
+        recorded_us: row.get(1)?,
+        site: row.get(2)?,
+        batch: row.get::<_, i64>(3)? != 0,
         body: row.get(4)?,
         prev_hash: row.get(5)?,
         hash: row.get(6)?,
     })
+}
+
+/// Audit events of requests that changed nothing, waiting for the writer.
+#[derive(Default)]
+struct PendingAudit(Mutex<Vec<AuditRecord>>);
+
+impl PendingAudit {
+    /// Writes everything queued: one batch row (a JSON array of the queued bodies) per site.
+    fn flush(
+        &self,
+        conn: &Connection,
+        chain_end: &mut Option<(i64, String)>,
+    ) -> Result<(), StorageError> {
+        let records = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut by_site: Vec<(Option<String>, Vec<AuditRecord>)> = Vec::new();
+        for r in records {
+            match by_site.iter_mut().find(|(s, _)| *s == r.site) {
+                Some((_, v)) => v.push(r),
+                None => by_site.push((r.site.clone(), vec![r])),
+            }
+        }
+        for (site, group) in by_site {
+            let mut body =
+                String::with_capacity(group.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);
+            body.push('[');
+            let mut entities = Vec::new();
+            for (i, r) in group.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&r.body);
+                entities.extend(r.entities.iter().cloned());
+            }
+            body.push(']');
+            entities.sort();
+            entities.dedup();
+            let row = AuditRecord {
+                recorded_us: group[0].recorded_us,
+                site,
+                entities,
+                body,
+            };
+            insert_audit(conn, chain_end, &row, true)?;
+        }
+        Ok(())
+    }
 }
 
 fn now_us() -> i64 {
@@ -541,7 +619,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
     }
 
     async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError> {
-        insert_audit(self.conn, &record)?;
+        insert_audit(self.conn, &mut self.chain_end, &record, false)?;
         self.audited += 1;
         Ok(())
     }
@@ -1494,37 +1572,56 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn audit(&self, record: AuditRecord) -> Result<(), StorageError> {
-        let job: WriteJob = Box::new(move |txn| {
-            Box::pin(async move {
-                let ok = txn.audit(record).await;
-                if let Err(e) = &ok {
-                    tracing::error!(error = %e, "an audit event could not be recorded");
-                }
-                JobOutcome {
-                    keep: ok.is_ok(),
-                    finish: Box::new(|_| {}),
-                }
+        let queued = {
+            let mut p = self
+                .pending_audit
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            p.push(record);
+            p.len()
+        };
+        // An empty job makes the writer commit, and every commit writes the queue. The first
+        // event queued sends one after AUDIT_FLUSH_DELAY (unless a write commits first), so that
+        // a stream of reads costs a few commits a second rather than one per read; a long queue
+        // waits for room in the writer's channel, which slows its producers.
+        let nudge = || -> WriteJob {
+            Box::new(|_| {
+                Box::pin(async {
+                    JobOutcome {
+                        keep: true,
+                        finish: Box::new(|_| {}),
+                    }
+                })
             })
-        });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| StorageError::WriterGone)
+        };
+        if queued >= MAX_PENDING_AUDIT {
+            self.jobs
+                .send(nudge())
+                .await
+                .map_err(|_| StorageError::WriterGone)?;
+        } else if queued == 1 {
+            let jobs = self.jobs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(AUDIT_FLUSH_DELAY).await;
+                let _ = jobs.send(nudge()).await;
+            });
+        }
+        Ok(())
     }
 
     async fn audit_read(
         &self,
         ctx: &AccessContext,
-        id: &str,
+        seq: i64,
     ) -> Result<Option<StoredAudit>, StorageError> {
-        let id = id.to_string();
         let sites = ctx.sites.clone();
         self.blocking(move |c| {
             let a = c
                 .prepare_cached(&format!(
-                    "SELECT {AUDIT_COLUMNS} FROM audit_event WHERE id = ?1"
+                    "SELECT {AUDIT_COLUMNS} FROM audit_event WHERE seq = ?1"
                 ))?
-                .query_row(params![id], audit_from_row)
+                .query_row(params![seq], audit_from_row)
                 .optional()?;
             Ok(a.filter(|a| sites.sees(a.site.as_deref())))
         })
@@ -1603,7 +1700,6 @@ mod tests {
 
     fn record(n: usize) -> AuditRecord {
         AuditRecord {
-            id: format!("a{n}-{}", now_us()),
             recorded_us: now_us(),
             site: None,
             entities: vec![],
@@ -1757,7 +1853,20 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(chain.len(), 4);
+        let events: usize = chain
+            .iter()
+            .map(|a| {
+                if a.batch {
+                    serde_json::from_str::<Vec<serde_json::Value>>(&a.body)
+                        .unwrap()
+                        .len()
+                } else {
+                    1
+                }
+            })
+            .sum();
+        assert_eq!(events, 4, "three queued, one with the change");
+        assert!(chain.len() < 4, "the queued ones share a row");
         let mut prev = AUDIT_GENESIS.to_string();
         for (i, a) in chain.iter().enumerate() {
             assert_eq!(a.seq, i as i64 + 1);

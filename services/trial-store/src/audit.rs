@@ -1,13 +1,16 @@
 //! The audit trail: one FHIR AuditEvent (IHE BALP style codes) per request. A change is
 //! audited by [`write_audited`] inside the write transaction it records (the storage refuses
-//! a change without one); everything else (reads, searches, refusals, failures) by the
-//! access middleware once the response is known.
+//! a change without one), stored as the AuditEvent's JSON; everything else (reads, searches,
+//! refusals, failures) by the access middleware once the response is known, as a compact
+//! [`Entry`] that the storage writes together with the others queued meanwhile. Both render to
+//! the same AuditEvent ([`expand`]); the hash chain covers what is stored.
 
 use axum::http::StatusCode;
 use base64::Engine;
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use trialbridge_storage::{AuditRecord, ResourceStore, StoredVersion, WriteTxn};
+use trialbridge_storage::{AuditRecord, ResourceStore, StoredAudit, StoredVersion, WriteTxn};
 
 use crate::access::Caller;
 use crate::error::ApiError;
@@ -51,6 +54,78 @@ where
     .await
 }
 
+/// Who made a request, as the audit trail keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Agent {
+    /// The token's `sub`, or trialbridge's own component.
+    #[serde(rename = "u")]
+    subject: String,
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+    #[serde(rename = "r")]
+    role: String,
+    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
+    sites: Vec<String>,
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    /// True for trialbridge itself (no token).
+    #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
+    tool: bool,
+}
+
+impl Agent {
+    fn of(caller: &Caller) -> Self {
+        match &caller.principal {
+            Some(p) => Agent {
+                subject: p.subject.clone(),
+                client: p.client.clone(),
+                role: trialbridge_auth::role_name(p.role).into(),
+                sites: p.sites.clone(),
+                address: caller.address.clone(),
+                tool: false,
+            },
+            None => Agent {
+                subject: caller.ctx.agent.clone(),
+                client: None,
+                role: "system".into(),
+                sites: Vec::new(),
+                address: None,
+                tool: true,
+            },
+        }
+    }
+}
+
+/// A request that changed nothing, as queued and stored (short member names: a busy server
+/// records one per read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Recorded, microseconds since the epoch.
+    #[serde(rename = "t")]
+    recorded_us: i64,
+    /// The restful-interaction code.
+    #[serde(rename = "i")]
+    subtype: String,
+    /// HTTP status.
+    #[serde(rename = "h")]
+    status: u16,
+    /// Why it was refused (for a 401).
+    #[serde(rename = "d", default, skip_serializing_if = "String::is_empty")]
+    description: String,
+    /// The caller; none when the token was missing or bad.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    agent: Option<Agent>,
+    /// Method, path and query.
+    #[serde(rename = "q")]
+    request: String,
+    /// `Type/id` the request named, if any.
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    entity: Option<String>,
+    /// `X-Reason-For-Change`, if sent.
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
 fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
@@ -72,69 +147,66 @@ fn action(subtype: &str) -> &'static str {
     }
 }
 
-fn agents(caller: &Caller) -> Value {
-    let user = match &caller.principal {
-        Some(p) => {
-            let mut who = json!({"identifier": {"system": "urn:trialbridge:token-subject", "value": p.subject}});
-            if let Some(c) = &p.client {
-                who["display"] = json!(format!("{} via {c}", p.subject));
-            }
-            let mut a = json!({
-                "who": who, "requestor": true,
-                "role": [{"text": trialbridge_auth::role_name(p.role)}],
-            });
-            if !p.sites.is_empty() {
-                a["location"] = json!({"display": p.sites.join(" ")});
-            }
-            if let Some(addr) = &caller.address {
-                a["network"] = json!({"address": addr, "type": "2"});
-            }
-            a
+const SERVER: &str = "trialbridge trial store";
+
+fn agents(agent: Option<&Agent>) -> Value {
+    let user = match agent {
+        Some(a) if a.tool => {
+            json!({"who": {"display": a.subject}, "requestor": true, "role": [{"text": "system"}]})
         }
-        None => {
-            json!({"who": {"display": caller.ctx.agent}, "requestor": true, "role": [{"text": "system"}]})
+        Some(a) => {
+            let mut who = json!({"identifier": {"system": "urn:trialbridge:token-subject", "value": a.subject}});
+            if let Some(c) = &a.client {
+                who["display"] = json!(format!("{} via {c}", a.subject));
+            }
+            let mut v = json!({"who": who, "requestor": true, "role": [{"text": a.role}]});
+            if !a.sites.is_empty() {
+                v["location"] = json!({"display": a.sites.join(" ")});
+            }
+            if let Some(addr) = &a.address {
+                v["network"] = json!({"address": addr, "type": "2"});
+            }
+            v
         }
+        None => json!({"who": {"display": "unauthenticated client"}, "requestor": true}),
     };
-    json!([user, {"who": {"display": "trialbridge trial store"}, "requestor": false}])
+    json!([user, {"who": {"display": SERVER}, "requestor": false}])
 }
 
+/// An AuditEvent without its id: the id is its place in the chain, given when it is read.
 fn event(
-    caller: Option<&Caller>,
+    recorded_us: i64,
+    agent: Option<&Agent>,
     subtype: &str,
-    status: StatusCode,
+    status: u16,
     description: &str,
     entities: Vec<Value>,
-) -> (String, i64, Value) {
-    let id = uuid::Uuid::now_v7().to_string();
-    let us = now_us();
-    let outcome = if status.is_server_error() {
-        "8"
-    } else if status.is_client_error() {
-        "4"
-    } else {
-        "0"
+) -> Value {
+    let outcome = match status {
+        500.. => "8",
+        400.. => "4",
+        _ => "0",
     };
+    let desc = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
     let mut e = json!({
         "resourceType": "AuditEvent",
-        "id": id,
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
         "action": action(subtype),
-        "recorded": instant(us),
+        "recorded": instant(recorded_us),
         "outcome": outcome,
-        "outcomeDesc": format!("HTTP {} {}", status.as_u16(), description),
-        "agent": match caller {
-            Some(c) => agents(c),
-            None => json!([{"who": {"display": "unauthenticated client"}, "requestor": true},
-                           {"who": {"display": "trialbridge trial store"}, "requestor": false}]),
-        },
-        "source": {"site": "trialbridge", "observer": {"display": "trialbridge trial store"},
+        "outcomeDesc": if description.is_empty() { format!("HTTP {status} {desc}") } else { format!("HTTP {status} {description}") },
+        "agent": agents(agent),
+        "source": {"site": "trialbridge", "observer": {"display": SERVER},
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
     });
     if !entities.is_empty() {
         e["entity"] = Value::Array(entities);
     }
-    (id, us, e)
+    e
 }
 
 fn query_entity(request: &str) -> Value {
@@ -172,9 +244,9 @@ pub fn change_event(
         })
         .chain(std::iter::once(query_entity(&caller.request)))
         .collect();
-    let (id, us, body) = event(Some(caller), subtype, StatusCode::OK, "", entities);
+    let us = now_us();
+    let body = event(us, Some(&Agent::of(caller)), subtype, 200, "", entities);
     AuditRecord {
-        id,
         recorded_us: us,
         site: versions
             .iter()
@@ -186,6 +258,50 @@ pub fn change_event(
             .collect(),
         body: body.to_string(),
     }
+}
+
+fn render(entry: &Entry) -> Value {
+    let mut entities = Vec::new();
+    if let Some(e) = &entry.entity {
+        entities.push(resource_entity(e, entry.reason.as_deref()));
+    }
+    let mut q = query_entity(&entry.request);
+    if entry.agent.is_none() {
+        if let Some(a) = entry.request.split_once(" from ").map(|(_, a)| a) {
+            q["description"] = json!(format!("from {a}"));
+        }
+    }
+    entities.push(q);
+    event(
+        entry.recorded_us,
+        entry.agent.as_ref(),
+        &entry.subtype,
+        entry.status,
+        &entry.description,
+        entities,
+    )
+}
+
+/// The AuditEvents of a stored row of the chain, each with its id: `SEQ` for a change's row,
+/// `SEQ.N` for the N-th queued entry of a batch row.
+pub fn expand(row: &StoredAudit) -> Vec<(String, String)> {
+    const HEAD: &str = "{\"resourceType\":\"AuditEvent\",";
+    let with_id = |id: String, body: &str| {
+        let text = match body.strip_prefix(HEAD) {
+            Some(rest) => format!("{HEAD}\"id\":\"{id}\",{rest}"),
+            None => body.to_string(),
+        };
+        (id, text)
+    };
+    if !row.batch {
+        return vec![with_id(row.seq.to_string(), &row.body)];
+    }
+    serde_json::from_str::<Vec<Entry>>(&row.body)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| with_id(format!("{}.{i}", row.seq), &render(e).to_string()))
+        .collect()
 }
 
 /// The interaction a request path names (for requests audited after the fact).
@@ -218,54 +334,51 @@ pub async fn request(s: &StoreState, caller: &Caller, path: &str, status: Status
         .split('/')
         .filter(|x| !x.is_empty())
         .collect();
-    let subtype = interaction_of(method, &segments);
-    let mut entities = Vec::new();
-    let mut about = Vec::new();
-    if let [t, id, ..] = segments.as_slice() {
-        if !t.starts_with('$') && !id.starts_with('$') && !id.starts_with('_') {
-            let r = format!("{t}/{id}");
-            entities.push(resource_entity(&r, caller.reason.as_deref()));
-            about.push(r);
+    let entity = match segments.as_slice() {
+        [t, id, ..] if !t.starts_with('$') && !id.starts_with('$') && !id.starts_with('_') => {
+            Some(format!("{t}/{id}"))
         }
-    }
-    entities.push(query_entity(&caller.request));
-    let (id, us, body) = event(Some(caller), subtype, status, "", entities);
-    store(
-        s,
-        AuditRecord {
-            id,
-            recorded_us: us,
-            site: caller.own_site().map(String::from),
-            entities: about,
-            body: body.to_string(),
-        },
-    )
-    .await;
+        _ => None,
+    };
+    let entry = Entry {
+        recorded_us: now_us(),
+        subtype: interaction_of(method, &segments).into(),
+        status: status.as_u16(),
+        description: String::new(),
+        agent: Some(Agent::of(caller)),
+        request: caller.request.clone(),
+        entity: entity.clone(),
+        reason: caller.reason.clone(),
+    };
+    queue(s, entry, caller.own_site().map(String::from), entity).await;
 }
 
 /// Audits a request refused before it had a caller (no or a bad token).
 pub async fn refused(s: &StoreState, request: &str, address: Option<&str>, why: &str) {
     let method = request.split(' ').next().unwrap_or("");
-    let subtype = if method == "GET" { "read" } else { "operation" };
-    let mut entity = query_entity(request);
-    if let Some(a) = address {
-        entity["description"] = json!(format!("from {a}"));
-    }
-    let (id, us, body) = event(None, subtype, StatusCode::UNAUTHORIZED, why, vec![entity]);
-    store(
-        s,
-        AuditRecord {
-            id,
-            recorded_us: us,
-            site: None,
-            entities: Vec::new(),
-            body: body.to_string(),
+    let entry = Entry {
+        recorded_us: now_us(),
+        subtype: if method == "GET" { "read" } else { "operation" }.into(),
+        status: 401,
+        description: why.to_string(),
+        agent: None,
+        request: match address {
+            Some(a) => format!("{request} from {a}"),
+            None => request.to_string(),
         },
-    )
-    .await;
+        entity: None,
+        reason: None,
+    };
+    queue(s, entry, None, None).await;
 }
 
-async fn store(s: &StoreState, record: AuditRecord) {
+async fn queue(s: &StoreState, entry: Entry, site: Option<String>, entity: Option<String>) {
+    let record = AuditRecord {
+        recorded_us: entry.recorded_us,
+        site,
+        entities: entity.into_iter().collect(),
+        body: serde_json::to_string(&entry).unwrap_or_default(),
+    };
     if let Err(e) = s.store.audit(record).await {
         tracing::error!(error = %e, "an audit event could not be queued");
     }
@@ -286,5 +399,47 @@ mod tests {
         assert_eq!(interaction_of("GET", &["$export"]), "operation");
         assert_eq!(interaction_of("POST", &[]), "transaction");
         assert_eq!(interaction_of("DELETE", &["Observation", "1"]), "delete");
+    }
+
+    #[test]
+    fn a_queued_entry_renders_as_the_audit_event_of_its_request() {
+        let entry = Entry {
+            recorded_us: 1_780_000_000_000_000,
+            subtype: "read".into(),
+            status: 404,
+            description: String::new(),
+            agent: Some(Agent {
+                subject: "cra-7".into(),
+                client: None,
+                role: "monitor".into(),
+                sites: vec!["mesemcart-site-01".into()],
+                address: Some("10.0.0.7".into()),
+                tool: false,
+            }),
+            request: "GET /fhir/Observation/x".into(),
+            entity: Some("Observation/x".into()),
+            reason: None,
+        };
+        let row = StoredAudit {
+            seq: 9,
+            recorded_us: entry.recorded_us,
+            site: None,
+            batch: true,
+            body: serde_json::to_string(&vec![entry.clone(), entry]).unwrap(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let events = expand(&row);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].0, "9.1");
+        let e: Value = serde_json::from_str(&events[0].1).unwrap();
+        assert_eq!(e["id"], "9.0");
+        assert_eq!(e["action"], "R");
+        assert_eq!(e["outcome"], "4");
+        assert_eq!(e["agent"][0]["who"]["identifier"]["value"], "cra-7");
+        assert_eq!(e["agent"][0]["network"]["address"], "10.0.0.7");
+        assert_eq!(e["entity"][0]["what"]["reference"], "Observation/x");
+        let report = trialbridge_validation::validate_resource(&e, &Default::default());
+        assert!(!report.has_errors(), "{:?}", report.to_outcome());
     }
 }

@@ -47,14 +47,28 @@ fn parse(v: &StoredVersion) -> Value {
 /// `GET AuditEvent/{id}`.
 pub async fn audit_event(s: &StoreState, caller: &Caller, id: &str) -> Result<Response, ApiError> {
     caller.require("AuditEvent", Interaction::Read)?;
-    let a = s.store.audit_read(&caller.ctx, id).await?.ok_or_else(|| {
+    let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
             IssueType::NotFound,
             format!("AuditEvent/{id} is not known"),
         )
-    })?;
-    Ok(json_response(StatusCode::OK, a.body, Default::default()))
+    };
+    let seq: i64 = id
+        .split('.')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(not_found)?;
+    let row = s
+        .store
+        .audit_read(&caller.ctx, seq)
+        .await?
+        .ok_or_else(not_found)?;
+    let (_, body) = crate::audit::expand(&row)
+        .into_iter()
+        .find(|(i, _)| i == id)
+        .ok_or_else(not_found)?;
+    Ok(json_response(StatusCode::OK, body, Default::default()))
 }
 
 /// `GET AuditEvent?entity=Type/id&date=geINSTANT&_count=N`, oldest first, paged by chain
@@ -101,6 +115,7 @@ pub async fn audit_search(
         }
     }
     let page = s.store.audit_search(&caller.ctx, &q).await?;
+    let events: Vec<(String, String)> = page.iter().flat_map(crate::audit::expand).collect();
     let base = &s.config.base_url;
     let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").collect();
     let mut b = BundleWriter::new("searchset");
@@ -112,10 +127,10 @@ pub async fn audit_search(
             &page_link(base, "AuditEvent", &kept, last.as_deref()),
         );
     }
-    for a in &page {
+    for (id, body) in &events {
         b.entry(BundleEntry {
-            full_url: Some(format!("{base}/AuditEvent/{}", a.id)),
-            resource: Some(&a.body),
+            full_url: Some(format!("{base}/AuditEvent/{id}")),
+            resource: Some(body),
             search: Some(json!({"mode": "match"})),
             ..Default::default()
         });
@@ -139,8 +154,9 @@ async fn changes_of(
         ..Default::default()
     };
     let mut out = HashMap::new();
-    for a in s.store.audit_search(&caller.ctx, &q).await? {
-        let e: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+    let rows = s.store.audit_search(&caller.ctx, &q).await?;
+    for (id, body) in rows.iter().flat_map(crate::audit::expand) {
+        let e: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let who = e
             .pointer("/agent/0/who/identifier/value")
             .or_else(|| e.pointer("/agent/0/who/display"))
@@ -162,7 +178,7 @@ async fn changes_of(
                     json!({
                         "who": who, "when": e["recorded"], "action": e["action"],
                         "why": ent.pointer("/detail/0/valueString").cloned().unwrap_or(Value::Null),
-                        "auditEvent": format!("AuditEvent/{}", a.id),
+                        "auditEvent": format!("AuditEvent/{id}"),
                     }),
                 );
             }

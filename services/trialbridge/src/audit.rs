@@ -41,7 +41,12 @@ pub async fn check(url: &str) -> anyhow::Result<ChainCheck> {
             return Ok(ChainCheck::Intact(n, last_hash));
         }
         for a in page {
-            let name = format!("event {} (AuditEvent/{})", a.seq, a.id);
+            let name = format!(
+                "event {} (AuditEvent/{}{})",
+                a.seq,
+                a.seq,
+                if a.batch { ".N, a batch" } else { "" }
+            );
             if a.seq != last_seq + 1 {
                 return Ok(ChainCheck::Broken(format!(
                     "{name}: events {} to {} are missing",

@@ -3,13 +3,15 @@
 ALTER TABLE resource_version ADD COLUMN site TEXT;
 ALTER TABLE resource_current ADD COLUMN site TEXT;
 
--- The audit trail: one row per AuditEvent, hash-chained (hash = SHA-256 of the previous hash,
--- seq and body). Rows are only ever inserted.
+-- The audit trail, hash-chained (hash = SHA-256 of the previous hash, seq and body). A row is
+-- one AuditEvent (a change, written in the change's transaction) or, with batch = 1, a JSON
+-- array of the AuditEvents of requests that changed nothing, queued and written together.
+-- Rows are only ever inserted.
 CREATE TABLE audit_event (
     seq         INTEGER PRIMARY KEY,
-    id          TEXT    NOT NULL UNIQUE,
     recorded_us INTEGER NOT NULL,
     site        TEXT,
+    batch       INTEGER NOT NULL,
     body        TEXT    NOT NULL,
     prev_hash   TEXT    NOT NULL,
     hash        TEXT    NOT NULL
