@@ -15,6 +15,8 @@ pub use policy::{is_clinical_type, is_definitional_type, REASON_REQUIRED_TYPES};
 pub use scope::{Interaction, Scope, ScopeContext};
 pub use verify::{AuthError, Verifier, VerifierSettings};
 
+use std::sync::Arc;
+
 use trialbridge_storage::{AccessContext, Role, SiteScope};
 
 /// The name of the token claim that carries the trial role.
@@ -35,22 +37,43 @@ pub struct Principal {
     pub sites: Vec<String>,
     /// The granted SMART scopes that trialbridge understands.
     pub scopes: Vec<Scope>,
+    /// The storage context of this caller, built once per token.
+    pub context: Arc<AccessContext>,
 }
 
 impl Principal {
-    /// The storage context of this caller: sites and monitors see shared resources and their own
-    /// sites' only.
-    pub fn access_context(&self) -> AccessContext {
-        let sites = match self.role {
-            Role::Site | Role::Monitor => SiteScope::Only(self.sites.clone()),
+    /// A caller from verified claims.
+    pub fn new(
+        subject: String,
+        client: Option<String>,
+        role: Role,
+        sites: Vec<String>,
+        scopes: Vec<Scope>,
+    ) -> Self {
+        // Sites and monitors see shared resources and their own sites' only.
+        let visible = match role {
+            Role::Site | Role::Monitor => SiteScope::Only(sites.clone()),
             Role::System | Role::Warehouse | Role::Admin => SiteScope::All,
         };
-        AccessContext {
+        let context = Arc::new(AccessContext {
             study: None,
+            sites: visible,
+            role,
+            agent: subject.clone(),
+        });
+        Self {
+            subject,
+            client,
+            role,
             sites,
-            role: self.role,
-            agent: self.subject.clone(),
+            scopes,
+            context,
         }
+    }
+
+    /// The storage context of this caller.
+    pub fn access_context(&self) -> Arc<AccessContext> {
+        self.context.clone()
     }
 
     /// Whether both the role and a granted scope allow `interaction` on `resource_type`.

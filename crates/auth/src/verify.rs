@@ -4,6 +4,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use crate::{parse_role, Principal, Scope};
 use trialbridge_storage::Role;
 
@@ -65,7 +67,7 @@ pub struct Verifier {
     settings: VerifierSettings,
     /// Tokens already verified, until their `exp`: a signature check costs far more than the
     /// request it guards, and a client sends the same token many times.
-    verified: std::sync::Mutex<std::collections::HashMap<String, (Principal, i64, i64)>>,
+    verified: std::sync::Mutex<std::collections::HashMap<String, (Arc<Principal>, i64, i64)>>,
 }
 
 /// How many verified tokens are remembered (the cache is emptied when full).
@@ -138,7 +140,7 @@ impl Verifier {
     }
 
     /// Verifies a token (without the `Bearer ` prefix) and reads the caller from it.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         let leeway = self.settings.leeway_seconds as i64;
         if let Ok(cache) = self.verified.lock() {
             if let Some((p, exp, nbf)) = cache.get(token) {
@@ -149,6 +151,7 @@ impl Verifier {
             }
         }
         let (principal, exp, nbf) = self.verify_signed(token)?;
+        let principal = Arc::new(principal);
         if let Ok(mut cache) = self.verified.lock() {
             if cache.len() >= VERIFIED_CACHE {
                 cache.clear();
@@ -231,11 +234,11 @@ fn principal(c: Claims) -> Result<Principal, AuthError> {
             crate::SITES_CLAIM
         )));
     }
-    Ok(Principal {
-        subject: c.sub,
-        client: c.client_id.or(c.azp),
+    Ok(Principal::new(
+        c.sub,
+        c.client_id.or(c.azp),
         role,
-        sites: c.trialbridge_sites,
-        scopes: Scope::parse_all(&c.scope),
-    })
+        c.trialbridge_sites,
+        Scope::parse_all(&c.scope),
+    ))
 }

@@ -43,7 +43,7 @@ const MAX_BATCH: usize = 512;
 const MAX_PENDING_AUDIT: usize = 50_000;
 
 /// How long audit events of requests that changed nothing wait for a commit at most.
-const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(20);
+const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(100);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[

@@ -35,25 +35,25 @@ pub struct AuthConfig {
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The storage context (sites seen, role, agent).
-    pub ctx: AccessContext,
+    pub ctx: Arc<AccessContext>,
     /// The verified token; `None` for trialbridge itself (start-up loading, CLI).
-    pub principal: Option<Principal>,
+    pub principal: Option<Arc<Principal>>,
     /// `X-Reason-For-Change`, if sent.
     pub reason: Option<String>,
     /// Method and path with query, as received.
-    pub request: String,
+    pub request: Arc<str>,
     /// The client's address, if known.
-    pub address: Option<String>,
+    pub address: Option<Arc<str>>,
 }
 
 impl Caller {
     /// trialbridge itself, acting as `agent`.
     pub fn system(agent: &str) -> Self {
         Self {
-            ctx: AccessContext::system(agent),
+            ctx: Arc::new(AccessContext::system(agent)),
             principal: None,
             reason: None,
-            request: agent.to_string(),
+            request: agent.into(),
             address: None,
         }
     }
@@ -249,8 +249,8 @@ pub async fn authenticate(State(s): State<StoreState>, mut req: Request, next: N
         ctx: principal.access_context(),
         principal: Some(principal),
         reason,
-        request,
-        address,
+        request: request.into(),
+        address: address.map(Into::into),
     };
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;

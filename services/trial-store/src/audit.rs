@@ -54,41 +54,48 @@ where
     .await
 }
 
-/// Who made a request, as the audit trail keeps it.
+/// Who made a request, as the audit trail keeps it. Generic over its strings so that a request
+/// writes it from borrowed values (`AgentRef`) and a reader gets owned ones (`StoredAgent`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Agent {
+#[serde(bound(
+    serialize = "S: Serialize, L: Serialize",
+    deserialize = "S: Deserialize<'de> + Default, L: Deserialize<'de> + Default"
+))]
+struct Agent<S, L> {
     /// The token's `sub`, or trialbridge's own component.
     #[serde(rename = "u")]
-    subject: String,
+    subject: S,
     #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
-    client: Option<String>,
+    client: Option<S>,
     #[serde(rename = "r")]
-    role: String,
-    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
-    sites: Vec<String>,
+    role: S,
+    #[serde(rename = "s")]
+    sites: L,
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    address: Option<String>,
+    address: Option<S>,
     /// True for trialbridge itself (no token).
     #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
     tool: bool,
 }
 
-impl Agent {
-    fn of(caller: &Caller) -> Self {
+type AgentRef<'a> = Agent<&'a str, &'a [String]>;
+
+impl<'a> AgentRef<'a> {
+    fn of(caller: &'a Caller) -> Self {
         match &caller.principal {
             Some(p) => Agent {
-                subject: p.subject.clone(),
-                client: p.client.clone(),
-                role: trialbridge_auth::role_name(p.role).into(),
-                sites: p.sites.clone(),
-                address: caller.address.clone(),
+                subject: &p.subject,
+                client: p.client.as_deref(),
+                role: trialbridge_auth::role_name(p.role),
+                sites: &p.sites,
+                address: caller.address.as_deref(),
                 tool: false,
             },
             None => Agent {
-                subject: caller.ctx.agent.clone(),
+                subject: &caller.ctx.agent,
                 client: None,
-                role: "system".into(),
-                sites: Vec::new(),
+                role: "system",
+                sites: &[],
                 address: None,
                 tool: true,
             },
@@ -96,35 +103,69 @@ impl Agent {
     }
 }
 
+impl<S: AsRef<str>, L: AsRef<[String]>> Agent<S, L> {
+    /// The AuditEvent's agents: the requestor, then the server.
+    fn to_fhir(&self) -> Value {
+        let user = if self.tool {
+            json!({"who": {"display": self.subject.as_ref()}, "requestor": true, "role": [{"text": "system"}]})
+        } else {
+            let subject = self.subject.as_ref();
+            let mut who = json!({"identifier": {"system": "urn:trialbridge:token-subject", "value": subject}});
+            if let Some(c) = &self.client {
+                who["display"] = json!(format!("{subject} via {}", c.as_ref()));
+            }
+            let mut v = json!({"who": who, "requestor": true, "role": [{"text": self.role.as_ref()}]});
+            if !self.sites.as_ref().is_empty() {
+                v["location"] = json!({"display": self.sites.as_ref().join(" ")});
+            }
+            if let Some(addr) = &self.address {
+                v["network"] = json!({"address": addr.as_ref(), "type": "2"});
+            }
+            v
+        };
+        json!([user, {"who": {"display": SERVER}, "requestor": false}])
+    }
+}
+
+fn is_empty<S: AsRef<str>>(s: &S) -> bool {
+    s.as_ref().is_empty()
+}
+
 /// A request that changed nothing, as queued and stored (short member names: a busy server
-/// records one per read).
+/// records one per read). Generic like [`Agent`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
+#[serde(bound(
+    serialize = "S: Serialize + AsRef<str>, L: Serialize",
+    deserialize = "S: Deserialize<'de> + Default, L: Deserialize<'de> + Default"
+))]
+struct Entry<S, L> {
     /// Recorded, microseconds since the epoch.
     #[serde(rename = "t")]
     recorded_us: i64,
     /// The restful-interaction code.
     #[serde(rename = "i")]
-    subtype: String,
+    subtype: S,
     /// HTTP status.
     #[serde(rename = "h")]
     status: u16,
     /// Why it was refused (for a 401).
-    #[serde(rename = "d", default, skip_serializing_if = "String::is_empty")]
-    description: String,
+    #[serde(rename = "d", default, skip_serializing_if = "is_empty")]
+    description: S,
     /// The caller; none when the token was missing or bad.
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
-    agent: Option<Agent>,
+    agent: Option<Agent<S, L>>,
     /// Method, path and query.
     #[serde(rename = "q")]
-    request: String,
+    request: S,
     /// `Type/id` the request named, if any.
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    entity: Option<String>,
+    entity: Option<S>,
     /// `X-Reason-For-Change`, if sent.
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
+    reason: Option<S>,
 }
+
+type StoredEntry = Entry<String, Vec<String>>;
 
 fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
@@ -149,34 +190,10 @@ fn action(subtype: &str) -> &'static str {
 
 const SERVER: &str = "trialbridge trial store";
 
-fn agents(agent: Option<&Agent>) -> Value {
-    let user = match agent {
-        Some(a) if a.tool => {
-            json!({"who": {"display": a.subject}, "requestor": true, "role": [{"text": "system"}]})
-        }
-        Some(a) => {
-            let mut who = json!({"identifier": {"system": "urn:trialbridge:token-subject", "value": a.subject}});
-            if let Some(c) = &a.client {
-                who["display"] = json!(format!("{} via {c}", a.subject));
-            }
-            let mut v = json!({"who": who, "requestor": true, "role": [{"text": a.role}]});
-            if !a.sites.is_empty() {
-                v["location"] = json!({"display": a.sites.join(" ")});
-            }
-            if let Some(addr) = &a.address {
-                v["network"] = json!({"address": addr, "type": "2"});
-            }
-            v
-        }
-        None => json!({"who": {"display": "unauthenticated client"}, "requestor": true}),
-    };
-    json!([user, {"who": {"display": SERVER}, "requestor": false}])
-}
-
 /// An AuditEvent without its id: the id is its place in the chain, given when it is read.
 fn event(
     recorded_us: i64,
-    agent: Option<&Agent>,
+    agents: Value,
     subtype: &str,
     status: u16,
     description: &str,
@@ -199,7 +216,7 @@ fn event(
         "recorded": instant(recorded_us),
         "outcome": outcome,
         "outcomeDesc": if description.is_empty() { format!("HTTP {status} {desc}") } else { format!("HTTP {status} {description}") },
-        "agent": agents(agent),
+        "agent": agents,
         "source": {"site": "trialbridge", "observer": {"display": SERVER},
                    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
     });
@@ -245,7 +262,7 @@ pub fn change_event(
         .chain(std::iter::once(query_entity(&caller.request)))
         .collect();
     let us = now_us();
-    let body = event(us, Some(&Agent::of(caller)), subtype, 200, "", entities);
+    let body = event(us, AgentRef::of(caller).to_fhir(), subtype, 200, "", entities);
     AuditRecord {
         recorded_us: us,
         site: versions
@@ -260,7 +277,13 @@ pub fn change_event(
     }
 }
 
-fn render(entry: &Entry) -> Value {
+/// Nobody known: a request without a usable token.
+fn unauthenticated() -> Value {
+    json!([{"who": {"display": "unauthenticated client"}, "requestor": true},
+           {"who": {"display": SERVER}, "requestor": false}])
+}
+
+fn render(entry: &StoredEntry) -> Value {
     let mut entities = Vec::new();
     if let Some(e) = &entry.entity {
         entities.push(resource_entity(e, entry.reason.as_deref()));
@@ -274,7 +297,7 @@ fn render(entry: &Entry) -> Value {
     entities.push(q);
     event(
         entry.recorded_us,
-        entry.agent.as_ref(),
+        entry.agent.as_ref().map_or_else(unauthenticated, Agent::to_fhir),
         &entry.subtype,
         entry.status,
         &entry.description,
@@ -296,7 +319,7 @@ pub fn expand(row: &StoredAudit) -> Vec<(String, String)> {
     if !row.batch {
         return vec![with_id(row.seq.to_string(), &row.body)];
     }
-    serde_json::from_str::<Vec<Entry>>(&row.body)
+    serde_json::from_str::<Vec<StoredEntry>>(&row.body)
         .unwrap_or_default()
         .iter()
         .enumerate()
@@ -342,37 +365,44 @@ pub async fn request(s: &StoreState, caller: &Caller, path: &str, status: Status
     };
     let entry = Entry {
         recorded_us: now_us(),
-        subtype: interaction_of(method, &segments).into(),
+        subtype: interaction_of(method, &segments),
         status: status.as_u16(),
-        description: String::new(),
-        agent: Some(Agent::of(caller)),
-        request: caller.request.clone(),
-        entity: entity.clone(),
-        reason: caller.reason.clone(),
+        description: "",
+        agent: Some(AgentRef::of(caller)),
+        request: &caller.request,
+        entity: entity.as_deref(),
+        reason: caller.reason.as_deref(),
     };
-    queue(s, entry, caller.own_site().map(String::from), entity).await;
+    let about = entity.clone();
+    queue(s, entry, caller.own_site().map(String::from), about).await;
 }
 
 /// Audits a request refused before it had a caller (no or a bad token).
 pub async fn refused(s: &StoreState, request: &str, address: Option<&str>, why: &str) {
     let method = request.split(' ').next().unwrap_or("");
-    let entry = Entry {
+    let request = match address {
+        Some(a) => format!("{request} from {a}"),
+        None => request.to_string(),
+    };
+    let entry: Entry<&str, &[String]> = Entry {
         recorded_us: now_us(),
-        subtype: if method == "GET" { "read" } else { "operation" }.into(),
+        subtype: if method == "GET" { "read" } else { "operation" },
         status: 401,
-        description: why.to_string(),
+        description: why,
         agent: None,
-        request: match address {
-            Some(a) => format!("{request} from {a}"),
-            None => request.to_string(),
-        },
+        request: &request,
         entity: None,
         reason: None,
     };
     queue(s, entry, None, None).await;
 }
 
-async fn queue(s: &StoreState, entry: Entry, site: Option<String>, entity: Option<String>) {
+async fn queue(
+    s: &StoreState,
+    entry: Entry<&str, &[String]>,
+    site: Option<String>,
+    entity: Option<String>,
+) {
     let record = AuditRecord {
         recorded_us: entry.recorded_us,
         site,
@@ -403,7 +433,7 @@ mod tests {
 
     #[test]
     fn a_queued_entry_renders_as_the_audit_event_of_its_request() {
-        let entry = Entry {
+        let entry: StoredEntry = Entry {
             recorded_us: 1_780_000_000_000_000,
             subtype: "read".into(),
             status: 404,
