@@ -5,8 +5,11 @@ local base = nil
 init = function(args)
   base = wrk.path:gsub("/$", "")
 end
+local headers = {["Accept"] = "application/fhir+json"}
+local token = os.getenv("TRIALBRIDGE_TOKEN")
+if token then headers["Authorization"] = "Bearer " .. token end
 request = function()
-  return wrk.format("GET", string.format("%s/Observation/perf-%04d", base, math.random(1, 1000)), {["Accept"] = "application/fhir+json"})
+  return wrk.format("GET", string.format("%s/Observation/perf-%04d", base, math.random(1, 1000)), headers)
 end
 done = function(summary, latency, requests)
   io.write(string.format("WRK n=%d errors(status)=%d rps=%.1f p50=%.2fms p99=%.2fms\n", summary.requests, summary.errors.status,

@@ -6,12 +6,16 @@ port_free() { ! curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null || { ech
 
 wait_up() { for _ in $(seq 1 300); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.2; done; echo "server at $1 did not start" >&2; exit 1; }
 
-# start_trialbridge DB_FILE: serves on 127.0.0.1:8190; sets tb_pid.
+# start_trialbridge DB_FILE: serves on 127.0.0.1:8190; sets tb_pid and exports TRIALBRIDGE_TOKEN
+# (a `system` token of the local profile's key beside DB_FILE), which `trialbridge bench`,
+# `trialbridge export` and bench/get.lua send; servers without security ignore it.
 start_trialbridge() {
     port_free 8190
     TRIALBRIDGE_DATABASE_URL="sqlite://$1" TRIALBRIDGE_LOAD_STUDY=false $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
     tb_pid=$!
     wait_up http://127.0.0.1:8190/fhir
+    TRIALBRIDGE_TOKEN=$($tb token --role system --database-url "sqlite://$1")
+    export TRIALBRIDGE_TOKEN
 }
 
 # start_hfs: helios-hfs ($HFS_BIN, search parameters from $HFS_DATA) on a fresh database on

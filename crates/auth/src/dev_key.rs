@@ -177,6 +177,22 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_token_still_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = DevIssuer::load_or_create(dir.path(), "urn:test", "trialbridge").unwrap();
+        let strict = VerifierSettings {
+            leeway_seconds: 0,
+            ..settings()
+        };
+        let v = Verifier::from_jwks(&issuer.jwks(), strict).unwrap();
+        let t = issuer.mint(&request(Role::Warehouse, &[], "system/*.rs", 1));
+        assert!(v.verify(&t).is_ok());
+        assert!(v.verify(&t).is_ok(), "from the cache");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert_eq!(v.verify(&t), Err(AuthError::Expired));
+    }
+
+    #[test]
     fn bad_tokens_are_refused_with_their_reason() {
         let dir = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();

@@ -67,8 +67,11 @@ pub struct Verifier {
     settings: VerifierSettings,
     /// Tokens already verified, until their `exp`: a signature check costs far more than the
     /// request it guards, and a client sends the same token many times.
-    verified: std::sync::Mutex<std::collections::HashMap<String, (Arc<Principal>, i64, i64)>>,
+    verified: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
 }
+
+/// A verified token's caller with its `exp` and `nbf`.
+type Remembered = (Arc<Principal>, i64, i64);
 
 /// How many verified tokens are remembered (the cache is emptied when full).
 const VERIFIED_CACHE: usize = 10_000;

@@ -114,7 +114,8 @@ impl<S: AsRef<str>, L: AsRef<[String]>> Agent<S, L> {
             if let Some(c) = &self.client {
                 who["display"] = json!(format!("{subject} via {}", c.as_ref()));
             }
-            let mut v = json!({"who": who, "requestor": true, "role": [{"text": self.role.as_ref()}]});
+            let mut v =
+                json!({"who": who, "requestor": true, "role": [{"text": self.role.as_ref()}]});
             if !self.sites.as_ref().is_empty() {
                 v["location"] = json!({"display": self.sites.as_ref().join(" ")});
             }
@@ -262,7 +263,14 @@ pub fn change_event(
         .chain(std::iter::once(query_entity(&caller.request)))
         .collect();
     let us = now_us();
-    let body = event(us, AgentRef::of(caller).to_fhir(), subtype, 200, "", entities);
+    let body = event(
+        us,
+        AgentRef::of(caller).to_fhir(),
+        subtype,
+        200,
+        "",
+        entities,
+    );
     AuditRecord {
         recorded_us: us,
         site: versions
@@ -297,7 +305,10 @@ fn render(entry: &StoredEntry) -> Value {
     entities.push(q);
     event(
         entry.recorded_us,
-        entry.agent.as_ref().map_or_else(unauthenticated, Agent::to_fhir),
+        entry
+            .agent
+            .as_ref()
+            .map_or_else(unauthenticated, Agent::to_fhir),
         &entry.subtype,
         entry.status,
         &entry.description,
