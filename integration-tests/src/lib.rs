@@ -60,7 +60,7 @@ impl TestStore {
             store,
             config: Arc::new(config),
             exports: Arc::default(),
-            auth: Arc::new(trial_store::AuthConfig { verifier }),
+            auth: Arc::new(trial_store::AuthConfig::fixed(verifier)),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

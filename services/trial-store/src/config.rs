@@ -100,37 +100,47 @@ pub fn local_key_dir(database_url: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| ".".into())
 }
 
-/// The verifier for a configuration: the JWKS read from its file or URL, or the local key's.
-pub async fn verifier(c: &ServeConfig) -> Result<trialbridge_auth::Verifier, String> {
-    let jwks = match &c.auth {
-        AuthSource::LocalKey(dir) => {
-            trialbridge_auth::DevIssuer::load_or_create(dir, &c.auth_issuer, &c.auth_audience)
-                .map_err(|e| format!("the development signing key in {}: {e}", dir.display()))?
-                .jwks()
+/// Reads a JWKS from an http(s) URL or a file.
+pub async fn fetch_jwks(src: &str) -> Result<String, String> {
+    if src.starts_with("http://") || src.starts_with("https://") {
+        let r = reqwest::get(src)
+            .await
+            .map_err(|e| format!("fetching the JWKS {src}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("fetching the JWKS {src}: HTTP {}", r.status()));
         }
-        AuthSource::Jwks(src) if src.starts_with("http://") || src.starts_with("https://") => {
-            let r = reqwest::get(src)
-                .await
-                .map_err(|e| format!("fetching the JWKS {src}: {e}"))?;
-            if !r.status().is_success() {
-                return Err(format!("fetching the JWKS {src}: HTTP {}", r.status()));
-            }
-            r.text()
-                .await
-                .map_err(|e| format!("fetching the JWKS {src}: {e}"))?
-        }
-        AuthSource::Jwks(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("reading the JWKS {path}: {e}"))?
-        }
+        r.text()
+            .await
+            .map_err(|e| format!("fetching the JWKS {src}: {e}"))
+    } else {
+        std::fs::read_to_string(src).map_err(|e| format!("reading the JWKS {src}: {e}"))
+    }
+}
+
+/// How tokens are checked for a configuration: the JWKS read from its file or URL (read again
+/// when a token names a key it lacks: key rotation), or the local key's.
+pub async fn auth(c: &ServeConfig) -> Result<crate::AuthConfig, String> {
+    let settings = trialbridge_auth::VerifierSettings {
+        issuer: c.auth_issuer.clone(),
+        audience: c.auth_audience.clone(),
+        leeway_seconds: 30,
     };
-    trialbridge_auth::Verifier::from_jwks(
-        &jwks,
-        trialbridge_auth::VerifierSettings {
-            issuer: c.auth_issuer.clone(),
-            audience: c.auth_audience.clone(),
-            leeway_seconds: 30,
-        },
-    )
+    match &c.auth {
+        AuthSource::LocalKey(dir) => {
+            let jwks =
+                trialbridge_auth::DevIssuer::load_or_create(dir, &c.auth_issuer, &c.auth_audience)
+                    .map_err(|e| format!("the development signing key in {}: {e}", dir.display()))?
+                    .jwks();
+            Ok(crate::AuthConfig::fixed(
+                trialbridge_auth::Verifier::from_jwks(&jwks, settings)?,
+            ))
+        }
+        AuthSource::Jwks(src) => {
+            let jwks = fetch_jwks(src).await?;
+            let verifier = trialbridge_auth::Verifier::from_jwks(&jwks, settings.clone())?;
+            Ok(crate::AuthConfig::rotating(verifier, src.clone(), settings))
+        }
+    }
 }
 
 /// Extensions accepted by default besides the R4 core: the study's own canonical base, the

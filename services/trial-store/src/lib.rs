@@ -122,7 +122,7 @@ pub struct Bound {
 
 /// Opens the database, loads the study if configured, and binds the listener.
 pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
-    let verifier = config::verifier(config).await.map_err(RunError::Auth)?;
+    let auth = config::auth(config).await.map_err(RunError::Auth)?;
     let store = trialbridge_storage::open(&config.database_url).await?;
     let study = if config.load_study {
         Some(
@@ -160,7 +160,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
             store,
             config: Arc::new(api),
             exports: Arc::default(),
-            auth: Arc::new(AuthConfig { verifier }),
+            auth: Arc::new(auth),
         },
         study,
     })
