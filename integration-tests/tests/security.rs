@@ -107,12 +107,29 @@ async fn two_sites(s: &TestStore) -> (Who, Who) {
         o["identifier"] = json!([{"system": "urn:test", "value": format!("obs-{n}")}]);
         assert_eq!(put(w, s, o).await, 201);
     }
-    // Site 2 attaches a result to site 1's patient (it knows the id): site 1 must still not
-    // see it, through any path.
+    // Site 2 may not attach a result to site 1's patient (it knows the id)...
     assert_eq!(
-        put(&site2, s, observation("o2x", "p1", "718-7", 13.0)).await,
-        201
+        put(&site2, s, observation("o2x", "p1", "8302-2", 172.0)).await,
+        403
     );
+    // ...but a privileged loader can link across sites (a data error, or a transfer): site 1
+    // must still not see site 2's result, through any path.
+    let mut cross = observation("o2x", "p1", "8302-2", 172.0);
+    cross["extension"] = site_ext(S2);
+    cross["valueQuantity"] =
+        json!({"value": 172, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"});
+    let system = Who {
+        name: "system",
+        http: integration_tests::client(),
+    };
+    let (st, oo) = send(
+        &system,
+        reqwest::Method::PUT,
+        s.url("Observation/o2x"),
+        Some(cross),
+    )
+    .await;
+    assert_eq!(st, 201, "{oo}");
     let admin = who("admin", Role::Admin, &[], "");
     let pd = json!({"resourceType": "PlanDefinition", "id": "pd", "status": "active"});
     assert_eq!(put(&admin, s, pd).await, 201);
@@ -218,9 +235,9 @@ async fn role_by_interaction_by_site() {
                 Err(403),
             ],
         ),
-        // _has: p1 has a hemoglobin only through site 2's o2x.
+        // _has: p1 has a body height only through site 2's o2x.
         (
-            "Patient?_has:Observation:subject:code=718-7",
+            "Patient?_has:Observation:subject:code=8302-2",
             [
                 Ok(&[]),
                 Ok(&[]),

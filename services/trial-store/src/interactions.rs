@@ -166,6 +166,7 @@ async fn store(
     id: &str,
 ) -> Result<StoredVersion, ApiError> {
     let site = resource_site(caller, &res.value)?;
+    references_within_sites(txn, caller, res).await?;
     let deviations = crate::protocol::enforce(txn, crate::study::rules(), res, id).await?;
     let stored = append_version(txn, res, id, site.as_deref()).await?;
     for d in deviations {
@@ -180,6 +181,37 @@ async fn store(
         .await?;
     }
     Ok(stored)
+}
+
+/// A site writes only about its own subjects: a reference to a stored resource of a site the
+/// caller does not see is refused (checked for site tokens; trialbridge and the sponsor's
+/// roles may link across sites).
+async fn references_within_sites(
+    txn: &mut dyn WriteTxn,
+    caller: &Caller,
+    res: &Incoming,
+) -> Result<(), ApiError> {
+    if caller.own_site().is_none() {
+        return Ok(());
+    }
+    let mut refs = Vec::new();
+    trialbridge_fhir::reference::references(&res.value, &mut refs);
+    refs.sort();
+    refs.dedup();
+    for r in &refs {
+        let Some((t, id)) = trialbridge_fhir::reference::literal_target(r) else {
+            continue;
+        };
+        if let Some((_, _, Some(site))) = txn.current_version(t, id).await? {
+            if !caller.ctx.sites.sees(Some(&site)) {
+                return Err(forbidden(format!(
+                    "{r} belongs to a site this token does not cover; a site writes about its own subjects only"
+                ))
+                .at(format!("{}", res.resource_type)));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The live version of a resource the caller may change: one in a site the caller does not
