@@ -207,7 +207,7 @@ async fn references_within_sites(
                 return Err(forbidden(format!(
                     "{r} belongs to a site this token does not cover; a site writes about its own subjects only"
                 ))
-                .at(format!("{}", res.resource_type)));
+                .at(res.resource_type.to_string()));
             }
         }
     }
