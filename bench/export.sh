@@ -19,7 +19,7 @@ if [ -z "${TB_DB:-}" ]; then
 fi
 port_free 18580
 TRIALBRIDGE_DATABASE_URL="sqlite://$db" TRIALBRIDGE_LISTEN=127.0.0.1:18580 \
-    TRIALBRIDGE_MLLP_LISTEN=127.0.0.1:0 TRIALBRIDGE_GATEWAY_LISTEN=127.0.0.1:0 $tb serve >/dev/null 2>&1 &
+    TRIALBRIDGE_MLLP_LISTEN=127.0.0.1:0 TRIALBRIDGE_GATEWAY_LISTEN=127.0.0.1:0 TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 $tb serve >/dev/null 2>&1 &
 pid=$!
 wait_up http://127.0.0.1:18580/fhir
 TRIALBRIDGE_TOKEN=$($tb token --role warehouse --database-url "sqlite://$db")

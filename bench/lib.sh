@@ -11,7 +11,7 @@ wait_up() { for _ in $(seq 1 300); do curl -sf "$1/metadata" >/dev/null && retur
 # `trialbridge export` and bench/get.lua send; servers without security ignore it.
 start_trialbridge() {
     port_free 8190
-    TRIALBRIDGE_DATABASE_URL="sqlite://$1" TRIALBRIDGE_LOAD_STUDY=false $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
+    TRIALBRIDGE_DATABASE_URL="sqlite://$1" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
     tb_pid=$!
     wait_up http://127.0.0.1:8190/fhir
     TRIALBRIDGE_TOKEN=$($tb token --role system --database-url "sqlite://$1")

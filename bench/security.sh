@@ -25,7 +25,7 @@ run() {
     mkdir -p "$dir"
     "$tb" token --role site --site mesemcart-site-01 --database-url "sqlite://$dir/tb.db" >/dev/null
     port_free 8190
-    TRIALBRIDGE_DATABASE_URL="sqlite://$dir/tb.db" TRIALBRIDGE_LOAD_STUDY=false "$bin" serve --listen 127.0.0.1:8190 \
+    TRIALBRIDGE_DATABASE_URL="sqlite://$dir/tb.db" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 "$bin" serve --listen 127.0.0.1:8190 \
         --mllp-listen 127.0.0.1:0 --gateway-listen 127.0.0.1:0 >/dev/null 2>"$dir/log" &
     local pid=$!
     wait_up http://127.0.0.1:8190/fhir

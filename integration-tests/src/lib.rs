@@ -10,6 +10,8 @@ pub use trialbridge_storage::Role;
 pub struct TestStore {
     /// FHIR base URL, e.g. `http://127.0.0.1:41234/fhir`.
     pub base: String,
+    /// The gRPC change feed's URL, e.g. `http://127.0.0.1:41235`.
+    pub feed: String,
     /// The database file's directory (removed on drop).
     pub dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -63,14 +65,22 @@ impl TestStore {
             auth: Arc::new(trial_store::AuthConfig::fixed(verifier)),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let feed_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let feed = format!("http://{}", feed_listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        trial_store::spawn_feed(feed_listener, state.clone(), stopped);
         tokio::spawn(async move {
             let _ = trial_store::serve(listener, state, async {
                 let _ = rx.await;
             })
             .await;
+            let _ = stop.send(true);
         });
         Self {
             base,
+            feed,
             dir,
             shutdown: Some(tx),
         }

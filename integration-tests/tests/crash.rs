@@ -14,6 +14,8 @@ async fn start(db: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
         .args([
             "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
             "--listen",
             "127.0.0.1:0",
             "--mllp-listen",

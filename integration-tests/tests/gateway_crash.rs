@@ -28,7 +28,13 @@ fn free_port() -> u16 {
 async fn start(dir: &std::path::Path, ports: (u16, u16)) -> (Child, String) {
     integration_tests::install_test_key(dir);
     let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--mllp-listen", &format!("127.0.0.1:{}", ports.0)])
         .args(["--gateway-listen", &format!("127.0.0.1:{}", ports.1)])
         .env(

@@ -134,6 +134,22 @@ impl Caller {
         }
     }
 
+    /// A caller with a verified token.
+    pub fn from_principal(
+        principal: Arc<Principal>,
+        reason: Option<String>,
+        request: String,
+        address: Option<String>,
+    ) -> Self {
+        Self {
+            ctx: principal.access_context(),
+            principal: Some(principal),
+            reason,
+            request: request.into(),
+            address: address.map(Into::into),
+        }
+    }
+
     /// The role.
     pub fn role(&self) -> Role {
         self.ctx.role
@@ -321,13 +337,7 @@ pub async fn authenticate(State(s): State<StoreState>, mut req: Request, next: N
         .get(REASON_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
         .filter(|r| !r.is_empty());
-    let caller = Caller {
-        ctx: principal.access_context(),
-        principal: Some(principal),
-        reason,
-        request: request.into(),
-        address: address.map(Into::into),
-    };
+    let caller = Caller::from_principal(principal, reason, request, address);
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;
     if response.extensions().get::<Audited>().is_none() {

@@ -14,6 +14,14 @@ pub struct ServeArgs {
         global = true
     )]
     pub listen: String,
+    /// Address of the gRPC change feed.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_GRPC_LISTEN",
+        default_value = "127.0.0.1:8082",
+        global = true
+    )]
+    pub grpc_listen: String,
     /// Database: sqlite://path (created if missing).
     #[arg(
         long,
@@ -167,6 +175,8 @@ pub fn validation_options(extension_domains: &str) -> trialbridge_validation::Op
 pub struct ServeConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Listen address of the gRPC change feed.
+    pub grpc_listen: SocketAddr,
     /// Database URL.
     pub database_url: String,
     /// Public base URL.
@@ -196,6 +206,16 @@ impl ServeConfig {
                 problems.push(format!(
                     "TRIALBRIDGE_LISTEN / --listen: '{}' is not an address such as 127.0.0.1:8080",
                     a.listen
+                ))
+            })
+            .ok();
+        let grpc_listen = a
+            .grpc_listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                problems.push(format!(
+                    "TRIALBRIDGE_GRPC_LISTEN / --grpc-listen: '{}' is not an address such as 127.0.0.1:8082",
+                    a.grpc_listen
                 ))
             })
             .ok();
@@ -243,26 +263,32 @@ impl ServeConfig {
             }
         };
         if a.profile == "local" {
-            if let Some(l) = listen.filter(|l| !l.ip().is_loopback()) {
+            if let Some(l) = listen
+                .filter(|l| !l.ip().is_loopback())
+                .or(grpc_listen.filter(|l| !l.ip().is_loopback()))
+            {
                 problems.push(format!("TRIALBRIDGE_LISTEN / --listen: the local profile listens on loopback only, not {l}; set TRIALBRIDGE_PROFILE=production and TRIALBRIDGE_AUTH_JWKS to serve a network"));
             }
         }
-        match (listen, max_body_bytes, load_study, auth) {
-            (Some(listen), Some(max_body_bytes), Some(load_study), Some(auth))
-                if problems.is_empty() =>
-            {
-                Ok(Self {
-                    listen,
-                    database_url: a.database_url,
-                    base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
-                    max_body_bytes,
-                    validation: validation_options(&a.extension_domains),
-                    load_study,
-                    auth,
-                    auth_issuer: a.auth_issuer,
-                    auth_audience: a.auth_audience,
-                })
-            }
+        match (listen, grpc_listen, max_body_bytes, load_study, auth) {
+            (
+                Some(listen),
+                Some(grpc_listen),
+                Some(max_body_bytes),
+                Some(load_study),
+                Some(auth),
+            ) if problems.is_empty() => Ok(Self {
+                listen,
+                grpc_listen,
+                database_url: a.database_url,
+                base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
+                max_body_bytes,
+                validation: validation_options(&a.extension_domains),
+                load_study,
+                auth,
+                auth_issuer: a.auth_issuer,
+                auth_audience: a.auth_audience,
+            }),
             _ => Err(problems),
         }
     }
@@ -275,6 +301,7 @@ mod tests {
     fn args() -> ServeArgs {
         ServeArgs {
             listen: "127.0.0.1:8080".into(),
+            grpc_listen: "127.0.0.1:8082".into(),
             database_url: "sqlite://data/x.db".into(),
             base_url: None,
             max_body_bytes: "4096".into(),
@@ -316,6 +343,7 @@ mod tests {
     fn every_bad_value_is_reported() {
         let a = ServeArgs {
             listen: "nowhere".into(),
+            grpc_listen: "127.0.0.1:8082".into(),
             database_url: "mysql://x".into(),
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),

@@ -17,6 +17,7 @@ mod capability;
 pub mod config;
 mod error;
 pub mod export;
+pub mod feed;
 mod history;
 mod http;
 mod include;
@@ -114,6 +115,8 @@ pub enum RunError {
 pub struct Bound {
     /// The bound listener.
     pub listener: tokio::net::TcpListener,
+    /// The bound listener of the gRPC change feed.
+    pub feed_listener: tokio::net::TcpListener,
     /// The router state.
     pub state: StoreState,
     /// What loading the study did, if it was loaded.
@@ -143,6 +146,12 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
         addr: config.listen,
         source,
     })?;
+    let feed_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.grpc_listen,
+            source,
+        })?;
     let mut api = StoreConfig::new(
         config
             .base_url
@@ -156,6 +165,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     }
     Ok(Bound {
         listener,
+        feed_listener,
         state: StoreState {
             store,
             config: Arc::new(api),
@@ -172,7 +182,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let b = bind(config).await?;
-    serve(b.listener, b.state, shutdown).await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    spawn_feed(b.feed_listener, b.state.clone(), stopped);
+    let r = serve(b.listener, b.state, shutdown).await;
+    let _ = stop.send(true);
+    r
 }
 
 /// The `serve` command shared by the binaries: checks the configuration (one line per
@@ -208,7 +222,14 @@ pub async fn serve_command(args: ServeArgs) -> std::process::ExitCode {
         "trialbridge: trial store listening, FHIR base {base} (database {})",
         config.database_url
     );
-    match serve(bound.listener, bound.state, shutdown_signal()).await {
+    if let Ok(a) = bound.feed_listener.local_addr() {
+        eprintln!("trialbridge: change feed (gRPC) listening on {a}");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    spawn_feed(bound.feed_listener, bound.state.clone(), stopped);
+    let result = serve(bound.listener, bound.state, shutdown_signal()).await;
+    let _ = stop.send(true);
+    match result {
         Ok(()) => {
             eprintln!("trialbridge: stopped");
             std::process::ExitCode::SUCCESS
@@ -231,6 +252,22 @@ pub fn local_profile_notice(config: &ServeConfig) {
             dir.display()
         );
     }
+}
+
+/// Serves the gRPC change feed in the background until `stop` turns true.
+pub fn spawn_feed(
+    listener: tokio::net::TcpListener,
+    state: StoreState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = feed::serve(listener, state, stopped).await {
+            tracing::error!(error = %e, "the change feed stopped");
+        }
+    });
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

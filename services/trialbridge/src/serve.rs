@@ -121,6 +121,10 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    if let Ok(a) = bound.feed_listener.local_addr() {
+        eprintln!("trialbridge: change feed (gRPC) listening on {a}");
+    }
+    trial_store::spawn_feed(bound.feed_listener, bound.state.clone(), stop_rx.clone());
     let store = tokio::spawn(trial_store::serve(
         bound.listener,
         bound.state,

@@ -1,0 +1,287 @@
+//! The change feed: concurrent writers, one reader following `_history?_since` over HTTP and
+//! one following the gRPC `ChangeFeed.Subscribe`; every committed version is seen exactly
+//! once, in sequence order, by both (a property test over writer plans). Plus resuming from a
+//! cursor and who may subscribe.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::{client, get_json, next_link, put_fhir, token, Role, TestStore};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tonic::metadata::MetadataValue;
+use trialbridge_feed::change_feed_client::ChangeFeedClient;
+use trialbridge_feed::{ChangeEvent, Operation, SubscribeRequest};
+
+/// `Type/id/version` of a version.
+type Key = (String, String, i64);
+
+async fn subscribe(
+    feed: &str,
+    bearer: &str,
+    after: i64,
+    follow: bool,
+) -> Result<tonic::Streaming<ChangeEvent>, tonic::Status> {
+    let mut c = ChangeFeedClient::connect(feed.to_string())
+        .await
+        .expect("connect");
+    let mut req = tonic::Request::new(SubscribeRequest {
+        after_sequence: after,
+        resource_types: vec![],
+        follow,
+    });
+    if !bearer.is_empty() {
+        let v: MetadataValue<_> = format!("Bearer {bearer}").parse().unwrap();
+        req.metadata_mut().insert("authorization", v);
+    }
+    c.subscribe(req).await.map(|r| r.into_inner())
+}
+
+/// Every committed version, in sequence order, from one `_history` snapshot (the reference).
+async fn committed(s: &TestStore) -> Vec<Key> {
+    let mut out = Vec::new();
+    let mut url = Some(s.url("_history?_sort=_lastUpdated&_count=1000"));
+    while let Some(u) = url {
+        let b = get_json(&u).await;
+        out.extend(keys(&b));
+        url = next_link(&b);
+    }
+    out
+}
+
+fn keys(bundle: &Value) -> Vec<Key> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            // A delete has no resource: its request URL names it, its ETag the version.
+            let (t, id) = match e["resource"]["resourceType"].as_str() {
+                Some(t) => (
+                    t.to_string(),
+                    e["resource"]["id"].as_str().unwrap().to_string(),
+                ),
+                None => {
+                    let url = e["request"]["url"].as_str().unwrap();
+                    let (t, id) = url.split_once('/').unwrap();
+                    (t.to_string(), id.to_string())
+                }
+            };
+            let etag = e["response"]["etag"].as_str().unwrap_or("");
+            let v = etag
+                .trim_start_matches("W/\"")
+                .trim_end_matches('"')
+                .parse()
+                .unwrap();
+            (t, id, v)
+        })
+        .collect()
+}
+
+/// Follows `_history?_sort=_lastUpdated` with `_since` of the last instant seen, until `done`
+/// and one more empty round. A version at the `_since` boundary may come again (the bound is
+/// inclusive); any other repeat is an error.
+async fn follow_http(base: String, done: Arc<AtomicBool>) -> Vec<Key> {
+    let mut seen: Vec<Key> = Vec::new();
+    let mut set: HashSet<Key> = HashSet::new();
+    let mut since: Option<String> = None;
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        let mut url = Some(match &since {
+            None => format!("{base}/_history?_sort=_lastUpdated&_count=37"),
+            Some(t) => format!(
+                "{base}/_history?_sort=_lastUpdated&_count=37&_since={}",
+                urlencode(t)
+            ),
+        });
+        let mut new = 0;
+        while let Some(u) = url {
+            let b = get_json(&u).await;
+            for (e, k) in b["entry"].as_array().into_iter().flatten().zip(keys(&b)) {
+                let at = e["response"]["lastModified"].as_str().map(String::from);
+                if set.insert(k.clone()) {
+                    seen.push(k);
+                    new += 1;
+                } else {
+                    assert_eq!(
+                        at, since,
+                        "{k:?} came twice, and not at the _since boundary"
+                    );
+                }
+                if at.is_some() {
+                    since = at;
+                }
+            }
+            url = next_link(&b);
+        }
+        if finished && new == 0 {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
+
+/// Follows the gRPC feed until `done` and the stream has reached `target` sequences.
+async fn follow_grpc(
+    feed: String,
+    done: Arc<AtomicBool>,
+    last: Arc<std::sync::atomic::AtomicI64>,
+) -> Vec<ChangeEvent> {
+    let mut stream = subscribe(&feed, integration_tests::system_token(), 0, true)
+        .await
+        .unwrap();
+    let mut out: Vec<ChangeEvent> = Vec::new();
+    loop {
+        if done.load(Ordering::SeqCst)
+            && out.last().map_or(0, |e| e.sequence) >= last.load(Ordering::SeqCst)
+        {
+            return out;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+            Ok(Ok(Some(e))) => out.push(e),
+            Ok(other) => panic!("the feed ended: {other:?}"),
+            Err(_) => {} // nothing new yet
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8),
+    Delete(u8),
+    Post,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..12).prop_map(Op::Put),
+        2 => (0u8..12).prop_map(Op::Delete),
+        2 => Just(Op::Post),
+    ]
+}
+
+async fn run_plan(plan: Vec<Vec<Op>>) {
+    let s = TestStore::start().await;
+    let done = Arc::new(AtomicBool::new(false));
+    let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let http = tokio::spawn(follow_http(s.base.clone(), done.clone()));
+    let grpc = tokio::spawn(follow_grpc(s.feed.clone(), done.clone(), last.clone()));
+    let mut writers = Vec::new();
+    for (w, ops) in plan.into_iter().enumerate() {
+        let base = s.base.clone();
+        writers.push(tokio::spawn(async move {
+            for (i, op) in ops.into_iter().enumerate() {
+                let r = match op {
+                    Op::Put(k) => put_fhir(format!("{base}/Patient/p{k}"), json!({"resourceType": "Patient", "id": format!("p{k}"), "gender": if i % 2 == 0 { "female" } else { "male" }, "birthDate": format!("19{:02}", 50 + w)}).to_string()).send().await,
+                    Op::Delete(k) => client().delete(format!("{base}/Patient/p{k}")).send().await,
+                    Op::Post => integration_tests::post_fhir(format!("{base}/Patient"), json!({"resourceType": "Patient", "gender": "other"}).to_string()).send().await,
+                };
+                assert!(r.unwrap().status().is_success());
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let reference = committed(&s).await;
+    last.store(
+        {
+            // The sequence of the newest version: the gRPC follower stops once it has it.
+            let mut st = subscribe(&s.feed, integration_tests::system_token(), 0, false)
+                .await
+                .unwrap();
+            let mut m = 0;
+            while let Some(e) = st.message().await.unwrap() {
+                m = e.sequence;
+            }
+            m
+        },
+        Ordering::SeqCst,
+    );
+    done.store(true, Ordering::SeqCst);
+    let by_http = http.await.unwrap();
+    let by_grpc = grpc.await.unwrap();
+    assert_eq!(by_http, reference, "the _history follower");
+    let seqs: Vec<i64> = by_grpc.iter().map(|e| e.sequence).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "gRPC sequences strictly increase"
+    );
+    let grpc_keys: Vec<Key> = by_grpc
+        .iter()
+        .map(|e| (e.resource_type.clone(), e.id.clone(), e.version))
+        .collect();
+    assert_eq!(grpc_keys, reference, "the gRPC follower");
+    for e in &by_grpc {
+        let want = if e.version == 1 {
+            Operation::Create
+        } else if e.resource_json.is_empty() {
+            Operation::Delete
+        } else {
+            Operation::Update
+        };
+        assert_eq!(e.operation(), want, "{e:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+    #[test]
+    fn every_committed_version_is_seen_once_in_order(plan in prop::collection::vec(prop::collection::vec(op(), 10..40), 2..5)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+        rt.block_on(run_plan(plan));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_from_its_cursor_and_only_the_warehouse_subscribes() {
+    let s = TestStore::start().await;
+    for i in 0..30 {
+        let r = put_fhir(
+            s.url(&format!("Patient/r{i}")),
+            json!({"resourceType": "Patient", "id": format!("r{i}")}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert!(r.status().is_success());
+    }
+    let wh = token(Role::Warehouse, &[], "");
+    let all: Vec<ChangeEvent> = {
+        let mut st = subscribe(&s.feed, &wh, 0, false).await.unwrap();
+        let mut v = Vec::new();
+        while let Some(e) = st.message().await.unwrap() {
+            v.push(e);
+        }
+        v
+    };
+    assert_eq!(all.len(), 30);
+    // Read ten, drop the stream, resume after the tenth.
+    let mut st = subscribe(&s.feed, &wh, 0, true).await.unwrap();
+    let mut first = Vec::new();
+    for _ in 0..10 {
+        first.push(st.message().await.unwrap().unwrap());
+    }
+    drop(st);
+    let mut st = subscribe(&s.feed, &wh, first[9].sequence, false)
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(e) = st.message().await.unwrap() {
+        rest.push(e);
+    }
+    first.extend(rest);
+    assert_eq!(first, all);
+    // Who may subscribe.
+    let refused = subscribe(&s.feed, "", 0, false).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let site = token(Role::Site, &["mesemcart-site-01"], "");
+    let refused = subscribe(&s.feed, &site, 0, false).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+}
