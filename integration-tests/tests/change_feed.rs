@@ -285,3 +285,40 @@ async fn a_subscriber_resumes_from_its_cursor_and_only_the_warehouse_subscribes(
     let refused = subscribe(&s.feed, &site, 0, false).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trialbridge_feed_prints_one_line_per_version() {
+    let s = TestStore::start().await;
+    for i in 0..5 {
+        let r = put_fhir(
+            s.url(&format!("Patient/f{i}")),
+            json!({"resourceType": "Patient", "id": format!("f{i}")}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert!(r.status().is_success());
+    }
+    let r = client().delete(s.url("Patient/f0")).send().await.unwrap();
+    assert!(r.status().is_success());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+        .args(["feed", "--from", &s.feed, "--after", "0"])
+        .env("TRIALBRIDGE_TOKEN", token(Role::Warehouse, &[], ""))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[0]["operation"], "CREATE");
+    assert_eq!(lines[5]["operation"], "DELETE");
+    assert_eq!(lines[5]["id"], "f0");
+    assert_eq!(lines[5]["version"], 2);
+}

@@ -7,6 +7,7 @@
 mod audit;
 mod bench;
 mod export;
+mod feed;
 mod hl7;
 mod load;
 mod serve;
@@ -46,6 +47,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Bulk export from a trial store into a folder of NDJSON files (the warehouse's first load).
     Export(export::ExportArgs),
+    /// Follow the trial store's gRPC change feed, one JSON line per committed version.
+    Feed(feed::FeedArgs),
     /// HL7 v2 tools: parse message files, send messages over MLLP.
     #[command(subcommand)]
     Hl7(hl7::Hl7Command),
@@ -79,6 +82,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Bench(a)) => bench::run(a).await,
         Some(Command::Hl7(c)) => hl7::run(c).await,
         Some(Command::Export(a)) => export::run(a).await,
+        Some(Command::Feed(a)) => feed::run(a).await,
         Some(Command::Validate(a)) => validate::run(
             a,
             &trial_store::config::validation_options(&cli.serve.extension_domains),
