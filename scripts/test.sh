@@ -20,10 +20,26 @@ if [ ! -d integration-tests/node/node_modules/fhir-kit-client ]; then
     (cd integration-tests/node && npm ci --no-audit --no-fund --silent)
 fi
 
+# A real PostgreSQL for the warehouse tests: the one named by TRIALBRIDGE_TEST_POSTGRES_URL,
+# or a throwaway server started here (installed with apt when missing and running as root).
+if [ -z "${TRIALBRIDGE_TEST_POSTGRES_URL:-}" ]; then
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "scripts/test.sh: installing PostgreSQL" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+    fi
+    pgdir=$(mktemp -d)
+    TRIALBRIDGE_TEST_POSTGRES_URL=$(bash scripts/postgres.sh start "$pgdir" 55432)
+    export TRIALBRIDGE_TEST_POSTGRES_URL
+fi
+
 # Unit and integration tests (no doc-tests: the crates have none). The summary line at the end
 # adds up every test binary's result.
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+cleanup() {
+    rm -f "$log"
+    if [ -n "${pgdir:-}" ]; then bash scripts/postgres.sh stop "$pgdir"; rm -rf "$pgdir"; fi
+}
+trap cleanup EXIT
 status=0
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

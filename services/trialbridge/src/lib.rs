@@ -11,6 +11,7 @@ mod feed;
 mod hl7;
 mod load;
 mod serve;
+mod sync;
 mod token;
 mod validate;
 
@@ -47,6 +48,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Bulk export from a trial store into a folder of NDJSON files (the warehouse's first load).
     Export(export::ExportArgs),
+    /// Keep the warehouse's PostgreSQL tables current from the change feed.
+    Sync(sync::SyncArgs),
     /// Follow the trial store's gRPC change feed, one JSON line per committed version.
     Feed(feed::FeedArgs),
     /// HL7 v2 tools: parse message files, send messages over MLLP.
@@ -83,6 +86,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Hl7(c)) => hl7::run(c).await,
         Some(Command::Export(a)) => export::run(a).await,
         Some(Command::Feed(a)) => feed::run(a).await,
+        Some(Command::Sync(a)) => sync::run(a).await,
         Some(Command::Validate(a)) => validate::run(
             a,
             &trial_store::config::validation_options(&cli.serve.extension_domains),

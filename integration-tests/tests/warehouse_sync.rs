@@ -1,0 +1,136 @@
+//! warehouse-sync against a real PostgreSQL (TRIALBRIDGE_TEST_POSTGRES_URL; scripts/test.sh
+//! starts one): `trialbridge sync` killed with SIGKILL at several points of a 100,000-change
+//! catch-up,
+//! restarted each time, ends with exactly the tables a single uninterrupted run writes.
+
+use std::time::Duration;
+
+use integration_tests::{client, token, Role, TestStore};
+use serde_json::json;
+use tokio_postgres::NoTls;
+
+fn admin_url() -> String {
+    std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
+        "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
+    )
+}
+
+/// A fresh database on the test server; its URL.
+async fn database(name: &str) -> String {
+    let admin = admin_url();
+    let (c, conn) = tokio_postgres::connect(&admin, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.execute(&format!("DROP DATABASE IF EXISTS {name}"), &[])
+        .await
+        .unwrap();
+    c.execute(&format!("CREATE DATABASE {name}"), &[])
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+/// Every row of the warehouse tables as text, in a fixed order.
+async fn dump(url: &str) -> (Vec<String>, Vec<String>, i64) {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = |q: &'static str| {
+        let c = &c;
+        async move {
+            c.query(q, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let versions = rows("SELECT row_to_json(v)::text FROM fhir_version v ORDER BY seq").await;
+    let current =
+        rows("SELECT row_to_json(r)::text FROM fhir_resource r ORDER BY resource_type, id").await;
+    let cursor: i64 = c
+        .query_one("SELECT seq FROM sync_cursor", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (versions, current, cursor)
+}
+
+fn sync(feed: &str, url: &str, bearer: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
+    c.args(["sync", "--from", feed, "--postgres", url])
+        .env("TRIALBRIDGE_TOKEN", bearer)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_killed_and_restarted_equals_one_uninterrupted_run() {
+    let s = TestStore::start().await;
+    // Creates, updates and deletes, in transactions of 500 entries.
+    let n = 100_000;
+    for chunk in 0..n / 500 {
+        let entries: Vec<_> = (0..500)
+            .map(|k| {
+                let i = chunk * 500 + k;
+                let id = format!("w{}", i % 60_000);
+                let entry = if i >= 90_000 {
+                    json!({"request": {"method": "DELETE", "url": format!("Patient/{id}")}})
+                } else {
+                    json!({"resource": {"resourceType": "Patient", "id": id, "gender": if i < 60_000 { "female" } else { "male" }},
+                           "request": {"method": "PUT", "url": format!("Patient/{id}")}})
+                };
+                entry
+            })
+            .collect();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let r = client()
+            .post(&s.base)
+            .header("content-type", "application/fhir+json")
+            .body(bundle.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let bearer = token(Role::Warehouse, &[], "");
+    let killed = database(&format!("wh_killed_{}", std::process::id())).await;
+    let fresh = database(&format!("wh_fresh_{}", std::process::id())).await;
+    // Killed at several points (the delays are fixed so that a failure can be replayed).
+    for delay_ms in [150, 60, 400, 90, 250, 30, 600, 120] {
+        let mut child = sync(&s.feed, &killed, &bearer).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let _ = child.start_kill(); // SIGKILL
+        let _ = child.wait().await;
+    }
+    // The kills interrupted a catch-up under way: some batches were committed, not all.
+    let partial = {
+        let (c, conn) = tokio_postgres::connect(&killed, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.query_opt("SELECT seq FROM sync_cursor", &[])
+            .await
+            .unwrap()
+            .map_or(0, |r| r.get::<_, i64>(0))
+    };
+    let status = sync(&s.feed, &killed, &bearer).status().await.unwrap();
+    assert!(status.success());
+    let status = sync(&s.feed, &fresh, &bearer).status().await.unwrap();
+    assert!(status.success());
+    let (kv, kc, kcur) = dump(&killed).await;
+    let (fv, fc, fcur) = dump(&fresh).await;
+    assert_eq!(fv.len(), 100_000, "one row per committed version");
+    assert_eq!(fc.len(), 60_000, "one row per resource");
+    assert_eq!(kcur, fcur);
+    assert!(
+        partial > 0 && partial < fcur,
+        "the kills came at {partial} of {fcur}"
+    );
+    assert!(kv == fv, "the versions differ after the kills");
+    assert!(kc == fc, "the current rows differ after the kills");
+    // Running again changes nothing.
+    let status = sync(&s.feed, &killed, &bearer).status().await.unwrap();
+    assert!(status.success());
+    assert_eq!(dump(&killed).await.0.len(), 100_000);
+}

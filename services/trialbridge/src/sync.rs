@@ -1,0 +1,47 @@
+//! `trialbridge sync`: follows the trial store's change feed into the warehouse's PostgreSQL
+//! tables (`services/warehouse-sync`), from where the last run stopped.
+
+/// Flags of `sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// The store's change-feed address.
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    pub from: String,
+    /// The warehouse database (`postgres://user@host:port/db`).
+    #[arg(long, env = "TRIALBRIDGE_WAREHOUSE_URL", hide_env_values = true)]
+    pub postgres: String,
+    /// Keep following new commits (until Ctrl-C) instead of stopping once caught up.
+    #[arg(long)]
+    pub follow: bool,
+    /// Bearer token (a `warehouse` token).
+    #[arg(long, env = "TRIALBRIDGE_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// Runs the sync with a progress line; prints the totals as one JSON line.
+pub async fn run(a: SyncArgs) -> anyhow::Result<()> {
+    let config = warehouse_sync::SyncConfig {
+        feed_url: a.from,
+        token: a.token,
+        postgres_url: a.postgres,
+        follow: a.follow,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    let start = std::time::Instant::now();
+    let stats = warehouse_sync::run(&config, trial_store::shutdown_signal(), |s| {
+        bar.set_message(format!(
+            "{} changes written, at sequence {}",
+            s.events, s.cursor
+        ))
+    })
+    .await?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"events": stats.events, "batches": stats.batches, "cursor": stats.cursor,
+                           "seconds": (secs * 100.0).round() / 100.0,
+                           "events_per_s": (stats.events as f64 / secs.max(1e-9)).round()})
+    );
+    Ok(())
+}

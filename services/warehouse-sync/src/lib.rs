@@ -1,0 +1,232 @@
+//! warehouse-sync: follows the trial store's gRPC change feed and keeps the sponsor warehouse's
+//! PostgreSQL tables current: `fhir_version` (every version, by change sequence) and
+//! `fhir_resource` (the current version of each resource, deletes included as tombstones).
+//!
+//! Each batch of events is written in one PostgreSQL transaction together with the cursor
+//! (`sync_cursor`): a crash at any point rolls the whole batch back, and the restart resumes
+//! after the last committed sequence, so nothing is lost and nothing is applied twice.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+use trialbridge_feed::change_feed_client::ChangeFeedClient;
+use trialbridge_feed::{ChangeEvent, SubscribeRequest};
+
+/// The name of this sync's row in `sync_cursor`.
+const FEED: &str = "trial-store";
+
+/// Events written per PostgreSQL transaction at most.
+const BATCH: usize = 1000;
+
+/// A following sync writes what it has after this long without new events.
+const IDLE_FLUSH: Duration = Duration::from_millis(200);
+
+/// Where to read and where to write.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The store's change-feed URL (`http://127.0.0.1:8082`).
+    pub feed_url: String,
+    /// A `warehouse` bearer token.
+    pub token: String,
+    /// The warehouse database (`postgres://user@host:port/db`).
+    pub postgres_url: String,
+    /// Keep following new commits; otherwise stop once caught up.
+    pub follow: bool,
+}
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Events written.
+    pub events: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// The cursor at the end.
+    pub cursor: i64,
+}
+
+/// Why a sync stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// PostgreSQL failed.
+    #[error("warehouse database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The feed could not be reached.
+    #[error("change feed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The feed refused or failed.
+    #[error("change feed: {0}")]
+    Feed(#[from] tonic::Status),
+    /// The token is not usable as metadata.
+    #[error("the token cannot be sent")]
+    Token,
+}
+
+/// The warehouse schema (idempotent).
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS fhir_version (
+    seq           bigint PRIMARY KEY,
+    resource_type text   NOT NULL,
+    id            text   NOT NULL,
+    version       bigint NOT NULL,
+    operation     text   NOT NULL,
+    site          text,
+    last_updated  text   NOT NULL,
+    resource      jsonb
+);
+CREATE INDEX IF NOT EXISTS fhir_version_resource ON fhir_version (resource_type, id, version);
+CREATE TABLE IF NOT EXISTS fhir_resource (
+    resource_type text   NOT NULL,
+    id            text   NOT NULL,
+    version       bigint NOT NULL,
+    seq           bigint NOT NULL,
+    deleted       boolean NOT NULL,
+    site          text,
+    last_updated  text   NOT NULL,
+    resource      jsonb,
+    PRIMARY KEY (resource_type, id)
+);
+CREATE TABLE IF NOT EXISTS sync_cursor (
+    feed text PRIMARY KEY,
+    seq  bigint NOT NULL
+);
+";
+
+/// Connects to PostgreSQL and applies the schema.
+pub async fn connect(url: &str) -> Result<Client, SyncError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "warehouse connection closed");
+        }
+    });
+    client.batch_execute(SCHEMA).await?;
+    Ok(client)
+}
+
+/// The last sequence written.
+pub async fn cursor(client: &Client) -> Result<i64, SyncError> {
+    Ok(client
+        .query_opt("SELECT seq FROM sync_cursor WHERE feed = $1", &[&FEED])
+        .await?
+        .map_or(0, |r| r.get(0)))
+}
+
+/// Writes a batch and the cursor in one transaction.
+async fn write(client: &mut Client, batch: &[ChangeEvent]) -> Result<(), SyncError> {
+    let Some(last) = batch.last() else {
+        return Ok(());
+    };
+    let col = |f: fn(&ChangeEvent) -> String| batch.iter().map(f).collect::<Vec<String>>();
+    let seqs: Vec<i64> = batch.iter().map(|e| e.sequence).collect();
+    let versions: Vec<i64> = batch.iter().map(|e| e.version).collect();
+    let types = col(|e| e.resource_type.clone());
+    let ids = col(|e| e.id.clone());
+    let ops = col(|e| e.operation().as_str_name().to_string());
+    let sites: Vec<Option<String>> = batch
+        .iter()
+        .map(|e| (!e.site.is_empty()).then(|| e.site.clone()))
+        .collect();
+    let updated = col(|e| e.last_updated.clone());
+    let bodies: Vec<Option<String>> = batch
+        .iter()
+        .map(|e| (!e.resource_json.is_empty()).then(|| e.resource_json.clone()))
+        .collect();
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO fhir_version (seq, resource_type, id, version, operation, site, last_updated, resource)
+         SELECT s, t, i, v, o, si, u, b::jsonb
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+              AS x(s, t, i, v, o, si, u, b)
+         ON CONFLICT (seq) DO NOTHING",
+        &[&seqs, &types, &ids, &versions, &ops, &sites, &updated, &bodies],
+    )
+    .await?;
+    // The newest version of each resource in the batch becomes (or stays) its current row.
+    tx.execute(
+        "INSERT INTO fhir_resource (resource_type, id, version, seq, deleted, site, last_updated, resource)
+         SELECT DISTINCT ON (t, i) t, i, v, s, o = 'DELETE', si, u, b::jsonb
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+              AS x(s, t, i, v, o, si, u, b)
+         ORDER BY t, i, s DESC
+         ON CONFLICT (resource_type, id) DO UPDATE SET
+             version = excluded.version, seq = excluded.seq, deleted = excluded.deleted,
+             site = excluded.site, last_updated = excluded.last_updated, resource = excluded.resource
+         WHERE fhir_resource.seq < excluded.seq",
+        &[&seqs, &types, &ids, &versions, &ops, &sites, &updated, &bodies],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO sync_cursor (feed, seq) VALUES ($1, $2)
+         ON CONFLICT (feed) DO UPDATE SET seq = excluded.seq",
+        &[&FEED, &last.sequence],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Follows the feed from the stored cursor and writes it; returns when caught up (or, when
+/// following, when `stop` resolves). `progress` is called after each committed batch.
+pub async fn run(
+    config: &SyncConfig,
+    stop: impl std::future::Future<Output = ()>,
+    mut progress: impl FnMut(&SyncStats),
+) -> Result<SyncStats, SyncError> {
+    let mut pg = connect(&config.postgres_url).await?;
+    let mut stats = SyncStats {
+        cursor: cursor(&pg).await?,
+        ..Default::default()
+    };
+    let mut feed = ChangeFeedClient::connect(config.feed_url.clone())
+        .await?
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut req = tonic::Request::new(SubscribeRequest {
+        after_sequence: stats.cursor,
+        resource_types: vec![],
+        follow: config.follow,
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", config.token)
+            .parse()
+            .map_err(|_| SyncError::Token)?,
+    );
+    let mut stream = feed.subscribe(req).await?.into_inner();
+    let mut batch: Vec<ChangeEvent> = Vec::with_capacity(BATCH);
+    tokio::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            m = tokio::time::timeout(IDLE_FLUSH, stream.message()) => m,
+            _ = &mut stop => break,
+        };
+        let (ended, idle) = match next {
+            Ok(Ok(Some(e))) => {
+                batch.push(e);
+                (false, false)
+            }
+            Ok(Ok(None)) => (true, false),
+            Ok(Err(status)) => return Err(status.into()),
+            Err(_) => (false, true), // nothing new for a while: write what there is
+        };
+        if batch.len() >= BATCH || (!batch.is_empty() && (ended || idle)) {
+            write(&mut pg, &batch).await?;
+            stats.events += batch.len() as u64;
+            stats.batches += 1;
+            stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
+            batch.clear();
+            progress(&stats);
+        }
+        if ended {
+            break;
+        }
+    }
+    if !batch.is_empty() {
+        write(&mut pg, &batch).await?;
+        stats.events += batch.len() as u64;
+        stats.batches += 1;
+        stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
+        progress(&stats);
+    }
+    Ok(stats)
+}
