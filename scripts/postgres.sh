@@ -9,7 +9,8 @@ bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$bin" ] || bin=$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")
 [ -x "$bin/initdb" ] || { echo "scripts/postgres.sh: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    # From / : the postgres user may not enter the caller's working directory.
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 case $cmd in
 start)
