@@ -134,3 +134,87 @@ async fn a_sync_killed_and_restarted_equals_one_uninterrupted_run() {
     assert!(status.success());
     assert_eq!(dump(&killed).await.0.len(), 100_000);
 }
+
+fn example(name: &str) -> serde_json::Value {
+    let path = integration_tests::repo_root()
+        .join("studies/mesemcart/examples")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_study_views_fill_the_flat_tables() {
+    let s = TestStore::start().await;
+    let site = integration_tests::client_with(&token(Role::Site, &["mesemcart-site-01"], ""));
+    let put = |v: serde_json::Value| {
+        let url = s.url(&format!(
+            "{}/{}",
+            v["resourceType"].as_str().unwrap(),
+            v["id"].as_str().unwrap()
+        ));
+        site.put(url)
+            .header("content-type", "application/fhir+json")
+            .header("x-reason-for-change", "status change")
+            .body(v.to_string())
+            .send()
+    };
+    for f in [
+        "Patient-mc-01-001.json",
+        "ResearchSubject-mc-01-001.json",
+        "Observation-mc-01-001-bmi.json",
+        "Observation-mc-01-001-icrs-grade.json",
+    ] {
+        assert!(put(example(f)).await.unwrap().status().is_success(), "{f}");
+    }
+    let mut rs = example("ResearchSubject-mc-01-001.json");
+    rs["status"] = json!("on-study");
+    assert!(put(rs).await.unwrap().status().is_success());
+    for f in [
+        "Procedure-mc-01-001-implantation.json",
+        "Observation-mc-01-001-koos-pain-v5.json",
+    ] {
+        assert!(put(example(f)).await.unwrap().status().is_success(), "{f}");
+    }
+    let url = database(&format!("wh_views_{}", std::process::id())).await;
+    let status = sync(&s.feed, &url, &token(Role::Warehouse, &[], ""))
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let r = c
+        .query_one("SELECT status, site_study, patient FROM view_subject", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "on-study", "the newest version");
+    assert_eq!(r.get::<_, String>(1), "ResearchStudy/mesemcart-site-01");
+    assert_eq!(r.get::<_, String>(2), "Patient/mc-01-001");
+    let r = c
+        .query_one(
+            "SELECT value::text, unit, time, site_study FROM view_observation WHERE id = 'Observation/mc-01-001-bmi'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "27.4");
+    assert_eq!(r.get::<_, String>(1), "kg/m2");
+    assert_eq!(r.get::<_, String>(2), "2026-03-02");
+    assert_eq!(r.get::<_, String>(3), "ResearchStudy/mesemcart-site-01");
+    let r = c
+        .query_one(
+            "SELECT cell_batch, carrier_lot, performed FROM view_procedure",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "MC-B-2026-014");
+    assert_eq!(r.get::<_, String>(1), "COL-77812");
+    assert_eq!(r.get::<_, String>(2), "2026-03-16");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM view_observation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "BMI, ICRS grade, KOOS pain");
+}

@@ -113,6 +113,31 @@ pub const FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The warehouse's flat tables as SQL-on-FHIR v2 ViewDefinitions (`studies/mesemcart/views/`):
+/// data for warehouse-sync, not resources of the trial store.
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "adverse_event.json",
+        include_str!("../../../studies/mesemcart/views/adverse_event.json"),
+    ),
+    (
+        "observation.json",
+        include_str!("../../../studies/mesemcart/views/observation.json"),
+    ),
+    (
+        "procedure.json",
+        include_str!("../../../studies/mesemcart/views/procedure.json"),
+    ),
+    (
+        "subject.json",
+        include_str!("../../../studies/mesemcart/views/subject.json"),
+    ),
+    (
+        "visit.json",
+        include_str!("../../../studies/mesemcart/views/visit.json"),
+    ),
+];
+
 /// The study's resources, parsed once.
 pub fn resources() -> &'static [Value] {
     static RESOURCES: OnceLock<Vec<Value>> = OnceLock::new();

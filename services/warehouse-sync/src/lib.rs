@@ -1,10 +1,16 @@
 //! warehouse-sync: follows the trial store's gRPC change feed and keeps the sponsor warehouse's
 //! PostgreSQL tables current: `fhir_version` (every version, by change sequence) and
-//! `fhir_resource` (the current version of each resource, deletes included as tombstones).
+//! `fhir_resource` (the current version of each resource, deletes included as tombstones), and
+//! one flat table per ViewDefinition of the study (`studies/mesemcart/views/`: `view_subject`,
+//! `view_observation`, `view_procedure`, `view_adverse_event`, `view_visit`).
 //!
 //! Each batch of events is written in one PostgreSQL transaction together with the cursor
 //! (`sync_cursor`): a crash at any point rolls the whole batch back, and the restart resumes
 //! after the last committed sequence, so nothing is lost and nothing is applied twice.
+
+pub mod view;
+
+use view::View;
 
 use std::time::Duration;
 
@@ -60,6 +66,9 @@ pub enum SyncError {
     /// The token is not usable as metadata.
     #[error("the token cannot be sent")]
     Token,
+    /// A ViewDefinition of the study cannot be used.
+    #[error("view: {0}")]
+    View(String),
 }
 
 /// The warehouse schema (idempotent).
@@ -92,8 +101,8 @@ CREATE TABLE IF NOT EXISTS sync_cursor (
 );
 ";
 
-/// Connects to PostgreSQL and applies the schema.
-pub async fn connect(url: &str) -> Result<Client, SyncError> {
+/// Connects to PostgreSQL and applies the schema, the views' tables included.
+pub async fn connect(url: &str, views: &[View]) -> Result<Client, SyncError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -101,7 +110,91 @@ pub async fn connect(url: &str) -> Result<Client, SyncError> {
         }
     });
     client.batch_execute(SCHEMA).await?;
+    for v in views {
+        let cols: Vec<String> = v
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\" {}", c.name, c.sql_type))
+            .collect();
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS view_{n} (_key text NOT NULL, {cols});
+                 CREATE INDEX IF NOT EXISTS view_{n}_key ON view_{n} (_key);",
+                n = v.name,
+                cols = cols.join(", ")
+            ))
+            .await?;
+    }
     Ok(client)
+}
+
+/// Replaces the view rows of the resources a batch changed (the newest version of each).
+async fn write_views(
+    tx: &tokio_postgres::Transaction<'_>,
+    views: &[View],
+    batch: &[ChangeEvent],
+) -> Result<(), SyncError> {
+    for v in views {
+        let mut newest: std::collections::BTreeMap<String, &ChangeEvent> = Default::default();
+        for e in batch.iter().filter(|e| e.resource_type == v.resource) {
+            newest.insert(format!("{}/{}", e.resource_type, e.id), e);
+        }
+        if newest.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = newest.keys().cloned().collect();
+        tx.execute(
+            &format!("DELETE FROM view_{} WHERE _key = ANY($1)", v.name),
+            &[&keys],
+        )
+        .await?;
+        let mut row_keys: Vec<String> = Vec::new();
+        let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); v.columns.len()];
+        for (k, e) in &newest {
+            if e.resource_json.is_empty() {
+                continue; // deleted: no row
+            }
+            let Ok(resource) = serde_json::from_str::<serde_json::Value>(&e.resource_json) else {
+                continue;
+            };
+            row_keys.push(k.clone());
+            for (i, value) in v.row(&resource).into_iter().enumerate() {
+                cols[i].push(value);
+            }
+        }
+        if row_keys.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = v
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let casts: Vec<String> = v
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("c{i}::{}", c.sql_type))
+            .collect();
+        let arrays: Vec<String> = (0..v.columns.len())
+            .map(|i| format!("${}::text[]", i + 2))
+            .collect();
+        let aliases: Vec<String> = (0..v.columns.len()).map(|i| format!("c{i}")).collect();
+        let sql = format!(
+            "INSERT INTO view_{n} (_key, {names}) SELECT k, {casts} FROM UNNEST($1::text[], {arrays}) AS x(k, {aliases})",
+            n = v.name,
+            names = names.join(", "),
+            casts = casts.join(", "),
+            arrays = arrays.join(", "),
+            aliases = aliases.join(", "),
+        );
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&row_keys];
+        for c in &cols {
+            params.push(c);
+        }
+        tx.execute(&sql, &params).await?;
+    }
+    Ok(())
 }
 
 /// The last sequence written.
@@ -112,8 +205,12 @@ pub async fn cursor(client: &Client) -> Result<i64, SyncError> {
         .map_or(0, |r| r.get(0)))
 }
 
-/// Writes a batch and the cursor in one transaction.
-async fn write(client: &mut Client, batch: &[ChangeEvent]) -> Result<(), SyncError> {
+/// Writes a batch, its view rows and the cursor in one transaction.
+async fn write(
+    client: &mut Client,
+    views: &[View],
+    batch: &[ChangeEvent],
+) -> Result<(), SyncError> {
     let Some(last) = batch.last() else {
         return Ok(());
     };
@@ -156,6 +253,7 @@ async fn write(client: &mut Client, batch: &[ChangeEvent]) -> Result<(), SyncErr
         &[&seqs, &types, &ids, &versions, &ops, &sites, &updated, &bodies],
     )
     .await?;
+    write_views(&tx, views, batch).await?;
     tx.execute(
         "INSERT INTO sync_cursor (feed, seq) VALUES ($1, $2)
          ON CONFLICT (feed) DO UPDATE SET seq = excluded.seq",
@@ -173,7 +271,8 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(&SyncStats),
 ) -> Result<SyncStats, SyncError> {
-    let mut pg = connect(&config.postgres_url).await?;
+    let views = view::study_views().map_err(SyncError::View)?;
+    let mut pg = connect(&config.postgres_url, &views).await?;
     let mut stats = SyncStats {
         cursor: cursor(&pg).await?,
         ..Default::default()
@@ -210,7 +309,7 @@ pub async fn run(
             Err(_) => (false, true), // nothing new for a while: write what there is
         };
         if batch.len() >= BATCH || (!batch.is_empty() && (ended || idle)) {
-            write(&mut pg, &batch).await?;
+            write(&mut pg, &views, &batch).await?;
             stats.events += batch.len() as u64;
             stats.batches += 1;
             stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
@@ -222,7 +321,7 @@ pub async fn run(
         }
     }
     if !batch.is_empty() {
-        write(&mut pg, &batch).await?;
+        write(&mut pg, &views, &batch).await?;
         stats.events += batch.len() as u64;
         stats.batches += 1;
         stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
