@@ -218,3 +218,50 @@ async fn the_study_views_fill_the_flat_tables() {
         .get(0);
     assert_eq!(n, 3, "BMI, ICRS grade, KOOS pain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_progress_lag_and_rows() {
+    let s = TestStore::start().await;
+    for i in 0..5 {
+        let r = integration_tests::put_fhir(
+            s.url(&format!("Patient/m{i}")),
+            json!({"resourceType": "Patient", "id": format!("m{i}")}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert!(r.status().is_success());
+    }
+    let url = database(&format!("wh_metrics_{}", std::process::id())).await;
+    let metrics = warehouse_sync::metrics::Metrics::default();
+    let config = warehouse_sync::SyncConfig {
+        feed_url: s.feed.clone(),
+        token: token(Role::Warehouse, &[], ""),
+        postgres_url: url.clone(),
+        follow: false,
+    };
+    let stats = warehouse_sync::run(&config, std::future::pending(), |st| metrics.record(st))
+        .await
+        .unwrap();
+    assert_eq!(stats.events, 5);
+    let pg = warehouse_sync::connect(&url, &[]).await.unwrap();
+    let text = warehouse_sync::metrics::render(&metrics, &pg)
+        .await
+        .unwrap();
+    for line in [
+        "warehouse_sync_events_total 5",
+        "warehouse_sync_cursor 5",
+        "warehouse_sync_table_rows{table=\"fhir_version\"} 5",
+        "warehouse_sync_table_rows{table=\"fhir_resource\"} 5",
+        "warehouse_sync_table_rows{table=\"view_observation\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    let lag: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("warehouse_sync_lag_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..60.0).contains(&lag), "{lag}");
+}

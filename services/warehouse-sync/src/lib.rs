@@ -8,6 +8,7 @@
 //! (`sync_cursor`): a crash at any point rolls the whole batch back, and the restart resumes
 //! after the last committed sequence, so nothing is lost and nothing is applied twice.
 
+pub mod metrics;
 pub mod view;
 
 use view::View;
@@ -41,7 +42,7 @@ pub struct SyncConfig {
 }
 
 /// What a sync did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SyncStats {
     /// Events written.
     pub events: u64,
@@ -49,6 +50,8 @@ pub struct SyncStats {
     pub batches: u64,
     /// The cursor at the end.
     pub cursor: i64,
+    /// `lastUpdated` of the newest change written.
+    pub last_updated: Option<String>,
 }
 
 /// Why a sync stopped.
@@ -313,6 +316,7 @@ pub async fn run(
             stats.events += batch.len() as u64;
             stats.batches += 1;
             stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
+            stats.last_updated = batch.last().map(|e| e.last_updated.clone());
             batch.clear();
             progress(&stats);
         }
@@ -325,6 +329,7 @@ pub async fn run(
         stats.events += batch.len() as u64;
         stats.batches += 1;
         stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
+        stats.last_updated = batch.last().map(|e| e.last_updated.clone());
         progress(&stats);
     }
     Ok(stats)

@@ -1,5 +1,8 @@
 //! `warehouse-sync`: the sync as a service (the same library as `trialbridge sync --follow`),
-//! configured by `TRIALBRIDGE_FEED_URL`, `TRIALBRIDGE_TOKEN` and `TRIALBRIDGE_WAREHOUSE_URL`.
+//! configured by `TRIALBRIDGE_FEED_URL`, `TRIALBRIDGE_TOKEN` and `TRIALBRIDGE_WAREHOUSE_URL`;
+//! Prometheus metrics on `TRIALBRIDGE_SYNC_METRICS_LISTEN` (default 127.0.0.1:9108).
+
+use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -11,10 +14,27 @@ async fn main() -> std::process::ExitCode {
         postgres_url: var("TRIALBRIDGE_WAREHOUSE_URL"),
         follow: true,
     };
+    let metrics = Arc::new(warehouse_sync::metrics::Metrics::default());
+    let listen = std::env::var("TRIALBRIDGE_SYNC_METRICS_LISTEN")
+        .unwrap_or_else(|_| "127.0.0.1:9108".into());
+    match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => {
+            tokio::spawn(warehouse_sync::metrics::serve(
+                l,
+                metrics.clone(),
+                config.postgres_url.clone(),
+            ));
+        }
+        Err(e) => {
+            eprintln!("warehouse-sync: cannot serve metrics on {listen}: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     match warehouse_sync::run(&config, stop, |s| {
+        metrics.record(s);
         eprintln!(
             "warehouse-sync: {} changes written, at sequence {}",
             s.events, s.cursor
