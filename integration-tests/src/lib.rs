@@ -32,7 +32,15 @@ impl TestStore {
 
     /// Starts a store, letting the caller adjust the API settings.
     pub async fn start_with(adjust: impl FnOnce(&mut trial_store::StoreConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// Starts a store on the database `store.db` in `dir` (which may hold one already, as after
+    /// a restart).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut trial_store::StoreConfig),
+    ) -> Self {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let store = trialbridge_storage::open(&url).await.expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

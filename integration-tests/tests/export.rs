@@ -247,16 +247,18 @@ async fn kick_off_rules_cancel_and_patient_level() {
 
 #[tokio::test]
 async fn a_job_left_running_runs_again_at_start_up() {
+    // A job the database records as running, as a server stopped mid-export leaves it.
     let dir = tempfile::tempdir().unwrap();
-    let exports = dir.path().to_path_buf();
     let job = "0123456789abcdef0123456789abcdef";
-    std::fs::create_dir_all(exports.join(job)).unwrap();
-    std::fs::write(
-        exports.join(job).join("job.json"),
-        json!({"id": job, "status": "running", "request": "x", "types": ["ResearchStudy"], "since_us": null, "as_of": 1_000_000, "transaction_time": "2026-11-25T00:00:00Z", "written": 0, "outputs": [], "error": null}).to_string(),
-    )
-    .unwrap();
-    let s = TestStore::start_with(move |c| c.export_dir = exports).await;
+    {
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = trialbridge_storage::open(&url).await.unwrap();
+        let state = json!({"id": job, "status": "running", "request": "x", "types": ["ResearchStudy"], "since_us": null, "as_of": 1_000_000, "transaction_time": "2026-11-25T00:00:00Z", "written": 0, "outputs": [], "error": null});
+        trialbridge_storage::put_job(&*store, job, Some(state.to_string()))
+            .await
+            .unwrap();
+    }
+    let s = TestStore::start_in(dir, |_| {}).await;
     let m = manifest(&s.url(&format!("$export-status/{job}"))).await;
     assert_eq!(m["transactionTime"], "2026-11-25T00:00:00Z");
 }

@@ -315,6 +315,8 @@ pub trait WriteTxn: Send {
     /// Appends an audit event to the chain, in this transaction. A job that appends versions
     /// without recording an audit event is rolled back: no change goes unaudited.
     async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError>;
+    /// Saves (or, with `None`, removes) the state of a background job (an export).
+    async fn put_job(&mut self, id: &str, state: Option<&str>) -> Result<(), StorageError>;
 }
 
 /// A type-erased write closure; see [`write`].
@@ -418,6 +420,10 @@ pub trait ResourceStore: Send + Sync + 'static {
         ctx: &AccessContext,
         query: &AuditQuery,
     ) -> Result<Vec<StoredAudit>, StorageError>;
+    /// The state of one background job (an export), if it exists.
+    async fn job(&self, id: &str) -> Result<Option<String>, StorageError>;
+    /// Every background job's id and state.
+    async fn jobs(&self) -> Result<Vec<(String, String)>, StorageError>;
     /// Queues a write job; it reports its own result through [`JobOutcome::finish`].
     async fn submit(&self, ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError>;
     /// Whether the database answers.
@@ -457,6 +463,21 @@ where
     });
     store.submit(ctx, job).await.map_err(E::from)?;
     rx.await.map_err(|_| E::from(StorageError::WriterGone))?
+}
+
+/// Saves (or, with `None`, removes) a background job's state, durably.
+pub async fn put_job(
+    store: &(impl ResourceStore + ?Sized),
+    id: &str,
+    state: Option<String>,
+) -> Result<(), StorageError> {
+    let id = id.to_string();
+    write(
+        store,
+        &AccessContext::system("background job"),
+        move |txn| Box::pin(async move { txn.put_job(&id, state.as_deref()).await }),
+    )
+    .await
 }
 
 /// Opens the store named by a database URL (`sqlite://path`, `sqlite::memory:`).

@@ -49,6 +49,7 @@ const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(100);
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_versions.sql"),
     include_str!("../migrations/sqlite/0002_audit_and_sites.sql"),
+    include_str!("../migrations/sqlite/0003_jobs.sql"),
 ];
 
 /// Where and how to open the SQLite database.
@@ -616,6 +617,14 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             .query_map(params_from_iter(args), |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ids)
+    }
+
+    async fn put_job(&mut self, id: &str, state: Option<&str>) -> Result<(), StorageError> {
+        match state {
+            Some(st) => self.conn.prepare_cached("INSERT INTO job (id, state) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET state = excluded.state")?.execute(params![id, st])?,
+            None => self.conn.prepare_cached("DELETE FROM job WHERE id = ?1")?.execute(params![id])?,
+        };
+        Ok(())
     }
 
     async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError> {
@@ -1608,6 +1617,27 @@ impl ResourceStore for SqliteStore {
             });
         }
         Ok(())
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<String>, StorageError> {
+        let id = id.to_string();
+        self.blocking(move |c| {
+            Ok(c.prepare_cached("SELECT state FROM job WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn jobs(&self) -> Result<Vec<(String, String)>, StorageError> {
+        self.blocking(|c| {
+            let mut stmt = c.prepare_cached("SELECT id, state FROM job ORDER BY id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
     async fn audit_read(

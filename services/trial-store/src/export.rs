@@ -1,8 +1,8 @@
 //! Bulk Data export (FHIR Bulk Data Access IG v2): `GET [base]/$export` and
 //! `GET [base]/Patient/$export` with `Prefer: respond-async`; the job reads one consistent
 //! snapshot (the change sequence at kick-off), streams NDJSON files to disk page by page
-//! (never the whole data in memory), and keeps its state in a file beside them, so a job that
-//! was running when the server stopped is run again at start-up. `$export-status/{job}` gives
+//! (never the whole data in memory), and keeps its state in the trial database (`job`), so a
+//! job that was running when the server stopped is run again at start-up. `$export-status/{job}` gives
 //! 202 with `X-Progress` until the manifest; DELETE cancels; the files are served from
 //! `$export-file/{job}/{Type}.ndjson`.
 
@@ -32,7 +32,7 @@ pub struct Exports {
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
-/// A job as kept in `job.json`.
+/// A job's state, as kept in the database.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Job {
     id: String,
@@ -56,7 +56,7 @@ struct Job {
 }
 
 /// The job, if it exists and the caller owns it.
-fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+async fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -65,7 +65,7 @@ fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
         )
     };
     checked_job(id)?;
-    let job = load(&job_dir(s, id)).ok_or_else(not_found)?;
+    let job = load(s, id).await?.ok_or_else(not_found)?;
     match (&job.owner, &caller.principal) {
         (_, None) => Ok(job),
         (Some(o), Some(p)) if *o == p.subject => Ok(job),
@@ -84,22 +84,18 @@ fn job_dir(s: &StoreState, id: &str) -> PathBuf {
     s.config.export_dir.join(id)
 }
 
-fn save(dir: &Path, job: &Job) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join("job.json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(
-            &mut f,
-            serde_json::to_string(job).unwrap_or_default().as_bytes(),
-        )?;
-        f.sync_all()?;
-    }
-    std::fs::rename(tmp, dir.join("job.json"))
+/// Saves a job's state in the trial database (committed before this returns).
+async fn save(s: &StoreState, job: &Job) -> Result<(), trialbridge_storage::StorageError> {
+    let state = serde_json::to_string(job).unwrap_or_default();
+    trialbridge_storage::put_job(&*s.store, &job.id, Some(state)).await
 }
 
-fn load(dir: &Path) -> Option<Job> {
-    serde_json::from_slice(&std::fs::read(dir.join("job.json")).ok()?).ok()
+/// A job's state, if the database knows it.
+async fn load(s: &StoreState, id: &str) -> Result<Option<Job>, ApiError> {
+    Ok(s.store
+        .job(id)
+        .await?
+        .and_then(|state| serde_json::from_str(&state).ok()))
 }
 
 /// Kick-off: `GET [base]/$export` and `GET [base]/Patient/$export`.
@@ -246,7 +242,7 @@ pub async fn kick_off(
         error: None,
         owner: caller.principal.as_ref().map(|p| p.subject.clone()),
     };
-    save(&job_dir(s, &id), &job).map_err(|e| ApiError::Storage(e.into()))?;
+    save(s, &job).await?;
     start(s.clone(), job);
     let mut r = StatusCode::ACCEPTED.into_response();
     let loc = format!("{}/$export-status/{id}", s.config.base_url);
@@ -275,13 +271,14 @@ fn start(s: StoreState, job: Job) {
             .remove(&id);
         if cancel.load(Ordering::SeqCst) {
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = trialbridge_storage::put_job(&*s.store, &id, None).await;
             return;
         }
         if let Err(e) = result {
-            let mut failed = load(&dir).unwrap_or(job);
+            let mut failed = load(&s, &id).await.ok().flatten().unwrap_or(job);
             failed.status = "failed".into();
             failed.error = Some(e);
-            let _ = save(&dir, &failed);
+            let _ = save(&s, &failed).await;
         }
     });
 }
@@ -290,7 +287,10 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
     job.status = "running".into();
     job.written = 0;
     job.outputs.clear();
-    save(dir, &job).map_err(|e| e.to_string())?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    save(s, &job).await.map_err(|e| e.to_string())?;
     let ctx = AccessContext::system(EXPORT_ACTOR);
     for t in job.types.clone() {
         let path = dir.join(format!("{t}.ndjson"));
@@ -347,11 +347,11 @@ async fn run(s: &StoreState, mut job: Job, dir: &Path, cancel: &AtomicBool) -> R
             f.flush().await.map_err(|e| e.to_string())?;
             f.get_ref().sync_all().await.map_err(|e| e.to_string())?;
             job.outputs.push((t.clone(), count));
-            save(dir, &job).map_err(|e| e.to_string())?;
+            save(s, &job).await.map_err(|e| e.to_string())?;
         }
     }
     job.status = "done".into();
-    save(dir, &job).map_err(|e| e.to_string())
+    save(s, &job).await.map_err(|e| e.to_string())
 }
 
 /// The ids of `page` that belong to the compartment of one of `patients` (a Group export):
@@ -389,12 +389,16 @@ async fn group_members(
 }
 
 /// Runs again every job that was queued or running when the server stopped.
-pub fn resume(s: &StoreState) {
-    let Ok(entries) = std::fs::read_dir(&s.config.export_dir) else {
-        return;
+pub async fn resume(s: &StoreState) {
+    let jobs = match s.store.jobs().await {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the export jobs");
+            return;
+        }
     };
-    for e in entries.flatten() {
-        if let Some(job) = load(&e.path()) {
+    for (_, state) in jobs {
+        if let Ok(job) = serde_json::from_str::<Job>(&state) {
             if matches!(job.status.as_str(), "queued" | "running") {
                 tracing::info!(job = %job.id, "resuming an export job");
                 start(s.clone(), job);
@@ -421,7 +425,7 @@ pub async fn status(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let job = owned(&s, &caller, &id)?;
+    let job = owned(&s, &caller, &id).await?;
     match job.status.as_str() {
         "queued" | "running" => {
             let mut r = StatusCode::ACCEPTED.into_response();
@@ -462,7 +466,7 @@ pub async fn cancel(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    owned(&s, &caller, &id)?;
+    owned(&s, &caller, &id).await?;
     let dir = job_dir(&s, &id);
     let running = s
         .exports
@@ -475,6 +479,7 @@ pub async fn cancel(
         Some(flag) => flag.store(true, Ordering::SeqCst),
         None => {
             let _ = std::fs::remove_dir_all(&dir);
+            trialbridge_storage::put_job(&*s.store, &id, None).await?;
         }
     }
     Ok(StatusCode::ACCEPTED.into_response())
@@ -486,7 +491,7 @@ pub async fn file(
     caller: Caller,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    owned(&s, &caller, &id)?;
+    owned(&s, &caller, &id).await?;
     let t = name.strip_suffix(".ndjson").unwrap_or("");
     if trialbridge_fhir::resource_type::canonical(t).is_none() {
         return Err(ApiError::new(

@@ -303,7 +303,7 @@ pub async fn serve(
         source,
     })?;
     // Export jobs that were running when the server stopped run again.
-    export::resume(&state);
+    export::resume(&state).await;
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
