@@ -260,6 +260,21 @@ pub fn post_fhir(
         .body(body)
 }
 
+/// Creates `n` bare Patients `{prefix}0`, `{prefix}1`, ... with PUT; each must succeed.
+pub async fn put_patients(s: &TestStore, prefix: &str, n: usize) {
+    for i in 0..n {
+        let id = format!("{prefix}{i}");
+        let r = put_fhir(
+            s.url(&format!("Patient/{id}")),
+            serde_json::json!({"resourceType": "Patient", "id": id}).to_string(),
+        )
+        .send()
+        .await
+        .expect("PUT");
+        assert!(r.status().is_success(), "Patient/{id}: {}", r.status());
+    }
+}
+
 /// A PUT of a FHIR JSON body.
 pub fn put_fhir(
     url: impl reqwest::IntoUrl,

@@ -242,16 +242,7 @@ proptest! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_resumes_from_its_cursor_and_only_the_warehouse_subscribes() {
     let s = TestStore::start().await;
-    for i in 0..30 {
-        let r = put_fhir(
-            s.url(&format!("Patient/r{i}")),
-            json!({"resourceType": "Patient", "id": format!("r{i}")}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-        assert!(r.status().is_success());
-    }
+    integration_tests::put_patients(&s, "r", 30).await;
     let wh = token(Role::Warehouse, &[], "");
     let all: Vec<ChangeEvent> = {
         let mut st = subscribe(&s.feed, &wh, 0, false).await.unwrap();
@@ -289,16 +280,7 @@ async fn a_subscriber_resumes_from_its_cursor_and_only_the_warehouse_subscribes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trialbridge_feed_prints_one_line_per_version() {
     let s = TestStore::start().await;
-    for i in 0..5 {
-        let r = put_fhir(
-            s.url(&format!("Patient/f{i}")),
-            json!({"resourceType": "Patient", "id": format!("f{i}")}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-        assert!(r.status().is_success());
-    }
+    integration_tests::put_patients(&s, "f", 5).await;
     let r = client().delete(s.url("Patient/f0")).send().await.unwrap();
     assert!(r.status().is_success());
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))

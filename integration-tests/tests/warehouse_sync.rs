@@ -222,16 +222,7 @@ async fn the_study_views_fill_the_flat_tables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_report_progress_lag_and_rows() {
     let s = TestStore::start().await;
-    for i in 0..5 {
-        let r = integration_tests::put_fhir(
-            s.url(&format!("Patient/m{i}")),
-            json!({"resourceType": "Patient", "id": format!("m{i}")}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-        assert!(r.status().is_success());
-    }
+    integration_tests::put_patients(&s, "m", 5).await;
     let url = database(&format!("wh_metrics_{}", std::process::id())).await;
     let metrics = warehouse_sync::metrics::Metrics::default();
     let config = warehouse_sync::SyncConfig {
