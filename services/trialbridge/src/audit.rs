@@ -13,7 +13,8 @@ pub enum AuditCommand {
 /// What a walk of the chain found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChainCheck {
-    /// Every event matches; the count and the last hash.
+    /// Every row of the chain (a change's event, or a batch of queued events) matches; the
+    /// count and the last hash.
     Intact(u64, String),
     /// The first event that does not match, and why.
     Broken(String),
@@ -76,7 +77,7 @@ pub async fn run(c: AuditCommand, url: &str) -> anyhow::Result<()> {
     match c {
         AuditCommand::Verify => match check(url).await? {
             ChainCheck::Intact(n, hash) => {
-                println!("audit trail intact: {n} events, last hash {hash}");
+                println!("audit trail intact: {n} chain rows, last hash {hash}");
                 Ok(())
             }
             ChainCheck::Broken(why) => anyhow::bail!("audit trail broken at {why}"),
