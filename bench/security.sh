@@ -18,12 +18,10 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 data=$work/observations.ndjson
 writable_data "$data"
 
-# run LABEL BIN ROUND: a fresh database, creates (1 and 16 clients), then reads by id (the
-# local profile's development key is created in the database's folder before the server starts).
+# run LABEL BIN ROUND: a fresh database, creates (1 and 16 clients), then reads by id.
 run() {
     local label=$1 bin=$2 round=$3 dir=$work/$1-$3 token
     mkdir -p "$dir"
-    "$tb" token --role site --site mesemcart-site-01 --database-url "sqlite://$dir/tb.db" >/dev/null
     port_free 8190
     TRIALBRIDGE_DATABASE_URL="sqlite://$dir/tb.db" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 "$bin" serve --listen 127.0.0.1:8190 \
         --mllp-listen 127.0.0.1:0 --gateway-listen 127.0.0.1:0 >/dev/null 2>"$dir/log" &

@@ -171,6 +171,22 @@ pub struct HistoryQuery {
     pub count: usize,
 }
 
+impl HistoryQuery {
+    /// Versions after change sequence `after_seq`, oldest first, without time bounds (a change
+    /// feed's page).
+    pub fn oldest_first(scope: HistoryScope, after_seq: i64, count: usize) -> Self {
+        Self {
+            scope,
+            since_us: None,
+            at_or_before_us: None,
+            order: HistoryOrder::OldestFirst,
+            after_seq: Some(after_seq),
+            snapshot_seq: None,
+            count,
+        }
+    }
+}
+
 /// A page of history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {

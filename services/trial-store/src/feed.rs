@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use trialbridge_auth::Interaction;
 use trialbridge_feed::change_feed_server::{ChangeFeed, ChangeFeedServer};
 use trialbridge_feed::{ChangeEvent, Operation, SubscribeRequest};
-use trialbridge_storage::{HistoryOrder, HistoryQuery, HistoryScope, Role, StoredVersion};
+use trialbridge_storage::{HistoryQuery, HistoryScope, Role, StoredVersion};
 
 use crate::access::Caller;
 use crate::StoreState;
@@ -115,15 +115,7 @@ impl ChangeFeed for Feed {
                 let page = store
                     .history(
                         &caller.ctx,
-                        &HistoryQuery {
-                            scope: HistoryScope::System,
-                            since_us: None,
-                            at_or_before_us: None,
-                            order: HistoryOrder::OldestFirst,
-                            after_seq: Some(after),
-                            snapshot_seq: None,
-                            count: PAGE,
-                        },
+                        &HistoryQuery::oldest_first(HistoryScope::System, after, PAGE),
                     )
                     .await;
                 let page = match page {

@@ -221,12 +221,12 @@ async fn live_version(
     caller: &Caller,
     resource_type: &str,
     id: &str,
-) -> Result<Option<i64>, ApiError> {
+) -> Result<Option<(i64, Option<String>)>, ApiError> {
     match txn.current_version(resource_type, id).await? {
         Some((_, _, Some(site))) if !caller.ctx.sites.sees(Some(&site)) => Err(forbidden(format!(
             "{resource_type}/{id} belongs to a site this token does not cover"
         ))),
-        Some((v, false, _)) => Ok(Some(v)),
+        Some((v, false, site)) => Ok(Some((v, site))),
         _ => Ok(None),
     }
 }
@@ -371,7 +371,9 @@ pub async fn update(
             .at(format!("{}.id", res.resource_type)));
         }
     }
-    let live = live_version(txn, caller, res.resource_type, id).await?;
+    let live = live_version(txn, caller, res.resource_type, id)
+        .await?
+        .map(|(v, _)| v);
     if let Some(expected) = if_match {
         if live != Some(expected) {
             return Err(precondition(res.resource_type, expected, live));
@@ -401,26 +403,22 @@ pub async fn delete(
     if_match: Option<i64>,
 ) -> Result<Written, ApiError> {
     let live = live_version(txn, caller, resource_type, id).await?;
+    let version = live.as_ref().map(|(v, _)| *v);
     if let Some(expected) = if_match {
-        if live != Some(expected) {
-            return Err(precondition(resource_type, expected, live));
+        if version != Some(expected) {
+            return Err(precondition(resource_type, expected, version));
         }
     }
-    if live.is_some() {
-        require_reason(caller, resource_type, id)?;
-    }
-    if live.is_none() {
+    // Deleting what is absent or already deleted changes nothing.
+    let Some((_, site)) = live else {
         return Ok(Written {
             status: StatusCode::NO_CONTENT,
             version: None,
         });
-    }
+    };
+    require_reason(caller, resource_type, id)?;
     let render = |_: i64, _: &str| String::new();
     // The tombstone stays with the resource's site.
-    let site = txn
-        .current_version(resource_type, id)
-        .await?
-        .and_then(|(_, _, site)| site);
     let v = txn
         .append(NewVersion {
             resource_type,

@@ -15,9 +15,7 @@ use serde_json::{json, Value};
 use trialbridge_auth::Interaction;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
 use trialbridge_fhir::IssueType;
-use trialbridge_storage::{
-    AuditQuery, HistoryOrder, HistoryQuery, HistoryScope, Role, StoredVersion,
-};
+use trialbridge_storage::{AuditQuery, HistoryQuery, HistoryScope, Role, StoredVersion};
 
 use crate::access::Caller;
 use crate::audit::write_audited;
@@ -237,15 +235,11 @@ async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Valu
         .store
         .history(
             &caller.ctx,
-            &HistoryQuery {
-                scope: HistoryScope::Instance(v.resource_type.clone(), v.id.clone()),
-                since_us: None,
-                at_or_before_us: None,
-                order: HistoryOrder::OldestFirst,
-                after_seq: None,
-                snapshot_seq: None,
-                count: 1000,
-            },
+            &HistoryQuery::oldest_first(
+                HistoryScope::Instance(v.resource_type.clone(), v.id.clone()),
+                0,
+                1000,
+            ),
         )
         .await?;
     let changes = changes_of(s, caller, &entity).await?;
@@ -362,11 +356,16 @@ pub async fn sdv(
         "values": total, "unverified": unverified,
         "items": items,
     });
-    Ok(axum::response::IntoResponse::into_response((
+    Ok(json_report(&report))
+}
+
+/// A report of the monitor operations: plain JSON, not a FHIR resource.
+fn json_report(report: &Value) -> Response {
+    axum::response::IntoResponse::into_response((
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         report.to_string(),
-    )))
+    ))
 }
 
 /// The differences between two JSON values, as (path, operation, old, new).
@@ -442,11 +441,7 @@ pub async fn version_diff(
         "resource": format!("{rt}/{id}"), "from": from, "to": to,
         "change": who.get(&to), "differences": changes,
     });
-    Ok(axum::response::IntoResponse::into_response((
-        StatusCode::OK,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        report.to_string(),
-    )))
+    Ok(json_report(&report))
 }
 
 /// `POST [type]/{id}/$verify` (monitors): marks a version (default the current one) as source

@@ -299,19 +299,21 @@ pub async fn run(
     tokio::pin!(stop);
     loop {
         let next = tokio::select! {
-            m = tokio::time::timeout(IDLE_FLUSH, stream.message()) => m,
-            _ = &mut stop => break,
+            m = tokio::time::timeout(IDLE_FLUSH, stream.message()) => Some(m),
+            _ = &mut stop => None,
         };
-        let (ended, idle) = match next {
-            Ok(Ok(Some(e))) => {
+        // `done`: stopped or caught up (a stream that does not follow ends); `idle`: nothing
+        // new for a while. Either way, what has arrived is written.
+        let (done, idle) = match next {
+            Some(Ok(Ok(Some(e)))) => {
                 batch.push(e);
                 (false, false)
             }
-            Ok(Ok(None)) => (true, false),
-            Ok(Err(status)) => return Err(status.into()),
-            Err(_) => (false, true), // nothing new for a while: write what there is
+            None | Some(Ok(Ok(None))) => (true, false),
+            Some(Ok(Err(status))) => return Err(status.into()),
+            Some(Err(_)) => (false, true),
         };
-        if batch.len() >= BATCH || (!batch.is_empty() && (ended || idle)) {
+        if !batch.is_empty() && (batch.len() >= BATCH || done || idle) {
             write(&mut pg, &views, &batch).await?;
             stats.events += batch.len() as u64;
             stats.batches += 1;
@@ -320,17 +322,9 @@ pub async fn run(
             batch.clear();
             progress(&stats);
         }
-        if ended {
+        if done {
             break;
         }
-    }
-    if !batch.is_empty() {
-        write(&mut pg, &views, &batch).await?;
-        stats.events += batch.len() as u64;
-        stats.batches += 1;
-        stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);
-        stats.last_updated = batch.last().map(|e| e.last_updated.clone());
-        progress(&stats);
     }
     Ok(stats)
 }
