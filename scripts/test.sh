@@ -42,6 +42,13 @@ cleanup() {
 trap cleanup EXIT
 status=0
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log" || status=$?
+
+# The store test suite again on PostgreSQL: every test that starts a store (in-process or as
+# the binary) gets a database of its own on the test server instead of an SQLite file.
+store_suite=(rest_api search security protocol validation change_feed export crash official_examples openapi third_party_clients)
+echo "scripts/test.sh: the store test suite on PostgreSQL (${store_suite[*]})" >&2
+TRIALBRIDGE_TEST_STORE_POSTGRES="$TRIALBRIDGE_TEST_POSTGRES_URL" \
+    cargo test -p integration-tests --locked $(printf -- '--test %s ' "${store_suite[@]}") 2>&1 | tee -a "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

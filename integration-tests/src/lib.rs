@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub mod history;
+
 pub use trialbridge_storage::Role;
 
 /// A trial store running in this process on 127.0.0.1 with its own SQLite file.
@@ -14,6 +16,8 @@ pub struct TestStore {
     pub feed: String,
     /// The database file's directory (removed on drop).
     pub dir: tempfile::TempDir,
+    /// The store's database URL (SQLite in `dir`, or a PostgreSQL database of its own).
+    pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -41,7 +45,7 @@ impl TestStore {
         dir: tempfile::TempDir,
         adjust: impl FnOnce(&mut trial_store::StoreConfig),
     ) -> Self {
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let url = store_database_url(dir.path()).await;
         let store = trialbridge_storage::open(&url).await.expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -90,6 +94,7 @@ impl TestStore {
             base,
             feed,
             dir,
+            database_url: url,
             shutdown: Some(tx),
         }
     }
@@ -106,6 +111,54 @@ impl Drop for TestStore {
             let _ = tx.send(());
         }
     }
+}
+
+/// The variable naming a PostgreSQL server (`postgres://user@host:port/postgres`) on which
+/// the store tests run instead of SQLite (`scripts/test.sh` runs them on both).
+pub const STORE_POSTGRES_VAR: &str = "TRIALBRIDGE_TEST_STORE_POSTGRES";
+
+/// The PostgreSQL server the store tests run on, if they run on one.
+pub fn store_postgres() -> Option<String> {
+    std::env::var(STORE_POSTGRES_VAR)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The database of a test store in `dir`: an SQLite file in it, or, when
+/// [`STORE_POSTGRES_VAR`] names a server, a database of its own there, named after `dir` so
+/// that a store restarted on the same `dir` finds the same data.
+pub async fn store_database_url(dir: &Path) -> String {
+    let Some(server) = store_postgres() else {
+        return format!("sqlite://{}", dir.join("store.db").display());
+    };
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let name = format!("tb_{:016x}", h.finish());
+    postgres_database(&server, &name).await
+}
+
+/// Creates database `name` on the server of `server_url` unless it exists; returns its URL.
+pub async fn postgres_database(server_url: &str, name: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    tokio::spawn(conn);
+    if let Err(e) = client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+    {
+        // 42P04: it exists already (a restart on the same data).
+        assert_eq!(
+            e.code().map(|c| c.code()),
+            Some("42P04"),
+            "CREATE DATABASE {name}: {e}"
+        );
+    }
+    let (base, _) = server_url
+        .rsplit_once('/')
+        .expect("a server URL ending in /database");
+    format!("{base}/{name}")
 }
 
 /// The repository root.

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-async fn start(db: &str) -> (Child, String) {
+async fn start(db: &str, data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
         .args([
             "serve",
@@ -24,6 +24,7 @@ async fn start(db: &str) -> (Child, String) {
             "127.0.0.1:0",
         ])
         .env("TRIALBRIDGE_DATABASE_URL", db)
+        .env("TRIALBRIDGE_DATA_DIR", data_dir)
         .env("TRIALBRIDGE_LOAD_STUDY", "false")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -43,9 +44,10 @@ async fn start(db: &str) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("crash.db").display());
+    // SQLite in `dir`, or a PostgreSQL database when the store suite runs there.
+    let db = integration_tests::store_database_url(dir.path()).await;
     integration_tests::install_test_key(dir.path());
-    let (mut child, base) = start(&db).await;
+    let (mut child, base) = start(&db, dir.path()).await;
 
     // id -> highest acknowledged version; transactions acknowledged (by number).
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -98,7 +100,7 @@ async fn acknowledged_writes_survive_kill_9() {
         acked.len()
     );
 
-    let (_child, base) = start(&db).await;
+    let (_child, base) = start(&db, dir.path()).await;
     let c = client();
     for (id, version) in &acked {
         let r = c

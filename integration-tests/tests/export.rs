@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use integration_tests::{
-    client, fixture, get_json, post_fhir, put_fhir, TestStore, INVALID_EXAMPLE,
+    client, fixture, get_json, post_fhir, put_fhir, store_database_url, TestStore, INVALID_EXAMPLE,
 };
 use serde_json::{json, Value};
 
@@ -251,7 +251,7 @@ async fn a_job_left_running_runs_again_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let job = "0123456789abcdef0123456789abcdef";
     {
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let url = store_database_url(dir.path()).await;
         let store = trialbridge_storage::open(&url).await.unwrap();
         let state = json!({"id": job, "status": "running", "request": "x", "types": ["ResearchStudy"], "since_us": null, "as_of": 1_000_000, "transaction_time": "2026-11-25T00:00:00Z", "written": 0, "outputs": [], "error": null});
         trialbridge_storage::put_job(&*store, job, Some(state.to_string()))

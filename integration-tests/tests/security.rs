@@ -647,14 +647,10 @@ async fn an_edited_audit_row_is_found_by_audit_verify() {
         get(&site1, s.url("Observation/o1")).await;
     }
     audit_events(&s, 10, |_| true).await;
-    let db = s.dir.path().join("store.db");
     let verify = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
             .args(["audit", "verify"])
-            .env(
-                "TRIALBRIDGE_DATABASE_URL",
-                format!("sqlite://{}", db.display()),
-            )
+            .env("TRIALBRIDGE_DATABASE_URL", &s.database_url)
             .output()
             .unwrap()
     };
@@ -666,14 +662,24 @@ async fn an_edited_audit_row_is_found_by_audit_verify() {
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("audit trail intact"));
     // Someone with database access edits event 4 (the triggers refuse it until dropped).
-    let c = rusqlite::Connection::open(&db).unwrap();
-    assert!(c
-        .execute(
-            "UPDATE audit_event SET body = body || ' ' WHERE seq = 4",
-            []
-        )
-        .is_err());
-    c.execute_batch("DROP TRIGGER audit_event_no_update; UPDATE audit_event SET body = body || ' ' WHERE seq = 4;").unwrap();
+    let edit = "UPDATE audit_event SET body = body || ' ' WHERE seq = 4";
+    if s.database_url.starts_with("sqlite:") {
+        let c = rusqlite::Connection::open(s.dir.path().join("store.db")).unwrap();
+        assert!(c.execute(edit, []).is_err());
+        c.execute_batch(&format!("DROP TRIGGER audit_event_no_update; {edit};"))
+            .unwrap();
+    } else {
+        let (c, conn) = tokio_postgres::connect(&s.database_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        assert!(c.batch_execute(edit).await.is_err());
+        c.batch_execute(&format!(
+            "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only; {edit};"
+        ))
+        .await
+        .unwrap();
+    }
     let bad = verify();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);

@@ -15,7 +15,10 @@ use futures::future::BoxFuture;
 pub use trialbridge_fhir::index::{Index, IndexEntry, RangeEntry};
 pub use trialbridge_fhir::search::{Cursor, SearchRequest};
 
+mod postgres;
+mod sql;
 mod sqlite;
+pub use postgres::{PostgresStore, CHANGE_SEQUENCE_LOCK};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Who is asking, and for which study and sites. Every read query is limited to the sites the
@@ -86,6 +89,9 @@ pub enum StorageError {
     /// SQLite reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error or could not be reached.
+    #[error("database error: {0}")]
+    Postgres(#[from] sqlx::Error),
     /// The database file or its directory could not be used.
     #[error("database file: {0}")]
     Io(#[from] std::io::Error),
@@ -105,7 +111,7 @@ pub enum StorageError {
     #[error("a change without an audit event was refused")]
     Unaudited,
     /// The database URL is not usable.
-    #[error("unsupported database URL '{0}' (expected sqlite://path)")]
+    #[error("unsupported database URL '{0}' (expected sqlite://path or postgres://user@host/db)")]
     UnsupportedUrl(String),
 }
 
@@ -496,12 +502,53 @@ pub async fn put_job(
     .await
 }
 
-/// Opens the store named by a database URL (`sqlite://path`, `sqlite::memory:`).
+/// Opens the store named by a database URL: `sqlite://path` (embedded, created if missing)
+/// or `postgres://user[:password]@host[:port]/database` (`postgresql://` too; migrations are
+/// applied at start-up).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
-    if url.starts_with("sqlite:") {
-        let store = SqliteStore::open(SqliteOptions::from_url(url)?).await?;
-        Ok(std::sync::Arc::new(store))
-    } else {
-        Err(StorageError::UnsupportedUrl(url.to_string()))
+    match Backend::of(url)? {
+        Backend::Sqlite => {
+            let store = SqliteStore::open(SqliteOptions::from_url(url)?).await?;
+            Ok(std::sync::Arc::new(store))
+        }
+        Backend::Postgres => Ok(std::sync::Arc::new(PostgresStore::open(url).await?)),
+    }
+}
+
+/// The database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (`sqlite://path`).
+    Sqlite,
+    /// A PostgreSQL server (`postgres://...`).
+    Postgres,
+}
+
+impl Backend {
+    /// The engine of a database URL, checked for its form (not for reachability).
+    pub fn of(url: &str) -> Result<Self, StorageError> {
+        if url.starts_with("sqlite:") {
+            SqliteOptions::from_url(url)?;
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            url.parse::<sqlx::postgres::PgConnectOptions>()
+                .map_err(|_| StorageError::UnsupportedUrl(url.to_string()))?;
+            Ok(Backend::Postgres)
+        } else {
+            Err(StorageError::UnsupportedUrl(url.to_string()))
+        }
+    }
+}
+
+/// Where files that belong with a database live (exports, the development signing key, the
+/// site gateway's own database): beside an SQLite file, else `data/`.
+pub fn default_data_dir(url: &str) -> std::path::PathBuf {
+    match SqliteOptions::from_url(url) {
+        Ok(o) => o
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| ".".into(), std::path::Path::to_path_buf),
+        Err(_) => "data".into(),
     }
 }

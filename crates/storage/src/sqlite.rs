@@ -16,25 +16,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::mpsc;
 
-use trialbridge_fhir::index::normalize_string;
-use trialbridge_fhir::search::{
-    Criterion, Cursor, Match, Prefix, RangeKind, SearchRequest, SortKey, SortValue,
-};
-use trialbridge_fhir::search_param::SearchParamKind;
+use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
+use crate::sql::{
+    audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
+    Dialect, PendingAudit, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
+};
 use crate::{
-    audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryOrder, HistoryPage, HistoryQuery,
-    HistoryScope, Index, JobFinish, JobOutcome, NewVersion, ResourceStore, SearchPage, SiteScope,
-    StorageError, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+    audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryPage, HistoryQuery, Index,
+    JobFinish, JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit,
+    StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
 };
-
-/// Range rows at most this wide (in their unit: a day in microseconds for dates; numbers are
-/// points, width 0) are "short": a search can bound their `low` and read one index range.
-const SHORT_SPAN: f64 = 86_400_000_000.0;
 
 /// How many queued write jobs one commit may take at most.
 const MAX_BATCH: usize = 512;
@@ -192,36 +187,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-const VERSION_COLUMNS: &str =
-    "v.res_type, v.res_id, v.version, v.seq, v.last_updated, v.last_updated_us, v.deleted, v.body, v.site";
-/// The number of columns in [`VERSION_COLUMNS`]; sort keys follow them.
-const VERSION_COLUMN_COUNT: usize = 9;
-
-/// ` AND (col IS NULL OR col IN (...))` for a caller limited to some sites; nothing otherwise.
-fn push_site_scope(
-    sql: &mut String,
-    args: &mut Vec<SqlValue>,
-    sites: Option<&[String]>,
-    col: &str,
-) {
-    let Some(sites) = sites else { return };
-    if sites.is_empty() {
-        sql.push_str(&format!(" AND {col} IS NULL"));
-        return;
-    }
-    let marks = vec!["?"; sites.len()].join(",");
-    sql.push_str(&format!(" AND ({col} IS NULL OR {col} IN ({marks}))"));
-    args.extend(sites.iter().map(|s| SqlValue::from(s.clone())));
-}
-
-/// The sites a context is limited to, `None` when it sees every site.
-fn limited(ctx: &AccessContext) -> Option<&[String]> {
-    match &ctx.sites {
-        SiteScope::All => None,
-        SiteScope::Only(s) => Some(s),
-    }
-}
-
 fn version_from_row(row: &Row<'_>) -> rusqlite::Result<StoredVersion> {
     Ok(StoredVersion {
         resource_type: row.get(0)?,
@@ -373,7 +338,7 @@ fn run_batch(
         }
     }
     // The queued audit events of requests that changed nothing ride along with this commit.
-    pending.flush(txn.conn, &mut txn.chain_end)?;
+    flush_pending(txn.conn, pending, &mut txn.chain_end)?;
     txn.conn.execute_batch("COMMIT")?;
     Ok(())
 }
@@ -409,16 +374,15 @@ fn insert_audit(
     let hash = audit_hash(&prev, seq, &r.body);
     conn.prepare_cached("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
         .execute(params![seq, r.recorded_us, r.site, i64::from(batch), r.body, prev, hash])?;
-    let mut e =
-        conn.prepare_cached("INSERT OR IGNORE INTO audit_entity (entity, seq) VALUES (?1, ?2)")?;
+    let mut e = conn.prepare_cached(
+        "INSERT INTO audit_entity (entity, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
     for entity in &r.entities {
         e.execute(params![entity, seq])?;
     }
     *chain_end = Some((seq, hash));
     Ok(())
 }
-
-const AUDIT_COLUMNS: &str = "seq, recorded_us, site, batch, body, prev_hash, hash";
 
 fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<StoredAudit> {
     Ok(StoredAudit {
@@ -432,54 +396,16 @@ fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<StoredAudit> {
     })
 }
 
-/// Audit events of requests that changed nothing, waiting for the writer.
-#[derive(Default)]
-struct PendingAudit(Mutex<Vec<AuditRecord>>);
-
-impl PendingAudit {
-    /// Writes everything queued: one batch row (a JSON array of the queued bodies) per site.
-    fn flush(
-        &self,
-        conn: &Connection,
-        chain_end: &mut Option<(i64, String)>,
-    ) -> Result<(), StorageError> {
-        let records = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut by_site: Vec<(Option<String>, Vec<AuditRecord>)> = Vec::new();
-        for r in records {
-            match by_site.iter_mut().find(|(s, _)| *s == r.site) {
-                Some((_, v)) => v.push(r),
-                None => by_site.push((r.site.clone(), vec![r])),
-            }
-        }
-        for (site, group) in by_site {
-            let mut body =
-                String::with_capacity(group.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);
-            body.push('[');
-            let mut entities = Vec::new();
-            for (i, r) in group.iter().enumerate() {
-                if i > 0 {
-                    body.push(',');
-                }
-                body.push_str(&r.body);
-                entities.extend(r.entities.iter().cloned());
-            }
-            body.push(']');
-            entities.sort();
-            entities.dedup();
-            let row = AuditRecord {
-                recorded_us: group[0].recorded_us,
-                site,
-                entities,
-                body,
-            };
-            insert_audit(conn, chain_end, &row, true)?;
-        }
-        Ok(())
+/// Writes everything queued in `pending` into the chain.
+fn flush_pending(
+    conn: &Connection,
+    pending: &PendingAudit,
+    chain_end: &mut Option<(i64, String)>,
+) -> Result<(), StorageError> {
+    for row in pending.take_rows() {
+        insert_audit(conn, chain_end, &row, true)?;
     }
-}
-
-fn now_us() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+    Ok(())
 }
 
 fn read_current(
@@ -605,6 +531,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
         let (sql, args) = search_sql(
+            Dialect::Sqlite,
             limited(ctx),
             resource_type,
             request,
@@ -644,9 +571,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         // lastUpdated strictly increases with seq, so `_since` never skips a late commit.
         let us = now_us().max(self.last_us + 1);
         self.last_us = us;
-        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let last_updated = trialbridge_fhir::instant::format(t);
+        let last_updated = instant_text(us)?;
         let body = (!new.deleted).then(|| (new.body)(version, &last_updated));
         let seq: i64 = conn
             .prepare_cached(
@@ -680,432 +605,6 @@ impl WriteTxn for SqliteWriteTxn<'_> {
     }
 }
 
-/// Bounds on `low` that every short row (`high - low <= SHORT_SPAN`) matching `m` satisfies:
-/// a necessary condition the index can use; the exact comparison follows it.
-fn short_row_bounds(m: &Match) -> (f64, f64) {
-    let Match::Range {
-        kind,
-        prefix,
-        value,
-        low,
-        high,
-        ..
-    } = m
-    else {
-        return (f64::MIN, f64::MAX);
-    };
-    let (pl, ph, pv) = (*low, *high, *value);
-    match kind {
-        RangeKind::Date => match prefix {
-            Prefix::Eq => (pl, ph),
-            Prefix::Ne => (f64::MIN, f64::MAX),
-            Prefix::Gt => (ph - SHORT_SPAN, f64::MAX),
-            Prefix::Lt | Prefix::Eb => (f64::MIN, pl),
-            Prefix::Ge => (pl - SHORT_SPAN, f64::MAX),
-            Prefix::Le => (f64::MIN, ph),
-            Prefix::Sa => (ph, f64::MAX),
-            // ap widens by at most the distance to now; leave it unbounded.
-            Prefix::Ap => (f64::MIN, f64::MAX),
-        },
-        RangeKind::Number => match prefix {
-            Prefix::Eq => (pl, ph),
-            Prefix::Gt | Prefix::Sa | Prefix::Ge => (pv, f64::MAX),
-            Prefix::Lt | Prefix::Eb | Prefix::Le => (f64::MIN, pv),
-            Prefix::Ne | Prefix::Ap => (f64::MIN, f64::MAX),
-        },
-    }
-}
-
-/// Escapes GLOB metacharacters.
-fn glob_literal(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '*' | '?' | '[' => format!("[{c}]"),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-/// The search SELECT over current, non-deleted resources, ordered by id; with `limit` `None`
-/// it selects `columns` without order or limit (for counting).
-fn search_sql(
-    sites: Option<&[String]>,
-    resource_type: &str,
-    request: &SearchRequest,
-    after_id: Option<&str>,
-    limit: Option<usize>,
-    columns: &str,
-) -> (String, Vec<SqlValue>) {
-    let mut q = SqlBuilder { sql: format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), args: vec![resource_type.to_string().into()], sites: sites.map(<[String]>::to_vec) };
-    q.site_scope();
-    // ANDed single-value range criteria of one parameter (`date=ge..&date=lt..`) are evaluated
-    // together, on the same value, so that the index reads only the rows between both bounds.
-    // (For an element that repeats, each criterion could otherwise be met by a different value.)
-    let single_range = |c: &Criterion| {
-        c.param != "_lastUpdated"
-            && matches!(c.any_of.as_slice(), [Match::Range { token: None, .. }])
-    };
-    let mut grouped: Vec<&str> = Vec::new();
-    for criterion in &request.criteria {
-        if single_range(criterion) {
-            if grouped.contains(&criterion.param.as_str()) {
-                continue;
-            }
-            grouped.push(&criterion.param);
-            let group: Vec<&Match> = request
-                .criteria
-                .iter()
-                .filter(|c| c.param == criterion.param && single_range(c))
-                .map(|c| &c.any_of[0])
-                .collect();
-            q.sql.push_str(" AND (");
-            q.range_rows_condition(resource_type, &criterion.param, &group);
-            q.sql.push(')');
-            continue;
-        }
-        q.sql.push_str(" AND (");
-        for (i, m) in criterion.any_of.iter().enumerate() {
-            if i > 0 {
-                q.sql.push_str(" OR ");
-            }
-            q.condition(resource_type, criterion, m);
-        }
-        q.sql.push(')');
-    }
-    if let Some(after) = after_id {
-        q.sql.push_str(" AND c.res_id > ?");
-        q.arg(after.to_string());
-    }
-    if let Some(limit) = limit {
-        q.sql.push_str(" ORDER BY c.res_id LIMIT ?");
-        q.arg(limit as i64);
-    }
-    (q.sql, q.args)
-}
-
-/// SQL text with its bound values.
-struct SqlBuilder {
-    sql: String,
-    args: Vec<SqlValue>,
-    /// The caller's sites when limited: every `resource_current c` the query reads, nested
-    /// ones (chains, `_has`) included, is filtered by them.
-    sites: Option<Vec<String>>,
-}
-
-impl SqlBuilder {
-    fn site_scope(&mut self) {
-        push_site_scope(
-            &mut self.sql,
-            &mut self.args,
-            self.sites.as_deref(),
-            "c.site",
-        );
-    }
-
-    fn arg(&mut self, v: impl Into<SqlValue>) {
-        self.args.push(v.into());
-    }
-
-    fn push(&mut self, sql: &str, v: impl Into<SqlValue>) {
-        self.sql.push_str(sql);
-        self.arg(v);
-    }
-
-    /// A boolean expression over `c` (current pointer) and `v` (its version) for one value.
-    fn condition(&mut self, rt: &str, criterion: &Criterion, m: &Match) {
-        let ranged = matches!(
-            criterion.kind,
-            SearchParamKind::Date
-                | SearchParamKind::Number
-                | SearchParamKind::Quantity
-                | SearchParamKind::Composite
-        );
-        match m {
-            Match::Id(id) => self.push("c.res_id = ?", id.clone()),
-            Match::Missing(missing) => {
-                self.sql.push_str(if *missing {
-                    "c.res_id NOT IN "
-                } else {
-                    "c.res_id IN "
-                });
-                let table = if ranged {
-                    "search_range"
-                } else {
-                    "search_index"
-                };
-                self.sql
-                    .push_str(&format!("(SELECT res_id FROM {table} WHERE res_type = ?"));
-                self.arg(rt.to_string());
-                self.push(" AND param = ?)", criterion.param.clone());
-            }
-            Match::Not(inner) => {
-                self.sql.push_str("NOT (");
-                self.condition(rt, criterion, inner);
-                self.sql.push(')');
-            }
-            Match::Chain {
-                target_type,
-                criterion: inner,
-            } => {
-                // Nested SELECTs reuse the aliases c and v: SQL resolves them to the nearest one.
-                self.sql.push_str(
-                    "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
-                );
-                self.arg(rt.to_string());
-                self.push(" AND i.param = ?", criterion.param.clone());
-                self.push(
-                    " AND i.value IN (SELECT ? || '/' || c.res_id FROM ",
-                    target_type.clone(),
-                );
-                self.matching_ids_tail(target_type, inner);
-                self.sql.push_str("))");
-            }
-            Match::AnyOf(criteria) => {
-                self.sql.push('(');
-                for (k, c) in criteria.iter().enumerate() {
-                    if k > 0 {
-                        self.sql.push_str(" OR ");
-                    }
-                    self.sql.push('(');
-                    for (i, m) in c.any_of.iter().enumerate() {
-                        if i > 0 {
-                            self.sql.push_str(" OR ");
-                        }
-                        self.condition(rt, c, m);
-                    }
-                    self.sql.push(')');
-                }
-                self.sql.push(')');
-            }
-            Match::Has {
-                source_type,
-                reference_param,
-                criterion: inner,
-            } => {
-                let prefix = format!("{rt}/");
-                self.push("c.res_id IN (SELECT substr(i.value, ?) FROM search_index i WHERE i.res_type = ?", prefix.len() as i64 + 1);
-                self.arg(source_type.clone());
-                self.push(" AND i.param = ?", reference_param.clone());
-                self.push(" AND i.value >= ?", prefix.clone());
-                self.push(" AND i.value < ?", format!("{rt}0"));
-                self.sql.push_str(" AND i.res_id IN (SELECT c.res_id FROM ");
-                self.matching_ids_tail(source_type, inner);
-                self.sql.push_str("))");
-            }
-            Match::Range { .. } if criterion.param == "_lastUpdated" => {
-                // From the version itself: an instant, i.e. the range [t, t + 1 µs).
-                self.range_condition(m, "v.last_updated_us", "(v.last_updated_us + 1)");
-            }
-            Match::Range { .. } => self.range_rows_condition(rt, &criterion.param, &[m]),
-            _ => {
-                self.sql.push_str(
-                    "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
-                );
-                self.arg(rt.to_string());
-                self.push(" AND i.param = ?", criterion.param.clone());
-                self.text_condition(m);
-                self.sql.push(')');
-            }
-        }
-    }
-
-    /// `resource_current c JOIN resource_version v ... WHERE` current `rt` resources matching
-    /// `criterion` (the SELECT list is the caller's).
-    fn matching_ids_tail(&mut self, rt: &str, criterion: &Criterion) {
-        self.push(
-            "resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?",
-            rt.to_string(),
-        );
-        self.sql.push_str(" AND c.deleted = 0");
-        self.site_scope();
-        self.sql.push_str(" AND (");
-        for (i, m) in criterion.any_of.iter().enumerate() {
-            if i > 0 {
-                self.sql.push_str(" OR ");
-            }
-            self.condition(rt, criterion, m);
-        }
-        self.sql.push(')');
-    }
-
-    fn text_condition(&mut self, m: &Match) {
-        match m {
-            Match::Token { system, code } => {
-                if let Some(code) = code {
-                    self.push(" AND i.value = ?", code.clone());
-                }
-                match system {
-                    None => {}
-                    Some(None) => self.sql.push_str(" AND i.system = ''"),
-                    Some(Some(s)) => self.push(" AND i.system = ?", s.clone()),
-                }
-            }
-            Match::StartsWith(prefix) => {
-                self.push(" AND i.value >= ?", prefix.clone());
-                self.push(" AND i.value < ?", format!("{prefix}\u{10FFFF}"));
-            }
-            Match::Exact(text) => {
-                self.push(" AND i.value = ?", normalize_string(text));
-                self.push(" AND i.system = ?", text.clone());
-            }
-            Match::Contains(part) => {
-                let escaped = part
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_");
-                self.push(" AND i.value LIKE ? ESCAPE '\\'", format!("%{escaped}%"));
-            }
-            Match::Reference {
-                target_type: Some(t),
-                id,
-            } => self.push(" AND i.value = ?", format!("{t}/{id}")),
-            Match::Reference {
-                target_type: None,
-                id,
-            } => self.push(" AND i.value GLOB ?", format!("*/{}", glob_literal(id))),
-            Match::Uri(u) => self.push(" AND i.value = ?", u.clone()),
-            Match::Id(_)
-            | Match::Range { .. }
-            | Match::Missing(_)
-            | Match::Not(_)
-            | Match::Chain { .. }
-            | Match::AnyOf(_)
-            | Match::Has { .. } => {}
-        }
-    }
-
-    /// `c.res_id IN` the resources with one `param` row that satisfies every match of `group`
-    /// (ANDed range criteria of one parameter are evaluated on the same value). Short rows are
-    /// bounded on `low` so the lookup index reads one range; long rows come from their own
-    /// index.
-    fn range_rows_condition(&mut self, rt: &str, param: &str, group: &[&Match]) {
-        let (mut lb, mut ub) = (f64::MIN, f64::MAX);
-        for m in group {
-            let (l, u) = short_row_bounds(m);
-            lb = lb.max(l);
-            ub = ub.min(u);
-        }
-        self.sql.push_str("c.res_id IN (");
-        for long in [false, true] {
-            if long {
-                self.sql.push_str(" UNION ALL ");
-            }
-            // The planner would otherwise scan the lookup index for the few long rows.
-            let table = if long {
-                "search_range r INDEXED BY search_range_long"
-            } else {
-                "search_range r"
-            };
-            self.push(
-                &format!("SELECT r.res_id FROM {table} WHERE r.res_type = ?"),
-                rt.to_string(),
-            );
-            self.push(" AND r.param = ?", param.to_string());
-            let token = group.iter().find_map(|m| match m {
-                Match::Range { token: Some(t), .. } => Some(t.clone()),
-                _ => None,
-            });
-            match &token {
-                Some((system, code)) => {
-                    self.push(" AND r.token_code = ?", code.clone());
-                    if let Some(s) = system {
-                        self.push(" AND r.token_system = ?", s.clone());
-                    }
-                }
-                None => self.sql.push_str(" AND r.token_code = ''"),
-            }
-            if long {
-                self.sql.push_str(" AND r.long = 1");
-            } else {
-                // Long rows may come back from both branches: harmless in an IN list, and it keeps
-                // this branch inside the covering index.
-                self.sql
-                    .push_str(&format!(" AND r.low >= {lb:?} AND r.low <= {ub:?}"));
-            }
-            for m in group {
-                if let Match::Range {
-                    unit_system,
-                    unit_code,
-                    ..
-                } = m
-                {
-                    if let Some(u) = unit_code {
-                        self.push(" AND r.unit_code = ?", u.clone());
-                    }
-                    if let Some(s) = unit_system {
-                        self.push(" AND r.unit_system = ?", s.clone());
-                    }
-                }
-                self.sql.push_str(" AND ");
-                self.range_condition(m, "r.low", "r.high");
-            }
-        }
-        self.sql.push(')');
-    }
-
-    /// The comparison of an indexed range `[lo, hi)` (dates) or value (numbers) with the search
-    /// value, per the prefix rules of FHIR R4 search.
-    fn range_condition(&mut self, m: &Match, lo: &str, hi: &str) {
-        let Match::Range {
-            kind,
-            prefix,
-            value,
-            low,
-            high,
-            ..
-        } = m
-        else {
-            return;
-        };
-        let (pl, ph, pv) = (*low, *high, *value);
-        match kind {
-            RangeKind::Date => match prefix {
-                Prefix::Eq => self
-                    .sql
-                    .push_str(&format!("({lo} >= {pl:?} AND {hi} <= {ph:?})")),
-                Prefix::Ne => self
-                    .sql
-                    .push_str(&format!("NOT ({lo} >= {pl:?} AND {hi} <= {ph:?})")),
-                Prefix::Gt => self.sql.push_str(&format!("{hi} > {ph:?}")),
-                Prefix::Lt => self.sql.push_str(&format!("{lo} < {pl:?}")),
-                Prefix::Ge => self.sql.push_str(&format!(
-                    "({hi} > {ph:?} OR ({lo} >= {pl:?} AND {hi} <= {ph:?}))"
-                )),
-                Prefix::Le => self.sql.push_str(&format!(
-                    "({lo} < {pl:?} OR ({lo} >= {pl:?} AND {hi} <= {ph:?}))"
-                )),
-                Prefix::Sa => self.sql.push_str(&format!("{lo} >= {ph:?}")),
-                Prefix::Eb => self.sql.push_str(&format!("{hi} <= {pl:?}")),
-                Prefix::Ap => {
-                    // 10% of the distance from now, as the specification suggests.
-                    let now =
-                        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as f64;
-                    let d = ((now - pl).abs() * 0.1).max(ph - pl);
-                    self.sql
-                        .push_str(&format!("({lo} < {:?} AND {hi} > {:?})", ph + d, pl - d));
-                }
-            },
-            RangeKind::Number => match prefix {
-                Prefix::Eq => self
-                    .sql
-                    .push_str(&format!("({lo} >= {pl:?} AND {hi} < {ph:?})")),
-                Prefix::Ne => self
-                    .sql
-                    .push_str(&format!("NOT ({lo} >= {pl:?} AND {hi} < {ph:?})")),
-                Prefix::Gt | Prefix::Sa => self.sql.push_str(&format!("{hi} > {pv:?}")),
-                Prefix::Lt | Prefix::Eb => self.sql.push_str(&format!("{lo} < {pv:?}")),
-                Prefix::Ge => self.sql.push_str(&format!("{hi} >= {pv:?}")),
-                Prefix::Le => self.sql.push_str(&format!("{lo} <= {pv:?}")),
-                Prefix::Ap => {
-                    let d = (pv.abs() * 0.1).max(ph - pl);
-                    self.sql
-                        .push_str(&format!("({lo} <= {:?} AND {hi} >= {:?})", pv + d, pv - d));
-                }
-            },
-        }
-    }
-}
-
 fn sort_value(row: &Row<'_>, i: usize) -> rusqlite::Result<SortValue> {
     use rusqlite::types::ValueRef;
     Ok(match row.get_ref(i)? {
@@ -1116,193 +615,6 @@ fn sort_value(row: &Row<'_>, i: usize) -> rusqlite::Result<SortValue> {
             SortValue::Text(String::from_utf8_lossy(t).into_owned())
         }
     })
-}
-
-/// The queries that deliver a page, run in order until the page is full. A search with no
-/// criteria sorted by one date, number or quantity parameter reads the range index in order
-/// (rows with a value), then the resources without one; anything else is one query.
-fn search_phases(
-    sites: Option<&[String]>,
-    resource_type: &str,
-    request: &SearchRequest,
-    after: Option<&Cursor>,
-    limit: usize,
-) -> Vec<(String, Vec<SqlValue>)> {
-    let fast = match request.sort.as_slice() {
-        [key] => {
-            request.criteria.is_empty()
-                && key.param != "_lastUpdated"
-                && matches!(
-                    key.kind,
-                    SearchParamKind::Date | SearchParamKind::Number | SearchParamKind::Quantity
-                )
-        }
-        _ => false,
-    };
-    if !fast {
-        return vec![sorted_search_sql(
-            sites,
-            resource_type,
-            request,
-            after,
-            limit,
-        )];
-    }
-    let key = &request.sort[0];
-    let (order, op) = if key.descending {
-        ("DESC", "<")
-    } else {
-        ("ASC", ">")
-    };
-    let mut phases = Vec::new();
-    let after_value = after.map(|c| c.keys.first().cloned().unwrap_or(SortValue::Null));
-    if !matches!(after_value, Some(SortValue::Null)) {
-        // Each resource once, at its first row in this order (its MIN or MAX value).
-        let mut sql = format!(
-            "SELECT {VERSION_COLUMNS}, r.low AS k0 FROM search_range r \
-             JOIN resource_current c ON c.res_type = r.res_type AND c.res_id = r.res_id JOIN resource_version v ON v.seq = c.seq \
-             WHERE r.res_type = ? AND r.param = ? AND r.token_code = '' AND c.deleted = 0 \
-             AND r.rowid = (SELECT r2.rowid FROM search_range r2 INDEXED BY search_range_owner WHERE r2.res_type = r.res_type AND r2.res_id = r.res_id \
-             AND r2.param = r.param AND r2.token_code = '' ORDER BY r2.low {order}, r2.rowid LIMIT 1)"
-        );
-        let mut args: Vec<SqlValue> =
-            vec![resource_type.to_string().into(), key.param.clone().into()];
-        push_site_scope(&mut sql, &mut args, sites, "c.site");
-        if let (Some(SortValue::Number(k)), Some(cursor)) = (&after_value, after) {
-            sql.push_str(&format!(
-                " AND (r.low {op} ? OR (r.low = ? AND c.res_id > ?))"
-            ));
-            args.push((*k).into());
-            args.push((*k).into());
-            args.push(cursor.id.clone().into());
-        }
-        sql.push_str(&format!(" ORDER BY r.low {order}, c.res_id LIMIT ?"));
-        args.push((limit as i64).into());
-        phases.push((sql, args));
-    }
-    let mut sql = format!(
-        "SELECT {VERSION_COLUMNS}, NULL AS k0 FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
-         WHERE c.res_type = ? AND c.deleted = 0 \
-         AND c.res_id NOT IN (SELECT res_id FROM search_range WHERE res_type = ? AND param = ? AND token_code = '')"
-    );
-    let mut args: Vec<SqlValue> = vec![
-        resource_type.to_string().into(),
-        resource_type.to_string().into(),
-        key.param.clone().into(),
-    ];
-    push_site_scope(&mut sql, &mut args, sites, "c.site");
-    if let (Some(SortValue::Null), Some(cursor)) = (&after_value, after) {
-        sql.push_str(" AND c.res_id > ?");
-        args.push(cursor.id.clone().into());
-    }
-    sql.push_str(" ORDER BY c.res_id LIMIT ?");
-    args.push((limit as i64).into());
-    phases.push((sql, args));
-    phases
-}
-
-/// A page query in `_sort` order, then by id, starting after `after`. Resources without a
-/// value for a key sort last in either direction.
-fn sorted_search_sql(
-    sites: Option<&[String]>,
-    resource_type: &str,
-    request: &SearchRequest,
-    after: Option<&Cursor>,
-    limit: usize,
-) -> (String, Vec<SqlValue>) {
-    if request.sort.is_empty() {
-        return search_sql(
-            sites,
-            resource_type,
-            request,
-            after.map(|c| c.id.as_str()),
-            Some(limit),
-            VERSION_COLUMNS,
-        );
-    }
-    let mut key_exprs = String::new();
-    let mut key_args: Vec<SqlValue> = Vec::new();
-    for (k, key) in request.sort.iter().enumerate() {
-        let agg = if key.descending { "MAX" } else { "MIN" };
-        let expr = match (key.param.as_str(), key.kind) {
-            ("_id", _) => "c.res_id".to_string(),
-            ("_lastUpdated", _) => "v.last_updated_us".to_string(),
-            (_, SearchParamKind::Date | SearchParamKind::Number | SearchParamKind::Quantity) => {
-                key_args.push(key.param.clone().into());
-                format!("(SELECT {agg}(r.low) FROM search_range r WHERE r.res_type = c.res_type AND r.res_id = c.res_id AND r.param = ?)")
-            }
-            _ => {
-                key_args.push(key.param.clone().into());
-                format!("(SELECT {agg}(i.value) FROM search_index i WHERE i.res_type = c.res_type AND i.res_id = c.res_id AND i.param = ?)")
-            }
-        };
-        key_exprs.push_str(&format!(", {expr} AS k{k}"));
-    }
-    let (inner, inner_args) = search_sql(
-        sites,
-        resource_type,
-        request,
-        None,
-        None,
-        &format!("{VERSION_COLUMNS}{key_exprs}"),
-    );
-    // The key sub-selects come before the WHERE clause's placeholders.
-    let mut args = key_args;
-    args.extend(inner_args);
-    let keys: Vec<String> = (0..request.sort.len()).map(|k| format!("k{k}")).collect();
-    let mut sql = format!("SELECT * FROM ({inner}) AS m");
-    if let Some(cursor) = after {
-        sql.push_str(" WHERE ");
-        cursor_condition(&mut sql, &mut args, &request.sort, &keys, cursor, 0);
-    }
-    sql.push_str(" ORDER BY ");
-    for (k, key) in request.sort.iter().enumerate() {
-        sql.push_str(&format!(
-            "(k{k} IS NULL), k{k} {}, ",
-            if key.descending { "DESC" } else { "ASC" }
-        ));
-    }
-    sql.push_str("res_id LIMIT ?");
-    args.push((limit as i64).into());
-    (sql, args)
-}
-
-/// Rows after the cursor in (keys..., id) order, nulls last.
-fn cursor_condition(
-    sql: &mut String,
-    args: &mut Vec<SqlValue>,
-    sort: &[SortKey],
-    keys: &[String],
-    cursor: &Cursor,
-    j: usize,
-) {
-    if j == sort.len() {
-        sql.push_str("res_id > ?");
-        args.push(cursor.id.clone().into());
-        return;
-    }
-    let k = &keys[j];
-    let value: Option<SqlValue> = match cursor.keys.get(j) {
-        Some(SortValue::Number(n)) => Some((*n).into()),
-        Some(SortValue::Text(t)) => Some(t.clone().into()),
-        _ => None,
-    };
-    match value {
-        // After a row without a value only rows without a value remain.
-        None => {
-            sql.push_str(&format!("({k} IS NULL AND ("));
-            cursor_condition(sql, args, sort, keys, cursor, j + 1);
-            sql.push_str("))");
-        }
-        Some(v) => {
-            let op = if sort[j].descending { "<" } else { ">" };
-            sql.push_str(&format!("({k} IS NULL OR {k} {op} ? OR ({k} = ? AND ("));
-            args.push(v.clone());
-            args.push(v);
-            cursor_condition(sql, args, sort, keys, cursor, j + 1);
-            sql.push_str(")))");
-        }
-    }
 }
 
 fn history_page(
@@ -1319,39 +631,7 @@ fn history_page(
             |r| r.get(0),
         )?;
         let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
-        let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq <= ?");
-        let mut args: Vec<SqlValue> = vec![snapshot.into()];
-        push_site_scope(&mut sql, &mut args, sites, "v.site");
-        match &q.scope {
-            HistoryScope::System => {}
-            HistoryScope::Type(t) => {
-                sql.push_str(" AND v.res_type = ?");
-                args.push(t.clone().into());
-            }
-            HistoryScope::Instance(t, id) => {
-                sql.push_str(" AND v.res_type = ? AND v.res_id = ?");
-                args.push(t.clone().into());
-                args.push(id.clone().into());
-            }
-        }
-        if let Some(since) = q.since_us {
-            sql.push_str(" AND v.last_updated_us >= ?");
-            args.push(since.into());
-        }
-        if let Some(at) = q.at_or_before_us {
-            sql.push_str(" AND v.last_updated_us <= ?");
-            args.push(at.into());
-        }
-        let (cmp, order) = match q.order {
-            HistoryOrder::NewestFirst => ("<", "DESC"),
-            HistoryOrder::OldestFirst => (">", "ASC"),
-        };
-        if let Some(after) = q.after_seq {
-            sql.push_str(&format!(" AND v.seq {cmp} ?"));
-            args.push(after.into());
-        }
-        sql.push_str(&format!(" ORDER BY v.seq {order} LIMIT ?"));
-        args.push((q.count as i64 + 1).into());
+        let (sql, args) = history_sql(sites, q, snapshot);
         let mut stmt = conn.prepare_cached(&sql)?;
         let mut versions = stmt
             .query_map(params_from_iter(args), version_from_row)?
@@ -1420,7 +700,14 @@ impl ResourceStore for SqliteStore {
                 next: None,
             });
         }
-        let phases = search_phases(limited(ctx), resource_type, request, after, count + 1);
+        let phases = search_phases(
+            Dialect::Sqlite,
+            limited(ctx),
+            resource_type,
+            request,
+            after,
+            count + 1,
+        );
         let keys = request.sort.len();
         self.blocking(move |c| {
             let mut versions = Vec::new();
@@ -1463,7 +750,15 @@ impl ResourceStore for SqliteStore {
         resource_type: &str,
         request: &SearchRequest,
     ) -> Result<u64, StorageError> {
-        let (sql, args) = search_sql(limited(ctx), resource_type, request, None, None, "COUNT(*)");
+        let (sql, args) = search_sql(
+            Dialect::Sqlite,
+            limited(ctx),
+            resource_type,
+            request,
+            None,
+            None,
+            "COUNT(*)",
+        );
         self.blocking(move |c| {
             let n: i64 = c
                 .prepare_cached(&sql)?
@@ -1566,8 +861,8 @@ impl ResourceStore for SqliteStore {
             for chunk in ids.chunks(500) {
                 let marks = vec!["?"; chunk.len()].join(",");
                 let sql = format!("SELECT res_id, value FROM search_index INDEXED BY search_index_owner WHERE res_type = ? AND res_id IN ({marks}) AND param = ?");
-                let mut args: Vec<SqlValue> = vec![rt.clone().into()];
-                args.extend(chunk.iter().map(|i| SqlValue::from(i.clone())));
+                let mut args: Vec<Arg> = vec![rt.clone().into()];
+                args.extend(chunk.iter().map(|i| Arg::from(i.clone())));
                 args.push(param.clone().into());
                 let mut stmt = c.prepare_cached(&sql)?;
                 let rows = stmt.query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -1581,15 +876,7 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn audit(&self, record: AuditRecord) -> Result<(), StorageError> {
-        let queued = {
-            let mut p = self
-                .pending_audit
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            p.push(record);
-            p.len()
-        };
+        let queued = self.pending_audit.push(record);
         // An empty job makes the writer commit, and every commit writes the queue. The first
         // event queued sends one after AUDIT_FLUSH_DELAY (unless a write commits first), so that
         // a stream of reads costs a few commits a second rather than one per read; a long queue
@@ -1666,19 +953,7 @@ impl ResourceStore for SqliteStore {
         let q = q.clone();
         let sites = limited(ctx).map(<[String]>::to_vec);
         self.blocking(move |c| {
-            let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_event a WHERE a.seq > ?");
-            let mut args: Vec<SqlValue> = vec![q.after_seq.unwrap_or(0).into()];
-            push_site_scope(&mut sql, &mut args, sites.as_deref(), "a.site");
-            if let Some(e) = &q.entity {
-                sql.push_str(" AND a.seq IN (SELECT seq FROM audit_entity WHERE entity = ?)");
-                args.push(e.clone().into());
-            }
-            if let Some(t) = q.since_us {
-                sql.push_str(" AND a.recorded_us >= ?");
-                args.push(t.into());
-            }
-            sql.push_str(" ORDER BY a.seq LIMIT ?");
-            args.push((q.count as i64).into());
+            let (sql, args) = audit_search_sql(sites.as_deref(), &q);
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params_from_iter(args), audit_from_row)?
@@ -1705,7 +980,7 @@ impl ResourceStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write;
+    use crate::{write, HistoryOrder, HistoryScope, SiteScope};
     use trialbridge_fhir::index::extract;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {

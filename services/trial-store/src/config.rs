@@ -22,7 +22,8 @@ pub struct ServeArgs {
         global = true
     )]
     pub grpc_listen: String,
-    /// Database: sqlite://path (created if missing).
+    /// Database: sqlite://path (embedded, created if missing) or
+    /// postgres://user@host:port/database (migrations applied at start-up).
     #[arg(
         long,
         env = "TRIALBRIDGE_DATABASE_URL",
@@ -30,6 +31,10 @@ pub struct ServeArgs {
         global = true
     )]
     pub database_url: String,
+    /// Directory for exports and the local profile's signing key (default: beside the SQLite
+    /// file, or `data` with PostgreSQL).
+    #[arg(long, env = "TRIALBRIDGE_DATA_DIR", global = true)]
+    pub data_dir: Option<String>,
     /// Public base URL of the FHIR API (default http://LISTEN/fhir).
     #[arg(long, env = "TRIALBRIDGE_BASE_URL", global = true)]
     pub base_url: Option<String>,
@@ -99,13 +104,13 @@ pub enum AuthSource {
     Jwks(String),
 }
 
-/// The directory of the local development key for a database URL (beside the database).
-pub fn local_key_dir(database_url: &str) -> std::path::PathBuf {
-    trialbridge_storage::SqliteOptions::from_url(database_url)
-        .ok()
-        .and_then(|o| o.path.parent().map(std::path::Path::to_path_buf))
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| ".".into())
+/// The data directory of a configuration: `--data-dir`, else beside the SQLite database (or
+/// `data` with PostgreSQL). Exports and the local development key live there.
+pub fn data_dir(a: &ServeArgs) -> std::path::PathBuf {
+    a.data_dir
+        .as_ref()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| trialbridge_storage::default_data_dir(&a.database_url))
 }
 
 /// Reads a JWKS from an http(s) URL or a file.
@@ -179,6 +184,8 @@ pub struct ServeConfig {
     pub grpc_listen: SocketAddr,
     /// Database URL.
     pub database_url: String,
+    /// Exports and the local development key.
+    pub data_dir: std::path::PathBuf,
     /// Public base URL.
     pub base_url: Option<String>,
     /// Body limit.
@@ -219,10 +226,8 @@ impl ServeConfig {
                 ))
             })
             .ok();
-        if !a.database_url.starts_with("sqlite:")
-            || trialbridge_storage::SqliteOptions::from_url(&a.database_url).is_err()
-        {
-            problems.push(format!("TRIALBRIDGE_DATABASE_URL / --database-url: '{}' is not supported (use sqlite://path)", a.database_url));
+        if trialbridge_storage::Backend::of(&a.database_url).is_err() {
+            problems.push(format!("TRIALBRIDGE_DATABASE_URL / --database-url: '{}' is not supported (use sqlite://path or postgres://user@host:port/database)", a.database_url));
         }
         if let Some(b) = &a.base_url {
             if !(b.starts_with("http://") || b.starts_with("https://")) {
@@ -250,7 +255,7 @@ impl ServeConfig {
         };
         let auth = match (a.profile.as_str(), &a.auth_jwks) {
             (_, Some(j)) => Some(AuthSource::Jwks(j.clone())),
-            ("local", None) => Some(AuthSource::LocalKey(local_key_dir(&a.database_url))),
+            ("local", None) => Some(AuthSource::LocalKey(data_dir(&a))),
             ("production", None) => {
                 problems.push("TRIALBRIDGE_AUTH_JWKS / --auth-jwks: the production profile needs the token issuer's JWKS (file or URL)".to_string());
                 None
@@ -280,6 +285,7 @@ impl ServeConfig {
             ) if problems.is_empty() => Ok(Self {
                 listen,
                 grpc_listen,
+                data_dir: data_dir(&a),
                 database_url: a.database_url,
                 base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
                 max_body_bytes,
@@ -303,6 +309,7 @@ mod tests {
             listen: "127.0.0.1:8080".into(),
             grpc_listen: "127.0.0.1:8082".into(),
             database_url: "sqlite://data/x.db".into(),
+            data_dir: None,
             base_url: None,
             max_body_bytes: "4096".into(),
             load_study: "true".into(),
@@ -345,6 +352,7 @@ mod tests {
             listen: "nowhere".into(),
             grpc_listen: "127.0.0.1:8082".into(),
             database_url: "mysql://x".into(),
+            data_dir: None,
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),
             load_study: "maybe".into(),

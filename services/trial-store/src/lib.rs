@@ -160,9 +160,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     );
     api.max_body_bytes = config.max_body_bytes;
     api.validation = config.validation.clone();
-    if let Ok(sqlite) = trialbridge_storage::SqliteOptions::from_url(&config.database_url) {
-        api.export_dir = sqlite.beside("exports");
-    }
+    api.export_dir = config.data_dir.join("exports");
     Ok(Bound {
         listener,
         feed_listener,

@@ -38,6 +38,11 @@ struct Cli {
 enum Command {
     /// Serve the trial store and the site gateway (the default when no command is given).
     Serve,
+    /// Serve the trial store alone (a sponsor deployment, one of several replicas).
+    Store,
+    /// Serve the site gateway alone (a hospital deployment), forwarding to
+    /// TRIALBRIDGE_STORE_URL.
+    Gateway,
     /// Load FHIR resources from a JSON file, an NDJSON file or a directory of them.
     Load(load::LoadArgs),
     /// Rebuild the search index of every resource (after search-parameter definitions changed).
@@ -78,6 +83,8 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
     init_tracing();
     let result = match cli.command {
         None | Some(Command::Serve) => return serve::run(cli.serve, cli.gateway).await,
+        Some(Command::Store) => return trial_store::serve_command(cli.serve).await,
+        Some(Command::Gateway) => return serve::gateway_only(cli.serve, cli.gateway).await,
         Some(Command::Load(a)) => {
             let validation = trial_store::config::validation_options(&cli.serve.extension_domains);
             load::run(a, &cli.serve.database_url, &validation).await

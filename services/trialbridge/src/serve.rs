@@ -8,13 +8,6 @@ use std::process::ExitCode;
 use site_gateway::{Gateway, GatewayArgs, GatewayConfig};
 use trial_store::{ServeArgs, ServeConfig};
 
-/// The gateway database beside the store's SQLite file (`data/site-gateway.db` by default).
-fn gateway_database(store_url: &str) -> PathBuf {
-    trialbridge_storage::SqliteOptions::from_url(store_url)
-        .map(|o| o.beside("site-gateway.db"))
-        .unwrap_or_else(|_| "site-gateway.db".into())
-}
-
 /// Starts both services; stops both on Ctrl-C or SIGTERM.
 pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
     let store_config = ServeConfig::from_args(store_args);
@@ -50,7 +43,8 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
     let mut gateway_config = match GatewayConfig::from_args(
         &gateway_args,
         &base,
-        gateway_database(&store_config.database_url),
+        // The gateway's database in the store's data directory (`data/site-gateway.db`).
+        store_config.data_dir.join("site-gateway.db"),
     ) {
         Ok(c) => c,
         Err(p) => return report(p),
@@ -156,4 +150,37 @@ fn report(problems: Vec<String>) -> ExitCode {
         eprintln!("trialbridge: configuration: {p}");
     }
     ExitCode::from(2)
+}
+
+/// `trialbridge gateway`: the site gateway alone, forwarding to `TRIALBRIDGE_STORE_URL` with
+/// `TRIALBRIDGE_STORE_TOKEN` (a hospital deployment); its database in the data directory.
+/// Stops on Ctrl-C or SIGTERM after the current outbox batch.
+pub async fn gateway_only(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
+    let data_dir = trial_store::config::data_dir(&store_args);
+    let config = match GatewayConfig::from_args(
+        &gateway_args,
+        "http://127.0.0.1:8080/fhir",
+        data_dir.join("site-gateway.db"),
+    ) {
+        Ok(c) => c,
+        Err(p) => return report(p),
+    };
+    eprintln!(
+        "trialbridge: site gateway for {}, MLLP {} and HTTP http://{} (database {}), forwarding to {}",
+        config.site,
+        config.mllp_listen,
+        config.http_listen,
+        config.database.display(),
+        config.store_url
+    );
+    match site_gateway::run(config, trial_store::shutdown_signal()).await {
+        Ok(()) => {
+            eprintln!("trialbridge: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trialbridge: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

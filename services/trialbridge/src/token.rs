@@ -50,7 +50,7 @@ pub fn run(a: TokenArgs, serve: &trial_store::ServeArgs) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let dir = trial_store::config::local_key_dir(&serve.database_url);
+    let dir = trial_store::config::data_dir(serve);
     let issuer = trialbridge_auth::DevIssuer::load_or_create(
         &dir,
         &serve.auth_issuer,

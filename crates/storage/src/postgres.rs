@@ -1,0 +1,917 @@
+//! The PostgreSQL backend: a pool of read connections and, per process, one writer task with
+//! group commit on its own connection. Several store replicas may write to one database.
+//!
+//! Gap-safety of the change sequence across replicas: every write transaction first takes one
+//! transaction-level advisory lock ([`CHANGE_SEQUENCE_LOCK`]), then reads the highest `seq`
+//! and `lastUpdated` and numbers its versions after them. The lock is released only after the
+//! commit is visible, so commits happen in `seq` order and a reader that sees `seq = n` also
+//! sees every version below `n`, whichever replica wrote it. Audit-chain positions are taken
+//! under the same lock. Writes of one replica still go out in batches (one transaction, one
+//! WAL flush, many jobs), so the lock is held once per batch, not once per write.
+//!
+//! Schema in `migrations/postgres/`, applied at start-up with sqlx's migrator (the same files
+//! `sqlx migrate run` applies), which serialises concurrent replicas on its own lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection as _, Executor as _, Postgres, Row as _};
+use tokio::sync::mpsc;
+
+use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
+
+use crate::sql::{
+    audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
+    Dialect, PendingAudit, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
+};
+use crate::{
+    audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryPage, HistoryQuery, Index,
+    JobFinish, JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit,
+    StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+};
+
+/// The advisory lock every write transaction holds from its start to its commit (an arbitrary
+/// constant: "trialbri" in ASCII).
+pub const CHANGE_SEQUENCE_LOCK: i64 = 0x7472_6961_6c62_7269;
+
+/// How many queued write jobs one commit may take at most.
+const MAX_BATCH: usize = 512;
+
+/// Queued audit events beyond which each new one waits for the writer.
+const MAX_PENDING_AUDIT: usize = 50_000;
+
+/// How long audit events of requests that changed nothing wait for a commit at most.
+const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(100);
+
+/// The migrations in `migrations/postgres/`, built into the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The PostgreSQL implementation of [`crate::ResourceStore`].
+pub struct PostgresStore {
+    pool: PgPool,
+    jobs: mpsc::Sender<WriteJob>,
+    pending_audit: Arc<PendingAudit>,
+}
+
+/// A query with its arguments bound in order. The SQL text is trialbridge's own (the search
+/// builder's fragments); every value from a request is bound, never spliced in.
+fn bound<'q>(sql: &str, args: &'q [Arg]) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for a in args {
+        q = match a {
+            // PostgreSQL text cannot hold NUL; such a value can match nothing stored anyway.
+            Arg::Text(s) if s.contains('\0') => q.bind(s.replace('\0', "\u{FFFD}")),
+            Arg::Text(s) => q.bind(s.as_str()),
+            Arg::Int(n) => q.bind(*n),
+            Arg::Real(f) => q.bind(*f),
+        };
+    }
+    q
+}
+
+/// Text as PostgreSQL can store it (NUL replaced).
+fn pg_text(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_string()
+    }
+}
+
+fn version_from_row(row: &PgRow) -> Result<StoredVersion, sqlx::Error> {
+    Ok(StoredVersion {
+        resource_type: row.try_get(0)?,
+        id: row.try_get(1)?,
+        version: row.try_get(2)?,
+        seq: row.try_get(3)?,
+        last_updated: row.try_get(4)?,
+        last_updated_us: row.try_get(5)?,
+        deleted: row.try_get::<i32, _>(6)? != 0,
+        body: row.try_get(7)?,
+        site: row.try_get(8)?,
+    })
+}
+
+fn audit_from_row(row: &PgRow) -> Result<StoredAudit, sqlx::Error> {
+    Ok(StoredAudit {
+        seq: row.try_get(0)?,
+        recorded_us: row.try_get(1)?,
+        site: row.try_get(2)?,
+        batch: row.try_get::<i32, _>(3)? != 0,
+        body: row.try_get(4)?,
+        prev_hash: row.try_get(5)?,
+        hash: row.try_get(6)?,
+    })
+}
+
+/// A `_sort` key column: a number (range `low`, `lastUpdated`), text, or none.
+fn sort_value(row: &PgRow, i: usize) -> SortValue {
+    if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+        return v.map_or(SortValue::Null, SortValue::Number);
+    }
+    if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+        return v.map_or(SortValue::Null, |n| SortValue::Number(n as f64));
+    }
+    match row.try_get::<Option<String>, _>(i) {
+        Ok(Some(t)) => SortValue::Text(t),
+        _ => SortValue::Null,
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database named by `url` (`postgres://user@host:port/db`), applies the
+    /// migrations and starts the writer.
+    pub async fn open(url: &str) -> Result<Self, StorageError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|_| StorageError::UnsupportedUrl(url.to_string()))?;
+        let options = options.application_name("trialbridge");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StorageError::Migration(e.to_string()))?;
+        let writer = PgConnection::connect_with(&options).await?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let pending_audit = Arc::new(PendingAudit::default());
+        tokio::spawn(writer_loop(writer, options, rx, pending_audit.clone()));
+        Ok(Self {
+            pool,
+            jobs: tx,
+            pending_audit,
+        })
+    }
+
+    async fn versions(&self, sql: &str, args: &[Arg]) -> Result<Vec<StoredVersion>, StorageError> {
+        let sql = Dialect::Postgres.placeholders(sql);
+        let rows = bound(&sql, args).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+/// The writer: takes every queued job into one transaction. A broken connection is replaced
+/// before the next batch.
+async fn writer_loop(
+    conn: PgConnection,
+    options: PgConnectOptions,
+    mut rx: mpsc::Receiver<WriteJob>,
+    pending: Arc<PendingAudit>,
+) {
+    let mut conn = Some(conn);
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        if conn.is_none() {
+            match PgConnection::connect_with(&options).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => tracing::error!(error = %e, "the storage writer cannot reconnect"),
+            }
+        }
+        let result = match conn.as_mut() {
+            Some(c) => run_batch(c, &mut batch, &mut finishers, &pending).await,
+            None => Err(StorageError::CommitFailed(
+                "the database is not reachable".into(),
+            )),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "write batch failed; rolling back");
+            let rolled_back = match conn.as_mut() {
+                Some(c) => c.execute("ROLLBACK").await.is_ok(),
+                None => false,
+            };
+            if !rolled_back {
+                conn = None;
+            }
+        }
+        let msg = result.as_ref().err().map(ToString::to_string);
+        for f in finishers {
+            f(match &msg {
+                None => Ok(()),
+                Some(m) => Err(StorageError::CommitFailed(m.clone())),
+            });
+        }
+        // Jobs not reached because the batch failed early are dropped, which tells their
+        // callers that the writer could not run them.
+        batch.clear();
+    }
+}
+
+async fn run_batch(
+    conn: &mut PgConnection,
+    batch: &mut Vec<WriteJob>,
+    finishers: &mut Vec<JobFinish>,
+    pending: &PendingAudit,
+) -> Result<(), StorageError> {
+    conn.execute("BEGIN").await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHANGE_SEQUENCE_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let (last_seq, last_us): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(MAX(seq), 0)::bigint, COALESCE(MAX(last_updated_us), 0)::bigint FROM resource_version",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut txn = PgWriteTxn {
+        conn,
+        last_us,
+        last_seq,
+        appended: 0,
+        audited: 0,
+        chain_end: None,
+    };
+    for job in batch.drain(..) {
+        txn.conn.execute("SAVEPOINT job").await?;
+        txn.appended = 0;
+        txn.audited = 0;
+        // Restored when the job is rolled back, with its rows.
+        let chain_before = txn.chain_end.clone();
+        let seq_before = txn.last_seq;
+        // A panicking job must not take the writer down: its savepoint is rolled back and its
+        // caller sees the writer's error.
+        let outcome = std::panic::AssertUnwindSafe(job(&mut txn))
+            .catch_unwind()
+            .await;
+        let rollback = |txn: &mut PgWriteTxn<'_>| {
+            txn.chain_end = chain_before.clone();
+            txn.last_seq = seq_before;
+        };
+        match outcome {
+            Ok(JobOutcome { keep: true, finish }) if txn.appended > 0 && txn.audited == 0 => {
+                tracing::error!("a write job changed data without an audit event; rolled back");
+                txn.conn
+                    .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                    .await?;
+                rollback(&mut txn);
+                finish(Err(StorageError::Unaudited));
+            }
+            Ok(JobOutcome { keep: true, finish }) => {
+                txn.conn.execute("RELEASE SAVEPOINT job").await?;
+                finishers.push(finish);
+            }
+            Ok(JobOutcome {
+                keep: false,
+                finish,
+            }) => {
+                txn.conn
+                    .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                    .await?;
+                rollback(&mut txn);
+                finishers.push(finish);
+            }
+            Err(_) => {
+                tracing::error!("a write job panicked; its changes were rolled back");
+                txn.conn
+                    .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                    .await?;
+                rollback(&mut txn);
+            }
+        }
+    }
+    // The queued audit events of requests that changed nothing ride along with this commit.
+    for row in pending.take_rows() {
+        insert_audit(txn.conn, &mut txn.chain_end, &row, true).await?;
+    }
+    // synchronous_commit (on by default): COMMIT returns once the WAL is flushed.
+    txn.conn.execute("COMMIT").await?;
+    Ok(())
+}
+
+struct PgWriteTxn<'c> {
+    conn: &'c mut PgConnection,
+    last_us: i64,
+    /// The highest change sequence number used so far (under the change-sequence lock).
+    last_seq: i64,
+    /// Versions the current job appended.
+    appended: usize,
+    /// Audit events the current job recorded.
+    audited: usize,
+    /// The audit chain's last position and hash in this transaction, once read.
+    chain_end: Option<(i64, String)>,
+}
+
+/// Appends one row to the audit chain (under the change-sequence lock, so the chain's end,
+/// read once per transaction, stays true across replicas).
+async fn insert_audit(
+    conn: &mut PgConnection,
+    chain_end: &mut Option<(i64, String)>,
+    r: &AuditRecord,
+    batch: bool,
+) -> Result<(), StorageError> {
+    let (last_seq, prev) = match chain_end.take() {
+        Some(end) => end,
+        None => sqlx::query_as::<_, (i64, String)>(
+            "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+        .unwrap_or((0, AUDIT_GENESIS.to_string())),
+    };
+    let seq = last_seq + 1;
+    let body = pg_text(&r.body);
+    let hash = audit_hash(&prev, seq, &body);
+    sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(seq)
+        .bind(r.recorded_us)
+        .bind(r.site.as_deref())
+        .bind(i32::from(batch))
+        .bind(&body)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+    if !r.entities.is_empty() {
+        let entities: Vec<String> = r.entities.iter().map(|e| pg_text(e)).collect();
+        sqlx::query("INSERT INTO audit_entity (entity, seq) SELECT e, $2 FROM UNNEST($1::text[]) AS t(e) ON CONFLICT DO NOTHING")
+            .bind(entities)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+    }
+    *chain_end = Some((seq, hash));
+    Ok(())
+}
+
+async fn read_current(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<StoredVersion>, StorageError> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(pg_text(id))
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(version_from_row).transpose()?)
+}
+
+async fn read_version(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+) -> Result<Option<StoredVersion>, StorageError> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = $1 AND v.res_id = $2 AND v.version = $3"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(resource_type)
+        .bind(pg_text(id))
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(version_from_row).transpose()?)
+}
+
+/// Replaces the index rows of one resource, two statements for any number of rows.
+async fn write_index(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+    had_rows: bool,
+    index: Option<&Index>,
+) -> Result<(), StorageError> {
+    if had_rows {
+        sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
+            .bind(resource_type)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM search_range WHERE res_type = $1 AND res_id = $2")
+            .bind(resource_type)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let Some(index) = index else { return Ok(()) };
+    if !index.text.is_empty() {
+        let params: Vec<String> = index.text.iter().map(|e| e.param.to_string()).collect();
+        let values: Vec<String> = index.text.iter().map(|e| pg_text(&e.value)).collect();
+        let systems: Vec<String> = index
+            .text
+            .iter()
+            .map(|e| pg_text(e.system.as_deref().unwrap_or("")))
+            .collect();
+        sqlx::query(
+            "INSERT INTO search_index (res_type, param, value, system, res_id) \
+             SELECT $1, p, v, s, $2 FROM UNNEST($3::text[], $4::text[], $5::text[]) AS t(p, v, s) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .bind(params)
+        .bind(values)
+        .bind(systems)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !index.ranges.is_empty() {
+        let r = &index.ranges;
+        sqlx::query(
+            "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
+             SELECT $1, p, tc, lo, hi, ts, us, uc, lg, $2 \
+             FROM UNNEST($3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[], $8::text[], $9::text[], $10::int4[]) \
+             AS t(p, tc, lo, hi, ts, us, uc, lg)",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .bind(r.iter().map(|e| e.param.to_string()).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| pg_text(&e.token_code)).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.low).collect::<Vec<f64>>())
+        .bind(r.iter().map(|e| e.high).collect::<Vec<f64>>())
+        .bind(r.iter().map(|e| pg_text(&e.token_system)).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| pg_text(&e.unit_system)).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| pg_text(&e.unit_code)).collect::<Vec<_>>())
+        .bind(
+            r.iter()
+                .map(|e| i32::from(e.high - e.low > SHORT_SPAN))
+                .collect::<Vec<i32>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl WriteTxn for PgWriteTxn<'_> {
+    async fn replace_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        index: &Index,
+    ) -> Result<(), StorageError> {
+        write_index(self.conn, resource_type, id, true, Some(index)).await
+    }
+
+    async fn current(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StorageError> {
+        read_current(self.conn, resource_type, id).await
+    }
+
+    async fn version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredVersion>, StorageError> {
+        read_version(self.conn, resource_type, id, version).await
+    }
+
+    async fn current_version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<(i64, bool, Option<String>)>, StorageError> {
+        let row: Option<(i64, i32, Option<String>)> = sqlx::query_as("SELECT v.version, c.deleted, c.site FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2")
+            .bind(resource_type)
+            .bind(pg_text(id))
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(row.map(|(v, d, s)| (v, d != 0, s)))
+    }
+
+    async fn search_ids(
+        &mut self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        request: &SearchRequest,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let (sql, args) = search_sql(
+            Dialect::Postgres,
+            limited(ctx),
+            resource_type,
+            request,
+            None,
+            Some(limit),
+            "c.res_id",
+        );
+        let sql = Dialect::Postgres.placeholders(&sql);
+        let rows = bound(&sql, &args).fetch_all(&mut *self.conn).await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn put_job(&mut self, id: &str, state: Option<&str>) -> Result<(), StorageError> {
+        match state {
+            Some(st) => sqlx::query("INSERT INTO job (id, state) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET state = excluded.state")
+                .bind(id)
+                .bind(pg_text(st))
+                .execute(&mut *self.conn)
+                .await?,
+            None => sqlx::query("DELETE FROM job WHERE id = $1")
+                .bind(id)
+                .execute(&mut *self.conn)
+                .await?,
+        };
+        Ok(())
+    }
+
+    async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError> {
+        insert_audit(self.conn, &mut self.chain_end, &record, false).await?;
+        self.audited += 1;
+        Ok(())
+    }
+
+    async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
+        self.appended += 1;
+        let id = pg_text(new.id);
+        let previous: Option<i64> = sqlx::query_scalar("SELECT v.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2")
+            .bind(new.resource_type)
+            .bind(&id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let version = previous.unwrap_or(0) + 1;
+        // lastUpdated strictly increases with seq, so `_since` never skips a late commit.
+        let us = now_us().max(self.last_us + 1);
+        self.last_us = us;
+        let last_updated = instant_text(us)?;
+        let body = (!new.deleted).then(|| pg_text(&(new.body)(version, &last_updated)));
+        let seq = self.last_seq + 1;
+        sqlx::query(
+            "INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(seq)
+        .bind(new.resource_type)
+        .bind(&id)
+        .bind(version)
+        .bind(&last_updated)
+        .bind(us)
+        .bind(i32::from(new.deleted))
+        .bind(body.as_deref())
+        .bind(new.site)
+        .execute(&mut *self.conn)
+        .await?;
+        self.last_seq = seq;
+        sqlx::query(
+            "INSERT INTO resource_current (res_type, res_id, seq, deleted, site) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site",
+        )
+        .bind(new.resource_type)
+        .bind(&id)
+        .bind(seq)
+        .bind(i32::from(new.deleted))
+        .bind(new.site)
+        .execute(&mut *self.conn)
+        .await?;
+        write_index(
+            self.conn,
+            new.resource_type,
+            &id,
+            previous.is_some(),
+            (!new.deleted).then_some(new.index),
+        )
+        .await?;
+        Ok(StoredVersion {
+            resource_type: new.resource_type.to_string(),
+            id: new.id.to_string(),
+            version,
+            seq,
+            last_updated,
+            last_updated_us: us,
+            deleted: new.deleted,
+            body,
+            site: new.site.map(String::from),
+        })
+    }
+}
+
+#[async_trait]
+impl ResourceStore for PostgresStore {
+    async fn read(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StorageError> {
+        let mut conn = self.pool.acquire().await?;
+        let v = read_current(&mut conn, resource_type, id).await?;
+        Ok(v.filter(|v| ctx.sites.sees(v.site.as_deref())))
+    }
+
+    async fn vread(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredVersion>, StorageError> {
+        let mut conn = self.pool.acquire().await?;
+        let v = read_version(&mut conn, resource_type, id, version).await?;
+        Ok(v.filter(|v| ctx.sites.sees(v.site.as_deref())))
+    }
+
+    async fn history(
+        &self,
+        ctx: &AccessContext,
+        q: &HistoryQuery,
+    ) -> Result<HistoryPage, StorageError> {
+        // Commits are serialised in seq order (the change-sequence lock), so every version at or
+        // below the highest committed seq read here is already visible to the next statement.
+        let max_seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM resource_version")
+                .fetch_one(&self.pool)
+                .await?;
+        let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
+        let (sql, args) = history_sql(limited(ctx), q, snapshot);
+        let mut versions = self.versions(&sql, &args).await?;
+        let has_more = versions.len() > q.count;
+        versions.truncate(q.count);
+        Ok(HistoryPage {
+            versions,
+            snapshot_seq: snapshot,
+            has_more,
+        })
+    }
+
+    async fn search(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        request: &SearchRequest,
+        after: Option<&Cursor>,
+        count: usize,
+    ) -> Result<SearchPage, StorageError> {
+        if count == 0 {
+            return Ok(SearchPage {
+                versions: Vec::new(),
+                next: None,
+            });
+        }
+        let phases = search_phases(
+            Dialect::Postgres,
+            limited(ctx),
+            resource_type,
+            request,
+            after,
+            count + 1,
+        );
+        let keys = request.sort.len();
+        let mut versions: Vec<StoredVersion> = Vec::new();
+        let mut last_keys = Vec::new();
+        for (sql, args) in phases {
+            let sql = Dialect::Postgres.placeholders(&sql);
+            let rows = bound(&sql, &args).fetch_all(&self.pool).await?;
+            for row in &rows {
+                if versions.len() == count {
+                    // One more row exists: the page ends at the previous one.
+                    let id = versions.last().map(|v| v.id.clone()).unwrap_or_default();
+                    return Ok(SearchPage {
+                        next: Some(Cursor {
+                            keys: last_keys,
+                            id,
+                        }),
+                        versions,
+                    });
+                }
+                versions.push(version_from_row(row)?);
+                last_keys = (0..keys)
+                    .map(|k| sort_value(row, VERSION_COLUMN_COUNT + k))
+                    .collect();
+            }
+        }
+        Ok(SearchPage {
+            versions,
+            next: None,
+        })
+    }
+
+    async fn count(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        request: &SearchRequest,
+    ) -> Result<u64, StorageError> {
+        let (sql, args) = search_sql(
+            Dialect::Postgres,
+            limited(ctx),
+            resource_type,
+            request,
+            None,
+            None,
+            "COUNT(*)",
+        );
+        let sql = Dialect::Postgres.placeholders(&sql);
+        let n: i64 = bound(&sql, &args).fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn current_page(
+        &self,
+        ctx: &AccessContext,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<StoredVersion>, StorageError> {
+        let (t, i) = after.unwrap_or_default();
+        let rows = self
+            .versions(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+                     WHERE c.deleted = 0 AND (c.res_type > ? OR (c.res_type = ? AND c.res_id > ?)) ORDER BY c.res_type, c.res_id LIMIT ?"
+                ),
+                &[t.clone().into(), t.into(), i.into(), (limit as i64).into()],
+            )
+            .await?;
+        // A page may come back short for a limited caller; callers page until empty.
+        Ok(rows
+            .into_iter()
+            .filter(|v| ctx.sites.sees(v.site.as_deref()))
+            .collect())
+    }
+
+    async fn last_seq(&self, _ctx: &AccessContext) -> Result<i64, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM resource_version")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn snapshot_page(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        as_of: i64,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<StoredVersion>, StorageError> {
+        // As on SQLite: page over the current versions by id; a resource changed after `as_of`
+        // is read at its newest version up to `as_of`.
+        let current = format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+             WHERE c.res_type = ? AND c.res_id > ? ORDER BY c.res_id LIMIT ?"
+        );
+        let older = format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.res_type = ? AND v.res_id = ? AND v.seq <= ? ORDER BY v.version DESC LIMIT 1"
+        );
+        let mut out = Vec::new();
+        let mut after = after.unwrap_or_default();
+        loop {
+            let page = self
+                .versions(
+                    &current,
+                    &[
+                        resource_type.into(),
+                        after.clone().into(),
+                        (limit as i64).into(),
+                    ],
+                )
+                .await?;
+            let Some(last) = page.last().map(|v| v.id.clone()) else {
+                break;
+            };
+            for v in page {
+                let v = if v.seq <= as_of {
+                    Some(v)
+                } else {
+                    self.versions(
+                        &older,
+                        &[resource_type.into(), v.id.clone().into(), as_of.into()],
+                    )
+                    .await?
+                    .pop()
+                };
+                if let Some(v) = v.filter(|v| !v.deleted && ctx.sites.sees(v.site.as_deref())) {
+                    out.push(v);
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            after = last;
+        }
+        Ok(out)
+    }
+
+    async fn index_values(
+        &self,
+        _ctx: &AccessContext,
+        resource_type: &str,
+        param: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, StorageError> {
+        let ids: Vec<String> = ids.iter().map(|i| pg_text(i)).collect();
+        Ok(sqlx::query_as(
+            "SELECT res_id, value FROM search_index WHERE res_type = $1 AND res_id = ANY($2) AND param = $3",
+        )
+        .bind(resource_type)
+        .bind(ids)
+        .bind(param)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn audit(&self, record: AuditRecord) -> Result<(), StorageError> {
+        let queued = self.pending_audit.push(record);
+        // As on SQLite: an empty job makes the writer commit, and every commit writes the
+        // queue; the first event queued sends one after AUDIT_FLUSH_DELAY.
+        let nudge = || -> WriteJob {
+            Box::new(|_| {
+                Box::pin(async {
+                    JobOutcome {
+                        keep: true,
+                        finish: Box::new(|_| {}),
+                    }
+                })
+            })
+        };
+        if queued >= MAX_PENDING_AUDIT {
+            self.jobs
+                .send(nudge())
+                .await
+                .map_err(|_| StorageError::WriterGone)?;
+        } else if queued == 1 {
+            let jobs = self.jobs.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(AUDIT_FLUSH_DELAY).await;
+                let _ = jobs.send(nudge()).await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn audit_read(
+        &self,
+        ctx: &AccessContext,
+        seq: i64,
+    ) -> Result<Option<StoredAudit>, StorageError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_event WHERE seq = $1"
+        )))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        let a = row.as_ref().map(audit_from_row).transpose()?;
+        Ok(a.filter(|a| ctx.sites.sees(a.site.as_deref())))
+    }
+
+    async fn audit_search(
+        &self,
+        ctx: &AccessContext,
+        q: &AuditQuery,
+    ) -> Result<Vec<StoredAudit>, StorageError> {
+        let (sql, args) = audit_search_sql(limited(ctx), q);
+        let sql = Dialect::Postgres.placeholders(&sql);
+        let rows = bound(&sql, &args).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar("SELECT state FROM job WHERE id = $1")
+            .bind(pg_text(id))
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn jobs(&self) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(sqlx::query_as("SELECT id, state FROM job ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn submit(&self, _ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError> {
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StorageError::WriterGone)
+    }
+
+    async fn is_ready(&self) -> bool {
+        // Reachable, and every migration this build knows is applied (a replica of an older
+        // build beside a newer schema, or the reverse, is not ready).
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Result<Option<i64>, _> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await;
+        matches!(applied, Ok(Some(v)) if v == latest)
+    }
+}

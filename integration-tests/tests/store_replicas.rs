@@ -1,0 +1,150 @@
+//! Two trial-store processes (`trialbridge store`) writing to one PostgreSQL database at once,
+//! as replicas behind a Kubernetes Service do, while a reader follows `_history?_since` on one
+//! of them: the follower sees every committed version exactly once, in the order of the
+//! change sequence, and version numbers stay contiguous per resource even when both replicas
+//! update the same resources. Needs TRIALBRIDGE_TEST_POSTGRES_URL (`scripts/test.sh` starts a
+//! server).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use integration_tests::history::{committed, follow_http, Key};
+use integration_tests::{client, install_test_key, postgres_database};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn server_url() -> String {
+    std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
+        "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
+    )
+}
+
+/// Starts `trialbridge store` on `db` with its own data directory; returns it and its base.
+async fn replica(db: &str, dir: &std::path::Path) -> (Child, String) {
+    install_test_key(dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+        .args([
+            "store",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .env("TRIALBRIDGE_DATABASE_URL", db)
+        .env("TRIALBRIDGE_DATA_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start trialbridge store");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("base URL in time")
+        .expect("read")
+        .expect("a line");
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_write_at_once_and_a_history_follower_misses_no_version() {
+    let name = format!("tb_replicas_{}", std::process::id());
+    let db = postgres_database(&server_url(), &name).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Both start at once: they race to migrate the empty database and to load the study.
+    let ((mut a, base_a), (mut b, base_b)) =
+        tokio::join!(replica(&db, dir_a.path()), replica(&db, dir_b.path()));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let follower = tokio::spawn(follow_http(base_a.clone(), done.clone()));
+
+    // Three writers per replica. Each writes its own Patients twice (versions 1 and 2) and
+    // updates ten Patients that every writer of both replicas updates too.
+    let mut writers = Vec::new();
+    for (r, base) in [("a", &base_a), ("b", &base_b)] {
+        for w in 0..3 {
+            let base = base.clone();
+            writers.push(tokio::spawn(async move {
+                let c = client();
+                let mut acked = 0usize;
+                for n in 0..120 {
+                    let id = if n % 4 == 3 {
+                        format!("shared-{}", n % 10)
+                    } else {
+                        format!("{r}{w}-{}", n / 2)
+                    };
+                    let body = json!({"resourceType": "Patient", "id": id, "gender": "other", "birthDate": format!("19{:02}", n % 90 + 10)});
+                    let resp = c
+                        .put(format!("{base}/Patient/{id}"))
+                        .header("content-type", "application/fhir+json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .expect("PUT");
+                    assert!(
+                        resp.status().is_success(),
+                        "{id}: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                    acked += 1;
+                }
+                acked
+            }));
+        }
+    }
+    let mut acknowledged = 0;
+    for w in writers {
+        acknowledged += w.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = follower.await.unwrap();
+
+    // The reference: one `_history` walk on the other replica after the writes.
+    let reference = committed(&base_b).await;
+    let patients: Vec<&Key> = reference.iter().filter(|k| k.0 == "Patient").collect();
+    assert_eq!(
+        patients.len(),
+        acknowledged,
+        "every acknowledged write is one version"
+    );
+    assert_eq!(
+        seen, reference,
+        "the follower on replica a saw every version once, in order"
+    );
+
+    // Versions of each resource are 1..=n, in sequence order, whichever replica wrote them.
+    let mut versions: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    for (t, id, v) in &reference {
+        versions
+            .entry((t.clone(), id.clone()))
+            .or_default()
+            .push(*v);
+    }
+    for ((t, id), vs) in &versions {
+        let want: Vec<i64> = (1..=vs.len() as i64).collect();
+        assert_eq!(vs, &want, "{t}/{id}");
+    }
+    assert_eq!(
+        versions[&("Patient".to_string(), "shared-3".to_string())].len(),
+        6 * 6
+    );
+
+    // The study was loaded once, not once per replica.
+    let studies: Vec<&Key> = reference
+        .iter()
+        .filter(|k| k.0 == "ResearchStudy" && k.2 > 1)
+        .collect();
+    assert!(
+        studies.is_empty(),
+        "a study resource was written twice: {studies:?}"
+    );
+
+    let _ = a.kill().await;
+    let _ = b.kill().await;
+}
