@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The test command of the README: sets up the third-party clients the integration tests drive
-# (fhirpy and python-hl7 with its mllp_send in a venv under target/), then runs every test of
-# the workspace.
+# The test command of the README: sets up the third-party tools the integration tests drive
+# (fhirpy, python-hl7 with its mllp_send, Helm's template engine, kubernetes-validate and
+# schemathesis in a venv under target/; fhir-kit-client from npm), starts a throwaway
+# PostgreSQL, then runs every test of the workspace, and the store test suite again on
+# PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/test-venv
-if ! "$venv/bin/python" -c 'import fhirpy, hl7' 2>/dev/null || [ ! -x "$venv/bin/mllp_send" ]; then
+if ! "$venv/bin/python" -c 'import fhirpy, hl7, helm_python, kubernetes_validate, yaml, schemathesis' 2>/dev/null || [ ! -x "$venv/bin/mllp_send" ]; then
     echo "scripts/test.sh: installing the Python test clients into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r integration-tests/python/requirements.txt

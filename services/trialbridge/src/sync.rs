@@ -16,6 +16,10 @@ pub struct SyncArgs {
     /// Bearer token (a `warehouse` token).
     #[arg(long, env = "TRIALBRIDGE_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Serve Prometheus metrics, `/livez` and `/readyz` on this address (a deployment's
+    /// probes and scrapes).
+    #[arg(long, env = "TRIALBRIDGE_SYNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Runs the sync with a progress line; prints the totals as one JSON line.
@@ -26,9 +30,22 @@ pub async fn run(a: SyncArgs) -> anyhow::Result<()> {
         postgres_url: a.postgres,
         follow: a.follow,
     };
+    let metrics = std::sync::Arc::new(warehouse_sync::metrics::Metrics::default());
+    if let Some(listen) = &a.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {listen}: {e}"))?;
+        let (m, url) = (metrics.clone(), config.postgres_url.clone());
+        tokio::spawn(async move {
+            if let Err(e) = warehouse_sync::metrics::serve(listener, m, url).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let bar = indicatif::ProgressBar::new_spinner();
     let start = std::time::Instant::now();
     let stats = warehouse_sync::run(&config, trial_store::shutdown_signal(), |s| {
+        metrics.record(s);
         bar.set_message(format!(
             "{} changes written, at sequence {}",
             s.events, s.cursor

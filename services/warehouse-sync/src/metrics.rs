@@ -85,28 +85,47 @@ pub async fn render(
     Ok(out)
 }
 
-/// Serves `GET /metrics` on `listener` for as long as the process runs.
+/// Serves `GET /metrics`, `/livez` and `/readyz` on `listener` for as long as the process runs.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     postgres_url: String,
 ) -> Result<(), crate::SyncError> {
     let pg = Arc::new(crate::connect(&postgres_url, &[]).await?);
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (m, pg) = (metrics.clone(), pg.clone());
-            async move {
-                match render(&m, &pg).await {
-                    Ok(text) => (axum::http::StatusCode::OK, text),
-                    Err(e) => (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!("# warehouse database: {e}\n"),
-                    ),
+    let ready_pg = pg.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (m, pg) = (metrics.clone(), pg.clone());
+                async move {
+                    match render(&m, &pg).await {
+                        Ok(text) => (axum::http::StatusCode::OK, text),
+                        Err(e) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("# warehouse database: {e}\n"),
+                        ),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route("/livez", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            // Ready when the warehouse database answers.
+            axum::routing::get(move || {
+                let pg = ready_pg.clone();
+                async move {
+                    match pg.simple_query("SELECT 1").await {
+                        Ok(_) => (axum::http::StatusCode::OK, "ready".to_string()),
+                        Err(e) => (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("the warehouse database does not answer: {e}"),
+                        ),
+                    }
+                }
+            }),
+        );
     axum::serve(listener, app)
         .await
         .map_err(|e| crate::SyncError::View(format!("metrics listener: {e}")))
