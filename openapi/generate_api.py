@@ -78,9 +78,14 @@ def bundle():
 
 
 REFUSED = {"$ref": "#/components/responses/Refused"}
+
+
+def param_ref(name):
+    return {"$ref": f"#/components/parameters/{name}"}
+
 ID = {"$ref": "#/components/parameters/id"}
 VID = {"name": "vid", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}
-HISTORY_PARAMS = [
+HISTORY_PARAM_DEFS = [
     {"name": "_since", "in": "query", "schema": {"type": "string"}, "description": "Only versions at or after this instant"},
     {"name": "_at", "in": "query", "schema": {"type": "string"}, "description": "Versions current at this instant"},
     {"name": "_count", "in": "query", "schema": {"type": "integer", "minimum": 0}},
@@ -90,8 +95,21 @@ HISTORY_PARAMS = [
 CONDITIONAL = [
     {"name": "If-Match", "in": "header", "schema": {"type": "string"}, "description": 'Version-aware update: W/"n"'},
 ]
-REASON = {"name": "X-Reason-For-Change", "in": "header", "schema": {"type": "string"},
+HISTORY_PARAMS = [param_ref("history" + p["name"]) for p in HISTORY_PARAM_DEFS]
+REASON_DEF = {"name": "X-Reason-For-Change", "in": "header", "schema": {"type": "string"},
           "description": "Why a clinical resource is changed or deleted (required for Observation, Procedure, Condition, AdverseEvent, ResearchSubject unless a Provenance in the same transaction gives it)"}
+REASON = param_ref("reasonForChange")
+
+
+def parameters():
+    """The shared parameters the generated paths refer to."""
+    out = {}
+    for n, ty, d in COMMON_SEARCH:
+        out["search" + n] = {"name": n, "in": "query", "schema": {"type": ty}, "description": d}
+    for p in HISTORY_PARAM_DEFS:
+        out["history" + p["name"]] = p
+    out["reasonForChange"] = REASON_DEF
+    return out
 WRITTEN = {
     "200": fhir({"type": "object"}, "Updated: the stored resource (Prefer: return=representation, the default), or an OperationOutcome (return=OperationOutcome)"),
     "201": fhir({"type": "object"}, "Created: the stored resource; Location and ETag name the version"),
@@ -100,69 +118,94 @@ WRITTEN = {
 }
 
 
+TYPE = {"$ref": "#/components/parameters/type"}
+
+
+def schema_of(t):
+    """The schema of type `t` (`{type}`: any resource)."""
+    return {"$ref": "#/components/schemas/" + ("Resource" if t == "{type}" else t)}
+
+
 def body(t):
     return {"required": True, "content": {
-        "application/fhir+json": {"schema": {"$ref": f"#/components/schemas/{t}"}},
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{t}"}},
+        "application/fhir+json": {"schema": schema_of(t)},
+        "application/json": {"schema": schema_of(t)},
     }}
 
 
 def type_paths(t, profile, what):
-    search_params = [{"name": n, "in": "query", "schema": {"type": ty}, "description": d} for n, ty, d in COMMON_SEARCH]
+    search_params = [param_ref("search" + n) for n, _, _ in COMMON_SEARCH]
     search_params += [{"name": n, "in": "query", "schema": {"type": "string"}, "description": d} for n, d in TYPE_SEARCH.get(t, [])]
     profile_note = (f" Instances that claim or fall under the trial profile must also meet "
                     f"#/components/schemas/{profile_name(profile)} (else 422).") if profile else ""
-    tag = [t]
-    return {
+    generic = t == "{type}"
+    tag = ["any type" if generic else t]
+    # The `type` path parameter first, for the generic paths.
+    lead = [TYPE] if generic else []
+    paths = {
         f"/fhir/{t}": {
-            "get": {"summary": f"Search {t} ({what})", "tags": tag, "parameters": search_params,
+            "get": {"summary": f"Search {t} ({what})", "tags": tag, "parameters": lead + search_params,
                     "responses": {"200": fhir(bundle(), "A searchset Bundle, paged by next links"), "default": REFUSED}},
             "post": {"summary": f"Create a {t}", "description": f"Validated against FHIR R4 and the protocol rules.{profile_note}", "tags": tag,
-                     "parameters": [{"name": "If-None-Exist", "in": "header", "schema": {"type": "string"}, "description": "Conditional create: a search"}],
+                     "parameters": lead + [{"name": "If-None-Exist", "in": "header", "schema": {"type": "string"}, "description": "Conditional create: a search"}],
                      "requestBody": body(t), "responses": WRITTEN},
         },
         f"/fhir/{t}/_search": {
-            "post": {"summary": f"Search {t} with parameters in a form body", "tags": tag,
+            "post": {"summary": f"Search {t} with parameters in a form body", "tags": tag, "parameters": lead,
                      "requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}}},
                      "responses": {"200": fhir(bundle(), "A searchset Bundle"), "default": REFUSED}},
         },
         f"/fhir/{t}/_history": {
-            "get": {"summary": f"History of every {t}", "tags": tag, "parameters": HISTORY_PARAMS,
+            "get": {"summary": f"History of every {t}", "tags": tag, "parameters": lead + HISTORY_PARAMS,
                     "responses": {"200": fhir(bundle(), "A history Bundle, newest first by default"), "default": REFUSED}},
         },
         f"/fhir/{t}/$validate": {
             "post": {"summary": f"Validate a {t} without storing it", "tags": tag,
-                     "parameters": [{"name": "mode", "in": "query", "schema": {"enum": ["create", "update", "delete"]}},
-                                    {"name": "profile", "in": "query", "schema": {"type": "string"}}],
+                     "parameters": lead + [{"name": "mode", "in": "query", "schema": {"enum": ["create", "update", "delete"]}},
+                                           {"name": "profile", "in": "query", "schema": {"type": "string"}}],
                      "requestBody": {"required": True, "content": {"application/fhir+json": {"schema": {"type": "object"}}}},
                      "responses": {"200": fhir(ref("schemas/OperationOutcome"), "The outcome: every issue found"), "default": REFUSED}},
         },
         f"/fhir/{t}/{{id}}": {
             "get": {"summary": f"Read a {t}", "tags": tag,
-                    "parameters": [ID, {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
-                    "responses": {"200": fhir({"$ref": f"#/components/schemas/{t}"}, f"The current {t}"),
+                    "parameters": lead + [ID, {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
+                    "responses": {"200": fhir(schema_of(t), f"The current {t}"),
                                   "304": {"description": "Not modified"}, "default": REFUSED}},
             "put": {"summary": f"Update (or create with this id) a {t}", "description": profile_note.strip() or None, "tags": tag,
-                    "parameters": [ID, *CONDITIONAL, REASON], "requestBody": body(t), "responses": WRITTEN},
-            "delete": {"summary": f"Delete a {t} (a tombstone version)", "tags": tag, "parameters": [ID, REASON],
+                    "parameters": lead + [ID, *CONDITIONAL, REASON], "requestBody": body(t), "responses": WRITTEN},
+            "delete": {"summary": f"Delete a {t} (a tombstone version)", "tags": tag, "parameters": lead + [ID, REASON],
                        "responses": {"200": fhir(ref("schemas/OperationOutcome"), "Deleted"), "204": {"description": "Deleted"}, "default": REFUSED}},
         },
         f"/fhir/{t}/{{id}}/_history": {
-            "get": {"summary": f"Versions of one {t}", "tags": tag, "parameters": [ID, *HISTORY_PARAMS],
+            "get": {"summary": f"Versions of one {t}", "tags": tag, "parameters": lead + [ID, *HISTORY_PARAMS],
                     "responses": {"200": fhir(bundle(), "A history Bundle"), "default": REFUSED}},
         },
         f"/fhir/{t}/{{id}}/_history/{{vid}}": {
-            "get": {"summary": f"One version of a {t}", "tags": tag, "parameters": [ID, VID],
-                    "responses": {"200": fhir({"$ref": f"#/components/schemas/{t}"}, "That version"), "default": REFUSED}},
+            "get": {"summary": f"One version of a {t}", "tags": tag, "parameters": lead + [ID, VID],
+                    "responses": {"200": fhir(schema_of(t), "That version"), "default": REFUSED}},
         },
         f"/fhir/{t}/{{id}}/$validate": {
             "post": {"summary": f"Validate a change to one {t}", "tags": tag,
-                     "parameters": [ID, {"name": "mode", "in": "query", "schema": {"enum": ["create", "update", "delete"]}},
-                                    {"name": "profile", "in": "query", "schema": {"type": "string"}}],
+                     "parameters": lead + [ID, {"name": "mode", "in": "query", "schema": {"enum": ["create", "update", "delete"]}},
+                                           {"name": "profile", "in": "query", "schema": {"type": "string"}}],
                      "requestBody": {"required": False, "content": {"application/fhir+json": {"schema": {"type": "object"}}}},
                      "responses": {"200": fhir(ref("schemas/OperationOutcome"), "The outcome"), "default": REFUSED}},
+            "get": {"summary": f"Validate the stored {t} (mode=delete: may it be deleted)", "tags": tag,
+                    "parameters": lead + [ID, {"name": "mode", "in": "query", "schema": {"enum": ["create", "update", "delete"]}},
+                                          {"name": "profile", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": fhir(ref("schemas/OperationOutcome"), "The outcome"), "default": REFUSED}},
         },
     }
+    if generic:
+        # Conditional update and delete: the search in the query string picks the resource.
+        paths[f"/fhir/{t}"]["put"] = {
+            "summary": "Conditional update (the search picks the resource)", "tags": tag,
+            "parameters": lead + [REASON], "requestBody": body(t), "responses": WRITTEN}
+        paths[f"/fhir/{t}"]["delete"] = {
+            "summary": "Conditional delete (the search picks the resources)", "tags": tag,
+            "parameters": lead + [REASON],
+            "responses": {"200": fhir(ref("schemas/OperationOutcome"), "Deleted"), "204": {"description": "Deleted"}, "default": REFUSED}}
+    return paths
 
 
 def profile_name(profile):
@@ -218,6 +261,9 @@ def gateway_paths():
         "/dead-letters/{id}/replay": {"servers": GATEWAY_SERVER,
             "post": {"summary": "Map and queue a dead letter again (after the code map was fixed)", "tags": tag, "security": [], "parameters": [dl_id],
                      "responses": {"200": {"description": "The outcome", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": PROBLEM}}},
+        "/metrics": {"servers": GATEWAY_SERVER + [{"url": "http://127.0.0.1:8080", "description": "The trial store"}],
+            "get": {"summary": "Prometheus metrics: the store counts requests by interaction, type and status with their latency, validation refusals and the change sequence; the gateway its messages by state (outbox depth, dead letters) and events", "tags": tag, "security": [],
+                    "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/status": {"servers": GATEWAY_SERVER,
             "get": {"summary": "Counters: received, forwarded, outbox depth, dead letters", "tags": tag, "security": [],
                     "responses": {"200": {"description": "Counters", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -233,7 +279,7 @@ def strip_none(x):
 
 
 def block(data, indent):
-    text = yaml.safe_dump(strip_none(data), sort_keys=False, width=100, allow_unicode=True)
+    text = yaml.safe_dump(strip_none(data), sort_keys=False, width=100, allow_unicode=True, default_flow_style=None)
     pad = " " * indent
     return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
 
@@ -256,7 +302,10 @@ def main():
     paths = {}
     for t, profile, what in TRIAL_TYPES:
         paths.update(type_paths(t, profile, what))
+    # Any other R4 type: the same interactions with the type as a path parameter.
+    paths.update(type_paths("{type}", None, "any FHIR R4 resource type"))
     doc = replace(doc, "schemas", block(schemas(), 4))
+    doc = replace(doc, "parameters", block(parameters(), 4))
     doc = replace(doc, "fhir-paths", block(paths, 2))
     doc = replace(doc, "gateway-paths", block(gateway_paths(), 2))
     with open(path, "w") as f:

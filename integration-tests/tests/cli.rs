@@ -135,3 +135,48 @@ fn validate_and_hl7_parse_report_and_fail_on_bad_input() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("does not start with an MSH segment"));
 }
+
+#[test]
+fn token_mints_a_site_token_and_a_monitor_token_for_several_sites() {
+    let dir = tempfile::tempdir().unwrap();
+    let mint = |args: &[&str]| {
+        trialbridge()
+            .arg("token")
+            .args(args)
+            .env("TRIALBRIDGE_DATA_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let site = mint(&["--role", "site", "--site", "mesemcart-site-01"]);
+    assert!(
+        site.status.success(),
+        "{}",
+        String::from_utf8_lossy(&site.stderr)
+    );
+    let token = String::from_utf8_lossy(&site.stdout).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let monitor = mint(&[
+        "--role",
+        "monitor",
+        "--site",
+        "mesemcart-site-01",
+        "--site",
+        "mesemcart-site-02",
+    ]);
+    assert!(
+        monitor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&monitor.stderr)
+    );
+    // A site token names exactly one site.
+    let two = mint(&[
+        "--role",
+        "site",
+        "--site",
+        "mesemcart-site-01",
+        "--site",
+        "mesemcart-site-02",
+    ]);
+    assert!(!two.status.success());
+    assert!(String::from_utf8_lossy(&two.stderr).contains("exactly one --site"));
+}

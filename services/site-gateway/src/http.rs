@@ -21,6 +21,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/dead-letters/{id}", get(dead_letter).delete(discard))
         .route("/dead-letters/{id}/replay", post(replay))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(gateway)
@@ -190,6 +191,40 @@ async fn readyz(State(g): State<Gateway>) -> Response {
         Ok(_) => "ready".into_response(),
         Err(e) => failed(e),
     }
+}
+
+/// `GET /metrics`: the counters and the message states (outbox depth, dead letters) in the
+/// Prometheus text format.
+async fn metrics(State(g): State<Gateway>) -> Response {
+    let status = match g.db.status().await {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let mut counters = String::new();
+    let mut states = String::new();
+    for (name, value) in status.as_object().into_iter().flatten() {
+        let v = value.as_i64().unwrap_or(0);
+        match name.strip_prefix("messages_") {
+            Some(state) => states.push_str(&format!(
+                "trialbridge_gateway_messages{{state=\"{state}\"}} {v}\n"
+            )),
+            None => counters.push_str(&format!(
+                "trialbridge_gateway_events_total{{event=\"{name}\"}} {v}\n"
+            )),
+        }
+    }
+    let text = format!(
+        "# HELP trialbridge_gateway_messages Messages held by the gateway by state (outbox: waiting to be forwarded; dead: the dead-letter queue)\n\
+         # TYPE trialbridge_gateway_messages gauge\n{states}\
+         # HELP trialbridge_gateway_events_total Messages received, acknowledged, forwarded, refused, counted since the database was created\n\
+         # TYPE trialbridge_gateway_events_total counter\n{counters}"
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
 }
 
 async fn status(State(g): State<Gateway>) -> Response {

@@ -49,12 +49,9 @@ pub struct GatewayArgs {
     #[arg(long, env = "TRIALBRIDGE_GATEWAY_DATABASE", global = true)]
     pub gateway_database: Option<PathBuf>,
     /// The site this gateway serves (`site-01`; its study is `mesemcart-site-01`).
-    #[arg(
-        long,
-        env = "TRIALBRIDGE_SITE",
-        default_value = "site-01",
-        global = true
-    )]
+    #[arg(long, env = "TRIALBRIDGE_SITE", default_value = "site-01")]
+    // Not global: `trialbridge token --site` names the sites of a token (give the gateway's
+    // site before the subcommand, or by TRIALBRIDGE_SITE).
     pub site: String,
     /// FHIR base URL of the trial store to forward to (default: the store of this process).
     #[arg(long, env = "TRIALBRIDGE_STORE_URL", global = true)]

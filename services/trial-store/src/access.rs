@@ -20,9 +20,13 @@ use crate::StoreState;
 /// The header that carries a reason for change.
 pub const REASON_HEADER: &str = "x-reason-for-change";
 
-/// Paths served without a token: the capability statement and the health checks.
+/// Paths served without a token: the capability statement, the API description, the health
+/// checks and the metrics (no patient data in any of them).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/fhir/metadata" | "/livez" | "/readyz")
+    matches!(
+        path,
+        "/fhir/metadata" | "/livez" | "/readyz" | "/openapi.json" | "/metrics"
+    )
 }
 
 /// How the store checks tokens.

@@ -339,7 +339,7 @@ pub fn expand(row: &StoredAudit) -> Vec<(String, String)> {
 }
 
 /// The interaction a request path names (for requests audited after the fact).
-fn interaction_of(method: &str, segments: &[&str]) -> &'static str {
+pub(crate) fn interaction_of(method: &str, segments: &[&str]) -> &'static str {
     if segments.iter().any(|s| s.starts_with('$')) {
         return "operation";
     }

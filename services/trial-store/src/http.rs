@@ -62,6 +62,8 @@ pub fn routes(state: StoreState) -> Router {
         )
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(crate::openapi::document))
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -69,6 +71,7 @@ pub fn routes(state: StoreState) -> Router {
             crate::access::authenticate,
         ))
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(crate::metrics::record))
         .layer(CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
