@@ -136,6 +136,8 @@ pub struct StoredVersion {
     pub body: Option<String>,
     /// The site study the resource belongs to; `None` for shared resources.
     pub site: Option<String>,
+    /// The W3C `traceparent` of the request that wrote it, when it was traced.
+    pub traceparent: Option<String>,
 }
 
 /// Which versions a history request covers.
@@ -295,6 +297,8 @@ pub struct AuditQuery {
 /// What a write closure can do inside the write transaction.
 #[async_trait]
 pub trait WriteTxn: Send {
+    /// The trace context the versions appended next are recorded with (set by [`write`]).
+    fn set_trace(&mut self, traceparent: Option<String>);
     /// The current version (tombstones included) of a resource.
     async fn current(
         &mut self,
@@ -452,6 +456,12 @@ pub trait ResourceStore: Send + Sync + 'static {
     async fn is_ready(&self) -> bool;
 }
 
+tokio::task_local! {
+    /// The W3C `traceparent` of the request a task serves; [`write`] records it with the
+    /// versions the write appends (the trial store sets it per request when tracing is on).
+    pub static TRACE_CONTEXT: Option<String>;
+}
+
 /// Runs `f` inside a write transaction and returns its result once the transaction has
 /// committed durably. If `f` fails, its changes are rolled back and its error returned.
 pub async fn write<T, E, F>(
@@ -464,9 +474,12 @@ where
     E: From<StorageError> + Send + 'static,
     F: for<'a> FnOnce(&'a mut dyn WriteTxn) -> BoxFuture<'a, Result<T, E>> + Send + 'static,
 {
+    use tracing::Instrument;
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, E>>();
+    let trace = TRACE_CONTEXT.try_with(Clone::clone).ok().flatten();
     let job: WriteJob = Box::new(move |txn| {
         Box::pin(async move {
+            txn.set_trace(trace);
             match f(txn).await {
                 Ok(v) => JobOutcome {
                     keep: true,
@@ -483,8 +496,12 @@ where
             }
         })
     });
-    store.submit(ctx, job).await.map_err(E::from)?;
-    rx.await.map_err(|_| E::from(StorageError::WriterGone))?
+    async move {
+        store.submit(ctx, job).await.map_err(E::from)?;
+        rx.await.map_err(|_| E::from(StorageError::WriterGone))?
+    }
+    .instrument(tracing::info_span!("db.write", otel.kind = "client"))
+    .await
 }
 
 /// Saves (or, with `None`, removes) a background job's state, durably.

@@ -92,6 +92,7 @@ fn version_from_row(row: &PgRow) -> Result<StoredVersion, sqlx::Error> {
         deleted: row.try_get::<i32, _>(6)? != 0,
         body: row.try_get(7)?,
         site: row.try_get(8)?,
+        traceparent: row.try_get(9)?,
     })
 }
 
@@ -233,6 +234,7 @@ async fn run_batch(
     let mut txn = PgWriteTxn {
         conn,
         last_us,
+        trace: None,
         last_seq,
         appended: 0,
         audited: 0,
@@ -242,6 +244,7 @@ async fn run_batch(
         txn.conn.execute("SAVEPOINT job").await?;
         txn.appended = 0;
         txn.audited = 0;
+        txn.trace = None;
         // Restored when the job is rolled back, with its rows.
         let chain_before = txn.chain_end.clone();
         let seq_before = txn.last_seq;
@@ -298,6 +301,8 @@ async fn run_batch(
 struct PgWriteTxn<'c> {
     conn: &'c mut PgConnection,
     last_us: i64,
+    /// The trace context of the job being run, recorded with its versions.
+    trace: Option<String>,
     /// The highest change sequence number used so far (under the change-sequence lock).
     last_seq: i64,
     /// Versions the current job appended.
@@ -456,6 +461,10 @@ async fn write_index(
 
 #[async_trait]
 impl WriteTxn for PgWriteTxn<'_> {
+    fn set_trace(&mut self, traceparent: Option<String>) {
+        self.trace = traceparent;
+    }
+
     async fn replace_index(
         &mut self,
         resource_type: &str,
@@ -556,8 +565,8 @@ impl WriteTxn for PgWriteTxn<'_> {
         let body = (!new.deleted).then(|| pg_text(&(new.body)(version, &last_updated)));
         let seq = self.last_seq + 1;
         sqlx::query(
-            "INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(seq)
         .bind(new.resource_type)
@@ -568,6 +577,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         .bind(i32::from(new.deleted))
         .bind(body.as_deref())
         .bind(new.site)
+        .bind(self.trace.as_deref())
         .execute(&mut *self.conn)
         .await?;
         self.last_seq = seq;
@@ -600,6 +610,7 @@ impl WriteTxn for PgWriteTxn<'_> {
             deleted: new.deleted,
             body,
             site: new.site.map(String::from),
+            traceparent: self.trace.clone(),
         })
     }
 }

@@ -118,9 +118,9 @@ fn like_literal(s: &str) -> String {
 }
 
 pub(crate) const VERSION_COLUMNS: &str =
-    "v.res_type, v.res_id, v.version, v.seq, v.last_updated, v.last_updated_us, v.deleted, v.body, v.site";
+    "v.res_type, v.res_id, v.version, v.seq, v.last_updated, v.last_updated_us, v.deleted, v.body, v.site, v.traceparent";
 /// The number of columns in [`VERSION_COLUMNS`]; sort keys follow them.
-pub(crate) const VERSION_COLUMN_COUNT: usize = 9;
+pub(crate) const VERSION_COLUMN_COUNT: usize = 10;
 
 /// ` AND (col IS NULL OR col IN (...))` for a caller limited to some sites; nothing otherwise.
 pub(crate) fn push_site_scope(

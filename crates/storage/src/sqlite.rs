@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_versions.sql"),
     include_str!("../migrations/sqlite/0002_audit_and_sites.sql"),
     include_str!("../migrations/sqlite/0003_jobs.sql"),
+    include_str!("../migrations/sqlite/0004_trace_context.sql"),
 ];
 
 /// Where and how to open the SQLite database.
@@ -198,6 +199,7 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<StoredVersion> {
         deleted: row.get::<_, i64>(6)? != 0,
         body: row.get(7)?,
         site: row.get(8)?,
+        traceparent: row.get(9)?,
     })
 }
 
@@ -296,6 +298,7 @@ fn run_batch(
     let mut txn = SqliteWriteTxn {
         conn,
         last_us,
+        trace: None,
         appended: 0,
         audited: 0,
         chain_end: None,
@@ -304,6 +307,7 @@ fn run_batch(
         txn.conn.execute_batch("SAVEPOINT job")?;
         txn.appended = 0;
         txn.audited = 0;
+        txn.trace = None;
         // Restored when the job is rolled back, with its audit rows.
         let chain_before = txn.chain_end.clone();
         // The job only awaits this transaction's synchronous calls, so it completes here. A
@@ -346,6 +350,8 @@ fn run_batch(
 struct SqliteWriteTxn<'c> {
     conn: &'c mut Connection,
     last_us: i64,
+    /// The trace context of the job being run, recorded with its versions.
+    trace: Option<String>,
     /// Versions the current job appended.
     appended: usize,
     /// Audit events the current job recorded.
@@ -484,6 +490,10 @@ fn write_index(
 
 #[async_trait]
 impl WriteTxn for SqliteWriteTxn<'_> {
+    fn set_trace(&mut self, traceparent: Option<String>) {
+        self.trace = traceparent;
+    }
+
     async fn replace_index(
         &mut self,
         resource_type: &str,
@@ -575,10 +585,10 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         let body = (!new.deleted).then(|| (new.body)(version, &last_updated));
         let seq: i64 = conn
             .prepare_cached(
-                "INSERT INTO resource_version (res_type, res_id, version, last_updated, last_updated_us, deleted, body, site) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
+                "INSERT INTO resource_version (res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING seq",
             )?
-            .query_row(params![new.resource_type, new.id, version, last_updated, us, i64::from(new.deleted), body, new.site], |r| r.get(0))?;
+            .query_row(params![new.resource_type, new.id, version, last_updated, us, i64::from(new.deleted), body, new.site, self.trace], |r| r.get(0))?;
         conn.prepare_cached(
             "INSERT INTO resource_current (res_type, res_id, seq, deleted, site) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site",
@@ -601,6 +611,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             deleted: new.deleted,
             body,
             site: new.site.map(String::from),
+            traceparent: self.trace.clone(),
         })
     }
 }

@@ -87,6 +87,10 @@ pub struct DeadLetter {
     pub message: Option<String>,
 }
 
+/// A message waiting in the outbox: its id, its transaction Bundle, and the W3C traceparent of
+/// its receipt (when traced).
+pub type Outgoing = (i64, String, Option<String>);
+
 /// The SQL of a write job, run inside its own savepoint.
 type Work = Box<dyn FnOnce(&Connection) -> Result<(), rusqlite::Error> + Send>;
 
@@ -193,6 +197,13 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Databases created before trace context was kept gain its column.
+        let has_trace: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('message') WHERE name = 'traceparent'")?
+            .exists([])?;
+        if !has_trace {
+            conn.execute_batch("ALTER TABLE message ADD COLUMN traceparent TEXT")?;
+        }
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -282,6 +293,8 @@ impl Db {
             m.ack.to_string(),
         );
         let counter = counter.map(|(n, v)| (n.to_string(), v));
+        // The trace of the message being received, continued by the forwarder.
+        let trace = trialbridge_telemetry::traceparent();
         self.write(move |tx| {
             let existing: Option<String> = tx
                 .query_row("SELECT ack FROM message WHERE sender = ?1 AND control_id = ?2", params![sender, control_id], |r| r.get(0))
@@ -290,8 +303,8 @@ impl Db {
                 return Ok(Err(a));
             }
             tx.execute(
-                "INSERT INTO message (sender, control_id, received, raw, state, reason, bundle, ack) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![sender, control_id, received, raw, state, reason, bundle, ack],
+                "INSERT INTO message (sender, control_id, received, raw, state, reason, bundle, ack, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![sender, control_id, received, raw, state, reason, bundle, ack, trace],
             )?;
             let id = tx.last_insert_rowid();
             if let Some((name, v)) = counter {
@@ -409,16 +422,18 @@ impl Db {
         .await
     }
 
-    /// The oldest messages waiting in the outbox.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<(i64, String)>, DbError> {
+    /// The oldest messages waiting in the outbox: id, transaction Bundle, and the trace
+    /// context of their receipt.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, DbError> {
         self.run(move |conn| {
             let mut q = conn.prepare(
-                "SELECT id, bundle FROM message WHERE state = 'outbox' ORDER BY id LIMIT ?1",
+                "SELECT id, bundle, traceparent FROM message WHERE state = 'outbox' ORDER BY id LIMIT ?1",
             )?;
             let rows = q.query_map(params![limit as i64], |r| {
                 Ok((
                     r.get(0)?,
                     r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    r.get(2)?,
                 ))
             })?;
             rows.collect()

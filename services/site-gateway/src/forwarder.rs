@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::db::State;
+use tracing::Instrument;
+
+use crate::db::{Outgoing, State};
 use crate::Gateway;
 
 /// Most messages per transaction sent to the store.
@@ -26,9 +28,13 @@ enum Sent {
 }
 
 async fn post(client: &reqwest::Client, gateway: &Gateway, url: &str, body: String) -> Sent {
+    // The current span (`gateway.forward`) goes along as the request's trace context.
+    let mut headers = reqwest::header::HeaderMap::new();
+    trialbridge_telemetry::inject(&mut headers);
     let mut req = client
         .post(url)
         .header("content-type", "application/fhir+json")
+        .headers(headers)
         .body(body);
     if let Some(t) = gateway.config.store_token.current() {
         req = req.bearer_auth(t);
@@ -66,10 +72,10 @@ fn entries(bundle: &str) -> Vec<Value> {
 }
 
 /// Splits the outbox rows into groups of consecutive messages that write disjoint resources.
-fn groups(rows: &[(i64, String)]) -> Vec<Vec<usize>> {
+fn groups(rows: &[Outgoing]) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut urls: Vec<String> = Vec::new();
-    for (i, (_, bundle)) in rows.iter().enumerate() {
+    for (i, (_, bundle, _)) in rows.iter().enumerate() {
         let mine: Vec<String> = entries(bundle)
             .iter()
             .filter_map(|e| {
@@ -119,12 +125,30 @@ pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
         }
         let mut unavailable = false;
         'groups: for group in groups(&rows) {
+            // One span per store request: a child of the first message's trace, linked to the
+            // traces of the others it carries.
+            let span = tracing::info_span!(
+                "gateway.forward",
+                otel.kind = "producer",
+                messages = group.len()
+            );
+            let traces: Vec<&str> = group.iter().filter_map(|&i| rows[i].2.as_deref()).collect();
+            if let Some((first, rest)) = traces.split_first() {
+                trialbridge_telemetry::set_parent(&span, first);
+                for t in rest {
+                    trialbridge_telemetry::add_link(&span, t);
+                }
+            }
             let sent = if group.len() == 1 {
-                post(&client, &gateway, &url, rows[group[0]].1.clone()).await
+                post(&client, &gateway, &url, rows[group[0]].1.clone())
+                    .instrument(span.clone())
+                    .await
             } else {
                 let all: Vec<Value> = group.iter().flat_map(|&i| entries(&rows[i].1)).collect();
                 let combined = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": all});
-                post(&client, &gateway, &url, combined.to_string()).await
+                post(&client, &gateway, &url, combined.to_string())
+                    .instrument(span.clone())
+                    .await
             };
             match sent {
                 Sent::Accepted => {
@@ -200,10 +224,10 @@ mod tests {
                 .to_string()
         };
         let rows = vec![
-            (1, b(&["Patient/a", "Observation/1"])),
-            (2, b(&["Observation/2"])),
-            (3, b(&["Patient/a", "Observation/3"])),
-            (4, b(&["Observation/4"])),
+            (1, b(&["Patient/a", "Observation/1"]), None),
+            (2, b(&["Observation/2"]), None),
+            (3, b(&["Patient/a", "Observation/3"]), None),
+            (4, b(&["Observation/4"]), None),
         ];
         assert_eq!(groups(&rows), vec![vec![0, 1], vec![2, 3]]);
     }

@@ -341,9 +341,24 @@ impl Gateway {
     }
 
     /// Receives one message: checks, deduplicates, maps, stores, and answers. AA only after
-    /// the message's row is committed.
+    /// the message's row is committed. Traced as `hl7.message`, the root of the trace that the
+    /// outbox carries on to the store.
     pub async fn receive(&self, bytes: &[u8]) -> Received {
-        let msg = match Message::parse(bytes) {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "hl7.message",
+            otel.kind = "consumer",
+            messaging.system = "hl7v2",
+            hl7.site = %self.config.site,
+            hl7.ack = tracing::field::Empty,
+        );
+        let received = self.receive_traced(bytes).instrument(span.clone()).await;
+        span.record("hl7.ack", received.code.as_str());
+        received
+    }
+
+    async fn receive_traced(&self, bytes: &[u8]) -> Received {
+        let msg = match tracing::info_span!("hl7.parse").in_scope(|| Message::parse(bytes)) {
             Ok(m) => m,
             Err(e) => {
                 let of = Acknowledged::unparsed(bytes);
@@ -444,10 +459,13 @@ impl Gateway {
             Ok(None) => {}
             Err(e) => return self.unavailable(&of, e),
         }
-        let mapped = match mapping::map(&msg, &self.config.site, &self.config.utc_offset) {
-            Ok(m) => m,
-            Err(errors) => return Self::reply(&of, AckCode::AE, &errors),
-        };
+        let mapped =
+            match tracing::info_span!("hl7.map", hl7.message_type = %format!("{ty}^{trigger}"))
+                .in_scope(|| mapping::map(&msg, &self.config.site, &self.config.utc_offset))
+            {
+                Ok(m) => m,
+                Err(errors) => return Self::reply(&of, AckCode::AE, &errors),
+            };
         let received = now_instant();
         let enrolment = match self.db.enrolment_of(&mapped.patient.identifiers).await {
             Ok(e) => e,

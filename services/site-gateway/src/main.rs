@@ -15,12 +15,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRIALBRIDGE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let _telemetry = trialbridge_telemetry::init("site-gateway", "info");
     let cli = Cli::parse();
     let config = site_gateway::GatewayConfig::from_args(
         &cli.gateway,

@@ -46,6 +46,7 @@ fn event(v: StoredVersion) -> ChangeEvent {
         site: v.site.unwrap_or_default(),
         resource_json: v.body.unwrap_or_default(),
         last_updated: v.last_updated,
+        traceparent: v.traceparent.unwrap_or_default(),
     }
 }
 

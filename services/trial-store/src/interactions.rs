@@ -98,7 +98,8 @@ pub fn incoming_from_bytes(
 /// Validates a resource (structure, bindings, invariants, profiles): 422 with every issue
 /// when there is an error.
 pub fn validated(value: &Value, validation: &ValidationOptions) -> Result<(), ApiError> {
-    let report = trialbridge_validation::validate_resource(value, validation);
+    let report = tracing::info_span!("validate", resource.type = rtype_of(value))
+        .in_scope(|| trialbridge_validation::validate_resource(value, validation));
     if report.has_errors() {
         return Err(ApiError::Rejected {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -493,4 +494,12 @@ pub async fn load_resource(
     }
     store(txn, caller, &res, &id).await?;
     Ok(LoadResult::Created)
+}
+
+/// The `resourceType` of a parsed body, for span attributes.
+fn rtype_of(value: &serde_json::Value) -> &str {
+    value
+        .get("resourceType")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
 }

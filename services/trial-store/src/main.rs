@@ -13,12 +13,6 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRIALBRIDGE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _telemetry = trialbridge_telemetry::init("trial-store", "warn");
     trial_store::serve_command(Args::parse().serve).await
 }

@@ -1,6 +1,8 @@
-//! Prometheus metrics of the store, served at `/metrics`: requests by interaction, type and
-//! status, their latency, validation refusals, and the change sequence (which the warehouse
-//! compares with its cursor for the feed lag).
+//! What the store tells operators about its requests: Prometheus metrics at `/metrics`
+//! (requests by interaction, type and status, their latency, validation refusals, the change
+//! sequence that the warehouse compares with its cursor for the feed lag), and a trace span per
+//! FHIR request that continues the caller's W3C trace context and is recorded with the versions
+//! the request writes.
 
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -10,6 +12,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use tracing::Instrument;
 
 use crate::StoreState;
 
@@ -94,7 +97,7 @@ fn labels(method: &str, path: &str) -> (&'static str, &'static str) {
     (interaction, rtype)
 }
 
-/// Counts and times every FHIR request (a layer around the whole router).
+/// Counts, times and traces every FHIR request (a layer around the whole router).
 pub async fn record(req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if !path.starts_with("/fhir") {
@@ -102,7 +105,21 @@ pub async fn record(req: Request, next: Next) -> Response {
     }
     let (interaction, rtype) = labels(req.method().as_str(), path);
     let start = Instant::now();
-    let response = next.run(req).await;
+    let span = tracing::info_span!(
+        "fhir.request",
+        otel.kind = "server",
+        fhir.interaction = interaction,
+        fhir.resource_type = rtype,
+        http.request.method = %req.method(),
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+    );
+    trialbridge_telemetry::set_parent_from_headers(&span, req.headers());
+    let trace = trialbridge_telemetry::traceparent_of(&span);
+    let response = trialbridge_storage::TRACE_CONTEXT
+        .scope(trace, next.run(req).instrument(span.clone()))
+        .await;
+    span.record("http.response.status_code", response.status().as_u16());
     let m = &*METRICS;
     let status = response.status();
     m.requests

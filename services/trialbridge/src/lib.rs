@@ -80,7 +80,14 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             };
         }
     };
-    init_tracing();
+    // Logs and traces; dropped (spans flushed) when the command returns.
+    let service = match &cli.command {
+        Some(Command::Store) => "trial-store",
+        Some(Command::Gateway) => "site-gateway",
+        Some(Command::Sync(_)) => "warehouse-sync",
+        _ => "trialbridge",
+    };
+    let _telemetry = trialbridge_telemetry::init(service, "warn");
     let result = match cli.command {
         None | Some(Command::Serve) => return serve::run(cli.serve, cli.gateway).await,
         Some(Command::Store) => return trial_store::serve_command(cli.serve).await,
@@ -109,15 +116,6 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             ExitCode::from(1)
         }
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIALBRIDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 async fn reindex(database_url: &str) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let _telemetry = trialbridge_telemetry::init("warehouse-sync", "info");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let config = warehouse_sync::SyncConfig {
         feed_url: std::env::var("TRIALBRIDGE_FEED_URL")
