@@ -6,11 +6,13 @@
 #
 #   cargo build --release
 #   HFS_BIN=/path/to/hfs HFS_DATA=/path/to/dir/with/search-parameters-r4.json bash bench/compare.sh
+# TB_BACKENDS="sqlite postgres" runs trialbridge once per backend (PostgreSQL: a throwaway
+# server on loopback, see bench/lib.sh), labelled trialbridge-sqlite / trialbridge-postgres.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
 data=$work/observations.ndjson
 writable_data "$data"
@@ -28,9 +30,14 @@ suite() { # label base pid
 }
 
 
-start_trialbridge "$work/tb.db"
-suite trialbridge http://127.0.0.1:8190/fhir $tb_pid
-kill $tb_pid; wait $tb_pid 2>/dev/null || true
+for backend in ${TB_BACKENDS:-sqlite}; do
+    label=trialbridge
+    [ -z "${TB_BACKENDS:-}" ] || label=trialbridge-$backend
+    tb_database "$backend" "tb_$backend" > "$work/db"
+    start_trialbridge "$(cat "$work/db")"
+    suite "$label" http://127.0.0.1:8190/fhir $tb_pid
+    kill $tb_pid; wait $tb_pid 2>/dev/null || true
+done
 
 if [ -n "${HFS_BIN:-}" ]; then
     start_hfs

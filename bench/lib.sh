@@ -6,17 +6,43 @@ port_free() { ! curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null || { ech
 
 wait_up() { for _ in $(seq 1 300); do curl -sf "$1/metadata" >/dev/null && return 0; sleep 0.2; done; echo "server at $1 did not start" >&2; exit 1; }
 
-# start_trialbridge DB_FILE: serves on 127.0.0.1:8190; sets tb_pid and exports TRIALBRIDGE_TOKEN
-# (a `system` token of the local profile's key beside DB_FILE), which `trialbridge bench`,
-# `trialbridge export` and bench/get.lua send; servers without security ignore it.
+# start_trialbridge DB: serves on 127.0.0.1:8190; DB is an SQLite file or a postgres:// URL
+# (see tb_database). Sets tb_pid and exports TRIALBRIDGE_TOKEN (a `system` token of the local
+# profile's key in the data directory), which `trialbridge bench`, `trialbridge export` and
+# bench/get.lua send; servers without security ignore it.
 start_trialbridge() {
     port_free 8190
-    TRIALBRIDGE_DATABASE_URL="sqlite://$1" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
+    local url=$1
+    case $url in postgres://*) ;; *) url="sqlite://$1" ;; esac
+    mkdir -p "$work/tbdata"
+    TRIALBRIDGE_DATA_DIR="$work/tbdata" TRIALBRIDGE_DATABASE_URL="$url" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
     tb_pid=$!
     wait_up http://127.0.0.1:8190/fhir
-    TRIALBRIDGE_TOKEN=$($tb token --role system --database-url "sqlite://$1")
+    TRIALBRIDGE_TOKEN=$(TRIALBRIDGE_DATA_DIR="$work/tbdata" $tb token --role system --database-url "$url")
     export TRIALBRIDGE_TOKEN
 }
+
+# tb_database BACKEND NAME: the database for a trialbridge run: an SQLite file in $work, or,
+# for BACKEND postgres, a fresh database NAME on a throwaway PostgreSQL server (started once
+# per script on 127.0.0.1:55433, stopped by stop_postgres). Prints it; run it in the script's
+# own shell (not in `$(...)`) the first time, so that pg_url and pg_dir stay set.
+tb_database() {
+    case $1 in
+    sqlite) echo "$work/$2.db" ;;
+    postgres)
+        if [ -z "${pg_url:-}" ]; then
+            # Its own folder: the server runs as the postgres user, who may not enter $work.
+            pg_dir=$(mktemp -d)
+            pg_url=$(bash scripts/postgres.sh start "$pg_dir" 55433)
+        fi
+        psql -q "$pg_url" -c "CREATE DATABASE $2" >/dev/null
+        echo "${pg_url%/*}/$2"
+        ;;
+    *) echo "unknown backend $1 (sqlite or postgres)" >&2; exit 1 ;;
+    esac
+}
+
+stop_postgres() { [ -z "${pg_url:-}" ] || { bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"; }; }
 
 # start_hfs: helios-hfs ($HFS_BIN, search parameters from $HFS_DATA) on a fresh database on
 # 127.0.0.1:8191; sets hfs_pid. `exec`, so that the job is the server and the trap stops it.

@@ -7,12 +7,13 @@
 #   N=100000 HFS_BIN=... HFS_DATA=... bash bench/search.sh
 # Larger N for trialbridge alone (`N=1000000 bash bench/search.sh`): load 1,000,000 with
 # `trialbridge load` first and pass TB_DB=path to reuse that database.
+# TB_BACKENDS="sqlite postgres" loads and queries trialbridge once per backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
 N=${N:-100000}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
 [ -n "${TB_DB:-}" ] && [ -z "${HFS_BIN:-}" ] || python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
 python3 - "$work/patients.ndjson" <<'PY'
@@ -35,7 +36,7 @@ queries=(
 
 load_and_query() { # label base
     local label=$1 base=$2 t0 t1
-    if [ -z "${TB_DB:-}" ] || [ "$label" != trialbridge ]; then
+    if [ -z "${TB_DB:-}" ] || [ "${label#trialbridge}" = "$label" ]; then
         t0=$(date +%s.%N)
         $tb bench --label "$label" --base "$base" --data "$work/obs.ndjson" --scenario txn --txn-size 100 --requests $((N / 100)) --seconds 3600 --id-prefix ""
         $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario put --concurrency 16 --requests 1000 --seconds 600 --as-type Patient
@@ -48,10 +49,14 @@ load_and_query() { # label base
 }
 
 
-db=${TB_DB:-$work/tb.db}
-start_trialbridge "$db"
-load_and_query trialbridge http://127.0.0.1:8190/fhir
-kill $tb_pid; wait $tb_pid 2>/dev/null || true
+for backend in ${TB_BACKENDS:-sqlite}; do
+    label=trialbridge
+    [ -z "${TB_BACKENDS:-}" ] || label=trialbridge-$backend
+    if [ -n "${TB_DB:-}" ]; then db=$TB_DB; else tb_database "$backend" "tb_$backend" > "$work/db"; db=$(cat "$work/db"); fi
+    start_trialbridge "$db"
+    load_and_query "$label" http://127.0.0.1:8190/fhir
+    kill $tb_pid; wait $tb_pid 2>/dev/null || true
+done
 
 if [ -n "${HFS_BIN:-}" ]; then
     start_hfs

@@ -338,3 +338,31 @@ pub fn put_fhir(
         .header("content-type", "application/fhir+json")
         .body(body)
 }
+
+/// A free TCP port on 127.0.0.1 (for a process that must be told its port in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts a `trialbridge` process (stdout piped) and returns it with the first line it prints:
+/// the FHIR base URL of `serve` and `store`.
+pub async fn spawn_with_base(cmd: &mut tokio::process::Command) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start trialbridge");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("base URL in time")
+        .expect("read")
+        .expect("a line");
+    (child, base)
+}

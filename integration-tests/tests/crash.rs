@@ -7,38 +7,26 @@ use std::time::Duration;
 
 use integration_tests::{client, next_link};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 async fn start(db: &str, data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--mllp-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-        ])
-        .env("TRIALBRIDGE_DATABASE_URL", db)
-        .env("TRIALBRIDGE_DATA_DIR", data_dir)
-        .env("TRIALBRIDGE_LOAD_STUDY", "false")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start trialbridge");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("base URL in time")
-        .expect("read")
-        .expect("a line");
-    (child, base)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
+    cmd.args([
+        "serve",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--mllp-listen",
+        "127.0.0.1:0",
+        "--gateway-listen",
+        "127.0.0.1:0",
+    ])
+    .env("TRIALBRIDGE_DATABASE_URL", db)
+    .env("TRIALBRIDGE_DATA_DIR", data_dir)
+    .env("TRIALBRIDGE_LOAD_STUDY", "false")
+    .stderr(Stdio::null());
+    integration_tests::spawn_with_base(&mut cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -17,14 +17,6 @@ use trialbridge_hl7v2::mllp::{frame, FrameEvent, Framer};
 
 const MESSAGES: usize = 10_000;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start(dir: &std::path::Path, ports: (u16, u16)) -> (Child, String) {
     integration_tests::install_test_key(dir);
     let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
@@ -105,7 +97,10 @@ async fn send_all(addr: SocketAddr, todo: Vec<usize>, acked: Arc<Mutex<BTreeSet<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_message_arrives_exactly_once_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port());
+    let ports = (
+        integration_tests::free_port(),
+        integration_tests::free_port(),
+    );
     let (mut child, _) = start(dir.path(), ports).await;
     let http = format!("http://127.0.0.1:{}", ports.1);
     let r = client()

@@ -9,12 +9,10 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use integration_tests::history::{committed, follow_http, Key};
 use integration_tests::{client, install_test_key, postgres_database};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 fn server_url() -> String {
@@ -26,29 +24,18 @@ fn server_url() -> String {
 /// Starts `trialbridge store` on `db` with its own data directory; returns it and its base.
 async fn replica(db: &str, dir: &std::path::Path) -> (Child, String) {
     install_test_key(dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
-        .args([
-            "store",
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-        ])
-        .env("TRIALBRIDGE_DATABASE_URL", db)
-        .env("TRIALBRIDGE_DATA_DIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start trialbridge store");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("base URL in time")
-        .expect("read")
-        .expect("a line");
-    (child, base)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
+    cmd.args([
+        "store",
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ])
+    .env("TRIALBRIDGE_DATABASE_URL", db)
+    .env("TRIALBRIDGE_DATA_DIR", dir)
+    .stderr(Stdio::inherit());
+    integration_tests::spawn_with_base(&mut cmd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -55,14 +55,6 @@ async fn receiver(spans: Spans) -> String {
     format!("http://{addr}")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn traced(cmd: &mut Command, endpoint: &str, data: &std::path::Path) {
     cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
@@ -114,7 +106,10 @@ async fn store(endpoint: &str, dir: &std::path::Path) -> (Child, String, String)
 
 /// The site gateway as a process forwarding to `base`; its MLLP and HTTP addresses.
 async fn gateway(endpoint: &str, dir: &std::path::Path, base: &str) -> (Child, SocketAddr, String) {
-    let (mllp, http) = (free_port(), free_port());
+    let (mllp, http) = (
+        integration_tests::free_port(),
+        integration_tests::free_port(),
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
     cmd.arg("gateway")
         .env("TRIALBRIDGE_MLLP_LISTEN", format!("127.0.0.1:{mllp}"))

@@ -18,6 +18,7 @@ pub use trialbridge_fhir::search::{Cursor, SearchRequest};
 mod postgres;
 mod sql;
 mod sqlite;
+mod writer;
 pub use postgres::{PostgresStore, CHANGE_SEQUENCE_LOCK};
 pub use sqlite::{SqliteOptions, SqliteStore};
 

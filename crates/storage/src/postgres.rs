@@ -25,26 +25,18 @@ use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
 use crate::sql::{
     audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
-    Dialect, PendingAudit, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
+    Dialect, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
 };
+use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
     audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryPage, HistoryQuery, Index,
-    JobFinish, JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit,
-    StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+    JobFinish, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit, StoredVersion,
+    WriteJob, WriteTxn, AUDIT_GENESIS,
 };
 
 /// The advisory lock every write transaction holds from its start to its commit (an arbitrary
 /// constant: "trialbri" in ASCII).
 pub const CHANGE_SEQUENCE_LOCK: i64 = 0x7472_6961_6c62_7269;
-
-/// How many queued write jobs one commit may take at most.
-const MAX_BATCH: usize = 512;
-
-/// Queued audit events beyond which each new one waits for the writer.
-const MAX_PENDING_AUDIT: usize = 50_000;
-
-/// How long audit events of requests that changed nothing wait for a commit at most.
-const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(100);
 
 /// The migrations in `migrations/postgres/`, built into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -172,13 +164,7 @@ async fn writer_loop(
     let mut conn = Some(conn);
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut rx, &mut batch);
         let mut finishers = Vec::with_capacity(batch.len());
         if conn.is_none() {
             match PgConnection::connect_with(&options).await {
@@ -202,13 +188,7 @@ async fn writer_loop(
                 conn = None;
             }
         }
-        let msg = result.as_ref().err().map(ToString::to_string);
-        for f in finishers {
-            f(match &msg {
-                None => Ok(()),
-                Some(m) => Err(StorageError::CommitFailed(m.clone())),
-            });
-        }
+        report(finishers, &result);
         // Jobs not reached because the batch failed early are dropped, which tells their
         // callers that the writer could not run them.
         batch.clear();
@@ -253,39 +233,22 @@ async fn run_batch(
         let outcome = std::panic::AssertUnwindSafe(job(&mut txn))
             .catch_unwind()
             .await;
-        let rollback = |txn: &mut PgWriteTxn<'_>| {
-            txn.chain_end = chain_before.clone();
-            txn.last_seq = seq_before;
-        };
-        match outcome {
-            Ok(JobOutcome { keep: true, finish }) if txn.appended > 0 && txn.audited == 0 => {
-                tracing::error!("a write job changed data without an audit event; rolled back");
-                txn.conn
-                    .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
-                    .await?;
-                rollback(&mut txn);
-                finish(Err(StorageError::Unaudited));
-            }
-            Ok(JobOutcome { keep: true, finish }) => {
+        match settle(outcome, txn.appended, txn.audited) {
+            Settlement::Keep(finish) => {
                 txn.conn.execute("RELEASE SAVEPOINT job").await?;
                 finishers.push(finish);
             }
-            Ok(JobOutcome {
-                keep: false,
-                finish,
-            }) => {
+            discarded => {
                 txn.conn
                     .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
                     .await?;
-                rollback(&mut txn);
-                finishers.push(finish);
-            }
-            Err(_) => {
-                tracing::error!("a write job panicked; its changes were rolled back");
-                txn.conn
-                    .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
-                    .await?;
-                rollback(&mut txn);
+                txn.chain_end = chain_before;
+                txn.last_seq = seq_before;
+                match discarded {
+                    Settlement::Discard(finish) => finishers.push(finish),
+                    Settlement::Refuse(finish, e) => finish(Err(e)),
+                    Settlement::Keep(_) | Settlement::Panicked => {}
+                }
             }
         }
     }
@@ -841,32 +804,7 @@ impl ResourceStore for PostgresStore {
     }
 
     async fn audit(&self, record: AuditRecord) -> Result<(), StorageError> {
-        let queued = self.pending_audit.push(record);
-        // As on SQLite: an empty job makes the writer commit, and every commit writes the
-        // queue; the first event queued sends one after AUDIT_FLUSH_DELAY.
-        let nudge = || -> WriteJob {
-            Box::new(|_| {
-                Box::pin(async {
-                    JobOutcome {
-                        keep: true,
-                        finish: Box::new(|_| {}),
-                    }
-                })
-            })
-        };
-        if queued >= MAX_PENDING_AUDIT {
-            self.jobs
-                .send(nudge())
-                .await
-                .map_err(|_| StorageError::WriterGone)?;
-        } else if queued == 1 {
-            let jobs = self.jobs.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(AUDIT_FLUSH_DELAY).await;
-                let _ = jobs.send(nudge()).await;
-            });
-        }
-        Ok(())
+        self.pending_audit.queue(record, &self.jobs).await
     }
 
     async fn audit_read(

@@ -849,58 +849,6 @@ pub(crate) fn audit_search_sql(
 /// The columns of an audit row, in [`crate::StoredAudit`] order.
 pub(crate) const AUDIT_COLUMNS: &str = "seq, recorded_us, site, batch, body, prev_hash, hash";
 
-/// Audit events of requests that changed nothing, waiting for the next commit of the writer.
-#[derive(Default)]
-pub(crate) struct PendingAudit(std::sync::Mutex<Vec<crate::AuditRecord>>);
-
-impl PendingAudit {
-    /// Queues one event; returns how many wait now.
-    pub(crate) fn push(&self, record: crate::AuditRecord) -> usize {
-        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        p.push(record);
-        p.len()
-    }
-
-    /// Takes everything queued as the rows to append: one batch row (a JSON array of the
-    /// queued bodies) per site.
-    pub(crate) fn take_rows(&self) -> Vec<crate::AuditRecord> {
-        let records = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut by_site: Vec<(Option<String>, Vec<crate::AuditRecord>)> = Vec::new();
-        for r in records {
-            match by_site.iter_mut().find(|(s, _)| *s == r.site) {
-                Some((_, v)) => v.push(r),
-                None => by_site.push((r.site.clone(), vec![r])),
-            }
-        }
-        by_site
-            .into_iter()
-            .map(|(site, group)| {
-                let mut body = String::with_capacity(
-                    group.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2,
-                );
-                body.push('[');
-                let mut entities = Vec::new();
-                for (i, r) in group.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
-                    }
-                    body.push_str(&r.body);
-                    entities.extend(r.entities.iter().cloned());
-                }
-                body.push(']');
-                entities.sort();
-                entities.dedup();
-                crate::AuditRecord {
-                    recorded_us: group[0].recorded_us,
-                    site,
-                    entities,
-                    body,
-                }
-            })
-            .collect()
-    }
-}
-
 /// Now, in microseconds since the epoch.
 pub(crate) fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64

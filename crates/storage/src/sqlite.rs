@@ -23,22 +23,14 @@ use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
 use crate::sql::{
     audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
-    Dialect, PendingAudit, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
+    Dialect, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
 };
+use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
     audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryPage, HistoryQuery, Index,
-    JobFinish, JobOutcome, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit,
-    StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+    JobFinish, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit, StoredVersion,
+    WriteJob, WriteTxn, AUDIT_GENESIS,
 };
-
-/// How many queued write jobs one commit may take at most.
-const MAX_BATCH: usize = 512;
-
-/// Queued audit events beyond which each new one waits for the writer.
-const MAX_PENDING_AUDIT: usize = 50_000;
-
-/// How long audit events of requests that changed nothing wait for a commit at most.
-const AUDIT_FLUSH_DELAY: Duration = Duration::from_millis(100);
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
 const MIGRATIONS: &[&str] = &[
@@ -257,26 +249,14 @@ impl SqliteStore {
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pending: &PendingAudit) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut rx, &mut batch);
         let mut finishers = Vec::with_capacity(batch.len());
         let result = run_batch(&mut conn, &mut batch, &mut finishers, pending);
         if let Err(e) = &result {
             tracing::error!(error = %e, "write batch failed; rolling back");
             let _ = conn.execute_batch("ROLLBACK");
         }
-        let msg = result.as_ref().err().map(ToString::to_string);
-        for f in finishers {
-            f(match &msg {
-                None => Ok(()),
-                Some(m) => Err(StorageError::CommitFailed(m.clone())),
-            });
-        }
+        report(finishers, &result);
         // Jobs not reached because the batch failed early are dropped, which tells their
         // callers that the writer could not run them.
         batch.clear();
@@ -315,29 +295,19 @@ fn run_batch(
         // caller sees the writer's error.
         let outcome =
             futures::executor::block_on(std::panic::AssertUnwindSafe(job(&mut txn)).catch_unwind());
-        match outcome {
-            Ok(JobOutcome { keep: true, finish }) if txn.appended > 0 && txn.audited == 0 => {
-                tracing::error!("a write job changed data without an audit event; rolled back");
-                txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
-                txn.chain_end = chain_before;
-                finish(Err(StorageError::Unaudited));
-            }
-            Ok(JobOutcome { keep: true, finish }) => {
+        match settle(outcome, txn.appended, txn.audited) {
+            Settlement::Keep(finish) => {
                 txn.conn.execute_batch("RELEASE job")?;
                 finishers.push(finish);
             }
-            Ok(JobOutcome {
-                keep: false,
-                finish,
-            }) => {
+            discarded => {
                 txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
                 txn.chain_end = chain_before;
-                finishers.push(finish);
-            }
-            Err(_) => {
-                tracing::error!("a write job panicked; its changes were rolled back");
-                txn.conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
-                txn.chain_end = chain_before;
+                match discarded {
+                    Settlement::Discard(finish) => finishers.push(finish),
+                    Settlement::Refuse(finish, e) => finish(Err(e)),
+                    Settlement::Keep(_) | Settlement::Panicked => {}
+                }
             }
         }
     }
@@ -887,34 +857,7 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn audit(&self, record: AuditRecord) -> Result<(), StorageError> {
-        let queued = self.pending_audit.push(record);
-        // An empty job makes the writer commit, and every commit writes the queue. The first
-        // event queued sends one after AUDIT_FLUSH_DELAY (unless a write commits first), so that
-        // a stream of reads costs a few commits a second rather than one per read; a long queue
-        // waits for room in the writer's channel, which slows its producers.
-        let nudge = || -> WriteJob {
-            Box::new(|_| {
-                Box::pin(async {
-                    JobOutcome {
-                        keep: true,
-                        finish: Box::new(|_| {}),
-                    }
-                })
-            })
-        };
-        if queued >= MAX_PENDING_AUDIT {
-            self.jobs
-                .send(nudge())
-                .await
-                .map_err(|_| StorageError::WriterGone)?;
-        } else if queued == 1 {
-            let jobs = self.jobs.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(AUDIT_FLUSH_DELAY).await;
-                let _ = jobs.send(nudge()).await;
-            });
-        }
-        Ok(())
+        self.pending_audit.queue(record, &self.jobs).await
     }
 
     async fn job(&self, id: &str) -> Result<Option<String>, StorageError> {
