@@ -65,14 +65,6 @@ impl SqliteOptions {
             readers: 8,
         })
     }
-
-    /// A file or folder beside the database (exports, the site gateway's own database).
-    pub fn beside(&self, name: &str) -> PathBuf {
-        self.path
-            .parent()
-            .map(|d| d.join(name))
-            .unwrap_or_else(|| name.into())
-    }
 }
 
 /// The SQLite implementation of [`ResourceStore`].

@@ -114,8 +114,13 @@ pub async fn record(req: Request, next: Next) -> Response {
         url.path = path,
         http.response.status_code = tracing::field::Empty,
     );
-    trialbridge_telemetry::set_parent_from_headers(&span, req.headers());
-    let trace = trialbridge_telemetry::traceparent_of(&span);
+    // With trace export off the span is disabled: no header parsing on the hot path.
+    let trace = if span.is_disabled() {
+        None
+    } else {
+        trialbridge_telemetry::set_parent_from_headers(&span, req.headers());
+        trialbridge_telemetry::traceparent_of(&span)
+    };
     let response = trialbridge_storage::TRACE_CONTEXT
         .scope(trace, next.run(req).instrument(span.clone()))
         .await;
