@@ -148,7 +148,12 @@ pub async fn serve(State(s): State<StoreState>) -> Response {
     }
     let mut out = Vec::new();
     if let Err(e) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut out) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        return crate::error::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            trialbridge_fhir::IssueType::Exception,
+            format!("the metrics could not be encoded: {e}"),
+        )
+        .into_response();
     }
     (
         StatusCode::OK,
