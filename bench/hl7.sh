@@ -28,7 +28,9 @@ wait_up http://127.0.0.1:18480/fhir
 printf 'MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|X|P|2.5.1\rPID|1||4711^^^KH-NORD^MR||Muster^Erika||19880412|F\rOBR|1|||SCREEN|||20260302093000+0100\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM|18.5-25|H|||F|||20260302093000+0100\rOBX|2|NM|29463-7^Body weight^LN||68|kg^^UCUM|||||F|||20260302093000+0100\r' > "$work/oru.hl7"
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "not enrolled, 16 connections"
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "not enrolled, 1 connection"
-curl -sf -X POST http://127.0.0.1:18481/enrolments -H 'content-type: application/json' \
+# The gateway's API takes a site token of its site (the local profile's key beside the database).
+site_token=$($tb token --role site --site mesemcart-site-01 --database-url "sqlite://$work/store.db")
+curl -sf -X POST http://127.0.0.1:18481/enrolments -H "Authorization: Bearer $site_token" -H 'content-type: application/json' \
     -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "enrolled, 16 connections"
 # How long the outbox takes to reach the store after that burst (forwarding runs meanwhile).

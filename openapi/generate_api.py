@@ -238,40 +238,54 @@ PROBLEM = {"description": "An OperationOutcome naming the problem", "content": {
 
 def gateway_paths():
     tag = ["site gateway"]
+    # PHI (the key list, raw messages) needs a site token of the gateway's site; health,
+    # status and metrics are open.
+    staff = [{"bearer": []}]
     dl_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+    reason = {"name": "X-Reason-For-Change", "in": "header", "required": True, "schema": {"type": "string", "minLength": 1},
+              "description": "Why (recorded in the gateway's audit log)"}
+    refused = {"401": PROBLEM, "403": PROBLEM}
     return {
         "/hl7v2": {"servers": GATEWAY_SERVER, "post": {
-            "summary": "Receive HL7 v2 messages (one, a batch, or a file), as over MLLP", "tags": tag, "security": [],
+            "summary": "Receive HL7 v2 messages (one, a batch, or a file), as over MLLP (a site token of the gateway's site)", "tags": tag, "security": staff,
             "requestBody": {"required": True, "content": HL7},
-            "responses": {"200": {"description": "The ACK (AA after a durable commit; AE/AR with ERR)", "content": {"x-application/hl7-v2+er7": {"schema": {"type": "string"}}}}}}},
+            "responses": {"200": {"description": "The ACK (AA after a durable commit; AE/AR with ERR)", "content": {"x-application/hl7-v2+er7": {"schema": {"type": "string"}}}}, **refused}}},
         "/enrolments": {"servers": GATEWAY_SERVER,
-            "get": {"summary": "The key list: enrolled patients (site MRN to subject)", "tags": tag, "security": [],
-                    "responses": {"200": {"description": "Enrolments", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}}},
-            "post": {"summary": "Enrol a patient: its MRN (or several identifiers) becomes a subject id", "tags": tag, "security": [],
+            "get": {"summary": "The key list: enrolled patients ((authority, MRN) to subject); the read is audited", "tags": tag, "security": staff,
+                    "responses": {"200": {"description": "Enrolments", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}, **refused}},
+            "post": {"summary": "Enrol a patient: its MRNs, each with its assigning authority, become a subject id; gender and birth year, when given, update the subject's pseudonymous Patient", "tags": tag, "security": staff,
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["subjectId"],
                          "properties": {"subjectId": {"type": "string", "pattern": "^MC-[0-9]{2}-[0-9]{3}$"},
                                         "mrn": {"type": "string"}, "authority": {"type": "string"},
-                                        "identifiers": {"type": "array", "items": {"type": "object", "properties": {"authority": {"type": "string"}, "value": {"type": "string"}}}},
+                                        "identifiers": {"type": "array", "items": {"type": "object", "required": ["authority", "value"], "properties": {"authority": {"type": "string", "minLength": 1}, "value": {"type": "string", "minLength": 1}}}},
                                         "gender": {"enum": ["male", "female", "other", "unknown"]},
                                         "birthYear": {"type": "integer"}}}}}},
-                     "responses": {"201": {"description": "Enrolled", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": PROBLEM}}},
+                     "responses": {"201": {"description": "Enrolled", "content": {"application/json": {"schema": {"type": "object"}}}}, "409": PROBLEM, "default": PROBLEM}},
+            "delete": {"summary": "Remove one entry of the key list (a mistaken enrolment)", "tags": tag, "security": staff,
+                       "parameters": [{"name": "authority", "in": "query", "required": True, "schema": {"type": "string"}},
+                                      {"name": "mrn", "in": "query", "required": True, "schema": {"type": "string"}}, reason],
+                       "responses": {"204": {"description": "Removed"}, "default": PROBLEM}}},
         "/dead-letters": {"servers": GATEWAY_SERVER,
-            "get": {"summary": "Messages that could not be mapped or sent", "tags": tag, "security": [],
-                    "responses": {"200": {"description": "Dead letters", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}}}},
+            "get": {"summary": "Messages that could not be mapped, identified or sent", "tags": tag, "security": staff,
+                    "responses": {"200": {"description": "Dead letters", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}, **refused}}},
         "/dead-letters/{id}": {"servers": GATEWAY_SERVER,
-            "get": {"summary": "One dead letter with its raw message", "tags": tag, "security": [], "parameters": [dl_id],
+            "get": {"summary": "One dead letter with its raw message; the read is audited", "tags": tag, "security": staff, "parameters": [dl_id],
                     "responses": {"200": {"description": "The dead letter", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": PROBLEM}},
-            "delete": {"summary": "Discard a dead letter", "tags": tag, "security": [], "parameters": [dl_id],
-                       "responses": {"200": {"description": "Discarded", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": PROBLEM}}},
+            "delete": {"summary": "Discard a dead letter (the message is erased, the decision audited)", "tags": tag, "security": staff, "parameters": [dl_id, reason],
+                       "responses": {"204": {"description": "Discarded"}, "default": PROBLEM}}},
         "/dead-letters/{id}/replay": {"servers": GATEWAY_SERVER,
-            "post": {"summary": "Map and queue a dead letter again (after the code map was fixed)", "tags": tag, "security": [], "parameters": [dl_id],
+            "post": {"summary": "Map, identify and queue a dead letter again (after the key list or code map was fixed; for a reused control id: take it as a new message)", "tags": tag, "security": staff, "parameters": [dl_id],
                      "responses": {"200": {"description": "The outcome", "content": {"application/json": {"schema": {"type": "object"}}}}, "default": PROBLEM}}},
+        "/audit": {"servers": GATEWAY_SERVER,
+            "get": {"summary": "The gateway's audit log, newest first: key-list changes (old and new subject) and reads, dead-letter reads and decisions", "tags": tag, "security": staff,
+                    "parameters": [{"name": "_count", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                    "responses": {"200": {"description": "Entries", "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}, **refused}}},
         "/metrics": {"servers": GATEWAY_SERVER + [{"url": "http://127.0.0.1:8080", "description": "The trial store"}],
             "get": {"summary": "Prometheus metrics: the store counts requests by interaction, type and status with their latency, validation refusals and the change sequence; the gateway its messages by state (outbox depth, dead letters) and events", "tags": tag, "security": [],
                     "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/status": {"servers": GATEWAY_SERVER,
-            "get": {"summary": "Counters: received, forwarded, outbox depth, dead letters", "tags": tag, "security": [],
+            "get": {"summary": "Counters: received, forwarded, outbox depth, dead letters, MLLP connections", "tags": tag, "security": [],
                     "responses": {"200": {"description": "Counters", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     }
 

@@ -43,7 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 status=0
-cargo test --workspace --all-targets --locked 2>&1 | tee "$log" || status=$?
+cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log" || status=$?
 
 # The store test suite again on PostgreSQL: every test that starts a store (in-process or as
 # the binary) gets a database of its own on the test server instead of an SQLite file.

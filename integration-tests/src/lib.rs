@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+pub mod gateway;
 pub mod history;
 
 pub use trialbridge_storage::Role;
@@ -74,7 +75,7 @@ impl TestStore {
             store,
             config: Arc::new(config),
             exports: Arc::default(),
-            auth: Arc::new(trial_store::AuthConfig::fixed(verifier)),
+            auth: Arc::new(trialbridge_auth::Authenticator::fixed(verifier)),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let feed_listener = tokio::net::TcpListener::bind("127.0.0.1:0")

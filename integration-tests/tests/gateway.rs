@@ -4,21 +4,14 @@
 //! does. Hostile bytes on the listener get AR/AE or a clean close, and the next message is
 //! still acknowledged.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use integration_tests::{client, get_json, TestStore};
+use integration_tests::gateway::{exchange, mllp_send, msa, staff, TestGateway};
+use integration_tests::{get_json, TestStore};
 use serde_json::{json, Value};
-use site_gateway::{Gateway, GatewayConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use site_gateway::Gateway;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-struct TestGateway {
-    mllp: SocketAddr,
-    http: String,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
 
 async fn start_gateway(store: &TestStore) -> TestGateway {
     start_gateway_with(store, None).await.0
@@ -28,38 +21,13 @@ async fn start_gateway_with(
     store: &TestStore,
     ehr: Option<site_gateway::ehr_pull::EhrConfig>,
 ) -> (TestGateway, Gateway) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = GatewayConfig {
-        mllp_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.path().join("gateway.db"),
-        site: "site-01".into(),
-        store_url: store.base.clone(),
-        utc_offset: "+01:00".into(),
-        max_frame_bytes: 64 * 1024,
-        idle_timeout: Duration::from_secs(5),
-        max_connections: 16,
-        ehr,
-        store_token: site_gateway::StoreToken::Static(integration_tests::token(
-            integration_tests::Role::Site,
-            &["mesemcart-site-01"],
-            "",
-        )),
-    };
-    let gateway = Gateway::open(config).unwrap();
-    let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (mllp_addr, http_addr) = (mllp.local_addr().unwrap(), api.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(site_gateway::serve(gateway.clone(), mllp, api, async {
-        let _ = rx.await;
-    }));
-    let g = TestGateway {
-        mllp: mllp_addr,
-        http: format!("http://{http_addr}"),
-        _dir: dir,
-        _stop: tx,
-    };
+    let dir = tempfile::tempdir().unwrap().keep();
+    let g = TestGateway::start_in(&dir, &store.base, |c| {
+        c.max_connections = 16;
+        c.ehr = ehr;
+    })
+    .await;
+    let gateway = g.gateway.clone();
     (g, gateway)
 }
 
@@ -69,37 +37,6 @@ const ORU: &str = "MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01
 
 fn msg(template: &str, id: &str) -> String {
     template.replace("{ID}", id)
-}
-
-/// Sends one message with `mllp_send`; returns what it printed (the ACK).
-async fn mllp_send(addr: SocketAddr, message: &str) -> String {
-    let bin = std::env::var("TRIALBRIDGE_TEST_MLLP_SEND").unwrap_or_else(|_| "mllp_send".into());
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.hl7");
-    // mllp_send reads its input file as an MLLP stream.
-    std::fs::write(&file, trialbridge_hl7v2::mllp::frame(message.as_bytes())).unwrap();
-    let out = tokio::process::Command::new(&bin)
-        .args(["--port", &addr.port().to_string(), "--file"])
-        .arg(&file)
-        .arg(addr.ip().to_string())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{bin}: {e}: run `bash scripts/test.sh` (it installs python-hl7) or set TRIALBRIDGE_TEST_MLLP_SEND"));
-    assert!(
-        out.status.success(),
-        "mllp_send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn msa(ack: &str) -> (String, String) {
-    let line = ack
-        .split(['\r', '\n'])
-        .find(|l| l.starts_with("MSA"))
-        .unwrap_or_else(|| panic!("no MSA in {ack:?}"));
-    let f: Vec<&str> = line.split('|').collect();
-    (f[1].to_string(), f.get(2).unwrap_or(&"").to_string())
 }
 
 async fn wait_for_count(store: &TestStore, query: &str, n: u64) -> Value {
@@ -117,13 +54,8 @@ async fn wait_for_count(store: &TestStore, query: &str, n: u64) -> Value {
 }
 
 async fn enrol(g: &TestGateway) {
-    let r = client()
-        .post(format!("{}/enrolments", g.http))
-        .json(&json!({"mrn": "4711", "authority": "KH-NORD", "subjectId": "MC-01-001", "gender": "female", "birthYear": 1988}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    g.enrol(json!({"mrn": "4711", "authority": "KH-NORD", "subjectId": "MC-01-001", "gender": "female", "birthYear": 1988}))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -133,7 +65,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     // Not enrolled yet: acknowledged, nothing leaves, only a counter remains.
     let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0001")).await;
     assert_eq!(msa(&ack), ("AA".into(), "LAB-0001".into()));
-    let status = get_json(&format!("{}/status", g.http)).await;
+    let status = get_json(&g.url("/status")).await;
     assert_eq!(status["not_enrolled"], 1, "{status}");
     enrol(&g).await;
     let ack = mllp_send(g.mllp, &msg(ADT, "KIS-0001")).await;
@@ -189,10 +121,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
         get_json(&store.url("Observation?_summary=count")).await["total"],
         2
     );
-    assert_eq!(
-        get_json(&format!("{}/status", g.http)).await["duplicates"],
-        1
-    );
+    assert_eq!(get_json(&g.url("/status")).await["duplicates"], 1);
     // Nothing that identifies the patient reached the store.
     let mut everything = String::new();
     for t in [
@@ -239,17 +168,17 @@ async fn unmapped_codes_wait_in_the_dead_letter_queue() {
     let unknown = msg(ORU, "LAB-0100").replace("BMI^Body mass index^L", "KNIE-SCORE^Knee score^L");
     let ack = mllp_send(g.mllp, &unknown).await;
     assert_eq!(msa(&ack).0, "AA");
-    let dead = get_json(&format!("{}/dead-letters", g.http)).await;
+    let dead = g.get("/dead-letters").await;
     assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
     assert!(
         dead[0]["reason"].as_str().unwrap().contains("KNIE-SCORE"),
         "{dead}"
     );
     let id = dead[0]["id"].as_i64().unwrap();
-    let one = get_json(&format!("{}/dead-letters/{id}", g.http)).await;
+    let one = g.get(&format!("/dead-letters/{id}")).await;
     assert!(one["message"].as_str().unwrap().contains("KNIE-SCORE"));
-    let r: Value = client()
-        .post(format!("{}/dead-letters/{id}/replay", g.http))
+    let r: Value = staff()
+        .post(g.url(&format!("/dead-letters/{id}/replay")))
         .send()
         .await
         .unwrap()
@@ -260,37 +189,13 @@ async fn unmapped_codes_wait_in_the_dead_letter_queue() {
         r["result"].as_str().unwrap().starts_with("still dead"),
         "{r}"
     );
-    let r = client()
-        .delete(format!("{}/dead-letters/{id}", g.http))
+    let r = staff()
+        .delete(g.url(&format!("/dead-letters/{id}")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(get_json(&format!("{}/dead-letters", g.http))
-        .await
-        .as_array()
-        .unwrap()
-        .is_empty());
-}
-
-/// Writes `bytes` and reads one MLLP frame back (None on a clean close or nothing in time).
-async fn exchange(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
-    s.write_all(bytes).await.ok()?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if got.ends_with(&[0x1c, 0x0d]) {
-            return Some(String::from_utf8_lossy(&got[1..got.len() - 2]).into_owned());
-        }
-    }
+    assert!(g.get("/dead-letters").await.as_array().unwrap().is_empty());
 }
 
 fn framed(m: &[u8]) -> Vec<u8> {
@@ -534,7 +439,7 @@ async fn http_post_of_a_message_gets_the_same_acknowledgement() {
     let post = |body: String| {
         let url = format!("{}/hl7v2", g.http);
         async move {
-            client()
+            staff()
                 .post(url)
                 .body(body)
                 .send()

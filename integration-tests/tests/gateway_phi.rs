@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use integration_tests::gateway::{staff, TestGateway};
 use integration_tests::{client, get_json, TestStore};
 use serde_json::json;
-use site_gateway::{Gateway, GatewayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trialbridge_hl7v2::Message;
 
@@ -96,40 +96,37 @@ async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// The message with `n-` before its control id (MSH-10).
+fn own_control_id(bytes: &[u8], n: usize) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let start = text.find("MSH").expect("an MSH");
+    let sep = text[start + 3..].chars().next().unwrap();
+    let end = text[start..]
+        .find(['\r', '\n'])
+        .map_or(text.len(), |e| start + e);
+    let mut fields: Vec<String> = text[start..end].split(sep).map(String::from).collect();
+    fields[9] = format!("{n}-{}", fields[9]);
+    format!(
+        "{}{}{}",
+        &text[..start],
+        fields.join(&sep.to_string()),
+        &text[end..]
+    )
+    .into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_identifying_leaves_the_site() {
     let store = TestStore::start().await;
     let recorded: Recorded = Arc::default();
     let proxy = recording_proxy(store.base.clone(), recorded.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::open(GatewayConfig {
-        mllp_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.path().join("gateway.db"),
-        site: "site-01".into(),
-        store_url: proxy,
-        utc_offset: "+01:00".into(),
-        max_frame_bytes: 1 << 20,
-        idle_timeout: Duration::from_secs(5),
-        max_connections: 8,
-        ehr: None,
-        store_token: site_gateway::StoreToken::Static(integration_tests::token(
-            integration_tests::Role::Site,
-            &["mesemcart-site-01"],
-            "",
-        )),
+    let g = TestGateway::start_in(dir.path(), &proxy, |c| {
+        c.max_frame_bytes = 1 << 20;
+        c.max_connections = 8;
     })
-    .unwrap();
-    let mllp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (mllp_addr, http) = (
-        mllp.local_addr().unwrap(),
-        format!("http://{}", api.local_addr().unwrap()),
-    );
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(site_gateway::serve(gateway, mllp, api, async {
-        let _ = rx.await;
-    }));
+    .await;
+    let (mllp_addr, http) = (g.mllp, g.http.clone());
     let dir =
         integration_tests::repo_root().join("crates/hl7v2/tests/fixtures/fhir-converter/messages");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -139,6 +136,7 @@ async fn nothing_identifying_leaves_the_site() {
     files.sort();
     assert_eq!(files.len(), 19);
     let mut all_secrets = Vec::new();
+    let mut enrolled = std::collections::HashMap::<String, String>::new();
     for (i, f) in files.iter().enumerate() {
         let bytes = std::fs::read(f).unwrap();
         let m = Message::parse(&bytes).unwrap();
@@ -149,6 +147,11 @@ async fn nothing_identifying_leaves_the_site() {
             .field(3)
             .repetitions()
             .filter(|r| !r.component(1).is_empty())
+            // An enrolment names the assigning authority (CX-4.1, else CX-4.2).
+            .filter(|r| {
+                !(r.component_part(4).subcomponent(1).is_empty()
+                    && r.component_part(4).subcomponent(2).is_empty())
+            })
             .map(|r| {
                 let auth = r.component_part(4);
                 let a = if auth.subcomponent(1).is_empty() {
@@ -159,20 +162,36 @@ async fn nothing_identifying_leaves_the_site() {
                 json!({"authority": a, "value": r.component(1)})
             })
             .collect();
+        // Several files share identifiers: a shared identifier makes them one patient, whose
+        // new identifiers join the subject it already has.
+        let subject = ids
+            .iter()
+            .find_map(|id: &serde_json::Value| enrolled.get(&id.to_string()).cloned())
+            .unwrap_or_else(|| format!("MC-01-{:03}", i + 1));
+        let ids: Vec<_> = ids
+            .into_iter()
+            .filter(|id| !enrolled.contains_key(&id.to_string()))
+            .collect();
+        for id in &ids {
+            enrolled.insert(id.to_string(), subject.clone());
+        }
         if ids.is_empty() {
             continue;
         }
-        let r = client()
+        let r = staff()
             .post(format!("{http}/enrolments"))
-            .json(&json!({"identifiers": ids, "subjectId": format!("MC-01-{:03}", i + 1)}))
+            .json(&json!({"identifiers": ids, "subjectId": subject}))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     }
     let mut codes = std::collections::BTreeMap::<String, usize>::new();
-    for f in &files {
-        let bytes = std::fs::read(f).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        // Several sample files reuse one control id for different messages; the gateway holds
+        // such a message back for a person (tested in gateway.rs). Here every message gets a
+        // control id of its own, so that all of them go the whole way.
+        let bytes = own_control_id(&std::fs::read(f).unwrap(), i);
         // Enhanced mode with MSH-15 NE asks for no acknowledgement on the connection.
         if Message::parse(&bytes).unwrap().msh(15).raw() == "NE" {
             let mut s = tokio::net::TcpStream::connect(mllp_addr).await.unwrap();
@@ -211,11 +230,17 @@ async fn nothing_identifying_leaves_the_site() {
         0,
         "{status}"
     );
-    // Several messages may travel in one transaction: count messages, not bodies.
-    assert!(
-        status["messages_forwarded"].as_u64().unwrap_or(0) >= 15,
+    // Several messages may travel in one transaction: count messages, not bodies. Of the 19:
+    // 2 merges, 2 patients without an assigning authority (not enrolled), 1 whose bare number
+    // the key list holds under an authority (an identity problem), 2 with local codes the
+    // study's ConceptMap lacks, 3 with nothing of the trial's dataset; the rest go out.
+    let n = |k: &str| status[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        n("messages_forwarded") + n("messages_dead") + n("messages_done"),
+        19,
         "{status}"
     );
+    assert!(n("messages_forwarded") >= 9, "{status}");
     let bodies = recorded.lock().unwrap().clone();
     let sent = bodies.join("\n");
     assert!(

@@ -145,8 +145,44 @@ fn the_chart_renders_and_every_manifest_validates() {
     );
     assert_eq!(
         egress.len(),
-        3,
-        "store, DNS, and the one extraEgress rule: {egress:?}"
+        4,
+        "store, the token issuer, DNS, and the one extraEgress rule: {egress:?}"
+    );
+    // Its HTTP API (key list, dead letters) is open to the named clients only.
+    let ingress = gw_policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    assert_eq!(
+        ingress[1]["from"],
+        json!([{"ipBlock": {"cidr": "10.20.40.0/24"}}])
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], 8081);
+    let gw = prod["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "mc-trialbridge-gateway")
+        .unwrap();
+    let env = &gw["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(var("TRIALBRIDGE_PROFILE"), Some(json!("production")));
+    assert!(var("TRIALBRIDGE_AUTH_JWKS").is_some());
+    let hosts = var("TRIALBRIDGE_GATEWAY_HOSTS").unwrap();
+    assert!(
+        hosts
+            .as_str()
+            .unwrap()
+            .starts_with("mc-trialbridge-gateway:8081,")
+            && hosts
+                .as_str()
+                .unwrap()
+                .ends_with(",gateway.klinikum.example:443"),
+        "{hosts}"
     );
     let store_policy = prod["documents"]
         .as_array()

@@ -786,3 +786,51 @@ async fn health_and_capability_statement() {
         "token-token composites are not built yet and must not be claimed"
     );
 }
+
+#[tokio::test]
+async fn an_update_that_changes_nothing_writes_no_version() {
+    let s = TestStore::start().await;
+    let obs = json!({"resourceType": "Observation", "id": "same", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "valueQuantity": {"value": 70.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}});
+    let url = s.url("Observation/same");
+    let first = send(Method::PUT, &url, &[], Some(obs.to_string())).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    // The same content again (a resend): 200 with the current version, no new version, and
+    // no reason for change needed (nothing changes).
+    let no_reason = integration_tests::client_with(integration_tests::system_token());
+    let r = no_reason
+        .put(&url)
+        .header("content-type", "application/fhir+json")
+        .body(obs.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["etag"], "W/\"1\"");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["meta"]["versionId"], "1");
+    // Member order, whitespace and the client's meta.versionId do not make a change.
+    let reordered = r#"{"id":"same", "resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"valueQuantity":{"value":70.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"meta":{"versionId":"7","lastUpdated":"2020-01-01T00:00:00Z"}}"#;
+    let r = send(Method::PUT, &url, &[], Some(reordered.into())).await;
+    assert_eq!(
+        (r.status, r.body["meta"]["versionId"].as_str()),
+        (StatusCode::OK, Some("1"))
+    );
+    // A number spelt otherwise is stored as sent, so it is new content.
+    let respelt = reordered.replace("70.5,", "70.50,");
+    let r = send(Method::PUT, &url, &[], Some(respelt)).await;
+    assert_eq!(r.body["meta"]["versionId"], "2");
+    let mut changed = obs.clone();
+    changed["valueQuantity"]["value"] = json!(71);
+    let r = send(Method::PUT, &url, &[], Some(changed.to_string())).await;
+    assert_eq!(r.body["meta"]["versionId"], "3");
+    // In a transaction too.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": changed, "request": {"method": "PUT", "url": "Observation/same"}}]});
+    let r = send(Method::POST, &s.base, &[], Some(bundle.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["entry"][0]["response"]["etag"], "W/\"3\"");
+    let history = send(Method::GET, &s.url("Observation/same/_history"), &[], None).await;
+    assert_eq!(history.body["entry"].as_array().unwrap().len(), 3);
+}

@@ -65,7 +65,8 @@ async fn two_replicas_write_at_once_and_a_history_follower_misses_no_version() {
                     } else {
                         format!("{r}{w}-{}", n / 2)
                     };
-                    let body = json!({"resourceType": "Patient", "id": id, "gender": "other", "birthDate": format!("19{:02}", n % 90 + 10)});
+                    // Every write says something new (an update that changes nothing writes no version).
+                    let body = json!({"resourceType": "Patient", "id": id, "gender": "other", "birthDate": format!("19{:02}", n % 90 + 10), "name": [{"text": format!("{r}{w}-{n}")}]});
                     let resp = c
                         .put(format!("{base}/Patient/{id}"))
                         .header("content-type", "application/fhir+json")

@@ -106,6 +106,8 @@ async fn store(endpoint: &str, dir: &std::path::Path) -> (Child, String, String)
 
 /// The site gateway as a process forwarding to `base`; its MLLP and HTTP addresses.
 async fn gateway(endpoint: &str, dir: &std::path::Path, base: &str) -> (Child, SocketAddr, String) {
+    // The gateway's API takes the test tokens (the local profile's key in its data directory).
+    install_test_key(dir);
     let (mllp, http) = (
         integration_tests::free_port(),
         integration_tests::free_port(),

@@ -60,3 +60,11 @@ securityContext:
 {{ printf "http://%s-store:%d/fhir" (include "trialbridge.fullname" .) (int .Values.store.service.httpPort) }}
 {{- end -}}
 {{- end -}}
+
+{{- /* The Host values the gateway's API answers to: its Service's names, and apiHosts. */ -}}
+{{- define "trialbridge.gatewayHosts" -}}
+{{- $svc := printf "%s-gateway" (include "trialbridge.fullname" .) -}}
+{{- $port := int .Values.gateway.service.httpPort -}}
+{{- $hosts := list (printf "%s:%d" $svc $port) (printf "%s.%s.svc:%d" $svc .Release.Namespace $port) (printf "%s.%s.svc.cluster.local:%d" $svc .Release.Namespace $port) -}}
+{{- join "," (concat $hosts .Values.gateway.apiHosts) -}}
+{{- end -}}

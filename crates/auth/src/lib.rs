@@ -6,18 +6,21 @@
 //! before every interaction. The local profile signs its own tokens with a [`DevIssuer`].
 
 mod dev_key;
+mod keys;
 mod policy;
 mod scope;
 mod verify;
 
 pub use dev_key::{DevIssuer, TokenRequest, DEV_KEY_FILE};
+pub use keys::{fetch_jwks, AuthArgs, AuthSource, Authenticator, LOCAL_ISSUER};
 pub use policy::{is_clinical_type, is_definitional_type, REASON_REQUIRED_TYPES};
 pub use scope::{Interaction, Scope, ScopeContext};
 pub use verify::{AuthError, Verifier, VerifierSettings};
 
 use std::sync::Arc;
 
-use trialbridge_storage::{AccessContext, Role, SiteScope};
+pub use trialbridge_storage::Role;
+use trialbridge_storage::{AccessContext, SiteScope};
 
 /// The name of the token claim that carries the trial role.
 pub const ROLE_CLAIM: &str = "trialbridge_role";

@@ -108,6 +108,20 @@ struct Claims {
 }
 
 impl Verifier {
+    /// A verifier without keys: every token is refused (for checking settings before the keys
+    /// are read).
+    pub fn empty() -> Self {
+        Self {
+            keys: Vec::new(),
+            settings: VerifierSettings {
+                issuer: String::new(),
+                audience: String::new(),
+                leeway_seconds: 0,
+            },
+            verified: Default::default(),
+        }
+    }
+
     /// Reads a JWKS document; keys other than RSA and P-256 EC are skipped, and a set without
     /// a usable key is an error.
     pub fn from_jwks(jwks: &str, settings: VerifierSettings) -> Result<Self, String> {

@@ -68,6 +68,10 @@ pub enum IssueType {
     BusinessRule,
     /// A code is not in the value set it must come from.
     CodeInvalid,
+    /// A temporary failure: the same request may succeed later.
+    Transient,
+    /// The request would cost more than the server allows.
+    TooCostly,
 }
 
 impl IssueType {
@@ -93,6 +97,8 @@ impl IssueType {
             Self::Informational => "informational",
             Self::BusinessRule => "business-rule",
             Self::CodeInvalid => "code-invalid",
+            Self::Transient => "transient",
+            Self::TooCostly => "too-costly",
         }
     }
 }

@@ -78,6 +78,24 @@ impl AckError {
         }
     }
 
+    /// An error about a whole segment (its `sequence`-th occurrence, or for a header
+    /// segment its position in the message).
+    pub fn segment(
+        segment: &str,
+        sequence: usize,
+        code: &'static str,
+        text: impl Into<String>,
+    ) -> Self {
+        Self {
+            segment: segment.to_string(),
+            sequence,
+            field: None,
+            code,
+            severity: 'E',
+            text: text.into(),
+        }
+    }
+
     /// An error at a field.
     pub fn at(
         segment: &str,
@@ -199,6 +217,17 @@ impl Acknowledged {
     }
 }
 
+/// A value copied from the acknowledged message into the ACK, without control bytes: a VT,
+/// FS or CR echoed from a hostile MSH would cut the sender's ACK frame short or start a
+/// segment of the attacker's choosing.
+fn echoed(raw: &str) -> std::borrow::Cow<'_, str> {
+    if raw.chars().any(|c| c.is_control()) {
+        std::borrow::Cow::Owned(raw.chars().filter(|c| !c.is_control()).collect())
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
 /// Builds the acknowledgement message. `control_id` is the ACK's own MSH-10 and `now` its
 /// MSH-7 (`YYYYMMDDHHMMSS`). In enhanced mode the code becomes the commit code.
 pub fn build(
@@ -221,27 +250,27 @@ pub fn build(
     let mut out = format!(
         "MSH{f}{enc}{f}{ra}{f}{rf}{f}{sa}{f}{sf}{f}{now}{f}{f}ACK{c}{trig}{c}ACK{f}{cid}{f}{pid}{f}{ver}",
         enc = d.encoding_characters(),
-        ra = of.receiving.0,
-        rf = of.receiving.1,
-        sa = of.sending.0,
-        sf = of.sending.1,
-        trig = of.trigger,
+        ra = echoed(&of.receiving.0),
+        rf = echoed(&of.receiving.1),
+        sa = echoed(&of.sending.0),
+        sf = echoed(&of.sending.1),
+        trig = escape(&of.trigger, d),
         cid = escape(control_id, d),
-        pid = if of.processing_id.is_empty() { "P" } else { &of.processing_id },
-        ver = version,
+        pid = if of.processing_id.is_empty() { "P".into() } else { echoed(&of.processing_id) },
+        ver = echoed(&version),
     );
+    let acknowledged = echoed(&of.control_id);
     out.push('\r');
     let text = errors
         .first()
         .map(|e| escape(&e.text, d))
         .unwrap_or_default();
     if text.is_empty() {
-        out.push_str(&format!("MSA{f}{}{f}{}\r", code.as_str(), of.control_id));
+        out.push_str(&format!("MSA{f}{}{f}{acknowledged}\r", code.as_str()));
     } else {
         out.push_str(&format!(
-            "MSA{f}{}{f}{}{f}{}\r",
+            "MSA{f}{}{f}{acknowledged}{f}{}\r",
             code.as_str(),
-            of.control_id,
             text
         ));
     }
@@ -343,6 +372,25 @@ mod tests {
             ack.contains("ERR|^^^200&Unsupported message type&HL70357"),
             "{ack}"
         );
+    }
+
+    #[test]
+    fn no_control_byte_of_the_message_reaches_the_ack() {
+        let of = Acknowledged::unparsed(
+            b"MSH|^~\\&|A\x0b|B\x1c|C|D|1||ADT^A04|X\x1cY\x0b|P|2.5\rgarbage",
+        );
+        let ack = build(
+            &of,
+            AckCode::AE,
+            &[AckError::message("100", "bad \x0b\x1c byte")],
+            "A4",
+            "1",
+        );
+        assert!(!ack.bytes().any(|b| b == 0x0b || b == 0x1c), "{ack:?}");
+        assert!(ack.contains("MSA|AE|XY|"), "{ack:?}");
+        // Every segment of the ACK is one line: no CR inside a field.
+        let m = Message::parse(ack.as_bytes()).unwrap();
+        assert_eq!(m.segments().count(), 3);
     }
 
     #[test]

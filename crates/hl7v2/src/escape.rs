@@ -60,7 +60,7 @@ pub fn unescape<'a>(text: &'a str, d: &Delimiters) -> Cow<'a, str> {
     Cow::Owned(out)
 }
 
-/// `text` with every delimiter and line break escaped, ready to place in a field.
+/// `text` with every delimiter, line break and control byte escaped, ready to place in a field.
 pub fn escape(text: &str, d: &Delimiters) -> String {
     let esc = d.escape.unwrap_or(b'\\') as char;
     let mut out = String::with_capacity(text.len() + 8);
@@ -71,8 +71,8 @@ pub fn escape(text: &str, d: &Delimiters) -> String {
             c if c == d.subcomponent as char => out.push_str(&format!("{esc}T{esc}")),
             c if c == d.repetition as char => out.push_str(&format!("{esc}R{esc}")),
             c if c == esc => out.push_str(&format!("{esc}E{esc}")),
-            '\n' => out.push_str(&format!("{esc}X0A{esc}")),
-            '\r' => out.push_str(&format!("{esc}X0D{esc}")),
+            // Line breaks and every other control byte (a VT or FS would end an MLLP frame).
+            c if c.is_ascii_control() => out.push_str(&format!("{esc}X{:02X}{esc}", c as u8)),
             c => out.push(c),
         }
     }
@@ -114,6 +114,7 @@ mod tests {
         };
         assert_eq!(unescape("a$F$b$S$c$.br$d", &d), "a#b!c\nd");
         assert_eq!(escape("a#b", &d), "a$F$b");
+        assert_eq!(escape("a\x0bb\x1c", &d), "a$X0B$b$X1C$");
         let std = Delimiters::default();
         assert_eq!(unescape("\\H\\bold\\N\\", &std), "bold");
         assert_eq!(unescape("open \\F", &std), "open \\F");

@@ -101,6 +101,18 @@ pub enum ParseError {
     /// A batch envelope is malformed.
     #[error("batch envelope: {0}")]
     BadBatch(String),
+    /// A header segment (a second MSH, or FHS/BHS/BTS/FTS) inside a message: two messages
+    /// were run together, and reading them as one would attach the second one's segments to
+    /// the first one's patient.
+    #[error("segment {index} is {segment}: a second message starts inside this one (send one message per MLLP frame, or several inside a BHS/BTS batch)")]
+    NestedHeader {
+        /// The header segment found (`MSH`, `BHS`, ...).
+        segment: String,
+        /// 1-based segment number.
+        index: usize,
+        /// Byte offset.
+        offset: usize,
+    },
 }
 
 /// One segment: its span and the spans of its fields (index 0 is the segment id).
@@ -215,6 +227,13 @@ impl Message {
                 return Err(ParseError::BadSegmentId {
                     index: n + 1,
                     found,
+                    offset: line.start + start,
+                });
+            }
+            if n > 0 && matches!(&b[..3], b"MSH" | b"FHS" | b"BHS" | b"BTS" | b"FTS") {
+                return Err(ParseError::NestedHeader {
+                    segment: text[line.start..line.start + 3].to_string(),
+                    index: n + 1,
                     offset: line.start + start,
                 });
             }
@@ -608,6 +627,24 @@ mod tests {
         assert!(matches!(
             Message::parse(b"MSHA^~\\&|A|B"),
             Err(ParseError::BadEncodingCharacters(_))
+        ));
+    }
+
+    #[test]
+    fn a_second_header_inside_a_message_is_refused() {
+        let two = "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5\rPID|1||1\rMSH|^~\\&|A|B|C|D|1||ORU^R01|2|P|2.5\rPID|1||2\r";
+        assert_eq!(
+            Message::parse(two.as_bytes()).unwrap_err(),
+            ParseError::NestedHeader {
+                segment: "MSH".into(),
+                index: 3,
+                offset: 45
+            }
+        );
+        let batch_inside = "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5\rBTS|1\r";
+        assert!(matches!(
+            Message::parse(batch_inside.as_bytes()),
+            Err(ParseError::NestedHeader { index: 2, .. })
         ));
     }
 

@@ -1,6 +1,12 @@
 //! MLLP framing: `<VT> message <FS><CR>`. A [`Framer`] takes bytes as they arrive (split or
 //! coalesced reads) and yields whole frames; bytes outside a frame are skipped and counted,
 //! and a frame longer than the limit is dropped up to its end and reported.
+//!
+//! A VT inside an open frame starts a new frame: the sender lost the end of the previous one
+//! (a dropped FS), so what came before is incomplete and is reported as
+//! [`FrameEvent::Abandoned`], never delivered, so it is never acknowledged and never merged
+//! with the next message. (A VT cannot occur inside HL7 text: it is not a printable
+//! character, and the escape sequences of HL7 encode such bytes as `\X0B\`.)
 
 /// Start of a frame.
 pub const VT: u8 = 0x0B;
@@ -17,6 +23,12 @@ pub enum FrameEvent {
     /// A frame exceeded the limit and was discarded up to its end.
     TooLarge {
         /// The frame's size in bytes.
+        size: usize,
+    },
+    /// A frame was cut short by the start of the next one (its FS was lost): its bytes are
+    /// dropped unacknowledged, so the sender resends it.
+    Abandoned {
+        /// How many bytes the incomplete frame held.
         size: usize,
     },
 }
@@ -75,7 +87,13 @@ impl Framer {
                         None => out.push(FrameEvent::Frame(std::mem::take(&mut self.buf))),
                     }
                 }
+                // A doubled start byte opens nothing new.
                 VT if self.oversize.is_none() && self.buf.is_empty() => {}
+                VT => {
+                    let size = self.oversize.take().unwrap_or(self.buf.len());
+                    out.push(FrameEvent::Abandoned { size });
+                    self.buf.clear();
+                }
                 _ => match &mut self.oversize {
                     Some(n) => *n += 1,
                     None if self.buf.len() >= self.max => {
@@ -139,5 +157,31 @@ mod tests {
         assert_eq!(f.skipped(), 4);
         f.push(&[VT, b'M']);
         assert!(f.in_frame());
+    }
+
+    #[test]
+    fn a_start_byte_inside_a_frame_starts_a_new_frame() {
+        let mut f = Framer::new(1024);
+        // A's end byte is lost: B's VT arrives while A is open.
+        let mut data = vec![VT];
+        data.extend_from_slice(b"MSH|a\r");
+        data.extend(frame(b"MSH|b"));
+        assert_eq!(
+            f.push(&data),
+            [
+                FrameEvent::Abandoned { size: 6 },
+                FrameEvent::Frame(b"MSH|b".to_vec())
+            ]
+        );
+        // The same across reads, and after an oversize frame.
+        let mut f = Framer::new(4);
+        assert!(f.push(&[VT, b'1', b'2', b'3', b'4', b'5']).is_empty());
+        assert_eq!(
+            f.push(&frame(b"MSH")),
+            [
+                FrameEvent::Abandoned { size: 5 },
+                FrameEvent::Frame(b"MSH".to_vec())
+            ]
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! The gateway's own database (SQLite, WAL, `synchronous=FULL`): received messages with their
-//! dedup key, state and acknowledgement (the outbox and the dead-letter queue are states of
-//! it), the key list (MRN to pseudonymous subject), and counters. A message is acknowledged
-//! only after its row is committed.
+//! dedup key (sender, control id, content fingerprint), state and acknowledgement (the outbox
+//! and the dead-letter queue are states of it), the key list ((authority, MRN) to
+//! pseudonymous subject) with what is known of each subject (gender, birth year), the
+//! gateway's own audit log (key-list changes and reads, dead-letter decisions, refused
+//! calls), and counters. A message is acknowledged only after its row is committed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::identity::KeyRow;
 use crate::pseudonym::Enrolment;
 
 /// A failure of the gateway database.
@@ -55,6 +58,9 @@ pub struct NewMessage<'a> {
     pub sender: &'a str,
     /// MSH-10.
     pub control_id: &'a str,
+    /// SHA-256 of the message text (segments joined by CR); empty for rows whose control id
+    /// is unique by construction (enrolments, EHR versions).
+    pub fingerprint: &'a str,
     /// Received time (FHIR instant).
     pub received: &'a str,
     /// The message bytes; `None` when the patient is not enrolled (nothing of them is kept).
@@ -67,6 +73,122 @@ pub struct NewMessage<'a> {
     pub bundle: Option<&'a str>,
     /// The acknowledgement sent (re-sent for a duplicate).
     pub ack: &'a str,
+    /// The acknowledgement if the control id turns out to be reused with other content (the
+    /// message then goes to the dead-letter queue instead).
+    pub reused_ack: Option<&'a str>,
+}
+
+/// What else commits with a message row.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    /// Counters to add to.
+    pub counters: Vec<(&'static str, i64)>,
+    /// Key-list entries to point at a subject (a merge), with who made the change.
+    pub key_changes: Vec<KeyChange>,
+    /// What the message says of the subject: merged into what is known, and the Patient of
+    /// the queued Bundle rewritten to the merged facts.
+    pub facts: Option<(Enrolment, SubjectFacts)>,
+}
+
+/// One key-list entry pointed at a subject.
+#[derive(Debug, Clone)]
+pub struct KeyChange {
+    /// Assigning authority.
+    pub authority: String,
+    /// MRN.
+    pub mrn: String,
+    /// The subject.
+    pub subject: Enrolment,
+    /// Who or what made the change (a token subject, `hl7 SENDER|CONTROL`).
+    pub who: String,
+}
+
+/// A fact of the subject's pseudonymous Patient: left as known, cleared, or set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fact {
+    /// Not named: keep what is known.
+    #[default]
+    Keep,
+    /// Named as empty (HL7's `""`).
+    Clear,
+    /// Named.
+    Set(String),
+}
+
+impl Fact {
+    fn merge(&self, known: Option<String>) -> Option<String> {
+        match self {
+            Fact::Keep => known,
+            Fact::Clear => None,
+            Fact::Set(v) => Some(v.clone()),
+        }
+    }
+
+    /// Whether the fact is named at all.
+    pub fn given(&self) -> bool {
+        *self != Fact::Keep
+    }
+}
+
+/// What a message or an enrolment says of a subject's pseudonymous Patient.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectFacts {
+    /// FHIR administrative gender.
+    pub gender: Fact,
+    /// Birth year (`1988`).
+    pub birth_year: Fact,
+}
+
+/// How a message row was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new row with this id.
+    Stored(i64),
+    /// The same message (sender, control id, content) was recorded before: its ACK.
+    Duplicate(String),
+    /// The sender used the control id before for other content: this one is in the
+    /// dead-letter queue (row id) and gets `reused_ack`.
+    Reused(i64),
+}
+
+/// A message received before with the same sender and control id.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    /// Its content fingerprint.
+    pub fingerprint: String,
+    /// The acknowledgement it got.
+    pub ack: String,
+}
+
+/// Why an enrolment was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrolConflict {
+    /// The identifier belongs to another subject.
+    #[error("{authority}^{mrn} already belongs to {subject}; remove that entry of the key list first (DELETE /enrolments?authority=...&mrn=... with a reason)")]
+    Taken {
+        /// Assigning authority.
+        authority: String,
+        /// MRN.
+        mrn: String,
+        /// The subject it belongs to.
+        subject: String,
+    },
+}
+
+/// One entry of the gateway's audit log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    /// Position.
+    pub id: i64,
+    /// When (FHIR instant).
+    pub at: String,
+    /// Who (token subject, `hl7 SENDER|CONTROL`, `site-gateway`).
+    pub who: String,
+    /// What (`enrol`, `unenrol`, `merge`, `read-key-list`, `read-dead-letter`, `replay`,
+    /// `discard`, `refused`).
+    pub action: String,
+    /// Details (old and new values, reasons).
+    pub detail: serde_json::Value,
 }
 
 /// A dead letter as listed.
@@ -82,9 +204,25 @@ pub struct DeadLetter {
     pub received: String,
     /// Why it is here.
     pub reason: String,
+    /// The message's content fingerprint.
+    #[serde(skip)]
+    pub fingerprint: String,
     /// The message (only when one is inspected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// `bundle` with its Patient entry replaced by `patient` (same id).
+fn with_patient(bundle: &str, patient: &serde_json::Value) -> String {
+    let Ok(mut b) = serde_json::from_str::<serde_json::Value>(bundle) else {
+        return bundle.to_string();
+    };
+    for e in b["entry"].as_array_mut().into_iter().flatten() {
+        if e["resource"]["resourceType"] == "Patient" && e["resource"]["id"] == patient["id"] {
+            e["resource"] = patient.clone();
+        }
+    }
+    b.to_string()
 }
 
 /// A message waiting in the outbox: its id, its transaction Bundle, and the W3C traceparent of
@@ -162,6 +300,7 @@ CREATE TABLE IF NOT EXISTS message (
     id INTEGER PRIMARY KEY,
     sender TEXT NOT NULL,
     control_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL DEFAULT '',
     received TEXT NOT NULL,
     raw BLOB,
     state TEXT NOT NULL CHECK (state IN ('outbox','forwarded','done','dead')),
@@ -169,7 +308,8 @@ CREATE TABLE IF NOT EXISTS message (
     bundle TEXT,
     ack TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (sender, control_id)
+    traceparent TEXT,
+    UNIQUE (sender, control_id, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS message_outbox ON message (state, id);
 CREATE TABLE IF NOT EXISTS enrolment (
@@ -182,9 +322,145 @@ CREATE TABLE IF NOT EXISTS enrolment (
     PRIMARY KEY (authority, mrn)
 );
 CREATE INDEX IF NOT EXISTS enrolment_subject ON enrolment (subject_id);
+CREATE INDEX IF NOT EXISTS enrolment_mrn ON enrolment (mrn);
+CREATE TABLE IF NOT EXISTS subject (
+    subject_id TEXT PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    site_study TEXT NOT NULL,
+    gender TEXT,
+    birth_year TEXT,
+    updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cursor (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// Databases made before messages had a fingerprint: the dedup key becomes (sender, control
+/// id, fingerprint), which SQLite changes only by copying the table.
+fn upgrade(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has = |column: &str| -> Result<bool, rusqlite::Error> {
+        conn.prepare("SELECT 1 FROM pragma_table_info('message') WHERE name = ?1")?
+            .exists([column])
+    };
+    if !has("id")? || has("fingerprint")? {
+        return Ok(());
+    }
+    if !has("traceparent")? {
+        conn.execute_batch("ALTER TABLE message ADD COLUMN traceparent TEXT")?;
+    }
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE message RENAME TO message_before_fingerprints;
+         DROP INDEX IF EXISTS message_outbox;",
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(
+        "INSERT INTO message (id, sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, attempts, traceparent)
+         SELECT id, sender, control_id, '', received, raw, state, reason, bundle, ack, attempts, traceparent FROM message_before_fingerprints;
+         DROP TABLE message_before_fingerprints;
+         COMMIT;",
+    )
+}
+
+fn audit_row(
+    conn: &Connection,
+    at: &str,
+    who: &str,
+    action: &str,
+    detail: &serde_json::Value,
+) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT INTO audit (at, who, action, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![at, who, action, detail.to_string()],
+    )
+    .map(|_| ())
+}
+
+fn bump_in(conn: &Connection, name: &str, by: i64) -> Result<(), rusqlite::Error> {
+    conn.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, by])
+        .map(|_| ())
+}
+
+/// Merges `facts` into the subject's row; returns the merged (gender, birth year).
+fn merge_facts(
+    conn: &Connection,
+    who: &Enrolment,
+    facts: &SubjectFacts,
+    at: &str,
+) -> Result<(Option<String>, Option<String>), rusqlite::Error> {
+    let known: Option<(Option<String>, Option<String>)> = conn
+        .query_row(
+            "SELECT gender, birth_year FROM subject WHERE subject_id = ?1",
+            params![who.subject_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (g, y) = known.unwrap_or_default();
+    let merged = (facts.gender.merge(g), facts.birth_year.merge(y));
+    conn.execute(
+        "INSERT INTO subject (subject_id, patient_id, site_study, gender, birth_year, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(subject_id) DO UPDATE SET gender = ?4, birth_year = ?5, updated = ?6",
+        params![who.subject_id, who.patient_id, who.site_study, merged.0, merged.1, at],
+    )?;
+    Ok(merged)
+}
+
+/// The pseudonymous Patient of a subject from its merged facts.
+pub fn patient_resource(
+    who: &Enrolment,
+    gender: Option<&str>,
+    birth_year: Option<&str>,
+) -> serde_json::Value {
+    let mut p = serde_json::json!({"resourceType": "Patient", "id": who.patient_id});
+    if let Some(g) = gender {
+        p["gender"] = serde_json::json!(g);
+    }
+    if let Some(y) = birth_year {
+        p["birthDate"] = serde_json::json!(y);
+    }
+    p
+}
+
+/// Points key-list entries at subjects, auditing each change (old and new subject).
+fn apply_key_changes(
+    conn: &Connection,
+    changes: &[KeyChange],
+    at: &str,
+    action: &str,
+) -> Result<(), rusqlite::Error> {
+    for k in changes {
+        let old: Option<String> = conn
+            .query_row(
+                "SELECT subject_id FROM enrolment WHERE authority = ?1 AND mrn = ?2",
+                params![k.authority, k.mrn],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if old.as_deref() == Some(k.subject.subject_id.as_str()) {
+            continue;
+        }
+        conn.execute(
+            "INSERT INTO enrolment (authority, mrn, subject_id, patient_id, site_study, enrolled) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(authority, mrn) DO UPDATE SET subject_id = ?3, patient_id = ?4, site_study = ?5",
+            params![k.authority, k.mrn, k.subject.subject_id, k.subject.patient_id, k.subject.site_study, at],
+        )?;
+        audit_row(
+            conn,
+            at,
+            &k.who,
+            action,
+            &serde_json::json!({"authority": k.authority, "mrn": k.mrn, "old": old, "new": k.subject.subject_id}),
+        )?;
+    }
+    Ok(())
+}
 
 impl Db {
     /// Opens (creating) the database file.
@@ -196,14 +472,8 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        upgrade(&conn)?;
         conn.execute_batch(SCHEMA)?;
-        // Databases created before trace context was kept gain its column.
-        let has_trace: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('message') WHERE name = 'traceparent'")?
-            .exists([])?;
-        if !has_trace {
-            conn.execute_batch("ALTER TABLE message ADD COLUMN traceparent TEXT")?;
-        }
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -255,62 +525,82 @@ impl Db {
         v.ok_or_else(|| DbError::Task("a committed write left no result".into()))
     }
 
-    /// The acknowledgement already sent for this message, if it was received before.
-    pub async fn previous_ack(
-        &self,
-        sender: &str,
-        control_id: &str,
-    ) -> Result<Option<String>, DbError> {
+    /// The messages received before from this sender with this control id.
+    pub async fn previous(&self, sender: &str, control_id: &str) -> Result<Vec<Previous>, DbError> {
         let (s, c) = (sender.to_string(), control_id.to_string());
         self.run(move |conn| {
-            conn.query_row(
-                "SELECT ack FROM message WHERE sender = ?1 AND control_id = ?2",
-                params![s, c],
-                |r| r.get(0),
-            )
-            .optional()
+            let mut q = conn.prepare_cached(
+                "SELECT fingerprint, ack FROM message WHERE sender = ?1 AND control_id = ?2 ORDER BY id",
+            )?;
+            let rows = q.query_map(params![s, c], |r| {
+                Ok(Previous {
+                    fingerprint: r.get(0)?,
+                    ack: r.get(1)?,
+                })
+            })?;
+            rows.collect()
         })
         .await
     }
 
-    /// Records a message durably; `Err` if the same (sender, control id) raced in first, with
-    /// that message's acknowledgement.
-    pub async fn record(
-        &self,
-        m: NewMessage<'_>,
-        counter: Option<(&str, i64)>,
-    ) -> Result<Result<i64, String>, DbError> {
-        let (sender, control_id, received) = (
+    /// Records a message durably, with its effects, in one commit. The same message recorded
+    /// meanwhile (a race with another connection) comes back as [`Recorded::Duplicate`]; a
+    /// control id the sender used for other content as [`Recorded::Reused`] (the row is then
+    /// a dead letter, and no effect is applied).
+    pub async fn record(&self, m: NewMessage<'_>, effects: Effects) -> Result<Recorded, DbError> {
+        let (sender, control_id, fingerprint, received) = (
             m.sender.to_string(),
             m.control_id.to_string(),
+            m.fingerprint.to_string(),
             m.received.to_string(),
         );
         let raw = m.raw.map(<[u8]>::to_vec);
-        let (state, reason, bundle, ack) = (
+        let (state, reason, mut bundle, ack) = (
             m.state.as_str(),
             m.reason.map(String::from),
             m.bundle.map(String::from),
             m.ack.to_string(),
         );
-        let counter = counter.map(|(n, v)| (n.to_string(), v));
+        let reused_ack = m.reused_ack.map(String::from);
         // The trace of the message being received, continued by the forwarder.
         let trace = trialbridge_telemetry::traceparent();
         self.write(move |tx| {
-            let existing: Option<String> = tx
-                .query_row("SELECT ack FROM message WHERE sender = ?1 AND control_id = ?2", params![sender, control_id], |r| r.get(0))
-                .optional()?;
-            if let Some(a) = existing {
-                return Ok(Err(a));
+            let mut earlier = tx.prepare_cached(
+                "SELECT fingerprint, ack FROM message WHERE sender = ?1 AND control_id = ?2",
+            )?;
+            let earlier: Vec<(String, String)> = earlier
+                .query_map(params![sender, control_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            if let Some((_, a)) = earlier.iter().find(|(f, _)| *f == fingerprint) {
+                return Ok(Recorded::Duplicate(a.clone()));
             }
+            if let (Some(reused), false) = (&reused_ack, earlier.is_empty()) {
+                tx.execute(
+                    "INSERT INTO message (sender, control_id, fingerprint, received, raw, state, reason, ack, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, 'dead', ?6, ?7, ?8)",
+                    params![sender, control_id, fingerprint, received, raw,
+                        format!("the sender used control id {control_id} before for a message with other content; decide whether this is a new message (replay) or an error (discard)"),
+                        reused, trace],
+                )?;
+                let id = tx.last_insert_rowid();
+                bump_in(tx, "control_ids_reused", 1)?;
+                return Ok(Recorded::Reused(id));
+            }
+            if let Some((who, facts)) = &effects.facts {
+                let (g, y) = merge_facts(tx, who, facts, &received)?;
+                if let Some(b) = &mut bundle {
+                    *b = with_patient(b, &patient_resource(who, g.as_deref(), y.as_deref()));
+                }
+            }
+            apply_key_changes(tx, &effects.key_changes, &received, "merge")?;
             tx.execute(
-                "INSERT INTO message (sender, control_id, received, raw, state, reason, bundle, ack, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![sender, control_id, received, raw, state, reason, bundle, ack, trace],
+                "INSERT INTO message (sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, trace],
             )?;
             let id = tx.last_insert_rowid();
-            if let Some((name, v)) = counter {
-                tx.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, v])?;
+            for (name, v) in &effects.counters {
+                bump_in(tx, name, *v)?;
             }
-            Ok(Ok(id))
+            Ok(Recorded::Stored(id))
         })
         .await
     }
@@ -318,11 +608,7 @@ impl Db {
     /// Adds to a counter.
     pub async fn bump(&self, name: &str, by: i64) -> Result<(), DbError> {
         let name = name.to_string();
-        self.write(move |conn| {
-            conn.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, by])
-                .map(|_| ())
-        })
-        .await
+        self.write(move |conn| bump_in(conn, &name, by)).await
     }
 
     /// A poll cursor (the newest `meta.lastUpdated` stored), if set.
@@ -367,56 +653,152 @@ impl Db {
         .await
     }
 
-    /// Enrols a patient: each of their identifiers points at the subject.
+    /// Enrols identifiers for a subject and merges what is given of its Patient, in one
+    /// commit with their audit entries; an identifier of another subject refuses the whole
+    /// enrolment. When gender or birth year is given, the subject's Patient (with every fact
+    /// known) is queued for the trial store. Returns the outbox row, if one was queued.
     pub async fn enrol(
         &self,
         identifiers: Vec<(String, String)>,
         who: Enrolment,
-        when: String,
-    ) -> Result<(), DbError> {
+        facts: SubjectFacts,
+        by: String,
+        at: String,
+    ) -> Result<Result<Option<i64>, EnrolConflict>, DbError> {
         self.write(move |tx| {
-            for (authority, mrn) in identifiers {
-                tx.execute(
-                    "INSERT INTO enrolment (authority, mrn, subject_id, patient_id, site_study, enrolled) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT(authority, mrn) DO UPDATE SET subject_id = ?3, patient_id = ?4, site_study = ?5",
-                    params![authority, mrn, who.subject_id, who.patient_id, who.site_study, when],
-                )?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// The enrolment of any of these identifiers. An identifier without an assigning
-    /// authority matches on the number alone.
-    pub async fn enrolment_of(
-        &self,
-        identifiers: &[(String, String)],
-    ) -> Result<Option<Enrolment>, DbError> {
-        let ids = identifiers.to_vec();
-        self.run(move |conn| {
-            for (authority, mrn) in ids {
-                let row = conn
+            for (authority, mrn) in &identifiers {
+                let owner: Option<String> = tx
                     .query_row(
-                        "SELECT subject_id, patient_id, site_study FROM enrolment WHERE mrn = ?2 AND (authority = ?1 OR ?1 = '' OR authority = '') LIMIT 1",
+                        "SELECT subject_id FROM enrolment WHERE authority = ?1 AND mrn = ?2",
                         params![authority, mrn],
-                        |r| Ok(Enrolment { subject_id: r.get(0)?, patient_id: r.get(1)?, site_study: r.get(2)? }),
+                        |r| r.get(0),
                     )
                     .optional()?;
-                if row.is_some() {
-                    return Ok(row);
+                if let Some(owner) = owner.filter(|o| *o != who.subject_id) {
+                    return Ok(Err(EnrolConflict::Taken {
+                        authority: authority.clone(),
+                        mrn: mrn.clone(),
+                        subject: owner,
+                    }));
                 }
             }
-            Ok(None)
+            let changes: Vec<KeyChange> = identifiers
+                .iter()
+                .map(|(a, m)| KeyChange {
+                    authority: a.clone(),
+                    mrn: m.clone(),
+                    subject: who.clone(),
+                    who: by.clone(),
+                })
+                .collect();
+            apply_key_changes(tx, &changes, &at, "enrol")?;
+            let (g, y) = merge_facts(tx, &who, &facts, &at)?;
+            if !(facts.gender.given() || facts.birth_year.given()) {
+                return Ok(Ok(None));
+            }
+            audit_row(tx, &at, &by, "subject-facts", &serde_json::json!({"subject": who.subject_id, "gender": g, "birthYear": y}))?;
+            let p = patient_resource(&who, g.as_deref(), y.as_deref());
+            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": p, "request": {"method": "PUT", "url": format!("Patient/{}", who.patient_id)}}]});
+            tx.execute(
+                "INSERT INTO message (sender, control_id, fingerprint, received, state, bundle, ack) VALUES ('site-gateway^enrolment', ?1, '', ?2, 'outbox', ?3, '')",
+                params![format!("enrolment-{}-{}", who.subject_id, at), at, bundle.to_string()],
+            )?;
+            let id = tx.last_insert_rowid();
+            bump_in(tx, "enrolments", 1)?;
+            Ok(Ok(Some(id)))
         })
         .await
     }
 
-    /// The key list: (authority, MRN, subject id).
-    pub async fn enrolments(&self) -> Result<Vec<(String, String, String)>, DbError> {
-        self.run(|conn| {
-            let mut q = conn.prepare("SELECT authority, mrn, subject_id FROM enrolment ORDER BY subject_id, authority, mrn")?;
-            let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    /// Removes one entry of the key list (a mistaken enrolment), audited with the reason.
+    pub async fn unenrol(
+        &self,
+        authority: String,
+        mrn: String,
+        by: String,
+        reason: String,
+        at: String,
+    ) -> Result<Option<String>, DbError> {
+        self.write(move |tx| {
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT subject_id FROM enrolment WHERE authority = ?1 AND mrn = ?2",
+                    params![authority, mrn],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(subject) = &old {
+                tx.execute(
+                    "DELETE FROM enrolment WHERE authority = ?1 AND mrn = ?2",
+                    params![authority, mrn],
+                )?;
+                audit_row(tx, &at, &by, "unenrol", &serde_json::json!({"authority": authority, "mrn": mrn, "old": subject, "new": null, "reason": reason}))?;
+            }
+            Ok(old)
+        })
+        .await
+    }
+
+    /// The key-list rows whose MRN is one of `mrns` (the identity rule decides which apply).
+    pub async fn key_rows(&self, mrns: Vec<String>) -> Result<Vec<KeyRow>, DbError> {
+        self.run(move |conn| {
+            let mut q = conn.prepare_cached(
+                "SELECT authority, mrn, subject_id, patient_id, site_study FROM enrolment WHERE mrn = ?1 ORDER BY authority",
+            )?;
+            let mut out = Vec::new();
+            for mrn in mrns {
+                let rows = q.query_map(params![mrn], |r| {
+                    Ok(KeyRow {
+                        authority: r.get(0)?,
+                        mrn: r.get(1)?,
+                        subject: Enrolment {
+                            subject_id: r.get(2)?,
+                            patient_id: r.get(3)?,
+                            site_study: r.get(4)?,
+                        },
+                    })
+                })?;
+                for row in rows {
+                    let row = row?;
+                    if !out.contains(&row) {
+                        out.push(row);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Appends to the gateway's audit log.
+    pub async fn audit(
+        &self,
+        who: String,
+        action: &'static str,
+        detail: serde_json::Value,
+    ) -> Result<(), DbError> {
+        let at = crate::now_instant();
+        self.write(move |tx| audit_row(tx, &at, &who, action, &detail))
+            .await
+    }
+
+    /// The newest entries of the audit log, newest first.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, DbError> {
+        self.run(move |conn| {
+            let mut q = conn.prepare(
+                "SELECT id, at, who, action, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = q.query_map(params![limit as i64], |r| {
+                let detail: String = r.get(4)?;
+                Ok(AuditEntry {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    who: r.get(2)?,
+                    action: r.get(3)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
             rows.collect()
         })
         .await
@@ -471,20 +853,63 @@ impl Db {
         .await
     }
 
-    /// Replaces what a message forwards (after a replay).
+    /// Replaces what a dead letter becomes after a replay (its state, reason and Bundle),
+    /// with the replay's effects, audited as `by`'s decision.
     pub async fn requeue(
         &self,
         id: i64,
         state: State,
         reason: Option<String>,
         bundle: Option<String>,
+        effects: Effects,
+        by: String,
     ) -> Result<(), DbError> {
+        let at = crate::now_instant();
         self.write(move |conn| {
+            let mut bundle = bundle;
+            if let Some((who, facts)) = &effects.facts {
+                let (g, y) = merge_facts(conn, who, facts, &at)?;
+                if let Some(b) = &mut bundle {
+                    *b = with_patient(b, &patient_resource(who, g.as_deref(), y.as_deref()));
+                }
+            }
+            apply_key_changes(conn, &effects.key_changes, &at, "merge")?;
+            for (name, v) in &effects.counters {
+                bump_in(conn, name, *v)?;
+            }
             conn.execute(
                 "UPDATE message SET state = ?2, reason = ?3, bundle = ?4 WHERE id = ?1",
                 params![id, state.as_str(), reason, bundle],
+            )?;
+            audit_row(
+                conn,
+                &at,
+                &by,
+                "replay",
+                &serde_json::json!({"deadLetter": id, "result": state.as_str(), "reason": reason}),
             )
-            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Every entry of the key list.
+    pub async fn key_list(&self) -> Result<Vec<KeyRow>, DbError> {
+        self.run(|conn| {
+            let mut q = conn.prepare(
+                "SELECT authority, mrn, subject_id, patient_id, site_study FROM enrolment ORDER BY subject_id, authority, mrn",
+            )?;
+            let rows = q.query_map([], |r| {
+                Ok(KeyRow {
+                    authority: r.get(0)?,
+                    mrn: r.get(1)?,
+                    subject: Enrolment {
+                        subject_id: r.get(2)?,
+                        patient_id: r.get(3)?,
+                        site_study: r.get(4)?,
+                    },
+                })
+            })?;
+            rows.collect()
         })
         .await
     }
@@ -492,8 +917,8 @@ impl Db {
     /// The dead-letter queue.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, DbError> {
         self.run(|conn| {
-            let mut q = conn.prepare("SELECT id, sender, control_id, received, coalesce(reason, '') FROM message WHERE state = 'dead' ORDER BY id")?;
-            let rows = q.query_map([], |r| Ok(DeadLetter { id: r.get(0)?, sender: r.get(1)?, control_id: r.get(2)?, received: r.get(3)?, reason: r.get(4)?, message: None }))?;
+            let mut q = conn.prepare("SELECT id, sender, control_id, received, coalesce(reason, ''), fingerprint FROM message WHERE state = 'dead' ORDER BY id")?;
+            let rows = q.query_map([], |r| Ok(DeadLetter { id: r.get(0)?, sender: r.get(1)?, control_id: r.get(2)?, received: r.get(3)?, reason: r.get(4)?, fingerprint: r.get(5)?, message: None }))?;
             rows.collect()
         })
         .await
@@ -503,7 +928,7 @@ impl Db {
     pub async fn dead_letter(&self, id: i64) -> Result<Option<(DeadLetter, Vec<u8>)>, DbError> {
         self.run(move |conn| {
             conn.query_row(
-                "SELECT id, sender, control_id, received, coalesce(reason, ''), raw FROM message WHERE state = 'dead' AND id = ?1",
+                "SELECT id, sender, control_id, received, coalesce(reason, ''), raw, fingerprint FROM message WHERE state = 'dead' AND id = ?1",
                 params![id],
                 |r| {
                     let raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
@@ -513,6 +938,7 @@ impl Db {
                         control_id: r.get(2)?,
                         received: r.get(3)?,
                         reason: r.get(4)?,
+                        fingerprint: r.get(6)?,
                         message: Some(String::from_utf8_lossy(&raw).replace('\r', "\n")),
                     };
                     Ok((d, raw))
@@ -523,11 +949,16 @@ impl Db {
         .await
     }
 
-    /// Discards a dead letter (its row stays as `done`, with the reason, for the record).
-    pub async fn discard(&self, id: i64) -> Result<bool, DbError> {
+    /// Discards a dead letter (its row stays as `done`, with the reasons, for the record; the
+    /// message itself is erased), audited.
+    pub async fn discard(&self, id: i64, by: String, why: String) -> Result<bool, DbError> {
+        let at = crate::now_instant();
         self.write(move |conn| {
-            conn.execute("UPDATE message SET state = 'done', reason = 'discarded: ' || coalesce(reason, ''), raw = NULL, bundle = NULL WHERE id = ?1 AND state = 'dead'", params![id])
-                .map(|n| n > 0)
+            let n = conn.execute("UPDATE message SET state = 'done', reason = 'discarded (' || ?2 || '): ' || coalesce(reason, ''), raw = NULL, bundle = NULL WHERE id = ?1 AND state = 'dead'", params![id, why])?;
+            if n > 0 {
+                audit_row(conn, &at, &by, "discard", &serde_json::json!({"deadLetter": id, "reason": why}))?;
+            }
+            Ok(n > 0)
         })
         .await
     }

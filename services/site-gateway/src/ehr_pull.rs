@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::db::{NewMessage, State};
-use crate::mapping::{Event, Mapped, PatientFacts};
-use crate::pseudonym::{self, Origin, Outgoing};
+use crate::db::{Effects, NewMessage, Recorded, State};
+use crate::mapping::{Event, PatientGroup};
+use crate::pseudonym::{self, Enrolment, Origin, Outgoing};
 use crate::Gateway;
 
 /// How to reach the EHR.
@@ -216,18 +216,18 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
         token: None,
     };
     let base = config.base.trim_end_matches('/').to_string();
-    let mut subjects: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for (authority, mrn, subject) in gateway.db.enrolments().await? {
-        match subjects.iter_mut().find(|(s, _)| *s == subject) {
-            Some((_, ids)) => ids.push((authority, mrn)),
-            None => subjects.push((subject, vec![(authority, mrn)])),
+    let mut subjects: Vec<(Enrolment, Vec<(String, String)>)> = Vec::new();
+    for row in gateway.db.key_list().await? {
+        match subjects
+            .iter_mut()
+            .find(|(s, _)| s.subject_id == row.subject.subject_id)
+        {
+            Some((_, ids)) => ids.push((row.authority, row.mrn)),
+            None => subjects.push((row.subject, vec![(row.authority, row.mrn)])),
         }
     }
     let mut stored = 0;
-    for (_, ids) in subjects {
-        let Some(who) = gateway.db.enrolment_of(&ids).await? else {
-            continue;
-        };
+    for (who, ids) in subjects {
         // The subject's Patient in the EHR, by MRN.
         let mut ehr_patients = Vec::new();
         for (_, mrn) in &ids {
@@ -269,38 +269,50 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
                         .unwrap_or("");
                     let mut reduced = reduced;
                     reduced["id"] = json!(format!("{ty}-{id}"));
-                    let mapped = Mapped {
-                        event: Event::Results,
-                        patient: PatientFacts::default(),
+                    let group = PatientGroup {
                         resources: vec![reduced],
+                        ..Default::default()
                     };
                     let received = crate::now_instant();
                     let origin = Origin {
                         sender: format!("ehr^{base}"),
                         control_id: format!("{ty}/{id}"),
+                        fingerprint: String::new(),
                         received: received.clone(),
                         site: gateway.config.site.clone(),
                     };
-                    let (out, dropped) =
-                        pseudonym::outgoing(&mapped, &who, &origin, &gateway.validation);
-                    if dropped > 0 {
-                        gateway
-                            .db
-                            .bump("observations_outside_the_dataset", dropped as i64)
-                            .await?;
-                    }
+                    let (out, dropped) = pseudonym::outgoing(
+                        &Event::Results,
+                        &[(&group, &who)],
+                        &origin,
+                        &gateway.validation,
+                    );
                     let control = format!("{ty}/{id}/_history/{version}");
                     let sender = format!("ehr^{base}");
                     let base_row = NewMessage {
                         sender: &sender,
                         control_id: &control,
+                        fingerprint: "",
                         received: &received,
                         raw: None,
                         state: State::Done,
                         reason: None,
                         bundle: None,
                         ack: "",
+                        reused_ack: None,
                     };
+                    let effects =
+                        |counter: Option<&'static str>| Effects {
+                            counters: counter
+                                .map(|c| (c, 1))
+                                .into_iter()
+                                .chain((dropped > 0).then_some((
+                                    "observations_outside_the_dataset",
+                                    dropped as i64,
+                                )))
+                                .collect(),
+                            ..Effects::default()
+                        };
                     let row = match out {
                         Outgoing::Bundle(mut b) => {
                             // The Provenance names the EHR resource version it came from.
@@ -321,7 +333,7 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
                                         bundle: Some(&text),
                                         ..base_row
                                     },
-                                    Some(("ehr_queued", 1)),
+                                    effects(Some("ehr_queued")),
                                 )
                                 .await?
                         }
@@ -333,7 +345,7 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
                                         reason: Some("nothing of the trial's dataset"),
                                         ..base_row
                                     },
-                                    None,
+                                    effects(None),
                                 )
                                 .await?
                         }
@@ -348,12 +360,12 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
                                         raw: Some(raw.as_bytes()),
                                         ..base_row
                                     },
-                                    Some(("dead_letters", 1)),
+                                    effects(Some("dead_letters")),
                                 )
                                 .await?
                         }
                     };
-                    if row.is_ok() {
+                    if matches!(row, Recorded::Stored(_)) {
                         stored += 1;
                     }
                     if newest.as_deref().is_none_or(|n| updated > n) && !updated.is_empty() {

@@ -1,51 +1,72 @@
 //! The gateway's HTTP API: `POST /hl7v2` for sites that cannot do MLLP, the key list
-//! (`/enrolments`, site staff only: it maps MRNs to subject ids and never leaves the site),
-//! the dead-letter queue (`/dead-letters`: list, inspect, replay, discard), status and health.
+//! (`/enrolments`: it maps MRNs to subject ids and never leaves the site), the dead-letter
+//! queue (`/dead-letters`: list, inspect, replay, discard), the gateway's audit log
+//! (`/audit`), status, metrics and health. Who may call what is `access`'s job.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
+use crate::access::{problem, ApiCaller, Guard};
+use crate::db::{Fact, SubjectFacts};
 use crate::Gateway;
 
-/// The gateway's routes.
-pub fn router(gateway: Gateway) -> Router {
+/// The header that carries the reason for a key-list or dead-letter decision.
+pub const REASON_HEADER: &str = "x-reason-for-change";
+
+/// The gateway's routes, answering to the Host values `hosts`.
+pub fn router(gateway: Gateway, hosts: Vec<String>) -> Router {
+    let guard = Guard {
+        gateway: gateway.clone(),
+        hosts: Arc::new(hosts),
+    };
     Router::new()
         .route("/hl7v2", post(hl7v2))
-        .route("/enrolments", post(enrol).get(enrolments))
+        .route("/enrolments", post(enrol).get(enrolments).delete(unenrol))
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{id}", get(dead_letter).delete(discard))
         .route("/dead-letters/{id}/replay", post(replay))
+        .route("/audit", get(audit))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            guard,
+            crate::access::check,
+        ))
         .with_state(gateway)
 }
 
-fn problem(status: StatusCode, text: impl Into<String>) -> Response {
-    let oo = trialbridge_fhir::OperationOutcome::single(trialbridge_fhir::OutcomeIssue::error(
-        if status == StatusCode::NOT_FOUND {
-            trialbridge_fhir::IssueType::NotFound
-        } else {
-            trialbridge_fhir::IssueType::Invalid
-        },
-        text,
-    ));
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        oo.to_json().to_string(),
+fn failed(e: crate::db::DbError) -> Response {
+    tracing::error!(error = %e, "gateway database failed");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway's database cannot answer now; try again",
     )
-        .into_response()
 }
 
-fn failed(e: crate::db::DbError) -> Response {
-    problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+/// The reason header, required for decisions about the key list and dead letters.
+fn reason(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(String::from)
+}
+
+fn no_reason() -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "this decision needs a reason: send it in the X-Reason-For-Change header",
+    )
 }
 
 async fn hl7v2(State(g): State<Gateway>, body: Bytes) -> Response {
@@ -65,92 +86,181 @@ async fn hl7v2(State(g): State<Gateway>, body: Bytes) -> Response {
         .into_response()
 }
 
-async fn enrol(State(g): State<Gateway>, Json(body): Json<Value>) -> Response {
-    let subject = body.get("subjectId").and_then(Value::as_str).unwrap_or("");
-    let valid = subject.len() == 9
-        && subject.starts_with("MC-")
-        && subject[3..5] == g.config.site[5..]
-        && subject[6..].bytes().all(|b| b.is_ascii_digit())
-        && &subject[5..6] == "-";
-    if !valid {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "subjectId '{subject}' is not a subject id of {} (MC-{}-NNN)",
-                g.config.site,
-                &g.config.site[5..]
-            ),
-        );
-    }
-    let mrns: Vec<(String, String)> = match body.get("identifiers").and_then(Value::as_array) {
-        Some(list) => list
-            .iter()
-            .filter_map(|i| {
-                Some((
-                    i.get("authority")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    i.get("value")?.as_str()?.to_string(),
-                ))
-            })
-            .collect(),
-        None => body
-            .get("mrn")
-            .and_then(Value::as_str)
-            .map(|m| {
-                vec![(
-                    body.get("authority")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                    m.to_string(),
-                )]
-            })
-            .unwrap_or_default(),
+/// A subject id of this site (`MC-01-001` for `site-01`), checked byte by byte.
+fn valid_subject(subject: &str, site: &str) -> bool {
+    let s = subject.as_bytes();
+    let site_no = site.as_bytes().get(5..).unwrap_or_default();
+    s.len() == 9
+        && s.starts_with(b"MC-")
+        && &s[3..5] == site_no
+        && s[5] == b'-'
+        && s[6..].iter().all(u8::is_ascii_digit)
+}
+
+/// An enrolment request: `{subjectId, identifiers: [{authority, value}], gender?, birthYear?}`
+/// (or `mrn` + `authority` for one identifier). Every problem is named with its element.
+struct EnrolRequest {
+    subject: String,
+    identifiers: Vec<(String, String)>,
+    facts: SubjectFacts,
+}
+
+fn enrol_request(body: &[u8], site: &str) -> Result<EnrolRequest, String> {
+    let body: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let text = |v: &Value, name: &str| -> Result<Option<String>, String> {
+        match v.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(format!("{name} must be a string")),
+        }
     };
-    if mrns.is_empty() {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "an enrolment needs the patient's MRN (mrn, or identifiers [{authority, value}])",
-        );
+    let subject = text(&body, "subjectId")?.unwrap_or_default();
+    if !valid_subject(&subject, site) {
+        let shown: String = subject.chars().take(40).collect();
+        let n = site.get(5..).unwrap_or("NN");
+        return Err(format!(
+            "subjectId '{shown}' is not a subject id of {site} (MC-{n}-NNN)"
+        ));
     }
-    let gender = body.get("gender").and_then(Value::as_str);
-    if gender.is_some_and(|g| !matches!(g, "male" | "female" | "other" | "unknown")) {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "gender is male, female, other or unknown",
-        );
+    let mut identifiers = Vec::new();
+    match body.get("identifiers") {
+        Some(Value::Array(list)) => {
+            for (i, item) in list.iter().enumerate() {
+                let authority = text(item, "authority")
+                    .map_err(|e| format!("identifiers[{i}].{e}"))?
+                    .unwrap_or_default();
+                let value = text(item, "value")
+                    .map_err(|e| format!("identifiers[{i}].{e}"))?
+                    .unwrap_or_default();
+                if value.is_empty() {
+                    return Err(format!("identifiers[{i}].value (the MRN) is required"));
+                }
+                if authority.is_empty() {
+                    return Err(format!("identifiers[{i}].authority is required: an MRN is matched together with its assigning authority (PID-3.4), never alone"));
+                }
+                identifiers.push((authority, value));
+            }
+        }
+        Some(_) => return Err("identifiers must be a list of {authority, value}".into()),
+        None => {
+            let mrn = text(&body, "mrn")?.unwrap_or_default();
+            let authority = text(&body, "authority")?.unwrap_or_default();
+            if mrn.is_empty() {
+                return Err("an enrolment needs the patient's MRN (mrn and authority, or identifiers [{authority, value}])".into());
+            }
+            if authority.is_empty() {
+                return Err("authority is required: an MRN is matched together with its assigning authority (PID-3.4), never alone".into());
+            }
+            identifiers.push((authority, mrn));
+        }
     }
-    let year = body.get("birthYear").and_then(|y| {
-        y.as_u64()
-            .map(|n| n.to_string())
-            .or_else(|| y.as_str().map(String::from))
-    });
-    if year
-        .as_deref()
-        .is_some_and(|y| y.len() != 4 || !y.bytes().all(|b| b.is_ascii_digit()))
+    if identifiers.is_empty() {
+        return Err("identifiers is empty: an enrolment needs at least one MRN".into());
+    }
+    let gender = match text(&body, "gender")? {
+        None => Fact::Keep,
+        Some(g) if matches!(g.as_str(), "male" | "female" | "other" | "unknown") => Fact::Set(g),
+        Some(_) => return Err("gender is male, female, other or unknown".into()),
+    };
+    let birth_year = match body.get("birthYear") {
+        None | Some(Value::Null) => Fact::Keep,
+        Some(y) => {
+            let y = y
+                .as_u64()
+                .map(|n| n.to_string())
+                .or_else(|| y.as_str().map(String::from))
+                .unwrap_or_default();
+            if y.len() != 4 || !y.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(
+                    "birthYear is a four-digit year (the full date never leaves the site)".into(),
+                );
+            }
+            Fact::Set(y)
+        }
+    };
+    Ok(EnrolRequest {
+        subject,
+        identifiers,
+        facts: SubjectFacts { gender, birth_year },
+    })
+}
+
+async fn enrol(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<ApiCaller>,
+    body: Bytes,
+) -> Response {
+    let req = match enrol_request(&body, &g.config.site) {
+        Ok(r) => r,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, why),
+    };
+    match g
+        .enrol(req.identifiers, &req.subject, req.facts, &caller.subject)
+        .await
     {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "birthYear is a four-digit year (the full date never leaves the site)",
-        );
-    }
-    match g.enrol(mrns, subject, gender, year.as_deref()).await {
-        Ok(who) => (StatusCode::CREATED, Json(json!({"subjectId": who.subject_id, "patient": format!("Patient/{}", who.patient_id), "study": format!("ResearchStudy/{}", who.site_study)}))).into_response(),
+        Ok(Ok(who)) => (
+            StatusCode::CREATED,
+            Json(json!({"subjectId": who.subject_id, "patient": format!("Patient/{}", who.patient_id), "study": format!("ResearchStudy/{}", who.site_study)})),
+        )
+            .into_response(),
+        Ok(Err(conflict)) => problem(StatusCode::CONFLICT, conflict.to_string()),
         Err(e) => failed(e),
     }
 }
 
-async fn enrolments(State(g): State<Gateway>) -> Response {
-    match g.db.enrolments().await {
-        Ok(rows) => Json(json!(rows
-            .into_iter()
-            .map(|(a, m, s)| json!({"authority": a, "mrn": m, "subjectId": s}))
-            .collect::<Vec<_>>()))
-        .into_response(),
+#[derive(serde::Deserialize)]
+struct KeyQuery {
+    authority: Option<String>,
+    mrn: Option<String>,
+}
+
+async fn unenrol(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<ApiCaller>,
+    headers: HeaderMap,
+    Query(q): Query<KeyQuery>,
+) -> Response {
+    let (Some(authority), Some(mrn)) = (q.authority, q.mrn) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "name the key-list entry: DELETE /enrolments?authority=...&mrn=...",
+        );
+    };
+    let Some(why) = reason(&headers) else {
+        return no_reason();
+    };
+    match g
+        .db
+        .unenrol(authority, mrn, caller.subject, why, crate::now_instant())
+        .await
+    {
+        Ok(Some(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no such entry in the key list"),
         Err(e) => failed(e),
     }
+}
+
+async fn enrolments(State(g): State<Gateway>, Extension(caller): Extension<ApiCaller>) -> Response {
+    let rows = match g.db.key_list().await {
+        Ok(rows) => rows,
+        Err(e) => return failed(e),
+    };
+    if let Err(e) =
+        g.db.audit(
+            caller.subject,
+            "read-key-list",
+            json!({"entries": rows.len()}),
+        )
+        .await
+    {
+        return failed(e);
+    }
+    Json(json!(rows
+        .into_iter()
+        .map(|r| json!({"authority": r.authority, "mrn": r.mrn, "subjectId": r.subject.subject_id}))
+        .collect::<Vec<_>>()))
+    .into_response()
 }
 
 async fn dead_letters(State(g): State<Gateway>) -> Response {
@@ -160,26 +270,68 @@ async fn dead_letters(State(g): State<Gateway>) -> Response {
     }
 }
 
-async fn dead_letter(State(g): State<Gateway>, Path(id): Path<i64>) -> Response {
+async fn dead_letter(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<ApiCaller>,
+    Path(id): Path<i64>,
+) -> Response {
     match g.db.dead_letter(id).await {
-        Ok(Some((d, _))) => Json(json!(d)).into_response(),
+        Ok(Some((d, _))) => {
+            // The raw message is PHI: who read it is recorded.
+            if let Err(e) =
+                g.db.audit(
+                    caller.subject,
+                    "read-dead-letter",
+                    json!({"deadLetter": id}),
+                )
+                .await
+            {
+                return failed(e);
+            }
+            Json(json!(d)).into_response()
+        }
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no dead letter {id}")),
         Err(e) => failed(e),
     }
 }
 
-async fn replay(State(g): State<Gateway>, Path(id): Path<i64>) -> Response {
-    match g.replay(id).await {
+async fn replay(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<ApiCaller>,
+    Path(id): Path<i64>,
+) -> Response {
+    match g.replay(id, &caller.subject).await {
         Ok(Some(result)) => Json(json!({"id": id, "result": result})).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no dead letter {id}")),
         Err(e) => failed(e),
     }
 }
 
-async fn discard(State(g): State<Gateway>, Path(id): Path<i64>) -> Response {
-    match g.db.discard(id).await {
+async fn discard(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<ApiCaller>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let Some(why) = reason(&headers) else {
+        return no_reason();
+    };
+    match g.db.discard(id, caller.subject, why).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => problem(StatusCode::NOT_FOUND, format!("no dead letter {id}")),
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    #[serde(rename = "_count")]
+    count: Option<usize>,
+}
+
+async fn audit(State(g): State<Gateway>, Query(q): Query<AuditQuery>) -> Response {
+    match g.db.audit_log(q.count.unwrap_or(100).min(1000)).await {
+        Ok(list) => Json(json!(list)).into_response(),
         Err(e) => failed(e),
     }
 }
@@ -193,10 +345,21 @@ async fn readyz(State(g): State<Gateway>) -> Response {
     }
 }
 
+/// The database's counters and states with the MLLP connection counters.
+async fn all_status(g: &Gateway) -> Result<Value, crate::db::DbError> {
+    let mut s = g.db.status().await?;
+    if let Value::Object(m) = &mut s {
+        for (k, v) in g.connections.counters() {
+            m.insert(k.into(), v.into());
+        }
+    }
+    Ok(s)
+}
+
 /// `GET /metrics`: the counters and the message states (outbox depth, dead letters) in the
 /// Prometheus text format.
 async fn metrics(State(g): State<Gateway>) -> Response {
-    let status = match g.db.status().await {
+    let status = match all_status(&g).await {
         Ok(s) => s,
         Err(e) => return failed(e),
     };
@@ -216,7 +379,7 @@ async fn metrics(State(g): State<Gateway>) -> Response {
     let text = format!(
         "# HELP trialbridge_gateway_messages Messages held by the gateway by state (outbox: waiting to be forwarded; dead: the dead-letter queue)\n\
          # TYPE trialbridge_gateway_messages gauge\n{states}\
-         # HELP trialbridge_gateway_events_total Messages received, acknowledged, forwarded, refused, counted since the database was created\n\
+         # HELP trialbridge_gateway_events_total Messages received, acknowledged, forwarded, refused, counted since the database was created; MLLP connection events since the start\n\
          # TYPE trialbridge_gateway_events_total counter\n{counters}"
     );
     (
@@ -228,8 +391,62 @@ async fn metrics(State(g): State<Gateway>) -> Response {
 }
 
 async fn status(State(g): State<Gateway>) -> Response {
-    match g.db.status().await {
+    match all_status(&g).await {
         Ok(s) => Json(s).into_response(),
         Err(e) => failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrolment_requests_name_what_is_wrong_and_never_panic() {
+        let ok = enrol_request(
+            br#"{"subjectId":"MC-01-001","mrn":"4711","authority":"KH"}"#,
+            "site-01",
+        )
+        .unwrap();
+        assert_eq!(ok.identifiers, [("KH".to_string(), "4711".to_string())]);
+        assert_eq!(ok.facts, SubjectFacts::default());
+        for (body, says) in [
+            (
+                r#"{"subjectId":"MC-01-001","mrn":"4711"}"#,
+                "authority is required",
+            ),
+            (
+                r#"{"subjectId":"MC-01-001","identifiers":[{"value":"1"}]}"#,
+                "identifiers[0].authority",
+            ),
+            (
+                r#"{"subjectId":"MC-01-001","identifiers":[{"authority":"KH","value":5}]}"#,
+                "identifiers[0].value must be a string",
+            ),
+            (
+                r#"{"subjectId":"MC-ü1-0001","mrn":"1","authority":"KH"}"#,
+                "is not a subject id",
+            ),
+            (
+                r#"{"subjectId":"ééééé","mrn":"1","authority":"KH"}"#,
+                "is not a subject id",
+            ),
+            (
+                r#"{"subjectId":"MC-02-001","mrn":"1","authority":"KH"}"#,
+                "is not a subject id",
+            ),
+            (r#"{"subjectId":7}"#, "subjectId must be a string"),
+            (r#"[1,2]"#, "is not a subject id"),
+            (
+                r#"{"subjectId":"MC-01-001","mrn":"1","authority":"KH","birthYear":"88"}"#,
+                "birthYear",
+            ),
+            ("not json", "not JSON"),
+        ] {
+            let e = enrol_request(body.as_bytes(), "site-01")
+                .err()
+                .unwrap_or_default();
+            assert!(e.contains(says), "{body}: {e}");
+        }
     }
 }

@@ -2,8 +2,16 @@
 //! Patient facts, PV1 to Encounter, OBX to Observation (value type by OBX-2, status by table
 //! 0085), PR1 to Procedure, DG1 to Condition, MRG for merges. The result is site-side FHIR
 //! (codes as sent); pseudonymisation and code translation come after (`pseudonym`).
+//!
+//! A message is read as patient groups: each PID starts a group, and every segment after it,
+//! up to the next PID, belongs to that patient (an ORU^R01 may carry the results of several
+//! patients, an A40 several PID/MRG pairs). A clinical segment before any PID belongs to
+//! nobody and is an error. So a result is always attributed to the PID it follows, never to
+//! the message's first patient.
 
 use serde_json::{json, Map, Value};
+
+use crate::identity::PatientId;
 use trialbridge_hl7v2::ack::AckError;
 use trialbridge_hl7v2::{Field, Message, Segment};
 
@@ -14,11 +22,8 @@ pub enum Event {
     Visit,
     /// ADT A03: the visit ended.
     Discharge,
-    /// ADT A40: `prior` identifiers now belong to the patient of the PID.
-    Merge {
-        /// (authority, identifier) pairs of MRG-1.
-        prior: Vec<(String, String)>,
-    },
+    /// ADT A40: the MRG identifiers of each group now belong to the patient of its PID.
+    Merge,
     /// ORU R01: results.
     Results,
 }
@@ -26,12 +31,24 @@ pub enum Event {
 /// The patient facts of a PID, site-side only (never forwarded as such).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PatientFacts {
-    /// PID-3 repetitions as (assigning authority, identifier).
-    pub identifiers: Vec<(String, String)>,
+    /// PID-3 repetitions.
+    pub identifiers: Vec<PatientId>,
     /// PID-8 as a FHIR gender code.
     pub gender: Option<&'static str>,
     /// PID-7 as a FHIR date (`1988-04-12`).
     pub birth_date: Option<String>,
+}
+
+/// One patient of a message and what the message says about them.
+#[derive(Debug, Clone, Default)]
+pub struct PatientGroup {
+    /// The patient (its PID).
+    pub patient: PatientFacts,
+    /// Encounter, Observations, Procedures and Conditions, site-side, each with a `key` (the
+    /// segment it came from) in `id` for deterministic ids later.
+    pub resources: Vec<Value>,
+    /// For a merge: the identifiers of MRG-1 that now belong to this patient.
+    pub prior: Vec<PatientId>,
 }
 
 /// A mapped message.
@@ -39,11 +56,8 @@ pub struct PatientFacts {
 pub struct Mapped {
     /// Message kind.
     pub event: Event,
-    /// The patient.
-    pub patient: PatientFacts,
-    /// Encounter, Observations, Procedures and Conditions, site-side, each with a `key` (the
-    /// segment it came from) in `id` for deterministic ids later.
-    pub resources: Vec<Value>,
+    /// The patients, in message order (at least one).
+    pub groups: Vec<PatientGroup>,
 }
 
 /// The message types the gateway takes (MSH-9.1, MSH-9.2).
@@ -225,37 +239,34 @@ impl Ctx<'_> {
     }
 }
 
-fn patient(m: &Message, cx: &mut Ctx<'_>) -> PatientFacts {
-    let mut p = PatientFacts::default();
-    let Some(pid) = m.segment("PID") else {
-        cx.errors
-            .push(AckError::message("100", "the message has no PID segment"));
-        return p;
-    };
-    for rep in pid.field(3).repetitions() {
-        let id = rep.component(1).into_owned();
-        if id.is_empty() {
-            continue;
-        }
-        let auth = rep.component_part(4);
-        let authority = if auth.subcomponent(1).is_empty() {
-            auth.subcomponent(2).into_owned()
-        } else {
-            auth.subcomponent(1).into_owned()
-        };
-        p.identifiers.push((authority, id));
+/// A CX (PID-3, PID-2, MRG-1 repetition) as a patient identifier; `None` without a number.
+fn patient_id(rep: &Field<'_>) -> Option<PatientId> {
+    let value = rep.component(1).trim().to_string();
+    if value.is_empty() || rep.is_empty() {
+        return None;
     }
+    let auth = rep.component_part(4);
+    let authorities = [auth.subcomponent(1), auth.subcomponent(2)]
+        .into_iter()
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    Some(PatientId { value, authorities })
+}
+
+fn patient(pid: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> PatientFacts {
+    let mut p = PatientFacts::default();
+    p.identifiers
+        .extend(pid.field(3).repetitions().filter_map(|r| patient_id(&r)));
     if p.identifiers.is_empty() {
         // v2.3 messages may carry the id in PID-2 (external id) only.
-        let id = pid.field(2).component(1).into_owned();
-        if !id.is_empty() {
-            p.identifiers.push((String::new(), id));
-        }
+        p.identifiers
+            .extend(patient_id(&pid.field(2).repetition(1)));
     }
     if p.identifiers.is_empty() {
         cx.errors.push(AckError::at(
             "PID",
-            1,
+            seq,
             3,
             "101",
             "PID-3 (patient identifier list) is required",
@@ -269,12 +280,12 @@ fn patient(m: &Message, cx: &mut Ctx<'_>) -> PatientFacts {
         _ => None,
     };
     let dob = pid.field(7).component(1);
-    if !dob.is_empty() {
+    if !dob.is_empty() && !pid.field(7).is_empty() {
         match date_time(&dob, cx.offset) {
             Some(d) => p.birth_date = Some(d.chars().take(10).collect()),
             None => cx.errors.push(AckError::at(
                 "PID",
-                1,
+                seq,
                 7,
                 "102",
                 format!("PID-7 '{dob}' is not a date of birth (YYYYMMDD)"),
@@ -450,134 +461,176 @@ pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<
         offset: default_offset,
         errors: Vec::new(),
     };
-    let patient = patient(m, &mut cx);
     let event = match (ty.as_str(), trigger.as_str()) {
         ("ADT", "A03") => Event::Discharge,
-        ("ADT", "A40") => {
-            let mut prior = Vec::new();
-            for mrg in m.segments_named("MRG") {
-                for rep in mrg.field(1).repetitions() {
-                    let id = rep.component(1).into_owned();
-                    if !id.is_empty() {
-                        prior.push((rep.component_part(4).subcomponent(1).into_owned(), id));
-                    }
-                }
-            }
-            if prior.is_empty() {
-                cx.errors.push(AckError::at(
-                    "MRG",
-                    1,
-                    1,
-                    "101",
-                    "MRG-1 (prior patient identifier) is required for a merge",
-                ));
-            }
-            Event::Merge { prior }
-        }
+        ("ADT", "A40") => Event::Merge,
         ("ORU", _) => Event::Results,
         _ => Event::Visit,
     };
-    let mut resources = Vec::new();
     let msh_time = cx.time(
         &m.segment("MSH").expect("parsed messages start with MSH"),
         1,
         7,
     );
-    if let Some(pv1) = m.segment("PV1") {
-        let class = match pv1.field(2).component(1).as_ref() {
-            "I" => Some(("IMP", "inpatient encounter")),
-            "O" => Some(("AMB", "ambulatory")),
-            "E" => Some(("EMER", "emergency")),
-            "P" => Some(("PRENC", "pre-admission")),
-            _ => None,
-        };
-        if let Some((code, display)) = class {
-            // The visit number (PV1-19) keys the visit, so that A08 corrections and the A03
-            // discharge update the Encounter the A01/A04 created.
-            let visit = pv1.field(19).component(1);
-            let key = if visit.is_empty() {
-                "pv1".to_string()
-            } else {
-                format!("visit:{visit}")
-            };
-            let mut e = json!({"resourceType": "Encounter", "id": key,
-                "status": if event == Event::Discharge { "finished" } else { "in-progress" },
-                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display}});
-            let start = cx.time(&pv1, 1, 44);
-            let end = cx.time(&pv1, 1, 45);
-            if start.is_some() || end.is_some() {
-                let mut p = Map::new();
-                if let Some(s) = start {
-                    p.insert("start".into(), json!(s));
-                }
-                if let Some(s) = end {
-                    p.insert("end".into(), json!(s));
-                }
-                e["period"] = Value::Object(p);
-            }
-            resources.push(e);
-        }
-    }
+    let mut groups: Vec<PatientGroup> = Vec::new();
+    let (mut pid_seq, mut obx_seq, mut pr1_seq, mut dg1_seq, mut mrg_seq) = (0, 0, 0, 0, 0);
     let mut obr_time: Option<String> = None;
-    let mut obx_seq = 0;
+    let mut has_pv1 = false;
     for seg in m.segments() {
-        match seg.id() {
-            "OBR" => obr_time = cx.time(&seg, 1, 7),
+        let id = seg.id();
+        if id == "PID" {
+            pid_seq += 1;
+            groups.push(PatientGroup {
+                patient: patient(&seg, pid_seq, &mut cx),
+                ..Default::default()
+            });
+            obr_time = None;
+            has_pv1 = false;
+            continue;
+        }
+        if !matches!(id, "PV1" | "OBR" | "OBX" | "PR1" | "DG1" | "MRG") {
+            continue;
+        }
+        let seq = match id {
             "OBX" => {
                 obx_seq += 1;
-                let fallback = obr_time.clone().or_else(|| msh_time.clone());
-                if let Some(o) = observation(&seg, obx_seq, fallback.as_ref(), &mut cx) {
-                    resources.push(o);
+                obx_seq
+            }
+            "PR1" => {
+                pr1_seq += 1;
+                pr1_seq
+            }
+            "DG1" => {
+                dg1_seq += 1;
+                dg1_seq
+            }
+            "MRG" => {
+                mrg_seq += 1;
+                mrg_seq
+            }
+            _ => 1,
+        };
+        let Some(group) = groups.last_mut() else {
+            cx.errors.push(AckError::at(
+                id,
+                seq,
+                1,
+                "100",
+                format!("{id} comes before any PID: it cannot be attributed to a patient"),
+            ));
+            continue;
+        };
+        match id {
+            "PV1" if !has_pv1 => {
+                has_pv1 = true;
+                if let Some(e) = encounter(&seg, &event, &mut cx) {
+                    group.resources.push(e);
                 }
+            }
+            "OBR" => obr_time = cx.time(&seg, 1, 7),
+            "OBX" => {
+                let fallback = obr_time.clone().or_else(|| msh_time.clone());
+                if let Some(o) = observation(&seg, seq, fallback.as_ref(), &mut cx) {
+                    group.resources.push(o);
+                }
+            }
+            "PR1" => group.resources.extend(procedure(&seg, seq, &mut cx)),
+            "DG1" => group.resources.extend(condition(&seg, seq, &mut cx)),
+            "MRG" if event == Event::Merge => {
+                group
+                    .prior
+                    .extend(seg.field(1).repetitions().filter_map(|r| patient_id(&r)));
             }
             _ => {}
         }
     }
-    for (i, pr1) in m.segments_named("PR1").enumerate() {
-        let seq = i + 1;
-        let Some(code_field) = cx.required(&pr1, seq, 3, "procedure code") else {
-            continue;
-        };
-        let Some(code) = concept(&code_field, site) else {
-            continue;
-        };
-        let mut p = json!({"resourceType": "Procedure", "id": format!("pr1-{seq}"), "status": "completed", "code": code});
-        if let Some(t) = cx.time(&pr1, seq, 5) {
-            p["performedDateTime"] = json!(t);
-        }
-        resources.push(p);
+    if groups.is_empty() {
+        cx.errors
+            .push(AckError::message("100", "the message has no PID segment"));
     }
-    for (i, dg1) in m.segments_named("DG1").enumerate() {
-        let seq = i + 1;
-        let Some(code_field) = cx.required(&dg1, seq, 3, "diagnosis code") else {
-            continue;
-        };
-        let Some(code) = concept(&code_field, site) else {
-            continue;
-        };
-        let verification = if dg1.field(6).component(1).as_ref() == "F" {
-            "confirmed"
-        } else {
-            "provisional"
-        };
-        let mut c = json!({"resourceType": "Condition", "id": format!("dg1-{seq}"),
-            "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-            "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]},
-            "code": code});
-        if let Some(t) = cx.time(&dg1, seq, 5) {
-            c["recordedDate"] = json!(t);
+    if event == Event::Merge {
+        for (i, g) in groups.iter().enumerate() {
+            if g.prior.is_empty() {
+                cx.errors.push(AckError::at(
+                    "MRG",
+                    i + 1,
+                    1,
+                    "101",
+                    format!(
+                        "MRG-1 (prior patient identifier) is required after PID {} of a merge",
+                        i + 1
+                    ),
+                ));
+            }
         }
-        resources.push(c);
     }
     if cx.errors.is_empty() {
-        Ok(Mapped {
-            event,
-            patient,
-            resources,
-        })
+        Ok(Mapped { event, groups })
     } else {
         Err(cx.errors)
     }
+}
+
+fn encounter(pv1: &Segment<'_>, event: &Event, cx: &mut Ctx<'_>) -> Option<Value> {
+    let (code, display) = match pv1.field(2).component(1).as_ref() {
+        "I" => ("IMP", "inpatient encounter"),
+        "O" => ("AMB", "ambulatory"),
+        "E" => ("EMER", "emergency"),
+        "P" => ("PRENC", "pre-admission"),
+        _ => return None,
+    };
+    // The visit number (PV1-19) keys the visit, so that A08 corrections and the A03
+    // discharge update the Encounter the A01/A04 created.
+    let visit = pv1.field(19).component(1);
+    let key = if visit.is_empty() {
+        "pv1".to_string()
+    } else {
+        format!("visit:{visit}")
+    };
+    let mut e = json!({"resourceType": "Encounter", "id": key,
+        "status": if *event == Event::Discharge { "finished" } else { "in-progress" },
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display}});
+    let start = cx.time(pv1, 1, 44);
+    let end = cx.time(pv1, 1, 45);
+    if start.is_some() || end.is_some() {
+        let mut p = Map::new();
+        if let Some(s) = start {
+            p.insert("start".into(), json!(s));
+        }
+        if let Some(s) = end {
+            p.insert("end".into(), json!(s));
+        }
+        e["period"] = Value::Object(p);
+    }
+    Some(e)
+}
+
+fn procedure(pr1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
+    let code_field = cx.required(pr1, seq, 3, "procedure code")?;
+    let code = concept(&code_field, cx.site)?;
+    let mut p = json!({"resourceType": "Procedure", "id": format!("pr1-{seq}"), "status": "completed", "code": code});
+    if let Some(t) = cx.time(pr1, seq, 5) {
+        p["performedDateTime"] = json!(t);
+    }
+    Some(p)
+}
+
+fn condition(dg1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
+    let code_field = cx.required(dg1, seq, 3, "diagnosis code")?;
+    let code = concept(&code_field, cx.site)?;
+    let verification = if dg1.field(6).component(1).as_ref() == "F" {
+        "confirmed"
+    } else {
+        "provisional"
+    };
+    let mut c = json!({"resourceType": "Condition", "id": format!("dg1-{seq}"),
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]},
+        "code": code});
+    if let Some(t) = cx.time(dg1, seq, 5) {
+        c["recordedDate"] = json!(t);
+    }
+    Some(c)
 }
 
 #[cfg(test)]
@@ -617,15 +670,55 @@ mod tests {
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR||Muster^Erika||19880412|F\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|39156-5^BMI^LN||27.4|kg/m2^^UCUM|18.5-25|H|||F\r").unwrap();
         let mapped = map(&m, "site-01", "+01:00").unwrap();
         assert_eq!(
-            mapped.patient.identifiers,
-            [("KH".to_string(), "4711".to_string())]
+            mapped.groups[0].patient.identifiers,
+            [PatientId::new("KH", "4711")]
         );
-        assert_eq!(mapped.patient.birth_date.as_deref(), Some("1988-04-12"));
-        let o = &mapped.resources[0];
+        assert_eq!(
+            mapped.groups[0].patient.birth_date.as_deref(),
+            Some("1988-04-12")
+        );
+        let o = &mapped.groups[0].resources[0];
         assert_eq!(o["code"]["coding"][0]["system"], "http://loinc.org");
         assert_eq!(o["valueQuantity"]["value"].to_string(), "27.4");
         assert_eq!(o["valueQuantity"]["code"], "kg/m2");
         assert_eq!(o["effectiveDateTime"], "2026-03-16T09:00:00+01:00");
         assert_eq!(o["status"], "final");
+    }
+
+    #[test]
+    fn results_belong_to_the_pid_they_follow() {
+        let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||A^^^KH^MR\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|29463-7^Weight^LN||70|kg^^UCUM|||||F\rPID|2||B^^^KH^MR\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|29463-7^Weight^LN||80|kg^^UCUM|||||F\r").unwrap();
+        let mapped = map(&m, "site-01", "+01:00").unwrap();
+        assert_eq!(mapped.groups.len(), 2);
+        for (g, (mrn, kg)) in mapped.groups.iter().zip([("A", "70"), ("B", "80")]) {
+            assert_eq!(g.patient.identifiers[0].value, mrn);
+            assert_eq!(g.resources.len(), 1);
+            assert_eq!(g.resources[0]["valueQuantity"]["value"].to_string(), kg);
+        }
+        // A result before any PID belongs to nobody.
+        let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500||ORU^R01|M2|P|2.5.1\rOBX|1|NM|29463-7^W^LN||70|kg|||||F\rPID|1||A^^^KH\r").unwrap();
+        let errors = map(&m, "site-01", "+01:00").unwrap_err();
+        assert_eq!(errors[0].segment, "OBX");
+    }
+
+    #[test]
+    fn a_merge_pairs_each_mrg_with_its_pid() {
+        let m = Message::parse(b"MSH|^~\\&|KIS|KH|TB|SP|20260316101500||ADT^A40|M3|P|2.5\rEVN|A40|20260316101500\rPID|1||12345^^^KH^MR\rMRG|999^^^KH^MR\rPID|2||145^^^KH^MR\rMRG|146^^^KH^MR\r").unwrap();
+        let mapped = map(&m, "site-01", "+01:00").unwrap();
+        assert_eq!(mapped.event, Event::Merge);
+        let pairs: Vec<(String, String)> = mapped
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.patient.identifiers[0].value.clone(),
+                    g.prior[0].value.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [("12345".into(), "999".into()), ("145".into(), "146".into())]
+        );
     }
 }

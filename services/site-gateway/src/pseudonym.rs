@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 use trialbridge_validation::Options;
 
-use crate::mapping::{Event, Mapped};
+use crate::mapping::{Event, PatientGroup};
 
 /// The key-list entry of an enrolled subject.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +28,10 @@ pub struct Origin {
     pub sender: String,
     /// MSH-10.
     pub control_id: String,
+    /// The message's content fingerprint (empty where the control id is unique by itself):
+    /// part of every id, so that a reused control id never overwrites another message's
+    /// resources.
+    pub fingerprint: String,
     /// When the gateway received it (FHIR instant).
     pub received: String,
     /// The site (`site-01`).
@@ -120,31 +124,32 @@ fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds what leaves the site for one mapped message of an enrolled subject.
-pub fn outgoing(
-    mapped: &Mapped,
+/// The resources of one patient group, pointing at its subject; `Err` for a local code
+/// without a translation.
+fn group_entries(
+    event: &Event,
+    group: &PatientGroup,
     who: &Enrolment,
     origin: &Origin,
-    validation: &Options,
-) -> (Outgoing, usize) {
+) -> Result<(Vec<Value>, usize), String> {
     let patient_ref = format!("Patient/{}", who.patient_id);
     let study = json!([{"url": STUDY_EXT, "valueReference": {"reference": format!("ResearchStudy/{}", who.site_study)}}]);
     let mut entries: Vec<Value> = Vec::new();
     let mut dropped = 0;
-    if mapped.event == Event::Visit {
+    let facts = &group.patient;
+    // The pseudonymous Patient only when the message says something about it (the gateway's
+    // writer merges it with what is known of the subject before it is queued).
+    if *event == Event::Visit && (facts.gender.is_some() || facts.birth_date.is_some()) {
         let mut p = json!({"resourceType": "Patient", "id": who.patient_id});
-        if let Some(g) = mapped.patient.gender {
+        if let Some(g) = facts.gender {
             p["gender"] = json!(g);
         }
-        if let Some(b) = &mapped.patient.birth_date {
+        if let Some(b) = &facts.birth_date {
             p["birthDate"] = json!(&b[..4]);
         }
         entries.push(p);
     }
-    if let Event::Merge { .. } = mapped.event {
-        return (Outgoing::Nothing, 0);
-    }
-    for r in &mapped.resources {
+    for r in &group.resources {
         let mut r = r.clone();
         let key = r
             .get("id")
@@ -157,14 +162,10 @@ pub fn outgoing(
             .unwrap_or("")
             .to_string();
         if let Some(code) = r.get_mut("code") {
-            if let Err(why) = translate(code, &origin.site) {
-                return (Outgoing::Dead(why), 0);
-            }
+            translate(code, &origin.site)?;
         }
         if let Some(v) = r.get_mut("valueCodeableConcept") {
-            if let Err(why) = translate(v, &origin.site) {
-                return (Outgoing::Dead(why), 0);
-            }
+            translate(v, &origin.site)?;
         }
         let prefix = match ty.as_str() {
             "Observation" => {
@@ -183,16 +184,20 @@ pub fn outgoing(
             "Encounter" => "enc",
             _ => continue,
         };
-        r["id"] = json!(if ty == "Encounter" {
-            // One Encounter per visit number; without one, per message.
-            let per = if key.starts_with("visit:") {
-                key.as_str()
-            } else {
-                origin.control_id.as_str()
-            };
-            stable_id(prefix, &[&origin.sender, &who.patient_id, per])
+        r["id"] = json!(if ty == "Encounter" && key.starts_with("visit:") {
+            // One Encounter per visit number.
+            stable_id(prefix, &[&origin.sender, &who.patient_id, &key])
         } else {
-            stable_id(prefix, &[&origin.sender, &origin.control_id, &key])
+            stable_id(
+                prefix,
+                &[
+                    &origin.sender,
+                    &origin.control_id,
+                    &origin.fingerprint,
+                    &who.patient_id,
+                    &key,
+                ],
+            )
         });
         r["subject"] = json!({"reference": patient_ref});
         // The study link where the trial profiles look for it (results and procedures).
@@ -201,6 +206,34 @@ pub fn outgoing(
         }
         entries.push(r);
     }
+    Ok((entries, dropped))
+}
+
+/// Builds what leaves the site for one message: the groups of its enrolled patients, each
+/// with the subject it belongs to. Everything of a group points at that group's subject only.
+pub fn outgoing(
+    event: &Event,
+    groups: &[(&PatientGroup, &Enrolment)],
+    origin: &Origin,
+    validation: &Options,
+) -> (Outgoing, usize) {
+    if *event == Event::Merge {
+        return (Outgoing::Nothing, 0);
+    }
+    let mut entries: Vec<Value> = Vec::new();
+    let mut dropped = 0;
+    for (group, who) in groups {
+        match group_entries(event, group, who, origin) {
+            Ok((mut e, d)) => {
+                entries.append(&mut e);
+                dropped += d;
+            }
+            Err(why) => return (Outgoing::Dead(why), 0),
+        }
+    }
+    // Two PIDs of one subject in a message name the same Patient (and visit): once is enough.
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| seen.insert((e["resourceType"].to_string(), e["id"].to_string())));
     if entries.is_empty() {
         return (Outgoing::Nothing, dropped);
     }
@@ -210,7 +243,7 @@ pub fn outgoing(
         .collect();
     entries.push(json!({
         "resourceType": "Provenance",
-        "id": stable_id("prov", &[&origin.sender, &origin.control_id]),
+        "id": stable_id("prov", &[&origin.sender, &origin.control_id, &origin.fingerprint]),
         "target": targets,
         "recorded": origin.received,
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]},

@@ -73,27 +73,28 @@ fn the_meaning_matches_the_reference_mapping() {
         if let Some(p) = resources.iter().find(|r| r["resourceType"] == "Patient") {
             t.compared += 1;
             assert_eq!(
-                mapped.patient.gender,
+                mapped.groups[0].patient.gender,
                 p["gender"].as_str(),
                 "{name}: gender"
             );
             let year = |d: Option<&str>| d.map(|d| d[..4].to_string());
             assert_eq!(
-                year(mapped.patient.birth_date.as_deref()),
+                year(mapped.groups[0].patient.birth_date.as_deref()),
                 year(p["birthDate"].as_str()),
                 "{name}: birth year"
             );
             *t.agreed.entry("patient gender and birth year").or_default() += 1;
         } else {
             assert!(
-                matches!(mapped.event, Event::Merge { .. }),
+                matches!(mapped.event, Event::Merge),
                 "{name}: no reference Patient"
             );
         }
         // Observations: matched by code.
         let ours: Vec<&Value> = mapped
-            .resources
+            .groups
             .iter()
+            .flat_map(|g| &g.resources)
             .filter(|r| r["resourceType"] == "Observation")
             .collect();
         for o in resources
@@ -195,8 +196,9 @@ fn the_meaning_matches_the_reference_mapping() {
             }
             let key = code_key(&p["code"]);
             match mapped
-                .resources
+                .groups
                 .iter()
+                .flat_map(|g| &g.resources)
                 .find(|r| r["resourceType"] == "Procedure" && code_key(&r["code"]) == key)
             {
                 Some(mine) => {

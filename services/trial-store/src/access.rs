@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use trialbridge_auth::{Interaction, Principal, Verifier};
+use trialbridge_auth::{Interaction, Principal};
 use trialbridge_fhir::IssueType;
 use trialbridge_storage::{AccessContext, Role, SiteScope};
 
@@ -27,88 +27,6 @@ fn is_open(path: &str) -> bool {
         path,
         "/fhir/metadata" | "/livez" | "/readyz" | "/openapi.json" | "/metrics"
     )
-}
-
-/// How the store checks tokens.
-pub struct AuthConfig {
-    /// The verifier of the current JWKS.
-    verifier: std::sync::RwLock<Arc<Verifier>>,
-    /// Where the JWKS is read again from when a token names an unknown key.
-    rotation: Option<Rotation>,
-}
-
-struct Rotation {
-    source: String,
-    settings: trialbridge_auth::VerifierSettings,
-    /// The last time the JWKS was read again; at most one read per [`REREAD_EVERY`].
-    last: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-/// How often an unknown key may make the store read the JWKS again.
-const REREAD_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl AuthConfig {
-    /// A fixed set of keys (the local profile, tests).
-    pub fn fixed(verifier: Verifier) -> Self {
-        Self {
-            verifier: std::sync::RwLock::new(Arc::new(verifier)),
-            rotation: None,
-        }
-    }
-
-    /// Keys from a JWKS file or URL, read again when a token names a key it does not hold
-    /// (the issuer rotated its keys), at most once a minute.
-    pub fn rotating(
-        verifier: Verifier,
-        source: String,
-        settings: trialbridge_auth::VerifierSettings,
-    ) -> Self {
-        Self {
-            verifier: std::sync::RwLock::new(Arc::new(verifier)),
-            rotation: Some(Rotation {
-                source,
-                settings,
-                last: Default::default(),
-            }),
-        }
-    }
-
-    fn current(&self) -> Arc<Verifier> {
-        self.verifier
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Verifies a bearer token.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, trialbridge_auth::AuthError> {
-        let result = self.current().verify(token);
-        let (Err(trialbridge_auth::AuthError::UnknownKey(_)), Some(r)) = (&result, &self.rotation)
-        else {
-            return result;
-        };
-        {
-            let mut last = r.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < REREAD_EVERY) {
-                return result;
-            }
-            *last = Some(std::time::Instant::now());
-        }
-        match crate::config::fetch_jwks(&r.source)
-            .await
-            .and_then(|j| Verifier::from_jwks(&j, r.settings.clone()))
-        {
-            Ok(v) => {
-                tracing::info!(source = %r.source, "the JWKS was read again (a token named a new key)");
-                *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
-                self.current().verify(token)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the JWKS again failed");
-                result
-            }
-        }
-    }
 }
 
 /// Who made a request, and what it carries for the audit trail.
@@ -348,72 +266,4 @@ pub async fn authenticate(State(s): State<StoreState>, mut req: Request, next: N
         crate::audit::request(&s, &caller, &path, response.status()).await;
     }
     response
-}
-
-/// Shared handle to the verifier.
-pub type SharedAuth = Arc<AuthConfig>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use trialbridge_auth::{DevIssuer, TokenRequest, VerifierSettings};
-
-    #[tokio::test]
-    async fn a_token_of_a_rotated_key_makes_the_store_read_the_jwks_again() {
-        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let old = DevIssuer::load_or_create(da.path(), "urn:idp", "trialbridge").unwrap();
-        let new = DevIssuer::load_or_create(db.path(), "urn:idp", "trialbridge").unwrap();
-        let served = Arc::new(std::sync::Mutex::new(old.jwks()));
-        let s2 = served.clone();
-        let app = axum::Router::new().route(
-            "/jwks",
-            axum::routing::get(move || {
-                let s = s2.clone();
-                async move { s.lock().unwrap().clone() }
-            }),
-        );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/jwks", l.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(l, app).await });
-        let settings = VerifierSettings {
-            issuer: "urn:idp".into(),
-            audience: "trialbridge".into(),
-            leeway_seconds: 30,
-        };
-        let auth = AuthConfig::rotating(
-            Verifier::from_jwks(&old.jwks(), settings.clone()).unwrap(),
-            url,
-            settings,
-        );
-        let token = new.mint(&TokenRequest {
-            subject: "svc".into(),
-            role: Role::Warehouse,
-            sites: vec![],
-            scope: "system/*.rs".into(),
-            lifetime_seconds: 60,
-        });
-        // The issuer publishes the new key next to the old one.
-        let mut both: Value = serde_json::from_str(&old.jwks()).unwrap();
-        let extra: Value = serde_json::from_str(&new.jwks()).unwrap();
-        both["keys"]
-            .as_array_mut()
-            .unwrap()
-            .push(extra["keys"][0].clone());
-        *served.lock().unwrap() = both.to_string();
-        assert_eq!(auth.verify(&token).await.unwrap().subject, "svc");
-        // A key nobody publishes stays unknown.
-        let dc = tempfile::tempdir().unwrap();
-        let stranger = DevIssuer::load_or_create(dc.path(), "urn:idp", "trialbridge").unwrap();
-        let t = stranger.mint(&TokenRequest {
-            subject: "x".into(),
-            role: Role::Warehouse,
-            sites: vec![],
-            scope: "system/*.rs".into(),
-            lifetime_seconds: 60,
-        });
-        assert!(matches!(
-            auth.verify(&t).await,
-            Err(trialbridge_auth::AuthError::UnknownKey(_))
-        ));
-    }
 }

@@ -26,7 +26,11 @@ pub trait Changes {
 
 impl Changes for Written {
     fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
-        self.version.iter().map(|v| (v, None)).collect()
+        self.version
+            .iter()
+            .filter(|_| self.changed)
+            .map(|v| (v, None))
+            .collect()
     }
 }
 

@@ -587,6 +587,7 @@ async fn execute(
                 None => interactions::Written {
                     status: StatusCode::NO_CONTENT,
                     version: None,
+                    changed: false,
                 },
             }
         }
@@ -632,7 +633,7 @@ async fn execute(
     };
     Ok(EntryResult {
         status: written.status,
-        changed: true,
+        changed: written.changed,
         reason: None,
         version: written.version,
         bundle: None,

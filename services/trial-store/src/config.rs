@@ -71,38 +71,15 @@ pub struct ServeArgs {
         global = true
     )]
     pub profile: String,
-    /// JWKS of the token issuer: a file path or an http(s) URL (fetched at start-up).
-    #[arg(long, env = "TRIALBRIDGE_AUTH_JWKS", global = true)]
-    pub auth_jwks: Option<String>,
-    /// The `iss` tokens must carry.
-    #[arg(
-        long,
-        env = "TRIALBRIDGE_AUTH_ISSUER",
-        default_value = LOCAL_ISSUER,
-        global = true
-    )]
-    pub auth_issuer: String,
-    /// The `aud` tokens must carry.
-    #[arg(
-        long,
-        env = "TRIALBRIDGE_AUTH_AUDIENCE",
-        default_value = "trialbridge",
-        global = true
-    )]
-    pub auth_audience: String,
+    /// How bearer tokens are checked (JWKS, issuer, audience).
+    #[command(flatten)]
+    pub auth: trialbridge_auth::AuthArgs,
 }
 
 /// The issuer of the local profile's development tokens.
-pub const LOCAL_ISSUER: &str = "urn:trialbridge:local";
+pub use trialbridge_auth::LOCAL_ISSUER;
 
-/// Where the token keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthSource {
-    /// The local profile's development key in this directory (created on first start).
-    LocalKey(std::path::PathBuf),
-    /// A JWKS file or URL.
-    Jwks(String),
-}
+pub use trialbridge_auth::AuthSource;
 
 /// The data directory of a configuration: `--data-dir`, else beside the SQLite database (or
 /// `data` with PostgreSQL). Exports and the local development key live there.
@@ -113,47 +90,9 @@ pub fn data_dir(a: &ServeArgs) -> std::path::PathBuf {
         .unwrap_or_else(|| trialbridge_storage::default_data_dir(&a.database_url))
 }
 
-/// Reads a JWKS from an http(s) URL or a file.
-pub async fn fetch_jwks(src: &str) -> Result<String, String> {
-    if src.starts_with("http://") || src.starts_with("https://") {
-        let r = reqwest::get(src)
-            .await
-            .map_err(|e| format!("fetching the JWKS {src}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("fetching the JWKS {src}: HTTP {}", r.status()));
-        }
-        r.text()
-            .await
-            .map_err(|e| format!("fetching the JWKS {src}: {e}"))
-    } else {
-        std::fs::read_to_string(src).map_err(|e| format!("reading the JWKS {src}: {e}"))
-    }
-}
-
-/// How tokens are checked for a configuration: the JWKS read from its file or URL (read again
-/// when a token names a key it lacks: key rotation), or the local key's.
-pub async fn auth(c: &ServeConfig) -> Result<crate::AuthConfig, String> {
-    let settings = trialbridge_auth::VerifierSettings {
-        issuer: c.auth_issuer.clone(),
-        audience: c.auth_audience.clone(),
-        leeway_seconds: 30,
-    };
-    match &c.auth {
-        AuthSource::LocalKey(dir) => {
-            let jwks =
-                trialbridge_auth::DevIssuer::load_or_create(dir, &c.auth_issuer, &c.auth_audience)
-                    .map_err(|e| format!("the development signing key in {}: {e}", dir.display()))?
-                    .jwks();
-            Ok(crate::AuthConfig::fixed(
-                trialbridge_auth::Verifier::from_jwks(&jwks, settings)?,
-            ))
-        }
-        AuthSource::Jwks(src) => {
-            let jwks = fetch_jwks(src).await?;
-            let verifier = trialbridge_auth::Verifier::from_jwks(&jwks, settings.clone())?;
-            Ok(crate::AuthConfig::rotating(verifier, src.clone(), settings))
-        }
-    }
+/// How tokens are checked for a configuration (see [`trialbridge_auth::Authenticator::open`]).
+pub async fn auth(c: &ServeConfig) -> Result<trialbridge_auth::Authenticator, String> {
+    trialbridge_auth::Authenticator::open(&c.auth, c.verifier_settings()).await
 }
 
 /// Extensions accepted by default besides the R4 core: the study's own canonical base, the
@@ -203,6 +142,15 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// What a token must say to be accepted here (issuer, audience, 30 s clock skew).
+    pub fn verifier_settings(&self) -> trialbridge_auth::VerifierSettings {
+        trialbridge_auth::VerifierSettings {
+            issuer: self.auth_issuer.clone(),
+            audience: self.auth_audience.clone(),
+            leeway_seconds: 30,
+        }
+    }
+
     /// Checks every value; returns all problems, one sentence each.
     pub fn from_args(a: ServeArgs) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
@@ -253,7 +201,7 @@ impl ServeConfig {
                 None
             }
         };
-        let auth = match (a.profile.as_str(), &a.auth_jwks) {
+        let auth = match (a.profile.as_str(), &a.auth.auth_jwks) {
             (_, Some(j)) => Some(AuthSource::Jwks(j.clone())),
             ("local", None) => Some(AuthSource::LocalKey(data_dir(&a))),
             ("production", None) => {
@@ -292,8 +240,8 @@ impl ServeConfig {
                 validation: validation_options(&a.extension_domains),
                 load_study,
                 auth,
-                auth_issuer: a.auth_issuer,
-                auth_audience: a.auth_audience,
+                auth_issuer: a.auth.auth_issuer,
+                auth_audience: a.auth.auth_audience,
             }),
             _ => Err(problems),
         }
@@ -315,9 +263,7 @@ mod tests {
             load_study: "true".into(),
             extension_domains: DEFAULT_EXTENSION_DOMAINS.into(),
             profile: "local".into(),
-            auth_jwks: None,
-            auth_issuer: LOCAL_ISSUER.into(),
-            auth_audience: "trialbridge".into(),
+            auth: trialbridge_auth::AuthArgs::local(),
         }
     }
 
@@ -358,9 +304,7 @@ mod tests {
             load_study: "maybe".into(),
             extension_domains: String::new(),
             profile: "local".into(),
-            auth_jwks: None,
-            auth_issuer: LOCAL_ISSUER.into(),
-            auth_audience: "trialbridge".into(),
+            auth: trialbridge_auth::AuthArgs::local(),
         };
         let problems = ServeConfig::from_args(a).unwrap_err();
         assert_eq!(problems.len(), 5, "{problems:#?}");

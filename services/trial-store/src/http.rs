@@ -610,6 +610,7 @@ async fn conditional_delete(
                 None => Ok(Written {
                     status: StatusCode::NO_CONTENT,
                     version: None,
+                    changed: false,
                 }),
             }
         })

@@ -44,6 +44,9 @@ pub struct Written {
     pub status: StatusCode,
     /// The version written or found (none for a delete of nothing).
     pub version: Option<StoredVersion>,
+    /// Whether a version was appended (false for a match of `If-None-Exist`, an update that
+    /// equals the current version, a delete of nothing).
+    pub changed: bool,
 }
 
 /// Resolves a type name from a URL.
@@ -325,6 +328,7 @@ pub async fn create(
             return Ok(Written {
                 status: StatusCode::OK,
                 version,
+                changed: false,
             });
         }
     }
@@ -332,6 +336,7 @@ pub async fn create(
     Ok(Written {
         status: StatusCode::CREATED,
         version: Some(v),
+        changed: true,
     })
 }
 
@@ -381,6 +386,21 @@ pub async fn update(
         }
     }
     if live.is_some() {
+        // A resend (a gateway after a crash, a client retrying) changes nothing: the current
+        // version is the answer, and no version appears that nobody made.
+        if let Some(current) = txn.current(res.resource_type, id).await? {
+            if current
+                .body
+                .as_deref()
+                .is_some_and(|body| same_content(body, &res.value))
+            {
+                return Ok(Written {
+                    status: StatusCode::OK,
+                    version: Some(current),
+                    changed: false,
+                });
+            }
+        }
         require_reason(caller, res.resource_type, id)?;
     }
     let status = if live.is_some() {
@@ -392,7 +412,34 @@ pub async fn update(
     Ok(Written {
         status,
         version: Some(v),
+        changed: true,
     })
+}
+
+/// Whether a stored body and a new resource say the same, apart from the server's
+/// `meta.versionId` and `meta.lastUpdated` (a changed profile, tag or security label is a
+/// change). Numbers compare by their spelling, as they are stored.
+pub fn same_content(stored: &str, new: &Value) -> bool {
+    let Ok(mut stored) = serde_json::from_str::<Value>(stored) else {
+        return false;
+    };
+    let mut new = new.clone();
+    for v in [&mut stored, &mut new] {
+        if let Some(m) = v.as_object_mut() {
+            let emptied = m
+                .get_mut("meta")
+                .and_then(Value::as_object_mut)
+                .map(|meta| {
+                    meta.remove("versionId");
+                    meta.remove("lastUpdated");
+                    meta.is_empty()
+                });
+            if emptied == Some(true) {
+                m.remove("meta");
+            }
+        }
+    }
+    stored == new
 }
 
 /// delete: a tombstone version; deleting what is absent or already deleted changes nothing.
@@ -415,6 +462,7 @@ pub async fn delete(
         return Ok(Written {
             status: StatusCode::NO_CONTENT,
             version: None,
+            changed: false,
         });
     };
     require_reason(caller, resource_type, id)?;
@@ -433,6 +481,7 @@ pub async fn delete(
     Ok(Written {
         status: StatusCode::NO_CONTENT,
         version: Some(v),
+        changed: true,
     })
 }
 
@@ -476,18 +525,12 @@ pub async fn load_resource(
     let raw = RawResource::from_value(&value);
     let res = incoming(rt, raw, value, validation)?;
     if let Some(current) = txn.current(rt, &id).await?.filter(|c| !c.deleted) {
-        if let Some(body) = &current.body {
-            if let Ok(mut stored) = serde_json::from_str::<Value>(body) {
-                let mut new = res.value.clone();
-                for v in [&mut stored, &mut new] {
-                    if let Value::Object(m) = v {
-                        m.remove("meta");
-                    }
-                }
-                if stored == new {
-                    return Ok(LoadResult::Unchanged);
-                }
-            }
+        if current
+            .body
+            .as_deref()
+            .is_some_and(|body| same_content(body, &res.value))
+        {
+            return Ok(LoadResult::Unchanged);
         }
         store(txn, caller, &res, &id).await?;
         return Ok(LoadResult::Updated);

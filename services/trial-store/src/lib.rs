@@ -35,11 +35,12 @@ mod validate;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use access::{AuthConfig, Caller};
+pub use access::Caller;
 pub use config::{AuthSource, ServeArgs, ServeConfig};
 pub use error::ApiError;
 pub use interactions::{load_resource, LoadResult};
 pub use loading::{load_values, LoadCounts};
+pub use trialbridge_auth::Authenticator;
 use trialbridge_storage::ResourceStore;
 
 /// Settings of the FHIR API.
@@ -83,7 +84,7 @@ pub struct StoreState {
     /// Running `$export` jobs.
     pub exports: Arc<export::Exports>,
     /// How tokens are checked.
-    pub auth: Arc<AuthConfig>,
+    pub auth: Arc<Authenticator>,
 }
 
 /// The router of the FHIR API (`/fhir/...`) and the health endpoints (`/livez`, `/readyz`).

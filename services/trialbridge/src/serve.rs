@@ -2,7 +2,6 @@
 //! README's two commands). The gateway forwards to this process's store over its HTTP API,
 //! exactly as a hospital deployment forwards over the network.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use site_gateway::{Gateway, GatewayArgs, GatewayConfig};
@@ -11,8 +10,7 @@ use trial_store::{ServeArgs, ServeConfig};
 /// Starts both services; stops both on Ctrl-C or SIGTERM.
 pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
     let store_config = ServeConfig::from_args(store_args);
-    let gateway_check =
-        GatewayConfig::from_args(&gateway_args, "http://127.0.0.1/fhir", PathBuf::new());
+    let gateway_check = GatewayConfig::check_args(&gateway_args);
     let mut problems = Vec::new();
     if let Err(p) = &store_config {
         problems.extend(p.iter().cloned());
@@ -45,6 +43,8 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
         &base,
         // The gateway's database in the store's data directory (`data/site-gateway.db`).
         store_config.data_dir.join("site-gateway.db"),
+        // The gateway's API takes the tokens the store takes.
+        bound.state.auth.clone(),
     ) {
         Ok(c) => c,
         Err(p) => return report(p),
@@ -157,10 +157,25 @@ fn report(problems: Vec<String>) -> ExitCode {
 /// Stops on Ctrl-C or SIGTERM after the current outbox batch.
 pub async fn gateway_only(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
     let data_dir = trial_store::config::data_dir(&store_args);
+    // The API's tokens: the issuer's JWKS, or in the local profile the development key of the
+    // data directory (what `trialbridge token` signs with).
+    let source = match &store_args.auth.auth_jwks {
+        Some(j) => trialbridge_auth::AuthSource::Jwks(j.clone()),
+        None if store_args.profile == "local" => {
+            trialbridge_auth::AuthSource::LocalKey(data_dir.clone())
+        }
+        None => return report(vec!["TRIALBRIDGE_AUTH_JWKS / --auth-jwks: the production profile needs the token issuer's JWKS (file or URL) for the gateway's API".into()]),
+    };
+    let tokens =
+        match trialbridge_auth::Authenticator::open(&source, store_args.auth.settings()).await {
+            Ok(t) => std::sync::Arc::new(t),
+            Err(e) => return report(vec![e]),
+        };
     let config = match GatewayConfig::from_args(
         &gateway_args,
         "http://127.0.0.1:8080/fhir",
         data_dir.join("site-gateway.db"),
+        tokens,
     ) {
         Ok(c) => c,
         Err(p) => return report(p),

@@ -25,7 +25,7 @@ pub struct TokenArgs {
 
 /// Prints the token.
 pub fn run(a: TokenArgs, serve: &trial_store::ServeArgs) -> anyhow::Result<()> {
-    if serve.profile != "local" || serve.auth_jwks.is_some() {
+    if serve.profile != "local" || serve.auth.auth_jwks.is_some() {
         anyhow::bail!("tokens of a production deployment come from its identity provider; `trialbridge token` signs with the local profile's development key only");
     }
     let role = trialbridge_auth::parse_role(&a.role).ok_or_else(|| {
@@ -53,8 +53,8 @@ pub fn run(a: TokenArgs, serve: &trial_store::ServeArgs) -> anyhow::Result<()> {
     let dir = trial_store::config::data_dir(serve);
     let issuer = trialbridge_auth::DevIssuer::load_or_create(
         &dir,
-        &serve.auth_issuer,
-        &serve.auth_audience,
+        &serve.auth.auth_issuer,
+        &serve.auth.auth_audience,
     )?;
     let token = issuer.mint(&trialbridge_auth::TokenRequest {
         subject: a.subject.unwrap_or_else(|| format!("local-{}", a.role)),
