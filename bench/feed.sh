@@ -7,7 +7,7 @@
 #   cargo build --release && N=100000 bash bench/feed.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tb=target/release/trialbridge
+tb=${TB:-target/release/trialbridge}
 N=${N:-100000}
 work=$(mktemp -d)
 pgdir=$(mktemp -d)

@@ -6,16 +6,20 @@
 # outbox row; the forwarder runs meanwhile). One JSON line per figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# TB: the trialbridge binary to measure (default: this tree's release build). MLLP_ONLY=1 skips
+# the parser comparison (to measure an earlier build's gateway the same way).
 N=${N:-20000}
 MSG=crates/hl7v2/tests/fixtures/fhir-converter/messages/ORU-R01-01.hl7
-cargo build --release --locked -q -p trialbridge
-(cd bench/hl7-peers && npm ci --no-audit --no-fund --silent)
-venv=target/bench-venv
-[ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import hl7' 2>/dev/null || { python3 -m venv "$venv"; "$venv/bin/pip" install --quiet --disable-pip-version-check hl7==0.4.5; }
-tb=target/release/trialbridge
-$tb hl7 parse --repeat "$N" "$MSG"
-node bench/hl7-peers/parse.mjs $((N / 10)) "$MSG"
-"$venv/bin/python" bench/hl7-peers/parse.py $((N / 20)) "$MSG"
+tb=${TB:-target/release/trialbridge}
+[ -n "${TB:-}" ] || cargo build --release --locked -q -p trialbridge
+if [ -z "${MLLP_ONLY:-}" ]; then
+    (cd bench/hl7-peers && npm ci --no-audit --no-fund --silent)
+    venv=target/bench-venv
+    [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import hl7' 2>/dev/null || { python3 -m venv "$venv"; "$venv/bin/pip" install --quiet --disable-pip-version-check hl7==0.4.5; }
+    $tb hl7 parse --repeat "$N" "$MSG"
+    node bench/hl7-peers/parse.mjs $((N / 10)) "$MSG"
+    "$venv/bin/python" bench/hl7-peers/parse.py $((N / 20)) "$MSG"
+fi
 
 . bench/lib.sh
 work=$(mktemp -d)
@@ -29,7 +33,7 @@ printf 'MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|X|
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "not enrolled, 16 connections"
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "not enrolled, 1 connection"
 # The gateway's API takes a site token of its site (the local profile's key beside the database).
-site_token=$($tb token --role site --site mesemcart-site-01 --database-url "sqlite://$work/store.db")
+site_token=$(TRIALBRIDGE_DATA_DIR=$work $tb token --role site --site mesemcart-site-01 --database-url "sqlite://$work/store.db")
 curl -sf -X POST http://127.0.0.1:18481/enrolments -H "Authorization: Bearer $site_token" -H 'content-type: application/json' \
     -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "enrolled, 16 connections"

@@ -161,7 +161,8 @@ pub async fn exchange(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
     read_frame(s, Duration::from_secs(3)).await
 }
 
-/// Reads one MLLP frame (None on a close or nothing within `wait`).
+/// Reads one MLLP frame (None on a close or nothing within `wait`), for exchanges that get
+/// one answer at a time ([`FrameReader`] for several).
 pub async fn read_frame(s: &mut TcpStream, wait: Duration) -> Option<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -177,6 +178,47 @@ pub async fn read_frame(s: &mut TcpStream, wait: Duration) -> Option<String> {
         if got.ends_with(&[0x1c, 0x0d]) {
             let start = got.iter().position(|&b| b == 0x0b).map_or(0, |i| i + 1);
             return Some(String::from_utf8_lossy(&got[start..got.len() - 2]).into_owned());
+        }
+    }
+}
+
+/// Reads the frames a connection sends back, one at a time, however they arrive (several
+/// ACKs may come in one read).
+pub struct FrameReader {
+    framer: trialbridge_hl7v2::mllp::Framer,
+    pending: std::collections::VecDeque<String>,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self {
+            framer: trialbridge_hl7v2::mllp::Framer::new(1 << 20),
+            pending: Default::default(),
+        }
+    }
+}
+
+impl FrameReader {
+    /// The next frame (None on a close or nothing within `wait`).
+    pub async fn next(&mut self, s: &mut TcpStream, wait: Duration) -> Option<String> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(wait, s.read(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            for e in self.framer.push(&buf[..n]) {
+                if let trialbridge_hl7v2::mllp::FrameEvent::Frame(f) = e {
+                    self.pending
+                        .push_back(String::from_utf8_lossy(&f).into_owned());
+                }
+            }
         }
     }
 }

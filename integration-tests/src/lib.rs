@@ -71,12 +71,12 @@ impl TestStore {
             },
         )
         .expect("test JWKS");
-        let state = trial_store::StoreState {
+        let state = trial_store::StoreState::new(
             store,
-            config: Arc::new(config),
-            exports: Arc::default(),
-            auth: Arc::new(trialbridge_auth::Authenticator::fixed(verifier)),
-        };
+            config,
+            Arc::new(trialbridge_auth::Authenticator::fixed(verifier)),
+            Arc::new(trial_store::TrialRules),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let feed_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -139,19 +139,28 @@ pub async fn store_database_url(dir: &Path) -> String {
     postgres_database(&server, &name).await
 }
 
+/// A connection to a test PostgreSQL database.
+pub async fn pg(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to the test PostgreSQL server")
+}
+
 /// Creates database `name` on the server of `server_url` unless it exists; returns its URL.
 pub async fn postgres_database(server_url: &str, name: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test PostgreSQL server");
-    tokio::spawn(conn);
-    if let Err(e) = client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+    let mut c = pg(server_url).await;
+    let create = format!("CREATE DATABASE {name}");
+    if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+        .execute(&mut c)
         .await
     {
         // 42P04: it exists already (a restart on the same data).
+        let code = e
+            .as_database_error()
+            .and_then(|d| d.code().map(|c| c.to_string()));
         assert_eq!(
-            e.code().map(|c| c.code()),
+            code.as_deref(),
             Some("42P04"),
             "CREATE DATABASE {name}: {e}"
         );

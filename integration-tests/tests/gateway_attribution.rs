@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use integration_tests::gateway::{msa, read_frame, TestGateway};
+use integration_tests::gateway::{msa, FrameReader, TestGateway};
 use integration_tests::{get_json, next_link, TestStore};
 use proptest::prelude::*;
 use serde_json::json;
@@ -177,6 +177,7 @@ async fn send(
         tasks.push(tokio::spawn(async move {
             let mut codes = BTreeMap::new();
             let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut acks = FrameReader::default();
             for w in ws {
                 let size = w.bytes.len().div_ceil(w.pieces);
                 for piece in w.bytes.chunks(size.max(1)) {
@@ -184,7 +185,8 @@ async fn send(
                     tokio::task::yield_now().await;
                 }
                 for _ in 0..w.acks {
-                    let ack = read_frame(&mut s, Duration::from_secs(20))
+                    let ack = acks
+                        .next(&mut s, Duration::from_secs(20))
                         .await
                         .expect("an ACK");
                     let (code, id) = msa(&ack);

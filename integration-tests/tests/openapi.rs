@@ -90,7 +90,7 @@ fn route_of(path: &str, routes: &BTreeMap<String, BTreeSet<String>>) -> Option<S
 async fn the_description_and_the_routers_agree_in_both_directions() {
     let s = TestStore::start().await;
     let (doc, documented) = documented(&s).await;
-    let mut store = routed("services/trial-store/src/http.rs");
+    let mut store = routed("services/trial-store/src/rest/mod.rs");
     // `/fhir/` is `/fhir` with a trailing slash, for clients that add one.
     store.remove("/fhir/");
     let gateway = routed("services/site-gateway/src/http.rs");

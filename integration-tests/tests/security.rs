@@ -669,14 +669,12 @@ async fn an_edited_audit_row_is_found_by_audit_verify() {
         c.execute_batch(&format!("DROP TRIGGER audit_event_no_update; {edit};"))
             .unwrap();
     } else {
-        let (c, conn) = tokio_postgres::connect(&s.database_url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        assert!(c.batch_execute(edit).await.is_err());
-        c.batch_execute(&format!(
+        let mut c = integration_tests::pg(&s.database_url).await;
+        assert!(sqlx::raw_sql(edit).execute(&mut c).await.is_err());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only; {edit};"
-        ))
+        )))
+        .execute(&mut c)
         .await
         .unwrap();
     }

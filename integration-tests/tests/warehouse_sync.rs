@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use integration_tests::pg;
 use integration_tests::{client, token, Role, TestStore};
 use serde_json::json;
-use tokio_postgres::NoTls;
 
 fn admin_url() -> String {
     std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
@@ -18,41 +18,39 @@ fn admin_url() -> String {
 /// A fresh database on the test server; its URL.
 async fn database(name: &str) -> String {
     let admin = admin_url();
-    let (c, conn) = tokio_postgres::connect(&admin, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c.execute(&format!("DROP DATABASE IF EXISTS {name}"), &[])
-        .await
-        .unwrap();
-    c.execute(&format!("CREATE DATABASE {name}"), &[])
-        .await
-        .unwrap();
+    let mut c = pg(&admin).await;
+    sql(&mut c, &format!("DROP DATABASE IF EXISTS {name}")).await;
+    sql(&mut c, &format!("CREATE DATABASE {name}")).await;
     let base = admin.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
 }
 
+/// Runs one statement.
+async fn sql(c: &mut sqlx::PgConnection, statement: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+        .execute(c)
+        .await
+        .unwrap();
+}
+
 /// Every row of the warehouse tables as text, in a fixed order.
 async fn dump(url: &str) -> (Vec<String>, Vec<String>, i64) {
-    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let rows = |q: &'static str| {
-        let c = &c;
-        async move {
-            c.query(q, &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
-    let versions = rows("SELECT row_to_json(v)::text FROM fhir_version v ORDER BY seq").await;
-    let current =
-        rows("SELECT row_to_json(r)::text FROM fhir_resource r ORDER BY resource_type, id").await;
-    let cursor: i64 = c
-        .query_one("SELECT seq FROM sync_cursor", &[])
+    let mut c = pg(url).await;
+    let versions: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(v)::text FROM fhir_version v ORDER BY seq")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    let current: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(r)::text FROM fhir_resource r ORDER BY resource_type, id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let cursor: i64 = sqlx::query_scalar("SELECT seq FROM sync_cursor")
+        .fetch_one(&mut c)
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
     (versions, current, cursor)
 }
 
@@ -107,12 +105,12 @@ async fn a_sync_killed_and_restarted_equals_one_uninterrupted_run() {
     }
     // The kills interrupted a catch-up under way: some batches were committed, not all.
     let partial = {
-        let (c, conn) = tokio_postgres::connect(&killed, NoTls).await.unwrap();
-        tokio::spawn(conn);
-        c.query_opt("SELECT seq FROM sync_cursor", &[])
+        let mut c = pg(&killed).await;
+        sqlx::query_scalar::<_, i64>("SELECT seq FROM sync_cursor")
+            .fetch_optional(&mut c)
             .await
             .unwrap()
-            .map_or(0, |r| r.get::<_, i64>(0))
+            .unwrap_or(0)
     };
     let status = sync(&s.feed, &killed, &bearer).status().await.unwrap();
     assert!(status.success());
@@ -181,41 +179,37 @@ async fn the_study_views_fill_the_flat_tables() {
         .await
         .unwrap();
     assert!(status.success());
-    let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let r = c
-        .query_one("SELECT status, site_study, patient FROM view_subject", &[])
+    let mut c = pg(&url).await;
+    let r: (String, String, String) =
+        sqlx::query_as("SELECT status, site_study, patient FROM view_subject")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(r.0, "on-study", "the newest version");
+    assert_eq!(r.1, "ResearchStudy/mesemcart-site-01");
+    assert_eq!(r.2, "Patient/mc-01-001");
+    let r: (String, String, String, String) = sqlx::query_as(
+        "SELECT value::text, unit, time, site_study FROM view_observation WHERE id = 'Observation/mc-01-001-bmi'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(r.0, "27.4");
+    assert_eq!(r.1, "kg/m2");
+    assert_eq!(r.2, "2026-03-02");
+    assert_eq!(r.3, "ResearchStudy/mesemcart-site-01");
+    let r: (String, String, String) =
+        sqlx::query_as("SELECT cell_batch, carrier_lot, performed FROM view_procedure")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(r.0, "MC-B-2026-014");
+    assert_eq!(r.1, "COL-77812");
+    assert_eq!(r.2, "2026-03-16");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM view_observation")
+        .fetch_one(&mut c)
         .await
         .unwrap();
-    assert_eq!(r.get::<_, String>(0), "on-study", "the newest version");
-    assert_eq!(r.get::<_, String>(1), "ResearchStudy/mesemcart-site-01");
-    assert_eq!(r.get::<_, String>(2), "Patient/mc-01-001");
-    let r = c
-        .query_one(
-            "SELECT value::text, unit, time, site_study FROM view_observation WHERE id = 'Observation/mc-01-001-bmi'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.get::<_, String>(0), "27.4");
-    assert_eq!(r.get::<_, String>(1), "kg/m2");
-    assert_eq!(r.get::<_, String>(2), "2026-03-02");
-    assert_eq!(r.get::<_, String>(3), "ResearchStudy/mesemcart-site-01");
-    let r = c
-        .query_one(
-            "SELECT cell_batch, carrier_lot, performed FROM view_procedure",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.get::<_, String>(0), "MC-B-2026-014");
-    assert_eq!(r.get::<_, String>(1), "COL-77812");
-    assert_eq!(r.get::<_, String>(2), "2026-03-16");
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM view_observation", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(n, 3, "BMI, ICRS grade, KOOS pain");
 }
 

@@ -89,6 +89,14 @@ impl Principal {
     }
 }
 
+/// The token of an `Authorization` header value (`Bearer <token>`, scheme case-insensitive
+/// as RFC 6750 allows), if it is one.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let v = authorization?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Parses a role claim.
 pub fn parse_role(s: &str) -> Option<Role> {
     Some(match s {
@@ -120,5 +128,18 @@ pub fn default_scopes(r: Role) -> &'static str {
         Role::Warehouse => "system/*.rs",
         Role::Admin => "user/*.cruds",
         Role::System => "system/*.cruds",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bearer_tokens_from_the_authorization_header() {
+        assert_eq!(super::bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(super::bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(super::bearer(Some("BEARER abc")), Some("abc"));
+        assert_eq!(super::bearer(Some("Basic abc")), None);
+        assert_eq!(super::bearer(Some("Bearerabc")), None);
+        assert_eq!(super::bearer(None), None);
     }
 }

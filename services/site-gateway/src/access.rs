@@ -148,15 +148,11 @@ pub async fn check(State(guard): State<Guard>, mut req: Request, next: Next) -> 
             );
         }
     }
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+    let token = trialbridge_auth::bearer(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    );
     let Some(token) = token else {
         return refuse(
             StatusCode::UNAUTHORIZED,

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::identity::Enrolment;
 use crate::identity::KeyRow;
-use crate::pseudonym::Enrolment;
 
 /// A failure of the gateway database.
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +367,19 @@ fn upgrade(conn: &Connection) -> Result<(), rusqlite::Error> {
          DROP TABLE message_before_fingerprints;
          COMMIT;",
     )
+}
+
+/// A key-list row of `SELECT authority, mrn, subject_id, patient_id, site_study`.
+fn key_row(r: &rusqlite::Row<'_>) -> Result<KeyRow, rusqlite::Error> {
+    Ok(KeyRow {
+        authority: r.get(0)?,
+        mrn: r.get(1)?,
+        subject: Enrolment {
+            subject_id: r.get(2)?,
+            patient_id: r.get(3)?,
+            site_study: r.get(4)?,
+        },
+    })
 }
 
 fn audit_row(
@@ -748,17 +761,7 @@ impl Db {
             )?;
             let mut out = Vec::new();
             for mrn in mrns {
-                let rows = q.query_map(params![mrn], |r| {
-                    Ok(KeyRow {
-                        authority: r.get(0)?,
-                        mrn: r.get(1)?,
-                        subject: Enrolment {
-                            subject_id: r.get(2)?,
-                            patient_id: r.get(3)?,
-                            site_study: r.get(4)?,
-                        },
-                    })
-                })?;
+                let rows = q.query_map(params![mrn], key_row)?;
                 for row in rows {
                     let row = row?;
                     if !out.contains(&row) {
@@ -898,17 +901,7 @@ impl Db {
             let mut q = conn.prepare(
                 "SELECT authority, mrn, subject_id, patient_id, site_study FROM enrolment ORDER BY subject_id, authority, mrn",
             )?;
-            let rows = q.query_map([], |r| {
-                Ok(KeyRow {
-                    authority: r.get(0)?,
-                    mrn: r.get(1)?,
-                    subject: Enrolment {
-                        subject_id: r.get(2)?,
-                        patient_id: r.get(3)?,
-                        site_study: r.get(4)?,
-                    },
-                })
-            })?;
+            let rows = q.query_map([], key_row)?;
             rows.collect()
         })
         .await

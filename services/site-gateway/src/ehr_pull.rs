@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::db::{Effects, NewMessage, Recorded, State};
+use crate::identity::Enrolment;
 use crate::mapping::{Event, PatientGroup};
-use crate::pseudonym::{self, Enrolment, Origin, Outgoing};
+use crate::pseudonym::{self, Origin, Outgoing};
 use crate::Gateway;
 
 /// How to reach the EHR.

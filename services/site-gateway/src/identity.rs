@@ -16,7 +16,16 @@
 //! An identity problem sends the message to the dead-letter queue with the reason; a person
 //! decides. It is never a guess.
 
-use crate::pseudonym::Enrolment;
+/// The key-list entry of an enrolled subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolment {
+    /// Pseudonymous subject id (`MC-01-001`).
+    pub subject_id: String,
+    /// Id of the pseudonymous Patient in the trial store (`mc-01-001`).
+    pub patient_id: String,
+    /// The site study (`mesemcart-site-01`).
+    pub site_study: String,
+}
 
 /// A patient identifier of a message (HL7 CX): the number and the assigning authority's
 /// names (CX-4.1 namespace id and CX-4.2 universal id, whichever are given).

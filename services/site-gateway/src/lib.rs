@@ -25,7 +25,7 @@ pub use config::{ApiAccess, GatewayArgs, GatewayConfig, StoreToken};
 pub use receive::Received;
 
 use crate::db::{Db, EnrolConflict, SubjectFacts};
-use crate::pseudonym::Enrolment;
+use crate::identity::Enrolment;
 
 /// The gateway: configuration, database and the forwarder's wake-up.
 #[derive(Clone)]

@@ -8,18 +8,8 @@
 use serde_json::{json, Value};
 use trialbridge_validation::Options;
 
+use crate::identity::Enrolment;
 use crate::mapping::{Event, PatientGroup};
-
-/// The key-list entry of an enrolled subject.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Enrolment {
-    /// Pseudonymous subject id (`MC-01-001`).
-    pub subject_id: String,
-    /// Id of the pseudonymous Patient in the trial store (`mc-01-001`).
-    pub patient_id: String,
-    /// The site study (`mesemcart-site-01`).
-    pub site_study: String,
-}
 
 /// Where a message came from (for ids and Provenance).
 #[derive(Debug, Clone)]

@@ -18,9 +18,10 @@ use trialbridge_hl7v2::ack::{self, AckCode, AckError, Acknowledged};
 use trialbridge_hl7v2::{Message, ParseError};
 
 use crate::db::{DbError, Effects, Fact, KeyChange, NewMessage, Recorded, State, SubjectFacts};
+use crate::identity::Enrolment;
 use crate::identity::{self, Identity};
 use crate::mapping::{self, Event, Mapped, PatientGroup};
-use crate::pseudonym::{self, Enrolment, Origin, Outgoing};
+use crate::pseudonym::{self, Origin, Outgoing};
 use crate::{ack_id, now_hl7, now_instant, Gateway};
 
 /// What receiving a message produced: the acknowledgement to send, if any.

@@ -248,6 +248,37 @@ impl ServeConfig {
     }
 }
 
+/// Settings of the FHIR API.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Public base URL of the FHIR API (ends in `/fhir`), used in `Location`, `fullUrl` and links.
+    pub base_url: String,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Page size when `_count` is not given.
+    pub default_count: usize,
+    /// Largest page size honoured.
+    pub max_count: usize,
+    /// How payloads are validated.
+    pub validation: trialbridge_validation::Options,
+    /// Where `$export` jobs keep their state and files.
+    pub export_dir: std::path::PathBuf,
+}
+
+impl StoreConfig {
+    /// Defaults for a base URL.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+            max_body_bytes: 16 * 1024 * 1024,
+            default_count: 20,
+            max_count: 1000,
+            validation: validation_options(DEFAULT_EXTENSION_DOMAINS),
+            export_dir: "data/exports".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,18 +1,111 @@
-//! The one place where failures become HTTP responses: always an OperationOutcome.
+//! What a request can come to, in FHIR's words and without HTTP types: the [`Status`] of an
+//! interaction (the codes FHIR's RESTful API and `Bundle.entry.response.status` use) and the
+//! [`StoreError`] that refuses one with an OperationOutcome. Every room of the store speaks
+//! these; `rest::error` is the one place that turns them into HTTP responses.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
 use trialbridge_storage::StorageError;
 
-/// A failed request.
+/// The outcome of an interaction, as FHIR names it by its HTTP status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 200.
+    Ok,
+    /// 201: a resource was created.
+    Created,
+    /// 202: an asynchronous request was accepted.
+    Accepted,
+    /// 204: done, nothing to show.
+    NoContent,
+    /// 304: the client's copy is current.
+    NotModified,
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 401: no valid token.
+    Unauthorized,
+    /// 403: the caller may not.
+    Forbidden,
+    /// 404: not known (or not visible).
+    NotFound,
+    /// 405: the interaction is not offered there.
+    MethodNotAllowed,
+    /// 406: the client asks for a format the server cannot write.
+    NotAcceptable,
+    /// 410: deleted.
+    Gone,
+    /// 412: a version or conditional precondition failed.
+    PreconditionFailed,
+    /// 413: the body is too large.
+    PayloadTooLarge,
+    /// 415: the body's format is not understood.
+    UnsupportedMediaType,
+    /// 422: the content breaks a rule (validation, profiles, protocol).
+    Unprocessable,
+    /// 500: the server failed.
+    InternalError,
+    /// 503: the server cannot answer now.
+    Unavailable,
+}
+
+impl Status {
+    /// The HTTP status code.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Ok => 200,
+            Self::Created => 201,
+            Self::Accepted => 202,
+            Self::NoContent => 204,
+            Self::NotModified => 304,
+            Self::BadRequest => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::NotAcceptable => 406,
+            Self::Gone => 410,
+            Self::PreconditionFailed => 412,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::Unprocessable => 422,
+            Self::InternalError => 500,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// The status line of a Bundle entry's response (`201 Created`).
+    pub fn line(self) -> String {
+        let reason = match self {
+            Self::Ok => "OK",
+            Self::Created => "Created",
+            Self::Accepted => "Accepted",
+            Self::NoContent => "No Content",
+            Self::NotModified => "Not Modified",
+            Self::BadRequest => "Bad Request",
+            Self::Unauthorized => "Unauthorized",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound => "Not Found",
+            Self::MethodNotAllowed => "Method Not Allowed",
+            Self::NotAcceptable => "Not Acceptable",
+            Self::Gone => "Gone",
+            Self::PreconditionFailed => "Precondition Failed",
+            Self::PayloadTooLarge => "Payload Too Large",
+            Self::UnsupportedMediaType => "Unsupported Media Type",
+            Self::Unprocessable => "Unprocessable Entity",
+            Self::InternalError => "Internal Server Error",
+            Self::Unavailable => "Service Unavailable",
+        };
+        format!("{} {reason}", self.code())
+    }
+}
+
+/// A refused or failed request.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum StoreError {
     /// The request cannot be honoured; the outcome says why and where.
-    #[error("{status}: {outcome:?}")]
+    #[error("{status:?}: {outcome:?}")]
     Rejected {
-        /// HTTP status.
-        status: StatusCode,
+        /// What FHIR calls the refusal.
+        status: Status,
         /// Every issue found.
         outcome: OperationOutcome,
     },
@@ -21,9 +114,9 @@ pub enum ApiError {
     Storage(#[from] StorageError),
 }
 
-impl ApiError {
+impl StoreError {
     /// A rejection with one issue.
-    pub fn new(status: StatusCode, code: IssueType, diagnostics: impl Into<String>) -> Self {
+    pub fn new(status: Status, code: IssueType, diagnostics: impl Into<String>) -> Self {
         Self::Rejected {
             status,
             outcome: OperationOutcome::single(OutcomeIssue::error(code, diagnostics)),
@@ -42,19 +135,19 @@ impl ApiError {
     }
 
     /// A rejection from an issue.
-    pub fn from_issue(status: StatusCode, issue: OutcomeIssue) -> Self {
+    pub fn from_issue(status: Status, issue: OutcomeIssue) -> Self {
         Self::Rejected {
             status,
             outcome: OperationOutcome::single(issue),
         }
     }
 
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    /// The status.
+    pub fn status(&self) -> Status {
         match self {
             Self::Rejected { status, .. } => *status,
-            Self::Storage(StorageError::WriterGone) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Storage(StorageError::WriterGone) => Status::Unavailable,
+            Self::Storage(_) => Status::InternalError,
         }
     }
 
@@ -73,18 +166,7 @@ impl ApiError {
     }
 }
 
-/// An OperationOutcome response.
-pub fn outcome_response(status: StatusCode, outcome: &OperationOutcome) -> Response {
-    let mut r = (status, outcome.to_json().to_string()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/fhir+json; charset=utf-8"),
-    );
-    r
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        outcome_response(self.status(), &self.outcome())
-    }
+/// A 403.
+pub fn forbidden(why: String) -> StoreError {
+    StoreError::new(Status::Forbidden, IssueType::Forbidden, why)
 }

@@ -10,86 +10,27 @@
 //! storage write transaction, shared by the REST handlers and Bundle processing), `bundle`
 //! (transaction and batch), `history`, `search`, `capability`.
 
-pub mod access;
-mod audit;
-mod bundle;
-mod capability;
 pub mod config;
-mod error;
-pub mod export;
-pub mod feed;
-mod history;
-mod http;
-mod include;
-mod interactions;
-pub mod loading;
-pub mod metrics;
-mod monitor;
-mod negotiate;
-pub mod openapi;
-mod protocol;
-mod search;
-pub mod study;
-mod validate;
+pub mod error;
+pub mod fhir;
+pub mod rest;
+pub mod security;
+pub mod trial;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use access::Caller;
-pub use config::{AuthSource, ServeArgs, ServeConfig};
-pub use error::ApiError;
-pub use interactions::{load_resource, LoadResult};
-pub use loading::{load_values, LoadCounts};
+pub use config::{AuthSource, ServeArgs, ServeConfig, StoreConfig};
+pub use error::StoreError;
+pub use fhir::loading::{load_values, LoadCounts};
+pub use fhir::{StoreState, WriteRules};
+pub use security::Caller;
+pub use trial::protocol::TrialRules;
 pub use trialbridge_auth::Authenticator;
-use trialbridge_storage::ResourceStore;
-
-/// Settings of the FHIR API.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Public base URL of the FHIR API (ends in `/fhir`), used in `Location`, `fullUrl` and links.
-    pub base_url: String,
-    /// Largest accepted request body in bytes.
-    pub max_body_bytes: usize,
-    /// Page size when `_count` is not given.
-    pub default_count: usize,
-    /// Largest page size honoured.
-    pub max_count: usize,
-    /// How payloads are validated.
-    pub validation: trialbridge_validation::Options,
-    /// Where `$export` jobs keep their state and files.
-    pub export_dir: std::path::PathBuf,
-}
-
-impl StoreConfig {
-    /// Defaults for a base URL.
-    pub fn new(base_url: impl Into<String>) -> Self {
-        Self {
-            base_url: base_url.into().trim_end_matches('/').to_string(),
-            max_body_bytes: 16 * 1024 * 1024,
-            default_count: 20,
-            max_count: 1000,
-            validation: config::validation_options(config::DEFAULT_EXTENSION_DOMAINS),
-            export_dir: "data/exports".into(),
-        }
-    }
-}
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct StoreState {
-    /// The trial database.
-    pub store: Arc<dyn ResourceStore>,
-    /// API settings.
-    pub config: Arc<StoreConfig>,
-    /// Running `$export` jobs.
-    pub exports: Arc<export::Exports>,
-    /// How tokens are checked.
-    pub auth: Arc<Authenticator>,
-}
 
 /// The router of the FHIR API (`/fhir/...`) and the health endpoints (`/livez`, `/readyz`).
 pub fn router(state: StoreState) -> axum::Router {
-    http::routes(state)
+    rest::routes(state)
 }
 
 /// Failures while starting or serving.
@@ -100,7 +41,7 @@ pub enum RunError {
     Storage(#[from] trialbridge_storage::StorageError),
     /// The study definition could not be loaded.
     #[error("loading the study definition failed: {0:?}")]
-    Study(ApiError),
+    Study(StoreError),
     /// The token keys could not be set up.
     #[error("authentication: {0}")]
     Auth(String),
@@ -132,7 +73,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     let store = trialbridge_storage::open(&config.database_url).await?;
     let study = if config.load_study {
         Some(
-            study::load(&*store, &config.validation)
+            trial::study::load(&*store, Arc::new(TrialRules), &config.validation)
                 .await
                 .map_err(RunError::Study)?,
         )
@@ -167,12 +108,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     Ok(Bound {
         listener,
         feed_listener,
-        state: StoreState {
-            store,
-            config: Arc::new(api),
-            exports: Arc::default(),
-            auth: Arc::new(auth),
-        },
+        state: StoreState::new(store, api, Arc::new(auth), Arc::new(TrialRules)),
         study,
     })
 }
@@ -265,7 +201,7 @@ pub fn spawn_feed(
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(e) = feed::serve(listener, state, stopped).await {
+        if let Err(e) = fhir::feed::serve(listener, state, stopped).await {
             tracing::error!(error = %e, "the change feed stopped");
         }
     });
@@ -304,7 +240,7 @@ pub async fn serve(
         source,
     })?;
     // Export jobs that were running when the server stopped run again.
-    export::resume(&state).await;
+    fhir::export::resume(&state).await;
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),

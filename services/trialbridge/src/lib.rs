@@ -121,7 +121,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
 async fn reindex(database_url: &str) -> anyhow::Result<()> {
     let store = trialbridge_storage::open(database_url).await?;
     let bar = indicatif::ProgressBar::new_spinner();
-    let n = trial_store::loading::reindex(&*store, |n| {
+    let n = trial_store::fhir::loading::reindex(&*store, |n| {
         bar.set_message(format!("{n} resources re-indexed"))
     })
     .await

@@ -39,17 +39,23 @@ async fn load_batch(
     values: Vec<Value>,
     validation: &trialbridge_validation::Options,
 ) -> anyhow::Result<LoadCounts> {
-    load_values(store, "trialbridge load", values, validation)
-        .await
-        .map_err(|e| {
-            let why: Vec<String> = e
-                .outcome()
-                .issues
-                .iter()
-                .map(|i| i.diagnostics.clone())
-                .collect();
-            anyhow::anyhow!("{}", why.join("; "))
-        })
+    load_values(
+        store,
+        std::sync::Arc::new(trial_store::TrialRules),
+        "trialbridge load",
+        values,
+        validation,
+    )
+    .await
+    .map_err(|e| {
+        let why: Vec<String> = e
+            .outcome()
+            .issues
+            .iter()
+            .map(|i| i.diagnostics.clone())
+            .collect();
+        anyhow::anyhow!("{}", why.join("; "))
+    })
 }
 
 /// Resources of one JSON document: a resource, or the resources of a Bundle's entries (for a

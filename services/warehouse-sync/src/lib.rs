@@ -15,7 +15,10 @@ use view::View;
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+// View and column names are checked identifiers (letters, digits, `_`: `view::is_name`), so
+// the SQL made from them is safe to run.
+use sqlx::{AssertSqlSafe, Executor, Postgres, Transaction};
 use trialbridge_feed::change_feed_client::ChangeFeedClient;
 use trialbridge_feed::{ChangeEvent, SubscribeRequest};
 
@@ -59,7 +62,7 @@ pub struct SyncStats {
 pub enum SyncError {
     /// PostgreSQL failed.
     #[error("warehouse database: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(#[from] sqlx::Error),
     /// The feed could not be reached.
     #[error("change feed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -104,36 +107,31 @@ CREATE TABLE IF NOT EXISTS sync_cursor (
 );
 ";
 
-/// Connects to PostgreSQL and applies the schema, the views' tables included.
-pub async fn connect(url: &str, views: &[View]) -> Result<Client, SyncError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "warehouse connection closed");
-        }
-    });
-    client.batch_execute(SCHEMA).await?;
+/// Connects to PostgreSQL and applies the schema, the views' tables included. The pool holds
+/// the one connection the writer uses (and another for the metrics).
+pub async fn connect(url: &str, views: &[View]) -> Result<PgPool, SyncError> {
+    let pool = PgPoolOptions::new().max_connections(2).connect(url).await?;
+    pool.execute(sqlx::raw_sql(SCHEMA)).await?;
     for v in views {
         let cols: Vec<String> = v
             .columns
             .iter()
             .map(|c| format!("\"{}\" {}", c.name, c.sql_type))
             .collect();
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS view_{n} (_key text NOT NULL, {cols});
-                 CREATE INDEX IF NOT EXISTS view_{n}_key ON view_{n} (_key);",
-                n = v.name,
-                cols = cols.join(", ")
-            ))
-            .await?;
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS view_{n} (_key text NOT NULL, {cols});
+             CREATE INDEX IF NOT EXISTS view_{n}_key ON view_{n} (_key);",
+            n = v.name,
+            cols = cols.join(", ")
+        );
+        pool.execute(sqlx::raw_sql(AssertSqlSafe(ddl))).await?;
     }
-    Ok(client)
+    Ok(pool)
 }
 
 /// Replaces the view rows of the resources a batch changed (the newest version of each).
 async fn write_views(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &mut Transaction<'_, Postgres>,
     views: &[View],
     batch: &[ChangeEvent],
 ) -> Result<(), SyncError> {
@@ -146,10 +144,12 @@ async fn write_views(
             continue;
         }
         let keys: Vec<String> = newest.keys().cloned().collect();
-        tx.execute(
-            &format!("DELETE FROM view_{} WHERE _key = ANY($1)", v.name),
-            &[&keys],
-        )
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM view_{} WHERE _key = ANY($1)",
+            v.name
+        )))
+        .bind(&keys)
+        .execute(&mut **tx)
         .await?;
         let mut row_keys: Vec<String> = Vec::new();
         let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); v.columns.len()];
@@ -191,29 +191,26 @@ async fn write_views(
             arrays = arrays.join(", "),
             aliases = aliases.join(", "),
         );
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&row_keys];
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&row_keys);
         for c in &cols {
-            params.push(c);
+            q = q.bind(c);
         }
-        tx.execute(&sql, &params).await?;
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
 
 /// The last sequence written.
-pub async fn cursor(client: &Client) -> Result<i64, SyncError> {
-    Ok(client
-        .query_opt("SELECT seq FROM sync_cursor WHERE feed = $1", &[&FEED])
-        .await?
-        .map_or(0, |r| r.get(0)))
+pub async fn cursor(pool: &PgPool) -> Result<i64, SyncError> {
+    let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM sync_cursor WHERE feed = $1")
+        .bind(FEED)
+        .fetch_optional(pool)
+        .await?;
+    Ok(seq.unwrap_or(0))
 }
 
 /// Writes a batch, its view rows and the cursor in one transaction.
-async fn write(
-    client: &mut Client,
-    views: &[View],
-    batch: &[ChangeEvent],
-) -> Result<(), SyncError> {
+async fn write(pool: &PgPool, views: &[View], batch: &[ChangeEvent]) -> Result<(), SyncError> {
     let Some(last) = batch.last() else {
         return Ok(());
     };
@@ -232,18 +229,30 @@ async fn write(
         .iter()
         .map(|e| (!e.resource_json.is_empty()).then(|| e.resource_json.clone()))
         .collect();
-    let tx = client.transaction().await?;
-    tx.execute(
+    // Both statements read the batch as the same eight arrays.
+    let batch_arrays = |sql: &'static str| {
+        sqlx::query(sql)
+            .bind(&seqs)
+            .bind(&types)
+            .bind(&ids)
+            .bind(&versions)
+            .bind(&ops)
+            .bind(&sites)
+            .bind(&updated)
+            .bind(&bodies)
+    };
+    let mut tx = pool.begin().await?;
+    batch_arrays(
         "INSERT INTO fhir_version (seq, resource_type, id, version, operation, site, last_updated, resource)
          SELECT s, t, i, v, o, si, u, b::jsonb
          FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
               AS x(s, t, i, v, o, si, u, b)
          ON CONFLICT (seq) DO NOTHING",
-        &[&seqs, &types, &ids, &versions, &ops, &sites, &updated, &bodies],
     )
+    .execute(&mut *tx)
     .await?;
     // The newest version of each resource in the batch becomes (or stays) its current row.
-    tx.execute(
+    batch_arrays(
         "INSERT INTO fhir_resource (resource_type, id, version, seq, deleted, site, last_updated, resource)
          SELECT DISTINCT ON (t, i) t, i, v, s, o = 'DELETE', si, u, b::jsonb
          FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
@@ -253,15 +262,17 @@ async fn write(
              version = excluded.version, seq = excluded.seq, deleted = excluded.deleted,
              site = excluded.site, last_updated = excluded.last_updated, resource = excluded.resource
          WHERE fhir_resource.seq < excluded.seq",
-        &[&seqs, &types, &ids, &versions, &ops, &sites, &updated, &bodies],
     )
+    .execute(&mut *tx)
     .await?;
-    write_views(&tx, views, batch).await?;
-    tx.execute(
+    write_views(&mut tx, views, batch).await?;
+    sqlx::query(
         "INSERT INTO sync_cursor (feed, seq) VALUES ($1, $2)
          ON CONFLICT (feed) DO UPDATE SET seq = excluded.seq",
-        &[&FEED, &last.sequence],
     )
+    .bind(FEED)
+    .bind(last.sequence)
+    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())
@@ -275,7 +286,7 @@ pub async fn run(
     mut progress: impl FnMut(&SyncStats),
 ) -> Result<SyncStats, SyncError> {
     let views = view::study_views().map_err(SyncError::View)?;
-    let mut pg = connect(&config.postgres_url, &views).await?;
+    let pg = connect(&config.postgres_url, &views).await?;
     let mut stats = SyncStats {
         cursor: cursor(&pg).await?,
         ..Default::default()
@@ -314,7 +325,7 @@ pub async fn run(
             Some(Err(_)) => (false, true),
         };
         if !batch.is_empty() && (batch.len() >= BATCH || done || idle) {
-            write(&mut pg, &views, &batch).await?;
+            write(&pg, &views, &batch).await?;
             stats.events += batch.len() as u64;
             stats.batches += 1;
             stats.cursor = batch.last().map_or(stats.cursor, |e| e.sequence);

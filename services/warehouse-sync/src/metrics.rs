@@ -33,10 +33,7 @@ impl Metrics {
 }
 
 /// The metrics in the Prometheus text format; the row counts are read from `pg`.
-pub async fn render(
-    m: &Metrics,
-    pg: &tokio_postgres::Client,
-) -> Result<String, tokio_postgres::Error> {
+pub async fn render(m: &Metrics, pg: &sqlx::PgPool) -> Result<String, sqlx::Error> {
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, value: String| {
         out.push_str(&format!(
@@ -63,21 +60,20 @@ pub async fn render(
     );
     metric("warehouse_sync_lag_seconds", "How long the newest written change had been committed in the store when its batch committed.", "gauge", format!("{:.3}", m.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0));
     out.push_str("# HELP warehouse_sync_table_rows Rows of a warehouse table.\n# TYPE warehouse_sync_table_rows gauge\n");
-    let tables = pg
-        .query(
-            "SELECT table_name::text FROM information_schema.tables
-             WHERE table_schema = current_schema() AND (table_name LIKE 'fhir_%' OR table_name LIKE 'view_%')
-             ORDER BY table_name",
-            &[],
-        )
-        .await?;
-    for t in tables {
-        let name: String = t.get(0);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = current_schema() AND (table_name LIKE 'fhir_%' OR table_name LIKE 'view_%')
+         ORDER BY table_name",
+    )
+    .fetch_all(pg)
+    .await?;
+    for name in tables {
         // Names come from the catalogue and are plain identifiers (the sync created them).
-        let n: i64 = pg
-            .query_one(&format!("SELECT count(*) FROM \"{name}\""), &[])
-            .await?
-            .get(0);
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{name}\""
+        )))
+        .fetch_one(pg)
+        .await?;
         out.push_str(&format!(
             "warehouse_sync_table_rows{{table=\"{name}\"}} {n}\n"
         ));
@@ -116,7 +112,7 @@ pub async fn serve(
             axum::routing::get(move || {
                 let pg = ready_pg.clone();
                 async move {
-                    match pg.simple_query("SELECT 1").await {
+                    match sqlx::query("SELECT 1").execute(&*pg).await {
                         Ok(_) => (axum::http::StatusCode::OK, "ready".to_string()),
                         Err(e) => (
                             axum::http::StatusCode::SERVICE_UNAVAILABLE,

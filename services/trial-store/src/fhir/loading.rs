@@ -5,10 +5,13 @@
 use serde_json::Value;
 use trialbridge_storage::{write, AccessContext, ResourceStore};
 
-use crate::access::Caller;
-use crate::audit::{write_audited, Changes};
-use crate::error::ApiError;
-use crate::interactions::{load_resource, LoadResult};
+use std::sync::Arc;
+
+use crate::error::StoreError;
+use crate::fhir::interactions::{load_resource, LoadResult};
+use crate::fhir::WriteRules;
+use crate::security::audit::{write_audited, Changes};
+use crate::security::Caller;
 
 /// What a load did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +43,11 @@ impl Changes for LoadCounts {
 /// names it). The audit event names `agent` (the command that loads).
 pub async fn load_values(
     store: &dyn ResourceStore,
+    rules: Arc<dyn WriteRules>,
     agent: &str,
     values: Vec<Value>,
     validation: &trialbridge_validation::Options,
-) -> Result<LoadCounts, ApiError> {
+) -> Result<LoadCounts, StoreError> {
     let validation = validation.clone();
     let caller = Caller::system(agent);
     let who = caller.clone();
@@ -56,18 +60,18 @@ pub async fn load_values(
                     v.get("resourceType").and_then(Value::as_str).unwrap_or("?"),
                     v.get("id").and_then(Value::as_str).unwrap_or("?")
                 );
-                match load_resource(txn, &who, v, &validation).await {
+                match load_resource(txn, &who, &*rules, v, &validation).await {
                     Ok(LoadResult::Created) => c.created += 1,
                     Ok(LoadResult::Updated) => c.updated += 1,
                     Ok(LoadResult::Unchanged) => c.unchanged += 1,
-                    Err(ApiError::Rejected {
+                    Err(StoreError::Rejected {
                         status,
                         mut outcome,
                     }) => {
                         for i in &mut outcome.issues {
                             i.diagnostics = format!("{what}: {}", i.diagnostics);
                         }
-                        return Err(ApiError::Rejected { status, outcome });
+                        return Err(StoreError::Rejected { status, outcome });
                     }
                     Err(e) => return Err(e),
                 }
@@ -87,7 +91,7 @@ const REINDEX_BATCH: usize = 500;
 pub async fn reindex(
     store: &dyn ResourceStore,
     mut progress: impl FnMut(usize),
-) -> Result<usize, ApiError> {
+) -> Result<usize, StoreError> {
     let ctx = AccessContext::system("trialbridge reindex");
     let mut after = None;
     let mut done = 0;
@@ -115,7 +119,7 @@ pub async fn reindex(
                     let index = trialbridge_fhir::index::extract(rt, &value);
                     txn.replace_index(rt, &v.id, &index).await?;
                 }
-                Ok::<_, ApiError>(())
+                Ok::<_, StoreError>(())
             })
         })
         .await?;
@@ -137,9 +141,15 @@ mod tests {
                 .unwrap();
         let ctx = AccessContext::system("test");
         let patients: Vec<Value> = (0..1200).map(|i| serde_json::json!({"resourceType":"Patient","id":format!("p{i}"),"gender":"female"})).collect();
-        load_values(&*store, "test", patients, &Default::default())
-            .await
-            .unwrap();
+        load_values(
+            &*store,
+            std::sync::Arc::new(crate::fhir::NoRules),
+            "test",
+            patients,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         let query =
             trialbridge_fhir::search::parse("Patient", &[("gender".into(), "female".into())], true)
                 .unwrap();
@@ -151,7 +161,7 @@ mod tests {
                     txn.replace_index("Patient", &format!("p{i}"), &Default::default())
                         .await?;
                 }
-                Ok::<_, ApiError>(())
+                Ok::<_, StoreError>(())
             })
         })
         .await

@@ -4,7 +4,6 @@
 //! `trialbridge_validation::protocol` decide. A visit outside its window is not refused: it is
 //! recorded as a DetectedIssue beside the Observation.
 
-use axum::http::StatusCode;
 use serde_json::{json, Value};
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
 use trialbridge_storage::{AccessContext, WriteTxn};
@@ -13,15 +12,15 @@ use trialbridge_validation::protocol::{
 };
 use trialbridge_validation::trial;
 
-use crate::error::ApiError;
-use crate::interactions::Incoming;
+use crate::error::{Status, StoreError};
+use crate::fhir::{Incoming, WriteRules};
 
 const LOINC: &str = "http://loinc.org";
 const MEASURES: &str = "https://fhir.mesemcart-sponsor.example/CodeSystem/mesemcart-measures";
 
-fn rejected(issues: Vec<OutcomeIssue>) -> ApiError {
-    ApiError::Rejected {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
+fn rejected(issues: Vec<OutcomeIssue>) -> StoreError {
+    StoreError::Rejected {
+        status: Status::Unprocessable,
         outcome: OperationOutcome { issues },
     }
 }
@@ -30,7 +29,7 @@ async fn current_json(
     txn: &mut dyn WriteTxn,
     rt: &str,
     id: &str,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<Value>, StoreError> {
     Ok(txn
         .current(rt, id)
         .await?
@@ -44,13 +43,13 @@ async fn find(
     txn: &mut dyn WriteTxn,
     rt: &str,
     params: &[(&str, String)],
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, StoreError> {
     let pairs: Vec<(String, String)> = params
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let request = trialbridge_fhir::search::parse(rt, &pairs, true)
-        .map_err(|issue| ApiError::from_issue(StatusCode::INTERNAL_SERVER_ERROR, issue))?;
+        .map_err(|issue| StoreError::from_issue(Status::InternalError, issue))?;
     let ids = txn
         .search_ids(&AccessContext::system("protocol rules"), rt, &request, 1000)
         .await?;
@@ -88,7 +87,7 @@ async fn latest_quantity(
     patient: &str,
     system: &str,
     code: &str,
-) -> Result<Option<(f64, String)>, ApiError> {
+) -> Result<Option<(f64, String)>, StoreError> {
     let mut obs = find(
         txn,
         "Observation",
@@ -115,7 +114,7 @@ async fn eligibility_facts(
     txn: &mut dyn WriteTxn,
     subject: &Value,
     patient: &str,
-) -> Result<EligibilityFacts, ApiError> {
+) -> Result<EligibilityFacts, StoreError> {
     let mut facts = EligibilityFacts::default();
     if let Some((age, _)) = latest_quantity(txn, patient, MEASURES, "age-at-consent").await? {
         facts.age_years = Some((age, age));
@@ -202,7 +201,7 @@ async fn eligibility_facts(
 }
 
 /// The surgery (implantation) date of a patient, as `YYYY-MM-DD`.
-async fn surgery_date(txn: &mut dyn WriteTxn, patient: &str) -> Result<Option<String>, ApiError> {
+async fn surgery_date(txn: &mut dyn WriteTxn, patient: &str) -> Result<Option<String>, StoreError> {
     let procs = find(
         txn,
         "Procedure",
@@ -233,6 +232,21 @@ fn day_number(date: &str) -> Option<i64> {
     Some(i64::from(d.to_julian_day()))
 }
 
+/// The MesemCart protocol rules on every write, with their numbers from the built-in study.
+pub struct TrialRules;
+
+#[async_trait::async_trait]
+impl WriteRules for TrialRules {
+    async fn check(
+        &self,
+        txn: &mut dyn WriteTxn,
+        res: &Incoming,
+        id: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        enforce(txn, crate::trial::study::rules(), res, id).await
+    }
+}
+
 /// Applies the protocol rules to a resource about to be stored as `id`. Returns the
 /// deviations to record (as DetectedIssues) once it is stored; a broken rule is a 422.
 pub async fn enforce(
@@ -240,7 +254,7 @@ pub async fn enforce(
     rules: &StudyRules,
     res: &Incoming,
     id: &str,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<Value>, StoreError> {
     let v = &res.value;
     match res.resource_type {
         "ResearchSubject" if !trial::applicable(v).is_empty() => {

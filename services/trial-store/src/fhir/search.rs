@@ -1,110 +1,59 @@
 //! Search: type level, compartment (`Patient/{id}/Observation`) and system level (`_type`),
 //! with keyset paging, `_sort`, `_total`, `_summary`, `_elements`, `_include` and `_revinclude`.
 
-use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
-use http_body_util::BodyExt;
 use serde_json::json;
+use trialbridge_auth::Interaction;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
 use trialbridge_fhir::json::subset;
 use trialbridge_fhir::search::{compartment_criterion, parse, Cursor, SearchRequest};
 use trialbridge_fhir::{resource_type, IssueType, OperationOutcome, OutcomeIssue};
 use trialbridge_storage::StoredVersion;
 
-use trialbridge_auth::Interaction;
+use crate::error::{Status, StoreError};
+use crate::fhir::interactions::{checked_id, found, known_type};
+use crate::fhir::{page_link, StoreState};
+use crate::security::Caller;
 
-use crate::access::Caller;
-use crate::error::ApiError;
-use crate::http::{json_response, page_link, prefer, query_pairs};
-use crate::interactions::{checked_id, known_type};
-use crate::negotiate::negotiate;
-use crate::StoreState;
-
+/// A type-level search (`GET [type]?...`): the searchset Bundle. Under `strict` (Prefer:
+/// handling=strict) an unknown parameter is an error instead of an outcome entry.
 pub async fn type_search(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let Path(t) = path?;
-    if t == "AuditEvent" {
-        return crate::monitor::audit_search(&s, &caller, &query_pairs(q.as_deref())).await;
-    }
-    let rt = known_type(&t)?;
-    run(&s, &caller, &headers, rt, query_pairs(q.as_deref()), None).await
+    s: &StoreState,
+    caller: &Caller,
+    rt: &'static str,
+    pairs: Vec<(String, String)>,
+    strict: bool,
+) -> Result<String, StoreError> {
+    run(s, caller, rt, pairs, strict, None).await
 }
 
-pub async fn type_search_post(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let Path(t) = path?;
-    let rt = known_type(&t)?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IssueType::NotSupported,
-            "_search takes an application/x-www-form-urlencoded body",
-        )
-        .at("Content-Type"));
-    }
-    let bytes = http_body_util::Limited::new(body, s.config.max_body_bytes)
-        .collect()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                IssueType::TooLong,
-                "the search form is too large",
-            )
-            .at("Content-Length")
-        })?
-        .to_bytes();
-    let mut pairs = query_pairs(q.as_deref());
-    pairs.extend(url::form_urlencoded::parse(&bytes).into_owned());
-    run(&s, &caller, &headers, rt, pairs, None).await
-}
-
-/// `GET /fhir/Patient/{id}/Observation`: the Observations in that Patient's compartment.
+/// `[compartment]/{id}/[type]?...` (`Patient/{id}/Observation`): the search within that
+/// Patient's compartment, when the caller may see its owner.
 pub async fn compartment_search(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<(String, String, String)>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let Path((ct, id, t)) = path?;
-    let compartment = known_type(&ct)?;
-    checked_id(compartment, &id)?;
-    let rt = known_type(&t)?;
-    let criterion = compartment_criterion(compartment, &id, rt).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, IssueType::NotSupported, format!("{rt} is not in the {compartment} compartment (only the Patient compartment is supported)")).at(rt.to_string())
+    s: &StoreState,
+    caller: &Caller,
+    (ct, id, t): (&str, &str, &str),
+    pairs: Vec<(String, String)>,
+    strict: bool,
+) -> Result<String, StoreError> {
+    let compartment = known_type(ct)?;
+    checked_id(compartment, id)?;
+    let rt = known_type(t)?;
+    let criterion = compartment_criterion(compartment, id, rt).ok_or_else(|| {
+        StoreError::new(Status::BadRequest, IssueType::NotSupported, format!("{rt} is not in the {compartment} compartment (only the Patient compartment is supported)")).at(rt.to_string())
     })?;
     caller.require(compartment, Interaction::Read)?;
     // A compartment is searched only when its owner is visible to the caller.
-    crate::http::found(
+    found(
         compartment,
-        &id,
-        s.store.read(&caller.ctx, compartment, &id).await?,
+        id,
+        s.store.read(&caller.ctx, compartment, id).await?,
     )?;
     run(
-        &s,
-        &caller,
-        &headers,
+        s,
+        caller,
         rt,
-        query_pairs(q.as_deref()),
+        pairs,
+        strict,
         Some((format!("{compartment}/{id}/{rt}"), criterion)),
     )
     .await
@@ -121,7 +70,7 @@ fn shape(
     pairs: &[(String, String)],
     strict: bool,
     ignored: &mut Vec<String>,
-) -> Result<Shape, ApiError> {
+) -> Result<Shape, StoreError> {
     let mut sh = Shape {
         count_only: false,
         drop_narrative: false,
@@ -134,8 +83,8 @@ fn shape(
             ("_summary", "false") => {}
             ("_summary", other) => {
                 if strict {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
+                    return Err(StoreError::new(
+                        Status::BadRequest,
                         IssueType::NotSupported,
                         format!("_summary={other} is not supported (count, data and false are)"),
                     )
@@ -178,9 +127,9 @@ fn entry<'a>(base: &str, v: &'a StoredVersion, mode: &str, sh: &Shape) -> Bundle
     }
 }
 
-fn bad_cursor() -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
+fn bad_cursor() -> StoreError {
+    StoreError::new(
+        Status::BadRequest,
         IssueType::Value,
         "_cursor is not a cursor from a next link of this search",
     )
@@ -190,16 +139,14 @@ fn bad_cursor() -> ApiError {
 async fn run(
     s: &StoreState,
     caller: &Caller,
-    headers: &HeaderMap,
     rt: &'static str,
     pairs: Vec<(String, String)>,
+    strict: bool,
     compartment: Option<(String, trialbridge_fhir::search::Criterion)>,
-) -> Result<Response, ApiError> {
+) -> Result<String, StoreError> {
     caller.require(rt, Interaction::Search)?;
-    let fmt = negotiate(headers, &pairs)?;
-    let strict = prefer(headers).strict;
     let mut req = parse(rt, &pairs, strict)
-        .map_err(|issue| ApiError::from_issue(StatusCode::BAD_REQUEST, issue))?;
+        .map_err(|issue| StoreError::from_issue(Status::BadRequest, issue))?;
     let sh = shape(&pairs, strict, &mut req.ignored)?;
     let (path, extra) = match compartment {
         Some((p, c)) => (p, Some(c)),
@@ -241,7 +188,7 @@ async fn run(
     };
     let mut included = match &page {
         Some(page) if !req.includes.is_empty() => {
-            crate::include::resolve(&*s.store, ctx, &req.includes, &page.versions).await?
+            crate::fhir::include::resolve(&*s.store, ctx, &req.includes, &page.versions).await?
         }
         _ => Vec::new(),
     };
@@ -261,27 +208,24 @@ async fn run(
     if !req.ignored.is_empty() {
         b.entry(ignored_parameters_entry(&req.ignored));
     }
-    Ok(json_response(StatusCode::OK, b.finish(), fmt))
+    Ok(b.finish())
 }
 
 /// `GET /fhir?_type=Patient,Observation&...`: the same search over several types (all types
 /// without `_type`), type after type, paged with one cursor.
 pub async fn system_search(
-    State(s): State<StoreState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let pairs = query_pairs(q.as_deref());
-    let fmt = negotiate(&headers, &pairs)?;
-    let strict = prefer(&headers).strict;
+    s: &StoreState,
+    caller: &Caller,
+    pairs: Vec<(String, String)>,
+    strict: bool,
+) -> Result<String, StoreError> {
     let types: Vec<&'static str> = match pairs.iter().find(|(k, _)| k == "_type") {
         Some((_, list)) => list
             .split(',')
             .map(|t| {
                 let t = known_type(t.trim()).map_err(|e| e.at("_type"))?;
                 caller.require(t, Interaction::Search)?;
-                Ok::<_, ApiError>(t)
+                Ok::<_, StoreError>(t)
             })
             .collect::<Result<_, _>>()?,
         None => resource_type::all()
@@ -299,10 +243,10 @@ pub async fn system_search(
     let mut ignored = Vec::new();
     for t in &types {
         let r = parse(t, &rest, strict)
-            .map_err(|issue| ApiError::from_issue(StatusCode::BAD_REQUEST, issue))?;
+            .map_err(|issue| StoreError::from_issue(Status::BadRequest, issue))?;
         if !r.sort.is_empty() || !r.includes.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(StoreError::new(
+                Status::BadRequest,
                 IssueType::NotSupported,
                 "_sort and _include are supported per type, not in a system-level search",
             )
@@ -389,7 +333,7 @@ pub async fn system_search(
     if !ignored.is_empty() {
         b.entry(ignored_parameters_entry(&ignored));
     }
-    Ok(json_response(StatusCode::OK, b.finish(), fmt))
+    Ok(b.finish())
 }
 
 /// The `search.mode = outcome` entry that tells a lenient client which parameters were ignored.

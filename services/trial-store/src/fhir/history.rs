@@ -1,88 +1,38 @@
 //! history: instance, type and system level, paged by change sequence.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use serde_json::json;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
 use trialbridge_fhir::{instant, IssueType};
 use trialbridge_storage::{HistoryOrder, HistoryQuery, HistoryScope, StoredVersion};
 
-use trialbridge_auth::Interaction;
+use crate::error::{Status, StoreError};
+use crate::fhir::{page_link, StoreState};
+use crate::security::Caller;
 
-use crate::access::Caller;
-use crate::error::ApiError;
-use crate::http::{json_response, page_link, prefer, query_pairs};
-use crate::interactions::{checked_id, known_type};
-use crate::negotiate::negotiate;
-use crate::StoreState;
-
-pub async fn system(
-    State(s): State<StoreState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    caller.require_every_type(Interaction::Search)?;
-    respond(
-        &s,
-        &caller,
-        &headers,
-        q.as_deref(),
-        HistoryScope::System,
-        "_history".to_string(),
-    )
-    .await
-}
-
-pub async fn of_type(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let Path(t) = path?;
-    let rt = known_type(&t)?;
-    caller.require(rt, Interaction::Search)?;
-    respond(
-        &s,
-        &caller,
-        &headers,
-        q.as_deref(),
-        HistoryScope::Type(rt.to_string()),
-        format!("{rt}/_history"),
-    )
-    .await
-}
-
-pub async fn instance(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let Path((t, id)) = path?;
-    let rt = known_type(&t)?;
-    caller.require(rt, Interaction::Read)?;
-    checked_id(rt, &id)?;
-    if s.store.read(&caller.ctx, rt, &id).await?.is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+/// The history of one resource: 404 when the caller cannot see it.
+pub async fn instance_history(
+    s: &StoreState,
+    caller: &Caller,
+    rt: &str,
+    id: &str,
+    pairs: &[(String, String)],
+    strict: bool,
+) -> Result<String, StoreError> {
+    if s.store.read(&caller.ctx, rt, id).await?.is_none() {
+        return Err(StoreError::new(
+            Status::NotFound,
             IssueType::NotFound,
             format!("{rt}/{id} is not known"),
         )
         .at(format!("{rt}.id")));
     }
-    respond(
-        &s,
-        &caller,
-        &headers,
-        q.as_deref(),
-        HistoryScope::Instance(rt.to_string(), id.clone()),
+    history(
+        s,
+        caller,
+        HistoryScope::Instance(rt.to_string(), id.to_string()),
         format!("{rt}/{id}/_history"),
+        pairs,
+        strict,
     )
     .await
 }
@@ -93,17 +43,17 @@ fn parse_cursor(v: &str) -> Option<(i64, i64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-async fn respond(
+/// A history Bundle of `scope` (`path` is its URL below the base, for the links): the query
+/// parameters `_since`, `_at`, `_count`, `_sort` and `_cursor`; others are ignored (with an
+/// outcome entry) or, under `strict`, refused. The caller's permission was checked.
+pub async fn history(
     s: &StoreState,
     caller: &Caller,
-    headers: &HeaderMap,
-    q: Option<&str>,
     scope: HistoryScope,
     path: String,
-) -> Result<Response, ApiError> {
-    let pairs = query_pairs(q);
-    let fmt = negotiate(headers, &pairs)?;
-    let strict = prefer(headers).strict;
+    pairs: &[(String, String)],
+    strict: bool,
+) -> Result<String, StoreError> {
     let mut query = HistoryQuery {
         scope,
         since_us: None,
@@ -115,10 +65,10 @@ async fn respond(
     };
     let mut ignored = Vec::new();
     let mut kept = Vec::new();
-    for (k, v) in &pairs {
+    for (k, v) in pairs {
         let bad = |what: &str| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
+            StoreError::new(
+                Status::BadRequest,
                 IssueType::Value,
                 format!("{k}: {what}, got '{v}'"),
             )
@@ -156,8 +106,8 @@ async fn respond(
             "_format" | "_pretty" => {}
             _ => {
                 if strict {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
+                    return Err(StoreError::new(
+                        Status::BadRequest,
                         IssueType::NotSupported,
                         format!("history parameter '{k}' is not supported"),
                     )
@@ -199,9 +149,9 @@ async fn respond(
         b.entry(history_entry(base, v));
     }
     if !ignored.is_empty() {
-        b.entry(crate::search::ignored_parameters_entry(&ignored));
+        b.entry(crate::fhir::search::ignored_parameters_entry(&ignored));
     }
-    Ok(json_response(StatusCode::OK, b.finish(), fmt))
+    Ok(b.finish())
 }
 
 /// One history entry: the version with the request that made it.

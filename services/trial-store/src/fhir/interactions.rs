@@ -2,7 +2,6 @@
 //! handlers and Bundle processing both run these, so a transaction entry behaves exactly like
 //! the same request on its own.
 
-use axum::http::StatusCode;
 use serde_json::{json, Value};
 use trialbridge_fhir::json::{BodyError, RawResource};
 use trialbridge_fhir::search::SearchRequest;
@@ -10,8 +9,10 @@ use trialbridge_fhir::{id::is_valid_id, index, resource_type, IssueType};
 use trialbridge_storage::{NewVersion, StoredVersion, WriteTxn};
 use trialbridge_validation::Options as ValidationOptions;
 
-use crate::access::{forbidden, resource_site, Caller};
-use crate::error::ApiError;
+use crate::error::{forbidden, Status, StoreError};
+use crate::fhir::WriteRules;
+use crate::security::audit::Changes;
+use crate::security::{resource_site, Caller};
 
 /// A resource body checked against its URL and ready to store.
 #[derive(Debug, Clone)]
@@ -40,8 +41,8 @@ impl Incoming {
 /// What a write did.
 #[derive(Debug, Clone)]
 pub struct Written {
-    /// 200, 201 or 204.
-    pub status: StatusCode,
+    /// Ok, Created or NoContent.
+    pub status: Status,
     /// The version written or found (none for a delete of nothing).
     pub version: Option<StoredVersion>,
     /// Whether a version was appended (false for a match of `If-None-Exist`, an update that
@@ -49,11 +50,21 @@ pub struct Written {
     pub changed: bool,
 }
 
+impl Changes for Written {
+    fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
+        self.version
+            .iter()
+            .filter(|_| self.changed)
+            .map(|v| (v, None))
+            .collect()
+    }
+}
+
 /// Resolves a type name from a URL.
-pub fn known_type(name: &str) -> Result<&'static str, ApiError> {
+pub fn known_type(name: &str) -> Result<&'static str, StoreError> {
     resource_type::canonical(name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
+        StoreError::new(
+            Status::NotFound,
             IssueType::NotSupported,
             format!("'{name}' is not a FHIR R4 resource type"),
         )
@@ -62,12 +73,12 @@ pub fn known_type(name: &str) -> Result<&'static str, ApiError> {
 }
 
 /// Checks a logical id from a URL.
-pub fn checked_id(resource_type: &str, id: &str) -> Result<(), ApiError> {
+pub fn checked_id(resource_type: &str, id: &str) -> Result<(), StoreError> {
     if is_valid_id(id) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        Err(StoreError::new(
+            Status::BadRequest,
             IssueType::Value,
             format!("'{id}' is not a valid id (1-64 of A-Z a-z 0-9 - .)"),
         )
@@ -81,15 +92,15 @@ pub fn incoming_from_bytes(
     url_type: &'static str,
     bytes: &[u8],
     validation: &ValidationOptions,
-) -> Result<Incoming, ApiError> {
+) -> Result<Incoming, StoreError> {
     let value =
         trialbridge_validation::json_text::parse(bytes, &validation.limits).map_err(|issue| {
             let status = if issue.code == IssueType::TooLong {
-                StatusCode::PAYLOAD_TOO_LARGE
+                Status::PayloadTooLarge
             } else {
-                StatusCode::BAD_REQUEST
+                Status::BadRequest
             };
-            ApiError::from_issue(status, issue.at(url_type.to_string()))
+            StoreError::from_issue(status, issue.at(url_type.to_string()))
         })?;
     if !value.is_object() {
         return Err(body_error(url_type, BodyError::NotAnObject));
@@ -100,12 +111,12 @@ pub fn incoming_from_bytes(
 
 /// Validates a resource (structure, bindings, invariants, profiles): 422 with every issue
 /// when there is an error.
-pub fn validated(value: &Value, validation: &ValidationOptions) -> Result<(), ApiError> {
+pub fn validated(value: &Value, validation: &ValidationOptions) -> Result<(), StoreError> {
     let report = tracing::info_span!("validate", resource.type = rtype_of(value))
         .in_scope(|| trialbridge_validation::validate_resource(value, validation));
     if report.has_errors() {
-        return Err(ApiError::Rejected {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(StoreError::Rejected {
+            status: Status::Unprocessable,
             outcome: report.to_outcome(),
         });
     }
@@ -118,14 +129,14 @@ pub fn incoming(
     raw: RawResource,
     value: Value,
     validation: &ValidationOptions,
-) -> Result<Incoming, ApiError> {
+) -> Result<Incoming, StoreError> {
     let body_type = value
         .get("resourceType")
         .and_then(Value::as_str)
         .unwrap_or("");
     if body_type != url_type {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(StoreError::new(
+            Status::BadRequest,
             IssueType::Invalid,
             format!("resourceType '{body_type}' does not match the URL's type '{url_type}'"),
         )
@@ -135,8 +146,8 @@ pub fn incoming(
         None => {}
         Some(Value::String(id)) if is_valid_id(id) => {}
         Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(StoreError::new(
+                Status::BadRequest,
                 IssueType::Value,
                 format!("{other} is not a valid id (1-64 of A-Z a-z 0-9 - .)"),
             )
@@ -153,25 +164,26 @@ pub fn incoming(
     })
 }
 
-fn body_error(url_type: &str, e: BodyError) -> ApiError {
+fn body_error(url_type: &str, e: BodyError) -> StoreError {
     let code = match e {
         BodyError::Malformed { .. } => IssueType::Structure,
         _ => IssueType::Invalid,
     };
-    ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string()).at(url_type.to_string())
+    StoreError::new(Status::BadRequest, code, e.to_string()).at(url_type.to_string())
 }
 
-/// Appends `res` after the protocol rules passed, then records any protocol deviation they
-/// found (a DetectedIssue) in the same transaction.
+/// Appends `res` after the domain's rules passed, then records what they found (a protocol
+/// deviation as a DetectedIssue) in the same transaction.
 async fn store(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     res: &Incoming,
     id: &str,
-) -> Result<StoredVersion, ApiError> {
+) -> Result<StoredVersion, StoreError> {
     let site = resource_site(caller, &res.value)?;
     references_within_sites(txn, caller, res).await?;
-    let deviations = crate::protocol::enforce(txn, crate::study::rules(), res, id).await?;
+    let deviations = rules.check(txn, res, id).await?;
     let stored = append_version(txn, res, id, site.as_deref()).await?;
     for d in deviations {
         let raw = RawResource::from_value(&d);
@@ -194,7 +206,7 @@ async fn references_within_sites(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
     res: &Incoming,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     if caller.own_site().is_none() {
         return Ok(());
     }
@@ -225,7 +237,7 @@ async fn live_version(
     caller: &Caller,
     resource_type: &str,
     id: &str,
-) -> Result<Option<(i64, Option<String>)>, ApiError> {
+) -> Result<Option<(i64, Option<String>)>, StoreError> {
     match txn.current_version(resource_type, id).await? {
         Some((_, _, Some(site))) if !caller.ctx.sites.sees(Some(&site)) => Err(forbidden(format!(
             "{resource_type}/{id} belongs to a site this token does not cover"
@@ -237,13 +249,13 @@ async fn live_version(
 
 /// Changing or deleting recorded clinical data needs a reason (GCP): the
 /// `X-Reason-For-Change` header, or a Provenance for the resource in the same transaction.
-fn require_reason(caller: &Caller, resource_type: &str, id: &str) -> Result<(), ApiError> {
+fn require_reason(caller: &Caller, resource_type: &str, id: &str) -> Result<(), StoreError> {
     if caller.reason.is_some() || !trialbridge_auth::REASON_REQUIRED_TYPES.contains(&resource_type)
     {
         return Ok(());
     }
-    Err(ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+    Err(StoreError::new(
+        Status::Unprocessable,
         IssueType::Required,
         format!("changing {resource_type}/{id} needs a reason for change: send the X-Reason-For-Change header, or a Provenance targeting it in the same transaction"),
     )
@@ -256,7 +268,7 @@ async fn append_version(
     res: &Incoming,
     id: &str,
     site: Option<&str>,
-) -> Result<StoredVersion, ApiError> {
+) -> Result<StoredVersion, StoreError> {
     let mut raw = res.raw.clone();
     raw.set("id", &json!(id));
     let meta = raw
@@ -288,10 +300,10 @@ pub async fn match_one(
     resource_type: &str,
     criteria: &SearchRequest,
     what: &str,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, StoreError> {
     if criteria.criteria.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(StoreError::new(
+            Status::BadRequest,
             IssueType::Invalid,
             format!("{what} needs search criteria"),
         )
@@ -303,8 +315,8 @@ pub async fn match_one(
     match ids.len() {
         0 => Ok(None),
         1 => Ok(ids.pop()),
-        _ => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
+        _ => Err(StoreError::new(
+            Status::PreconditionFailed,
             IssueType::MultipleMatches,
             format!("{what} matches more than one {resource_type}"),
         )
@@ -316,34 +328,35 @@ pub async fn match_one(
 pub async fn create(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     res: &Incoming,
     id: &str,
     if_none_exist: Option<&SearchRequest>,
-) -> Result<Written, ApiError> {
+) -> Result<Written, StoreError> {
     if let Some(criteria) = if_none_exist {
         if let Some(existing) =
             match_one(txn, caller, res.resource_type, criteria, "If-None-Exist").await?
         {
             let version = txn.current(res.resource_type, &existing).await?;
             return Ok(Written {
-                status: StatusCode::OK,
+                status: Status::Ok,
                 version,
                 changed: false,
             });
         }
     }
-    let v = store(txn, caller, res, id).await?;
+    let v = store(txn, caller, rules, res, id).await?;
     Ok(Written {
-        status: StatusCode::CREATED,
+        status: Status::Created,
         version: Some(v),
         changed: true,
     })
 }
 
-fn precondition(resource_type: &str, expected: i64, actual: Option<i64>) -> ApiError {
+fn precondition(resource_type: &str, expected: i64, actual: Option<i64>) -> StoreError {
     let actual = actual.map_or("none".to_string(), |v| format!("W/\"{v}\""));
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
+    StoreError::new(
+        Status::PreconditionFailed,
         IssueType::Conflict,
         format!("If-Match W/\"{expected}\" does not match the current version ({actual})"),
     )
@@ -354,23 +367,24 @@ fn precondition(resource_type: &str, expected: i64, actual: Option<i64>) -> ApiE
 pub async fn update(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     res: &Incoming,
     id: &str,
     if_match: Option<i64>,
-) -> Result<Written, ApiError> {
+) -> Result<Written, StoreError> {
     match res.value.get("id").and_then(Value::as_str) {
         Some(body_id) if body_id == id => {}
         Some(body_id) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(StoreError::new(
+                Status::BadRequest,
                 IssueType::Invalid,
                 format!("the resource id '{body_id}' differs from the URL id '{id}'"),
             )
             .at(format!("{}.id", res.resource_type)));
         }
         None => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(StoreError::new(
+                Status::BadRequest,
                 IssueType::Required,
                 format!("an update must carry the id '{id}' of the URL"),
             )
@@ -395,7 +409,7 @@ pub async fn update(
                 .is_some_and(|body| same_content(body, &res.value))
             {
                 return Ok(Written {
-                    status: StatusCode::OK,
+                    status: Status::Ok,
                     version: Some(current),
                     changed: false,
                 });
@@ -404,11 +418,11 @@ pub async fn update(
         require_reason(caller, res.resource_type, id)?;
     }
     let status = if live.is_some() {
-        StatusCode::OK
+        Status::Ok
     } else {
-        StatusCode::CREATED
+        Status::Created
     };
-    let v = store(txn, caller, res, id).await?;
+    let v = store(txn, caller, rules, res, id).await?;
     Ok(Written {
         status,
         version: Some(v),
@@ -449,7 +463,7 @@ pub async fn delete(
     resource_type: &'static str,
     id: &str,
     if_match: Option<i64>,
-) -> Result<Written, ApiError> {
+) -> Result<Written, StoreError> {
     let live = live_version(txn, caller, resource_type, id).await?;
     let version = live.as_ref().map(|(v, _)| *v);
     if let Some(expected) = if_match {
@@ -460,7 +474,7 @@ pub async fn delete(
     // Deleting what is absent or already deleted changes nothing.
     let Some((_, site)) = live else {
         return Ok(Written {
-            status: StatusCode::NO_CONTENT,
+            status: Status::NoContent,
             version: None,
             changed: false,
         });
@@ -479,7 +493,7 @@ pub async fn delete(
         })
         .await?;
     Ok(Written {
-        status: StatusCode::NO_CONTENT,
+        status: Status::NoContent,
         version: Some(v),
         changed: true,
     })
@@ -501,9 +515,10 @@ pub enum LoadResult {
 pub async fn load_resource(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     value: Value,
     validation: &ValidationOptions,
-) -> Result<LoadResult, ApiError> {
+) -> Result<LoadResult, StoreError> {
     let t = value
         .get("resourceType")
         .and_then(Value::as_str)
@@ -513,8 +528,8 @@ pub async fn load_resource(
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
+            StoreError::new(
+                Status::BadRequest,
                 IssueType::Required,
                 "a loaded resource needs an id",
             )
@@ -532,10 +547,10 @@ pub async fn load_resource(
         {
             return Ok(LoadResult::Unchanged);
         }
-        store(txn, caller, &res, &id).await?;
+        store(txn, caller, rules, &res, &id).await?;
         return Ok(LoadResult::Updated);
     }
-    store(txn, caller, &res, &id).await?;
+    store(txn, caller, rules, &res, &id).await?;
     Ok(LoadResult::Created)
 }
 
@@ -545,4 +560,101 @@ fn rtype_of(value: &serde_json::Value) -> &str {
         .get("resourceType")
         .and_then(serde_json::Value::as_str)
         .unwrap_or("")
+}
+
+/// A read result: 404, 410, or the version.
+pub fn found(
+    resource_type: &str,
+    id: &str,
+    v: Option<StoredVersion>,
+) -> Result<StoredVersion, StoreError> {
+    match v {
+        None => Err(StoreError::new(
+            Status::NotFound,
+            IssueType::NotFound,
+            format!("{resource_type}/{id} is not known"),
+        )
+        .at(format!("{resource_type}.id"))),
+        Some(v) if v.deleted => Err(StoreError::new(
+            Status::Gone,
+            IssueType::Deleted,
+            format!("{resource_type}/{id} was deleted (version {})", v.version),
+        )
+        .at(format!("{resource_type}.id"))),
+        Some(v) => Ok(v),
+    }
+}
+
+/// A vread result: 404 for a version that does not exist, 410 for a deletion, or the version.
+pub fn version_found(
+    rt: &str,
+    id: &str,
+    version: i64,
+    v: Option<StoredVersion>,
+) -> Result<StoredVersion, StoreError> {
+    match v {
+        None => Err(StoreError::new(
+            Status::NotFound,
+            IssueType::NotFound,
+            format!("{rt}/{id} has no version {version}"),
+        )
+        .at(format!("{rt}.meta.versionId"))),
+        Some(v) if v.deleted => Err(StoreError::new(
+            Status::Gone,
+            IssueType::Deleted,
+            format!("version {version} of {rt}/{id} is a deletion"),
+        )
+        .at(format!("{rt}.meta.versionId"))),
+        Some(v) => Ok(v),
+    }
+}
+
+/// Parses conditional criteria (`If-None-Exist`, conditional update and delete). Unknown
+/// parameters are always errors here: ignoring one would widen the match.
+pub fn conditional_criteria(
+    resource_type: &str,
+    query: &str,
+    what: &str,
+) -> Result<SearchRequest, StoreError> {
+    let query = query.split_once('?').map_or(query, |(_, q)| q);
+    let pairs = crate::fhir::query_pairs(Some(query));
+    trialbridge_fhir::search::parse(resource_type, &pairs, true)
+        .map_err(|issue| StoreError::from_issue(Status::BadRequest, issue).at(what.to_string()))
+}
+
+/// Conditional update: no match creates (with the body's id or a new one), one match updates
+/// it, several are a 412.
+pub async fn conditional_update_in(
+    txn: &mut dyn trialbridge_storage::WriteTxn,
+    caller: &Caller,
+    rules: &dyn WriteRules,
+    mut res: Incoming,
+    criteria: &SearchRequest,
+    expected: Option<i64>,
+) -> Result<Written, StoreError> {
+    let rt = res.resource_type;
+    let body_id = res
+        .value
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    match match_one(txn, caller, rt, criteria, "conditional update").await? {
+        Some(found) => {
+            if body_id.as_deref().is_some_and(|b| b != found) {
+                return Err(StoreError::new(
+                    Status::BadRequest,
+                    IssueType::Invalid,
+                    format!("the resource id differs from the matched {rt}/{found}"),
+                )
+                .at(format!("{rt}.id")));
+            }
+            res.set_id(&found);
+            update(txn, caller, rules, &res, &found, expected).await
+        }
+        None => {
+            let id = body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+            res.set_id(&id);
+            update(txn, caller, rules, &res, &id, expected).await
+        }
+    }
 }

@@ -3,8 +3,8 @@
 
 use trialbridge_storage::ResourceStore;
 
-use crate::error::ApiError;
-use crate::loading::{load_values, LoadCounts};
+use crate::error::StoreError;
+use crate::fhir::loading::{load_values, LoadCounts};
 
 /// The protocol rules of the built-in study definition (parsed once).
 pub fn rules() -> &'static trialbridge_validation::protocol::StudyRules {
@@ -15,13 +15,15 @@ pub fn rules() -> &'static trialbridge_validation::protocol::StudyRules {
     })
 }
 
-/// Loads the study definition.
+/// Loads the study definition, every resource through `rules` (the trial's own, at start-up).
 pub async fn load(
     store: &dyn ResourceStore,
+    rules: std::sync::Arc<dyn crate::fhir::WriteRules>,
     validation: &trialbridge_validation::Options,
-) -> Result<LoadCounts, ApiError> {
+) -> Result<LoadCounts, StoreError> {
     load_values(
         store,
+        rules,
         "trialbridge start-up: MesemCart study definition",
         trialbridge_study::resources().to_vec(),
         validation,
@@ -54,6 +56,7 @@ mod tests {
                 .unwrap();
         let first = load(
             &*store,
+            std::sync::Arc::new(crate::fhir::NoRules),
             &crate::config::validation_options(crate::config::DEFAULT_EXTENSION_DOMAINS),
         )
         .await
@@ -61,6 +64,7 @@ mod tests {
         assert_eq!(first.created, trialbridge_study::FILES.len());
         let second = load(
             &*store,
+            std::sync::Arc::new(crate::fhir::NoRules),
             &crate::config::validation_options(crate::config::DEFAULT_EXTENSION_DOMAINS),
         )
         .await

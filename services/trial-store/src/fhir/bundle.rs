@@ -4,10 +4,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use serde_json::{json, Value};
 use trialbridge_auth::Interaction;
 use trialbridge_fhir::bundle::{BundleEntry, BundleText, BundleWriter, EntryText};
@@ -17,16 +13,14 @@ use trialbridge_fhir::search::SearchRequest;
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
 use trialbridge_storage::{StoredVersion, WriteTxn};
 
-use crate::access::Caller;
-use crate::audit::{write_audited, Changes};
-use crate::error::ApiError;
-use crate::http::{
-    audited, conditional_criteria, conditional_update_in, found, json_response, query_pairs,
-    version_path,
+use crate::error::{Status, StoreError};
+use crate::fhir::interactions::{
+    self, checked_id, conditional_criteria, conditional_update_in, found, incoming_from_bytes,
+    known_type, Incoming,
 };
-use crate::interactions::{self, checked_id, incoming_from_bytes, known_type, Incoming};
-use crate::negotiate::{negotiate, read_body};
-use crate::StoreState;
+use crate::fhir::{query_pairs, version_path, StoreState, WriteRules};
+use crate::security::audit::{write_audited, Changes};
+use crate::security::Caller;
 
 /// What one entry asks for.
 #[derive(Debug, Clone)]
@@ -139,7 +133,7 @@ struct Planned {
 /// The result of one entry.
 #[derive(Debug)]
 struct EntryResult {
-    status: StatusCode,
+    status: Status,
     /// Whether `version` was written by this entry (not only read).
     changed: bool,
     /// The reason for change a Provenance in the same transaction gave this entry.
@@ -166,7 +160,7 @@ impl Changes for EntryResult {
 }
 
 /// 403 for an entry the caller may not run.
-fn permitted(caller: &Caller, p: &Planned) -> Result<(), ApiError> {
+fn permitted(caller: &Caller, p: &Planned) -> Result<(), StoreError> {
     let (rt, needs) = p.action.needs();
     for i in needs {
         caller
@@ -225,24 +219,20 @@ fn provenance_reasons(plan: &[Planned]) -> HashMap<String, String> {
     out
 }
 
-fn status_line(s: StatusCode) -> String {
-    format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
-}
-
-fn entry_error(i: usize, e: ApiError, field: &str) -> ApiError {
+fn entry_error(i: usize, e: StoreError, field: &str) -> StoreError {
     let status = e.status();
     let mut outcome = e.outcome();
     for issue in &mut outcome.issues {
         issue.diagnostics = format!("entry {i}: {}", issue.diagnostics);
         issue.expression = vec![format!("Bundle.entry[{i}].{field}")];
     }
-    ApiError::Rejected { status, outcome }
+    StoreError::Rejected { status, outcome }
 }
 
 /// Which part of an entry an error is about.
-fn error_field(e: &ApiError) -> &'static str {
+fn error_field(e: &StoreError) -> &'static str {
     match e {
-        ApiError::Rejected { outcome, .. } => match outcome.issues.first().map(|i| i.code) {
+        StoreError::Rejected { outcome, .. } => match outcome.issues.first().map(|i| i.code) {
             Some(IssueType::Conflict) => "request.ifMatch",
             Some(
                 IssueType::Structure | IssueType::Invalid | IssueType::Required | IssueType::Value,
@@ -256,7 +246,7 @@ fn error_field(e: &ApiError) -> &'static str {
             }
             _ => "request.url",
         },
-        ApiError::Storage(_) => "request",
+        StoreError::Storage(_) => "request",
     }
 }
 
@@ -265,10 +255,10 @@ fn plan_entry(
     entry: &EntryText,
     base: &str,
     validation: &trialbridge_validation::Options,
-) -> Result<Planned, ApiError> {
+) -> Result<Planned, StoreError> {
     let bad = |field: &str, msg: String| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+        StoreError::new(
+            Status::BadRequest,
             IssueType::Invalid,
             format!("entry {i}: {msg}"),
         )
@@ -298,10 +288,10 @@ fn plan_entry(
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let full_url = entry.full_url.clone();
-    let wrap = |e: ApiError| entry_error(i, e, "request.url");
+    let wrap = |e: StoreError| entry_error(i, e, "request.url");
     if segments.iter().any(|s| s.starts_with('$')) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(StoreError::new(
+            Status::BadRequest,
             IssueType::NotSupported,
             format!("entry {i}: operation '{url}' is not supported"),
         )
@@ -325,7 +315,7 @@ fn plan_entry(
         ),
         None => None,
     };
-    let resource = |field: &str| -> Result<Incoming, ApiError> {
+    let resource = |field: &str| -> Result<Incoming, StoreError> {
         let text = entry
             .resource
             .as_ref()
@@ -399,15 +389,15 @@ fn plan_entry(
             let criteria = trialbridge_fhir::search::parse(rt, &pairs, false).map_err(|issue| {
                 entry_error(
                     i,
-                    ApiError::from_issue(StatusCode::BAD_REQUEST, issue),
+                    StoreError::from_issue(Status::BadRequest, issue),
                     "request.url",
                 )
             })?;
             Action::Search { rt, criteria }
         }
         ("PATCH", _, _) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            return Err(StoreError::new(
+                Status::BadRequest,
                 IssueType::NotSupported,
                 format!("entry {i}: PATCH is not supported"),
             )
@@ -427,26 +417,32 @@ fn plan_entry(
     })
 }
 
+/// What processing a Bundle gave: the response Bundle, and whether its audit event was
+/// written with it (a transaction; a batch's entries are audited one by one).
+pub struct Processed {
+    /// The `transaction-response` or `batch-response` Bundle.
+    pub bundle: String,
+    /// Whether the request is audited already.
+    pub audited: bool,
+}
+
+/// Processes a `transaction` or `batch` Bundle (the body of `POST [base]`).
 pub async fn process(
-    State(s): State<StoreState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    s: &StoreState,
+    caller: &Caller,
+    bytes: &[u8],
+) -> Result<Processed, StoreError> {
     // The whole body under the validation limits first (duplicate keys, depth), and for a
     // transaction the Bundle as a whole, so that one OperationOutcome names every bad entry.
-    let parsed = trialbridge_validation::json_text::parse(&bytes, &s.config.validation.limits)
-        .map_err(|issue| ApiError::from_issue(StatusCode::BAD_REQUEST, issue.at("Bundle")))?;
+    let parsed = trialbridge_validation::json_text::parse(bytes, &s.config.validation.limits)
+        .map_err(|issue| StoreError::from_issue(Status::BadRequest, issue.at("Bundle")))?;
     if parsed.get("type").and_then(Value::as_str) == Some("transaction") {
-        crate::interactions::validated(&parsed, &s.config.validation)?;
+        crate::fhir::interactions::validated(&parsed, &s.config.validation)?;
     }
     drop(parsed);
-    let bundle = BundleText::parse(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
+    let bundle = BundleText::parse(bytes).map_err(|e| {
+        StoreError::new(
+            Status::BadRequest,
             IssueType::Structure,
             format!(
                 "the Bundle cannot be read at line {}, column {}: {e}",
@@ -457,8 +453,8 @@ pub async fn process(
         .at("Bundle")
     })?;
     if bundle.resource_type.as_deref() != Some("Bundle") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(StoreError::new(
+            Status::BadRequest,
             IssueType::Invalid,
             "POST to the base URL takes a Bundle",
         )
@@ -474,7 +470,7 @@ pub async fn process(
             let mut status = None;
             for (i, e) in entries.iter().enumerate() {
                 match plan_entry(i, e, &base, &s.config.validation)
-                    .and_then(|p| permitted(&caller, &p).map(|()| p))
+                    .and_then(|p| permitted(caller, &p).map(|()| p))
                 {
                     Ok(p) => plan.push(p),
                     Err(e) => {
@@ -487,28 +483,33 @@ pub async fn process(
             // run (and rolled back) so that the outcome names every failing entry.
             let b = base.clone();
             let planned_failures = status.map(|st| (st, problems));
-            let c = caller.clone();
-            let results = write_audited(&*s.store, &caller, "transaction", move |txn| {
-                Box::pin(async move { run_transaction(txn, &c, plan, &b, planned_failures).await })
+            let (c, rules) = (caller.clone(), s.rules.clone());
+            let results = write_audited(&*s.store, caller, "transaction", move |txn| {
+                Box::pin(async move {
+                    run_transaction(txn, &c, &*rules, plan, &b, planned_failures).await
+                })
             })
             .await?;
             let mut out = BundleWriter::new("transaction-response");
             for r in &results {
                 out.entry(response_entry(r));
             }
-            Ok(audited(json_response(StatusCode::OK, out.finish(), fmt)))
+            Ok(Processed {
+                bundle: out.finish(),
+                audited: true,
+            })
         }
         "batch" => {
             let mut out = BundleWriter::new("batch-response");
             for (i, e) in entries.iter().enumerate() {
                 let result = match plan_entry(i, e, &base, &s.config.validation)
-                    .and_then(|p| permitted(&caller, &p).map(|()| p))
+                    .and_then(|p| permitted(caller, &p).map(|()| p))
                 {
                     Ok(p) => {
                         let b = base.clone();
-                        let c = caller.clone();
-                        write_audited(&*s.store, &caller, p.action.subtype(), move |txn| {
-                            Box::pin(async move { execute(txn, &c, &p.action, &b).await })
+                        let (c, rules) = (caller.clone(), s.rules.clone());
+                        write_audited(&*s.store, caller, p.action.subtype(), move |txn| {
+                            Box::pin(async move { execute(txn, &c, &*rules, &p.action, &b).await })
                         })
                         .await
                     }
@@ -516,14 +517,17 @@ pub async fn process(
                 };
                 match result {
                     Ok(r) => out.entry(response_entry(&r)),
-                    Err(e) => out.entry(BundleEntry { response: Some(json!({ "status": status_line(e.status()), "outcome": e.outcome().to_json() })), ..Default::default() }),
+                    Err(e) => out.entry(BundleEntry { response: Some(json!({ "status": e.status().line(), "outcome": e.outcome().to_json() })), ..Default::default() }),
                 };
             }
             // Each entry was audited in its own transaction; refused entries by the batch's event.
-            Ok(json_response(StatusCode::OK, out.finish(), fmt))
+            Ok(Processed {
+                bundle: out.finish(),
+                audited: false,
+            })
         }
-        other => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        other => Err(StoreError::new(
+            Status::BadRequest,
             IssueType::Invalid,
             format!("Bundle.type '{other}' cannot be processed here; send a transaction or batch"),
         )
@@ -532,7 +536,7 @@ pub async fn process(
 }
 
 fn response_entry(r: &EntryResult) -> BundleEntry<'_> {
-    let mut response = json!({ "status": status_line(r.status) });
+    let mut response = json!({ "status": r.status.line() });
     if let Some(v) = &r.version {
         if !v.deleted {
             response["location"] = json!(version_path(v));
@@ -542,7 +546,7 @@ fn response_entry(r: &EntryResult) -> BundleEntry<'_> {
     }
     let resource = match (&r.bundle, &r.version) {
         (Some(b), _) => Some(b.as_str()),
-        (None, Some(v)) if r.status == StatusCode::OK && !v.deleted => v.body.as_deref(),
+        (None, Some(v)) if r.status == Status::Ok && !v.deleted => v.body.as_deref(),
         _ => None,
     };
     BundleEntry {
@@ -555,15 +559,17 @@ fn response_entry(r: &EntryResult) -> BundleEntry<'_> {
 async fn execute(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     action: &Action,
     base: &str,
-) -> Result<EntryResult, ApiError> {
+) -> Result<EntryResult, StoreError> {
     let visible = |v: Option<StoredVersion>| v.filter(|v| caller.ctx.sites.sees(v.site.as_deref()));
     let written = match action {
         Action::Create { res, if_none_exist } => {
             interactions::create(
                 txn,
                 caller,
+                rules,
                 res,
                 &uuid::Uuid::now_v7().to_string(),
                 if_none_exist.as_ref(),
@@ -571,13 +577,13 @@ async fn execute(
             .await?
         }
         Action::Update { res, id, if_match } => {
-            interactions::update(txn, caller, res, id, *if_match).await?
+            interactions::update(txn, caller, rules, res, id, *if_match).await?
         }
         Action::ConditionalUpdate {
             res,
             criteria,
             if_match,
-        } => conditional_update_in(txn, caller, res.clone(), criteria, *if_match).await?,
+        } => conditional_update_in(txn, caller, rules, res.clone(), criteria, *if_match).await?,
         Action::Delete { rt, id, if_match } => {
             interactions::delete(txn, caller, rt, id, *if_match).await?
         }
@@ -585,7 +591,7 @@ async fn execute(
             match interactions::match_one(txn, caller, rt, criteria, "conditional delete").await? {
                 Some(id) => interactions::delete(txn, caller, rt, &id, None).await?,
                 None => interactions::Written {
-                    status: StatusCode::NO_CONTENT,
+                    status: Status::NoContent,
                     version: None,
                     changed: false,
                 },
@@ -597,7 +603,7 @@ async fn execute(
                 Some(n) => found(rt, id, visible(txn.version(rt, id, *n).await?))?,
             };
             return Ok(EntryResult {
-                status: StatusCode::OK,
+                status: Status::Ok,
                 changed: false,
                 reason: None,
                 version: Some(v),
@@ -623,7 +629,7 @@ async fn execute(
                 });
             }
             return Ok(EntryResult {
-                status: StatusCode::OK,
+                status: Status::Ok,
                 changed: false,
                 reason: None,
                 version: None,
@@ -646,7 +652,7 @@ async fn assign_ids(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
     plan: &mut [Planned],
-) -> Result<HashMap<String, String>, ApiError> {
+) -> Result<HashMap<String, String>, StoreError> {
     let mut ids = HashMap::new();
     for p in plan.iter_mut() {
         let i = p.index;
@@ -704,7 +710,7 @@ async fn resolve_references(
     caller: &Caller,
     p: &mut Planned,
     ids: &HashMap<String, String>,
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     let i = p.index;
     let Some(res) = p.action.resource_mut() else {
         return Ok(());
@@ -727,8 +733,8 @@ async fn resolve_references(
                     map.insert(r, format!("{rt}/{id}"));
                 }
                 None => {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
+                    return Err(StoreError::new(
+                        Status::NotFound,
                         IssueType::NotFound,
                         format!("entry {i}: conditional reference '{r}' matches no resource"),
                     )
@@ -753,10 +759,11 @@ async fn resolve_references(
 async fn run_transaction(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     mut plan: Vec<Planned>,
     base: &str,
-    planned_failures: Option<(StatusCode, OperationOutcome)>,
-) -> Result<Vec<EntryResult>, ApiError> {
+    planned_failures: Option<(Status, OperationOutcome)>,
+) -> Result<Vec<EntryResult>, StoreError> {
     let ids = assign_ids(txn, caller, &mut plan).await?;
     let (mut first_status, mut problems) = match planned_failures {
         Some((st, oo)) => (Some(st), oo),
@@ -801,14 +808,14 @@ async fn run_transaction(
                 let existing = txn.current(res.resource_type, &id).await?;
                 if if_none_exist.is_some() && existing.as_ref().is_some_and(|v| !v.deleted) {
                     Ok(EntryResult {
-                        status: StatusCode::OK,
+                        status: Status::Ok,
                         changed: false,
                         reason: None,
                         version: existing,
                         bundle: None,
                     })
                 } else {
-                    interactions::create(txn, caller, res, &id, None)
+                    interactions::create(txn, caller, rules, res, &id, None)
                         .await
                         .map(|w| EntryResult {
                             status: w.status,
@@ -819,7 +826,7 @@ async fn run_transaction(
                         })
                 }
             }
-            other => execute(txn, caller, other, base).await,
+            other => execute(txn, caller, rules, other, base).await,
         };
         let r = r.map(|mut r| {
             if r.changed {
@@ -831,7 +838,7 @@ async fn run_transaction(
             Ok(r) => results[k] = Some(r),
             Err(e) => {
                 let field = error_field(&e);
-                let e = if matches!(&e, ApiError::Rejected { outcome, .. } if outcome.issues.iter().all(|x| x.expression.iter().any(|s| s.starts_with("Bundle."))))
+                let e = if matches!(&e, StoreError::Rejected { outcome, .. } if outcome.issues.iter().all(|x| x.expression.iter().any(|s| s.starts_with("Bundle."))))
                 {
                     e
                 } else {
@@ -851,7 +858,7 @@ async fn run_transaction(
             )
             .at("Bundle"),
         );
-        return Err(ApiError::Rejected {
+        return Err(StoreError::Rejected {
             status,
             outcome: problems,
         });

@@ -2,11 +2,6 @@
 //! [type]/{id}/$validate`): the checks every write passes, as a report instead of a write.
 //! The answer is 200 with the OperationOutcome whether or not the resource is valid.
 
-use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use serde_json::Value;
 use trialbridge_fhir::structure::VITAL_SIGNS_PROFILES;
 use trialbridge_fhir::{IssueType, OperationOutcome, OutcomeIssue};
@@ -14,12 +9,10 @@ use trialbridge_validation::Report;
 
 use trialbridge_auth::Interaction;
 
-use crate::access::Caller;
-use crate::error::ApiError;
-use crate::http::{found, json_response, query_pairs};
-use crate::interactions::{checked_id, known_type};
-use crate::negotiate::{negotiate, read_body};
-use crate::StoreState;
+use crate::error::{Status, StoreError};
+use crate::fhir::interactions::{found, known_type};
+use crate::fhir::StoreState;
+use crate::security::Caller;
 
 /// What the request asks to validate.
 struct ValidateRequest {
@@ -28,17 +21,18 @@ struct ValidateRequest {
     profile: Option<String>,
 }
 
-fn bad(msg: impl Into<String>, at: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, msg).at(at.to_string())
+fn bad(msg: impl Into<String>, at: &str) -> StoreError {
+    StoreError::new(Status::BadRequest, IssueType::Invalid, msg).at(at.to_string())
 }
 
 /// Reads a body that is either the resource or a Parameters with `resource`, `mode`, `profile`.
-/// Layer-1 problems of the body (duplicate keys, syntax) are part of the report, not a 400.
+/// Layer-1 problems of the body (duplicate keys, syntax) are the report (`Err` inside), not a
+/// 400.
 fn parse_request(
     bytes: &[u8],
     s: &StoreState,
     pairs: &[(String, String)],
-) -> Result<(ValidateRequest, Vec<OutcomeIssue>), ApiError> {
+) -> Result<Result<ValidateRequest, OperationOutcome>, StoreError> {
     let query = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut req = ValidateRequest {
         resource: None,
@@ -46,11 +40,11 @@ fn parse_request(
         profile: query("profile"),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok((req, Vec::new()));
+        return Ok(Ok(req));
     }
     let value = match trialbridge_validation::json_text::parse(bytes, &s.config.validation.limits) {
         Ok(v) => v,
-        Err(issue) => return Ok((req, vec![issue])),
+        Err(issue) => return Ok(Err(OperationOutcome::single(issue))),
     };
     if value.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
         for p in value
@@ -83,7 +77,7 @@ fn parse_request(
     } else {
         req.resource = Some(value);
     }
-    Ok((req, Vec::new()))
+    Ok(Ok(req))
 }
 
 fn report_for(
@@ -91,7 +85,7 @@ fn report_for(
     rt: &str,
     resource: &Value,
     profile: Option<&str>,
-) -> Result<Report, ApiError> {
+) -> Result<Report, StoreError> {
     let body_type = resource
         .get("resourceType")
         .and_then(Value::as_str)
@@ -115,8 +109,8 @@ fn report_for(
             .iter()
             .any(|p| p.url == url);
     if !known {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(StoreError::new(
+            Status::BadRequest,
             IssueType::NotSupported,
             format!("the profile {url} is not known here (known: the R4 vital-signs profiles and the MesemCart profiles)"),
         )
@@ -142,37 +136,20 @@ fn report_for(
     ))
 }
 
-fn respond(
-    headers: &HeaderMap,
-    pairs: &[(String, String)],
-    outcome: OperationOutcome,
-) -> Result<Response, ApiError> {
-    let fmt = negotiate(headers, pairs)?;
-    Ok(json_response(
-        StatusCode::OK,
-        outcome.to_json().to_string(),
-        fmt,
-    ))
-}
-
-/// `POST [type]/$validate`.
+/// `POST [type]/$validate` with `bytes` (the resource, or Parameters) and the query `pairs`:
+/// the report as an OperationOutcome.
 pub async fn type_level(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let Path(t) = path?;
-    let rt = known_type(&t)?;
+    s: &StoreState,
+    caller: &Caller,
+    rt: &'static str,
+    pairs: &[(String, String)],
+    bytes: &[u8],
+) -> Result<OperationOutcome, StoreError> {
     caller.require(rt, Interaction::Read)?;
-    let pairs = query_pairs(q.as_deref());
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let (req, layer1) = parse_request(&bytes, &s, &pairs)?;
-    if !layer1.is_empty() {
-        return respond(&headers, &pairs, OperationOutcome { issues: layer1 });
-    }
+    let req = match parse_request(bytes, s, pairs)? {
+        Ok(req) => req,
+        Err(layer1) => return Ok(layer1),
+    };
     match req.mode.as_deref() {
         None | Some("create") => {}
         Some(m) => {
@@ -185,7 +162,7 @@ pub async fn type_level(
     let resource = req
         .resource
         .ok_or_else(|| bad("$validate needs a resource to validate", "resource"))?;
-    let mut report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+    let mut report = report_for(s, rt, &resource, req.profile.as_deref())?;
     let id = resource
         .get("id")
         .and_then(Value::as_str)
@@ -193,8 +170,8 @@ pub async fn type_level(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     report
         .issues
-        .extend(protocol_issues(&s, rt, &resource, &id, &report).await?);
-    respond(&headers, &pairs, report.to_outcome())
+        .extend(protocol_issues(s, rt, &resource, &id, &report).await?);
+    Ok(report.to_outcome())
 }
 
 /// The protocol rules (layer 6) for a resource that passed layers 1-5, as a write would apply
@@ -206,26 +183,27 @@ async fn protocol_issues(
     resource: &Value,
     id: &str,
     report: &Report,
-) -> Result<Vec<OutcomeIssue>, ApiError> {
+) -> Result<Vec<OutcomeIssue>, StoreError> {
     if report.has_errors() {
         return Ok(Vec::new());
     }
     let Ok(rt) = known_type(rt) else {
         return Ok(Vec::new());
     };
-    let incoming = crate::interactions::incoming(
+    let incoming = crate::fhir::interactions::incoming(
         rt,
         trialbridge_fhir::json::RawResource::from_value(resource),
         resource.clone(),
         &s.config.validation,
     )?;
     let id = id.to_string();
+    let rules = s.rules.clone();
     trialbridge_storage::write(
         &*s.store,
         &trialbridge_storage::AccessContext::system("$validate protocol rules"),
         move |txn| {
             Box::pin(async move {
-                match crate::protocol::enforce(txn, crate::study::rules(), &incoming, &id).await {
+                match rules.check(txn, &incoming, &id).await {
                     Ok(deviations) => Ok(deviations
                         .iter()
                         .map(|d| {
@@ -236,7 +214,7 @@ async fn protocol_issues(
                             .at(format!("{}.effective", incoming.resource_type))
                         })
                         .collect()),
-                    Err(ApiError::Rejected { outcome, .. }) => Ok(outcome.issues),
+                    Err(StoreError::Rejected { outcome, .. }) => Ok(outcome.issues),
                     Err(e) => Err(e),
                 }
             })
@@ -246,26 +224,20 @@ async fn protocol_issues(
 }
 
 /// `POST [type]/{id}/$validate` (modes update and delete) and `GET [type]/{id}/$validate`
-/// (the stored current version).
+/// (the stored current version): the report as an OperationOutcome.
 pub async fn instance_level(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let Path((t, id)) = path?;
-    let rt = known_type(&t)?;
+    s: &StoreState,
+    caller: &Caller,
+    (rt, id): (&'static str, &str),
+    pairs: &[(String, String)],
+    bytes: &[u8],
+) -> Result<OperationOutcome, StoreError> {
     caller.require(rt, Interaction::Read)?;
-    checked_id(rt, &id)?;
-    let pairs = query_pairs(q.as_deref());
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let (req, layer1) = parse_request(&bytes, &s, &pairs)?;
-    if !layer1.is_empty() {
-        return respond(&headers, &pairs, OperationOutcome { issues: layer1 });
-    }
-    let current = s.store.read(&caller.ctx, rt, &id).await?;
+    let req = match parse_request(bytes, s, pairs)? {
+        Ok(req) => req,
+        Err(layer1) => return Ok(layer1),
+    };
+    let current = s.store.read(&caller.ctx, rt, id).await?;
     match req.mode.as_deref() {
         Some("delete") => {
             let outcome = match current.filter(|c| !c.deleted) {
@@ -275,12 +247,12 @@ pub async fn instance_level(
                         .at(rt.to_string()),
                 ),
             };
-            respond(&headers, &pairs, outcome)
+            Ok(outcome)
         }
         None | Some("update") => {
             let resource = match req.resource {
                 Some(r) => {
-                    if r.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+                    if r.get("id").and_then(Value::as_str) != Some(id) {
                         return Err(bad(
                             format!("the resource's id must be '{id}' to validate an update of {rt}/{id}"),
                             &format!("{rt}.id"),
@@ -289,21 +261,21 @@ pub async fn instance_level(
                     r
                 }
                 None => {
-                    let stored = found(rt, &id, current)?;
+                    let stored = found(rt, id, current)?;
                     serde_json::from_str(stored.body.as_deref().unwrap_or("{}")).map_err(|e| {
-                        ApiError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
+                        StoreError::new(
+                            Status::InternalError,
                             IssueType::Exception,
                             format!("the stored {rt}/{id} is not JSON: {e}"),
                         )
                     })?
                 }
             };
-            let mut report = report_for(&s, rt, &resource, req.profile.as_deref())?;
+            let mut report = report_for(s, rt, &resource, req.profile.as_deref())?;
             report
                 .issues
-                .extend(protocol_issues(&s, rt, &resource, &id, &report).await?);
-            respond(&headers, &pairs, report.to_outcome())
+                .extend(protocol_issues(s, rt, &resource, id, &report).await?);
+            Ok(report.to_outcome())
         }
         Some(m) => Err(bad(
             format!("mode '{m}' is not one of create, update, delete"),

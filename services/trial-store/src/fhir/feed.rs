@@ -8,7 +8,6 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use trialbridge_auth::Interaction;
@@ -16,8 +15,8 @@ use trialbridge_feed::change_feed_server::{ChangeFeed, ChangeFeedServer};
 use trialbridge_feed::{ChangeEvent, Operation, SubscribeRequest};
 use trialbridge_storage::{HistoryQuery, HistoryScope, Role, StoredVersion};
 
-use crate::access::Caller;
-use crate::StoreState;
+use crate::fhir::StoreState;
+use crate::security::Caller;
 
 /// Versions read per storage page.
 const PAGE: usize = 500;
@@ -94,11 +93,17 @@ impl ChangeFeed for Feed {
                 }
             });
         let status = if allowed.is_ok() {
-            StatusCode::OK
+            crate::error::Status::Ok
         } else {
-            StatusCode::FORBIDDEN
+            crate::error::Status::Forbidden
         };
-        crate::audit::request(&self.state, &caller, "/fhir/_history", status).await;
+        crate::security::audit::request(
+            &*self.state.store,
+            &caller,
+            "/fhir/_history",
+            status.code(),
+        )
+        .await;
         if let Err(e) = allowed {
             return Err(Status::permission_denied(
                 e.outcome()

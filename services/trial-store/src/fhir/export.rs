@@ -11,20 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use trialbridge_auth::Interaction;
 use trialbridge_fhir::IssueType;
 use trialbridge_storage::{AccessContext, Role};
 
-use crate::access::{forbidden, Caller};
-use crate::error::ApiError;
-use crate::http::query_pairs;
-use crate::StoreState;
+use crate::error::{forbidden, Status, StoreError};
+use crate::fhir::{query_pairs, StoreState};
+use crate::security::Caller;
 
 /// Running jobs' cancel flags.
 #[derive(Default)]
@@ -56,10 +51,10 @@ struct Job {
 }
 
 /// The job, if it exists and the caller owns it.
-async fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+async fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, StoreError> {
     let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
+        StoreError::new(
+            Status::NotFound,
             IssueType::NotFound,
             format!("no export job {id}"),
         )
@@ -76,8 +71,8 @@ async fn owned(s: &StoreState, caller: &Caller, id: &str) -> Result<Job, ApiErro
 
 const EXPORT_ACTOR: &str = "trialbridge $export";
 
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, IssueType::Invalid, msg)
+fn bad(msg: impl Into<String>) -> StoreError {
+    StoreError::new(Status::BadRequest, IssueType::Invalid, msg)
 }
 
 fn job_dir(s: &StoreState, id: &str) -> PathBuf {
@@ -91,22 +86,24 @@ async fn save(s: &StoreState, job: &Job) -> Result<(), trialbridge_storage::Stor
 }
 
 /// A job's state, if the database knows it.
-async fn load(s: &StoreState, id: &str) -> Result<Option<Job>, ApiError> {
+async fn load(s: &StoreState, id: &str) -> Result<Option<Job>, StoreError> {
     Ok(s.store
         .job(id)
         .await?
         .and_then(|state| serde_json::from_str(&state).ok()))
 }
 
-/// Kick-off: `GET [base]/$export` and `GET [base]/Patient/$export`.
+/// Kick-off: `GET [base]/$export`, `GET [base]/Patient/$export` and `GET
+/// [base]/Group/{id}/$export` (with `Prefer: respond-async`, which `respond_async` says was
+/// sent): the URL to poll for the job's status.
 pub async fn kick_off(
     s: &StoreState,
     caller: &Caller,
-    headers: &HeaderMap,
+    respond_async: bool,
     query: Option<&str>,
     patient_level: bool,
     group: Option<&str>,
-) -> Result<Response, ApiError> {
+) -> Result<String, StoreError> {
     caller.require_role(&[Role::Warehouse, Role::System], "run a bulk export")?;
     let patients = match group {
         None => None,
@@ -118,8 +115,8 @@ pub async fn kick_off(
                 .await?
                 .filter(|v| !v.deleted)
                 .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
+                    StoreError::new(
+                        Status::NotFound,
                         IssueType::NotFound,
                         format!("Group/{gid} does not exist"),
                     )
@@ -138,14 +135,7 @@ pub async fn kick_off(
             Some(members)
         }
     };
-    let prefer = headers
-        .get("prefer")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !prefer
-        .split([',', ';'])
-        .any(|p| p.trim() == "respond-async")
-    {
+    if !respond_async {
         return Err(bad("$export runs asynchronously: send Prefer: respond-async").at("Prefer"));
     }
     let pairs = query_pairs(query);
@@ -244,13 +234,7 @@ pub async fn kick_off(
     };
     save(s, &job).await?;
     start(s.clone(), job);
-    let mut r = StatusCode::ACCEPTED.into_response();
-    let loc = format!("{}/$export-status/{id}", s.config.base_url);
-    r.headers_mut().insert(
-        header::CONTENT_LOCATION,
-        HeaderValue::from_str(&loc).expect("an ASCII URL"),
-    );
-    Ok(r)
+    Ok(format!("{}/$export-status/{id}", s.config.base_url))
 }
 
 fn start(s: StoreState, job: Job) {
@@ -361,7 +345,7 @@ async fn group_members(
     resource_type: &str,
     page: &[trialbridge_storage::StoredVersion],
     patients: &[String],
-) -> Result<std::collections::HashSet<String>, ApiError> {
+) -> Result<std::collections::HashSet<String>, StoreError> {
     let mut out = std::collections::HashSet::new();
     if resource_type == "Patient" {
         for v in page {
@@ -407,53 +391,48 @@ pub async fn resume(s: &StoreState) {
     }
 }
 
-fn checked_job(id: &str) -> Result<(), ApiError> {
+fn checked_job(id: &str) -> Result<(), StoreError> {
     if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        Err(StoreError::new(
+            Status::NotFound,
             IssueType::NotFound,
             format!("no export job {id}"),
         ))
     }
 }
 
-/// `GET [base]/$export-status/{job}`.
-pub async fn status(
-    State(s): State<StoreState>,
-    caller: Caller,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    let job = owned(&s, &caller, &id).await?;
+/// Where a job stands.
+pub enum JobState {
+    /// Still running: how far it got.
+    Running {
+        /// `N resources read`.
+        progress: String,
+    },
+    /// Done: the Bulk Data manifest.
+    Done(Value),
+}
+
+/// `GET [base]/$export-status/{job}`: the job's state; a failed job is an error.
+pub async fn status(s: &StoreState, caller: &Caller, id: &str) -> Result<JobState, StoreError> {
+    let job = owned(s, caller, id).await?;
     match job.status.as_str() {
-        "queued" | "running" => {
-            let mut r = StatusCode::ACCEPTED.into_response();
-            let progress = format!("{} resources read", job.written);
-            r.headers_mut().insert(
-                "x-progress",
-                HeaderValue::from_str(&progress).expect("ASCII"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            Ok(r)
-        }
+        "queued" | "running" => Ok(JobState::Running {
+            progress: format!("{} resources read", job.written),
+        }),
         "done" => {
             let output: Vec<Value> = job
                 .outputs
                 .iter()
                 .map(|(t, n)| json!({"type": t, "url": format!("{}/$export-file/{id}/{t}.ndjson", s.config.base_url), "count": n}))
                 .collect();
-            let manifest = json!({"transactionTime": job.transaction_time, "request": job.request, "requiresAccessToken": true, "output": output, "error": []});
-            Ok((
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                manifest.to_string(),
-            )
-                .into_response())
+            Ok(JobState::Done(
+                json!({"transactionTime": job.transaction_time, "request": job.request, "requiresAccessToken": true, "output": output, "error": []}),
+            ))
         }
-        _ => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        _ => Err(StoreError::new(
+            Status::InternalError,
             IssueType::Exception,
             format!("export job {id} failed: {}", job.error.unwrap_or_default()),
         )),
@@ -461,100 +440,49 @@ pub async fn status(
 }
 
 /// `DELETE [base]/$export-status/{job}`: cancels a job and removes its files.
-pub async fn cancel(
-    State(s): State<StoreState>,
-    caller: Caller,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    owned(&s, &caller, &id).await?;
-    let dir = job_dir(&s, &id);
+pub async fn cancel(s: &StoreState, caller: &Caller, id: &str) -> Result<(), StoreError> {
+    owned(s, caller, id).await?;
+    let dir = job_dir(s, id);
     let running = s
         .exports
         .running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(&id)
+        .get(id)
         .cloned();
     match running {
         Some(flag) => flag.store(true, Ordering::SeqCst),
         None => {
             let _ = std::fs::remove_dir_all(&dir);
-            trialbridge_storage::put_job(&*s.store, &id, None).await?;
+            trialbridge_storage::put_job(&*s.store, id, None).await?;
         }
     }
-    Ok(StatusCode::ACCEPTED.into_response())
+    Ok(())
 }
 
-/// `GET [base]/$export-file/{job}/{Type}.ndjson`, streamed from disk.
+/// `GET [base]/$export-file/{job}/{Type}.ndjson`: the file, opened.
 pub async fn file(
-    State(s): State<StoreState>,
-    caller: Caller,
-    UrlPath((id, name)): UrlPath<(String, String)>,
-) -> Result<Response, ApiError> {
-    owned(&s, &caller, &id).await?;
+    s: &StoreState,
+    caller: &Caller,
+    id: &str,
+    name: &str,
+) -> Result<tokio::fs::File, StoreError> {
+    owned(s, caller, id).await?;
     let t = name.strip_suffix(".ndjson").unwrap_or("");
     if trialbridge_fhir::resource_type::canonical(t).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        return Err(StoreError::new(
+            Status::NotFound,
             IssueType::NotFound,
             format!("no export file {name}"),
         ));
     }
-    let f = tokio::fs::File::open(job_dir(&s, &id).join(&name))
+    tokio::fs::File::open(job_dir(s, id).join(name))
         .await
         .map_err(|_| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
+            StoreError::new(
+                Status::NotFound,
                 IssueType::NotFound,
                 format!("no export file {name} in job {id}"),
             )
-        })?;
-    let stream = futures::stream::unfold(f, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) | Err(_) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
-            }
-        }
-    });
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/fhir+ndjson")],
-        Body::from_stream(stream),
-    )
-        .into_response())
-}
-
-/// `GET [base]/$export` handler.
-pub async fn system(
-    State(s): State<StoreState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    kick_off(&s, &caller, &headers, q.as_deref(), false, None).await
-}
-
-/// `GET [base]/Group/{id}/$export` handler: the compartments of the Group's Patients.
-pub async fn group(
-    State(s): State<StoreState>,
-    caller: Caller,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    kick_off(&s, &caller, &headers, q.as_deref(), true, Some(&id)).await
-}
-
-/// `GET [base]/Patient/$export` handler.
-pub async fn patient(
-    State(s): State<StoreState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    kick_off(&s, &caller, &headers, q.as_deref(), true, None).await
+        })
 }

@@ -6,24 +6,17 @@
 
 use std::collections::HashMap;
 
-use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use serde_json::{json, Value};
 use trialbridge_auth::Interaction;
 use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
 use trialbridge_fhir::IssueType;
 use trialbridge_storage::{AuditQuery, HistoryQuery, HistoryScope, Role, StoredVersion};
 
-use crate::access::Caller;
-use crate::audit::write_audited;
-use crate::error::ApiError;
-use crate::http::{audited, found, json_response, page_link, query_pairs, written_response};
-use crate::interactions::{self, checked_id, known_type};
-use crate::negotiate::{negotiate, read_body};
-use crate::StoreState;
+use crate::error::{Status, StoreError};
+use crate::fhir::interactions::{self, checked_id, found, Written};
+use crate::fhir::{page_link, StoreState};
+use crate::security::audit::write_audited;
+use crate::security::Caller;
 
 /// The types whose values a monitor verifies for a subject.
 const CLINICAL: &[&str] = &["AdverseEvent", "Condition", "Observation", "Procedure"];
@@ -31,8 +24,8 @@ const CLINICAL: &[&str] = &["AdverseEvent", "Condition", "Observation", "Procedu
 /// The `verifier` participant type of a verification Provenance.
 const VERIFIER: &str = "http://terminology.hl7.org/CodeSystem/provenance-participant-type";
 
-fn bad(msg: impl Into<String>, at: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, IssueType::Value, msg).at(at.to_string())
+fn bad(msg: impl Into<String>, at: &str) -> StoreError {
+    StoreError::new(Status::BadRequest, IssueType::Value, msg).at(at.to_string())
 }
 
 fn parse(v: &StoredVersion) -> Value {
@@ -42,12 +35,12 @@ fn parse(v: &StoredVersion) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// `GET AuditEvent/{id}`.
-pub async fn audit_event(s: &StoreState, caller: &Caller, id: &str) -> Result<Response, ApiError> {
+/// `GET AuditEvent/{id}`: the event's JSON.
+pub async fn audit_event(s: &StoreState, caller: &Caller, id: &str) -> Result<String, StoreError> {
     caller.require("AuditEvent", Interaction::Read)?;
     let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
+        StoreError::new(
+            Status::NotFound,
             IssueType::NotFound,
             format!("AuditEvent/{id} is not known"),
         )
@@ -62,11 +55,11 @@ pub async fn audit_event(s: &StoreState, caller: &Caller, id: &str) -> Result<Re
         .audit_read(&caller.ctx, seq)
         .await?
         .ok_or_else(not_found)?;
-    let (_, body) = crate::audit::expand(&row)
+    let (_, body) = crate::security::audit::expand(&row)
         .into_iter()
         .find(|(i, _)| i == id)
         .ok_or_else(not_found)?;
-    Ok(json_response(StatusCode::OK, body, Default::default()))
+    Ok(body)
 }
 
 /// `GET AuditEvent?entity=Type/id&date=geINSTANT&_count=N`, oldest first, paged by chain
@@ -75,7 +68,7 @@ pub async fn audit_search(
     s: &StoreState,
     caller: &Caller,
     pairs: &[(String, String)],
-) -> Result<Response, ApiError> {
+) -> Result<String, StoreError> {
     caller.require("AuditEvent", Interaction::Search)?;
     let mut q = AuditQuery {
         count: s.config.default_count,
@@ -113,7 +106,10 @@ pub async fn audit_search(
         }
     }
     let page = s.store.audit_search(&caller.ctx, &q).await?;
-    let events: Vec<(String, String)> = page.iter().flat_map(crate::audit::expand).collect();
+    let events: Vec<(String, String)> = page
+        .iter()
+        .flat_map(crate::security::audit::expand)
+        .collect();
     let base = &s.config.base_url;
     let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").collect();
     let mut b = BundleWriter::new("searchset");
@@ -133,11 +129,7 @@ pub async fn audit_search(
             ..Default::default()
         });
     }
-    Ok(json_response(
-        StatusCode::OK,
-        b.finish(),
-        Default::default(),
-    ))
+    Ok(b.finish())
 }
 
 /// Who changed each version of a resource, when and why, from the audit trail.
@@ -145,7 +137,7 @@ async fn changes_of(
     s: &StoreState,
     caller: &Caller,
     entity: &str,
-) -> Result<HashMap<i64, Value>, ApiError> {
+) -> Result<HashMap<i64, Value>, StoreError> {
     let q = AuditQuery {
         entity: Some(entity.to_string()),
         count: 10_000,
@@ -153,7 +145,7 @@ async fn changes_of(
     };
     let mut out = HashMap::new();
     let rows = s.store.audit_search(&caller.ctx, &q).await?;
-    for (id, body) in rows.iter().flat_map(crate::audit::expand) {
+    for (id, body) in rows.iter().flat_map(crate::security::audit::expand) {
         let e: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let who = e
             .pointer("/agent/0/who/identifier/value")
@@ -190,13 +182,13 @@ async fn provenances(
     s: &StoreState,
     caller: &Caller,
     entity: &str,
-) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
     let req = trialbridge_fhir::search::parse(
         "Provenance",
         &[("target".to_string(), entity.to_string())],
         true,
     )
-    .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?;
+    .map_err(|i| StoreError::from_issue(Status::BadRequest, i))?;
     let page = s
         .store
         .search(&caller.ctx, "Provenance", &req, None, 1000)
@@ -228,7 +220,7 @@ async fn provenances(
 }
 
 /// One item of `$sdv`: a value with its source, versions and verification state.
-async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Value, ApiError> {
+async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Value, StoreError> {
     let entity = format!("{}/{}", v.resource_type, v.id);
     let body = parse(v);
     let history = s
@@ -285,30 +277,26 @@ async fn item(s: &StoreState, caller: &Caller, v: &StoredVersion) -> Result<Valu
 /// `GET ResearchSubject/{id}/$sdv[?unverified=true]`: the subject's clinical values for source
 /// data verification, as a JSON report (`application/json`).
 pub async fn sdv(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let Path((t, id)) = path?;
+    s: &StoreState,
+    caller: &Caller,
+    (t, id): (&str, &str),
+    only_unverified: bool,
+) -> Result<Value, StoreError> {
     if t != "ResearchSubject" {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        return Err(StoreError::new(
+            Status::NotFound,
             IssueType::NotSupported,
             "$sdv is an operation on ResearchSubject",
         ));
     }
-    checked_id(&t, &id)?;
+    checked_id(t, id)?;
     for t in std::iter::once("ResearchSubject").chain(CLINICAL.iter().copied()) {
         caller.require(t, Interaction::Read)?;
     }
-    let only_unverified = query_pairs(q.as_deref())
-        .iter()
-        .any(|(k, v)| k == "unverified" && v == "true");
     let subject = found(
         "ResearchSubject",
-        &id,
-        s.store.read(&caller.ctx, "ResearchSubject", &id).await?,
+        id,
+        s.store.read(&caller.ctx, "ResearchSubject", id).await?,
     )?;
     let sb = parse(&subject);
     let patient = sb
@@ -316,7 +304,7 @@ pub async fn sdv(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let mut items = vec![item(&s, &caller, &subject).await?];
+    let mut items = vec![item(s, caller, &subject).await?];
     for t in CLINICAL {
         let param = if *t == "AdverseEvent" {
             "subject"
@@ -324,7 +312,7 @@ pub async fn sdv(
             "patient"
         };
         let req = trialbridge_fhir::search::parse(t, &[(param.to_string(), patient.clone())], true)
-            .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?;
+            .map_err(|i| StoreError::from_issue(Status::BadRequest, i))?;
         let mut after = None;
         loop {
             let page = s
@@ -332,7 +320,7 @@ pub async fn sdv(
                 .search(&caller.ctx, t, &req, after.as_ref(), 500)
                 .await?;
             for v in &page.versions {
-                items.push(item(&s, &caller, v).await?);
+                items.push(item(s, caller, v).await?);
             }
             match page.next {
                 Some(c) => after = Some(c),
@@ -356,16 +344,7 @@ pub async fn sdv(
         "values": total, "unverified": unverified,
         "items": items,
     });
-    Ok(json_report(&report))
-}
-
-/// A report of the monitor operations: plain JSON, not a FHIR resource.
-fn json_report(report: &Value) -> Response {
-    axum::response::IntoResponse::into_response((
-        StatusCode::OK,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        report.to_string(),
-    ))
+    Ok(report)
 }
 
 /// The differences between two JSON values, as (path, operation, old, new).
@@ -398,18 +377,14 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<Value>) {
 /// `GET [type]/{id}/$diff?from=N&to=M` (default: the previous and the current version): what
 /// changed, element by element (`meta` left out), with who, when and why of `to`.
 pub async fn version_diff(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let Path((t, id)) = path?;
-    let rt = known_type(&t)?;
+    s: &StoreState,
+    caller: &Caller,
+    (rt, id): (&'static str, &str),
+    pairs: &[(String, String)],
+) -> Result<Value, StoreError> {
     caller.require(rt, Interaction::Read)?;
-    checked_id(rt, &id)?;
-    let current = found(rt, &id, s.store.read(&caller.ctx, rt, &id).await?)?;
-    let pairs = query_pairs(q.as_deref());
-    let num = |k: &str, default: i64| -> Result<i64, ApiError> {
+    let current = found(rt, id, s.store.read(&caller.ctx, rt, id).await?)?;
+    let num = |k: &str, default: i64| -> Result<i64, StoreError> {
         match pairs.iter().find(|(n, _)| n == k) {
             None => Ok(default),
             Some((_, v)) => v
@@ -425,7 +400,7 @@ pub async fn version_diff(
     for n in [from, to] {
         let v = s
             .store
-            .vread(&caller.ctx, rt, &id, n)
+            .vread(&caller.ctx, rt, id, n)
             .await?
             .ok_or_else(|| bad(format!("{rt}/{id} has no version {n}"), "from"))?;
         let mut b = parse(&v);
@@ -436,40 +411,32 @@ pub async fn version_diff(
     }
     let mut changes = Vec::new();
     diff(rt, &bodies[0], &bodies[1], &mut changes);
-    let who = changes_of(&s, &caller, &format!("{rt}/{id}")).await?;
-    let report = json!({
+    let who = changes_of(s, caller, &format!("{rt}/{id}")).await?;
+    Ok(json!({
         "resource": format!("{rt}/{id}"), "from": from, "to": to,
         "change": who.get(&to), "differences": changes,
-    });
-    Ok(json_report(&report))
+    }))
 }
 
 /// `POST [type]/{id}/$verify` (monitors): marks a version (default the current one) as source
 /// data verified, optionally with a `comment`, as a Provenance with a `verifier` agent.
 pub async fn verify(
-    State(s): State<StoreState>,
-    caller: Caller,
-    path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let Path((t, id)) = path?;
-    let rt = known_type(&t)?;
+    s: &StoreState,
+    caller: &Caller,
+    (rt, id): (&'static str, &str),
+    bytes: &[u8],
+) -> Result<Written, StoreError> {
     caller.require_role(
         &[Role::Monitor, Role::System],
         "mark source data as verified",
     )?;
     caller.require(rt, Interaction::Read)?;
-    checked_id(rt, &id)?;
-    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    let current = found(rt, &id, s.store.read(&caller.ctx, rt, &id).await?)?;
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let current = found(rt, id, s.store.read(&caller.ctx, rt, id).await?)?;
     let params: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        trialbridge_validation::json_text::parse(&bytes, &s.config.validation.limits)
-            .map_err(|i| ApiError::from_issue(StatusCode::BAD_REQUEST, i))?
+        trialbridge_validation::json_text::parse(bytes, &s.config.validation.limits)
+            .map_err(|i| StoreError::from_issue(Status::BadRequest, i))?
     };
     let param = |name: &str| {
         params["parameter"]
@@ -485,11 +452,7 @@ pub async fn verify(
             .ok_or_else(|| bad("version is a valueInteger", "Parameters.parameter"))?,
         None => current.version,
     };
-    if s.store
-        .vread(&caller.ctx, rt, &id, version)
-        .await?
-        .is_none()
-    {
+    if s.store.vread(&caller.ctx, rt, id, version).await?.is_none() {
         return Err(bad(
             format!("{rt}/{id} has no version {version}"),
             "version",
@@ -519,10 +482,9 @@ pub async fn verify(
     let pid = uuid::Uuid::now_v7().to_string();
     // The verification is written with the system's reach for the Provenance type, but it is
     // audited as the monitor's act.
-    let c = caller.clone();
-    let w = write_audited(&*s.store, &caller, "create", move |txn| {
-        Box::pin(async move { interactions::create(txn, &c, &res, &pid, None).await })
+    let (c, rules) = (caller.clone(), s.rules.clone());
+    write_audited(&*s.store, caller, "create", move |txn| {
+        Box::pin(async move { interactions::create(txn, &c, &*rules, &res, &pid, None).await })
     })
-    .await?;
-    Ok(audited(written_response(&s, w, fmt, Default::default())))
+    .await
 }

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use tracing::Instrument;
 
-use crate::StoreState;
+use crate::error::{Status, StoreError};
+use crate::fhir::StoreState;
 
 /// The store's metrics, one set per process (replicas are told apart by the scrape target).
 pub struct StoreMetrics {
@@ -87,7 +88,7 @@ fn labels(method: &str, path: &str) -> (&'static str, &'static str) {
     if segments.first() == Some(&"metadata") {
         return ("capabilities", "");
     }
-    let interaction = crate::audit::interaction_of(method, &segments);
+    let interaction = crate::security::audit::interaction_of(method, &segments);
     let rtype = segments
         .first()
         .filter(|s| !s.starts_with('$') && !s.starts_with('_'))
@@ -148,8 +149,8 @@ pub async fn serve(State(s): State<StoreState>) -> Response {
     }
     let mut out = Vec::new();
     if let Err(e) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut out) {
-        return crate::error::ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        return StoreError::new(
+            Status::InternalError,
             trialbridge_fhir::IssueType::Exception,
             format!("the metrics could not be encoded: {e}"),
         )

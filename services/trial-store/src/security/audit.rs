@@ -5,33 +5,20 @@
 //! [`Entry`] that the storage writes together with the others queued meanwhile. Both render to
 //! the same AuditEvent ([`expand`]); the hash chain covers what is stored.
 
-use axum::http::StatusCode;
 use base64::Engine;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use trialbridge_storage::{AuditRecord, ResourceStore, StoredAudit, StoredVersion, WriteTxn};
 
-use crate::access::Caller;
-use crate::error::ApiError;
-use crate::interactions::Written;
-use crate::StoreState;
+use crate::error::StoreError;
+use crate::security::Caller;
 
 /// What a write returns that the audit event lists.
 pub trait Changes {
     /// The versions written, each with its own reason for change when it has one (a
     /// Provenance in the same transaction) that differs from the request's.
     fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)>;
-}
-
-impl Changes for Written {
-    fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
-        self.version
-            .iter()
-            .filter(|_| self.changed)
-            .map(|v| (v, None))
-            .collect()
-    }
 }
 
 /// Runs `f` in a write transaction and records its AuditEvent in the same transaction: the
@@ -41,10 +28,12 @@ pub async fn write_audited<T, F>(
     caller: &Caller,
     subtype: &'static str,
     f: F,
-) -> Result<T, ApiError>
+) -> Result<T, StoreError>
 where
     T: Changes + Send + 'static,
-    F: for<'a> FnOnce(&'a mut dyn WriteTxn) -> BoxFuture<'a, Result<T, ApiError>> + Send + 'static,
+    F: for<'a> FnOnce(&'a mut dyn WriteTxn) -> BoxFuture<'a, Result<T, StoreError>>
+        + Send
+        + 'static,
 {
     let who = caller.clone();
     trialbridge_storage::write(store, &caller.ctx, move |txn| {
@@ -209,7 +198,8 @@ fn event(
         400.. => "4",
         _ => "0",
     };
-    let desc = StatusCode::from_u16(status)
+    // The reason phrase of the status recorded, as the event's outcome description.
+    let desc = axum::http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
@@ -365,7 +355,7 @@ pub(crate) fn interaction_of(method: &str, segments: &[&str]) -> &'static str {
 }
 
 /// Audits a request the handler did not audit itself.
-pub async fn request(s: &StoreState, caller: &Caller, path: &str, status: StatusCode) {
+pub async fn request(store: &dyn ResourceStore, caller: &Caller, path: &str, status: u16) {
     let method = caller.request.split(' ').next().unwrap_or("");
     let segments: Vec<&str> = path
         .trim_start_matches("/fhir")
@@ -381,7 +371,7 @@ pub async fn request(s: &StoreState, caller: &Caller, path: &str, status: Status
     let entry = Entry {
         recorded_us: now_us(),
         subtype: interaction_of(method, &segments),
-        status: status.as_u16(),
+        status,
         description: "",
         agent: Some(AgentRef::of(caller)),
         request: &caller.request,
@@ -389,11 +379,11 @@ pub async fn request(s: &StoreState, caller: &Caller, path: &str, status: Status
         reason: caller.reason.as_deref(),
     };
     let about = entity.clone();
-    queue(s, entry, caller.own_site().map(String::from), about).await;
+    queue(store, entry, caller.own_site().map(String::from), about).await;
 }
 
 /// Audits a request refused before it had a caller (no or a bad token).
-pub async fn refused(s: &StoreState, request: &str, address: Option<&str>, why: &str) {
+pub async fn refused(store: &dyn ResourceStore, request: &str, address: Option<&str>, why: &str) {
     let method = request.split(' ').next().unwrap_or("");
     let request = match address {
         Some(a) => format!("{request} from {a}"),
@@ -409,11 +399,11 @@ pub async fn refused(s: &StoreState, request: &str, address: Option<&str>, why: 
         entity: None,
         reason: None,
     };
-    queue(s, entry, None, None).await;
+    queue(store, entry, None, None).await;
 }
 
 async fn queue(
-    s: &StoreState,
+    store: &dyn ResourceStore,
     entry: Entry<&str, &[String]>,
     site: Option<String>,
     entity: Option<String>,
@@ -424,7 +414,7 @@ async fn queue(
         entities: entity.into_iter().collect(),
         body: serde_json::to_string(&entry).unwrap_or_default(),
     };
-    if let Err(e) = s.store.audit(record).await {
+    if let Err(e) = store.audit(record).await {
         tracing::error!(error = %e, "an audit event could not be queued");
     }
 }

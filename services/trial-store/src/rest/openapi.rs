@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// The YAML as written in the repository.
-const YAML: &str = include_str!("../../../openapi/trialbridge.yaml");
+const YAML: &str = include_str!("../../../../openapi/trialbridge.yaml");
 
 /// The description as JSON text, converted once.
 static JSON: LazyLock<Result<String, String>> = LazyLock::new(|| {
@@ -32,8 +32,8 @@ pub async fn document() -> Response {
             text.clone(),
         )
             .into_response(),
-        Err(e) => crate::error::ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        Err(e) => crate::error::StoreError::new(
+            crate::error::Status::InternalError,
             trialbridge_fhir::IssueType::Exception,
             e.clone(),
         )

@@ -4,16 +4,8 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
 use serde_json::{json, Value};
 use trialbridge_fhir::{index, resource_type, search_param};
-
-use crate::error::ApiError;
-use crate::http::{json_response, query_pairs};
-use crate::negotiate::negotiate;
-use crate::StoreState;
 
 /// Type-level interactions served for every resource type.
 pub const TYPE_INTERACTIONS: &[&str] = &[
@@ -94,14 +86,10 @@ fn statement() -> &'static Value {
     })
 }
 
-pub async fn metadata(
-    State(s): State<StoreState>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
-) -> Result<Response, ApiError> {
-    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+/// The CapabilityStatement of the server at `base_url`.
+pub fn capability_statement(base_url: &str) -> Value {
     let mut cs = statement().clone();
     cs["implementation"] =
-        json!({ "description": "trialbridge trial store (MesemCart)", "url": s.config.base_url });
-    Ok(json_response(StatusCode::OK, cs.to_string(), fmt))
+        json!({ "description": "trialbridge trial store (MesemCart)", "url": base_url });
+    cs
 }

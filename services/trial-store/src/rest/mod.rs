@@ -1,0 +1,122 @@
+//! The HTTP edge: routes, extractors, content negotiation, response shaping, errors as
+//! OperationOutcomes, authentication and audit of requests, metrics, the OpenAPI document. The
+//! only code of the store that knows HTTP; each handler extracts, calls one function of
+//! `fhir` or `trial`, and shapes its answer.
+
+pub mod access;
+mod bundle;
+mod capability;
+pub mod error;
+mod export;
+mod extract;
+mod history;
+pub mod metrics;
+mod monitor;
+pub mod negotiate;
+pub mod openapi;
+mod resources;
+pub mod respond;
+mod search;
+mod validate;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use trialbridge_fhir::IssueType;
+
+use crate::error::{Status, StoreError};
+use crate::fhir::StoreState;
+
+/// The router of the FHIR API (`/fhir/...`), health, metrics and the OpenAPI document.
+pub fn routes(state: StoreState) -> Router {
+    Router::new()
+        .route("/fhir/metadata", get(capability::metadata))
+        .route("/fhir", post(bundle::process).get(search::system_search))
+        .route("/fhir/", post(bundle::process).get(search::system_search))
+        .route("/fhir/_history", get(history::system))
+        .route(
+            "/fhir/{rtype}",
+            get(search::type_search)
+                .post(resources::create)
+                .put(resources::conditional_update)
+                .delete(resources::conditional_delete),
+        )
+        .route("/fhir/$export", get(export::system))
+        .route("/fhir/{rtype}/$export", get(export::type_level))
+        .route("/fhir/Group/{id}/$export", get(export::group))
+        .route(
+            "/fhir/$export-status/{job}",
+            get(export::status).delete(export::cancel),
+        )
+        .route("/fhir/$export-file/{job}/{file}", get(export::file))
+        .route("/fhir/{rtype}/_search", post(search::type_search_post))
+        .route("/fhir/{rtype}/$validate", post(validate::type_level))
+        .route(
+            "/fhir/{rtype}/{id}/$validate",
+            post(validate::instance_level).get(validate::instance_level),
+        )
+        .route("/fhir/{rtype}/_history", get(history::of_type))
+        .route("/fhir/{rtype}/{id}/$sdv", get(monitor::sdv))
+        .route("/fhir/{rtype}/{id}/$diff", get(monitor::version_diff))
+        .route("/fhir/{rtype}/{id}/$verify", post(monitor::verify))
+        .route(
+            "/fhir/{rtype}/{id}",
+            get(resources::read)
+                .put(resources::update)
+                .delete(resources::delete),
+        )
+        .route("/fhir/{rtype}/{id}/_history", get(history::instance))
+        .route("/fhir/{rtype}/{id}/_history/{vid}", get(resources::vread))
+        .route(
+            "/fhir/{rtype}/{id}/{member}",
+            get(search::compartment_search),
+        )
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::serve))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(metrics::record))
+        .layer(CatchPanicLayer::custom(error::panicked))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    StoreError::new(
+        Status::NotFound,
+        IssueType::NotFound,
+        format!("no endpoint at {}", uri.path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    StoreError::new(
+        Status::MethodNotAllowed,
+        IssueType::NotSupported,
+        format!("{method} is not supported on {}", uri.path()),
+    )
+    .into_response()
+}
+
+async fn readyz(State(s): State<StoreState>) -> Response {
+    if s.store.is_ready().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        StoreError::new(
+            Status::Unavailable,
+            IssueType::Exception,
+            "the trial database does not answer",
+        )
+        .into_response()
+    }
+}

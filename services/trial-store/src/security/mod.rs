@@ -1,0 +1,8 @@
+//! Security: who is calling ([`Caller`], the permission checks, the site of a written
+//! resource) and the audit trail ([`audit`]). Used by the other rooms; imports none of them
+//! (only the shared `error` vocabulary).
+
+pub mod audit;
+mod caller;
+
+pub use caller::{named_site, resource_site, Caller};
