@@ -8,6 +8,8 @@
 #   HFS_BIN=/path/to/hfs HFS_DATA=/path/to/dir/with/search-parameters-r4.json bash bench/compare.sh
 # TB_BACKENDS="sqlite postgres" runs trialbridge once per backend (PostgreSQL: a throwaway
 # server on loopback, see bench/lib.sh), labelled trialbridge-sqlite / trialbridge-postgres.
+# TB_BUILDS="before=/path/to/old/trialbridge after=target/release/trialbridge" serves each of
+# those builds in turn (on SQLite), labelled by name, with the same client: a before/after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
@@ -30,7 +32,9 @@ suite() { # label base pid
 }
 
 
+[ -n "${TB_BUILDS:-}" ] && [ -z "${TB_BACKENDS:-}" ] && TB_BACKENDS=none
 for backend in ${TB_BACKENDS:-sqlite}; do
+    [ "$backend" = none ] && continue
     label=trialbridge
     [ -z "${TB_BACKENDS:-}" ] || label=trialbridge-$backend
     tb_database "$backend" "tb_$backend" > "$work/db"
@@ -38,6 +42,16 @@ for backend in ${TB_BACKENDS:-sqlite}; do
     suite "$label" http://127.0.0.1:8190/fhir $tb_pid
     kill $tb_pid; wait $tb_pid 2>/dev/null || true
 done
+
+for build in ${TB_BUILDS:-}; do
+    tb_server=${build#*=}
+    tb_database sqlite "tb_${build%%=*}" > "$work/db"
+    start_trialbridge "$(cat "$work/db")"
+    suite "trialbridge-${build%%=*}" http://127.0.0.1:8190/fhir $tb_pid
+    kill $tb_pid; wait $tb_pid 2>/dev/null || true
+    rm -rf "$work/tbdata"
+done
+unset tb_server
 
 if [ -n "${HFS_BIN:-}" ]; then
     start_hfs

@@ -15,7 +15,8 @@ start_trialbridge() {
     local url=$1
     case $url in postgres://*) ;; *) url="sqlite://$1" ;; esac
     mkdir -p "$work/tbdata"
-    TRIALBRIDGE_DATA_DIR="$work/tbdata" TRIALBRIDGE_DATABASE_URL="$url" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 $tb serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
+    # $tb_server: the build under test (default $tb; the client is always $tb).
+    TRIALBRIDGE_DATA_DIR="$work/tbdata" TRIALBRIDGE_DATABASE_URL="$url" TRIALBRIDGE_LOAD_STUDY=false TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 ${tb_server:-$tb} serve --listen 127.0.0.1:8190 >/dev/null 2>"$work/tb.log" &
     tb_pid=$!
     wait_up http://127.0.0.1:8190/fhir
     TRIALBRIDGE_TOKEN=$(TRIALBRIDGE_DATA_DIR="$work/tbdata" $tb token --role system --database-url "$url")

@@ -10,8 +10,8 @@ from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import BaseFHIRError, OperationOutcome, ResourceNotFound
 
 base = sys.argv[1]
-# A bearer token from the test (a system token); updates of clinical data would also need a
-# reason for change, the Patient here does not.
+# A bearer token from the test (a system token). Updating the Patient needs no reason; deleting
+# recorded clinical data does (GCP): the delete goes with an X-Reason-For-Change header.
 auth = f"Bearer {os.environ['TRIALBRIDGE_TOKEN']}"
 client = SyncFHIRClient(base, authorization=auth, extra_headers={"Accept": "application/fhir+json"})
 
@@ -85,8 +85,20 @@ step("search and fetch_all")
 found = client.resources("Observation").search(subject=f"Patient/{pid}").limit(1).fetch_all()
 assert sorted(o["code"]["coding"][0]["code"] for o in found) == ["39156-5", "8302-2"], found
 
-step("delete")
-client.reference("Patient", pid).to_resource().delete()
+step("delete without a reason is refused")
+try:
+    client.reference("Patient", pid).to_resource().delete()
+    raise AssertionError("a delete without a reason for change was accepted")
+except OperationOutcome as e:
+    assert "X-Reason-For-Change" in str(e), e
+
+step("delete with a reason")
+with_reason = SyncFHIRClient(
+    base,
+    authorization=auth,
+    extra_headers={"Accept": "application/fhir+json", "X-Reason-For-Change": "entered in error"},
+)
+with_reason.reference("Patient", pid).to_resource().delete()
 try:
     client.reference("Patient", pid).to_resource()
     raise AssertionError("a deleted Patient was still readable")

@@ -358,6 +358,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `trialbridge store` (the binary `bin`: a test's `env!("CARGO_BIN_EXE_trialbridge-under-test")`)
+/// on `db` with `dir` as its data directory (the test key installed there, ports chosen by the
+/// system, the study not loaded), ready to spawn.
+pub fn store_command(bin: &str, db: &str, dir: &Path) -> tokio::process::Command {
+    install_test_key(dir);
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args([
+        "store",
+        "--listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+    ])
+    .env("TRIALBRIDGE_DATABASE_URL", db)
+    .env("TRIALBRIDGE_DATA_DIR", dir)
+    .env("TRIALBRIDGE_LOAD_STUDY", "false");
+    cmd
+}
+
 /// Starts a `trialbridge` process (stdout piped) and returns it with the first line it prints:
 /// the FHIR base URL of `serve` and `store`.
 pub async fn spawn_with_base(cmd: &mut tokio::process::Command) -> (tokio::process::Child, String) {

@@ -56,7 +56,7 @@ fn load_is_idempotent_and_refuses_transactions() {
     let db = format!("sqlite://{}", dir.path().join("load.db").display());
     let run = |path: &std::path::Path| {
         trialbridge()
-            .args(["load"])
+            .args(["load", "--site", "mesemcart-site-01"])
             .arg(path)
             .env("TRIALBRIDGE_DATABASE_URL", &db)
             .env(
@@ -179,4 +179,126 @@ fn token_mints_a_site_token_and_a_monitor_token_for_several_sites() {
     ]);
     assert!(!two.status.success());
     assert!(String::from_utf8_lossy(&two.stderr).contains("exactly one --site"));
+}
+
+/// `trialbridge load` writes like the API: a site for clinical data (refused without one), an
+/// AuditEvent per resource naming the operator, each error with its file, line and element,
+/// and a report of what was committed before a refusal, or nothing at all with `--atomic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_writes_like_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("store.db").display());
+    let load = |args: &[&str], file: &std::path::Path| {
+        let out = trialbridge()
+            .arg("load")
+            .args(args)
+            .arg(file)
+            .env("TRIALBRIDGE_DATABASE_URL", &db)
+            .env("USER", "dm-anna")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let obs = |id: &str, v: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"29463-7"}}]}},"subject":{{"reference":"Patient/mc-01-p"}},"valueQuantity":{{"value":{v},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}}}"#
+        )
+    };
+    // Clinical data of no site is refused, naming the line.
+    let ndjson = dir.path().join("perf.ndjson");
+    let lines: Vec<String> = (0..5).map(|i| obs(&format!("perf-000{i}"), "70")).collect();
+    std::fs::write(&ndjson, lines.join("\n")).unwrap();
+    let (ok, _, err) = load(&[], &ndjson);
+    assert!(!ok);
+    assert!(err.contains("perf.ndjson:1"), "{err}");
+    assert!(err.contains("of no site"), "{err}");
+    // With --site it loads, and a site-02 token neither reads nor overwrites it.
+    let (ok, out, err) = load(&["--site", "mesemcart-site-01"], &ndjson);
+    assert!(ok, "{err}");
+    assert!(out.contains("5 created"), "{out}");
+    // A bad line in the middle: its line and element, and what was committed before it.
+    let mut lines: Vec<String> = (0..1200)
+        .map(|i| obs(&format!("mc-01-b{i}"), "71"))
+        .collect();
+    lines[1100] = obs("mc-01-b1100", "\"heavy\"");
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let (ok, out, err) = load(&["--site", "mesemcart-site-01"], &bad);
+    assert!(!ok);
+    assert!(err.contains("bad.ndjson:1101"), "{err}");
+    assert!(err.contains("Quantity).value"), "{err}");
+    assert!(
+        format!("{out}{err}").contains("bad.ndjson:1000"),
+        "says what was committed: {out}{err}"
+    );
+    // --atomic: the file is loaded whole or not at all.
+    let mut lines: Vec<String> = (0..20).map(|i| obs(&format!("mc-01-a{i}"), "72")).collect();
+    lines[19] = obs("mc-01-a19", "\"heavy\"");
+    let atomic = dir.path().join("atomic.ndjson");
+    std::fs::write(&atomic, lines.join("\n")).unwrap();
+    let (ok, _, err) = load(&["--site", "mesemcart-site-01", "--atomic"], &atomic);
+    assert!(!ok);
+    assert!(err.contains("atomic.ndjson:20"), "{err}");
+    assert!(err.contains("nothing was committed"), "{err}");
+
+    // What the store serves from it.
+    let s = integration_tests::TestStore::start_in(dir, |_| {}).await;
+    let site2 = integration_tests::client_with(&integration_tests::token(
+        integration_tests::Role::Site,
+        &["mesemcart-site-02"],
+        "",
+    ));
+    let r = site2
+        .get(s.url("Observation/perf-0001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = site2
+        .put(s.url("Observation/perf-0001"))
+        .header("content-type", "application/fhir+json")
+        .header("x-reason-for-change", "overwrite")
+        .body(obs("perf-0001", "1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let site1 = integration_tests::client_with(&integration_tests::token(
+        integration_tests::Role::Site,
+        &["mesemcart-site-01"],
+        "",
+    ));
+    let r = site1
+        .get(s.url("Observation/mc-01-b999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the first batches were committed");
+    let r = site1
+        .get(s.url("Observation/mc-01-a0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the atomic file was not");
+    // An AuditEvent per resource, naming the operator.
+    let admin = integration_tests::client_with(&integration_tests::token(
+        integration_tests::Role::Admin,
+        &[],
+        "",
+    ));
+    let b: serde_json::Value = admin
+        .get(s.url("AuditEvent?entity=Observation/perf-0003"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let e = &b["entry"][0]["resource"];
+    assert_eq!(e["action"], "C", "{b}");
+    assert!(e.to_string().contains("dm-anna"), "{e}");
 }

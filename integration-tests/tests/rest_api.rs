@@ -834,3 +834,118 @@ async fn an_update_that_changes_nothing_writes_no_version() {
     let history = send(Method::GET, &s.url("Observation/same/_history"), &[], None).await;
     assert_eq!(history.body["entry"].as_array().unwrap().len(), 3);
 }
+
+/// The CapabilityStatement against the router and the index: every search parameter listed
+/// for every type is answered (not refused as unknown), every operation listed is routed, and
+/// AuditEvent claims exactly what it serves (read and search, no writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capability_statement_lists_exactly_what_is_served() {
+    let s = TestStore::start().await;
+    let cs = send(Method::GET, &s.url("metadata"), &[], None).await.body;
+    let rest = &cs["rest"][0];
+    let sample = |kind: &str| match kind {
+        "reference" => "Patient/x",
+        "date" => "2020",
+        "number" | "quantity" => "1",
+        "uri" => "http://example.org/x",
+        _ => "x",
+    };
+    let mut checked = 0;
+    for r in rest["resource"].as_array().unwrap() {
+        let t = r["type"].as_str().unwrap();
+        for p in r["searchParam"].as_array().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap();
+            let kind = p["type"].as_str().unwrap();
+            // A composite's value depends on its components: one of these shapes fits each.
+            let values: &[&str] = match (name, kind) {
+                ("_summary", _) => &["count"],
+                (_, "composite") => &["x$y", "x$1", "x$2020", "x$Patient/x"],
+                _ => &[sample(kind)],
+            };
+            let mut answers = Vec::new();
+            for value in values {
+                let got = send(
+                    Method::GET,
+                    &s.url(&format!("{t}?{name}={value}")),
+                    &[],
+                    None,
+                )
+                .await;
+                answers.push((got.status, got.body));
+            }
+            assert!(
+                answers.iter().any(|(st, _)| *st == StatusCode::OK),
+                "{t}?{name}: {answers:?}"
+            );
+            checked += 1;
+        }
+        for op in r["operation"].as_array().into_iter().flatten() {
+            let name = op["name"].as_str().unwrap();
+            let (m, path) = match name {
+                "validate" => (Method::POST, format!("{t}/$validate")),
+                "diff" => (Method::GET, format!("{t}/x/$diff")),
+                "verify" => (Method::POST, format!("{t}/x/$verify")),
+                "sdv" => (Method::GET, format!("{t}/x/$sdv")),
+                "export" if t == "Group" => (Method::GET, "Group/x/$export".to_string()),
+                "export" => (Method::GET, format!("{t}/$export")),
+                other => panic!("{t} claims ${other}: add it here"),
+            };
+            let body = (m == Method::POST).then(|| json!({"resourceType": t}).to_string());
+            let got = send(m, &s.url(&path), &[("prefer", "respond-async")], body).await;
+            assert_ne!(got.status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_ne!(
+                got.body["issue"][0]["code"], "not-supported",
+                "{path}: {}",
+                got.body
+            );
+            assert!(
+                !got.body.is_null() || got.status.is_success(),
+                "{path}: routed nowhere"
+            );
+        }
+    }
+    assert!(checked > 1000, "{checked} parameters");
+    for op in rest["operation"].as_array().unwrap() {
+        assert_eq!(op["name"], "export");
+        let got = send(
+            Method::GET,
+            &s.url("$export"),
+            &[("prefer", "respond-async")],
+            None,
+        )
+        .await;
+        assert_eq!(got.status, StatusCode::ACCEPTED);
+    }
+    // AuditEvent: read and search only, and writes are refused.
+    let audit = rest["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .unwrap();
+    let codes: Vec<&str> = audit["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["read", "search-type"]);
+    let write = send(
+        Method::POST,
+        &s.url("AuditEvent"),
+        &[],
+        Some(json!({"resourceType": "AuditEvent"}).to_string()),
+    )
+    .await;
+    assert!(!write.status.is_success(), "{}", write.body);
+    // A parameter the statement does not list for AuditEvent is refused.
+    let listed: Vec<&str> = audit["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(!listed.contains(&"policy"));
+    let got = send(Method::GET, &s.url("AuditEvent?policy=x"), &[], None).await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST);
+}

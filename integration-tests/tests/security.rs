@@ -90,31 +90,39 @@ async fn two_sites(s: &TestStore) -> (Who, Who) {
     let site1 = who("site-01", Role::Site, &[S1], "");
     let site2 = who("site-02", Role::Site, &[S2], "");
     for (w, n, site) in [(&site1, "1", S1), (&site2, "2", S2)] {
-        assert_eq!(put(w, s, patient(&format!("p{n}"), "female")).await, 201);
-        let rs = json!({"resourceType": "ResearchSubject", "id": format!("rs{n}"), "status": "candidate",
+        assert_eq!(
+            put(w, s, patient(&format!("mc-0{n}-p"), "female")).await,
+            201
+        );
+        let rs = json!({"resourceType": "ResearchSubject", "id": format!("mc-0{n}-rs"), "status": "candidate",
             "identifier": [{"system": "https://fhir.mesemcart-sponsor.example/sid/subject", "value": format!("MC-0{n}-001")}],
             "study": {"reference": format!("ResearchStudy/{site}")},
-            "individual": {"reference": format!("Patient/p{n}")}});
+            "individual": {"reference": format!("Patient/mc-0{n}-p")}});
         let (st, oo) = send(
             w,
             reqwest::Method::PUT,
-            s.url(&format!("ResearchSubject/rs{n}")),
+            s.url(&format!("ResearchSubject/mc-0{n}-rs")),
             Some(rs),
         )
         .await;
         assert_eq!(st, 201, "{oo}");
-        let mut o = observation(&format!("o{n}"), &format!("p{n}"), "29463-7", 70.0);
+        let mut o = observation(
+            &format!("mc-0{n}-o"),
+            &format!("mc-0{n}-p"),
+            "29463-7",
+            70.0,
+        );
         o["identifier"] = json!([{"system": "urn:test", "value": format!("obs-{n}")}]);
         assert_eq!(put(w, s, o).await, 201);
     }
     // Site 2 may not attach a result to site 1's patient (it knows the id)...
     assert_eq!(
-        put(&site2, s, observation("o2x", "p1", "8302-2", 172.0)).await,
+        put(&site2, s, observation("o2x", "mc-01-p", "8302-2", 172.0)).await,
         403
     );
     // ...but a privileged loader can link across sites (a data error, or a transfer): site 1
     // must still not see site 2's result, through any path.
-    let mut cross = observation("o2x", "p1", "8302-2", 172.0);
+    let mut cross = observation("o2x", "mc-01-p", "8302-2", 172.0);
     cross["extension"] = site_ext(S2);
     cross["valueQuantity"] =
         json!({"value": 172, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"});
@@ -154,21 +162,21 @@ async fn role_by_interaction_by_site() {
 
     // Reads: (path, expected status per caller in the order above).
     let reads: &[(&str, [u16; 7])] = &[
-        ("Observation/o1", [200, 404, 200, 200, 200, 403, 200]),
-        ("Observation/o2", [404, 200, 404, 200, 200, 403, 404]),
+        ("Observation/mc-01-o", [200, 404, 200, 200, 200, 403, 200]),
+        ("Observation/mc-02-o", [404, 200, 404, 200, 200, 403, 404]),
         ("Observation/o2x", [404, 200, 404, 200, 200, 403, 404]),
         (
-            "Observation/o2/_history/1",
+            "Observation/mc-02-o/_history/1",
             [404, 200, 404, 200, 200, 403, 404],
         ),
         (
-            "Observation/o2/_history",
+            "Observation/mc-02-o/_history",
             [404, 200, 404, 200, 200, 403, 404],
         ),
-        ("Patient/p1", [200, 404, 200, 200, 200, 403, 403]),
+        ("Patient/mc-01-p", [200, 404, 200, 200, 200, 403, 403]),
         ("PlanDefinition/pd", [200, 200, 200, 200, 200, 200, 403]),
         (
-            "Observation/o2/$validate",
+            "Observation/mc-02-o/$validate",
             [404, 200, 404, 200, 200, 403, 404],
         ),
         ("AuditEvent?_count=1", [403, 403, 200, 200, 403, 200, 403]),
@@ -186,27 +194,43 @@ async fn role_by_interaction_by_site() {
         (
             "Observation?_count=50",
             [
-                Ok(&["Observation/o1"]),
-                Ok(&["Observation/o2", "Observation/o2x"]),
-                Ok(&["Observation/o1"]),
-                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
-                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/mc-01-o"]),
+                Ok(&["Observation/mc-02-o", "Observation/o2x"]),
+                Ok(&["Observation/mc-01-o"]),
+                Ok(&[
+                    "Observation/mc-01-o",
+                    "Observation/mc-02-o",
+                    "Observation/o2x",
+                ]),
+                Ok(&[
+                    "Observation/mc-01-o",
+                    "Observation/mc-02-o",
+                    "Observation/o2x",
+                ]),
                 Err(403),
-                Ok(&["Observation/o1"]),
+                Ok(&["Observation/mc-01-o"]),
             ],
         ),
         // A chain through the patient: site 1 must not learn of o2x (which points at p1).
         (
             "Observation?subject:Patient.gender=female",
             [
-                Ok(&["Observation/o1"]),
+                Ok(&["Observation/mc-01-o"]),
                 // o2x's patient is site 1's: site 2 cannot match through it either.
-                Ok(&["Observation/o2"]),
-                Ok(&["Observation/o1"]),
-                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
-                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/mc-02-o"]),
+                Ok(&["Observation/mc-01-o"]),
+                Ok(&[
+                    "Observation/mc-01-o",
+                    "Observation/mc-02-o",
+                    "Observation/o2x",
+                ]),
+                Ok(&[
+                    "Observation/mc-01-o",
+                    "Observation/mc-02-o",
+                    "Observation/o2x",
+                ]),
                 Err(403),
-                Ok(&["Observation/o1"]),
+                Ok(&["Observation/mc-01-o"]),
             ],
         ),
         // _include of a patient in another site is left out.
@@ -216,21 +240,21 @@ async fn role_by_interaction_by_site() {
                 Ok(&[]),
                 Ok(&["Observation/o2x"]),
                 Ok(&[]),
-                Ok(&["Observation/o2x", "Patient/p1"]),
-                Ok(&["Observation/o2x", "Patient/p1"]),
+                Ok(&["Observation/o2x", "Patient/mc-01-p"]),
+                Ok(&["Observation/o2x", "Patient/mc-01-p"]),
                 Err(403),
                 Ok(&[]),
             ],
         ),
         // _revinclude does not bring another site's results for one's own patient.
         (
-            "Patient?_id=p1&_revinclude=Observation:subject",
+            "Patient?_id=mc-01-p&_revinclude=Observation:subject",
             [
-                Ok(&["Patient/p1", "Observation/o1"]),
+                Ok(&["Patient/mc-01-p", "Observation/mc-01-o"]),
                 Ok(&[]),
-                Ok(&["Patient/p1", "Observation/o1"]),
-                Ok(&["Patient/p1", "Observation/o1", "Observation/o2x"]),
-                Ok(&["Patient/p1", "Observation/o1", "Observation/o2x"]),
+                Ok(&["Patient/mc-01-p", "Observation/mc-01-o"]),
+                Ok(&["Patient/mc-01-p", "Observation/mc-01-o", "Observation/o2x"]),
+                Ok(&["Patient/mc-01-p", "Observation/mc-01-o", "Observation/o2x"]),
                 Err(403),
                 Err(403),
             ],
@@ -242,8 +266,8 @@ async fn role_by_interaction_by_site() {
                 Ok(&[]),
                 Ok(&[]),
                 Ok(&[]),
-                Ok(&["Patient/p1"]),
-                Ok(&["Patient/p1"]),
+                Ok(&["Patient/mc-01-p"]),
+                Ok(&["Patient/mc-01-p"]),
                 Err(403),
                 Err(403),
             ],
@@ -251,24 +275,32 @@ async fn role_by_interaction_by_site() {
         (
             "Observation/_history",
             [
-                Ok(&["Observation/o1"]),
-                Ok(&["Observation/o2", "Observation/o2x"]),
-                Ok(&["Observation/o1"]),
-                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
-                Ok(&["Observation/o1", "Observation/o2", "Observation/o2x"]),
+                Ok(&["Observation/mc-01-o"]),
+                Ok(&["Observation/mc-02-o", "Observation/o2x"]),
+                Ok(&["Observation/mc-01-o"]),
+                Ok(&[
+                    "Observation/mc-01-o",
+                    "Observation/mc-02-o",
+                    "Observation/o2x",
+                ]),
+                Ok(&[
+                    "Observation/mc-01-o",
+                    "Observation/mc-02-o",
+                    "Observation/o2x",
+                ]),
                 Err(403),
-                Ok(&["Observation/o1"]),
+                Ok(&["Observation/mc-01-o"]),
             ],
         ),
         (
-            "Patient/p1/Observation",
+            "Patient/mc-01-p/Observation",
             [
-                Ok(&["Observation/o1"]),
+                Ok(&["Observation/mc-01-o"]),
                 // The compartment of a patient site 2 does not see is not found.
                 Err(404),
-                Ok(&["Observation/o1"]),
-                Ok(&["Observation/o1", "Observation/o2x"]),
-                Ok(&["Observation/o1", "Observation/o2x"]),
+                Ok(&["Observation/mc-01-o"]),
+                Ok(&["Observation/mc-01-o", "Observation/o2x"]),
+                Ok(&["Observation/mc-01-o", "Observation/o2x"]),
                 Err(403),
                 Err(403),
             ],
@@ -303,31 +335,64 @@ async fn role_by_interaction_by_site() {
     let (_, b) = get(&site1, s.url("?_type=Observation,Patient")).await;
     let mut found = entries(&b);
     found.sort();
-    assert_eq!(found, ["Observation/o1", "Patient/p1"]);
+    assert_eq!(found, ["Observation/mc-01-o", "Patient/mc-01-p"]);
     let (_, b) = get(&site1, s.url("_history?_count=100")).await;
     assert!(
         entries(&b)
             .iter()
-            .all(|e| !e.ends_with("o2") && !e.ends_with("o2x") && !e.ends_with("p2")),
+            .all(|e| !e.ends_with("mc-02-o") && !e.ends_with("o2x") && !e.ends_with("mc-02-p")),
         "{b}"
     );
     assert_eq!(get(&admin, s.url("_history")).await.0, 403);
 
     // Writes.
-    let o = || observation("new", "p1", "29463-7", 71.0);
+    let o = || observation("mc-01-new", "mc-01-p", "29463-7", 71.0);
+    let verifier = json!({"resourceType": "Provenance", "id": "mc-01-verif",
+        "target": [{"reference": "Observation/mc-01-o"}], "recorded": "2026-03-03T10:00:00Z",
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "verifier"}]},
+                   "who": {"display": "a monitor"}}]});
+    let deviation = json!({"resourceType": "DetectedIssue", "id": "mc-01-dev", "status": "final",
+        "code": {"coding": [{"system": "https://fhir.mesemcart-sponsor.example/CodeSystem/mesemcart-measures", "code": "protocol-deviation"}]},
+        "patient": {"reference": "Patient/mc-01-p"}});
     let writes: &[(&str, &str, Value, [u16; 7])] = &[
         // A site writes its own clinical data; monitors, warehouse and admin do not.
         (
             "PUT",
-            "Observation/new",
+            "Observation/mc-01-new",
             o(),
-            [201, 201, 403, 403, 403, 403, 403],
+            [201, 403, 403, 403, 403, 403, 403],
+        ),
+        // Into another site's namespace, or outside every namespace.
+        (
+            "PUT",
+            "Observation/mc-02-new",
+            observation("mc-02-new", "mc-02-p", "29463-7", 71.0),
+            [403, 201, 403, 403, 403, 403, 403],
+        ),
+        (
+            "PUT",
+            "Observation/unprefixed",
+            observation("unprefixed", "mc-01-p", "29463-7", 71.0),
+            [403, 403, 403, 403, 403, 403, 403],
+        ),
+        // Monitor evidence: nobody writes it through the API.
+        (
+            "PUT",
+            "Provenance/mc-01-verif",
+            verifier,
+            [403, 403, 403, 403, 403, 403, 403],
+        ),
+        (
+            "PUT",
+            "DetectedIssue/mc-01-dev",
+            deviation,
+            [403, 403, 403, 403, 403, 403, 403],
         ),
         // Site 1 may not overwrite site 2's resource, nor claim another site in the content.
         (
             "PUT",
-            "Observation/o2",
-            observation("o2", "p2", "29463-7", 1.0),
+            "Observation/mc-02-o",
+            observation("mc-02-o", "mc-02-p", "29463-7", 1.0),
             [403, 200, 403, 403, 403, 403, 403],
         ),
         (
@@ -351,22 +416,16 @@ async fn role_by_interaction_by_site() {
     ];
     for (method, path, body, expected) in writes {
         for (w, want) in callers.iter().zip(expected) {
-            // Each PUT of Observation/new by a site creates it in that site the first time.
             let body = if body.is_null() {
                 None
             } else {
                 Some(body.clone())
             };
             let (got, oo) = send(w, method.parse().unwrap(), s.url(path), body).await;
-            let want = if *path == "Observation/new" && w.name == "site-02" {
-                403
-            } else {
-                *want
-            };
-            assert_eq!(got, want, "{} {method} {path}: {oo}", w.name);
+            assert_eq!(got, *want, "{} {method} {path}: {oo}", w.name);
         }
     }
-    let mut claims_other = observation("claim", "p1", "29463-7", 1.0);
+    let mut claims_other = observation("claim", "mc-01-p", "29463-7", 1.0);
     claims_other["extension"] = site_ext(S2);
     assert_eq!(put(&site1, &s, claims_other).await, 403);
 
@@ -378,19 +437,19 @@ async fn role_by_interaction_by_site() {
         reqwest::Method::POST,
         s.base.clone(),
         Some(txn(json!([
-        {"request": {"method": "GET", "url": "Observation/o2"}}]))),
+        {"request": {"method": "GET", "url": "Observation/mc-02-o"}}]))),
     )
     .await;
     assert_eq!(st, 404, "{oo}");
     let (st, oo) = send(&site1, reqwest::Method::POST, s.base.clone(), Some(txn(json!([
-        {"resource": observation("o2", "p2", "29463-7", 2.0), "request": {"method": "PUT", "url": "Observation/o2"}}])))).await;
+        {"resource": observation("mc-02-o", "mc-02-p", "29463-7", 2.0), "request": {"method": "PUT", "url": "Observation/mc-02-o"}}])))).await;
     assert_eq!(st, 403, "{oo}");
     assert!(oo.to_string().contains("Bundle.entry[0]"), "{oo}");
     let (st, _) = send(&wh, reqwest::Method::POST, s.base.clone(), Some(txn(json!([
-        {"resource": observation("w", "p2", "29463-7", 2.0), "request": {"method": "PUT", "url": "Observation/w"}}])))).await;
+        {"resource": observation("w", "mc-02-p", "29463-7", 2.0), "request": {"method": "PUT", "url": "Observation/w"}}])))).await;
     assert_eq!(st, 403);
     // A conditional update by site 1 matching site 2's identifier does not touch site 2's.
-    let mut cu = observation("ignored", "p1", "29463-7", 5.0);
+    let mut cu = observation("ignored", "mc-01-p", "29463-7", 5.0);
     cu.as_object_mut().unwrap().remove("id");
     let (st, created) = send(
         &site1,
@@ -400,8 +459,8 @@ async fn role_by_interaction_by_site() {
     )
     .await;
     assert_eq!(st, 201, "{created}");
-    assert_ne!(created["id"], "o2");
-    let (_, o2) = get(&site2, s.url("Observation/o2")).await;
+    assert_ne!(created["id"], "mc-02-o");
+    let (_, o2) = get(&site2, s.url("Observation/mc-02-o")).await;
     assert_eq!(
         o2["valueQuantity"]["value"], 1.0,
         "site 2's own update, not site 1's"
@@ -567,14 +626,14 @@ async fn reasons_for_change_are_required_and_recorded() {
     };
     // Creating needs no reason.
     assert_eq!(
-        put_plain(observation("r", "p", "29463-7", 70.0))
+        put_plain(observation("mc-01-r", "mc-01-p", "29463-7", 70.0))
             .await
             .unwrap()
             .status(),
         201
     );
     // Changing does.
-    let r = put_plain(observation("r", "p", "29463-7", 71.0))
+    let r = put_plain(observation("mc-01-r", "mc-01-p", "29463-7", 71.0))
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
@@ -583,23 +642,27 @@ async fn reasons_for_change_are_required_and_recorded() {
         oo["issue"][0]["expression"][0], "X-Reason-For-Change",
         "{oo}"
     );
-    let r = plain.delete(s.url("Observation/r")).send().await.unwrap();
+    let r = plain
+        .delete(s.url("Observation/mc-01-r"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     // With the header.
     let r = plain
-        .put(s.url("Observation/r"))
+        .put(s.url("Observation/mc-01-r"))
         .header("content-type", "application/fhir+json")
         .header("x-reason-for-change", "transcription error corrected")
-        .body(observation("r", "p", "29463-7", 71.0).to_string())
+        .body(observation("mc-01-r", "mc-01-p", "29463-7", 71.0).to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     // With a Provenance in the same transaction.
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": observation("r", "p", "29463-7", 72.0), "request": {"method": "PUT", "url": "Observation/r"}},
+        {"resource": observation("mc-01-r", "mc-01-p", "29463-7", 72.0), "request": {"method": "PUT", "url": "Observation/mc-01-r"}},
         {"fullUrl": "urn:uuid:0d6e3f0a-1b2c-4d5e-8f90-a1b2c3d4e5f6",
-         "resource": {"resourceType": "Provenance", "target": [{"reference": "Observation/r"}], "recorded": "2026-03-03T10:00:00Z",
+         "resource": {"resourceType": "Provenance", "target": [{"reference": "Observation/mc-01-r"}], "recorded": "2026-03-03T10:00:00Z",
                       "reason": [{"text": "late lab correction"}], "agent": [{"who": {"display": "lab system"}}]},
          "request": {"method": "POST", "url": "Provenance"}}]});
     let r = plain
@@ -611,7 +674,7 @@ async fn reasons_for_change_are_required_and_recorded() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // Old and new values stay in the history, and the audit trail says who, when and why.
-    let (_, h) = get(&site1, s.url("Observation/r/_history")).await;
+    let (_, h) = get(&site1, s.url("Observation/mc-01-r/_history")).await;
     let values: Vec<f64> = h["entry"]
         .as_array()
         .unwrap()
@@ -619,16 +682,17 @@ async fn reasons_for_change_are_required_and_recorded() {
         .map(|e| e["resource"]["valueQuantity"]["value"].as_f64().unwrap())
         .collect();
     assert_eq!(values, [72.0, 71.0, 70.0]);
-    let reasons: Vec<String> =
-        audit_events(&s, 3, |e| e.to_string().contains("Observation/r/_history/"))
-            .await
-            .iter()
-            .filter_map(|e| {
-                e.pointer("/entity/0/detail/0/valueString")
-                    .and_then(Value::as_str)
-                    .map(String::from)
-            })
-            .collect();
+    let reasons: Vec<String> = audit_events(&s, 3, |e| {
+        e.to_string().contains("Observation/mc-01-r/_history/")
+    })
+    .await
+    .iter()
+    .filter_map(|e| {
+        e.pointer("/entity/0/detail/0/valueString")
+            .and_then(Value::as_str)
+            .map(String::from)
+    })
+    .collect();
     assert!(
         reasons.contains(&"transcription error corrected".to_string()),
         "{reasons:?}"
@@ -644,7 +708,7 @@ async fn an_edited_audit_row_is_found_by_audit_verify() {
     let s = TestStore::start().await;
     let (site1, _) = two_sites(&s).await;
     for _ in 0..5 {
-        get(&site1, s.url("Observation/o1")).await;
+        get(&site1, s.url("Observation/mc-01-o")).await;
     }
     audit_events(&s, 10, |_| true).await;
     let verify = || {
@@ -712,7 +776,7 @@ async fn a_monitor_verifies_one_subject_from_screening_to_month_24() {
     ok(put(
         &site,
         &s,
-        prov("src-bmi", "Observation/mc-01-001-bmi", "LIS|MSG0001"),
+        prov("mc-01-src-bmi", "Observation/mc-01-001-bmi", "LIS|MSG0001"),
     )
     .await);
     // Enrolment, implantation (day 0), the KOOS at month 3 and at month 24.
@@ -852,4 +916,431 @@ async fn a_monitor_verifies_one_subject_from_screening_to_month_24() {
     })
     .await;
     assert!(acts[0].to_string().contains("Provenance/"), "{acts:?}");
+}
+
+/// Site 01's example subject, enrolled and implanted (2026-03-16), then with a late BMI of 36.2
+/// and a birth date that puts its age at consent at 66-67: the facts the rules read.
+async fn enrolled_subject_of_site_01(s: &TestStore) -> Who {
+    let site = who("site-01", Role::Site, &[S1], "");
+    for f in [
+        "Patient-mc-01-001.json",
+        "ResearchSubject-mc-01-001.json",
+        "Observation-mc-01-001-bmi.json",
+        "Observation-mc-01-001-icrs-grade.json",
+    ] {
+        let st = put(&site, s, example(f)).await;
+        assert!(st == 200 || st == 201, "{f}: {st}");
+    }
+    let mut rs = example("ResearchSubject-mc-01-001.json");
+    rs["status"] = json!("on-study");
+    assert_eq!(put(&site, s, rs).await, 200);
+    assert_eq!(
+        put(&site, s, example("Procedure-mc-01-001-implantation.json")).await,
+        201
+    );
+    let mut bmi = example("Observation-mc-01-001-bmi.json");
+    bmi["id"] = json!("mc-01-001-bmi-late");
+    bmi["effectiveDateTime"] = json!("2026-09-01");
+    bmi["valueQuantity"]["value"] = json!(36.2);
+    assert_eq!(put(&site, s, bmi).await, 201);
+    let mut p = example("Patient-mc-01-001.json");
+    p["birthDate"] = json!("1959-06-01");
+    assert_eq!(put(&site, s, p).await, 200);
+    site
+}
+
+/// What `$validate` said, as one string.
+async fn validate(w: &Who, s: &TestStore, v: Value) -> (u16, String) {
+    let rt = v["resourceType"].as_str().unwrap().to_string();
+    let (st, oo) = send(
+        w,
+        reqwest::Method::POST,
+        s.url(&format!("{rt}/$validate")),
+        Some(v),
+    )
+    .await;
+    (st, oo.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_runs_with_the_callers_rights() {
+    let s = TestStore::start().await;
+    let site1 = enrolled_subject_of_site_01(&s).await;
+    let site2 = who("site-02", Role::Site, &[S2], "");
+    let mon2 = who("monitor of site 02", Role::Monitor, &[S2], "");
+    let study2 = json!({"reference": format!("ResearchStudy/{S2}")});
+    // 1. The subject's status, through a status change of its id.
+    let mut status = example("ResearchSubject-mc-01-001.json");
+    status["status"] = json!("candidate");
+    // 2. BMI and age band, through an enrolment of its patient.
+    let mut enrol = example("ResearchSubject-mc-01-001.json");
+    enrol["id"] = json!("mc-02-900");
+    enrol["status"] = json!("on-study");
+    enrol["study"] = study2.clone();
+    enrol["identifier"][0]["value"] = json!("MC-02-900");
+    // 3. Its implantation's id, through a second implantation.
+    let mut implant = example("Procedure-mc-01-001-implantation.json");
+    implant["id"] = json!("mc-02-implant");
+    // 4. Its surgery date, through a visit far from it.
+    let mut visit = example("Observation-mc-01-001-koos-pain-v5.json");
+    visit["id"] = json!("mc-02-visit");
+    visit["effectiveDateTime"] = json!("2026-01-01");
+    let probes = [
+        ("status", status, ["on-study", "cannot change"]),
+        ("eligibility", enrol, ["36.2", "66"]),
+        (
+            "implantation",
+            implant,
+            ["mc-01-001-implantation", "already has"],
+        ),
+        ("visit window", visit, ["relative to surgery", "day -74"]),
+    ];
+    for (what, v, secrets) in &probes {
+        for w in [&site2, &mon2] {
+            let (st, said) = validate(w, &s, v.clone()).await;
+            for secret in secrets {
+                assert!(
+                    !said.contains(secret),
+                    "{} learnt '{secret}' of site 01's subject ({what}, HTTP {st}): {said}",
+                    w.name
+                );
+            }
+        }
+    }
+    // Site 01 itself is told (the rules do run).
+    let (_, said) = validate(&site1, &s, probes[2].1.clone()).await;
+    assert!(said.contains("already has an implantation"), "{said}");
+    let (_, said) = validate(&site1, &s, probes[3].1.clone()).await;
+    assert!(said.contains("day -74 relative to surgery"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_evidence_cannot_be_forged_or_erased_by_a_site() {
+    let s = TestStore::start().await;
+    let site1 = enrolled_subject_of_site_01(&s).await;
+    let mon = who("monitor", Role::Monitor, &[S1], "");
+    let system = Who {
+        name: "system",
+        http: integration_tests::client(),
+    };
+    // A site's own Provenance naming the monitor as verifier.
+    let forged = json!({"resourceType": "Provenance", "id": "mc-01-forged",
+        "target": [{"reference": "Observation/mc-01-001-bmi/_history/1"}],
+        "recorded": "2026-03-03T10:00:00Z",
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "verifier"}]},
+                   "who": {"identifier": {"system": "urn:trialbridge:token-subject", "value": "test-monitor"}}}]});
+    let (st, oo) = send(
+        &site1,
+        reqwest::Method::PUT,
+        s.url("Provenance/mc-01-forged"),
+        Some(forged.clone()),
+    )
+    .await;
+    assert_eq!(st, 403, "{oo}");
+    let mut posted = forged.clone();
+    posted.as_object_mut().unwrap().remove("id");
+    let (st, _) = send(
+        &site1,
+        reqwest::Method::POST,
+        s.url("Provenance"),
+        Some(posted),
+    )
+    .await;
+    assert_eq!(st, 403);
+    // ...nor a DetectedIssue of its own claiming to be a protocol deviation.
+    let di = json!({"resourceType": "DetectedIssue", "id": "mc-01-di", "status": "final",
+        "code": {"coding": [{"system": "https://fhir.mesemcart-sponsor.example/CodeSystem/mesemcart-measures", "code": "protocol-deviation"}]},
+        "patient": {"reference": "Patient/mc-01-001"}});
+    assert_eq!(put(&site1, &s, di).await, 403);
+    // The monitor's real verification, and a deviation the store records (a visit off window).
+    let (st, v) = send(
+        &mon,
+        reqwest::Method::POST,
+        s.url("Observation/mc-01-001-bmi/$verify"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let verification = v["id"].as_str().unwrap().to_string();
+    let mut late = example("Observation-mc-01-001-koos-pain-v5.json");
+    late["effectiveDateTime"] = json!("2026-12-01");
+    assert_eq!(put(&site1, &s, late).await, 201);
+    let (_, found) = get(
+        &mon,
+        s.url("DetectedIssue?code=https://fhir.mesemcart-sponsor.example/CodeSystem/mesemcart-measures|protocol-deviation"),
+    )
+    .await;
+    let deviations = entries(&found);
+    assert!(!deviations.is_empty(), "{found}");
+    // The site may delete neither, reason or not.
+    for target in [format!("Provenance/{verification}"), deviations[0].clone()] {
+        let (st, oo) = send(&site1, reqwest::Method::DELETE, s.url(&target), None).await;
+        assert_eq!(st, 403, "{target}: {oo}");
+        assert_eq!(get(&mon, s.url(&target)).await.0, 200, "{target} stays");
+    }
+    // $sdv counts the monitor's verification only.
+    let (st, sdv) = get(&mon, s.url("ResearchSubject/mc-01-001/$sdv")).await;
+    assert_eq!(st, 200, "{sdv}");
+    let bmi = sdv["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| {
+            i["resource"]
+                .as_str()
+                .unwrap()
+                .starts_with("Observation/mc-01-001-bmi/")
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(
+        bmi["verifications"].as_array().map_or(0, Vec::len),
+        1,
+        "{bmi}"
+    );
+    // Deleting a clinical resource needs a reason, Provenance included.
+    let src = json!({"resourceType": "Provenance", "id": "mc-01-src",
+        "target": [{"reference": "Observation/mc-01-001-bmi"}], "recorded": "2026-03-02T09:15:00Z",
+        "agent": [{"who": {"display": "site gateway"}}]});
+    assert_eq!(put(&site1, &s, src).await, 201);
+    let plain = client_with(&token(Role::Site, &[S1], ""));
+    let r = plain
+        .delete(s.url("Provenance/mc-01-src"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = plain
+        .delete(s.url("Provenance/mc-01-src"))
+        .header("x-reason-for-change", "filed against the wrong value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The system may remove monitor evidence (with a reason), nobody else.
+    let (st, oo) = send(
+        &system,
+        reqwest::Method::DELETE,
+        s.url(&format!("Provenance/{verification}")),
+        None,
+    )
+    .await;
+    assert_eq!(st, 204, "{oo}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sites_namespace_gets_one_answer_whether_it_exists_or_not() {
+    let s = TestStore::start().await;
+    let (site1, site2) = two_sites(&s).await;
+    let same = |a: &Value, b: &Value, id_a: &str, id_b: &str| {
+        assert_eq!(
+            a.to_string().replace(id_a, "ID"),
+            b.to_string().replace(id_b, "ID"),
+            "the answers differ"
+        );
+    };
+    // Writing an id of site 01's namespace: existing (mc-01-p) or not (mc-01-002).
+    let (st_e, oo_e) = send(
+        &site2,
+        reqwest::Method::PUT,
+        s.url("Patient/mc-01-p"),
+        Some(patient("mc-01-p", "male")),
+    )
+    .await;
+    let (st_m, oo_m) = send(
+        &site2,
+        reqwest::Method::PUT,
+        s.url("Patient/mc-01-002"),
+        Some(patient("mc-01-002", "male")),
+    )
+    .await;
+    assert_eq!((st_e, st_m), (403, 403), "{oo_e} {oo_m}");
+    same(&oo_e, &oo_m, "mc-01-p", "mc-01-002");
+    let (st_e, oo_e) = send(
+        &site2,
+        reqwest::Method::DELETE,
+        s.url("Patient/mc-01-p"),
+        None,
+    )
+    .await;
+    let (st_m, oo_m) = send(
+        &site2,
+        reqwest::Method::DELETE,
+        s.url("Patient/mc-01-002"),
+        None,
+    )
+    .await;
+    assert_eq!((st_e, st_m), (403, 403), "{oo_e} {oo_m}");
+    same(&oo_e, &oo_m, "mc-01-p", "mc-01-002");
+    // Referencing one.
+    let (st_e, oo_e) = send(
+        &site2,
+        reqwest::Method::PUT,
+        s.url("Observation/mc-02-ref"),
+        Some(observation("mc-02-ref", "mc-01-p", "29463-7", 1.0)),
+    )
+    .await;
+    let (st_m, oo_m) = send(
+        &site2,
+        reqwest::Method::PUT,
+        s.url("Observation/mc-02-ref"),
+        Some(observation("mc-02-ref", "mc-01-002", "29463-7", 1.0)),
+    )
+    .await;
+    assert_eq!((st_e, st_m), (403, 403), "{oo_e} {oo_m}");
+    same(&oo_e, &oo_m, "mc-01-p", "mc-01-002");
+    assert_eq!(
+        oo_e["issue"][0]["expression"][0], "Observation.subject",
+        "{oo_e}"
+    );
+    // In a transaction the refusal names the entry's element; an absolute reference to
+    // another server (the EHR version a value came from) is no reference into the store.
+    let txn = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation("mc-02-ref2", "mc-02-p", "29463-7", 1.0),
+         "request": {"method": "PUT", "url": "Observation/mc-02-ref2"}},
+        {"resource": {"resourceType": "Provenance", "id": "mc-02-prov",
+            "target": [{"reference": "Observation/mc-02-ref2"}], "recorded": "2026-03-02T10:00:00+01:00",
+            "agent": [{"who": {"display": "site 02 gateway"}}],
+            "entity": [{"role": "source", "what": {"reference": "https://ehr.site02.example/fhir/Observation/mc-01-p/_history/3"}},
+                       {"role": "source", "what": {"reference": "Patient/mc-01-p"}}]},
+         "request": {"method": "PUT", "url": "Provenance/mc-02-prov"}}]});
+    let (st, oo) = send(&site2, reqwest::Method::POST, s.url(""), Some(txn)).await;
+    assert_eq!(st, 403, "{oo}");
+    let named: Vec<&str> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
+    assert_eq!(
+        named,
+        ["Bundle", "Bundle.entry[1].resource.entity[1].what"],
+        "{oo}"
+    );
+    // A subject number of site 01 filed by site 02.
+    let rs = json!({"resourceType": "ResearchSubject", "id": "mc-02-rs9", "status": "candidate",
+        "identifier": [{"system": "https://fhir.mesemcart-sponsor.example/sid/subject", "value": "MC-01-003"}],
+        "study": {"reference": format!("ResearchStudy/{S2}")},
+        "individual": {"reference": "Patient/mc-02-p"}});
+    let (st, oo) = send(
+        &site2,
+        reqwest::Method::PUT,
+        s.url("ResearchSubject/mc-02-rs9"),
+        Some(rs),
+    )
+    .await;
+    assert_eq!(st, 403, "{oo}");
+    assert!(
+        oo.to_string().contains("ResearchSubject.identifier"),
+        "{oo}"
+    );
+    // An id outside every namespace is not a site's to choose.
+    assert_eq!(put(&site2, &s, patient("p-anything", "male")).await, 403);
+    // Site 01 still owns its ids: nothing was squatted.
+    assert_eq!(put(&site1, &s, patient("mc-01-002", "female")).await, 201);
+    // Site 02 may not file an implantation for site 01's future patient either.
+    let mut implant = example("Procedure-mc-01-001-implantation.json");
+    implant["id"] = json!("mc-02-implant");
+    implant["subject"] = json!({"reference": "Patient/mc-01-777"});
+    let (st, oo) = send(
+        &site2,
+        reqwest::Method::PUT,
+        s.url("Procedure/mc-02-implant"),
+        Some(implant),
+    )
+    .await;
+    assert_eq!(st, 403, "{oo}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_values_are_matched_as_r4_says_and_errors_show_no_sql() {
+    let s = TestStore::start().await;
+    let system = Who {
+        name: "system",
+        http: integration_tests::client(),
+    };
+    let named = |id: &str, family: &str| json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]});
+    assert_eq!(put(&system, &s, named("alice", "Alice")).await, 201);
+    assert_eq!(put(&system, &s, named("comma", "a,b")).await, 201);
+    // A lone backslash is no wildcard: nothing is deleted, nothing matched.
+    let (st, oo) = send(
+        &system,
+        reqwest::Method::DELETE,
+        s.url("Patient?name=%5C"),
+        None,
+    )
+    .await;
+    assert!(st == 400 || st == 204, "{st} {oo}");
+    assert_eq!(
+        get(&system, s.url("Patient/alice")).await.0,
+        200,
+        "Alice survives"
+    );
+    let r = system
+        .http
+        .post(s.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "name=\\")
+        .body(named("", "Bob").to_string())
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let created: Value = r.json().await.unwrap();
+    assert_ne!(created["name"][0]["family"], "Alice", "{created}");
+    assert!(st == 400 || st == 201, "{st}");
+    // The escapes of R4: \, matches a comma.
+    let (_, b) = get(&system, s.url("Patient?name:exact=a%5C,b")).await;
+    assert_eq!(entries(&b), ["Patient/comma"], "{b}");
+    let (_, b) = get(&system, s.url("Patient?name=alice,a%5C,b&_count=10")).await;
+    let mut found = entries(&b);
+    found.sort();
+    assert_eq!(found, ["Patient/alice", "Patient/comma"], "{b}");
+    // Numbers outside the double range: 400, no SQL.
+    for q in [
+        "value-quantity=0e400",
+        "value-quantity=ap1e308",
+        "value-quantity=1e309",
+    ] {
+        let (st, oo) = get(&system, s.url(&format!("Observation?{q}"))).await;
+        assert_eq!(st, 400, "{q}: {oo}");
+        let text = oo.to_string().to_ascii_lowercase();
+        for sql in ["select", "sqlite", "where", "syntax"] {
+            assert!(!text.contains(sql), "{q}: {oo}");
+        }
+    }
+    // The last day FHIR can write.
+    let mut o = observation("last-day", "alice", "29463-7", 70.0);
+    o["effectiveDateTime"] = json!("9999-12-31");
+    assert_eq!(put(&system, &s, o).await, 201);
+    for q in [
+        "date=9999-12-31",
+        "date=ge9999-12-31",
+        "date=9999",
+        "date=lt9999-12-31",
+    ] {
+        let (st, oo) = get(&system, s.url(&format!("Observation?{q}"))).await;
+        assert_eq!(st, 200, "{q}: {oo}");
+    }
+    // A thousand ORed values: 400 naming the limit.
+    let many: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
+    let (st, oo) = get(
+        &system,
+        s.url(&format!("Observation?code={}", many.join(","))),
+    )
+    .await;
+    assert_eq!(st, 400, "{oo}");
+    assert!(oo.to_string().contains("100"), "{oo}");
+    // Conditional criteria that would widen the match are refused.
+    for q in ["name:missing=true", "name:contains=a", "gender:not=male"] {
+        let (st, oo) = send(
+            &system,
+            reqwest::Method::DELETE,
+            s.url(&format!("Patient?{q}")),
+            None,
+        )
+        .await;
+        assert_eq!(st, 400, "{q}: {oo}");
+    }
+    assert_eq!(get(&system, s.url("Patient/alice")).await.0, 200);
 }

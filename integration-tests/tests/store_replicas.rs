@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use integration_tests::history::{committed, follow_http, Key};
-use integration_tests::{client, install_test_key, postgres_database};
+use integration_tests::{client, postgres_database};
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 fn server_url() -> String {
     std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
@@ -23,18 +23,9 @@ fn server_url() -> String {
 
 /// Starts `trialbridge store` on `db` with its own data directory; returns it and its base.
 async fn replica(db: &str, dir: &std::path::Path) -> (Child, String) {
-    install_test_key(dir);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
-    cmd.args([
-        "store",
-        "--listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-    ])
-    .env("TRIALBRIDGE_DATABASE_URL", db)
-    .env("TRIALBRIDGE_DATA_DIR", dir)
-    .stderr(Stdio::inherit());
+    let mut cmd =
+        integration_tests::store_command(env!("CARGO_BIN_EXE_trialbridge-under-test"), db, dir);
+    cmd.stderr(Stdio::inherit());
     integration_tests::spawn_with_base(&mut cmd).await
 }
 

@@ -67,19 +67,9 @@ fn traced(cmd: &mut Command, endpoint: &str, data: &std::path::Path) {
 
 /// The trial store as a process; its FHIR base and its change feed's address.
 async fn store(endpoint: &str, dir: &std::path::Path) -> (Child, String, String) {
-    install_test_key(dir);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
-    cmd.args([
-        "store",
-        "--listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-    ])
-    .env(
-        "TRIALBRIDGE_DATABASE_URL",
-        format!("sqlite://{}", dir.join("store.db").display()),
-    );
+    let db = format!("sqlite://{}", dir.join("store.db").display());
+    let mut cmd =
+        integration_tests::store_command(env!("CARGO_BIN_EXE_trialbridge-under-test"), &db, dir);
     traced(&mut cmd, endpoint, dir);
     let mut child = cmd.spawn().expect("start the store");
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();

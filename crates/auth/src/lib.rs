@@ -15,7 +15,7 @@ pub use dev_key::{DevIssuer, TokenRequest, DEV_KEY_FILE};
 pub use keys::{fetch_jwks, AuthArgs, AuthSource, Authenticator, LOCAL_ISSUER};
 pub use policy::{is_clinical_type, is_definitional_type, REASON_REQUIRED_TYPES};
 pub use scope::{Interaction, Scope, ScopeContext};
-pub use verify::{AuthError, Verifier, VerifierSettings};
+pub use verify::{clip, AuthError, Verifier, VerifierSettings};
 
 use std::sync::Arc;
 

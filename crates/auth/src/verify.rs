@@ -180,8 +180,8 @@ impl Verifier {
 
     /// The full check: header, key, signature, claims.
     fn verify_signed(&self, token: &str) -> Result<(Principal, i64, i64), AuthError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Malformed(clip(&e.to_string(), 200)))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
         }
@@ -192,7 +192,9 @@ impl Verifier {
             .filter(|k| header.kid.is_none() || k.kid == header.kid)
             .collect();
         if candidates.is_empty() {
-            return Err(AuthError::UnknownKey(header.kid));
+            // A kid is the attacker's text: keep the error (which is logged, audited and
+            // echoed in WWW-Authenticate) short whatever it holds.
+            return Err(AuthError::UnknownKey(header.kid.map(|k| clip(&k, 64))));
         }
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.settings.issuer]);
@@ -258,4 +260,16 @@ fn principal(c: Claims) -> Result<Principal, AuthError> {
         c.trialbridge_sites,
         Scope::parse_all(&c.scope),
     ))
+}
+
+/// At most `max` bytes of `text` (on a character boundary), with `…` when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }

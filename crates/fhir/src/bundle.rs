@@ -59,6 +59,8 @@ pub struct BundleEntry<'a> {
 pub struct BundleWriter {
     head: Map<String, Value>,
     entries: Vec<String>,
+    /// The entries' size so far, in bytes.
+    bytes: usize,
 }
 
 impl BundleWriter {
@@ -71,6 +73,7 @@ impl BundleWriter {
         Self {
             head,
             entries: Vec::new(),
+            bytes: 0,
         }
     }
 
@@ -131,6 +134,7 @@ impl BundleWriter {
             }
         }
         s.push('}');
+        self.bytes += s.len() + 1;
         self.entries.push(s);
         self
     }
@@ -138,6 +142,11 @@ impl BundleWriter {
     /// Number of entries so far.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The size of the entries so far, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// True when there are no entries.

@@ -50,27 +50,15 @@ pub fn parse_range(s: &str) -> Option<TimeRange> {
     let date = Date::from_calendar_date(year, month_v, day.unwrap_or(1) as u8).ok()?;
     let Some(t) = time_part else {
         let low = date.midnight().assume_utc();
-        let high = match (month, day) {
-            (None, _) => Date::from_calendar_date(year + 1, Month::January, 1)
-                .ok()?
-                .midnight()
-                .assume_utc(),
-            (Some(_), None) => {
-                let (y, m) = if month_v == Month::December {
-                    (year + 1, Month::January)
-                } else {
-                    (year, month_v.next())
-                };
-                Date::from_calendar_date(y, m, 1)
-                    .ok()?
-                    .midnight()
-                    .assume_utc()
-            }
-            (Some(_), Some(_)) => low + time::Duration::days(1),
+        // The width in days, so that the last day of 9999 needs no date after it.
+        let days = match (month, day) {
+            (None, _) => i64::from(time::util::days_in_year(year)),
+            (Some(_), None) => i64::from(month_v.length(year)),
+            (Some(_), Some(_)) => 1,
         };
         return Some(TimeRange {
             low: us(low),
-            high: us(high),
+            high: us(low) + days * 86_400_000_000,
         });
     };
     // A time needs a full date.
@@ -136,6 +124,26 @@ pub fn parse_range(s: &str) -> Option<TimeRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_day_of_the_calendar_has_a_range() {
+        for d in [
+            "9999",
+            "9999-12",
+            "9999-12-31",
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59.999+14:00",
+        ] {
+            let r = parse_range(d).unwrap_or_else(|| panic!("{d}"));
+            assert!(r.high > r.low, "{d}");
+        }
+        let day = parse_range("9999-12-31").unwrap();
+        assert_eq!(day.high - day.low, 86_400_000_000);
+        assert_eq!(
+            parse_range("2024").unwrap().high - parse_range("2024").unwrap().low,
+            366 * 86_400_000_000
+        );
+    }
 
     fn r(s: &str) -> (String, String) {
         let t = parse_range(s).unwrap();

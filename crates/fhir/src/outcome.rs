@@ -164,6 +164,10 @@ impl OutcomeIssue {
     }
 }
 
+/// How many issues an OperationOutcome lists at most; one more issue says how many were left
+/// out.
+pub const MAX_LISTED_ISSUES: usize = 100;
+
 /// An OperationOutcome: all issues found, not only the first.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OperationOutcome {
@@ -188,12 +192,31 @@ impl OperationOutcome {
 
     /// The outcome as a FHIR resource.
     pub fn to_json(&self) -> Value {
-        let issues: Vec<Value> = if self.issues.is_empty() {
+        let mut issues: Vec<Value> = if self.issues.is_empty() {
             // issue is 1..*: an empty outcome still says that all went well.
             vec![OutcomeIssue::information(IssueType::Informational, "All OK").to_json()]
         } else {
-            self.issues.iter().map(OutcomeIssue::to_json).collect()
+            self.issues
+                .iter()
+                .take(MAX_LISTED_ISSUES)
+                .map(OutcomeIssue::to_json)
+                .collect()
         };
+        // A bounded answer whatever the request: the last issue says what was left out.
+        if self.issues.len() > MAX_LISTED_ISSUES {
+            let more = self.issues.len() - MAX_LISTED_ISSUES;
+            let errors = self.issues[MAX_LISTED_ISSUES..]
+                .iter()
+                .filter(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
+                .count();
+            issues.push(
+                OutcomeIssue::information(
+                    IssueType::TooCostly,
+                    format!("{more} more issues ({errors} of them errors) are not listed: fix these and ask again"),
+                )
+                .to_json(),
+            );
+        }
         json!({ "resourceType": "OperationOutcome", "issue": issues })
     }
 }
@@ -215,5 +238,23 @@ mod tests {
         assert_eq!(j["issue"][0]["expression"][0], "Observation.id");
         let ok = OperationOutcome::default().to_json();
         assert_eq!(ok["issue"][0]["severity"], "information");
+    }
+
+    #[test]
+    fn a_long_outcome_is_cut_and_says_so() {
+        let oo = OperationOutcome {
+            issues: (0..250)
+                .map(|i| OutcomeIssue::error(IssueType::Value, format!("issue {i}")))
+                .collect(),
+        };
+        let j = oo.to_json();
+        let listed = j["issue"].as_array().unwrap();
+        assert_eq!(listed.len(), MAX_LISTED_ISSUES + 1);
+        let last = listed.last().unwrap();
+        assert_eq!(last["code"], "too-costly");
+        assert!(last["diagnostics"]
+            .as_str()
+            .unwrap()
+            .starts_with("150 more issues (150 of them errors)"));
     }
 }

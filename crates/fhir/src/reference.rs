@@ -63,6 +63,32 @@ pub fn references(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Collects every `reference` string of a resource with the FHIRPath of its Reference element
+/// (`Provenance.entity[0].what`), `root` being the path of `v` itself.
+pub fn references_at(v: &Value, root: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o {
+                match (k.as_str(), child) {
+                    ("reference", Value::String(s)) => out.push((root.to_string(), s.clone())),
+                    (_, Value::Array(items)) => {
+                        for (i, item) in items.iter().enumerate() {
+                            references_at(item, &format!("{root}.{k}[{i}]"), out);
+                        }
+                    }
+                    _ => references_at(child, &format!("{root}.{k}"), out),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                references_at(item, &format!("{root}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +106,19 @@ mod tests {
         let mut all = Vec::new();
         references(&v, &mut all);
         assert_eq!(all.len(), 3);
+        let mut at = Vec::new();
+        references_at(&v, "Observation", &mut at);
+        at.sort();
+        assert_eq!(
+            at,
+            [
+                (
+                    "Observation.contained[0].x".to_string(),
+                    "Patient/9".to_string()
+                ),
+                ("Observation.other".to_string(), "Patient/2".to_string()),
+                ("Observation.subject".to_string(), "Patient/9".to_string()),
+            ]
+        );
     }
 }

@@ -506,11 +506,35 @@ fn parse_param(
             }
         }
     } else {
-        for raw in split_unescaped(value, ',') {
+        let values = split_unescaped(value, ',');
+        if values.len() > MAX_OR_VALUES {
+            return Err(bad(
+                name,
+                format!(
+                    "{} values joined by commas; a parameter takes at most {MAX_OR_VALUES} (split the search)",
+                    values.len()
+                ),
+            ));
+        }
+        for raw in values {
             if raw.is_empty() {
                 return Err(bad(name, "empty value".into()));
             }
+            if !valid_escapes(&raw) {
+                return Err(bad(
+                    name,
+                    format!("'{raw}': a backslash escapes only , $ | and \\ (write \\\\ for a backslash)"),
+                ));
+            }
             let m = parse_value(def, modifier, &raw, name)?;
+            if matches!(&m, Match::StartsWith(p) | Match::Contains(p) if p.is_empty()) {
+                return Err(bad(
+                    name,
+                    format!(
+                        "'{raw}' searches for nothing (an empty string would match every resource)"
+                    ),
+                ));
+            }
             any_of.push(if modifier == Some("not") {
                 Match::Not(Box::new(m))
             } else {
@@ -766,7 +790,8 @@ pub fn number_range(text: &str) -> Option<(f64, f64, f64)> {
         return None;
     }
     let value: f64 = text.parse().ok()?;
-    if !value.is_finite() {
+    // Far inside the double range, so that precision ranges and `ap` stay finite numbers.
+    if !value.is_finite() || value.abs() > 1e300 {
         return None;
     }
     let (mantissa, exponent) = match text.find(['e', 'E']) {
@@ -775,7 +800,24 @@ pub fn number_range(text: &str) -> Option<(f64, f64, f64)> {
     };
     let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32) - exponent;
     let half = 0.5 * 10f64.powi(-decimals);
+    if !half.is_finite() || half > 1e300 {
+        return None;
+    }
     Some((value, value - half, value + half))
+}
+
+/// How many comma-separated values one parameter takes at most.
+pub const MAX_OR_VALUES: usize = 100;
+
+/// Whether every backslash of a value is one of FHIR's escapes: `\,` `\$` `\|` `\\`.
+fn valid_escapes(raw: &str) -> bool {
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && !matches!(chars.next(), Some(',' | '$' | '|' | '\\')) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Splits on `sep` where it is not escaped with a backslash (FHIR search escaping).
@@ -822,6 +864,28 @@ mod tests {
         v.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn escapes_as_r4_says_and_never_a_wildcard() {
+        let ok = parse("Patient", &p(&[("name", "a\\,b")]), true).unwrap();
+        assert_eq!(
+            ok.criteria[0].any_of.len(),
+            1,
+            "an escaped comma is no separator"
+        );
+        for bad_value in ["\\", "a\\", "a\\x", "\\,"] {
+            let r = parse("Patient", &p(&[("name", bad_value)]), true);
+            if bad_value == "\\," {
+                // An escaped comma alone is a one-character name: fine.
+                assert!(r.is_ok(), "{bad_value}");
+            } else {
+                assert!(r.is_err(), "{bad_value}");
+            }
+        }
+        let many = vec!["x"; MAX_OR_VALUES + 1].join(",");
+        let e = parse("Patient", &p(&[("_id", &many)]), true).unwrap_err();
+        assert!(e.diagnostics.contains("at most 100"), "{}", e.diagnostics);
     }
 
     #[test]
@@ -1004,5 +1068,8 @@ mod tests {
         assert_eq!(number_range("100"), Some((100.0, 99.5, 100.5)));
         assert_eq!(number_range("1.0e2"), Some((100.0, 95.0, 105.0)));
         assert!(number_range("1e400").is_none());
+        assert!(number_range("0e400").is_none());
+        assert!(number_range("1e308").is_none());
+        assert!(number_range("1e300").is_some());
     }
 }

@@ -261,8 +261,63 @@ pub struct StoredAudit {
     pub body: String,
     /// The previous event's hash (64 zeros for the first).
     pub prev_hash: String,
-    /// SHA-256 over `prev_hash`, `seq` and `body`, hex.
+    /// The chain hash, hex: version 1 over `prev_hash`, `seq` and `body`; version 2
+    /// ([`audit_hash_v2`]) over every column and the row's entities.
     pub hash: String,
+    /// Which of the two hashes the row carries.
+    pub hash_version: i64,
+}
+
+/// What a version-2 chain hash covers: every column of an audit row and its entities.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditRow<'a> {
+    /// The previous row's hash.
+    pub prev_hash: &'a str,
+    /// The row's position.
+    pub seq: i64,
+    /// When it was recorded.
+    pub recorded_us: i64,
+    /// The site it concerns.
+    pub site: Option<&'a str>,
+    /// Whether it is a batch of queued events.
+    pub batch: bool,
+    /// The JSON as recorded.
+    pub body: &'a str,
+    /// Its `audit_entity` rows, sorted and without repeats ([`audit_entities_of`]).
+    pub entities: &'a [String],
+}
+
+/// The entities of a row as the chain hashes and stores them: sorted, without repeats.
+pub fn audit_entities_of(entities: &[String]) -> Vec<String> {
+    let mut e = entities.to_vec();
+    e.sort();
+    e.dedup();
+    e
+}
+
+/// The version-2 chain hash: SHA-256 over every column and the entity rows, each field on a
+/// line of its own (length-prefixed where it could hold a newline), so that an edit to any
+/// column, or a deleted or added entity row, changes it.
+pub fn audit_hash_v2(r: &AuditRow<'_>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut field = |name: &str, value: &str| {
+        h.update(format!("{name}:{}:", value.len()).as_bytes());
+        h.update(value.as_bytes());
+        h.update(b"\n");
+    };
+    field("v", "2");
+    field("prev", r.prev_hash);
+    field("seq", &r.seq.to_string());
+    field("recorded_us", &r.recorded_us.to_string());
+    field("site", r.site.unwrap_or(""));
+    field("site_null", if r.site.is_none() { "1" } else { "0" });
+    field("batch", if r.batch { "1" } else { "0" });
+    field("body", r.body);
+    for e in r.entities {
+        field("entity", e);
+    }
+    hex::encode(h.finalize())
 }
 
 /// The chain hash of an audit event: SHA-256 of the previous hash, the sequence number and
@@ -289,6 +344,10 @@ pub struct AuditQuery {
     pub entity: Option<String>,
     /// Only events recorded at or after this (microseconds).
     pub since_us: Option<i64>,
+    /// Only events recorded before this (microseconds).
+    pub before_us: Option<i64>,
+    /// Only events about this site's data.
+    pub site: Option<String>,
     /// Continue after this chain position (oldest first).
     pub after_seq: Option<i64>,
     /// Page size.
@@ -435,7 +494,15 @@ pub trait ResourceStore: Send + Sync + 'static {
     /// It is queued and written with the others queued meanwhile, in one row of the chain per
     /// site; the caller does not wait for it.
     async fn audit(&self, record: AuditRecord) -> Result<(), StorageError>;
-    /// One row of the audit trail by its chain position, if `ctx` sees its site.
+    /// The `audit_entity` rows of chain positions `from_seq..=to_seq`, ordered (for
+    /// verifying the chain; no access check).
+    async fn audit_entities(
+        &self,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<(i64, String)>, StorageError>;
+    /// One row of the audit trail by its chain position, if `ctx` sees its site (a monitor
+    /// sees the changes of its sites' data, not the queued access events).
     async fn audit_read(
         &self,
         ctx: &AccessContext,

@@ -29,9 +29,9 @@ use crate::sql::{
 };
 use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
-    audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryPage, HistoryQuery, Index,
-    JobFinish, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit, StoredVersion,
-    WriteJob, WriteTxn, AUDIT_GENESIS,
+    audit_entities_of, audit_hash_v2, AccessContext, AuditQuery, AuditRecord, AuditRow,
+    HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage,
+    StorageError, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
 };
 
 /// The advisory lock every write transaction holds from its start to its commit (an arbitrary
@@ -97,6 +97,7 @@ fn audit_from_row(row: &PgRow) -> Result<StoredAudit, sqlx::Error> {
         body: row.try_get(4)?,
         prev_hash: row.try_get(5)?,
         hash: row.try_get(6)?,
+        hash_version: i64::from(row.try_get::<i32, _>(7)?),
     })
 }
 
@@ -295,19 +296,31 @@ async fn insert_audit(
     };
     let seq = last_seq + 1;
     let body = pg_text(&r.body);
-    let hash = audit_hash(&prev, seq, &body);
-    sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+    let site = r.site.as_deref().map(pg_text);
+    let entities: Vec<String> = audit_entities_of(&r.entities)
+        .iter()
+        .map(|e| pg_text(e))
+        .collect();
+    let hash = audit_hash_v2(&AuditRow {
+        prev_hash: &prev,
+        seq,
+        recorded_us: r.recorded_us,
+        site: site.as_deref(),
+        batch,
+        body: &body,
+        entities: &entities,
+    });
+    sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES ($1, $2, $3, $4, $5, $6, $7, 2)")
         .bind(seq)
         .bind(r.recorded_us)
-        .bind(r.site.as_deref())
+        .bind(site.as_deref())
         .bind(i32::from(batch))
         .bind(&body)
         .bind(&prev)
         .bind(&hash)
         .execute(&mut *conn)
         .await?;
-    if !r.entities.is_empty() {
-        let entities: Vec<String> = r.entities.iter().map(|e| pg_text(e)).collect();
+    if !entities.is_empty() {
         sqlx::query("INSERT INTO audit_entity (entity, seq) SELECT e, $2 FROM UNNEST($1::text[]) AS t(e) ON CONFLICT DO NOTHING")
             .bind(entities)
             .bind(seq)
@@ -819,7 +832,23 @@ impl ResourceStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         let a = row.as_ref().map(audit_from_row).transpose()?;
-        Ok(a.filter(|a| ctx.sites.sees(a.site.as_deref())))
+        // Monitors read the changes of their sites' data, not other callers' access events.
+        let monitor = ctx.role == crate::Role::Monitor;
+        Ok(a.filter(|a| ctx.sites.sees(a.site.as_deref()) && (!a.batch || !monitor)))
+    }
+
+    async fn audit_entities(
+        &self,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<(i64, String)>, StorageError> {
+        Ok(sqlx::query_as(
+            "SELECT seq, entity FROM audit_entity WHERE seq BETWEEN $1 AND $2 ORDER BY seq, entity",
+        )
+        .bind(from_seq)
+        .bind(to_seq)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn audit_search(
@@ -827,7 +856,8 @@ impl ResourceStore for PostgresStore {
         ctx: &AccessContext,
         q: &AuditQuery,
     ) -> Result<Vec<StoredAudit>, StorageError> {
-        let (sql, args) = audit_search_sql(limited(ctx), q);
+        let changes_only = ctx.role == crate::Role::Monitor;
+        let (sql, args) = audit_search_sql(limited(ctx), changes_only, q);
         let sql = Dialect::Postgres.placeholders(&sql);
         let rows = bound(&sql, &args).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)

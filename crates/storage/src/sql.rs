@@ -828,11 +828,15 @@ pub(crate) fn history_sql(
 /// The audit-trail query: rows after `after_seq` in chain order, within the caller's sites.
 pub(crate) fn audit_search_sql(
     sites: Option<&[String]>,
+    changes_only: bool,
     q: &crate::AuditQuery,
 ) -> (String, Vec<Arg>) {
     let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_event a WHERE a.seq > ?");
     let mut args: Vec<Arg> = vec![q.after_seq.unwrap_or(0).into()];
     push_site_scope(&mut sql, &mut args, sites, "a.site");
+    if changes_only {
+        sql.push_str(" AND a.batch = 0");
+    }
     if let Some(e) = &q.entity {
         sql.push_str(" AND a.seq IN (SELECT seq FROM audit_entity WHERE entity = ?)");
         args.push(e.clone().into());
@@ -841,13 +845,22 @@ pub(crate) fn audit_search_sql(
         sql.push_str(" AND a.recorded_us >= ?");
         args.push(t.into());
     }
+    if let Some(t) = q.before_us {
+        sql.push_str(" AND a.recorded_us < ?");
+        args.push(t.into());
+    }
+    if let Some(site) = &q.site {
+        sql.push_str(" AND a.site = ?");
+        args.push(site.clone().into());
+    }
     sql.push_str(" ORDER BY a.seq LIMIT ?");
     args.push((q.count as i64).into());
     (sql, args)
 }
 
 /// The columns of an audit row, in [`crate::StoredAudit`] order.
-pub(crate) const AUDIT_COLUMNS: &str = "seq, recorded_us, site, batch, body, prev_hash, hash";
+pub(crate) const AUDIT_COLUMNS: &str =
+    "seq, recorded_us, site, batch, body, prev_hash, hash, hash_version";
 
 /// Now, in microseconds since the epoch.
 pub(crate) fn now_us() -> i64 {

@@ -27,9 +27,9 @@ use crate::sql::{
 };
 use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
-    audit_hash, AccessContext, AuditQuery, AuditRecord, HistoryPage, HistoryQuery, Index,
-    JobFinish, NewVersion, ResourceStore, SearchPage, StorageError, StoredAudit, StoredVersion,
-    WriteJob, WriteTxn, AUDIT_GENESIS,
+    audit_entities_of, audit_hash_v2, AccessContext, AuditQuery, AuditRecord, AuditRow,
+    HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage,
+    StorageError, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_audit_and_sites.sql"),
     include_str!("../migrations/sqlite/0003_jobs.sql"),
     include_str!("../migrations/sqlite/0004_trace_context.sql"),
+    include_str!("../migrations/sqlite/0005_audit_hash_v2.sql"),
 ];
 
 /// Where and how to open the SQLite database.
@@ -339,13 +340,22 @@ fn insert_audit(
             .unwrap_or((0, AUDIT_GENESIS.to_string())),
     };
     let seq = last_seq + 1;
-    let hash = audit_hash(&prev, seq, &r.body);
-    conn.prepare_cached("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+    let entities = audit_entities_of(&r.entities);
+    let hash = audit_hash_v2(&AuditRow {
+        prev_hash: &prev,
+        seq,
+        recorded_us: r.recorded_us,
+        site: r.site.as_deref(),
+        batch,
+        body: &r.body,
+        entities: &entities,
+    });
+    conn.prepare_cached("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 2)")?
         .execute(params![seq, r.recorded_us, r.site, i64::from(batch), r.body, prev, hash])?;
     let mut e = conn.prepare_cached(
         "INSERT INTO audit_entity (entity, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;
-    for entity in &r.entities {
+    for entity in &entities {
         e.execute(params![entity, seq])?;
     }
     *chain_end = Some((seq, hash));
@@ -361,6 +371,7 @@ fn audit_from_row(row: &Row<'_>) -> rusqlite::Result<StoredAudit> {
         body: row.get(4)?,
         prev_hash: row.get(5)?,
         hash: row.get(6)?,
+        hash_version: row.get(7)?,
     })
 }
 
@@ -879,6 +890,8 @@ impl ResourceStore for SqliteStore {
         seq: i64,
     ) -> Result<Option<StoredAudit>, StorageError> {
         let sites = ctx.sites.clone();
+        // Monitors read the changes of their sites' data, not other callers' access events.
+        let monitor = ctx.role == crate::Role::Monitor;
         self.blocking(move |c| {
             let a = c
                 .prepare_cached(&format!(
@@ -886,7 +899,24 @@ impl ResourceStore for SqliteStore {
                 ))?
                 .query_row(params![seq], audit_from_row)
                 .optional()?;
-            Ok(a.filter(|a| sites.sees(a.site.as_deref())))
+            Ok(a.filter(|a| sites.sees(a.site.as_deref()) && (!a.batch || !monitor)))
+        })
+        .await
+    }
+
+    async fn audit_entities(
+        &self,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<(i64, String)>, StorageError> {
+        self.blocking(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, entity FROM audit_entity WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq, entity",
+            )?;
+            let rows = stmt
+                .query_map(params![from_seq, to_seq], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -898,8 +928,9 @@ impl ResourceStore for SqliteStore {
     ) -> Result<Vec<StoredAudit>, StorageError> {
         let q = q.clone();
         let sites = limited(ctx).map(<[String]>::to_vec);
+        let changes_only = ctx.role == crate::Role::Monitor;
         self.blocking(move |c| {
-            let (sql, args) = audit_search_sql(sites.as_deref(), &q);
+            let (sql, args) = audit_search_sql(sites.as_deref(), changes_only, &q);
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt
                 .query_map(params_from_iter(args), audit_from_row)?
@@ -1118,11 +1149,27 @@ mod tests {
             .sum();
         assert_eq!(events, 4, "three queued, one with the change");
         assert!(chain.len() < 4, "the queued ones share a row");
+        let entities = s.audit_entities(1, chain.len() as i64).await.unwrap();
         let mut prev = AUDIT_GENESIS.to_string();
         for (i, a) in chain.iter().enumerate() {
             assert_eq!(a.seq, i as i64 + 1);
             assert_eq!(a.prev_hash, prev);
-            assert_eq!(a.hash, audit_hash(&prev, a.seq, &a.body));
+            assert_eq!(a.hash_version, 2);
+            let mine: Vec<String> = entities
+                .iter()
+                .filter(|(seq, _)| *seq == a.seq)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let row = AuditRow {
+                prev_hash: &prev,
+                seq: a.seq,
+                recorded_us: a.recorded_us,
+                site: a.site.as_deref(),
+                batch: a.batch,
+                body: &a.body,
+                entities: &audit_entities_of(&mine),
+            };
+            assert_eq!(a.hash, audit_hash_v2(&row));
             prev = a.hash.clone();
         }
         let c = Connection::open(d.path().join("t.db")).unwrap();

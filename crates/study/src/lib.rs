@@ -167,6 +167,19 @@ pub fn site_studies() -> &'static [String] {
     })
 }
 
+/// The prefix of a site study's namespace, `mesemcart-site-01` → `mc-01-`: the ids a site
+/// chooses itself (by PUT) begin with it, as its subjects' ids and identifiers (`MC-01-007`) do.
+pub fn site_namespace(site_study: &str) -> String {
+    let n = site_study.rsplit('-').next().unwrap_or(site_study);
+    format!("mc-{}-", n.to_ascii_lowercase())
+}
+
+/// Whether an id or a subject identifier lies in a site's namespace (case-insensitive).
+pub fn in_site_namespace(site_study: &str, id: &str) -> bool {
+    id.to_ascii_lowercase()
+        .starts_with(&site_namespace(site_study))
+}
+
 /// The resource of this type and id.
 pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
     resources().iter().find(|r| {

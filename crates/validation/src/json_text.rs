@@ -13,6 +13,9 @@ pub struct Limits {
     pub max_depth: usize,
     /// Longest string in bytes (base64 attachments included).
     pub max_string_bytes: usize,
+    /// Most JSON values (objects, arrays, members and items) in one body: memory of a parsed
+    /// body grows with its values, not its bytes (`[{},{},...]` is 3 bytes a value).
+    pub max_values: usize,
 }
 
 impl Default for Limits {
@@ -21,6 +24,10 @@ impl Default for Limits {
             max_bytes: 16 * 1024 * 1024,
             max_depth: 64,
             max_string_bytes: 8 * 1024 * 1024,
+            // A 16 MB Bundle of real resources holds well under a million values (20 bytes
+            // or more each); a parsed value costs about 80 bytes, so this caps one parse
+            // near 120 MB.
+            max_values: 1_500_000,
         }
     }
 }
@@ -39,6 +46,16 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<serde_json::Value, Outcome
         ));
     }
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let values = count_values(body);
+    if values > limits.max_values {
+        return Err(OutcomeIssue::error(
+            IssueType::TooCostly,
+            format!(
+                "the body holds about {values} JSON values; the limit is {}",
+                limits.max_values
+            ),
+        ));
+    }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         let what = if e.to_string().contains("recursion limit") {
             format!("the JSON nests deeper than {} levels", limits.max_depth)
@@ -61,6 +78,32 @@ pub fn parse(bytes: &[u8], limits: &Limits) -> Result<serde_json::Value, Outcome
         )
     })?;
     Ok(value)
+}
+
+/// About how many values a JSON text holds (a value per separator and per opening bracket),
+/// counted in one pass over the bytes without parsing: cheap enough to run before the parse.
+fn count_values(b: &[u8]) -> usize {
+    let mut n = 1;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &c in b {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b',' | b'{' | b'[' => n += 1,
+            _ => {}
+        }
+    }
+    n
 }
 
 fn line_column(b: &[u8], pos: usize) -> (usize, usize) {
@@ -246,6 +289,21 @@ mod tests {
         parse(text.as_bytes(), &Limits::default())
             .unwrap_err()
             .diagnostics
+    }
+
+    #[test]
+    fn counts_values_outside_strings_and_refuses_too_many() {
+        assert_eq!(count_values(br#"{"a":[1,{"b":"c,[{"}],"d":"\","}"#), 6);
+        let limits = Limits {
+            max_values: 10,
+            ..Limits::default()
+        };
+        let many = format!("[{}]", ["{}"; 20].join(","));
+        let e = parse(many.as_bytes(), &limits).unwrap_err();
+        assert_eq!(e.code, IssueType::TooCostly);
+        assert!(e.diagnostics.contains("limit is 10"), "{}", e.diagnostics);
+        let few = format!("[{}]", ["{}"; 3].join(","));
+        assert!(parse(few.as_bytes(), &limits).is_ok());
     }
 
     #[test]

@@ -29,16 +29,22 @@ use trialbridge_fhir::{IssueSeverity, OperationOutcome, OutcomeIssue};
 /// The result of validating one payload.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
-    /// Every issue, errors and warnings, in document order.
+    /// Every issue, errors and warnings, in document order (the first thousand).
     pub issues: Vec<OutcomeIssue>,
+    /// How many more issues were found and not kept.
+    pub omitted: usize,
+    /// Whether one of those was an error.
+    pub omitted_error: bool,
 }
 
 impl Report {
     /// Whether any issue is an error (or fatal).
     pub fn has_errors(&self) -> bool {
-        self.issues
-            .iter()
-            .any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
+        self.omitted_error
+            || self
+                .issues
+                .iter()
+                .any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal))
     }
 
     /// The errors only.
@@ -52,6 +58,20 @@ impl Report {
     /// as `$validate` must return at least one issue).
     pub fn to_outcome(&self) -> OperationOutcome {
         let mut issues = self.issues.clone();
+        if self.omitted > 0 {
+            issues.push(OutcomeIssue::information(
+                trialbridge_fhir::IssueType::TooCostly,
+                format!(
+                    "{} more issues were found and not kept{}",
+                    self.omitted,
+                    if self.omitted_error {
+                        " (errors among them)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if issues.is_empty() {
             issues.push(OutcomeIssue::information(
                 trialbridge_fhir::IssueType::Informational,
@@ -94,6 +114,8 @@ pub fn validate_resource(resource: &Value, options: &Options) -> Report {
     }
     Report {
         issues: walk.issues,
+        omitted: walk.omitted,
+        omitted_error: walk.omitted_error,
     }
 }
 
@@ -103,6 +125,7 @@ pub fn validate_bytes(body: &[u8], options: &Options) -> Report {
         Ok(v) => validate_resource(&v, options),
         Err(issue) => Report {
             issues: vec![issue],
+            ..Report::default()
         },
     }
 }

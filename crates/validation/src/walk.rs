@@ -26,11 +26,19 @@ pub(crate) struct ResourceFrame {
     pub local_refs: Vec<String>,
 }
 
+/// How many issues one validation keeps.
+pub const KEPT_ISSUES: usize = 1000;
+
 /// One validation run: the issues found and where the walk is.
 pub struct Walk<'o> {
     pub(crate) options: &'o crate::Options,
-    /// Everything found so far, in document order.
+    /// Everything found so far, in document order (at most [`KEPT_ISSUES`]).
     pub issues: Vec<OutcomeIssue>,
+    /// Issues found beyond [`KEPT_ISSUES`], and whether any of them was an error: a hostile
+    /// body of thousands of bad elements costs a bounded report.
+    pub omitted: usize,
+    /// Whether an omitted issue was an error.
+    pub omitted_error: bool,
     /// The FHIRPath of the current element.
     pub(crate) path: String,
     pub(crate) frames: Vec<ResourceFrame>,
@@ -43,6 +51,8 @@ impl<'o> Walk<'o> {
         Self {
             options,
             issues: Vec::new(),
+            omitted: 0,
+            omitted_error: false,
             path: String::new(),
             frames: Vec::new(),
             bundles: Vec::new(),
@@ -56,6 +66,11 @@ impl<'o> Walk<'o> {
         code: IssueType,
         msg: impl Into<String>,
     ) {
+        if self.issues.len() >= KEPT_ISSUES {
+            self.omitted += 1;
+            self.omitted_error |= matches!(severity, IssueSeverity::Error | IssueSeverity::Fatal);
+            return;
+        }
         self.issues.push(OutcomeIssue {
             severity,
             code,

@@ -40,25 +40,57 @@ async fn post(client: &reqwest::Client, gateway: &Gateway, url: &str, body: Stri
         req = req.bearer_auth(t);
     }
     match req.send().await {
-        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-            // A token problem is the deployment's, not the message's: keep it and retry.
-            tracing::error!(status = %r.status(), "the trial store refused the gateway's token; retrying");
-            Sent::Unavailable
-        }
-        Ok(r) if r.status().is_success() => Sent::Accepted,
-        Ok(r) if r.status().is_client_error() => {
-            let status = r.status();
-            Sent::Refused(format!(
-                "the trial store refused it ({status}): {}",
-                r.text().await.unwrap_or_default()
-            ))
-        }
         Ok(r) => {
-            tracing::warn!(status = %r.status(), "the trial store failed; retrying");
-            Sent::Unavailable
+            let status = r.status().as_u16();
+            let body = if r.status().is_success() {
+                String::new()
+            } else {
+                r.text().await.unwrap_or_default()
+            };
+            verdict(status, body)
         }
         Err(e) => {
             tracing::warn!(error = %e, "the trial store is not reachable; retrying");
+            Sent::Unavailable
+        }
+    }
+}
+
+/// What a store answer means for the message. A 401, or a 403 about the token as a whole, is
+/// the deployment's problem: the message is kept and retried. A 403 that names an element of
+/// the Bundle (`Bundle.entry[1].request.url`: an id outside the site's namespace) is this
+/// message's, like any other 4xx: it goes to the dead-letter queue, so it cannot hold up the
+/// messages behind it.
+fn verdict(status: u16, body: String) -> Sent {
+    let names_an_entry = || {
+        serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|oo| oo.get("issue").and_then(Value::as_array).cloned())
+            .into_iter()
+            .flatten()
+            .filter(|i| i["code"] == "forbidden")
+            .flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default())
+            .any(|e| e.as_str().is_some_and(|e| e.starts_with("Bundle.entry[")))
+    };
+    match status {
+        200..=299 => Sent::Accepted,
+        401 => {
+            tracing::error!(
+                status,
+                "the trial store refused the gateway's token; retrying"
+            );
+            Sent::Unavailable
+        }
+        403 if !names_an_entry() => {
+            tracing::error!(
+                status,
+                "the trial store refused the gateway's token; retrying"
+            );
+            Sent::Unavailable
+        }
+        400..=499 => Sent::Refused(format!("the trial store refused it ({status}): {body}")),
+        _ => {
+            tracing::warn!(status, "the trial store failed; retrying");
             Sent::Unavailable
         }
     }
@@ -212,6 +244,26 @@ pub async fn run(gateway: Gateway, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_problem_is_retried_and_a_refused_entry_is_dead_lettered() {
+        let oo = |expr: &str| {
+            serde_json::json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden", "diagnostics": "x", "expression": [expr]}]}).to_string()
+        };
+        assert!(matches!(verdict(201, String::new()), Sent::Accepted));
+        assert!(matches!(verdict(401, oo("Bundle")), Sent::Unavailable));
+        assert!(matches!(verdict(403, oo("Bundle")), Sent::Unavailable));
+        assert!(matches!(verdict(403, "not json".into()), Sent::Unavailable));
+        assert!(matches!(
+            verdict(403, oo("Bundle.entry[1].request.url")),
+            Sent::Refused(_)
+        ));
+        assert!(matches!(
+            verdict(422, oo("Observation.code")),
+            Sent::Refused(_)
+        ));
+        assert!(matches!(verdict(503, String::new()), Sent::Unavailable));
+    }
 
     #[test]
     fn groups_never_write_a_resource_twice() {

@@ -6,6 +6,7 @@
 //! the message to the dead-letter queue.
 
 use serde_json::{json, Value};
+use trialbridge_study::site_namespace;
 use trialbridge_validation::Options;
 
 use crate::identity::Enrolment;
@@ -174,12 +175,15 @@ fn group_entries(
             "Encounter" => "enc",
             _ => continue,
         };
+        // Ids begin with the site's namespace (`mc-01-`): the trial store lets a site choose
+        // only ids of its own, so no site can name (or probe) another site's resources.
+        let prefix = format!("{}{prefix}", site_namespace(&origin.site));
         r["id"] = json!(if ty == "Encounter" && key.starts_with("visit:") {
             // One Encounter per visit number.
-            stable_id(prefix, &[&origin.sender, &who.patient_id, &key])
+            stable_id(&prefix, &[&origin.sender, &who.patient_id, &key])
         } else {
             stable_id(
-                prefix,
+                &prefix,
                 &[
                     &origin.sender,
                     &origin.control_id,
@@ -233,7 +237,7 @@ pub fn outgoing(
         .collect();
     entries.push(json!({
         "resourceType": "Provenance",
-        "id": stable_id("prov", &[&origin.sender, &origin.control_id, &origin.fingerprint]),
+        "id": stable_id(&format!("{}prov", site_namespace(&origin.site)), &[&origin.sender, &origin.control_id, &origin.fingerprint]),
         "target": targets,
         "recorded": origin.received,
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]},

@@ -156,10 +156,12 @@ impl StoreError {
         match self {
             Self::Rejected { outcome, .. } => outcome.clone(),
             Self::Storage(e) => {
-                tracing::error!(error = %e, "storage failure");
+                // The database's own words (SQL, constraint names) stay in the log.
+                let reference = uuid::Uuid::now_v7().simple().to_string();
+                tracing::error!(error = %e, %reference, "storage failure");
                 OperationOutcome::single(OutcomeIssue::error(
                     IssueType::Exception,
-                    format!("the trial database failed: {e}"),
+                    format!("the trial database failed; the operator finds the cause in the log under {reference}"),
                 ))
             }
         }

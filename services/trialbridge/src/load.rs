@@ -1,11 +1,16 @@
 //! `trialbridge load`: FHIR resources from JSON files, NDJSON files or directories, written
-//! straight into the database in batches (one commit per batch).
+//! straight into the database like the API writes them: each resource validated, with the
+//! protocol rules, its site (from its content, else `--site`; clinical data of no site is
+//! refused) and an AuditEvent of its own naming the operator. Batches of 500 commit one by
+//! one (a refusal names its file, line and element and says what was committed before), or
+//! with `--atomic` each file commits whole or not at all.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::Value;
+use trial_store::fhir::loading::LoadItem;
 use trial_store::{load_values, LoadCounts};
 use trialbridge_storage::ResourceStore;
 
@@ -14,37 +19,48 @@ use trialbridge_storage::ResourceStore;
 pub struct LoadArgs {
     /// A .json file (a resource or a Bundle), an .ndjson file, or a directory of them.
     pub path: PathBuf,
+    /// The site study (`mesemcart-site-01`) of resources whose content names none.
+    #[arg(long = "site", value_name = "SITE_STUDY")]
+    pub site: Option<String>,
+    /// One transaction per file: a file is loaded whole or not at all.
+    #[arg(long)]
+    pub atomic: bool,
 }
 
-/// How many resources one commit takes.
+/// How many resources one commit takes (without `--atomic`).
 const BATCH: usize = 500;
 
-/// Loads `pending` once it holds a whole batch.
-async fn flush_full_batch(
-    store: &dyn ResourceStore,
-    pending: &mut Vec<Value>,
-    total: &mut LoadCounts,
-    bar: &indicatif::ProgressBar,
-    validation: &trialbridge_validation::Options,
-) -> anyhow::Result<()> {
-    if pending.len() >= BATCH {
-        total.add(load_batch(store, std::mem::take(pending), validation).await?);
-        bar.set_message(format!("{} created", total.created));
-    }
-    Ok(())
+/// The operator as the audit trail names them.
+fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("trialbridge load (operator {user})")
 }
 
-async fn load_batch(
+/// What has been committed so far, for the report after a refusal.
+struct Progress {
+    total: LoadCounts,
+    committed_through: Option<String>,
+}
+
+async fn commit(
     store: &dyn ResourceStore,
-    values: Vec<Value>,
+    items: Vec<LoadItem>,
+    args: &LoadArgs,
     validation: &trialbridge_validation::Options,
-) -> anyhow::Result<LoadCounts> {
-    load_values(
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let Some(last) = items.last().map(|i| i.origin.clone()) else {
+        return Ok(());
+    };
+    let counts = load_values(
         store,
         std::sync::Arc::new(trial_store::TrialRules),
-        "trialbridge load",
-        values,
+        &operator(),
+        items,
         validation,
+        args.site.clone(),
     )
     .await
     .map_err(|e| {
@@ -52,10 +68,23 @@ async fn load_batch(
             .outcome()
             .issues
             .iter()
-            .map(|i| i.diagnostics.clone())
+            .map(|i| match i.expression.first() {
+                Some(at) => format!("{} (at {at})", i.diagnostics),
+                None => i.diagnostics.clone(),
+            })
             .collect();
-        anyhow::anyhow!("{}", why.join("; "))
-    })
+        let before = match &progress.committed_through {
+            Some(o) => format!(
+                "; committed before it: {} created, {} updated, {} unchanged (through {o}); load the rest after fixing the line",
+                progress.total.created, progress.total.updated, progress.total.unchanged
+            ),
+            None => "; nothing was committed".into(),
+        };
+        anyhow::anyhow!("{}{before}", why.join("; "))
+    })?;
+    progress.total.add(counts);
+    progress.committed_through = Some(last);
+    Ok(())
 }
 
 /// Resources of one JSON document: a resource, or the resources of a Bundle's entries (for a
@@ -111,11 +140,36 @@ fn files_under(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The resources of one JSON document, with its origin.
+fn items_of(v: Value, origin: &str) -> anyhow::Result<Vec<LoadItem>> {
+    let mut rs = Vec::new();
+    resources_of(v, &mut rs).with_context(|| origin.to_string())?;
+    Ok(rs
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| LoadItem {
+            value,
+            origin: if i == 0 {
+                origin.to_string()
+            } else {
+                format!("{origin} (entry {i})")
+            },
+        })
+        .collect())
+}
+
 pub async fn run(
     args: LoadArgs,
     database_url: &str,
     validation: &trialbridge_validation::Options,
 ) -> anyhow::Result<()> {
+    if let Some(site) = &args.site {
+        anyhow::ensure!(
+            trialbridge_study::site_studies().iter().any(|s| s == site),
+            "--site {site}: not a site study of the trial ({})",
+            trialbridge_study::site_studies().join(", ")
+        );
+    }
     let mut files = Vec::new();
     files_under(&args.path, &mut files)
         .with_context(|| format!("cannot read {}", args.path.display()))?;
@@ -130,46 +184,58 @@ pub async fn run(
     let store = trialbridge_storage::open(database_url).await?;
     let bar = indicatif::ProgressBar::new(total_bytes);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg} (ETA {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut total = LoadCounts::default();
-    let mut pending = Vec::with_capacity(BATCH);
+    let mut progress = Progress {
+        total: LoadCounts::default(),
+        committed_through: None,
+    };
+    let mut pending: Vec<LoadItem> = Vec::with_capacity(BATCH);
     for f in &files {
-        let is_ndjson = f.extension().and_then(|e| e.to_str()) == Some("ndjson");
-        if is_ndjson {
+        let name = f.display().to_string();
+        if f.extension().and_then(|e| e.to_str()) == Some("ndjson") {
+            // Streamed: a file of a million lines is never held whole.
             let reader = std::io::BufReader::new(std::fs::File::open(f)?);
             for (n, line) in reader.lines().enumerate() {
-                let line = line?;
+                let origin = format!("{name}:{}", n + 1);
+                let line = line.with_context(|| origin.clone())?;
                 bar.inc(line.len() as u64 + 1);
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: Value = serde_json::from_str(&line)
-                    .with_context(|| format!("{}:{}", f.display(), n + 1))?;
-                resources_of(v, &mut pending)
-                    .with_context(|| format!("{}:{}", f.display(), n + 1))?;
-                flush_full_batch(&*store, &mut pending, &mut total, &bar, validation).await?;
+                let v: Value =
+                    serde_json::from_str(&line).with_context(|| format!("{origin}: not JSON"))?;
+                pending.extend(items_of(v, &origin)?);
+                if !args.atomic && pending.len() >= BATCH {
+                    let batch = std::mem::take(&mut pending);
+                    commit(&*store, batch, &args, validation, &mut progress).await?;
+                    bar.set_message(format!("{} created", progress.total.created));
+                }
             }
         } else {
             let bytes = std::fs::read(f)?;
             bar.inc(bytes.len() as u64);
-            let v: Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not JSON", f.display()))?;
-            resources_of(v, &mut pending).with_context(|| f.display().to_string())?;
-            flush_full_batch(&*store, &mut pending, &mut total, &bar, validation).await?;
+            let v: Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("{name}: not JSON"))?;
+            pending.extend(items_of(v, &name)?);
+        }
+        if args.atomic || pending.len() >= BATCH {
+            let batch = std::mem::take(&mut pending);
+            commit(&*store, batch, &args, validation, &mut progress).await?;
+            bar.set_message(format!("{} created", progress.total.created));
         }
     }
-    if !pending.is_empty() {
-        total.add(load_batch(&*store, pending, validation).await?);
-    }
+    commit(&*store, pending, &args, validation, &mut progress).await?;
     bar.finish_and_clear();
     println!(
         "loaded {} files: {} created, {} updated, {} unchanged",
         files.len(),
-        total.created,
-        total.updated,
-        total.unchanged
+        progress.total.created,
+        progress.total.updated,
+        progress.total.unchanged
     );
     Ok(())
 }

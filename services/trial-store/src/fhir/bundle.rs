@@ -22,6 +22,9 @@ use crate::fhir::{query_pairs, version_path, StoreState, WriteRules};
 use crate::security::audit::{write_audited, Changes};
 use crate::security::Caller;
 
+/// How large a batch's answer may grow before later entries are answered with a refusal.
+const MAX_BATCH_RESPONSE_BYTES: usize = 16 << 20;
+
 /// What one entry asks for.
 #[derive(Debug, Clone)]
 enum Action {
@@ -147,6 +150,10 @@ impl Changes for Vec<EntryResult> {
     fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)> {
         self.iter().flat_map(|r| r.versions()).collect()
     }
+
+    fn read(&self) -> Vec<&StoredVersion> {
+        self.iter().flat_map(|r| r.read()).collect()
+    }
 }
 
 impl Changes for EntryResult {
@@ -156,6 +163,14 @@ impl Changes for EntryResult {
             .filter(|_| self.changed)
             .map(|v| (v, self.reason.as_deref()))
             .collect()
+    }
+
+    fn read(&self) -> Vec<&StoredVersion> {
+        self.version.iter().filter(|_| !self.changed).collect()
+    }
+
+    fn status(&self) -> u16 {
+        self.status.code()
     }
 }
 
@@ -224,7 +239,20 @@ fn entry_error(i: usize, e: StoreError, field: &str) -> StoreError {
     let mut outcome = e.outcome();
     for issue in &mut outcome.issues {
         issue.diagnostics = format!("entry {i}: {}", issue.diagnostics);
-        issue.expression = vec![format!("Bundle.entry[{i}].{field}")];
+        // A refusal of what the resource says (a reference outside the site: `Observation.subject`)
+        // stays named by its element; other errors are about the entry's request.
+        let in_resource = issue
+            .expression
+            .first()
+            .filter(|_| issue.code == IssueType::Forbidden)
+            .and_then(|x| {
+                let (root, rest) = x.split_once('.')?;
+                trialbridge_fhir::resource_type::canonical(root).map(|_| rest.to_string())
+            });
+        issue.expression = vec![match in_resource {
+            Some(rest) => format!("Bundle.entry[{i}].resource.{rest}"),
+            None => format!("Bundle.entry[{i}].{field}"),
+        }];
     }
     StoreError::Rejected { status, outcome }
 }
@@ -502,6 +530,18 @@ pub async fn process(
         "batch" => {
             let mut out = BundleWriter::new("batch-response");
             for (i, e) in entries.iter().enumerate() {
+                // A bounded answer: once the response is this large, later entries are not
+                // run but answered with why.
+                if out.bytes() > MAX_BATCH_RESPONSE_BYTES {
+                    let e = StoreError::new(
+                        Status::BadRequest,
+                        IssueType::TooCostly,
+                        format!("entry {i}: not run: the batch's answer already exceeds {} MiB; send the rest in another batch", MAX_BATCH_RESPONSE_BYTES >> 20),
+                    )
+                    .at(format!("Bundle.entry[{i}]"));
+                    out.entry(BundleEntry { response: Some(json!({ "status": e.status().line(), "outcome": e.outcome().to_json() })), ..Default::default() });
+                    continue;
+                }
                 let result = match plan_entry(i, e, &base, &s.config.validation)
                     .and_then(|p| permitted(caller, &p).map(|()| p))
                 {
@@ -585,11 +625,11 @@ async fn execute(
             if_match,
         } => conditional_update_in(txn, caller, rules, res.clone(), criteria, *if_match).await?,
         Action::Delete { rt, id, if_match } => {
-            interactions::delete(txn, caller, rt, id, *if_match).await?
+            interactions::delete(txn, caller, rules, rt, id, *if_match).await?
         }
         Action::ConditionalDelete { rt, criteria } => {
             match interactions::match_one(txn, caller, rt, criteria, "conditional delete").await? {
-                Some(id) => interactions::delete(txn, caller, rt, &id, None).await?,
+                Some(id) => interactions::delete(txn, caller, rules, rt, &id, None).await?,
                 None => interactions::Written {
                     status: Status::NoContent,
                     version: None,
@@ -611,7 +651,9 @@ async fn execute(
             });
         }
         Action::Search { rt, criteria } => {
-            let ids = txn.search_ids(&caller.ctx, rt, criteria, 1000).await?;
+            // One page, as the same search on its own would answer (`_count`, default 20).
+            let count = criteria.count.unwrap_or(20).min(1000);
+            let ids = txn.search_ids(&caller.ctx, rt, criteria, count).await?;
             let mut versions = Vec::with_capacity(ids.len());
             for id in &ids {
                 if let Some(v) = txn.current(rt, id).await? {

@@ -57,18 +57,30 @@ impl ChangeFeed for Feed {
 
     async fn subscribe(&self, req: Request<SubscribeRequest>) -> Result<Response<Events>, Status> {
         let address = req.remote_addr().map(|a| a.ip().to_string());
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("no bearer token (authorization metadata)"))?;
-        let principal = self
-            .state
-            .auth
-            .verify(token.trim())
-            .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let token = trialbridge_auth::bearer(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let verified = match token {
+            None => Err(trialbridge_auth::AuthError::Missing),
+            Some(t) => self.state.auth.verify(t).await,
+        };
+        let principal = match verified {
+            Ok(p) => p,
+            Err(e) => {
+                // A refused subscription is recorded like a refused HTTP request.
+                let why = e.to_string();
+                crate::security::audit::refused(
+                    &*self.state.store,
+                    "gRPC ChangeFeed.Subscribe",
+                    address.as_deref(),
+                    &why,
+                )
+                .await;
+                return Err(Status::unauthenticated(why));
+            }
+        };
         let r = req.into_inner();
         let caller = Caller::from_principal(
             principal,
@@ -102,6 +114,7 @@ impl ChangeFeed for Feed {
             &caller,
             "/fhir/_history",
             status.code(),
+            caller.own_site().map(String::from),
         )
         .await;
         if let Err(e) = allowed {

@@ -1,5 +1,6 @@
 //! `_include` and `_revinclude` (with `:iterate`): the resources a search page points at, or
-//! that point at it. No cap: every referenced or referencing resource is returned.
+//! that point at it, up to [`MAX_INCLUDED`] per page: a page that would add more is refused
+//! (the client asks again with a smaller `_count`), so one request stays bounded.
 
 use std::collections::BTreeSet;
 
@@ -12,10 +13,14 @@ use trialbridge_storage::{AccessContext, ResourceStore, StorageError, StoredVers
 /// bounds very long reference chains.
 const MAX_ROUNDS: usize = 16;
 
+/// How many resources `_include` and `_revinclude` add to one page at most.
+pub const MAX_INCLUDED: usize = 1000;
+
 /// How many references one reverse-include query asks for at once.
 const CHUNK: usize = 200;
 
-/// The resources to add to a page as `search.mode = include`.
+/// The resources to add to a page as `search.mode = include`; more than [`MAX_INCLUDED`] of
+/// them (the search stops collecting there) means the page is too costly.
 pub async fn resolve(
     store: &dyn ResourceStore,
     ctx: &AccessContext,
@@ -40,6 +45,10 @@ pub async fn resolve(
                 if seen.insert((v.resource_type.clone(), v.id.clone())) {
                     found.push(v);
                 }
+            }
+            if out.len() + found.len() > MAX_INCLUDED {
+                out.extend(found);
+                return Ok(out);
             }
         }
         if found.is_empty() {
@@ -122,6 +131,7 @@ async fn reverse_include(
                 .await?;
             out.extend(page.versions);
             match page.next {
+                Some(_) if out.len() > MAX_INCLUDED => return Ok(out),
                 Some(c) => after = Some(c),
                 None => break,
             }

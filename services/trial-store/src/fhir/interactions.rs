@@ -12,7 +12,7 @@ use trialbridge_validation::Options as ValidationOptions;
 use crate::error::{forbidden, Status, StoreError};
 use crate::fhir::WriteRules;
 use crate::security::audit::Changes;
-use crate::security::{resource_site, Caller};
+use crate::security::{in_site_namespace, resource_site, site_namespace, Caller};
 
 /// A resource body checked against its URL and ready to store.
 #[derive(Debug, Clone)]
@@ -57,6 +57,10 @@ impl Changes for Written {
             .filter(|_| self.changed)
             .map(|v| (v, None))
             .collect()
+    }
+
+    fn status(&self) -> u16 {
+        self.status.code()
     }
 }
 
@@ -181,9 +185,22 @@ async fn store(
     res: &Incoming,
     id: &str,
 ) -> Result<StoredVersion, StoreError> {
-    let site = resource_site(caller, &res.value)?;
+    store_in(txn, caller, rules, res, id, None).await
+}
+
+/// [`store`], with the site the resource belongs to when its content names none (a load's
+/// `--site`).
+async fn store_in(
+    txn: &mut dyn WriteTxn,
+    caller: &Caller,
+    rules: &dyn WriteRules,
+    res: &Incoming,
+    id: &str,
+    default_site: Option<&str>,
+) -> Result<StoredVersion, StoreError> {
+    let site = resource_site(caller, &res.value)?.or(default_site.map(String::from));
     references_within_sites(txn, caller, res).await?;
-    let deviations = rules.check(txn, res, id).await?;
+    let deviations = rules.check(txn, caller, res, id).await?;
     let stored = append_version(txn, res, id, site.as_deref()).await?;
     for d in deviations {
         let raw = RawResource::from_value(&d);
@@ -199,46 +216,70 @@ async fn store(
     Ok(stored)
 }
 
-/// A site writes only about its own subjects: a reference to a stored resource of a site the
-/// caller does not see is refused (checked for site tokens; trialbridge and the sponsor's
-/// roles may link across sites).
+/// A site writes only about its own subjects: a reference must name a resource the caller
+/// sees, or one that does not exist yet in the caller's namespace or of a definitional type. Whether a resource of
+/// another site exists is never told apart from it not existing: both get the same 403.
+/// (Checked for site tokens; trialbridge and the sponsor's roles may link across sites.)
 async fn references_within_sites(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
     res: &Incoming,
 ) -> Result<(), StoreError> {
-    if caller.own_site().is_none() {
+    let Some(own) = caller.own_site() else {
         return Ok(());
-    }
+    };
     let mut refs = Vec::new();
-    trialbridge_fhir::reference::references(&res.value, &mut refs);
-    refs.sort();
-    refs.dedup();
-    for r in &refs {
+    trialbridge_fhir::reference::references_at(&res.value, res.resource_type, &mut refs);
+    refs.sort_by(|a, b| a.1.cmp(&b.1));
+    refs.dedup_by(|a, b| a.1 == b.1);
+    // An absolute URL names a resource of another server (the EHR version a gateway's
+    // Provenance came from); it reaches nothing here, and reads filter by site anyway.
+    for (path, r) in refs.iter().filter(|(_, r)| !r.contains("://")) {
         let Some((t, id)) = trialbridge_fhir::reference::literal_target(r) else {
             continue;
         };
-        if let Some((_, _, Some(site))) = txn.current_version(t, id).await? {
-            if !caller.ctx.sites.sees(Some(&site)) {
-                return Err(forbidden(format!(
-                    "{r} belongs to a site this token does not cover; a site writes about its own subjects only"
-                ))
-                .at(res.resource_type.to_string()));
-            }
+        let current = txn.current_version(t, id).await?;
+        let visible = current
+            .as_ref()
+            .is_some_and(|(_, _, site)| caller.ctx.sites.sees(site.as_deref()));
+        // A missing study definition (a ResearchStudy not loaded yet) is no site's data.
+        let may_exist_later =
+            in_site_namespace(own, id) || trialbridge_auth::is_definitional_type(t);
+        if !visible && (current.is_some() || !may_exist_later) {
+            return Err(outside_namespace(t, id, own).at(path.clone()));
         }
     }
     Ok(())
 }
 
-/// The live version of a resource the caller may change: one in a site the caller does not
-/// see is refused (a site never overwrites another site's resource).
+/// The one answer to a site writing or linking outside what it owns, whether or not the
+/// resource exists.
+fn outside_namespace(rt: &str, id: &str, site_study: &str) -> StoreError {
+    forbidden(format!(
+        "{rt}/{id} is not a resource of {site_study}: a site writes and references its own resources, and the ids it chooses begin with {}",
+        site_namespace(site_study)
+    ))
+}
+
+/// The live version of a resource the caller may change. A site changes only what it sees or
+/// creates ids in its own namespace: another site's resource and a missing id outside the
+/// namespace get the same 403, so that writes reveal nothing of other sites.
 async fn live_version(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
     resource_type: &str,
     id: &str,
 ) -> Result<Option<(i64, Option<String>)>, StoreError> {
-    match txn.current_version(resource_type, id).await? {
+    let current = txn.current_version(resource_type, id).await?;
+    let visible = current
+        .as_ref()
+        .is_some_and(|(_, _, site)| caller.ctx.sites.sees(site.as_deref()));
+    if let Some(own) = caller.own_site() {
+        if !visible && (current.is_some() || !in_site_namespace(own, id)) {
+            return Err(outside_namespace(resource_type, id, own));
+        }
+    }
+    match current {
         Some((_, _, Some(site))) if !caller.ctx.sites.sees(Some(&site)) => Err(forbidden(format!(
             "{resource_type}/{id} belongs to a site this token does not cover"
         ))),
@@ -254,12 +295,16 @@ fn require_reason(caller: &Caller, resource_type: &str, id: &str) -> Result<(), 
     {
         return Ok(());
     }
-    Err(StoreError::new(
+    Err(reason_needed(resource_type, id))
+}
+
+fn reason_needed(resource_type: &str, id: &str) -> StoreError {
+    StoreError::new(
         Status::Unprocessable,
         IssueType::Required,
         format!("changing {resource_type}/{id} needs a reason for change: send the X-Reason-For-Change header, or a Provenance targeting it in the same transaction"),
     )
-    .at("X-Reason-For-Change"))
+    .at("X-Reason-For-Change")
 }
 
 /// Appends `res` as the next version of `resource_type/id`, setting `id` and `meta`.
@@ -460,6 +505,7 @@ pub fn same_content(stored: &str, new: &Value) -> bool {
 pub async fn delete(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
+    rules: &dyn WriteRules,
     resource_type: &'static str,
     id: &str,
     if_match: Option<i64>,
@@ -479,7 +525,15 @@ pub async fn delete(
             changed: false,
         });
     };
-    require_reason(caller, resource_type, id)?;
+    // Deleting recorded data needs a reason, whatever clinical type it is.
+    if trialbridge_auth::is_clinical_type(resource_type) && caller.reason.is_none() {
+        return Err(reason_needed(resource_type, id));
+    }
+    if let Some(body) = txn.current(resource_type, id).await?.and_then(|c| c.body) {
+        if let Ok(current) = serde_json::from_str::<Value>(&body) {
+            rules.check_delete(txn, caller, &current).await?;
+        }
+    }
     let render = |_: i64, _: &str| String::new();
     // The tombstone stays with the resource's site.
     let v = txn
@@ -499,25 +553,27 @@ pub async fn delete(
     })
 }
 
-/// Result of loading one resource (start-up study and `trialbridge load`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Result of loading one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadResult {
-    /// A new resource.
-    Created,
+    /// A new resource (its first version).
+    Created(StoredVersion),
     /// A new version of an existing resource.
-    Updated,
+    Updated(StoredVersion),
     /// Same content as the current version: nothing written.
     Unchanged,
 }
 
 /// Writes a resource with an id unless the current version already has the same content
-/// (ignoring `meta`), so loading the same files twice creates no versions.
+/// (ignoring `meta`), so loading the same files twice creates no versions. A resource whose
+/// content names no site belongs to `default_site`; clinical data must belong to one.
 pub async fn load_resource(
     txn: &mut dyn WriteTxn,
     caller: &Caller,
     rules: &dyn WriteRules,
     value: Value,
     validation: &ValidationOptions,
+    default_site: Option<&str>,
 ) -> Result<LoadResult, StoreError> {
     let t = value
         .get("resourceType")
@@ -537,6 +593,15 @@ pub async fn load_resource(
         })?
         .to_string();
     checked_id(rt, &id)?;
+    let named = crate::security::named_site(&value);
+    if named.is_none() && default_site.is_none() && trialbridge_auth::is_clinical_type(rt) {
+        return Err(StoreError::new(
+            Status::Unprocessable,
+            IssueType::Required,
+            format!("{rt}/{id} is clinical data of no site: name its site study (ResearchSubject.study or the workflow-researchStudy extension) or load with --site"),
+        )
+        .at(format!("{rt}.extension")));
+    }
     let raw = RawResource::from_value(&value);
     let res = incoming(rt, raw, value, validation)?;
     if let Some(current) = txn.current(rt, &id).await?.filter(|c| !c.deleted) {
@@ -547,11 +612,11 @@ pub async fn load_resource(
         {
             return Ok(LoadResult::Unchanged);
         }
-        store(txn, caller, rules, &res, &id).await?;
-        return Ok(LoadResult::Updated);
+        let v = store_in(txn, caller, rules, &res, &id, default_site).await?;
+        return Ok(LoadResult::Updated(v));
     }
-    store(txn, caller, rules, &res, &id).await?;
-    Ok(LoadResult::Created)
+    let v = store_in(txn, caller, rules, &res, &id, default_site).await?;
+    Ok(LoadResult::Created(v))
 }
 
 /// The `resourceType` of a parsed body, for span attributes.
@@ -618,8 +683,30 @@ pub fn conditional_criteria(
 ) -> Result<SearchRequest, StoreError> {
     let query = query.split_once('?').map_or(query, |(_, q)| q);
     let pairs = crate::fhir::query_pairs(Some(query));
-    trialbridge_fhir::search::parse(resource_type, &pairs, true)
-        .map_err(|issue| StoreError::from_issue(Status::BadRequest, issue).at(what.to_string()))
+    let request = trialbridge_fhir::search::parse(resource_type, &pairs, true)
+        .map_err(|issue| StoreError::from_issue(Status::BadRequest, issue).at(what.to_string()))?;
+    // A condition names what it is about: no criterion that matches by absence or negation
+    // (`:missing`, `:not`, `ne`) or by a fragment (`:contains`), which would widen the match
+    // of a conditional delete or update to resources nobody named.
+    for c in &request.criteria {
+        for m in &c.any_of {
+            use trialbridge_fhir::search::{Match, Prefix};
+            let widening = match m {
+                Match::Missing(_) | Match::Not(_) | Match::Contains(_) => true,
+                Match::Range { prefix, .. } => matches!(prefix, Prefix::Ne),
+                _ => false,
+            };
+            if widening {
+                return Err(StoreError::new(
+                    Status::BadRequest,
+                    IssueType::NotSupported,
+                    format!("{what}: the criterion on '{}' does not name the resource (:missing, :not, :contains and ne widen the match); use criteria that identify it", c.param),
+                )
+                .at(what.to_string()));
+            }
+        }
+    }
+    Ok(request)
 }
 
 /// Conditional update: no match creates (with the body's id or a new one), one match updates
@@ -651,10 +738,16 @@ pub async fn conditional_update_in(
             res.set_id(&found);
             update(txn, caller, rules, &res, &found, expected).await
         }
-        None => {
-            let id = body_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            res.set_id(&id);
-            update(txn, caller, rules, &res, &id, expected).await
-        }
+        None => match body_id {
+            Some(id) => update(txn, caller, rules, &res, &id, expected).await,
+            // No match and no id: a create with an id the server assigns (no site chose it,
+            // so no namespace applies).
+            None if expected.is_none() => {
+                let id = uuid::Uuid::now_v7().to_string();
+                res.set_id(&id);
+                create(txn, caller, rules, &res, &id, None).await
+            }
+            None => Err(precondition(rt, expected.unwrap_or_default(), None)),
+        },
     }
 }

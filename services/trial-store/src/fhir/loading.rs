@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::StoreError;
 use crate::fhir::interactions::{load_resource, LoadResult};
 use crate::fhir::WriteRules;
-use crate::security::audit::{write_audited, Changes};
+use crate::security::audit::change_event;
 use crate::security::Caller;
 
 /// What a load did.
@@ -33,47 +33,85 @@ impl LoadCounts {
     }
 }
 
-impl Changes for LoadCounts {
-    fn versions(&self) -> Vec<(&trialbridge_storage::StoredVersion, Option<&str>)> {
-        Vec::new()
+/// One resource to load and where it came from (`file:line`), for the error that names it.
+#[derive(Debug, Clone)]
+pub struct LoadItem {
+    /// The resource.
+    pub value: Value,
+    /// Where it was read (`export.ndjson:17`, a study file).
+    pub origin: String,
+}
+
+impl LoadItem {
+    /// A resource whose origin is its own `Type/id`.
+    pub fn of(value: Value) -> Self {
+        let origin = format!(
+            "{}/{}",
+            value
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            value.get("id").and_then(Value::as_str).unwrap_or("?")
+        );
+        Self { value, origin }
     }
 }
 
-/// Writes `values` in one transaction: all of them or, if one is refused, none (the error
-/// names it). The audit event names `agent` (the command that loads).
+/// Writes `items` in one transaction: all of them or, if one is refused, none (the error
+/// names its origin and element). Each resource written gets an AuditEvent of its own naming
+/// `agent` (the operator's command). A resource whose content names no site belongs to
+/// `site`; clinical data of no site is refused.
 pub async fn load_values(
     store: &dyn ResourceStore,
     rules: Arc<dyn WriteRules>,
     agent: &str,
-    values: Vec<Value>,
+    items: Vec<LoadItem>,
     validation: &trialbridge_validation::Options,
+    site: Option<String>,
 ) -> Result<LoadCounts, StoreError> {
     let validation = validation.clone();
     let caller = Caller::system(agent);
     let who = caller.clone();
-    write_audited(store, &caller, "batch", move |txn| {
+    write(store, &caller.ctx, move |txn| {
         Box::pin(async move {
             let mut c = LoadCounts::default();
-            for v in values {
-                let what = format!(
-                    "{}/{}",
-                    v.get("resourceType").and_then(Value::as_str).unwrap_or("?"),
-                    v.get("id").and_then(Value::as_str).unwrap_or("?")
-                );
-                match load_resource(txn, &who, &*rules, v, &validation).await {
-                    Ok(LoadResult::Created) => c.created += 1,
-                    Ok(LoadResult::Updated) => c.updated += 1,
-                    Ok(LoadResult::Unchanged) => c.unchanged += 1,
+            for item in items {
+                let written = match load_resource(
+                    txn,
+                    &who,
+                    &*rules,
+                    item.value,
+                    &validation,
+                    site.as_deref(),
+                )
+                .await
+                {
+                    Ok(LoadResult::Created(v)) => {
+                        c.created += 1;
+                        Some(("create", 201, v))
+                    }
+                    Ok(LoadResult::Updated(v)) => {
+                        c.updated += 1;
+                        Some(("update", 200, v))
+                    }
+                    Ok(LoadResult::Unchanged) => {
+                        c.unchanged += 1;
+                        None
+                    }
                     Err(StoreError::Rejected {
                         status,
                         mut outcome,
                     }) => {
                         for i in &mut outcome.issues {
-                            i.diagnostics = format!("{what}: {}", i.diagnostics);
+                            i.diagnostics = format!("{}: {}", item.origin, i.diagnostics);
                         }
                         return Err(StoreError::Rejected { status, outcome });
                     }
                     Err(e) => return Err(e),
+                };
+                if let Some((subtype, status, v)) = written {
+                    txn.audit(change_event(&who, subtype, status, &[(&v, None)]))
+                        .await?;
                 }
             }
             Ok(c)
@@ -145,8 +183,9 @@ mod tests {
             &*store,
             std::sync::Arc::new(crate::fhir::NoRules),
             "test",
-            patients,
+            patients.into_iter().map(LoadItem::of).collect(),
             &Default::default(),
+            Some("mesemcart-site-01".into()),
         )
         .await
         .unwrap();

@@ -22,6 +22,7 @@ use trialbridge_storage::{ResourceStore, WriteTxn};
 
 use crate::config::StoreConfig;
 use crate::error::StoreError;
+use crate::security::Caller;
 pub use interactions::Incoming;
 
 /// What every interaction shares: the trial database, the API settings, running `$export`
@@ -63,14 +64,26 @@ impl StoreState {
 /// own semantics do not know what the rules are.
 #[async_trait::async_trait]
 pub trait WriteRules: Send + Sync {
-    /// Checks `res`, about to be written as `id`: `Err` refuses the write; `Ok` lists further
-    /// resources to record with it (findings such as a protocol deviation).
+    /// Checks `res`, about to be written as `id` by `caller` (the rules read only what the
+    /// caller sees: another site's facts are unknown to them): `Err` refuses the write; `Ok`
+    /// lists further resources to record with it (findings such as a protocol deviation).
     async fn check(
         &self,
         txn: &mut dyn WriteTxn,
+        caller: &Caller,
         res: &Incoming,
         id: &str,
     ) -> Result<Vec<Value>, StoreError>;
+
+    /// Checks the deletion of the live resource `current` (its stored JSON) by `caller`.
+    async fn check_delete(
+        &self,
+        _txn: &mut dyn WriteTxn,
+        _caller: &Caller,
+        _current: &Value,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// No rules beyond FHIR's (a plain FHIR server, tests).
@@ -81,6 +94,7 @@ impl WriteRules for NoRules {
     async fn check(
         &self,
         _: &mut dyn WriteTxn,
+        _: &Caller,
         _: &Incoming,
         _: &str,
     ) -> Result<Vec<Value>, StoreError> {

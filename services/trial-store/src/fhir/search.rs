@@ -192,6 +192,17 @@ async fn run(
         }
         _ => Vec::new(),
     };
+    if included.len() > crate::fhir::include::MAX_INCLUDED {
+        return Err(StoreError::new(
+            Status::BadRequest,
+            IssueType::TooCostly,
+            format!(
+                "_include/_revinclude would add more than {} resources to this page; ask again with a smaller _count",
+                crate::fhir::include::MAX_INCLUDED
+            ),
+        )
+        .at(if req.includes.iter().any(|i| i.reverse) { "_revinclude" } else { "_include" }));
+    }
     // Included resources of a type the caller may not read are left out, as SMART servers do.
     included.retain(|v| caller.permits(&v.resource_type, Interaction::Read));
     if let Some(page) = &page {

@@ -170,7 +170,7 @@ pub async fn type_level(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     report
         .issues
-        .extend(protocol_issues(s, rt, &resource, &id, &report).await?);
+        .extend(protocol_issues(s, caller, rt, &resource, &id, &report).await?);
     Ok(report.to_outcome())
 }
 
@@ -179,6 +179,7 @@ pub async fn type_level(
 /// the same facts a write would. Deviations come back as warnings.
 async fn protocol_issues(
     s: &StoreState,
+    caller: &Caller,
     rt: &str,
     resource: &Value,
     id: &str,
@@ -198,28 +199,26 @@ async fn protocol_issues(
     )?;
     let id = id.to_string();
     let rules = s.rules.clone();
-    trialbridge_storage::write(
-        &*s.store,
-        &trialbridge_storage::AccessContext::system("$validate protocol rules"),
-        move |txn| {
-            Box::pin(async move {
-                match rules.check(txn, &incoming, &id).await {
-                    Ok(deviations) => Ok(deviations
-                        .iter()
-                        .map(|d| {
-                            OutcomeIssue::warning(
-                                IssueType::BusinessRule,
-                                d["detail"].as_str().unwrap_or("protocol deviation"),
-                            )
-                            .at(format!("{}.effective", incoming.resource_type))
-                        })
-                        .collect()),
-                    Err(StoreError::Rejected { outcome, .. }) => Ok(outcome.issues),
-                    Err(e) => Err(e),
-                }
-            })
-        },
-    )
+    // The rules see what the caller sees: another site's facts are unknown, never named.
+    let who = caller.clone();
+    trialbridge_storage::write(&*s.store, &caller.ctx, move |txn| {
+        Box::pin(async move {
+            match rules.check(txn, &who, &incoming, &id).await {
+                Ok(deviations) => Ok(deviations
+                    .iter()
+                    .map(|d| {
+                        OutcomeIssue::warning(
+                            IssueType::BusinessRule,
+                            d["detail"].as_str().unwrap_or("protocol deviation"),
+                        )
+                        .at(format!("{}.effective", incoming.resource_type))
+                    })
+                    .collect()),
+                Err(StoreError::Rejected { outcome, .. }) => Ok(outcome.issues),
+                Err(e) => Err(e),
+            }
+        })
+    })
     .await
 }
 
@@ -274,7 +273,7 @@ pub async fn instance_level(
             let mut report = report_for(s, rt, &resource, req.profile.as_deref())?;
             report
                 .issues
-                .extend(protocol_issues(s, rt, &resource, id, &report).await?);
+                .extend(protocol_issues(s, caller, rt, &resource, id, &report).await?);
             Ok(report.to_outcome())
         }
         Some(m) => Err(bad(

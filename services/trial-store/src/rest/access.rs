@@ -58,6 +58,11 @@ fn unauthorized(why: &str) -> Response {
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
 
+/// The site of the data a response carries (a read or vread), so that the request's audit
+/// event belongs to that site rather than to the caller's.
+#[derive(Debug, Clone)]
+pub struct DataSite(pub String);
+
 /// Marks a response as audited inside its write transaction.
 pub fn audited(mut r: Response) -> Response {
     r.extensions_mut().insert(Audited);
@@ -108,8 +113,19 @@ pub async fn authenticate(State(s): State<StoreState>, mut req: Request, next: N
     req.extensions_mut().insert(caller.clone());
     let response = next.run(req).await;
     if response.extensions().get::<Audited>().is_none() {
-        crate::security::audit::request(&*s.store, &caller, &path, response.status().as_u16())
-            .await;
+        let site = response
+            .extensions()
+            .get::<DataSite>()
+            .map(|d| d.0.clone())
+            .or_else(|| caller.own_site().map(String::from));
+        crate::security::audit::request(
+            &*s.store,
+            &caller,
+            &path,
+            response.status().as_u16(),
+            site,
+        )
+        .await;
     }
     response
 }

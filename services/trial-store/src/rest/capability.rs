@@ -1,4 +1,5 @@
-//! `GET /fhir/metadata`: the CapabilityStatement (`fhir::capability` builds it).
+//! `GET /fhir/metadata`: the CapabilityStatement (`fhir::capability` builds it, the trial
+//! layer adjusts its types).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,6 +12,6 @@ use crate::rest::negotiate::Asked;
 use crate::rest::respond::json_response;
 
 pub async fn metadata(State(s): State<StoreState>, a: Asked) -> Result<Response, StoreError> {
-    let cs = capability_statement(&s.config.base_url);
+    let cs = capability_statement(&s.config.base_url, &crate::trial::adjust_capability);
     Ok(json_response(StatusCode::OK, cs.to_string(), a.fmt))
 }

@@ -80,6 +80,9 @@ pub fn routes(state: StoreState) -> Router {
         .route("/metrics", get(metrics::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A handler that panics answers 500 here, inside the audit middleware, so that the
+        // request is recorded with its status; the outer layer catches what is left.
+        .layer(CatchPanicLayer::custom(error::panicked))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::authenticate,

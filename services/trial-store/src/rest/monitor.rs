@@ -33,7 +33,7 @@ pub async fn audit_event(
     caller: &Caller,
     id: &str,
 ) -> Result<Response, StoreError> {
-    let body = monitor::audit_event(s, caller, id).await?;
+    let body = crate::trial::audit_trail::audit_event(s, caller, id).await?;
     Ok(json_response(StatusCode::OK, body, Default::default()))
 }
 
@@ -43,7 +43,7 @@ pub async fn audit_search(
     caller: &Caller,
     pairs: &[(String, String)],
 ) -> Result<Response, StoreError> {
-    let bundle = monitor::audit_search(s, caller, pairs).await?;
+    let bundle = crate::trial::audit_trail::audit_search(s, caller, pairs).await?;
     Ok(json_response(StatusCode::OK, bundle, Default::default()))
 }
 

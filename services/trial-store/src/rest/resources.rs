@@ -188,9 +188,9 @@ pub async fn delete(
 ) -> Result<Response, StoreError> {
     caller.require(rt, Interaction::Delete)?;
     let expected = if_match(&headers, rt)?;
-    let c = caller.clone();
+    let (c, rules) = (caller.clone(), s.rules.clone());
     let w = write_audited(&*s.store, &caller, "delete", move |txn| {
-        Box::pin(async move { interactions::delete(txn, &c, rt, &id, expected).await })
+        Box::pin(async move { interactions::delete(txn, &c, &*rules, rt, &id, expected).await })
     })
     .await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
@@ -209,11 +209,11 @@ pub async fn conditional_delete(
     caller.require(rt, Interaction::Delete)?;
     caller.require(rt, Interaction::Search)?;
     let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional delete")?;
-    let c = caller.clone();
+    let (c, rules) = (caller.clone(), s.rules.clone());
     write_audited(&*s.store, &caller, "delete", move |txn| {
         Box::pin(async move {
             match interactions::match_one(txn, &c, rt, &criteria, "conditional delete").await? {
-                Some(id) => interactions::delete(txn, &c, rt, &id, None).await,
+                Some(id) => interactions::delete(txn, &c, &*rules, rt, &id, None).await,
                 None => Ok(Written {
                     status: Status::NoContent,
                     version: None,

@@ -50,6 +50,10 @@ pub fn version_headers(r: &mut Response, v: &StoredVersion) {
     if let Ok(d) = HeaderValue::from_str(&http_date(v.last_updated_us)) {
         h.insert(header::LAST_MODIFIED, d);
     }
+    if let Some(site) = &v.site {
+        r.extensions_mut()
+            .insert(crate::rest::access::DataSite(site.clone()));
+    }
 }
 
 /// The response to a create, update or delete.

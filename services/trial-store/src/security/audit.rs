@@ -19,6 +19,17 @@ pub trait Changes {
     /// The versions written, each with its own reason for change when it has one (a
     /// Provenance in the same transaction) that differs from the request's.
     fn versions(&self) -> Vec<(&StoredVersion, Option<&str>)>;
+
+    /// The versions it read without changing them (a batch's read entries), named in the
+    /// event too.
+    fn read(&self) -> Vec<&StoredVersion> {
+        Vec::new()
+    }
+
+    /// The HTTP status of the answer (201 for a create, 204 for a delete, ...).
+    fn status(&self) -> u16 {
+        200
+    }
 }
 
 /// Runs `f` in a write transaction and records its AuditEvent in the same transaction: the
@@ -39,7 +50,9 @@ where
     trialbridge_storage::write(store, &caller.ctx, move |txn| {
         Box::pin(async move {
             let out = f(&mut *txn).await?;
-            let record = change_event(&who, subtype, &out.versions());
+            let mut touched = out.versions();
+            touched.extend(out.read().into_iter().map(|v| (v, None)));
+            let record = change_event(&who, subtype, out.status(), &touched);
             txn.audit(record).await?;
             Ok(out)
         })
@@ -207,7 +220,8 @@ fn event(
         "resourceType": "AuditEvent",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
-        "action": action(subtype),
+        // An update that created the resource (PUT of a new id) is a create to an inspector.
+        "action": if status == 201 { "C" } else { action(subtype) },
         "recorded": instant(recorded_us),
         "outcome": outcome,
         "outcomeDesc": if description.is_empty() { format!("HTTP {status} {desc}") } else { format!("HTTP {status} {description}") },
@@ -244,6 +258,7 @@ fn resource_entity(reference: &str, reason: Option<&str>) -> Value {
 pub fn change_event(
     caller: &Caller,
     subtype: &str,
+    status: u16,
     versions: &[(&StoredVersion, Option<&str>)],
 ) -> AuditRecord {
     let entities: Vec<Value> = versions
@@ -261,7 +276,7 @@ pub fn change_event(
         us,
         AgentRef::of(caller).to_fhir(),
         subtype,
-        200,
+        status,
         "",
         entities,
     );
@@ -311,25 +326,50 @@ fn render(entry: &StoredEntry) -> Value {
 }
 
 /// The AuditEvents of a stored row of the chain, each with its id: `SEQ` for a change's row,
-/// `SEQ.N` for the N-th queued entry of a batch row.
+/// `SEQ.N` for the N-th queued entry of a batch row. `source.site` is the trial site whose
+/// data the event concerns (the row's site), else the server.
 pub fn expand(row: &StoredAudit) -> Vec<(String, String)> {
-    const HEAD: &str = "{\"resourceType\":\"AuditEvent\",";
-    let with_id = |id: String, body: &str| {
-        let text = match body.strip_prefix(HEAD) {
-            Some(rest) => format!("{HEAD}\"id\":\"{id}\",{rest}"),
-            None => body.to_string(),
-        };
-        (id, text)
+    let finish = |id: String, mut e: Value| {
+        if let Some(o) = e.as_object_mut() {
+            o.insert("id".into(), Value::String(id.clone()));
+        }
+        if let Some(site) = &row.site {
+            e["source"]["site"] = Value::String(site.clone());
+        }
+        (id, e.to_string())
     };
     if !row.batch {
-        return vec![with_id(row.seq.to_string(), &row.body)];
+        let e = serde_json::from_str::<Value>(&row.body).unwrap_or(Value::Null);
+        return vec![finish(row.seq.to_string(), e)];
     }
     serde_json::from_str::<Vec<StoredEntry>>(&row.body)
         .unwrap_or_default()
         .iter()
         .enumerate()
-        .map(|(i, e)| with_id(format!("{}.{i}", row.seq), &render(e).to_string()))
+        .map(|(i, e)| finish(format!("{}.{i}", row.seq), render(e)))
         .collect()
+}
+
+/// The `Type/id` entities a stored row's body names, sorted and without repeats: what its
+/// `audit_entity` rows were filed under (for `audit verify` to tell deleted entity rows from
+/// an edited body).
+pub fn entities_named(batch: bool, body: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if batch {
+        for e in serde_json::from_str::<Vec<StoredEntry>>(body).unwrap_or_default() {
+            out.extend(e.entity);
+        }
+    } else if let Ok(v) = serde_json::from_str::<Value>(body) {
+        for e in v["entity"].as_array().into_iter().flatten() {
+            if let Some(r) = e.pointer("/what/reference").and_then(Value::as_str) {
+                let mut parts = r.splitn(3, '/');
+                if let (Some(t), Some(id)) = (parts.next(), parts.next()) {
+                    out.push(format!("{t}/{id}"));
+                }
+            }
+        }
+    }
+    trialbridge_storage::audit_entities_of(&out)
 }
 
 /// The interaction a request path names (for requests audited after the fact).
@@ -355,7 +395,13 @@ pub(crate) fn interaction_of(method: &str, segments: &[&str]) -> &'static str {
 }
 
 /// Audits a request the handler did not audit itself.
-pub async fn request(store: &dyn ResourceStore, caller: &Caller, path: &str, status: u16) {
+pub async fn request(
+    store: &dyn ResourceStore,
+    caller: &Caller,
+    path: &str,
+    status: u16,
+    site: Option<String>,
+) {
     let method = caller.request.split(' ').next().unwrap_or("");
     let segments: Vec<&str> = path
         .trim_start_matches("/fhir")
@@ -379,21 +425,24 @@ pub async fn request(store: &dyn ResourceStore, caller: &Caller, path: &str, sta
         reason: caller.reason.as_deref(),
     };
     let about = entity.clone();
-    queue(store, entry, caller.own_site().map(String::from), about).await;
+    queue(store, entry, site, about).await;
 }
 
 /// Audits a request refused before it had a caller (no or a bad token).
 pub async fn refused(store: &dyn ResourceStore, request: &str, address: Option<&str>, why: &str) {
     let method = request.split(' ').next().unwrap_or("");
+    // Anyone can send these: keep each one compact, whatever the request carried.
+    let request = trialbridge_auth::clip(request, 512);
+    let why = trialbridge_auth::clip(why, 256);
     let request = match address {
         Some(a) => format!("{request} from {a}"),
-        None => request.to_string(),
+        None => request,
     };
     let entry: Entry<&str, &[String]> = Entry {
         recorded_us: now_us(),
         subtype: if method == "GET" { "read" } else { "operation" },
         status: 401,
-        description: why,
+        description: &why,
         agent: None,
         request: &request,
         entity: None,
@@ -463,6 +512,7 @@ mod tests {
             body: serde_json::to_string(&vec![entry.clone(), entry]).unwrap(),
             prev_hash: String::new(),
             hash: String::new(),
+            hash_version: 2,
         };
         let events = expand(&row);
         assert_eq!(events.len(), 2);

@@ -23,6 +23,9 @@ pub struct Caller {
     pub request: Arc<str>,
     /// The client's address, if known.
     pub address: Option<Arc<str>>,
+    /// The operation the request runs (`$verify`), for rules that only that operation may
+    /// pass.
+    pub operation: Option<&'static str>,
 }
 
 impl Caller {
@@ -34,6 +37,7 @@ impl Caller {
             reason: None,
             request: agent.into(),
             address: None,
+            operation: None,
         }
     }
 
@@ -50,7 +54,21 @@ impl Caller {
             reason,
             request: request.into(),
             address: address.map(Into::into),
+            operation: None,
         }
+    }
+
+    /// The same caller running `operation`.
+    pub fn running(&self, operation: &'static str) -> Self {
+        Self {
+            operation: Some(operation),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is trialbridge itself or a `system` token (its own tools).
+    pub fn is_system(&self) -> bool {
+        self.principal.is_none() || self.role() == Role::System
     }
 
     /// The role.
@@ -115,6 +133,8 @@ impl Caller {
         }
     }
 }
+
+pub use trialbridge_study::{in_site_namespace, site_namespace};
 
 /// The site study a resource names in its content: `ResearchSubject.study`, or the
 /// `workflow-researchStudy` extension, when that references a site study.

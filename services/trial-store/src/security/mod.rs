@@ -5,4 +5,4 @@
 pub mod audit;
 mod caller;
 
-pub use caller::{named_site, resource_site, Caller};
+pub use caller::{in_site_namespace, named_site, resource_site, site_namespace, Caller};

@@ -8,13 +8,12 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use trialbridge_auth::Interaction;
-use trialbridge_fhir::bundle::{BundleEntry, BundleWriter};
 use trialbridge_fhir::IssueType;
 use trialbridge_storage::{AuditQuery, HistoryQuery, HistoryScope, Role, StoredVersion};
 
 use crate::error::{Status, StoreError};
 use crate::fhir::interactions::{self, checked_id, found, Written};
-use crate::fhir::{page_link, StoreState};
+use crate::fhir::StoreState;
 use crate::security::audit::write_audited;
 use crate::security::Caller;
 
@@ -23,6 +22,76 @@ const CLINICAL: &[&str] = &["AdverseEvent", "Condition", "Observation", "Procedu
 
 /// The `verifier` participant type of a verification Provenance.
 const VERIFIER: &str = "http://terminology.hl7.org/CodeSystem/provenance-participant-type";
+
+/// The tag `$verify` puts on the Provenance it writes: `$sdv` counts only these.
+pub const VERIFICATION_TAG: (&str, &str) = ("urn:trialbridge:monitor", "source-data-verification");
+
+/// The code of the DetectedIssues the protocol rules record.
+const DEVIATION: &str = "protocol-deviation";
+
+/// Whether a resource is monitor evidence: a Provenance with a `verifier` agent or the
+/// verification tag.
+fn is_verification(v: &Value) -> bool {
+    v["resourceType"] == "Provenance"
+        && (v["agent"].as_array().into_iter().flatten().any(|a| {
+            a["type"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["code"] == "verifier")
+        }) || has_verification_tag(v))
+}
+
+fn has_verification_tag(v: &Value) -> bool {
+    v.pointer("/meta/tag")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|t| t["system"] == VERIFICATION_TAG.0 && t["code"] == VERIFICATION_TAG.1)
+}
+
+/// Whether a resource is a protocol deviation the store recorded.
+fn is_deviation(v: &Value) -> bool {
+    v["resourceType"] == "DetectedIssue"
+        && v.pointer("/code/coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| c["code"] == DEVIATION)
+}
+
+/// Monitor evidence is written by `$verify` (the monitor's act) and protocol deviations by the
+/// store's own rules; nobody else writes either, so a site cannot forge them. trialbridge's
+/// own tools (the system) may load them.
+pub fn evidence_is_the_monitors(caller: &Caller, v: &Value) -> Result<(), StoreError> {
+    if caller.is_system() {
+        return Ok(());
+    }
+    if is_verification(v) && caller.operation != Some("$verify") {
+        return Err(crate::error::forbidden(
+            "a Provenance with a verifier agent is a monitor's verification: only $verify writes it".into(),
+        )
+        .at("Provenance.agent"));
+    }
+    if is_deviation(v) {
+        return Err(crate::error::forbidden(
+            "protocol-deviation DetectedIssues are recorded by the trial store's protocol rules only".into(),
+        )
+        .at("DetectedIssue.code"));
+    }
+    Ok(())
+}
+
+/// Verifications and recorded deviations stay: only the system deletes them.
+pub fn evidence_stays(caller: &Caller, current: &Value) -> Result<(), StoreError> {
+    if caller.is_system() || !(is_verification(current) || is_deviation(current)) {
+        return Ok(());
+    }
+    Err(crate::error::forbidden(format!(
+        "{} is monitoring evidence: it is kept (only the system deletes it)",
+        current["resourceType"].as_str().unwrap_or("the resource")
+    )))
+}
 
 fn bad(msg: impl Into<String>, at: &str) -> StoreError {
     StoreError::new(Status::BadRequest, IssueType::Value, msg).at(at.to_string())
@@ -33,103 +102,6 @@ fn parse(v: &StoredVersion) -> Value {
         .as_deref()
         .and_then(|b| serde_json::from_str(b).ok())
         .unwrap_or(Value::Null)
-}
-
-/// `GET AuditEvent/{id}`: the event's JSON.
-pub async fn audit_event(s: &StoreState, caller: &Caller, id: &str) -> Result<String, StoreError> {
-    caller.require("AuditEvent", Interaction::Read)?;
-    let not_found = || {
-        StoreError::new(
-            Status::NotFound,
-            IssueType::NotFound,
-            format!("AuditEvent/{id} is not known"),
-        )
-    };
-    let seq: i64 = id
-        .split('.')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(not_found)?;
-    let row = s
-        .store
-        .audit_read(&caller.ctx, seq)
-        .await?
-        .ok_or_else(not_found)?;
-    let (_, body) = crate::security::audit::expand(&row)
-        .into_iter()
-        .find(|(i, _)| i == id)
-        .ok_or_else(not_found)?;
-    Ok(body)
-}
-
-/// `GET AuditEvent?entity=Type/id&date=geINSTANT&_count=N`, oldest first, paged by chain
-/// position.
-pub async fn audit_search(
-    s: &StoreState,
-    caller: &Caller,
-    pairs: &[(String, String)],
-) -> Result<String, StoreError> {
-    caller.require("AuditEvent", Interaction::Search)?;
-    let mut q = AuditQuery {
-        count: s.config.default_count,
-        ..Default::default()
-    };
-    for (k, v) in pairs {
-        match k.as_str() {
-            "entity" => q.entity = Some(v.split("/_history/").next().unwrap_or(v).to_string()),
-            "date" => {
-                let t = v
-                    .strip_prefix("ge")
-                    .and_then(trialbridge_fhir::instant::parse)
-                    .ok_or_else(|| bad("date takes ge and an instant", "date"))?;
-                q.since_us = Some((t.unix_timestamp_nanos() / 1000) as i64);
-            }
-            "_count" => {
-                q.count = v
-                    .parse::<usize>()
-                    .map_err(|_| bad("_count is a number", "_count"))?
-                    .min(s.config.max_count)
-            }
-            "_cursor" => {
-                q.after_seq = Some(
-                    v.parse()
-                        .map_err(|_| bad("_cursor is not ours", "_cursor"))?,
-                )
-            }
-            "_format" => {}
-            other => {
-                return Err(bad(
-                    format!("AuditEvent is searched by entity, date, _count (not {other})"),
-                    other,
-                ))
-            }
-        }
-    }
-    let page = s.store.audit_search(&caller.ctx, &q).await?;
-    let events: Vec<(String, String)> = page
-        .iter()
-        .flat_map(crate::security::audit::expand)
-        .collect();
-    let base = &s.config.base_url;
-    let kept: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").collect();
-    let mut b = BundleWriter::new("searchset");
-    b.link("self", &page_link(base, "AuditEvent", &kept, None));
-    if page.len() == q.count && q.count > 0 {
-        let last = page.last().map(|a| a.seq.to_string());
-        b.link(
-            "next",
-            &page_link(base, "AuditEvent", &kept, last.as_deref()),
-        );
-    }
-    for (id, body) in &events {
-        b.entry(BundleEntry {
-            full_url: Some(format!("{base}/AuditEvent/{id}")),
-            resource: Some(body),
-            search: Some(json!({"mode": "match"})),
-            ..Default::default()
-        });
-    }
-    Ok(b.finish())
 }
 
 /// Who changed each version of a resource, when and why, from the audit trail.
@@ -196,11 +168,12 @@ async fn provenances(
     let (mut sources, mut marks) = (Vec::new(), Vec::new());
     for v in &page.versions {
         let p = parse(v);
-        let verifier =
-            p["agent"].as_array().into_iter().flatten().any(|a| {
-                a.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("verifier")
-            });
-        if verifier {
+        // Only what $verify wrote counts as a verification (and an untagged verifier
+        // Provenance is no source either).
+        if is_verification(&p) {
+            if !has_verification_tag(&p) {
+                continue;
+            }
             marks.push(json!({
                 "target": p.pointer("/target/0/reference"),
                 "who": p.pointer("/agent/0/who/identifier/value"),
@@ -464,6 +437,7 @@ pub async fn verify(
         .map_or(caller.ctx.agent.clone(), |p| p.subject.clone());
     let mut prov = json!({
         "resourceType": "Provenance",
+        "meta": {"tag": [{"system": VERIFICATION_TAG.0, "code": VERIFICATION_TAG.1}]},
         "target": [{"reference": format!("{rt}/{id}/_history/{version}")}],
         "recorded": trialbridge_fhir::instant::format(time::OffsetDateTime::now_utc()),
         "activity": {"text": "source data verified"},
@@ -482,7 +456,7 @@ pub async fn verify(
     let pid = uuid::Uuid::now_v7().to_string();
     // The verification is written with the system's reach for the Provenance type, but it is
     // audited as the monitor's act.
-    let (c, rules) = (caller.clone(), s.rules.clone());
+    let (c, rules) = (caller.running("$verify"), s.rules.clone());
     write_audited(&*s.store, caller, "create", move |txn| {
         Box::pin(async move { interactions::create(txn, &c, &*rules, &res, &pid, None).await })
     })

@@ -14,6 +14,7 @@ use trialbridge_validation::trial;
 
 use crate::error::{Status, StoreError};
 use crate::fhir::{Incoming, WriteRules};
+use crate::security::Caller;
 
 const LOINC: &str = "http://loinc.org";
 const MEASURES: &str = "https://fhir.mesemcart-sponsor.example/CodeSystem/mesemcart-measures";
@@ -27,13 +28,16 @@ fn rejected(issues: Vec<OutcomeIssue>) -> StoreError {
 
 async fn current_json(
     txn: &mut dyn WriteTxn,
+    ctx: &AccessContext,
     rt: &str,
     id: &str,
 ) -> Result<Option<Value>, StoreError> {
+    // Facts of a site the caller does not see are unknown: they neither decide a rule nor
+    // appear in a message.
     Ok(txn
         .current(rt, id)
         .await?
-        .filter(|v| !v.deleted)
+        .filter(|v| !v.deleted && ctx.sites.sees(v.site.as_deref()))
         .and_then(|v| v.body)
         .and_then(|b| serde_json::from_str(&b).ok()))
 }
@@ -41,6 +45,7 @@ async fn current_json(
 /// Current resources of `rt` matching `params` (at most 1,000).
 async fn find(
     txn: &mut dyn WriteTxn,
+    ctx: &AccessContext,
     rt: &str,
     params: &[(&str, String)],
 ) -> Result<Vec<Value>, StoreError> {
@@ -50,12 +55,10 @@ async fn find(
         .collect();
     let request = trialbridge_fhir::search::parse(rt, &pairs, true)
         .map_err(|issue| StoreError::from_issue(Status::InternalError, issue))?;
-    let ids = txn
-        .search_ids(&AccessContext::system("protocol rules"), rt, &request, 1000)
-        .await?;
+    let ids = txn.search_ids(ctx, rt, &request, 1000).await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Some(v) = current_json(txn, rt, &id).await? {
+        if let Some(v) = current_json(txn, ctx, rt, &id).await? {
             out.push(v);
         }
     }
@@ -84,12 +87,14 @@ fn live(v: &Value) -> bool {
 /// The latest value of an Observation code of a patient (by effective time).
 async fn latest_quantity(
     txn: &mut dyn WriteTxn,
+    ctx: &AccessContext,
     patient: &str,
     system: &str,
     code: &str,
 ) -> Result<Option<(f64, String)>, StoreError> {
     let mut obs = find(
         txn,
+        ctx,
         "Observation",
         &[
             ("subject", patient.to_string()),
@@ -112,14 +117,15 @@ async fn latest_quantity(
 
 async fn eligibility_facts(
     txn: &mut dyn WriteTxn,
+    ctx: &AccessContext,
     subject: &Value,
     patient: &str,
 ) -> Result<EligibilityFacts, StoreError> {
     let mut facts = EligibilityFacts::default();
-    if let Some((age, _)) = latest_quantity(txn, patient, MEASURES, "age-at-consent").await? {
+    if let Some((age, _)) = latest_quantity(txn, ctx, patient, MEASURES, "age-at-consent").await? {
         facts.age_years = Some((age, age));
     } else if let Some(p) =
-        current_json(txn, "Patient", patient.trim_start_matches("Patient/")).await?
+        current_json(txn, ctx, "Patient", patient.trim_start_matches("Patient/")).await?
     {
         let consent = subject
             .pointer("/period/start")
@@ -131,11 +137,11 @@ async fn eligibility_facts(
             .and_then(Value::as_str)
             .and_then(|b| age_range(b, &consent));
     }
-    facts.bmi = match latest_quantity(txn, patient, LOINC, "39156-5").await? {
+    facts.bmi = match latest_quantity(txn, ctx, patient, LOINC, "39156-5").await? {
         Some((bmi, _)) => Some(bmi),
         None => {
-            let weight = latest_quantity(txn, patient, LOINC, "29463-7").await?;
-            let height = latest_quantity(txn, patient, LOINC, "8302-2").await?;
+            let weight = latest_quantity(txn, ctx, patient, LOINC, "29463-7").await?;
+            let height = latest_quantity(txn, ctx, patient, LOINC, "8302-2").await?;
             match (weight, height) {
                 (Some((w, wu)), Some((h, hu))) => {
                     let kg = if wu == "g" { w / 1000.0 } else { w };
@@ -149,6 +155,7 @@ async fn eligibility_facts(
     for code in ["icrs-grade", "icrs-ocd-grade"] {
         for o in find(
             txn,
+            ctx,
             "Observation",
             &[
                 ("subject", patient.to_string()),
@@ -175,7 +182,7 @@ async fn eligibility_facts(
             }
         }
     }
-    for c in find(txn, "Condition", &[("subject", patient.to_string())]).await? {
+    for c in find(txn, ctx, "Condition", &[("subject", patient.to_string())]).await? {
         let refuted = c
             .pointer("/verificationStatus/coding/0/code")
             .and_then(Value::as_str)
@@ -201,9 +208,14 @@ async fn eligibility_facts(
 }
 
 /// The surgery (implantation) date of a patient, as `YYYY-MM-DD`.
-async fn surgery_date(txn: &mut dyn WriteTxn, patient: &str) -> Result<Option<String>, StoreError> {
+async fn surgery_date(
+    txn: &mut dyn WriteTxn,
+    ctx: &AccessContext,
+    patient: &str,
+) -> Result<Option<String>, StoreError> {
     let procs = find(
         txn,
+        ctx,
         "Procedure",
         &[
             ("subject", patient.to_string()),
@@ -232,6 +244,45 @@ fn day_number(date: &str) -> Option<i64> {
     Some(i64::from(d.to_julian_day()))
 }
 
+/// The identifier system of trial subject numbers (`MC-01-007`).
+pub const SUBJECT_ID_SYSTEM: &str = "https://fhir.mesemcart-sponsor.example/sid/subject";
+
+/// A subject number belongs to its site: a Patient's or ResearchSubject's subject identifier
+/// must lie in the namespace of the site the resource is written for, so that no site files a
+/// subject under another site's numbers. Refused the same way whether that number exists.
+fn subject_identifiers_in_site(caller: &Caller, res: &Incoming) -> Result<(), StoreError> {
+    if !matches!(res.resource_type, "Patient" | "ResearchSubject") {
+        return Ok(());
+    }
+    let Some(site) = crate::security::resource_site(caller, &res.value)? else {
+        return Ok(());
+    };
+    let wrong: Vec<&str> = res.value["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["system"] == SUBJECT_ID_SYSTEM)
+        .filter_map(|i| i["value"].as_str())
+        .filter(|v| !crate::security::in_site_namespace(&site, v))
+        .collect();
+    match wrong.first() {
+        None => Ok(()),
+        Some(v) => Err(StoreError::Rejected {
+            status: Status::Forbidden,
+            outcome: OperationOutcome {
+                issues: vec![OutcomeIssue::error(
+                    IssueType::Forbidden,
+                    format!(
+                        "the subject number {v} is not one of {site}: its subject numbers begin with {}",
+                        crate::security::site_namespace(&site).to_ascii_uppercase()
+                    ),
+                )
+                .at(format!("{}.identifier", res.resource_type))],
+            },
+        }),
+    }
+}
+
 /// The MesemCart protocol rules on every write, with their numbers from the built-in study.
 pub struct TrialRules;
 
@@ -240,10 +291,22 @@ impl WriteRules for TrialRules {
     async fn check(
         &self,
         txn: &mut dyn WriteTxn,
+        caller: &Caller,
         res: &Incoming,
         id: &str,
     ) -> Result<Vec<Value>, StoreError> {
-        enforce(txn, crate::trial::study::rules(), res, id).await
+        crate::trial::monitor::evidence_is_the_monitors(caller, &res.value)?;
+        subject_identifiers_in_site(caller, res)?;
+        enforce(txn, &caller.ctx, crate::trial::study::rules(), res, id).await
+    }
+
+    async fn check_delete(
+        &self,
+        _txn: &mut dyn WriteTxn,
+        caller: &Caller,
+        current: &Value,
+    ) -> Result<(), StoreError> {
+        crate::trial::monitor::evidence_stays(caller, current)
     }
 }
 
@@ -251,6 +314,7 @@ impl WriteRules for TrialRules {
 /// deviations to record (as DetectedIssues) once it is stored; a broken rule is a 422.
 pub async fn enforce(
     txn: &mut dyn WriteTxn,
+    ctx: &AccessContext,
     rules: &StudyRules,
     res: &Incoming,
     id: &str,
@@ -261,7 +325,7 @@ pub async fn enforce(
             let Some(status) = v.get("status").and_then(Value::as_str) else {
                 return Ok(Vec::new());
             };
-            let previous = current_json(txn, "ResearchSubject", id).await?;
+            let previous = current_json(txn, ctx, "ResearchSubject", id).await?;
             let before = previous
                 .as_ref()
                 .and_then(|p| p.get("status"))
@@ -278,7 +342,7 @@ pub async fn enforce(
                 let Some(patient) = reference(v, "individual") else {
                     return Ok(Vec::new());
                 };
-                let facts = eligibility_facts(txn, v, &patient).await?;
+                let facts = eligibility_facts(txn, ctx, v, &patient).await?;
                 let issues = rules.eligibility(&facts);
                 if !issues.is_empty() {
                     return Err(rejected(issues));
@@ -292,6 +356,7 @@ pub async fn enforce(
             };
             let others: Vec<String> = find(
                 txn,
+                ctx,
                 "Procedure",
                 &[
                     ("subject", patient.clone()),
@@ -324,7 +389,7 @@ pub async fn enforce(
             let (Some(visit), Some(patient)) = (visit, reference(v, "subject")) else {
                 return Ok(Vec::new());
             };
-            let Some(surgery) = surgery_date(txn, &patient).await? else {
+            let Some(surgery) = surgery_date(txn, ctx, &patient).await? else {
                 return Ok(Vec::new());
             };
             let (Some(day0), Some(day)) = (day_number(&surgery), day_number(&effective(v))) else {

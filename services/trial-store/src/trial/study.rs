@@ -25,8 +25,13 @@ pub async fn load(
         store,
         rules,
         "trialbridge start-up: MesemCart study definition",
-        trialbridge_study::resources().to_vec(),
+        trialbridge_study::resources()
+            .iter()
+            .cloned()
+            .map(crate::fhir::loading::LoadItem::of)
+            .collect(),
         validation,
+        None,
     )
     .await
 }
