@@ -198,7 +198,10 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response() {
         .args(["--exclude-path-regex", "^/(hl7v2|enrolments|dead-letters|status|audit)"])
         // Bounded in examples per operation (about 9,000 requests in all); `--max-time` would
         // instead keep fuzzing until its budget is spent, so the time bound is the timeout below.
-        .args(["--max-examples", "8", "--seed", "20261128", "--workers", "2"])
+        // One worker: with the seed, the same draws in the same order on every run (with two,
+        // thread timing decided which draw reached hypothesis's lambda describer at a deep
+        // stack, where CPython 3.11's `ast` fails with "recursion depth mismatch").
+        .args(["--max-examples", "8", "--seed", "20261128", "--workers", "1"])
         .args(["--request-timeout", "30", "--no-shrink"])
         .args(["--phases", "examples,coverage,fuzzing"])
         .args(["--report", "json", "--report-json-path"])
