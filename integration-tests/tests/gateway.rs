@@ -482,12 +482,14 @@ async fn a_batch_is_received_message_by_message_and_acknowledged_together() {
     let ack = exchange(&mut s, &framed(batch.as_bytes()))
         .await
         .expect("a batch ACK");
-    assert!(ack.starts_with("BHS|"), "{ack:?}");
+    // A file is answered as a file: FHS, a batch of ACKs per batch, FTS.
+    assert!(ack.starts_with("FHS|"), "{ack:?}");
     assert!(
         ack.contains("MSA|AA|B-1") && ack.contains("MSA|AA|B-2"),
         "{ack:?}"
     );
-    assert!(ack.trim_end().ends_with("BTS|2"), "{ack:?}");
+    assert!(ack.contains("\rBTS|2\r"), "{ack:?}");
+    assert!(ack.trim_end().ends_with("FTS|1"), "{ack:?}");
     wait_for_count(
         &store,
         "Observation?subject=Patient/mc-01-001&_summary=count",

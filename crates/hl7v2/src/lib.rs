@@ -440,14 +440,23 @@ impl<'a> Field<'a> {
         self.text
     }
 
-    /// The text with escapes resolved.
+    /// The text with escapes resolved; the HL7 null `""` reads as empty (see [`Field::is_null`]).
     pub fn value(&self) -> Cow<'a, str> {
+        if self.is_null() {
+            return Cow::Borrowed("");
+        }
         escape::unescape(self.text, &self.msg.delimiters)
     }
 
     /// Whether the part is empty (or `""`, the HL7 null, which reads as empty here).
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty() || self.text == "\"\""
+        self.text.is_empty() || self.is_null()
+    }
+
+    /// Whether the part is the HL7 null `""`: the sender says the value is now empty (a
+    /// receiver clears what it had), where an empty part says nothing about it.
+    pub fn is_null(&self) -> bool {
+        self.text == "\"\""
     }
 
     /// Every repetition.
@@ -495,6 +504,12 @@ impl<'a> Field<'a> {
 /// Splits a batch or file (FHS/BHS ... BTS/FTS envelopes) into its messages; a single message
 /// without an envelope is a batch of one. Envelope counts (BTS-1, FTS-1) are checked when given.
 pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Message>, ParseError> {
+    Ok(parse_batches(bytes)?.into_iter().flatten().collect())
+}
+
+/// Splits a file into its batches (each BHS..BTS; messages outside any BHS form a batch of
+/// their own), each into its messages; counts checked as by [`parse_batch`].
+pub fn parse_batches(bytes: &[u8]) -> Result<Vec<Vec<Message>>, ParseError> {
     let bytes = without_bom(bytes);
     let text = std::str::from_utf8(bytes)
         .map(Cow::Borrowed)
@@ -504,15 +519,26 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Message>, ParseError> {
         return Err(ParseError::Empty);
     };
     if !(text[first.clone()].starts_with("FHS") || text[first.clone()].starts_with("BHS")) {
-        return Ok(vec![Message::parse(bytes)?]);
+        return Ok(vec![vec![Message::parse(bytes)?]]);
     }
-    let mut messages = Vec::new();
+    let mut messages: Vec<Vec<Message>> = vec![Vec::new()];
     let mut current: Option<usize> = None;
-    let mut declared: Option<usize> = None;
-    let flush = |from: usize, to: usize, out: &mut Vec<Message>| -> Result<(), ParseError> {
+    // Each BHS..BTS is counted on its own (BTS-1: its messages); FTS-1 counts the batches.
+    let mut in_batch = 0usize;
+    let mut batches = 0usize;
+    let flush = |from: usize, to: usize, out: &mut Vec<Vec<Message>>| -> Result<(), ParseError> {
         let chunk = &text[from..to];
-        out.push(Message::parse(chunk.as_bytes())?);
+        let m = Message::parse(chunk.as_bytes())?;
+        out.last_mut().expect("one batch at least").push(m);
         Ok(())
+    };
+    let count = |seg: &str| -> Option<usize> {
+        let sep = seg.as_bytes().get(3).copied().unwrap_or(b'|') as char;
+        seg.split(sep)
+            .nth(1)
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .and_then(|c| c.parse().ok())
     };
     for line in &lines {
         let seg = &text[line.clone()];
@@ -523,14 +549,39 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Message>, ParseError> {
                     flush(s, line.start, &mut messages)?;
                 }
                 current = Some(line.start);
+                in_batch += 1;
             }
             "BTS" | "FTS" | "BHS" | "FHS" => {
                 if let Some(s) = current.take() {
                     flush(s, line.start, &mut messages)?;
                 }
-                if id == "BTS" {
-                    let sep = seg.as_bytes().get(3).copied().unwrap_or(b'|') as char;
-                    declared = seg.split(sep).nth(1).and_then(|c| c.trim().parse().ok());
+                match id {
+                    "BHS" => {
+                        in_batch = 0;
+                        batches += 1;
+                        if messages.last().is_some_and(|b| !b.is_empty()) {
+                            messages.push(Vec::new());
+                        }
+                    }
+                    "BTS" => {
+                        if let Some(n) = count(seg) {
+                            if n != in_batch {
+                                return Err(ParseError::BadBatch(format!(
+                                    "BTS-1 of batch {batches} declares {n} messages, the batch has {in_batch}"
+                                )));
+                            }
+                        }
+                    }
+                    "FTS" => {
+                        if let Some(n) = count(seg) {
+                            if n != batches {
+                                return Err(ParseError::BadBatch(format!(
+                                    "FTS-1 declares {n} batches, the file has {batches}"
+                                )));
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
             _ => {}
@@ -539,14 +590,7 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Message>, ParseError> {
     if let Some(s) = current {
         flush(s, text.len(), &mut messages)?;
     }
-    if let Some(n) = declared {
-        if n != messages.len() {
-            return Err(ParseError::BadBatch(format!(
-                "BTS-1 declares {n} messages, the batch has {}",
-                messages.len()
-            )));
-        }
-    }
+    messages.retain(|b| !b.is_empty());
     if messages.is_empty() {
         return Err(ParseError::BadBatch("the envelope holds no message".into()));
     }
@@ -662,5 +706,56 @@ mod tests {
             Err(ParseError::BadBatch(_))
         ));
         assert_eq!(parse_batch(one.as_bytes()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_file_of_several_batches_counts_each_batch_and_the_file() {
+        let m = |id: u32| format!("MSH|^~\\&|A|B|C|D|1||ADT^A08|{id}|P|2.5\rPID|1||1\r");
+        let file = format!(
+            "FHS|^~\\&\rBHS|^~\\&\r{}{}BTS|2\rBHS|^~\\&\r{}BTS|1\rFTS|2\r",
+            m(1),
+            m(2),
+            m(3)
+        );
+        assert_eq!(parse_batch(file.as_bytes()).unwrap().len(), 3);
+        let sizes: Vec<usize> = parse_batches(file.as_bytes())
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [2, 1]);
+        let wrong_batch = file.replace("BTS|1", "BTS|3");
+        let e = parse_batch(wrong_batch.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.contains("BTS-1 of batch 2 declares 3 messages, the batch has 1"),
+            "{e}"
+        );
+        let wrong_file = file.replace("FTS|2", "FTS|1");
+        let e = parse_batch(wrong_file.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.contains("FTS-1 declares 1 batches, the file has 2"),
+            "{e}"
+        );
+        // An empty count says nothing (BTS-1 and FTS-1 are optional).
+        assert_eq!(
+            parse_batch(file.replace("BTS|2", "BTS|").as_bytes())
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn the_hl7_null_reads_as_empty_and_is_told_apart() {
+        let m =
+            Message::parse(b"MSH|^~\\&|A|B|C|D|1||ADT^A08|1|P|2.5\rPV1|1|O|\"\"|\"\"^x\r").unwrap();
+        let pv1 = m.segment("PV1").unwrap();
+        assert!(pv1.field(3).is_null() && pv1.field(3).is_empty());
+        assert_eq!(pv1.field(3).value(), "");
+        assert_eq!(pv1.field(3).component(1), "");
+        assert!(!pv1.field(4).is_null());
+        assert_eq!(pv1.field(4).component(1), "");
+        assert_eq!(pv1.field(4).component(2), "x");
+        assert!(!pv1.field(5).is_null() && pv1.field(5).is_empty());
     }
 }

@@ -46,14 +46,15 @@ pub struct GatewayArgs {
         hide_env_values = true
     )]
     pub store_token: Option<String>,
-    /// UTC offset for HL7 times that carry none.
+    /// The site's IANA time zone, for HL7 times that carry no offset (daylight-saving time
+    /// from the tz database).
     #[arg(
         long,
-        env = "TRIALBRIDGE_SITE_UTC_OFFSET",
-        default_value = "+01:00",
+        env = "TRIALBRIDGE_SITE_TIMEZONE",
+        default_value = "Europe/Berlin",
         global = true
     )]
-    pub site_utc_offset: String,
+    pub site_timezone: String,
     /// FHIR R4 base URL of the EHR to poll for enrolled subjects (off when not set).
     #[arg(long, env = "TRIALBRIDGE_EHR_FHIR_URL", global = true)]
     pub ehr_fhir_url: Option<String>,
@@ -148,8 +149,8 @@ pub struct GatewayConfig {
     pub site: String,
     /// Trial store FHIR base.
     pub store_url: String,
-    /// Offset for zone-less times.
-    pub utc_offset: String,
+    /// The site's time zone, for zone-less times.
+    pub timezone: jiff::tz::TimeZone,
     /// Largest MLLP frame.
     pub max_frame_bytes: usize,
     /// A connection without a complete frame for this long is closed.
@@ -218,7 +219,7 @@ impl GatewayConfig {
             database,
             site: site.to_string(),
             store_url: store_url.trim_end_matches('/').to_string(),
-            utc_offset: "+01:00".into(),
+            timezone: berlin(),
             max_frame_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(30),
@@ -274,10 +275,16 @@ impl GatewayConfig {
                 a.site
             ));
         }
-        let off = a.site_utc_offset.as_bytes();
-        if !(off.len() == 6 && matches!(off[0], b'+' | b'-') && off[3] == b':') {
-            problems.push(format!("TRIALBRIDGE_SITE_UTC_OFFSET / --site-utc-offset: '{}' is not an offset such as +01:00", a.site_utc_offset));
-        }
+        let timezone = match jiff::tz::TimeZone::get(&a.site_timezone) {
+            Ok(z) => z,
+            Err(_) => {
+                problems.push(format!(
+                    "TRIALBRIDGE_SITE_TIMEZONE / --site-timezone: '{}' is not an IANA time zone such as Europe/Berlin",
+                    a.site_timezone
+                ));
+                berlin()
+            }
+        };
         let oauth = match (&a.ehr_token_url, &a.ehr_client_id, &a.ehr_client_secret) {
             (Some(u), Some(i), Some(s)) => Some((u.clone(), i.clone(), s.clone())),
             (None, None, None) => None,
@@ -336,7 +343,7 @@ impl GatewayConfig {
                     .unwrap_or_else(|| default_store.to_string())
                     .trim_end_matches('/')
                     .to_string(),
-                utc_offset: a.site_utc_offset.clone(),
+                timezone,
                 max_frame_bytes: 1024 * 1024,
                 idle_timeout: Duration::from_secs(a.mllp_idle_seconds),
                 frame_timeout: Duration::from_secs(a.mllp_frame_seconds),
@@ -398,4 +405,9 @@ impl std::fmt::Debug for ApiAccess {
             .field("hosts", &self.hosts)
             .finish_non_exhaustive()
     }
+}
+
+/// The zone of the German sites, built into the binary with the tz database.
+pub fn berlin() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get("Europe/Berlin").expect("the bundled tz database has Europe/Berlin")
 }

@@ -68,26 +68,72 @@ pub fn supported(ty: &str, trigger: &str) -> bool {
     )
 }
 
-/// A v2 coding system name (CWE-3) as a FHIR system URI; unknown names are site-local.
+/// A v2 coding system name (CWE-3) as a FHIR system URI, by HL7 table 0396 (and the local
+/// spellings real feeds use for its entries: `ICD9`, `I9C`, `LOINC`); a name the table does
+/// not know is the site's own (`99zzz`, `L`, a lab's short name) and becomes site-local.
 pub fn system_uri(v2: &str, site: &str) -> String {
-    match v2.to_ascii_uppercase().as_str() {
-        "LN" | "LOINC" => "http://loinc.org".into(),
-        "SCT" | "SNM" | "SNOMED" | "SNOMEDCT" => "http://snomed.info/sct".into(),
-        "I10" | "I10GM" | "ICD10GM" | "ICD-10-GM" | "I10-GM" => {
-            "http://fhir.de/CodeSystem/bfarm/icd-10-gm".into()
-        }
-        "OPS" | "O" | "OPS301" => "http://fhir.de/CodeSystem/bfarm/ops".into(),
-        "UCUM" => "http://unitsofmeasure.org".into(),
-        "HL70078" => "http://terminology.hl7.org/CodeSystem/v2-0078".into(),
-        _ => format!("urn:mesemcart:{site}:local"),
-    }
+    standard_system(v2)
+        .map(String::from)
+        .unwrap_or_else(|| local_system(site))
 }
 
-/// HL7 DTM/TS (`YYYY[MM[DD[HH[MM[SS[.S]]]]]][+-ZZZZ]`) as a FHIR dateTime; a time without a zone
-/// takes `default_offset` (`+01:00`). `None` when malformed.
-pub fn date_time(ts: &str, default_offset: &str) -> Option<String> {
+/// The system URI of a site's own codes.
+pub fn local_system(site: &str) -> String {
+    format!("urn:mesemcart:{site}:local")
+}
+
+/// The FHIR system of a table 0396 coding system name (case-insensitive).
+pub fn standard_system(v2: &str) -> Option<&'static str> {
+    let name = v2.trim().to_ascii_uppercase();
+    if let Some(table) = name.strip_prefix("HL7") {
+        // HL7nnnn: a v2 table (HL70078 is table 0078).
+        return V2_TABLES
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map(|(_, uri)| *uri);
+    }
+    Some(match name.as_str() {
+        "LN" | "LOINC" => "http://loinc.org",
+        "SCT" | "SNM" | "SNM3" | "SNOMED" | "SNOMEDCT" | "SNOMED-CT" => "http://snomed.info/sct",
+        "I10" | "I10GM" | "ICD10GM" | "ICD-10-GM" | "I10-GM" => {
+            "http://fhir.de/CodeSystem/bfarm/icd-10-gm"
+        }
+        "I10C" | "ICD10CM" | "ICD-10-CM" => "http://hl7.org/fhir/sid/icd-10-cm",
+        "ICD10" | "ICD-10" | "I10WHO" => "http://hl7.org/fhir/sid/icd-10",
+        "I9" | "I9C" | "I9CDX" | "ICD9" | "ICD-9" | "ICD9CM" | "ICD-9-CM" => {
+            "http://hl7.org/fhir/sid/icd-9-cm"
+        }
+        "I10P" | "ICD10PCS" => "http://www.cms.gov/Medicare/Coding/ICD10",
+        "OPS" | "O301" | "OPS301" => "http://fhir.de/CodeSystem/bfarm/ops",
+        "CPT" | "C4" | "CPT4" | "CPT-4" => "http://www.ama-assn.org/go/cpt",
+        "HCPCS" | "HCPT" => "urn:oid:2.16.840.1.113883.6.285",
+        "UCUM" => "http://unitsofmeasure.org",
+        "NDC" => "http://hl7.org/fhir/sid/ndc",
+        "RXNORM" | "RXN" => "http://www.nlm.nih.gov/research/umls/rxnorm",
+        "CVX" => "http://hl7.org/fhir/sid/cvx",
+        "ATC" | "WC" => "http://www.whocc.no/atc",
+        "PZN" => "http://fhir.de/CodeSystem/ifa/pzn",
+        "ISO3166_1" => "urn:iso:std:iso:3166",
+        _ => return None,
+    })
+}
+
+/// The v2 tables (`HL7nnnn`) a feed may name as a coding system.
+const V2_TABLES: &[(&str, &str)] = &[
+    ("0078", "http://terminology.hl7.org/CodeSystem/v2-0078"),
+    ("0085", "http://terminology.hl7.org/CodeSystem/v2-0085"),
+    ("0136", "http://terminology.hl7.org/CodeSystem/v2-0136"),
+    ("0203", "http://terminology.hl7.org/CodeSystem/v2-0203"),
+];
+
+/// HL7 DT/DTM/TS (`YYYY[MM[DD[HH[MM[SS[.S]]]]]][+-ZZZZ]`) as a FHIR date or dateTime. A time
+/// without an offset is a wall-clock time of the site's zone, with daylight-saving time: the
+/// offset in force then. In the repeated autumn hour the earlier offset is taken (summer time,
+/// the first pass); a time inside the spring gap (a clock not yet put forward) takes the offset
+/// before the gap. `None` when malformed.
+pub fn date_time(ts: &str, zone: &jiff::tz::TimeZone) -> Option<String> {
     let ts = ts.trim();
-    let (body, zone) = match ts.find(['+', '-']) {
+    let (body, offset) = match ts.find(['+', '-']) {
         Some(i) if i >= 4 => (&ts[..i], Some(&ts[i..])),
         _ => (ts, None),
     };
@@ -123,27 +169,78 @@ pub fn date_time(ts: &str, default_offset: &str) -> Option<String> {
     if digits.len() >= 10 {
         let h = n(8..10)?;
         let mi = if digits.len() >= 12 { n(10..12)? } else { 0 };
-        let s = if digits.len() >= 14 { n(12..14)? } else { 0 };
-        if h > 23 || mi > 59 || s > 59 {
+        let sec = if digits.len() >= 14 { n(12..14)? } else { 0 };
+        if h > 23 || mi > 59 || sec > 59 {
             return None;
         }
-        out.push_str(&format!("T{h:02}:{mi:02}:{s:02}"));
+        out.push_str(&format!("T{h:02}:{mi:02}:{sec:02}"));
         if let Some(f) = frac {
             out.push('.');
             out.push_str(f);
         }
-        let zone = match zone {
+        let offset = match offset {
             Some(z) if z.len() == 5 && z[1..].bytes().all(|b| b.is_ascii_digit()) => {
                 format!("{}:{}", &z[..3], &z[3..])
             }
             Some(_) => return None,
-            None => default_offset.to_string(),
+            None => {
+                let civil = jiff::civil::DateTime::new(
+                    i16::try_from(n(0..4)?).ok()?,
+                    i8::try_from(n(4..6)?).ok()?,
+                    i8::try_from(n(6..8)?).ok()?,
+                    i8::try_from(h).ok()?,
+                    i8::try_from(mi).ok()?,
+                    i8::try_from(sec).ok()?,
+                    0,
+                )
+                .ok()?;
+                let offset = match zone.to_ambiguous_timestamp(civil).offset() {
+                    jiff::tz::AmbiguousOffset::Unambiguous { offset } => offset,
+                    jiff::tz::AmbiguousOffset::Gap { before, .. }
+                    | jiff::tz::AmbiguousOffset::Fold { before, .. } => before,
+                };
+                let secs = offset.seconds();
+                let sign = if secs < 0 { '-' } else { '+' };
+                let secs = secs.unsigned_abs();
+                format!("{sign}{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+            }
         };
-        out.push_str(&zone);
+        out.push_str(&offset);
     }
     // Only a real calendar date passes (20260231 does not).
     trialbridge_validation::primitive::check("dateTime", &out).ok()?;
     Some(out)
+}
+
+/// An HL7 NM value (`[+|-]digits[.digits]`, leading zeros, a leading or trailing point) as a
+/// FHIR decimal (`0.5`, `72`, `-0.5`); the digits after the point are kept, as they carry the
+/// precision. `None` when it is not a number.
+pub fn decimal(nm: &str) -> Option<serde_json::Number> {
+    let t = nm.trim();
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || int.len() + frac.len() > 30
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    serde_json::from_str(&out).ok()
 }
 
 fn coding(f: &Field<'_>, site: &str) -> Option<Value> {
@@ -186,9 +283,49 @@ fn concept(f: &Field<'_>, site: &str) -> Option<Value> {
     Some(cc)
 }
 
+/// A Quantity of `value` in the unit of a CWE (OBX-6): UCUM when the unit names no system or
+/// names UCUM, otherwise the unit's text only.
+fn quantity(value: serde_json::Number, unit: &Field<'_>) -> Value {
+    let mut q = json!({"value": value});
+    let ucode = unit.component(1);
+    if !ucode.trim().is_empty() {
+        let text = unit.component(2);
+        q["unit"] = json!(if text.is_empty() { ucode.clone() } else { text });
+        let usys = unit.component(3);
+        if usys.eq_ignore_ascii_case("UCUM") || usys.is_empty() {
+            q["system"] = json!("http://unitsofmeasure.org");
+            q["code"] = json!(ucode);
+        }
+    }
+    q
+}
+
+/// OBX-7 as a FHIR referenceRange when it is made of numbers: `low-high`, `<high`, `<=high`,
+/// `>low`, `>=low` (units from OBX-6). Anything else is text and stays at the site.
+fn reference_range(text: &str, unit: &Field<'_>) -> Option<Value> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    let q = |s: &str| decimal(s).map(|n| quantity(n, unit));
+    for (prefix, side) in [("<=", "high"), (">=", "low"), ("<", "high"), (">", "low")] {
+        if let Some(rest) = t.strip_prefix(prefix) {
+            return Some(json!({side: q(rest)?}));
+        }
+    }
+    // `low-high`; the first character may be a sign of the low end.
+    let cut = t
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '-')
+        .map(|(i, _)| i)?;
+    let (low, high) = (&t[..cut], &t[cut + 1..]);
+    Some(json!({"low": q(low)?, "high": q(high)?}))
+}
+
 struct Ctx<'a> {
     site: &'a str,
-    offset: &'a str,
+    zone: &'a jiff::tz::TimeZone,
     errors: Vec<AckError>,
 }
 
@@ -220,7 +357,7 @@ impl Ctx<'_> {
         if raw.is_empty() {
             return None;
         }
-        match date_time(&raw, self.offset) {
+        match date_time(&raw, self.zone) {
             Some(t) => Some(t),
             None => {
                 self.errors.push(AckError::at(
@@ -281,7 +418,7 @@ fn patient(pid: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> PatientFacts {
     };
     let dob = pid.field(7).component(1);
     if !dob.is_empty() && !pid.field(7).is_empty() {
-        match date_time(&dob, cx.offset) {
+        match date_time(&dob, cx.zone) {
             Some(d) => p.birth_date = Some(d.chars().take(10).collect()),
             None => cx.errors.push(AckError::at(
                 "PID",
@@ -346,12 +483,7 @@ fn observation(
         match value_type.as_str() {
             "NM" => {
                 let raw = v.component(1);
-                let n = raw.trim();
-                let ok = !n.is_empty()
-                    && n.parse::<f64>().is_ok()
-                    && !n.contains(['e', 'E'])
-                    && n.parse::<f64>().is_ok_and(f64::is_finite);
-                if !ok {
+                let Some(num) = decimal(&raw) else {
                     cx.errors.push(AckError::at(
                         "OBX",
                         seq,
@@ -360,22 +492,8 @@ fn observation(
                         format!("OBX-5 '{raw}' is not a number (OBX-2 is NM)"),
                     ));
                     return None;
-                }
-                let num: serde_json::Number =
-                    serde_json::from_str(n.trim_start_matches('+')).ok()?;
-                let mut q = json!({"value": num});
-                let unit = seg.field(6);
-                let ucode = unit.component(1);
-                if !ucode.is_empty() {
-                    let text = unit.component(2);
-                    q["unit"] = json!(if text.is_empty() { ucode.clone() } else { text });
-                    let usys = unit.component(3);
-                    if usys.eq_ignore_ascii_case("UCUM") || usys.is_empty() {
-                        q["system"] = json!("http://unitsofmeasure.org");
-                        q["code"] = json!(ucode);
-                    }
-                }
-                o["valueQuantity"] = q;
+                };
+                o["valueQuantity"] = quantity(num, &seg.field(6));
             }
             "ST" | "TX" | "FT" => {
                 o["valueString"] = json!(v
@@ -394,19 +512,25 @@ fn observation(
                 let n1 = v.component(2);
                 let sep = v.component(3);
                 let n2 = v.component(4);
-                let num = |s: &str| serde_json::from_str::<serde_json::Number>(s.trim()).ok();
-                match (sep.as_ref(), num(&n1), num(&n2)) {
-                    ("" | "+", Some(a), None) if n2.is_empty() => {
-                        let mut q = json!({"value": a});
+                // SN: comparator ^ num1 ^ separator/suffix ^ num2; the unit is OBX-6.
+                let unit = seg.field(6);
+                let valid_comparator = matches!(
+                    comparator.as_ref(),
+                    "" | "<" | "<=" | ">" | ">=" | "=" | "<>"
+                );
+                match (valid_comparator, sep.as_ref(), decimal(&n1), decimal(&n2)) {
+                    (true, "" | "+", Some(a), None) if n2.trim().is_empty() => {
+                        let mut q = quantity(a, &unit);
                         if matches!(comparator.as_ref(), "<" | "<=" | ">" | ">=") {
                             q["comparator"] = json!(comparator);
                         }
                         o["valueQuantity"] = q;
                     }
-                    ("-", Some(a), Some(b)) => {
-                        o["valueRange"] = json!({"low": {"value": a}, "high": {"value": b}})
+                    (true, "-", Some(a), Some(b)) if comparator.is_empty() => {
+                        o["valueRange"] =
+                            json!({"low": quantity(a, &unit), "high": quantity(b, &unit)})
                     }
-                    (":" | "/", Some(a), Some(b)) => {
+                    (true, ":" | "/", Some(a), Some(b)) if comparator.is_empty() => {
                         o["valueRatio"] =
                             json!({"numerator": {"value": a}, "denominator": {"value": b}})
                     }
@@ -422,7 +546,7 @@ fn observation(
                     }
                 }
             }
-            "DT" | "TS" | "DTM" => match date_time(&v.component(1), cx.offset) {
+            "DT" | "TS" | "DTM" => match date_time(&v.component(1), cx.zone) {
                 Some(t) => o["valueDateTime"] = json!(t),
                 None => {
                     cx.errors.push(AckError::at(
@@ -439,13 +563,21 @@ fn observation(
             _ => {}
         }
     }
-    let range = seg.field(7).value();
-    if !range.is_empty() {
-        o["referenceRange"] = json!([{"text": range}]);
+    // The reference range from its numbers only (`18.5-25`, `<5`, `>=60`): its text may be
+    // anything a person typed, and free text does not leave the site.
+    if let Some(range) = reference_range(&seg.field(7).value(), &seg.field(6)) {
+        o["referenceRange"] = json!([range]);
     }
-    let interp = seg.field(8).component(1);
-    if !interp.is_empty() {
-        o["interpretation"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": interp}]}]);
+    // Every repetition of OBX-8, in the v3 system R4 binds (its codes are table 0078's).
+    let interpretations: Vec<Value> = seg
+        .field(8)
+        .repetitions()
+        .map(|r| r.component(1).trim().to_string())
+        .filter(|c| !c.is_empty())
+        .map(|c| json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": c}]}))
+        .collect();
+    if !interpretations.is_empty() {
+        o["interpretation"] = Value::Array(interpretations);
     }
     if let Some(t) = cx.time(seg, seq, 14).or_else(|| fallback_time.cloned()) {
         o["effectiveDateTime"] = json!(t)
@@ -454,11 +586,11 @@ fn observation(
 }
 
 /// Maps a parsed message; content errors come back as ERR entries for an AE.
-pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<AckError>> {
+pub fn map(m: &Message, site: &str, zone: &jiff::tz::TimeZone) -> Result<Mapped, Vec<AckError>> {
     let (ty, trigger, _) = m.message_type();
     let mut cx = Ctx {
         site,
-        offset: default_offset,
+        zone,
         errors: Vec::new(),
     };
     let event = match (ty.as_str(), trigger.as_str()) {
@@ -467,15 +599,13 @@ pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<
         ("ORU", _) => Event::Results,
         _ => Event::Visit,
     };
-    let msh_time = cx.time(
-        &m.segment("MSH").expect("parsed messages start with MSH"),
-        1,
-        7,
-    );
     let mut groups: Vec<PatientGroup> = Vec::new();
     let (mut pid_seq, mut obx_seq, mut pr1_seq, mut dg1_seq, mut mrg_seq) = (0, 0, 0, 0, 0);
     let mut obr_time: Option<String> = None;
     let mut has_pv1 = false;
+    // The group's visit number (PV1-19): diagnoses and procedures of a visit are keyed on it,
+    // so the A01, A08 and A03 of one visit update one Condition, not one each.
+    let mut visit: Option<String> = None;
     for seg in m.segments() {
         let id = seg.id();
         if id == "PID" {
@@ -486,6 +616,7 @@ pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<
             });
             obr_time = None;
             has_pv1 = false;
+            visit = None;
             continue;
         }
         if !matches!(id, "PV1" | "OBR" | "OBX" | "PR1" | "DG1" | "MRG") {
@@ -523,19 +654,28 @@ pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<
         match id {
             "PV1" if !has_pv1 => {
                 has_pv1 = true;
+                let number = seg.field(19).component(1).trim().to_string();
+                visit = (!number.is_empty()).then_some(number);
                 if let Some(e) = encounter(&seg, &event, &mut cx) {
                     group.resources.push(e);
                 }
             }
             "OBR" => obr_time = cx.time(&seg, 1, 7),
             "OBX" => {
-                let fallback = obr_time.clone().or_else(|| msh_time.clone());
-                if let Some(o) = observation(&seg, seq, fallback.as_ref(), &mut cx) {
+                // OBX-14, else OBR-7: when the observation was made. MSH-7 is when the message
+                // was sent, never an observation time.
+                if let Some(o) = observation(&seg, seq, obr_time.as_ref(), &mut cx) {
                     group.resources.push(o);
                 }
             }
-            "PR1" => group.resources.extend(procedure(&seg, seq, &mut cx)),
-            "DG1" => group.resources.extend(condition(&seg, seq, &mut cx)),
+            "PR1" => group.resources.extend(
+                procedure(&seg, seq, &mut cx)
+                    .map(|r| keyed_on_visit(r, visit.as_deref(), "pr1", &seg)),
+            ),
+            "DG1" => group.resources.extend(
+                condition(&seg, seq, &mut cx)
+                    .map(|r| keyed_on_visit(r, visit.as_deref(), "dg1", &seg)),
+            ),
             "MRG" if event == Event::Merge => {
                 group
                     .prior
@@ -571,6 +711,21 @@ pub fn map(m: &Message, site: &str, default_offset: &str) -> Result<Mapped, Vec<
     }
 }
 
+/// A diagnosis or procedure of a visit keyed on the visit and the segment's identity (set id
+/// and code): the same DG1 repeated in the visit's A01, A08 and A03 is one resource.
+fn keyed_on_visit(mut r: Value, visit: Option<&str>, kind: &str, seg: &Segment<'_>) -> Value {
+    if let Some(v) = visit {
+        let set_id = seg.field(1).component(1);
+        let code = seg.field(3).component(1);
+        r["id"] = json!(format!(
+            "visit:{v}:{kind}:{}:{}",
+            set_id.trim(),
+            code.trim()
+        ));
+    }
+    r
+}
+
 fn encounter(pv1: &Segment<'_>, event: &Event, cx: &mut Ctx<'_>) -> Option<Value> {
     let (code, display) = match pv1.field(2).component(1).as_ref() {
         "I" => ("IMP", "inpatient encounter"),
@@ -587,8 +742,10 @@ fn encounter(pv1: &Segment<'_>, event: &Event, cx: &mut Ctx<'_>) -> Option<Value
     } else {
         format!("visit:{visit}")
     };
+    // A discharge (A03) or a discharge time (PV1-45, in any trigger) ends the visit.
+    let discharged = *event == Event::Discharge || !pv1.field(45).is_empty();
     let mut e = json!({"resourceType": "Encounter", "id": key,
-        "status": if *event == Event::Discharge { "finished" } else { "in-progress" },
+        "status": if discharged { "finished" } else { "in-progress" },
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display}});
     let start = cx.time(pv1, 1, 44);
     let end = cx.time(pv1, 1, 45);
@@ -627,7 +784,12 @@ fn condition(dg1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
         "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
         "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": verification}]},
         "code": code});
+    // As the v2-to-FHIR IG maps them: DG1-5 (diagnosis date/time) is the onset, DG1-19
+    // (attestation date/time) the recorded date.
     if let Some(t) = cx.time(dg1, seq, 5) {
+        c["onsetDateTime"] = json!(t);
+    }
+    if let Some(t) = cx.time(dg1, seq, 19) {
         c["recordedDate"] = json!(t);
     }
     Some(c)
@@ -637,26 +799,227 @@ fn condition(dg1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
 mod tests {
     use super::*;
 
+    fn z() -> jiff::tz::TimeZone {
+        crate::config::berlin()
+    }
+
     #[test]
     fn hl7_times() {
-        assert_eq!(date_time("20260316", "+01:00").unwrap(), "2026-03-16");
+        assert_eq!(date_time("20260316", &z()).unwrap(), "2026-03-16");
+        assert_eq!(date_time("2026", &z()).unwrap(), "2026");
         assert_eq!(
-            date_time("202603161015", "+01:00").unwrap(),
-            "2026-03-16T10:15:00+01:00"
-        );
-        assert_eq!(
-            date_time("20260316101530.25-0500", "+01:00").unwrap(),
+            date_time("20260316101530.25-0500", &z()).unwrap(),
             "2026-03-16T10:15:30.25-05:00"
         );
-        assert!(date_time("20261345", "+01:00").is_none());
-        assert!(date_time("20260231", "+01:00").is_none());
-        assert!(date_time("2026031", "+01:00").is_none());
+        assert!(date_time("20261345", &z()).is_none());
+        assert!(date_time("20260231", &z()).is_none());
+        assert!(date_time("2026031", &z()).is_none());
+        assert!(date_time("20260316101530+01", &z()).is_none());
+    }
+
+    #[test]
+    fn zone_less_times_take_the_sites_offset_of_that_day() {
+        // Winter and summer.
+        assert_eq!(
+            date_time("202601151015", &z()).unwrap(),
+            "2026-01-15T10:15:00+01:00"
+        );
+        assert_eq!(
+            date_time("20260715093000", &z()).unwrap(),
+            "2026-07-15T09:30:00+02:00"
+        );
+        // 29 March 2026: 02:00 CET becomes 03:00 CEST.
+        assert_eq!(
+            date_time("202603290159", &z()).unwrap(),
+            "2026-03-29T01:59:00+01:00"
+        );
+        assert_eq!(
+            date_time("202603290300", &z()).unwrap(),
+            "2026-03-29T03:00:00+02:00"
+        );
+        // Inside the gap: a clock not yet put forward, read with the offset before the gap.
+        assert_eq!(
+            date_time("202603290230", &z()).unwrap(),
+            "2026-03-29T02:30:00+01:00"
+        );
+        // 25 October 2026: 03:00 CEST becomes 02:00 CET; the repeated hour takes the
+        // earlier offset (the first pass, summer time).
+        assert_eq!(
+            date_time("202610250230", &z()).unwrap(),
+            "2026-10-25T02:30:00+02:00"
+        );
+        assert_eq!(
+            date_time("202610250300", &z()).unwrap(),
+            "2026-10-25T03:00:00+01:00"
+        );
+        // Another site's zone.
+        let lisbon = jiff::tz::TimeZone::get("Europe/Lisbon").unwrap();
+        assert_eq!(
+            date_time("20260715093000", &lisbon).unwrap(),
+            "2026-07-15T09:30:00+01:00"
+        );
+    }
+
+    #[test]
+    fn hl7_numbers_as_fhir_decimals() {
+        for (nm, fhir) in [
+            (".5", "0.5"),
+            ("072", "72"),
+            ("72.", "72"),
+            ("+72", "72"),
+            ("-.5", "-0.5"),
+            ("0072.50", "72.50"),
+            ("0", "0"),
+            (" 27.4 ", "27.4"),
+        ] {
+            assert_eq!(
+                decimal(nm).map(|n| n.to_string()).as_deref(),
+                Some(fhir),
+                "{nm}"
+            );
+        }
+        for bad in [
+            "", ".", "+", "-", "1e5", "1.2.3", "abc", "1,5", "--1", "NaN", "inf",
+        ] {
+            assert!(decimal(bad).is_none(), "{bad}");
+        }
+    }
+
+    fn oru(obx: &str) -> Mapped {
+        let text = format!("MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR||Muster^Erika||19880412|F\rOBR|1|||x|||20260316090000+0100\r{obx}\r");
+        map(&Message::parse(text.as_bytes()).unwrap(), "site-01", &z()).unwrap()
+    }
+
+    #[test]
+    fn nm_and_sn_values_keep_their_number_and_unit() {
+        for (v, value) in [(".5", "0.5"), ("072", "72"), ("72.", "72")] {
+            let m = oru(&format!("OBX|1|NM|29463-7^W^LN||{v}|kg^^UCUM|||||F"));
+            let q = &m.groups[0].resources[0]["valueQuantity"];
+            assert_eq!(q["value"].to_string(), value);
+            assert_eq!(q["code"], "kg");
+        }
+        let m = oru("OBX|1|SN|29463-7^W^LN||<^5|mm^^UCUM|||||F");
+        let q = &m.groups[0].resources[0]["valueQuantity"];
+        assert_eq!(
+            (
+                q["comparator"].as_str(),
+                q["value"].to_string().as_str(),
+                q["code"].as_str()
+            ),
+            (Some("<"), "5", Some("mm"))
+        );
+        assert_eq!(q["system"], "http://unitsofmeasure.org");
+        let m = oru("OBX|1|SN|29463-7^W^LN||^72|kg^^UCUM|||||F");
+        let q = &m.groups[0].resources[0]["valueQuantity"];
+        assert_eq!(
+            (q["value"].to_string().as_str(), q["code"].as_str()),
+            ("72", Some("kg"))
+        );
+        assert!(q.get("comparator").is_none());
+        let m = oru("OBX|1|SN|29463-7^W^LN||^60^-^.75|kg^^UCUM|||||F");
+        let r = &m.groups[0].resources[0]["valueRange"];
+        assert_eq!(
+            (
+                r["low"]["value"].to_string(),
+                r["high"]["value"].to_string()
+            ),
+            ("60".into(), "0.75".into())
+        );
+        assert_eq!(r["high"]["code"], "kg");
+    }
+
+    #[test]
+    fn the_hl7_null_is_an_empty_value_never_an_error() {
+        let m = oru("OBX|1|NM|29463-7^W^LN||70|kg^^UCUM|\"\"|\"\"|||F|||\"\"");
+        let o = &m.groups[0].resources[0];
+        assert_eq!(
+            o["effectiveDateTime"], "2026-03-16T09:00:00+01:00",
+            "OBR-7 then"
+        );
+        assert!(o.get("referenceRange").is_none() && o.get("interpretation").is_none());
+        let adt = "MSH|^~\\&|KIS|KH|TB|SP|20260316101500||ADT^A01|M1|P|2.5\rPID|1||4711^^^KH^MR||X||\"\"|F\rPV1|1|I|||||||||||||||||V1|||||||||||||||||||||||||20260316101500|\"\"\rDG1|1||M94.26^^I10|||F\rDG1|2||M94.26^^I10||\"\"|F\r";
+        let m = map(&Message::parse(adt.as_bytes()).unwrap(), "site-01", &z()).unwrap();
+        let g = &m.groups[0];
+        assert_eq!(g.patient.birth_date, None);
+        let enc = &g.resources[0];
+        assert_eq!(enc["period"]["start"], "2026-03-16T10:15:00+01:00");
+        assert!(enc["period"].get("end").is_none());
+    }
+
+    #[test]
+    fn a_result_without_an_observation_time_has_no_effective_time() {
+        let text = "MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR\rOBR|1|||x\rOBX|1|NM|29463-7^W^LN||70|kg^^UCUM|||||F\r";
+        let m = map(&Message::parse(text.as_bytes()).unwrap(), "site-01", &z()).unwrap();
+        assert!(m.groups[0].resources[0].get("effectiveDateTime").is_none());
+    }
+
+    #[test]
+    fn reference_ranges_from_numbers_only_and_every_interpretation() {
+        let m = oru("OBX|1|NM|29463-7^W^LN||70|kg^^UCUM|50-90|H~A|||F");
+        let o = &m.groups[0].resources[0];
+        assert_eq!(o["referenceRange"][0]["low"]["value"].to_string(), "50");
+        assert_eq!(o["referenceRange"][0]["high"]["code"], "kg");
+        let codes: Vec<&str> = o["interpretation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, ["H", "A"]);
+        assert_eq!(
+            o["interpretation"][0]["coding"][0]["system"],
+            "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+        );
+        let m = oru("OBX|1|NM|29463-7^W^LN||70|kg^^UCUM|<=5|||||F");
+        assert_eq!(
+            m.groups[0].resources[0]["referenceRange"][0]["high"]["value"].to_string(),
+            "5"
+        );
+        for text in ["normal for Erika Muster, 030 1234567", "negativ", "5-", "-"] {
+            let m = oru(&format!("OBX|1|NM|29463-7^W^LN||70|kg^^UCUM|{text}|||||F"));
+            assert!(
+                m.groups[0].resources[0].get("referenceRange").is_none(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn table_0396_names_are_standard_systems() {
+        assert_eq!(
+            system_uri("I9", "site-01"),
+            "http://hl7.org/fhir/sid/icd-9-cm"
+        );
+        assert_eq!(
+            system_uri("icd9", "site-01"),
+            "http://hl7.org/fhir/sid/icd-9-cm"
+        );
+        assert_eq!(
+            system_uri("I9C", "site-01"),
+            "http://hl7.org/fhir/sid/icd-9-cm"
+        );
+        assert_eq!(
+            system_uri("CPT", "site-01"),
+            "http://www.ama-assn.org/go/cpt"
+        );
+        assert_eq!(system_uri("LN", "site-01"), "http://loinc.org");
+        assert_eq!(
+            system_uri("HL70078", "site-01"),
+            "http://terminology.hl7.org/CodeSystem/v2-0078"
+        );
+        for local in ["99zzz", "L", "BMI", "HL79999", ""] {
+            assert_eq!(
+                system_uri(local, "site-01"),
+                "urn:mesemcart:site-01:local",
+                "{local}"
+            );
+        }
     }
 
     #[test]
     fn oru_to_observations() {
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR||Muster^Erika||19880412|F\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|39156-5^BMI^LN||27.4|kg/m2^^UCUM|18.5-25|H|||F\rOBX|2|NM|BMI^BMI^L||abc|kg/m2|||||F\r").unwrap();
-        let errors = map(&m, "site-01", "+01:00").unwrap_err();
+        let errors = map(&m, "site-01", &crate::config::berlin()).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(
             (
@@ -668,7 +1031,7 @@ mod tests {
             ("OBX", 2, Some(5), "102")
         );
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR||Muster^Erika||19880412|F\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|39156-5^BMI^LN||27.4|kg/m2^^UCUM|18.5-25|H|||F\r").unwrap();
-        let mapped = map(&m, "site-01", "+01:00").unwrap();
+        let mapped = map(&m, "site-01", &crate::config::berlin()).unwrap();
         assert_eq!(
             mapped.groups[0].patient.identifiers,
             [PatientId::new("KH", "4711")]
@@ -688,7 +1051,7 @@ mod tests {
     #[test]
     fn results_belong_to_the_pid_they_follow() {
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||A^^^KH^MR\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|29463-7^Weight^LN||70|kg^^UCUM|||||F\rPID|2||B^^^KH^MR\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|29463-7^Weight^LN||80|kg^^UCUM|||||F\r").unwrap();
-        let mapped = map(&m, "site-01", "+01:00").unwrap();
+        let mapped = map(&m, "site-01", &crate::config::berlin()).unwrap();
         assert_eq!(mapped.groups.len(), 2);
         for (g, (mrn, kg)) in mapped.groups.iter().zip([("A", "70"), ("B", "80")]) {
             assert_eq!(g.patient.identifiers[0].value, mrn);
@@ -697,14 +1060,14 @@ mod tests {
         }
         // A result before any PID belongs to nobody.
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500||ORU^R01|M2|P|2.5.1\rOBX|1|NM|29463-7^W^LN||70|kg|||||F\rPID|1||A^^^KH\r").unwrap();
-        let errors = map(&m, "site-01", "+01:00").unwrap_err();
+        let errors = map(&m, "site-01", &crate::config::berlin()).unwrap_err();
         assert_eq!(errors[0].segment, "OBX");
     }
 
     #[test]
     fn a_merge_pairs_each_mrg_with_its_pid() {
         let m = Message::parse(b"MSH|^~\\&|KIS|KH|TB|SP|20260316101500||ADT^A40|M3|P|2.5\rEVN|A40|20260316101500\rPID|1||12345^^^KH^MR\rMRG|999^^^KH^MR\rPID|2||145^^^KH^MR\rMRG|146^^^KH^MR\r").unwrap();
-        let mapped = map(&m, "site-01", "+01:00").unwrap();
+        let mapped = map(&m, "site-01", &crate::config::berlin()).unwrap();
         assert_eq!(mapped.event, Event::Merge);
         let pairs: Vec<(String, String)> = mapped
             .groups

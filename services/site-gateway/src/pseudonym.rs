@@ -79,6 +79,52 @@ fn in_study_value_set(coding: &Value) -> bool {
         })
 }
 
+/// Removes a CodeableConcept's text and its codings' displays; a coding of one of the study's
+/// ValueSets gets the display the study gives it.
+fn without_free_text(cc: &mut Value) {
+    let Some(o) = cc.as_object_mut() else {
+        return;
+    };
+    o.remove("text");
+    for c in o
+        .get_mut("coding")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let Some(c) = c.as_object_mut() else {
+            continue;
+        };
+        c.remove("display");
+        let (Some(system), Some(code)) = (
+            c.get("system").and_then(Value::as_str),
+            c.get("code").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        if let Some(d) = study_display(system, code) {
+            c.insert("display".into(), json!(d));
+        }
+    }
+}
+
+/// The display the study's ValueSets give a code.
+fn study_display(system: &str, code: &str) -> Option<&'static str> {
+    trialbridge_study::resources()
+        .iter()
+        .filter(|r| r["resourceType"] == "ValueSet")
+        .flat_map(|vs| {
+            vs.pointer("/compose/include")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter(|inc| inc["system"] == system)
+        .flat_map(|inc| inc["concept"].as_array().into_iter().flatten())
+        .find(|k| k["code"] == code)
+        .and_then(|k| k["display"].as_str())
+}
+
 /// Translates the site-local codings of a CodeableConcept; `Err` names the first local code
 /// that has no translation (and no standard coding beside it).
 fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
@@ -152,11 +198,45 @@ fn group_entries(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        // The dataset filter comes first: a result whose standard code (LOINC, ...) is not in
+        // the trial's dataset stays at the site whatever its local codes say; only a result
+        // known by a local code alone waits for its translation (a dead letter until the
+        // site's ConceptMap has it).
+        if ty == "Observation" {
+            let codings = r
+                .pointer("/code/coding")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let local = crate::mapping::local_system(&origin.site);
+            let standard: Vec<&Value> = codings
+                .iter()
+                .filter(|c| c["system"] != local.as_str())
+                .collect();
+            if !standard.is_empty() && !standard.iter().any(|c| in_study_value_set(c)) {
+                let translated = r.get_mut("code").map(|c| translate(c, &origin.site));
+                let now_in_study = matches!(translated, Some(Ok(())))
+                    && r.pointer("/code/coding")
+                        .and_then(Value::as_array)
+                        .is_some_and(|cs| cs.iter().any(in_study_value_set));
+                if !now_in_study {
+                    dropped += 1;
+                    continue;
+                }
+            }
+        }
         if let Some(code) = r.get_mut("code") {
             translate(code, &origin.site)?;
         }
         if let Some(v) = r.get_mut("valueCodeableConcept") {
             translate(v, &origin.site)?;
+        }
+        // Displays and texts are what a person typed at the site (a name, a phone number in a
+        // code's display): none leaves it. A code of the study gets the study's display.
+        for element in ["code", "valueCodeableConcept"] {
+            if let Some(cc) = r.get_mut(element) {
+                without_free_text(cc);
+            }
         }
         let prefix = match ty.as_str() {
             "Observation" => {
@@ -178,8 +258,8 @@ fn group_entries(
         // Ids begin with the site's namespace (`mc-01-`): the trial store lets a site choose
         // only ids of its own, so no site can name (or probe) another site's resources.
         let prefix = format!("{}{prefix}", site_namespace(&origin.site));
-        r["id"] = json!(if ty == "Encounter" && key.starts_with("visit:") {
-            // One Encounter per visit number.
+        r["id"] = json!(if key.starts_with("visit:") {
+            // One Encounter per visit number; one Condition or Procedure per visit and segment.
             stable_id(&prefix, &[&origin.sender, &who.patient_id, &key])
         } else {
             stable_id(

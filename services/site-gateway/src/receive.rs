@@ -341,7 +341,7 @@ impl Gateway {
         if !(body[start..].starts_with(b"BHS") || body[start..].starts_with(b"FHS")) {
             return self.receive(bytes).await.ack;
         }
-        let messages = match trialbridge_hl7v2::parse_batch(bytes) {
+        let batches = match trialbridge_hl7v2::parse_batches(bytes) {
             Ok(m) => m,
             Err(e) => {
                 let of = Acknowledged::unparsed(bytes);
@@ -354,15 +354,27 @@ impl Gateway {
                 ));
             }
         };
-        let mut out = format!("BHS|^~\\&|||||{}\r", now_hl7());
-        let mut n = 0;
-        for m in &messages {
-            if let Some(a) = self.receive(m.text().as_bytes()).await.ack {
-                out.push_str(&a);
-                n += 1;
-            }
+        // The answer has the shape of the question: a batch of ACKs per batch, in a file
+        // envelope when a file came.
+        let file = body[start..].starts_with(b"FHS");
+        let mut out = String::new();
+        if file {
+            out.push_str(&format!("FHS|^~\\&|||||{}\r", now_hl7()));
         }
-        out.push_str(&format!("BTS|{n}\r"));
+        for messages in &batches {
+            out.push_str(&format!("BHS|^~\\&|||||{}\r", now_hl7()));
+            let mut n = 0;
+            for m in messages {
+                if let Some(a) = self.receive(m.text().as_bytes()).await.ack {
+                    out.push_str(&a);
+                    n += 1;
+                }
+            }
+            out.push_str(&format!("BTS|{n}\r"));
+        }
+        if file {
+            out.push_str(&format!("FTS|{}\r", batches.len()));
+        }
         Some(out)
     }
 
@@ -399,7 +411,7 @@ impl Gateway {
         let (ty, trigger, _) = msg.message_type();
         let mapped =
             match tracing::info_span!("hl7.map", hl7.message_type = %format!("{ty}^{trigger}"))
-                .in_scope(|| mapping::map(&msg, &self.config.site, &self.config.utc_offset))
+                .in_scope(|| mapping::map(&msg, &self.config.site, &self.config.timezone))
             {
                 Ok(m) => m,
                 Err(errors) => return reply(&admitted.of, AckCode::AE, &errors),
@@ -642,7 +654,7 @@ impl Gateway {
             Ok(m) => m,
             Err(e) => return Ok(Some(format!("the message does not parse: {e}"))),
         };
-        let mapped = match mapping::map(&msg, &self.config.site, &self.config.utc_offset) {
+        let mapped = match mapping::map(&msg, &self.config.site, &self.config.timezone) {
             Ok(m) => m,
             Err(errors) => {
                 return Ok(Some(

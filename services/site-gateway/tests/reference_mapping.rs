@@ -17,9 +17,16 @@ const DELIBERATE: &[(&str, &str, &str)] = &[
     ("*", "procedure from PR1 without a code", "PR1-3 is empty in these messages; the converter emits a Procedure with no code, trialbridge emits none"),
     ("*", "procedure from a non-PR1 segment", "the converter makes Procedures of death certification and autopsy (PDA) and of the OBR order code; trialbridge maps PR1 only"),
     ("*", "unit text", "the converter puts the unit text (OBX-6.2) or the raw code in Quantity.unit; trialbridge keeps OBX-6.2 as unit and the code in Quantity.code"),
-    ("*", "local code system", "codes of systems other than LN/SCT/ICD-10-GM/OPS become urn:mesemcart:<site>:local, translated later by the study ConceptMap; the converter invents http://example.com/... systems"),
-    ("*", "effective time without zone", "HL7 times without a zone take the site's offset (+01:00) in trialbridge; the converter leaves them as local date-times"),
-    ("*", "effective from OBR-7/MSH-7", "without OBX-14 trialbridge takes OBR-7, then MSH-7; the converter leaves effective empty"),
+    ("*", "local code system", "codes of systems HL7 table 0396 does not name become urn:mesemcart:<site>:local, translated later by the study ConceptMap; the converter invents http://example.com/... systems"),
+    ("*", "effective time without zone", "HL7 times without a zone are the site's wall-clock times in trialbridge (Europe/Berlin, with daylight-saving time); the converter leaves them as local date-times"),
+    ("*", "ICD-9 system", "I9 of table 0396 goes to http://hl7.org/fhir/sid/icd-9-cm, the URI R4 names for ICD-9(-CM); the converter writes http://hl7.org/fhir/sid/icd-9, which R4 does not define"),
+    ("*", "condition from a non-DG1 segment", "the converter also makes Conditions of PV2 admit reasons and PID-fields; trialbridge maps DG1 only"),
+    ("*", "condition from DG1 without a code", "DG1-3 is empty; the converter emits a Condition with an identifier only, trialbridge emits none"),
+    ("*", "encounter status by discharge time", "a discharge time (PV1-45) finishes the visit in trialbridge whatever the trigger; the converter reads the status from the trigger alone (an A04 with PV1-45 stays in-progress)"),
+    ("*", "encounter end without PV1-45", "PV1-45 is empty in these messages; the converter takes an end from another field, trialbridge ends a visit by PV1-45 only"),
+    ("*", "encounter status planned", "the converter makes an A08 with a pre-admit class 'planned'; trialbridge keeps in-progress until a discharge"),
+    ("*", "encounter without a class trialbridge maps", "PV1-2 of this message is not I, O, E or P"),
+    ("*", "effective from OBR-7", "without OBX-14 trialbridge takes OBR-7 (the observation date/time of the order); the converter leaves effective empty"),
 ];
 
 fn fixtures() -> std::path::PathBuf {
@@ -56,7 +63,8 @@ fn the_meaning_matches_the_reference_mapping() {
     for name in &names {
         let bytes = std::fs::read(dir.join("messages").join(name)).unwrap();
         let msg = Message::parse(&bytes).unwrap();
-        let mapped = map(&msg, "site-01", "+01:00").unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let mapped = map(&msg, "site-01", &site_gateway::config::berlin())
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let reference: Value = serde_json::from_slice(
             &std::fs::read(
                 dir.join("expected-fhir")
@@ -162,9 +170,10 @@ fn the_meaning_matches_the_reference_mapping() {
                         .entry("effective time without zone".into())
                         .or_default() += 1
                 }
+                (None, None) => {}
                 (Some(_), None) => {
                     *t.differences
-                        .entry("effective from OBR-7/MSH-7".into())
+                        .entry("effective from OBR-7".into())
                         .or_default() += 1
                 }
                 (a, b) => panic!("{name} {key:?}: effective {a:?} vs {b:?}"),
@@ -216,6 +225,113 @@ fn the_meaning_matches_the_reference_mapping() {
                         .or_default() += 1
                 }
             }
+        }
+        // Conditions: by code; the onset.
+        for c in resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Condition")
+        {
+            if c["code"].is_null() {
+                *t.differences
+                    .entry("condition from DG1 without a code".into())
+                    .or_default() += 1;
+                continue;
+            }
+            let key = code_key(&c["code"]);
+            let Some(mine) = mapped
+                .groups
+                .iter()
+                .flat_map(|g| &g.resources)
+                .find(|r| r["resourceType"] == "Condition" && code_key(&r["code"]) == key)
+            else {
+                *t.differences
+                    .entry("condition from a non-DG1 segment".into())
+                    .or_default() += 1;
+                continue;
+            };
+            t.compared += 1;
+            let instant = |v: &Value| {
+                v.as_str()
+                    .and_then(|d| trialbridge_fhir::date::parse_range(d).map(|r| r.low))
+            };
+            assert_eq!(
+                instant(&mine["onsetDateTime"]),
+                instant(&c["onsetDateTime"]),
+                "{name} {key:?}: onset"
+            );
+            let (sa, sb) = (
+                &mine["code"]["coding"][0]["system"],
+                &c["code"]["coding"][0]["system"],
+            );
+            if sa != sb {
+                assert_eq!(
+                    (sa.as_str(), sb.as_str()),
+                    (
+                        Some("http://hl7.org/fhir/sid/icd-9-cm"),
+                        Some("http://hl7.org/fhir/sid/icd-9")
+                    ),
+                    "{name} {key:?}: system"
+                );
+                *t.differences.entry("ICD-9 system".into()).or_default() += 1;
+            }
+            *t.agreed.entry("condition code and onset").or_default() += 1;
+        }
+        // Encounters: class, start, status.
+        for e in resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Encounter")
+        {
+            let Some(mine) = mapped
+                .groups
+                .iter()
+                .flat_map(|g| &g.resources)
+                .find(|r| r["resourceType"] == "Encounter")
+            else {
+                *t.differences
+                    .entry("encounter without a class trialbridge maps".into())
+                    .or_default() += 1;
+                continue;
+            };
+            t.compared += 1;
+            assert_eq!(mine["class"]["code"], e["class"]["code"], "{name}: class");
+            let instant = |v: &Value| {
+                v.as_str()
+                    .and_then(|d| trialbridge_fhir::date::parse_range(d).map(|r| r.low))
+            };
+            assert_eq!(
+                instant(&mine["period"]["start"]),
+                instant(&e["period"]["start"]),
+                "{name}: start"
+            );
+            match (
+                instant(&mine["period"]["end"]),
+                instant(&e["period"]["end"]),
+            ) {
+                (a, b) if a == b => {}
+                (None, Some(_)) => {
+                    *t.differences
+                        .entry("encounter end without PV1-45".into())
+                        .or_default() += 1
+                }
+                (a, b) => panic!("{name}: end {a:?} vs {b:?}"),
+            }
+            match (mine["status"].as_str(), e["status"].as_str()) {
+                (a, b) if a == b => {}
+                (Some("finished"), Some("in-progress")) if !e["period"]["end"].is_null() => {
+                    *t.differences
+                        .entry("encounter status by discharge time".into())
+                        .or_default() += 1
+                }
+                (Some("in-progress"), Some("planned")) => {
+                    *t.differences
+                        .entry("encounter status planned".into())
+                        .or_default() += 1
+                }
+                (a, b) => panic!("{name}: encounter status {a:?} vs {b:?}"),
+            }
+            *t.agreed
+                .entry("encounter class, period, status")
+                .or_default() += 1;
         }
     }
     println!(
