@@ -3,7 +3,7 @@
 # (`label=binary` pairs; by default the binary built before authentication and the audit trail,
 # BEFORE_BIN, against this tree's release binary), every one called with a `site` token: token
 # check, scope and role check, site filter and namespace, and an AuditEvent per request. Same
-# client (`trialbridge bench`), same data, same run; each server three times, alternating, and
+# client (`trialbridge bench`), same data, same run; each server three times (ROUNDS), alternating, and
 # the best run of each is reported.
 #
 #   git worktree add /tmp/before f7d9150 && (cd /tmp/before && cargo build --release)
@@ -21,7 +21,7 @@ data=$work/observations.ndjson
 writable_data "$work/plain.ndjson"
 # A site writes in its namespace: the ids it chooses and the subjects it references begin with
 # mc-01- (references to definitional types such as Practitioner may name missing ones).
-sed -E 's#"id":"perf-#"id":"mc-01-perf-#; s#"reference":"(Patient|Specimen|Encounter|Observation|Device|DiagnosticReport|MedicationStatement|Procedure|Condition|ServiceRequest|QuestionnaireResponse|ImagingStudy|DocumentReference|MolecularSequence|RiskAssessment|FamilyMemberHistory|Media|Immunization|Medication|MedicationRequest|MedicationAdministration|CarePlan|Goal|AllergyIntolerance|ClinicalImpression|Substance|BodyStructure|NutritionOrder)/#"reference":"\1/mc-01-#g' \
+sed -E 's#"id":"perf-#"id":"mc-01-perf-#; s#"reference":"(Patient|Specimen|Encounter|Observation|Device|DiagnosticReport|MedicationStatement|Procedure|Condition|ServiceRequest|QuestionnaireResponse|ImagingStudy|DocumentReference|MolecularSequence|RiskAssessment|FamilyMemberHistory|Media|Immunization|Medication|MedicationRequest|MedicationAdministration|CarePlan|Goal|AllergyIntolerance|ClinicalImpression|Substance|BodyStructure|NutritionOrder|DeviceMetric)/#"reference":"\1/mc-01-#g' \
     "$work/plain.ndjson" > "$data"
 
 # run LABEL BIN ROUND: a fresh database, creates (1 and 16 clients), then reads by id.
@@ -44,7 +44,7 @@ run() {
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-for round in 1 2 3; do
+for round in $(seq 1 "${ROUNDS:-3}"); do
     for server in $servers; do
         run "${server%%=*}" "${server#*=}" "$round"
     done
