@@ -291,8 +291,12 @@ pub fn next_link(bundle: &serde_json::Value) -> Option<String> {
 /// GET `url` and return the body as text.
 /// GET a URL and parse the JSON answer (any status).
 pub async fn get_json(url: &str) -> serde_json::Value {
-    client()
-        .get(url)
+    get_json_as(&client(), url).await
+}
+
+/// GET `url` with `http` (a client carrying some caller's token); the answer's JSON.
+pub async fn get_json_as(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
         .send()
         .await
         .expect("GET")

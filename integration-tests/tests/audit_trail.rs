@@ -568,14 +568,7 @@ async fn audit_events_are_searched_by_the_r4_parameters() {
     let mon = client_with(&token(Role::Monitor, &[S1], ""));
     site1.get(s.url("Patient/mc-01-p")).send().await.unwrap();
     events(&s, "subtype=read&site=mesemcart-site-01", 1).await;
-    let b: Value = mon
-        .get(s.url("AuditEvent?_count=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = integration_tests::get_json_as(&mon, &s.url("AuditEvent?_count=100")).await;
     let seen: Vec<&Value> = b["entry"]
         .as_array()
         .unwrap()

@@ -290,14 +290,9 @@ async fn load_writes_like_the_api() {
         &[],
         "",
     ));
-    let b: serde_json::Value = admin
-        .get(s.url("AuditEvent?entity=Observation/perf-0003"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: serde_json::Value =
+        integration_tests::get_json_as(&admin, &s.url("AuditEvent?entity=Observation/perf-0003"))
+            .await;
     let e = &b["entry"][0]["resource"];
     assert_eq!(e["action"], "C", "{b}");
     assert!(e.to_string().contains("dm-anna"), "{e}");

@@ -132,7 +132,7 @@ async fn acknowledged_writes_survive_kill_9() {
     // Every stored version is whole JSON.
     let mut url = format!("{base}/_history?_sort=_lastUpdated&_count=1000");
     loop {
-        let h: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+        let h: Value = integration_tests::get_json_as(&c, &url).await;
         for e in h["entry"].as_array().into_iter().flatten() {
             assert_eq!(e["resource"]["resourceType"], "Observation", "{e}");
         }

@@ -48,14 +48,7 @@ async fn put_then_get_returns_the_same_json() {
             continue;
         }
         assert_eq!(r.status(), 201, "{name}: {}", r.text().await.unwrap());
-        let got: Value = client()
-            .get(s.url(&path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got: Value = integration_tests::get_json(&s.url(&path)).await;
         // serde_json here keeps number text (arbitrary_precision), so 1.50 != 1.5.
         assert_eq!(without_meta(&got), without_meta(v), "{name}");
     }
@@ -105,14 +98,7 @@ fn transaction_example() -> Value {
 }
 
 async fn count_patients(s: &TestStore) -> u64 {
-    let v: Value = client()
-        .get(s.url("Patient?_summary=count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = integration_tests::get_json(&s.url("Patient?_summary=count")).await;
     v["total"].as_u64().unwrap()
 }
 
@@ -155,14 +141,7 @@ async fn official_transaction_fails_as_a_whole_naming_each_failing_entry() {
         "{oo}"
     );
     assert_eq!(count_patients(&s).await, 0, "nothing left behind");
-    let h: Value = client()
-        .get(s.url("_history"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: Value = integration_tests::get_json(&s.url("_history")).await;
     assert!(h.get("entry").is_none(), "no version was written: {h}");
 }
 
@@ -220,14 +199,10 @@ async fn official_transaction_without_the_failing_entries_succeeds_and_is_idempo
         resp2["entry"][1]["response"]["location"],
         resp["entry"][1]["response"]["location"]
     );
-    let dup: Value = client()
-        .get(s.url("Patient?identifier=http:/example.org/fhir/ids|234234&_summary=count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dup: Value = integration_tests::get_json(
+        &s.url("Patient?identifier=http:/example.org/fhir/ids|234234&_summary=count"),
+    )
+    .await;
     assert_eq!(dup["total"], 1);
 }
 
@@ -255,14 +230,7 @@ async fn transaction_rewrites_urn_uuid_and_conditional_references() {
         .unwrap();
     let obs_loc = r["entry"][0]["response"]["location"].as_str().unwrap();
     let pat_loc = r["entry"][1]["response"]["location"].as_str().unwrap();
-    let o: Value = client()
-        .get(s.url(obs_loc))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let o: Value = integration_tests::get_json(&s.url(obs_loc)).await;
     let pat_ref = pat_loc.split("/_history").next().unwrap();
     assert_eq!(o["subject"]["reference"], pat_ref);
     assert_eq!(o["performer"][0]["reference"], "Organization/site-01");

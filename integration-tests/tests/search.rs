@@ -502,14 +502,7 @@ async fn paging_while_writes_continue_skips_and_repeats_nothing() {
     let mut seen = Vec::new();
     let mut n = 0;
     loop {
-        let b: Value = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let b: Value = integration_tests::get_json(&url).await;
         seen.extend(
             b["entry"]
                 .as_array()
@@ -705,14 +698,8 @@ async fn elements_summary_compartments_and_system_search() {
     let all = fixtures();
     load(&s, &all).await;
 
-    let b: Value = client()
-        .get(s.url("Observation?_id=example&_elements=status,code"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value =
+        integration_tests::get_json(&s.url("Observation?_id=example&_elements=status,code")).await;
     let r = &b["entry"][0]["resource"];
     let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
@@ -724,14 +711,8 @@ async fn elements_summary_compartments_and_system_search() {
         .unwrap()
         .iter()
         .any(|t| t["code"] == "SUBSETTED"));
-    let b: Value = client()
-        .get(s.url("Observation?_id=example&_summary=data"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value =
+        integration_tests::get_json(&s.url("Observation?_id=example&_summary=data")).await;
     assert!(
         b["entry"][0]["resource"]["text"].is_null()
             && !b["entry"][0]["resource"]["status"].is_null()
@@ -775,14 +756,7 @@ async fn elements_summary_compartments_and_system_search() {
     let mut url = format!("{}?_type=Patient,Organization&_count=4", s.base);
     let mut got = BTreeSet::new();
     loop {
-        let b: Value = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let b: Value = integration_tests::get_json(&url).await;
         for e in b["entry"].as_array().into_iter().flatten() {
             assert!(got.insert(format!(
                 "{}/{}",
@@ -807,16 +781,10 @@ async fn elements_summary_compartments_and_system_search() {
         })
         .collect();
     assert_eq!(got, expected);
-    let b: Value = client()
-        .get(format!(
-            "{}?_type=Patient,Organization&_summary=count",
-            s.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = integration_tests::get_json(&format!(
+        "{}?_type=Patient,Organization&_summary=count",
+        s.base
+    ))
+    .await;
     assert_eq!(b["total"].as_u64().unwrap() as usize, expected.len());
 }
