@@ -212,6 +212,71 @@ pub struct DeadLetter {
     pub message: Option<String>,
 }
 
+/// A visit's Encounter as it stands after `new`: what `new` says replaces what was known, what
+/// it does not say stays (an A08 without a discharge time leaves the A03's end), and a finished
+/// visit stays finished (no trigger the gateway takes reopens one).
+fn merged_visit(known: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    let mut out = known.clone();
+    let (Some(o), Some(n)) = (out.as_object_mut(), new.as_object()) else {
+        return new.clone();
+    };
+    for (k, v) in n {
+        match (k.as_str(), o.get_mut(k)) {
+            ("period", Some(serde_json::Value::Object(p))) => {
+                for (pk, pv) in v.as_object().into_iter().flatten() {
+                    p.insert(pk.clone(), pv.clone());
+                }
+            }
+            ("status", Some(serde_json::Value::String(s))) if s == "finished" => {}
+            _ => {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Merges every Encounter of `bundle` with what the gateway knows of that visit, stores the
+/// result and writes it into the bundle: the visit's messages tell its story together.
+fn merge_visits(conn: &Connection, bundle: &mut String, at: &str) -> Result<(), rusqlite::Error> {
+    let Ok(mut b) = serde_json::from_str::<serde_json::Value>(bundle) else {
+        return Ok(());
+    };
+    let mut changed = false;
+    for e in b["entry"].as_array_mut().into_iter().flatten() {
+        if e["resource"]["resourceType"] != "Encounter" {
+            continue;
+        }
+        let Some(id) = e["resource"]["id"].as_str().map(String::from) else {
+            continue;
+        };
+        let known: Option<String> = conn
+            .query_row(
+                "SELECT resource FROM visit WHERE encounter_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let merged = match known.and_then(|k| serde_json::from_str::<serde_json::Value>(&k).ok()) {
+            Some(k) => merged_visit(&k, &e["resource"]),
+            None => e["resource"].clone(),
+        };
+        conn.execute(
+            "INSERT INTO visit (encounter_id, resource, updated) VALUES (?1, ?2, ?3)
+             ON CONFLICT(encounter_id) DO UPDATE SET resource = ?2, updated = ?3",
+            params![id, merged.to_string(), at],
+        )?;
+        if merged != e["resource"] {
+            e["resource"] = merged;
+            changed = true;
+        }
+    }
+    if changed {
+        *bundle = b.to_string();
+    }
+    Ok(())
+}
+
 /// `bundle` with its Patient entry replaced by `patient` (same id).
 fn with_patient(bundle: &str, patient: &serde_json::Value) -> String {
     let Ok(mut b) = serde_json::from_str::<serde_json::Value>(bundle) else {
@@ -337,6 +402,11 @@ CREATE TABLE IF NOT EXISTS audit (
     who TEXT NOT NULL,
     action TEXT NOT NULL,
     detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS visit (
+    encounter_id TEXT PRIMARY KEY,
+    resource TEXT NOT NULL,
+    updated TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cursor (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -603,6 +673,9 @@ impl Db {
                 if let Some(b) = &mut bundle {
                     *b = with_patient(b, &patient_resource(who, g.as_deref(), y.as_deref()));
                 }
+            }
+            if let Some(b) = &mut bundle {
+                merge_visits(tx, b, &received)?;
             }
             apply_key_changes(tx, &effects.key_changes, &received, "merge")?;
             tx.execute(
@@ -876,6 +949,9 @@ impl Db {
                     *b = with_patient(b, &patient_resource(who, g.as_deref(), y.as_deref()));
                 }
             }
+            if let Some(b) = &mut bundle {
+                merge_visits(conn, b, &at)?;
+            }
             apply_key_changes(conn, &effects.key_changes, &at, "merge")?;
             for (name, v) in &effects.counters {
                 bump_in(conn, name, *v)?;
@@ -954,5 +1030,36 @@ impl Db {
             Ok(n > 0)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_visit_is_merged_message_by_message() {
+        let admitted = json!({"resourceType": "Encounter", "id": "e", "status": "in-progress",
+            "class": {"code": "IMP"}, "period": {"start": "2026-03-02T08:15:00+01:00"}});
+        let discharged = json!({"resourceType": "Encounter", "id": "e", "status": "finished",
+            "class": {"code": "IMP"}, "period": {"end": "2026-03-05T12:00:00+01:00"}});
+        let corrected = json!({"resourceType": "Encounter", "id": "e", "status": "in-progress",
+            "class": {"code": "AMB"}});
+        let v = merged_visit(&admitted, &discharged);
+        assert_eq!(
+            v["period"],
+            json!({"start": "2026-03-02T08:15:00+01:00", "end": "2026-03-05T12:00:00+01:00"})
+        );
+        let v = merged_visit(&v, &corrected);
+        assert_eq!(
+            v["status"], "finished",
+            "an A08 does not reopen a discharged visit"
+        );
+        assert_eq!(
+            v["class"]["code"], "AMB",
+            "what the A08 says replaces what was known"
+        );
+        assert_eq!(v["period"]["end"], "2026-03-05T12:00:00+01:00");
     }
 }
