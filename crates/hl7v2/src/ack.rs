@@ -261,10 +261,19 @@ pub fn build(
     );
     let acknowledged = echoed(&of.control_id);
     out.push('\r');
-    let text = errors
-        .first()
-        .map(|e| escape(&e.text, d))
-        .unwrap_or_default();
+    // MSA-3 sums up; each error has its own ERR segment below.
+    let text = match errors {
+        [] => String::new(),
+        [one] => escape(&one.text, d),
+        [first, ..] => escape(
+            &format!(
+                "{} errors, each in an ERR segment; the first: {}",
+                errors.len(),
+                first.text
+            ),
+            d,
+        ),
+    };
     if text.is_empty() {
         out.push_str(&format!("MSA{f}{}{f}{acknowledged}\r", code.as_str()));
     } else {
@@ -345,6 +354,35 @@ mod tests {
         assert_eq!(err.field(3).component(1), "102");
         assert_eq!(err.field(4).raw(), "E");
         assert!(of.wants(AckCode::AA));
+    }
+
+    #[test]
+    fn every_error_has_its_own_err_and_msa_sums_up() {
+        let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260101||ORU^R01|C9|P|2.5.1\rPID|1\r")
+            .unwrap();
+        let errors = [
+            AckError::at("OBX", 1, 5, "102", "OBX-5 'x' is not a number"),
+            AckError::at(
+                "OBX",
+                3,
+                14,
+                "102",
+                "OBX-14 '2026-13' is not an HL7 date/time",
+            ),
+            AckError::at("PID", 1, 7, "102", "PID-7 'abc' is not a date of birth"),
+        ];
+        let ack = build(&Acknowledged::of(&m), AckCode::AE, &errors, "A9", "1");
+        let parsed = Message::parse(ack.as_bytes()).unwrap();
+        let locations: Vec<String> = parsed
+            .segments_named("ERR")
+            .map(|e| e.field(2).raw().to_string())
+            .collect();
+        assert_eq!(locations, ["OBX^1^5", "OBX^3^14", "PID^1^7"]);
+        let msa3 = parsed.segment("MSA").unwrap().field(3).value().into_owned();
+        assert!(
+            msa3.starts_with("3 errors, each in an ERR segment; the first: OBX-5"),
+            "{msa3}"
+        );
     }
 
     #[test]
