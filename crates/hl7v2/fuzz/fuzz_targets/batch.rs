@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(batches) = parse_batches(data) else {
         return;
     };
-    let flat: Vec<String> = batches.iter().flatten().map(|m| m.text().to_string()).collect();
+    let flat: Vec<String> = batches
+        .iter()
+        .flatten()
+        .map(|m| m.text().to_string())
+        .collect();
     for text in &flat {
         assert!(Message::parse(text.as_bytes()).is_ok());
     }
