@@ -219,7 +219,7 @@ impl GatewayConfig {
             database,
             site: site.to_string(),
             store_url: store_url.trim_end_matches('/').to_string(),
-            timezone: berlin(),
+            timezone: crate::mapping::berlin(),
             max_frame_bytes: 1024 * 1024,
             idle_timeout: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(30),
@@ -282,7 +282,7 @@ impl GatewayConfig {
                     "TRIALBRIDGE_SITE_TIMEZONE / --site-timezone: '{}' is not an IANA time zone such as Europe/Berlin",
                     a.site_timezone
                 ));
-                berlin()
+                crate::mapping::berlin()
             }
         };
         let oauth = match (&a.ehr_token_url, &a.ehr_client_id, &a.ehr_client_secret) {
@@ -405,9 +405,4 @@ impl std::fmt::Debug for ApiAccess {
             .field("hosts", &self.hosts)
             .finish_non_exhaustive()
     }
-}
-
-/// The zone of the German sites, built into the binary with the tz database.
-pub fn berlin() -> jiff::tz::TimeZone {
-    jiff::tz::TimeZone::get("Europe/Berlin").expect("the bundled tz database has Europe/Berlin")
 }

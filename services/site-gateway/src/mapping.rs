@@ -126,6 +126,11 @@ const V2_TABLES: &[(&str, &str)] = &[
     ("0203", "http://terminology.hl7.org/CodeSystem/v2-0203"),
 ];
 
+/// The zone of the German sites, built into the binary with the tz database.
+pub fn berlin() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get("Europe/Berlin").expect("the bundled tz database has Europe/Berlin")
+}
+
 /// HL7 DT/DTM/TS (`YYYY[MM[DD[HH[MM[SS[.S]]]]]][+-ZZZZ]`) as a FHIR date or dateTime. A time
 /// without an offset is a wall-clock time of the site's zone, with daylight-saving time: the
 /// offset in force then. In the repeated autumn hour the earlier offset is taken (summer time,
@@ -800,7 +805,7 @@ mod tests {
     use super::*;
 
     fn z() -> jiff::tz::TimeZone {
-        crate::config::berlin()
+        berlin()
     }
 
     #[test]
@@ -1019,7 +1024,7 @@ mod tests {
     #[test]
     fn oru_to_observations() {
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR||Muster^Erika||19880412|F\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|39156-5^BMI^LN||27.4|kg/m2^^UCUM|18.5-25|H|||F\rOBX|2|NM|BMI^BMI^L||abc|kg/m2|||||F\r").unwrap();
-        let errors = map(&m, "site-01", &crate::config::berlin()).unwrap_err();
+        let errors = map(&m, "site-01", &berlin()).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(
             (
@@ -1031,7 +1036,7 @@ mod tests {
             ("OBX", 2, Some(5), "102")
         );
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR||Muster^Erika||19880412|F\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|39156-5^BMI^LN||27.4|kg/m2^^UCUM|18.5-25|H|||F\r").unwrap();
-        let mapped = map(&m, "site-01", &crate::config::berlin()).unwrap();
+        let mapped = map(&m, "site-01", &berlin()).unwrap();
         assert_eq!(
             mapped.groups[0].patient.identifiers,
             [PatientId::new("KH", "4711")]
@@ -1051,7 +1056,7 @@ mod tests {
     #[test]
     fn results_belong_to_the_pid_they_follow() {
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01^ORU_R01|M1|P|2.5.1\rPID|1||A^^^KH^MR\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|29463-7^Weight^LN||70|kg^^UCUM|||||F\rPID|2||B^^^KH^MR\rOBR|1|||x|||20260316090000+0100\rOBX|1|NM|29463-7^Weight^LN||80|kg^^UCUM|||||F\r").unwrap();
-        let mapped = map(&m, "site-01", &crate::config::berlin()).unwrap();
+        let mapped = map(&m, "site-01", &berlin()).unwrap();
         assert_eq!(mapped.groups.len(), 2);
         for (g, (mrn, kg)) in mapped.groups.iter().zip([("A", "70"), ("B", "80")]) {
             assert_eq!(g.patient.identifiers[0].value, mrn);
@@ -1060,14 +1065,14 @@ mod tests {
         }
         // A result before any PID belongs to nobody.
         let m = Message::parse(b"MSH|^~\\&|LAB|KH|TB|SP|20260316101500||ORU^R01|M2|P|2.5.1\rOBX|1|NM|29463-7^W^LN||70|kg|||||F\rPID|1||A^^^KH\r").unwrap();
-        let errors = map(&m, "site-01", &crate::config::berlin()).unwrap_err();
+        let errors = map(&m, "site-01", &berlin()).unwrap_err();
         assert_eq!(errors[0].segment, "OBX");
     }
 
     #[test]
     fn a_merge_pairs_each_mrg_with_its_pid() {
         let m = Message::parse(b"MSH|^~\\&|KIS|KH|TB|SP|20260316101500||ADT^A40|M3|P|2.5\rEVN|A40|20260316101500\rPID|1||12345^^^KH^MR\rMRG|999^^^KH^MR\rPID|2||145^^^KH^MR\rMRG|146^^^KH^MR\r").unwrap();
-        let mapped = map(&m, "site-01", &crate::config::berlin()).unwrap();
+        let mapped = map(&m, "site-01", &berlin()).unwrap();
         assert_eq!(mapped.event, Event::Merge);
         let pairs: Vec<(String, String)> = mapped
             .groups

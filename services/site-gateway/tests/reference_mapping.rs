@@ -63,7 +63,7 @@ fn the_meaning_matches_the_reference_mapping() {
     for name in &names {
         let bytes = std::fs::read(dir.join("messages").join(name)).unwrap();
         let msg = Message::parse(&bytes).unwrap();
-        let mapped = map(&msg, "site-01", &site_gateway::config::berlin())
+        let mapped = map(&msg, "site-01", &site_gateway::mapping::berlin())
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         let reference: Value = serde_json::from_slice(
             &std::fs::read(
