@@ -3,6 +3,7 @@
 //! every service that needs it: the trial store loads it, the site gateway maps site codes
 //! with its ConceptMaps, the protocol rules read their numbers from it.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -180,6 +181,72 @@ pub fn in_site_namespace(site_study: &str, id: &str) -> bool {
         .starts_with(&site_namespace(site_study))
 }
 
+/// A concept one of the study's ValueSets lists.
+struct Listed {
+    value_set: &'static str,
+    display: Option<&'static str>,
+}
+
+/// The concepts of the study's ValueSets by system and code, indexed once: the gateway asks
+/// for every coding of every message.
+fn listed() -> &'static HashMap<&'static str, HashMap<&'static str, Vec<Listed>>> {
+    static LISTED: OnceLock<HashMap<&'static str, HashMap<&'static str, Vec<Listed>>>> =
+        OnceLock::new();
+    LISTED.get_or_init(|| {
+        let mut out: HashMap<&'static str, HashMap<&'static str, Vec<Listed>>> = HashMap::new();
+        for vs in resources()
+            .iter()
+            .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("ValueSet"))
+        {
+            let value_set = vs.get("id").and_then(Value::as_str).unwrap_or("");
+            for inc in vs
+                .pointer("/compose/include")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(system) = inc.get("system").and_then(Value::as_str) else {
+                    continue;
+                };
+                for k in inc
+                    .get("concept")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(code) = k.get("code").and_then(Value::as_str) {
+                        out.entry(system)
+                            .or_default()
+                            .entry(code)
+                            .or_default()
+                            .push(Listed {
+                                value_set,
+                                display: k.get("display").and_then(Value::as_str),
+                            });
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Whether the study's ValueSet `id` lists `(system, code)`.
+pub fn in_value_set(id: &str, system: &str, code: &str) -> bool {
+    listed()
+        .get(system)
+        .and_then(|codes| codes.get(code))
+        .is_some_and(|l| l.iter().any(|c| c.value_set == id))
+}
+
+/// The display the study's ValueSets give `(system, code)`.
+pub fn display(system: &str, code: &str) -> Option<&'static str> {
+    listed()
+        .get(system)
+        .and_then(|codes| codes.get(code))
+        .and_then(|l| l.iter().find_map(|c| c.display))
+}
+
 /// The resource of this type and id.
 pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
     resources().iter().find(|r| {
@@ -236,6 +303,24 @@ pub fn translate(system: &str, code: &str) -> Option<(String, String, Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_set_concepts_are_looked_up_by_system_and_code() {
+        let loinc = "http://loinc.org";
+        assert!(in_value_set(
+            "mesemcart-observation-codes",
+            loinc,
+            "29463-7"
+        ));
+        assert!(!in_value_set(
+            "mesemcart-observation-codes",
+            loinc,
+            "2345-7"
+        ));
+        assert!(!in_value_set("no-such-value-set", loinc, "29463-7"));
+        assert_eq!(display(loinc, "29463-7"), Some("Body weight"));
+        assert_eq!(display("http://snomed.info/sct", "29463-7"), None);
+    }
 
     #[test]
     fn every_study_file_is_built_in_and_parses() {

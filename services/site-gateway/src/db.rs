@@ -239,6 +239,11 @@ fn merged_visit(known: &serde_json::Value, new: &serde_json::Value) -> serde_jso
 /// Merges every Encounter of `bundle` with what the gateway knows of that visit, stores the
 /// result and writes it into the bundle: the visit's messages tell its story together.
 fn merge_visits(conn: &Connection, bundle: &mut String, at: &str) -> Result<(), rusqlite::Error> {
+    // Most messages are results without a visit: no parse on the writer thread for them (the
+    // outbox Bundles are written by serde_json, compact).
+    if !bundle.contains("\"resourceType\":\"Encounter\"") {
+        return Ok(());
+    }
     let Ok(mut b) = serde_json::from_str::<serde_json::Value>(bundle) else {
         return Ok(());
     };

@@ -55,28 +55,13 @@ pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
 }
 
 fn in_study_value_set(coding: &Value) -> bool {
-    let Some(vs) = trialbridge_study::resource("ValueSet", "mesemcart-observation-codes") else {
-        return false;
-    };
-    let (Some(s), Some(c)) = (
+    match (
         coding.get("system").and_then(Value::as_str),
         coding.get("code").and_then(Value::as_str),
-    ) else {
-        return false;
-    };
-    vs.pointer("/compose/include")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|inc| {
-            inc.get("system").and_then(Value::as_str) == Some(s)
-                && inc
-                    .get("concept")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .any(|k| k.get("code").and_then(Value::as_str) == Some(c))
-        })
+    ) {
+        (Some(s), Some(c)) => trialbridge_study::in_value_set("mesemcart-observation-codes", s, c),
+        _ => false,
+    }
 }
 
 /// Removes a CodeableConcept's text and its codings' displays; a coding of one of the study's
@@ -102,33 +87,16 @@ fn without_free_text(cc: &mut Value) {
         ) else {
             continue;
         };
-        if let Some(d) = study_display(system, code) {
+        if let Some(d) = trialbridge_study::display(system, code) {
             c.insert("display".into(), json!(d));
         }
     }
 }
 
-/// The display the study's ValueSets give a code.
-fn study_display(system: &str, code: &str) -> Option<&'static str> {
-    trialbridge_study::resources()
-        .iter()
-        .filter(|r| r["resourceType"] == "ValueSet")
-        .flat_map(|vs| {
-            vs.pointer("/compose/include")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .filter(|inc| inc["system"] == system)
-        .flat_map(|inc| inc["concept"].as_array().into_iter().flatten())
-        .find(|k| k["code"] == code)
-        .and_then(|k| k["display"].as_str())
-}
-
 /// Translates the site-local codings of a CodeableConcept; `Err` names the first local code
 /// that has no translation (and no standard coding beside it).
 fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
-    let local = format!("urn:mesemcart:{site}:local");
+    let local = crate::mapping::local_system(site);
     let Some(codings) = cc.get_mut("coding").and_then(Value::as_array_mut) else {
         return Ok(());
     };
@@ -198,33 +166,10 @@ fn group_entries(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        // The dataset filter comes first: a result whose standard code (LOINC, ...) is not in
-        // the trial's dataset stays at the site whatever its local codes say; only a result
+        // Translation never fails for a result that also has a standard code (LOINC, ...):
+        // the standard code decides below whether it is of the trial's dataset; only a result
         // known by a local code alone waits for its translation (a dead letter until the
         // site's ConceptMap has it).
-        if ty == "Observation" {
-            let codings = r
-                .pointer("/code/coding")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let local = crate::mapping::local_system(&origin.site);
-            let standard: Vec<&Value> = codings
-                .iter()
-                .filter(|c| c["system"] != local.as_str())
-                .collect();
-            if !standard.is_empty() && !standard.iter().any(|c| in_study_value_set(c)) {
-                let translated = r.get_mut("code").map(|c| translate(c, &origin.site));
-                let now_in_study = matches!(translated, Some(Ok(())))
-                    && r.pointer("/code/coding")
-                        .and_then(Value::as_array)
-                        .is_some_and(|cs| cs.iter().any(in_study_value_set));
-                if !now_in_study {
-                    dropped += 1;
-                    continue;
-                }
-            }
-        }
         if let Some(code) = r.get_mut("code") {
             translate(code, &origin.site)?;
         }
