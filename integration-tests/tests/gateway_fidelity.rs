@@ -342,3 +342,95 @@ async fn a04_then_an_a08_with_a_discharge_time_finishes_the_visit() {
     assert_eq!((enc.len(), cond.len(), proc.len()), (1, 1, 1));
     assert_eq!(enc[0]["status"], "finished", "{}", enc[0]);
 }
+
+/// The subject's Observations in the store at `base` (a system token), once the outbox of `g`
+/// has emptied.
+async fn observations_at(base: &str, g: &TestGateway) -> Vec<Value> {
+    for _ in 0..100 {
+        if g.get("/status").await["messages_outbox"].as_i64() == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = get_json(&format!("{base}/Observation?subject=Patient/mc-01-001")).await;
+    b["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_map_fixed_in_the_store_releases_its_dead_letter_and_survives_a_restart() {
+    use integration_tests::{client_with, spawn_with_base, store_command, token, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store_process = || {
+        let mut c = store_command(env!("CARGO_BIN_EXE_trialbridge-under-test"), &db, dir.path());
+        c.env("TRIALBRIDGE_LOAD_STUDY", "true");
+        c
+    };
+    let (mut store, base) = spawn_with_base(&mut store_process()).await;
+    let gdir = tempfile::tempdir().unwrap();
+    let g = TestGateway::start_in(gdir.path(), &base, |_| {}).await;
+    g.enrol(json!({"mrn": "4711", "authority": "KH-NORD", "subjectId": "MC-01-001", "gender": "female", "birthYear": 1988}))
+        .await;
+
+    // A local code the study's map does not have yet: acknowledged, held as a dead letter.
+    let height = "OBX|1|NM|KNIE-GR^Koerpergroesse^L||172|cm^^UCUM|||||F|||20260302093000+0100";
+    let ack = mllp_send(g.mllp, &oru("CM-1", &[height])).await;
+    assert_eq!(msa(&ack).0, "AA", "{ack}");
+    let dead = dead_letters(&g).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("KNIE-GR"));
+
+    // The study administrator adds the code to the site's map in the trial store.
+    let url = format!("{base}/ConceptMap/mesemcart-site-local-codes");
+    let mut map = get_json(&url).await;
+    let group = map["group"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|g| g["source"] == "urn:mesemcart:site-01:local" && g["target"] == "http://loinc.org")
+        .expect("site-01's LOINC group");
+    group["element"].as_array_mut().unwrap().push(json!({
+        "code": "KNIE-GR",
+        "target": [{"code": "8302-2", "equivalence": "equivalent"}]
+    }));
+    let admin = client_with(&token(Role::Admin, &[], ""));
+    let r = admin
+        .put(&url)
+        .header("content-type", "application/fhir+json")
+        .body(map.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let edited = get_json(&url).await;
+    let version = edited["meta"]["versionId"].clone();
+
+    // Replayed, the message goes out with the translated code.
+    let id = dead[0]["id"].as_i64().unwrap();
+    let r: Value = integration_tests::gateway::staff()
+        .post(g.url(&format!("/dead-letters/{id}/replay")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["result"], "queued", "{r}");
+    let obs = observations_at(&base, &g).await;
+    assert_eq!(obs.len(), 1, "{obs:?}");
+    assert_eq!(obs[0]["code"]["coding"][0]["code"], "8302-2", "{}", obs[0]);
+    assert_eq!(obs[0]["valueQuantity"]["value"], 172);
+    assert!(dead_letters(&g).await.is_empty());
+
+    // A restart loads the study again: the administrator's edit stays, no new version.
+    store.kill().await.unwrap();
+    let (_store, base) = spawn_with_base(&mut store_process()).await;
+    let after = get_json(&format!("{base}/ConceptMap/mesemcart-site-local-codes")).await;
+    assert_eq!(after["meta"]["versionId"], version, "{after}");
+    assert!(after.to_string().contains("KNIE-GR"));
+}

@@ -258,43 +258,52 @@ pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
 /// Looks a code up in the study's ConceptMaps: the target `(system, code, display)` of
 /// `(system, code)`, if a map has it.
 pub fn translate(system: &str, code: &str) -> Option<(String, String, Option<String>)> {
-    for cm in resources()
+    resources()
         .iter()
         .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("ConceptMap"))
+        .find_map(|cm| translate_in(cm, system, code))
+}
+
+/// Looks a code up in one ConceptMap (the built-in one, or the version an administrator
+/// edited in the trial store): the target `(system, code, display)` of `(system, code)`.
+/// An element whose first target is `unmatched` or `disjoint` translates to nothing.
+pub fn translate_in(
+    concept_map: &Value,
+    system: &str,
+    code: &str,
+) -> Option<(String, String, Option<String>)> {
+    for g in concept_map
+        .get("group")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
     {
-        for g in cm
-            .get("group")
+        if g.get("source").and_then(Value::as_str) != Some(system) {
+            continue;
+        }
+        let Some(target_system) = g.get("target").and_then(Value::as_str) else {
+            continue;
+        };
+        for e in g
+            .get("element")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
-            if g.get("source").and_then(Value::as_str) != Some(system) {
+            if e.get("code").and_then(Value::as_str) != Some(code) {
                 continue;
             }
-            let Some(target_system) = g.get("target").and_then(Value::as_str) else {
-                continue;
-            };
-            for e in g
-                .get("element")
+            let t = e
+                .get("target")
                 .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if e.get("code").and_then(Value::as_str) != Some(code) {
-                    continue;
-                }
-                let t = e
-                    .get("target")
-                    .and_then(Value::as_array)
-                    .and_then(|t| t.first())?;
-                let eq = t.get("equivalence").and_then(Value::as_str).unwrap_or("");
-                if matches!(eq, "unmatched" | "disjoint") {
-                    return None;
-                }
-                let tc = t.get("code").and_then(Value::as_str)?;
-                let display = t.get("display").and_then(Value::as_str).map(String::from);
-                return Some((target_system.to_string(), tc.to_string(), display));
+                .and_then(|t| t.first())?;
+            let eq = t.get("equivalence").and_then(Value::as_str).unwrap_or("");
+            if matches!(eq, "unmatched" | "disjoint") {
+                return None;
             }
+            let tc = t.get("code").and_then(Value::as_str)?;
+            let display = t.get("display").and_then(Value::as_str).map(String::from);
+            return Some((target_system.to_string(), tc.to_string(), display));
         }
     }
     None

@@ -134,6 +134,15 @@ pub struct GatewayArgs {
         global = true
     )]
     pub shutdown_grace_seconds: u64,
+    /// Seconds between reads of the site code map (ConceptMap mesemcart-site-local-codes)
+    /// from the trial store; a replay reads it first anyway.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_CODE_MAP_REFRESH_SECONDS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub code_map_refresh_seconds: u64,
 }
 
 /// Checked gateway configuration.
@@ -169,6 +178,8 @@ pub struct GatewayConfig {
     pub ehr: Option<ehr_pull::EhrConfig>,
     /// How the gateway authenticates to the trial store.
     pub store_token: StoreToken,
+    /// How often the site code map is read from the trial store.
+    pub code_map_refresh: Duration,
 }
 
 /// The bearer token the gateway sends to the trial store.
@@ -232,6 +243,7 @@ impl GatewayConfig {
             },
             ehr: None,
             store_token: StoreToken::None,
+            code_map_refresh: Duration::from_secs(60),
         }
     }
 
@@ -350,6 +362,7 @@ impl GatewayConfig {
                 max_connections: a.mllp_max_connections,
                 max_connections_per_address: a.mllp_max_per_address,
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_seconds),
+                code_map_refresh: Duration::from_secs(a.code_map_refresh_seconds.max(1)),
                 api: ApiAccess { tokens, hosts },
                 ehr,
                 store_token: a

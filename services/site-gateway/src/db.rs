@@ -734,6 +734,11 @@ impl Db {
                 let (n, v) = row?;
                 m.insert(n, v.into());
             }
+            // Every state is shown, an empty one as 0: "outbox 0" is an answer, a missing key
+            // is a question.
+            for state in [State::Outbox, State::Forwarded, State::Done, State::Dead] {
+                m.insert(format!("messages_{}", state.as_str()), 0.into());
+            }
             let mut q = conn.prepare("SELECT state, count(*) FROM message GROUP BY state")?;
             for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (n, v) = row?;

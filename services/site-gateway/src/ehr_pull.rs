@@ -286,6 +286,7 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
                         &Event::Results,
                         &[(&group, &who)],
                         &origin,
+                        &gateway.code_map.current(),
                         &gateway.validation,
                     );
                     let control = format!("{ty}/{id}/_history/{version}");

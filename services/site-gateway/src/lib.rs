@@ -7,6 +7,7 @@
 //! the same code.
 
 pub mod access;
+pub mod code_map;
 pub mod config;
 pub mod db;
 pub mod ehr_pull;
@@ -39,6 +40,8 @@ pub struct Gateway {
     pub(crate) validation: Arc<trialbridge_validation::Options>,
     /// The MLLP connections and what happened to them.
     pub connections: Arc<mllp::Connections>,
+    /// The site code map in use (the trial store's current version once read).
+    pub code_map: code_map::CodeMap,
 }
 
 /// Failures while starting the gateway.
@@ -92,6 +95,7 @@ impl Gateway {
             wake: Arc::new(tokio::sync::Notify::new()),
             validation: Arc::new(validation),
             connections: Arc::default(),
+            code_map: code_map::CodeMap::built_in(),
         })
     }
 
@@ -162,6 +166,11 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let forwarder = tokio::spawn(forwarder::run(gateway.clone(), stop_rx.clone()));
+    let code_map = tokio::spawn(gateway.code_map.clone().follow(
+        gateway.config.clone(),
+        gateway.config.code_map_refresh,
+        stop_rx.clone(),
+    ));
     let puller = gateway
         .config
         .ehr
@@ -187,7 +196,7 @@ pub async fn serve(
     shutdown.await;
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
-    let mut tasks = vec![listener, api, forwarder];
+    let mut tasks = vec![listener, api, forwarder, code_map];
     tasks.extend(puller);
     for t in tasks {
         let abort = t.abort_handle();

@@ -93,9 +93,9 @@ fn without_free_text(cc: &mut Value) {
     }
 }
 
-/// Translates the site-local codings of a CodeableConcept; `Err` names the first local code
-/// that has no translation (and no standard coding beside it).
-fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
+/// Translates the site-local codings of a CodeableConcept with the site code map `codes`;
+/// `Err` names the first local code that has no translation (and no standard coding beside it).
+fn translate(cc: &mut Value, site: &str, codes: &Value) -> Result<(), String> {
     let local = crate::mapping::local_system(site);
     let Some(codings) = cc.get_mut("coding").and_then(Value::as_array_mut) else {
         return Ok(());
@@ -106,7 +106,7 @@ fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
         let system = c.get("system").and_then(Value::as_str).unwrap_or("");
         let code = c.get("code").and_then(Value::as_str).unwrap_or("");
         if system == local {
-            match trialbridge_study::translate(&local, code) {
+            match trialbridge_study::translate_in(codes, &local, code) {
                 Some((s, k, d)) => {
                     let mut t = json!({"system": s, "code": k});
                     if let Some(d) = d {
@@ -122,7 +122,14 @@ fn translate(cc: &mut Value, site: &str) -> Result<(), String> {
     }
     if out.is_empty() {
         if let Some(code) = untranslated {
-            return Err(format!("the local code '{code}' of {site} has no entry in ConceptMap mesemcart-site-local-codes"));
+            let version = codes
+                .pointer("/meta/versionId")
+                .and_then(Value::as_str)
+                .map_or_else(|| "built in".to_string(), |v| format!("version {v}"));
+            return Err(format!(
+                "the local code '{code}' of {site} has no entry in ConceptMap {} ({version})",
+                crate::code_map::CONCEPT_MAP_ID
+            ));
         }
     }
     *codings = out;
@@ -136,6 +143,7 @@ fn group_entries(
     group: &PatientGroup,
     who: &Enrolment,
     origin: &Origin,
+    codes: &Value,
 ) -> Result<(Vec<Value>, usize), String> {
     let patient_ref = format!("Patient/{}", who.patient_id);
     let study = json!([{"url": STUDY_EXT, "valueReference": {"reference": format!("ResearchStudy/{}", who.site_study)}}]);
@@ -171,10 +179,10 @@ fn group_entries(
         // known by a local code alone waits for its translation (a dead letter until the
         // site's ConceptMap has it).
         if let Some(code) = r.get_mut("code") {
-            translate(code, &origin.site)?;
+            translate(code, &origin.site, codes)?;
         }
         if let Some(v) = r.get_mut("valueCodeableConcept") {
-            translate(v, &origin.site)?;
+            translate(v, &origin.site, codes)?;
         }
         // Displays and texts are what a person typed at the site (a name, a phone number in a
         // code's display): none leaves it. A code of the study gets the study's display.
@@ -229,11 +237,13 @@ fn group_entries(
 }
 
 /// Builds what leaves the site for one message: the groups of its enrolled patients, each
-/// with the subject it belongs to. Everything of a group points at that group's subject only.
+/// with the subject it belongs to, local codes translated with the site code map `codes`.
+/// Everything of a group points at that group's subject only.
 pub fn outgoing(
     event: &Event,
     groups: &[(&PatientGroup, &Enrolment)],
     origin: &Origin,
+    codes: &Value,
     validation: &Options,
 ) -> (Outgoing, usize) {
     if *event == Event::Merge {
@@ -242,7 +252,7 @@ pub fn outgoing(
     let mut entries: Vec<Value> = Vec::new();
     let mut dropped = 0;
     for (group, who) in groups {
-        match group_entries(event, group, who, origin) {
+        match group_entries(event, group, who, origin, codes) {
             Ok((mut e, d)) => {
                 entries.append(&mut e);
                 dropped += d;

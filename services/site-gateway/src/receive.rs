@@ -311,7 +311,14 @@ pub fn pseudonymise(
             })
         })
         .flatten();
-    let (out, dropped) = pseudonym::outgoing(&mapped.event, &enrolled, origin, &gateway.validation);
+    let codes = gateway.code_map.current();
+    let (out, dropped) = pseudonym::outgoing(
+        &mapped.event,
+        &enrolled,
+        origin,
+        &codes,
+        &gateway.validation,
+    );
     match out {
         Outgoing::Bundle(b) => Disposition::Forward {
             bundle: b.to_string(),
@@ -650,6 +657,9 @@ impl Gateway {
         let Some((d, raw)) = self.db.dead_letter(id).await? else {
             return Ok(None);
         };
+        // A dead letter is often replayed because the study's code map was fixed in the trial
+        // store a moment ago: read it now rather than at the next periodic refresh.
+        self.code_map.refresh_logged(&self.config).await;
         let msg = match Message::parse(&raw) {
             Ok(m) => m,
             Err(e) => return Ok(Some(format!("the message does not parse: {e}"))),
