@@ -343,6 +343,25 @@ async fn a04_then_an_a08_with_a_discharge_time_finishes_the_visit() {
     assert_eq!(enc[0]["status"], "finished", "{}", enc[0]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hl7_null_in_a_later_message_clears_what_an_earlier_one_said() {
+    // The discharge time is deleted by a correction (`""` in PV1-45): the visit is open again.
+    let (enc, _, _) = visit_story(&[
+        ("A01", ""),
+        ("A03", "20260305120000+0100"),
+        ("A08", "\"\""),
+    ])
+    .await;
+    assert_eq!(enc.len(), 1);
+    assert_eq!(enc[0]["status"], "in-progress", "{}", enc[0]);
+    assert_eq!(
+        enc[0]["period"],
+        json!({"start": "2026-03-02T08:15:00+01:00"}),
+        "{}",
+        enc[0]
+    );
+}
+
 /// The subject's Observations in the store at `base` (a system token), once the outbox of `g`
 /// has emptied.
 async fn observations_at(base: &str, g: &TestGateway) -> Vec<Value> {

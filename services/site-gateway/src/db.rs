@@ -213,24 +213,44 @@ pub struct DeadLetter {
 }
 
 /// A visit's Encounter as it stands after `new`: what `new` says replaces what was known, what
-/// it does not say stays (an A08 without a discharge time leaves the A03's end), and a finished
-/// visit stays finished (no trigger the gateway takes reopens one).
+/// it does not say stays (an A08 without a discharge time leaves the A03's end), a time `new`
+/// clears (HL7's `""`, marked by the mapping) is removed, and a finished visit stays finished
+/// unless `new` clears its end (no other trigger the gateway takes reopens one).
 fn merged_visit(known: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
     let mut out = known.clone();
     let (Some(o), Some(n)) = (out.as_object_mut(), new.as_object()) else {
         return new.clone();
     };
+    let reopens = new
+        .pointer("/period/_end")
+        .is_some_and(crate::mapping::is_cleared);
     for (k, v) in n {
         match (k.as_str(), o.get_mut(k)) {
-            ("period", Some(serde_json::Value::Object(p))) => {
+            ("period", Some(Value::Object(p))) => {
                 for (pk, pv) in v.as_object().into_iter().flatten() {
                     p.insert(pk.clone(), pv.clone());
                 }
             }
-            ("status", Some(serde_json::Value::String(s))) if s == "finished" => {}
+            ("status", Some(Value::String(s))) if s == "finished" && !reopens => {}
             _ => {
                 o.insert(k.clone(), v.clone());
             }
+        }
+    }
+    // The clear marks: each removes its element, then itself.
+    if let Some(Value::Object(p)) = o.get_mut("period") {
+        let cleared: Vec<String> = p
+            .iter()
+            .filter(|(k, v)| k.starts_with('_') && crate::mapping::is_cleared(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in cleared {
+            p.remove(&k);
+            p.remove(&k[1..]);
+        }
+        if p.is_empty() {
+            o.remove("period");
         }
     }
     out
@@ -262,10 +282,11 @@ fn merge_visits(conn: &Connection, bundle: &mut String, at: &str) -> Result<(), 
                 |r| r.get(0),
             )
             .optional()?;
-        let merged = match known.and_then(|k| serde_json::from_str::<serde_json::Value>(&k).ok()) {
-            Some(k) => merged_visit(&k, &e["resource"]),
-            None => e["resource"].clone(),
-        };
+        // The first message of a visit is merged into nothing, which removes its clear marks.
+        let known = known
+            .and_then(|k| serde_json::from_str::<serde_json::Value>(&k).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        let merged = merged_visit(&known, &e["resource"]);
         conn.execute(
             "INSERT INTO visit (encounter_id, resource, updated) VALUES (?1, ?2, ?3)
              ON CONFLICT(encounter_id) DO UPDATE SET resource = ?2, updated = ?3",
@@ -1071,5 +1092,14 @@ mod tests {
             "what the A08 says replaces what was known"
         );
         assert_eq!(v["period"]["end"], "2026-03-05T12:00:00+01:00");
+        // HL7's `""` in PV1-45 deletes the discharge time: the end goes, the visit reopens.
+        let end_deleted = json!({"resourceType": "Encounter", "id": "e", "status": "in-progress",
+            "period": {"_end": crate::mapping::cleared()}});
+        let v = merged_visit(&v, &end_deleted);
+        assert_eq!(v["period"], json!({"start": "2026-03-02T08:15:00+01:00"}));
+        assert_eq!(v["status"], "in-progress");
+        // A first message with a cleared time: nothing known, no mark left.
+        let v = merged_visit(&json!({}), &end_deleted);
+        assert!(v.get("period").is_none(), "{v}");
     }
 }

@@ -331,6 +331,9 @@ fn reference_range(text: &str, unit: &Field<'_>) -> Option<Value> {
 struct Ctx<'a> {
     site: &'a str,
     zone: &'a jiff::tz::TimeZone,
+    /// MSH-7, when the message was sent (never an observation time; it dates what the message
+    /// reports as done).
+    sent: Option<String>,
     errors: Vec<AckError>,
 }
 
@@ -593,9 +596,14 @@ fn observation(
 /// Maps a parsed message; content errors come back as ERR entries for an AE.
 pub fn map(m: &Message, site: &str, zone: &jiff::tz::TimeZone) -> Result<Mapped, Vec<AckError>> {
     let (ty, trigger, _) = m.message_type();
+    let sent = m
+        .segments()
+        .next()
+        .and_then(|msh| date_time(&msh.field(7).component(1), zone));
     let mut cx = Ctx {
         site,
         zone,
+        sent,
         errors: Vec::new(),
     };
     let event = match (ty.as_str(), trigger.as_str()) {
@@ -752,29 +760,72 @@ fn encounter(pv1: &Segment<'_>, event: &Event, cx: &mut Ctx<'_>) -> Option<Value
     let mut e = json!({"resourceType": "Encounter", "id": key,
         "status": if discharged { "finished" } else { "in-progress" },
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display}});
-    let start = cx.time(pv1, 1, 44);
-    let end = cx.time(pv1, 1, 45);
-    if start.is_some() || end.is_some() {
-        let mut p = Map::new();
-        if let Some(s) = start {
-            p.insert("start".into(), json!(s));
+    let mut p = Map::new();
+    for (n, element) in [(44, "start"), (45, "end")] {
+        if pv1.field(n).is_null() {
+            // HL7's `""`: the sender deleted the time; the visit merge removes what was known.
+            p.insert(format!("_{element}"), cleared());
+        } else if let Some(t) = cx.time(pv1, 1, n) {
+            p.insert(element.into(), json!(t));
         }
-        if let Some(s) = end {
-            p.insert("end".into(), json!(s));
-        }
+    }
+    if !p.is_empty() {
         e["period"] = Value::Object(p);
     }
     Some(e)
 }
 
+/// The site-side mark of a primitive the sender cleared with HL7's `""` (valid FHIR: a value
+/// absent for a reason). The gateway's visit merge removes the element and the mark, so
+/// neither leaves the site.
+pub fn cleared() -> Value {
+    json!({"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]})
+}
+
+/// Whether `v` is the mark [`cleared`] puts on a primitive.
+pub fn is_cleared(v: &Value) -> bool {
+    v.pointer("/extension/0/url").and_then(Value::as_str) == Some(DATA_ABSENT_REASON)
+}
+
+const DATA_ABSENT_REASON: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+
 fn procedure(pr1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
     let code_field = cx.required(pr1, seq, 3, "procedure code")?;
     let code = concept(&code_field, cx.site)?;
-    let mut p = json!({"resourceType": "Procedure", "id": format!("pr1-{seq}"), "status": "completed", "code": code});
-    if let Some(t) = cx.time(pr1, seq, 5) {
+    let performed = cx.time(pr1, seq, 5);
+    let status = procedure_status(&pr1.field(20).component(1), performed.as_deref(), cx.sent.as_deref());
+    let mut p = json!({"resourceType": "Procedure", "id": format!("pr1-{seq}"), "status": status, "code": code});
+    if let Some(t) = performed {
         p["performedDateTime"] = json!(t);
     }
     Some(p)
+}
+
+/// Procedure.status from the message. The v2-to-FHIR IG leaves it to the message context
+/// ("if not clear, use unknown"); here: PR1-20 (procedure action code, table 0206) `D`
+/// withdraws the procedure (entered-in-error); a procedure time (PR1-5) at or before the
+/// message time (MSH-7) reports a procedure done (completed); a later time (a planned
+/// procedure) or none is not clear (unknown).
+fn procedure_status(action: &str, performed: Option<&str>, sent: Option<&str>) -> &'static str {
+    if action.trim() == "D" {
+        return "entered-in-error";
+    }
+    match (performed, sent) {
+        (Some(p), Some(s)) if not_after(p, s) => "completed",
+        _ => "unknown",
+    }
+}
+
+/// Whether FHIR dateTime `a` is at or before `b` (instants compared as instants; a partial
+/// date compared on the precision both have).
+fn not_after(a: &str, b: &str) -> bool {
+    match (a.parse::<jiff::Timestamp>(), b.parse::<jiff::Timestamp>()) {
+        (Ok(x), Ok(y)) => x <= y,
+        _ => {
+            let n = a.len().min(b.len()).min(10);
+            a[..n] <= b[..n]
+        }
+    }
 }
 
 fn condition(dg1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
@@ -949,6 +1000,32 @@ mod tests {
         let enc = &g.resources[0];
         assert_eq!(enc["period"]["start"], "2026-03-16T10:15:00+01:00");
         assert!(enc["period"].get("end").is_none());
+    }
+
+    #[test]
+    fn procedure_status_comes_from_the_message() {
+        let adt = |pr1: &str| {
+            let text = format!("MSH|^~\\&|KIS|KH|TB|SP|20260316101500||ADT^A08|M1|P|2.6\rPID|1||4711^^^KH^MR\rPV1|1|I|||||||||||||||||V1\r{pr1}\r");
+            let m = map(&Message::parse(text.as_bytes()).unwrap(), "site-01", &z()).unwrap();
+            m.groups[0]
+                .resources
+                .iter()
+                .find(|r| r["resourceType"] == "Procedure")
+                .unwrap()["status"]
+                .clone()
+        };
+        // Done before the message was sent; planned after it; no time; withdrawn (PR1-20 D).
+        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260316080000"), "completed");
+        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260316"), "completed");
+        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260320080000"), "unknown");
+        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS"), "unknown");
+        assert_eq!(
+            adt("PR1|1||5-812.5^Knorpel^OPS||20260316080000|||||||||||||||D"),
+            "entered-in-error"
+        );
+        // An offset given in the message is compared as an instant: 09:30 UTC is after 10:15
+        // Berlin winter time (09:15 UTC).
+        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260316093000+0000"), "unknown");
     }
 
     #[test]
