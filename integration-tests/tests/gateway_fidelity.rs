@@ -346,12 +346,8 @@ async fn a04_then_an_a08_with_a_discharge_time_finishes_the_visit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_hl7_null_in_a_later_message_clears_what_an_earlier_one_said() {
     // The discharge time is deleted by a correction (`""` in PV1-45): the visit is open again.
-    let (enc, _, _) = visit_story(&[
-        ("A01", ""),
-        ("A03", "20260305120000+0100"),
-        ("A08", "\"\""),
-    ])
-    .await;
+    let (enc, _, _) =
+        visit_story(&[("A01", ""), ("A03", "20260305120000+0100"), ("A08", "\"\"")]).await;
     assert_eq!(enc.len(), 1);
     assert_eq!(enc[0]["status"], "in-progress", "{}", enc[0]);
     assert_eq!(
@@ -386,7 +382,11 @@ async fn a_code_map_fixed_in_the_store_releases_its_dead_letter_and_survives_a_r
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("store.db").display());
     let store_process = || {
-        let mut c = store_command(env!("CARGO_BIN_EXE_trialbridge-under-test"), &db, dir.path());
+        let mut c = store_command(
+            env!("CARGO_BIN_EXE_trialbridge-under-test"),
+            &db,
+            dir.path(),
+        );
         c.env("TRIALBRIDGE_LOAD_STUDY", "true");
         c
     };

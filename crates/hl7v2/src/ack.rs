@@ -55,6 +55,8 @@ pub struct AckError {
     pub sequence: usize,
     /// Field number, if one.
     pub field: Option<usize>,
+    /// Which repetition of the field (1-based; ERR-2.4); the first when not set.
+    pub repetition: Option<usize>,
     /// HL7 table 0357 code (`101` required field missing, `102` data type error, `103` table
     /// value not found, `200` unsupported message type, `203` unsupported version id, `207`
     /// application internal error).
@@ -72,6 +74,7 @@ impl AckError {
             segment: String::new(),
             sequence: 1,
             field: None,
+            repetition: None,
             code,
             severity: 'E',
             text: text.into(),
@@ -90,6 +93,7 @@ impl AckError {
             segment: segment.to_string(),
             sequence,
             field: None,
+            repetition: None,
             code,
             severity: 'E',
             text: text.into(),
@@ -108,10 +112,19 @@ impl AckError {
             segment: segment.to_string(),
             sequence,
             field: Some(field),
+            repetition: None,
             code,
             severity: 'E',
             text: text.into(),
         }
+    }
+}
+
+impl AckError {
+    /// The same error, located in the `n`-th repetition of its field.
+    pub fn in_repetition(mut self, n: usize) -> Self {
+        self.repetition = Some(n);
+        self
     }
 }
 
@@ -247,6 +260,7 @@ pub fn build(
     } else {
         of.version.clone()
     };
+    let old = version.as_str() < "2.5";
     let mut out = format!(
         "MSH{f}{enc}{f}{ra}{f}{rf}{f}{sa}{f}{sf}{f}{now}{f}{f}ACK{c}{trig}{c}ACK{f}{cid}{f}{pid}{f}{ver}",
         enc = d.encoding_characters(),
@@ -283,17 +297,19 @@ pub fn build(
             text
         ));
     }
-    let old = version.as_str() < "2.5";
     for e in errors {
-        let loc = if e.segment.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "{}{c}{}{c}{}",
+        // ERR-2 (ERL): segment ^ sequence ^ field ^ field repetition; ERR-1 (v2.1-2.4) has
+        // no place for the repetition.
+        let loc = match (e.segment.is_empty(), e.field) {
+            (true, _) => String::new(),
+            (false, None) => format!("{}{c}{}", e.segment, e.sequence),
+            (false, Some(n)) if old => format!("{}{c}{}{c}{n}", e.segment, e.sequence),
+            (false, Some(n)) => format!(
+                "{}{c}{}{c}{n}{c}{}",
                 e.segment,
                 e.sequence,
-                e.field.map(|n| n.to_string()).unwrap_or_default()
-            )
+                e.repetition.unwrap_or(1)
+            ),
         };
         let text = escape(&e.text, d);
         if old {
@@ -350,7 +366,7 @@ mod tests {
         assert_eq!(msa.field(1).raw(), "AE");
         assert_eq!(msa.field(2).raw(), "C123");
         let err = parsed.segment("ERR").unwrap();
-        assert_eq!(err.field(2).raw(), "OBX^2^5");
+        assert_eq!(err.field(2).raw(), "OBX^2^5^1");
         assert_eq!(err.field(3).component(1), "102");
         assert_eq!(err.field(4).raw(), "E");
         assert!(of.wants(AckCode::AA));
@@ -369,7 +385,7 @@ mod tests {
                 "102",
                 "OBX-14 '2026-13' is not an HL7 date/time",
             ),
-            AckError::at("PID", 1, 7, "102", "PID-7 'abc' is not a date of birth"),
+            AckError::at("PID", 1, 7, "102", "PID-7 'abc' is not a date of birth").in_repetition(2),
         ];
         let ack = build(&Acknowledged::of(&m), AckCode::AE, &errors, "A9", "1");
         let parsed = Message::parse(ack.as_bytes()).unwrap();
@@ -377,7 +393,7 @@ mod tests {
             .segments_named("ERR")
             .map(|e| e.field(2).raw().to_string())
             .collect();
-        assert_eq!(locations, ["OBX^1^5", "OBX^3^14", "PID^1^7"]);
+        assert_eq!(locations, ["OBX^1^5^1", "OBX^3^14^1", "PID^1^7^2"]);
         let msa3 = parsed.segment("MSA").unwrap().field(3).value().into_owned();
         assert!(
             msa3.starts_with("3 errors, each in an ERR segment; the first: OBX-5"),

@@ -145,7 +145,13 @@ impl CodeMap {
             }
             _ => Err(RefreshError::Refused {
                 status,
-                detail: r.text().await.unwrap_or_default().chars().take(300).collect(),
+                detail: r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect(),
             }),
         }
     }
@@ -160,7 +166,9 @@ impl CodeMap {
             Ok(Refreshed::Missing) => tracing::warn!(
                 "the trial store holds no ConceptMap/{CONCEPT_MAP_ID}; the map in use stays"
             ),
-            Err(e) => tracing::warn!(error = %e, "site code map not refreshed; the map in use stays"),
+            Err(e) => {
+                tracing::warn!(error = %e, "site code map not refreshed; the map in use stays")
+            }
         }
     }
 
@@ -188,15 +196,29 @@ mod tests {
     #[test]
     fn the_built_in_map_translates_until_the_store_answers() {
         let m = CodeMap::built_in();
-        let t = trialbridge_study::translate_in(&m.current(), "urn:mesemcart:site-01:local", "BMI").unwrap();
-        assert_eq!((t.0.as_str(), t.1.as_str()), ("http://loinc.org", "39156-5"));
-        assert!(trialbridge_study::translate_in(&m.current(), "urn:mesemcart:site-01:local", "NEW").is_none());
+        let t = trialbridge_study::translate_in(&m.current(), "urn:mesemcart:site-01:local", "BMI")
+            .unwrap();
+        assert_eq!(
+            (t.0.as_str(), t.1.as_str()),
+            ("http://loinc.org", "39156-5")
+        );
+        assert!(trialbridge_study::translate_in(
+            &m.current(),
+            "urn:mesemcart:site-01:local",
+            "NEW"
+        )
+        .is_none());
         let mut edited = (*m.current()).clone();
         edited["group"][0]["element"]
             .as_array_mut()
             .unwrap()
             .push(serde_json::json!({"code": "NEW", "target": [{"code": "8302-2", "equivalence": "equivalent"}]}));
         m.set(edited, Some("W/\"2\"".into()));
-        assert!(trialbridge_study::translate_in(&m.current(), "urn:mesemcart:site-01:local", "NEW").is_some());
+        assert!(trialbridge_study::translate_in(
+            &m.current(),
+            "urn:mesemcart:site-01:local",
+            "NEW"
+        )
+        .is_some());
     }
 }

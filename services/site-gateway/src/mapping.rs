@@ -487,88 +487,44 @@ fn observation(
     };
     let mut o = json!({"resourceType": "Observation", "id": format!("obx-{seq}"), "status": status, "code": code});
     let v = seg.field(5);
-    if !v.is_empty() {
-        match value_type.as_str() {
-            "NM" => {
-                let raw = v.component(1);
-                let Some(num) = decimal(&raw) else {
-                    cx.errors.push(AckError::at(
-                        "OBX",
-                        seq,
-                        5,
-                        "102",
-                        format!("OBX-5 '{raw}' is not a number (OBX-2 is NM)"),
-                    ));
-                    return None;
-                };
-                o["valueQuantity"] = quantity(num, &seg.field(6));
-            }
-            "ST" | "TX" | "FT" => {
-                o["valueString"] = json!(v
-                    .repetitions()
-                    .map(|r| r.value().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("\n"));
-            }
-            "CE" | "CWE" | "CNE" => {
-                if let Some(cc) = concept(&v, cx.site) {
-                    o["valueCodeableConcept"] = cc;
+    match value_type.as_str() {
+        // Text repeats into one string, a line per repetition.
+        "ST" | "TX" | "FT" if !v.is_empty() => {
+            o["valueString"] = json!(v
+                .repetitions()
+                .map(|r| r.value().into_owned())
+                .collect::<Vec<_>>()
+                .join("\n"));
+        }
+        _ => {
+            // Any other value repeats into components of the same code, one per value, as
+            // the v2-to-FHIR IG (and FHIR-Converter) map it: no value is dropped.
+            let mut values = Vec::new();
+            for (i, rep) in v.repetitions().enumerate() {
+                if rep.is_empty() {
+                    continue;
+                }
+                match observation_value(&rep, &value_type, seg, seq, i + 1, cx) {
+                    Ok(Some(kv)) => values.push(kv),
+                    Ok(None) => {}
+                    Err(()) => return None,
                 }
             }
-            "SN" => {
-                let comparator = v.component(1);
-                let n1 = v.component(2);
-                let sep = v.component(3);
-                let n2 = v.component(4);
-                // SN: comparator ^ num1 ^ separator/suffix ^ num2; the unit is OBX-6.
-                let unit = seg.field(6);
-                let valid_comparator = matches!(
-                    comparator.as_ref(),
-                    "" | "<" | "<=" | ">" | ">=" | "=" | "<>"
+            if values.len() == 1 {
+                let (k, val) = values.remove(0);
+                o[k] = val;
+            } else if !values.is_empty() {
+                o["component"] = Value::Array(
+                    values
+                        .into_iter()
+                        .map(|(k, val)| {
+                            let mut c = json!({"code": o["code"].clone()});
+                            c[k] = val;
+                            c
+                        })
+                        .collect(),
                 );
-                match (valid_comparator, sep.as_ref(), decimal(&n1), decimal(&n2)) {
-                    (true, "" | "+", Some(a), None) if n2.trim().is_empty() => {
-                        let mut q = quantity(a, &unit);
-                        if matches!(comparator.as_ref(), "<" | "<=" | ">" | ">=") {
-                            q["comparator"] = json!(comparator);
-                        }
-                        o["valueQuantity"] = q;
-                    }
-                    (true, "-", Some(a), Some(b)) if comparator.is_empty() => {
-                        o["valueRange"] =
-                            json!({"low": quantity(a, &unit), "high": quantity(b, &unit)})
-                    }
-                    (true, ":" | "/", Some(a), Some(b)) if comparator.is_empty() => {
-                        o["valueRatio"] =
-                            json!({"numerator": {"value": a}, "denominator": {"value": b}})
-                    }
-                    _ => {
-                        cx.errors.push(AckError::at(
-                            "OBX",
-                            seq,
-                            5,
-                            "102",
-                            format!("OBX-5 '{}' is not a structured numeric", v.raw()),
-                        ));
-                        return None;
-                    }
-                }
             }
-            "DT" | "TS" | "DTM" => match date_time(&v.component(1), cx.zone) {
-                Some(t) => o["valueDateTime"] = json!(t),
-                None => {
-                    cx.errors.push(AckError::at(
-                        "OBX",
-                        seq,
-                        5,
-                        "102",
-                        format!("OBX-5 '{}' is not a date/time", v.raw()),
-                    ));
-                    return None;
-                }
-            },
-            // Other value types (CQ, MO, NA, ...) are kept without a value.
-            _ => {}
         }
     }
     // The reference range from its numbers only (`18.5-25`, `<5`, `>=60`): its text may be
@@ -591,6 +547,76 @@ fn observation(
         o["effectiveDateTime"] = json!(t)
     }
     Some(o)
+}
+
+/// One OBX-5 value (repetition `rep`) of type `value_type` as its `value[x]` element, `None`
+/// for types without a FHIR value here (CQ, MO, NA, ...), `Err` after an ERR entry.
+fn observation_value(
+    v: &Field<'_>,
+    value_type: &str,
+    seg: &Segment<'_>,
+    seq: usize,
+    rep: usize,
+    cx: &mut Ctx<'_>,
+) -> Result<Option<(&'static str, Value)>, ()> {
+    let mut refuse = |cx: &mut Ctx<'_>, text: String| {
+        cx.errors
+            .push(AckError::at("OBX", seq, 5, "102", text).in_repetition(rep));
+        Err(())
+    };
+    Ok(Some(match value_type {
+        "NM" => {
+            let raw = v.component(1);
+            let Some(num) = decimal(&raw) else {
+                return refuse(cx, format!("OBX-5 '{raw}' is not a number (OBX-2 is NM)"));
+            };
+            ("valueQuantity", quantity(num, &seg.field(6)))
+        }
+        "CE" | "CWE" | "CNE" => match concept(v, cx.site) {
+            Some(cc) => ("valueCodeableConcept", cc),
+            None => return Ok(None),
+        },
+        "SN" => {
+            let comparator = v.component(1);
+            let n1 = v.component(2);
+            let sep = v.component(3);
+            let n2 = v.component(4);
+            // SN: comparator ^ num1 ^ separator/suffix ^ num2; the unit is OBX-6.
+            let unit = seg.field(6);
+            let valid_comparator = matches!(
+                comparator.as_ref(),
+                "" | "<" | "<=" | ">" | ">=" | "=" | "<>"
+            );
+            match (valid_comparator, sep.as_ref(), decimal(&n1), decimal(&n2)) {
+                (true, "" | "+", Some(a), None) if n2.trim().is_empty() => {
+                    let mut q = quantity(a, &unit);
+                    if matches!(comparator.as_ref(), "<" | "<=" | ">" | ">=") {
+                        q["comparator"] = json!(comparator);
+                    }
+                    ("valueQuantity", q)
+                }
+                (true, "-", Some(a), Some(b)) if comparator.is_empty() => (
+                    "valueRange",
+                    json!({"low": quantity(a, &unit), "high": quantity(b, &unit)}),
+                ),
+                (true, ":" | "/", Some(a), Some(b)) if comparator.is_empty() => (
+                    "valueRatio",
+                    json!({"numerator": {"value": a}, "denominator": {"value": b}}),
+                ),
+                _ => {
+                    return refuse(
+                        cx,
+                        format!("OBX-5 '{}' is not a structured numeric", v.raw()),
+                    )
+                }
+            }
+        }
+        "DT" | "TS" | "DTM" => match date_time(&v.component(1), cx.zone) {
+            Some(t) => ("valueDateTime", json!(t)),
+            None => return refuse(cx, format!("OBX-5 '{}' is not a date/time", v.raw())),
+        },
+        _ => return Ok(None),
+    }))
 }
 
 /// Maps a parsed message; content errors come back as ERR entries for an AE.
@@ -793,7 +819,11 @@ fn procedure(pr1: &Segment<'_>, seq: usize, cx: &mut Ctx<'_>) -> Option<Value> {
     let code_field = cx.required(pr1, seq, 3, "procedure code")?;
     let code = concept(&code_field, cx.site)?;
     let performed = cx.time(pr1, seq, 5);
-    let status = procedure_status(&pr1.field(20).component(1), performed.as_deref(), cx.sent.as_deref());
+    let status = procedure_status(
+        &pr1.field(20).component(1),
+        performed.as_deref(),
+        cx.sent.as_deref(),
+    );
     let mut p = json!({"resourceType": "Procedure", "id": format!("pr1-{seq}"), "status": status, "code": code});
     if let Some(t) = performed {
         p["performedDateTime"] = json!(t);
@@ -1003,6 +1033,29 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_value_becomes_components_and_a_bad_one_is_refused_where_it_is() {
+        let oru = |obx5: &str| {
+            let text = format!("MSH|^~\\&|LAB|KH|TB|SP|20260316101500+0100||ORU^R01|M1|P|2.5.1\rPID|1||4711^^^KH^MR\rOBR|1|||x|||20260316090000\rOBX|1|NM|29463-7^W^LN||{obx5}|kg^^UCUM|||||F\r");
+            map(&Message::parse(text.as_bytes()).unwrap(), "site-01", &z())
+        };
+        let m = oru("70~71").unwrap();
+        let o = &m.groups[0].resources[0];
+        assert!(o.get("valueQuantity").is_none());
+        let values: Vec<&Value> = o["component"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["valueQuantity"]["value"])
+            .collect();
+        assert_eq!(values, [&json!(70), &json!(71)]);
+        assert_eq!(o["component"][1]["code"], o["code"]);
+        let errors = oru("70~x").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].field, errors[0].repetition), (Some(5), Some(2)));
+        assert!(errors[0].text.contains("'x'"), "{}", errors[0].text);
+    }
+
+    #[test]
     fn procedure_status_comes_from_the_message() {
         let adt = |pr1: &str| {
             let text = format!("MSH|^~\\&|KIS|KH|TB|SP|20260316101500||ADT^A08|M1|P|2.6\rPID|1||4711^^^KH^MR\rPV1|1|I|||||||||||||||||V1\r{pr1}\r");
@@ -1015,7 +1068,10 @@ mod tests {
                 .clone()
         };
         // Done before the message was sent; planned after it; no time; withdrawn (PR1-20 D).
-        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260316080000"), "completed");
+        assert_eq!(
+            adt("PR1|1||5-812.5^Knorpel^OPS||20260316080000"),
+            "completed"
+        );
         assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260316"), "completed");
         assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260320080000"), "unknown");
         assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS"), "unknown");
@@ -1025,7 +1081,10 @@ mod tests {
         );
         // An offset given in the message is compared as an instant: 09:30 UTC is after 10:15
         // Berlin winter time (09:15 UTC).
-        assert_eq!(adt("PR1|1||5-812.5^Knorpel^OPS||20260316093000+0000"), "unknown");
+        assert_eq!(
+            adt("PR1|1||5-812.5^Knorpel^OPS||20260316093000+0000"),
+            "unknown"
+        );
     }
 
     #[test]

@@ -752,7 +752,7 @@ mod tests {
         assert_eq!(refused.code, AckCode::AR);
         let ack = refused.ack.unwrap();
         assert!(ack.contains("MSA|AR|A1|"), "{ack}");
-        assert!(ack.contains("ERR||MSH^3^|100"), "{ack}");
+        assert!(ack.contains("ERR||MSH^3|100"), "{ack}");
     }
 
     #[test]

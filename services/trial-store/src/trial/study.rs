@@ -131,8 +131,7 @@ mod tests {
             trialbridge_storage::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
                 .await
                 .unwrap();
-        let options =
-            crate::config::validation_options(crate::config::DEFAULT_EXTENSION_DOMAINS);
+        let options = crate::config::validation_options(crate::config::DEFAULT_EXTENSION_DOMAINS);
         let rules = || -> std::sync::Arc<dyn crate::fhir::WriteRules> {
             std::sync::Arc::new(crate::fhir::NoRules)
         };
@@ -145,9 +144,16 @@ mod tests {
         // An administrator's edit (another writer, another version).
         let mut edited = built_in.clone();
         edited["title"] = serde_json::json!("edited by the study administrator");
-        load_values(&*store, rules(), "admin", vec![LoadItem::of(edited)], &options, None)
-            .await
-            .unwrap();
+        load_values(
+            &*store,
+            rules(),
+            "admin",
+            vec![LoadItem::of(edited)],
+            &options,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(current(&*store).await.0, 2);
         // A restart with the same built-in definition keeps the edit.
         let again = load_definition(&*store, rules(), &options, std::slice::from_ref(&built_in))
@@ -155,7 +161,10 @@ mod tests {
             .unwrap();
         assert_eq!((again.updated, again.unchanged), (0, 1));
         let (version, body) = current(&*store).await;
-        assert_eq!((version, body["title"].as_str()), (2, Some("edited by the study administrator")));
+        assert_eq!(
+            (version, body["title"].as_str()),
+            (2, Some("edited by the study administrator"))
+        );
         // A binary with a newer definition loads it.
         let mut newer = built_in.clone();
         newer["version"] = serde_json::json!("1.1.0");
