@@ -559,7 +559,7 @@ fn observation_value(
     rep: usize,
     cx: &mut Ctx<'_>,
 ) -> Result<Option<(&'static str, Value)>, ()> {
-    let mut refuse = |cx: &mut Ctx<'_>, text: String| {
+    let refuse = |cx: &mut Ctx<'_>, text: String| {
         cx.errors
             .push(AckError::at("OBX", seq, 5, "102", text).in_repetition(rep));
         Err(())

@@ -5,10 +5,11 @@
 //! crate's own thin `main` (`trial-store`), the all-in-one `trialbridge` binary and the
 //! integration tests start exactly this code.
 //!
-//! Layout: `http` (routes and handlers, the only module that knows HTTP), `error` (the one place
-//! where failures become OperationOutcomes), `interactions` (create/update/delete semantics on a
-//! storage write transaction, shared by the REST handlers and Bundle processing), `bundle`
-//! (transaction and batch), `history`, `search`, `capability`.
+//! Layout, in four rooms that import only downwards: `rest` (the only module that knows HTTP:
+//! routes, tokens, negotiation, answers) -> `trial` (protocol rules, the study definition,
+//! monitoring) -> `fhir` (interactions, Bundles, search, history, `$validate`, `$export`, the
+//! change feed) -> storage; `security` (callers and the audit trail) imports no sibling, and
+//! `error` (the one place where failures become OperationOutcomes) and `config` sit below all.
 
 pub mod config;
 pub mod error;
