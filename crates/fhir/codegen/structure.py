@@ -266,7 +266,10 @@ def main(src, out_dir, header):
                         b = f"Some(Binding {{ strength: BindingStrength::{strength}, value_set: &VALUE_SETS[{idx}] }})"
                 invs = ", ".join(f"&INVARIANTS[{inv_pos[k]}]" for k in e["invariants"])
                 for code, targets in e["types"]:
-                    json_name = base + (code[0].upper() + code[1:] if choice else "")
+                    # JSON names a choice branch by the type code; a Quantity profile
+                    # (SimpleQuantity, MoneyQuantity) keeps its rules but is named Quantity.
+                    json_type = "Quantity" if code in ("SimpleQuantity", "MoneyQuantity") else code
+                    json_name = base + (json_type[0].upper() + json_type[1:] if choice else "")
                     if choice and "." in code:
                         raise SystemExit("backbone in choice " + n + "." + leaf)
                     tgt = ", ".join(rs(x) for x in targets)

@@ -233,6 +233,51 @@ mod tests {
         assert!(CORE_EXTENSIONS.windows(2).all(|w| w[0].url < w[1].url));
     }
 
+    /// R4's JSON names a choice branch after the element's type code: a branch typed with a
+    /// profile of Quantity (SimpleQuantity, MoneyQuantity) is `...Quantity`
+    /// (`Dosage.doseAndRate.doseQuantity`), its rules those of the profile.
+    #[test]
+    fn every_choice_branch_is_named_by_its_json_type() {
+        let mut quantity_profiles = Vec::new();
+        for t in TYPES {
+            for e in t.elements.iter().filter(|e| !e.choice.is_empty()) {
+                let suffix = &e.name[e.choice.len()..];
+                let expected = match e.ty.name {
+                    "SimpleQuantity" | "MoneyQuantity" => {
+                        quantity_profiles.push(format!("{}.{}", t.name, e.name));
+                        "Quantity".to_string()
+                    }
+                    ty => {
+                        let mut c = ty.chars();
+                        c.next()
+                            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                            .unwrap_or_default()
+                    }
+                };
+                assert_eq!(suffix, expected, "{}.{}", t.name, e.name);
+                let model = match e.ty.name {
+                    "SimpleQuantity" | "MoneyQuantity" => "Quantity",
+                    t => t,
+                };
+                assert!(type_def(model).is_some(), "{}: {}", e.name, e.ty.name);
+            }
+        }
+        quantity_profiles.sort();
+        assert_eq!(
+            quantity_profiles,
+            [
+                "Coverage.costToBeneficiary.valueQuantity",
+                "Dosage.doseAndRate.doseQuantity",
+                "Dosage.doseAndRate.rateQuantity",
+                "MedicationAdministration.dosage.rateQuantity",
+                "MedicationKnowledge.administrationGuidelines.patientCharacteristics.characteristicQuantity",
+                "MedicationKnowledge.drugCharacteristic.valueQuantity",
+                "NutritionOrder.enteralFormula.administration.rateQuantity",
+                "SpecimenDefinition.typeTested.container.minimumVolumeQuantity",
+            ]
+        );
+    }
+
     #[test]
     fn observation_model_matches_the_specification() {
         let obs = type_def("Observation").unwrap();

@@ -345,3 +345,36 @@ fn the_valid_bases_break_nothing() {
         validate_resource(&c, &options)
     );
 }
+
+/// R4 names a SimpleQuantity choice branch `...Quantity` (`doseAndRate.doseQuantity`), and
+/// the SimpleQuantity rule (no comparator, sqty-1) holds there.
+#[test]
+fn simple_quantity_choices_are_named_as_r4_names_them() {
+    let statement = |dose: Value| {
+        json!({"resourceType": "MedicationStatement", "status": "active",
+            "medicationCodeableConcept": {"text": "x"}, "subject": {"reference": "Patient/p"},
+            "dosage": [{"doseAndRate": [dose]}]})
+    };
+    let options = Options::default();
+    let ok = validate_resource(
+        &statement(json!({"doseQuantity": {"value": 1, "unit": "tablet"}})),
+        &options,
+    );
+    assert!(!ok.has_errors(), "{:#?}", ok.issues);
+    let comparator = validate_resource(
+        &statement(json!({"doseQuantity": {"value": 1, "comparator": "<"}})),
+        &options,
+    );
+    assert!(comparator.has_errors(), "a SimpleQuantity has no comparator");
+    let misnamed = validate_resource(
+        &statement(json!({"doseSimpleQuantity": {"value": 1}})),
+        &options,
+    );
+    assert!(
+        misnamed
+            .errors()
+            .any(|i| i.diagnostics.contains("doseSimpleQuantity")),
+        "{:#?}",
+        misnamed.issues
+    );
+}
