@@ -61,11 +61,7 @@ fn load_is_idempotent_and_refuses_transactions() {
             .env("TRIALBRIDGE_DATABASE_URL", &db)
             .env(
                 "TRIALBRIDGE_EXTENSION_DOMAINS",
-                format!(
-                    "{},{}",
-                    trial_store::config::DEFAULT_EXTENSION_DOMAINS,
-                    EXAMPLE_EXTENSION_DOMAINS.join(",")
-                ),
+                EXAMPLE_EXTENSION_DOMAINS.join(","),
             )
             .output()
             .unwrap()

@@ -201,3 +201,41 @@ async fn a_transaction_with_bad_entries_names_every_one_and_writes_nothing() {
     let n: Value = get_json(&s.url("Patient?_summary=count")).await;
     assert_eq!(n["total"], 0);
 }
+
+/// R4: "Applications should not reject resources merely because they contain extensions".
+/// An extension of no accepted domain (here the German MII's) is stored as sent; an unknown
+/// modifierExtension is refused; `TRIALBRIDGE_EXTENSIONS=strict` refuses both.
+#[tokio::test]
+async fn unknown_extensions_are_stored_as_sent_unless_they_modify_or_strict_is_asked() {
+    let mii = json!([{"url": "https://www.medizininformatik-initiative.de/fhir/core/modul-person/StructureDefinition/Geschlecht-Admin", "valueCoding": {"code": "D"}}]);
+    let patient = |member: &str| {
+        let mut p = json!({"resourceType": "Patient", "gender": "other"});
+        p[member] = mii.clone();
+        p.to_string()
+    };
+    let s = TestStore::start().await;
+    let r = post_fhir(s.url("Patient"), patient("extension"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let stored = get_json(&location).await;
+    assert_eq!(stored["extension"], mii, "{stored}");
+    let r = post_fhir(s.url("Patient"), patient("modifierExtension"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let strict = TestStore::start_with(|c| {
+        c.validation.extensions = trialbridge_validation::ExtensionPolicy::Strict
+    })
+    .await;
+    let r = post_fhir(strict.url("Patient"), patient("extension"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let oo: Value = r.json().await.unwrap();
+    assert_eq!(expressions(&oo), ["Patient.extension[0]"], "{oo}");
+}

@@ -88,10 +88,26 @@ pub struct Options {
     /// Bounds on bodies (layer 1).
     pub limits: Limits,
     /// URL prefixes of extensions accepted without a definition here (the study's canonical
-    /// base, national base profiles). Any other non-core extension is an error.
+    /// base, national base profiles).
     pub extension_domains: Vec<String>,
+    /// What an extension of no accepted domain is.
+    pub extensions: ExtensionPolicy,
     /// Treat HTML tags inside markdown as errors (else warnings).
     pub no_html_in_markdown: bool,
+}
+
+/// What an extension is when neither R4 nor an accepted domain defines it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExtensionPolicy {
+    /// As R4 says ("applications should not reject resources merely because they contain
+    /// extensions"): a warning that names it, the resource kept as sent; an unknown
+    /// modifierExtension is an error (it changes the meaning of what holds it). Example URLs
+    /// are a warning.
+    #[default]
+    Lenient,
+    /// Every unknown extension and every example URL is an error (the HL7 Java validator's
+    /// default; for sponsors who want only what they defined).
+    Strict,
 }
 
 /// Validates a resource that is already parsed: layers 2-4 (structure, bindings, invariants).

@@ -465,10 +465,12 @@ impl<'o> Walk<'o> {
             }
         }
         if ty == "url" && is_example_url(s) {
-            self.error(
-                IssueType::Value,
-                format!("example URLs are not allowed in real data ({s})"),
-            );
+            let msg = format!("example URLs do not belong in real data ({s})");
+            if self.options.extensions == crate::ExtensionPolicy::Strict {
+                self.error(IssueType::Value, msg);
+            } else {
+                self.issue(IssueSeverity::Warning, IssueType::Value, msg);
+            }
         }
     }
 
@@ -533,10 +535,29 @@ impl<'o> Walk<'o> {
         {
             return;
         }
-        self.error(
-            IssueType::Structure,
-            format!("the extension {url} is not defined by FHIR R4 or an accepted domain ({}), so it is not allowed here", self.options.extension_domains.join(", ")),
-        );
+        let modifier = self
+            .path
+            .rsplit('.')
+            .next()
+            .is_some_and(|leaf| leaf.starts_with("modifierExtension"));
+        let domains = self.options.extension_domains.join(", ");
+        if modifier {
+            self.error(
+                IssueType::Structure,
+                format!("the modifier extension {url} is not defined by FHIR R4 or an accepted domain ({domains}); a modifier changes the meaning of what holds it, so it cannot be accepted unknown"),
+            );
+        } else if self.options.extensions == crate::ExtensionPolicy::Strict {
+            self.error(
+                IssueType::Structure,
+                format!("the extension {url} is not defined by FHIR R4 or an accepted domain ({domains}), so it is not allowed here (strict extensions)"),
+            );
+        } else {
+            self.issue(
+                IssueSeverity::Warning,
+                IssueType::Informational,
+                format!("the extension {url} is not defined by FHIR R4 or an accepted domain ({domains}); it is kept as sent, unchecked"),
+            );
+        }
     }
 
     fn code_binding(&mut self, el: &'static ElementDef, system: Option<&str>, code: &str) {

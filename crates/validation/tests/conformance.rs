@@ -19,7 +19,9 @@ fn agrees_with_the_reference_validator() {
         let file = case["file"].as_str().unwrap();
         let body = std::fs::read(dir.join("inputs").join(file)).unwrap();
         // A case may set the reference validator's options; the ones trialbridge has apply.
+        // Unknown extensions as the Java validator treats them by default (strict).
         let options = Options {
+            extensions: trialbridge_validation::ExtensionPolicy::Strict,
             no_html_in_markdown: case["noHtmlInMarkdown"].as_bool().unwrap_or(false),
             extension_domains: case["allowed-extension-domain"]
                 .as_str()

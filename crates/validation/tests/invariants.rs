@@ -365,7 +365,10 @@ fn simple_quantity_choices_are_named_as_r4_names_them() {
         &statement(json!({"doseQuantity": {"value": 1, "comparator": "<"}})),
         &options,
     );
-    assert!(comparator.has_errors(), "a SimpleQuantity has no comparator");
+    assert!(
+        comparator.has_errors(),
+        "a SimpleQuantity has no comparator"
+    );
     let misnamed = validate_resource(
         &statement(json!({"doseSimpleQuantity": {"value": 1}})),
         &options,
@@ -377,4 +380,39 @@ fn simple_quantity_choices_are_named_as_r4_names_them() {
         "{:#?}",
         misnamed.issues
     );
+}
+
+/// R4: "Applications should not reject resources merely because they contain extensions".
+/// An unknown extension is a warning (the resource is kept as sent), an unknown modifier
+/// extension an error (it changes the meaning); strict mode refuses both, as the HL7 Java
+/// validator does by default.
+#[test]
+fn unknown_extensions_are_warnings_unless_they_modify_or_strict_is_asked() {
+    use trialbridge_validation::ExtensionPolicy;
+    let unknown = json!([{"url": "https://www.medizininformatik-initiative.de/fhir/ext/x", "valueString": "a"}]);
+    let with = |member: &str| {
+        let mut p = json!({"resourceType": "Patient", "gender": "female"});
+        p[member] = unknown.clone();
+        p
+    };
+    let lenient = Options::default();
+    let strict = Options {
+        extensions: ExtensionPolicy::Strict,
+        ..Options::default()
+    };
+    let r = validate_resource(&with("extension"), &lenient);
+    assert!(!r.has_errors(), "{:#?}", r.issues);
+    assert!(
+        r.issues
+            .iter()
+            .any(|i| i.diagnostics.contains("medizininformatik")),
+        "the unknown extension is named in a warning"
+    );
+    assert!(validate_resource(&with("modifierExtension"), &lenient).has_errors());
+    assert!(validate_resource(&with("extension"), &strict).has_errors());
+    // Example URLs: a warning, an error in strict mode.
+    let example = json!({"resourceType": "Patient", "telecom": [{"system": "url", "value": "x"}],
+        "photo": [{"url": "http://example.org/photo.png"}]});
+    assert!(!validate_resource(&example, &lenient).has_errors());
+    assert!(validate_resource(&example, &strict).has_errors());
 }

@@ -54,14 +54,25 @@ pub struct ServeArgs {
         global = true
     )]
     pub load_study: String,
-    /// Extension URL prefixes accepted besides the R4 core ones, comma-separated.
+    /// Extension URL prefixes accepted besides the R4 core ones and the built-in domains
+    /// (the study's, hl7.org, fhir.de, gematik), comma-separated; they add to those.
     #[arg(
         long,
         env = "TRIALBRIDGE_EXTENSION_DOMAINS",
-        default_value = DEFAULT_EXTENSION_DOMAINS,
+        default_value = "",
         global = true
     )]
     pub extension_domains: String,
+    /// `lenient` (as R4 says: an unknown extension is a warning and is stored as sent, an
+    /// unknown modifierExtension an error) or `strict` (every unknown extension and example
+    /// URL is an error).
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_EXTENSIONS",
+        default_value = "lenient",
+        global = true
+    )]
+    pub extensions: String,
     /// `local` (loopback only, tokens signed by a development key kept beside the database)
     /// or `production` (a JWKS is required).
     #[arg(
@@ -101,11 +112,34 @@ pub async fn auth(c: &ServeConfig) -> Result<trialbridge_auth::Authenticator, St
 /// send. Any other extension is refused until its domain is configured.
 pub const DEFAULT_EXTENSION_DOMAINS: &str = "https://fhir.mesemcart-sponsor.example/,http://hl7.org/fhir/,http://fhir.de/,https://gematik.de/fhir/";
 
-/// Validation options for a comma-separated list of accepted extension domains.
+/// What `TRIALBRIDGE_EXTENSIONS` names.
+pub fn extension_policy(v: &str) -> Result<trialbridge_validation::ExtensionPolicy, String> {
+    match v.trim() {
+        "lenient" | "" => Ok(trialbridge_validation::ExtensionPolicy::Lenient),
+        "strict" => Ok(trialbridge_validation::ExtensionPolicy::Strict),
+        other => Err(format!(
+            "TRIALBRIDGE_EXTENSIONS / --extensions: '{other}' is not lenient or strict"
+        )),
+    }
+}
+
+impl ServeArgs {
+    /// The validation options these arguments name (an unreadable extension policy counts
+    /// as lenient here; `ServeConfig::from_args` reports it).
+    pub fn validation(&self) -> trialbridge_validation::Options {
+        let mut o = validation_options(&self.extension_domains);
+        o.extensions = extension_policy(&self.extensions).unwrap_or_default();
+        o
+    }
+}
+
+/// Validation options for the built-in extension domains plus a comma-separated list of
+/// more (as R4 says: unknown extensions are warnings).
 pub fn validation_options(extension_domains: &str) -> trialbridge_validation::Options {
     trialbridge_validation::Options {
-        extension_domains: extension_domains
+        extension_domains: DEFAULT_EXTENSION_DOMAINS
             .split(',')
+            .chain(extension_domains.split(','))
             .map(str::trim)
             .filter(|d| !d.is_empty())
             .map(String::from)
@@ -201,6 +235,10 @@ impl ServeConfig {
                 None
             }
         };
+        if let Err(p) = extension_policy(&a.extensions) {
+            problems.push(p);
+        }
+        let validation = a.validation();
         let auth = match (a.profile.as_str(), &a.auth.auth_jwks) {
             (_, Some(j)) => Some(AuthSource::Jwks(j.clone())),
             ("local", None) => Some(AuthSource::LocalKey(data_dir(&a))),
@@ -237,7 +275,7 @@ impl ServeConfig {
                 database_url: a.database_url,
                 base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
                 max_body_bytes,
-                validation: validation_options(&a.extension_domains),
+                validation,
                 load_study,
                 auth,
                 auth_issuer: a.auth.auth_issuer,
@@ -292,7 +330,8 @@ mod tests {
             base_url: None,
             max_body_bytes: "4096".into(),
             load_study: "true".into(),
-            extension_domains: DEFAULT_EXTENSION_DOMAINS.into(),
+            extension_domains: String::new(),
+            extensions: "lenient".into(),
             profile: "local".into(),
             auth: trialbridge_auth::AuthArgs::local(),
         }
@@ -334,11 +373,12 @@ mod tests {
             max_body_bytes: "-1".into(),
             load_study: "maybe".into(),
             extension_domains: String::new(),
+            extensions: "loose".into(),
             profile: "local".into(),
             auth: trialbridge_auth::AuthArgs::local(),
         };
         let problems = ServeConfig::from_args(a).unwrap_err();
-        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert_eq!(problems.len(), 6, "{problems:#?}");
         assert!(problems[0].contains("TRIALBRIDGE_LISTEN"));
     }
 }

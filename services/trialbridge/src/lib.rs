@@ -93,7 +93,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Store) => return trial_store::serve_command(cli.serve).await,
         Some(Command::Gateway) => return serve::gateway_only(cli.serve, cli.gateway).await,
         Some(Command::Load(a)) => {
-            let validation = trial_store::config::validation_options(&cli.serve.extension_domains);
+            let validation = cli.serve.validation();
             load::run(a, &cli.serve.database_url, &validation).await
         }
         Some(Command::Bench(a)) => bench::run(a).await,
@@ -101,10 +101,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Export(a)) => export::run(a).await,
         Some(Command::Feed(a)) => feed::run(a).await,
         Some(Command::Sync(a)) => sync::run(a).await,
-        Some(Command::Validate(a)) => validate::run(
-            a,
-            &trial_store::config::validation_options(&cli.serve.extension_domains),
-        ),
+        Some(Command::Validate(a)) => validate::run(a, &cli.serve.validation()),
         Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
         Some(Command::Token(a)) => token::run(a, &cli.serve),
         Some(Command::Audit(c)) => audit::run(c, &cli.serve.database_url).await,
