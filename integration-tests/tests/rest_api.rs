@@ -949,3 +949,46 @@ async fn the_capability_statement_lists_exactly_what_is_served() {
     let got = send(Method::GET, &s.url("AuditEvent?policy=x"), &[], None).await;
     assert_eq!(got.status, StatusCode::BAD_REQUEST);
 }
+
+/// R4: `_count=0` is treated as `_summary=count`: the total, no entries (fhirpy's `count()`).
+#[tokio::test]
+async fn count_zero_answers_the_total() {
+    let s = TestStore::start().await;
+    integration_tests::put_patients(&s, "cz", 3).await;
+    for q in ["Patient?_count=0", "?_type=Patient&_count=0"] {
+        let r = send(Method::GET, &s.url(q), &[], None).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        assert_eq!(r.body["total"], 3, "{q}: {}", r.body);
+        assert!(r.body.get("entry").is_none(), "{q}: {}", r.body);
+    }
+}
+
+/// A query string on `POST [type]` is not a condition the server evaluates (conditional
+/// create is the `If-None-Exist` header): a 400 that says so, never a silent create
+/// (fhirpy's `get_or_create` made duplicates).
+#[tokio::test]
+async fn a_query_on_create_is_refused_not_ignored() {
+    let s = TestStore::start().await;
+    let body =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "1"}]});
+    let r = send(
+        Method::POST,
+        &s.url("Patient?identifier=urn:x|1"),
+        &[("content-type", "application/fhir+json")],
+        Some(body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.to_string().contains("If-None-Exist"), "{}", r.body);
+    let all = send(Method::GET, &s.url("Patient?_summary=count"), &[], None).await;
+    assert_eq!(all.body["total"], 0, "nothing was created");
+    // `_format` and `_pretty` are not conditions: they stay allowed.
+    let r = send(
+        Method::POST,
+        &s.url("Patient?_format=json"),
+        &[("content-type", "application/fhir+json")],
+        Some(body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}

@@ -78,7 +78,8 @@ fn shape(
     };
     for (k, v) in pairs {
         match (k.as_str(), v.as_str()) {
-            ("_summary", "count") => sh.count_only = true,
+            // R4 (search.html#count): "_count=0 ... is treated as _summary=count".
+            ("_summary", "count") | ("_count", "0") => sh.count_only = true,
             ("_summary", "data") => sh.drop_narrative = true,
             ("_summary", "false") => {}
             ("_summary", other) => {

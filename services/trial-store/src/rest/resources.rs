@@ -111,6 +111,21 @@ pub async fn create(
     body: Body,
 ) -> Result<Response, StoreError> {
     caller.require(rt, Interaction::Create)?;
+    // A condition in the query string is not how R4 asks for a conditional create (that is
+    // the If-None-Exist header); creating anyway would make the duplicate the client meant to
+    // avoid.
+    if let Some((k, _)) = a
+        .pairs
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+    {
+        return Err(StoreError::new(
+            Status::BadRequest,
+            IssueType::NotSupported,
+            format!("POST {rt} takes no search parameters in its URL ('{k}'); a conditional create sends its criteria in the If-None-Exist header"),
+        )
+        .at(k));
+    }
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     let res = incoming_from_bytes(rt, &bytes, &s.config.validation)?;
     let ine = match headers.get("if-none-exist") {
