@@ -464,6 +464,13 @@ impl<'o> Walk<'o> {
                 self.issue(IssueSeverity::Warning, IssueType::Value, msg);
             }
         }
+        // dom-3 counts `#id` (and `#`, the resource itself) in canonical, uri and url values
+        // as references to a contained resource, like Reference.reference.
+        if matches!(ty, "canonical" | "uri" | "url") {
+            if let (Some(local), Some(frame)) = (s.strip_prefix('#'), self.frames.last_mut()) {
+                frame.local_refs.push(local.to_string());
+            }
+        }
         if ty == "url" && is_example_url(s) {
             let msg = format!("example URLs do not belong in real data ({s})");
             if self.options.extensions == crate::ExtensionPolicy::Strict {

@@ -416,3 +416,28 @@ fn unknown_extensions_are_warnings_unless_they_modify_or_strict_is_asked() {
     assert!(!validate_resource(&example, &lenient).has_errors());
     assert!(validate_resource(&example, &strict).has_errors());
 }
+
+/// dom-3 counts `#id` in canonical, uri and url elements as references to the contained
+/// resource (the official Bundle-ussg-fht: `"answerValueSet": "#length"`).
+#[test]
+fn a_contained_resource_named_by_a_canonical_is_referenced() {
+    let q = |answer: &str| {
+        json!({"resourceType": "Questionnaire", "status": "active",
+            "contained": [{"resourceType": "ValueSet", "id": "length", "status": "active"}],
+            "item": [{"linkId": "1", "type": "choice", "answerValueSet": answer}]})
+    };
+    let ok = validate_resource(&q("#length"), &Options::default());
+    assert!(
+        !ok.issues.iter().any(|i| i.diagnostics.contains("dom-3")),
+        "{:#?}",
+        ok.issues
+    );
+    let unreferenced = validate_resource(
+        &q("http://hl7.org/fhir/ValueSet/yesnodontknow"),
+        &Options::default(),
+    );
+    assert!(unreferenced
+        .issues
+        .iter()
+        .any(|i| i.diagnostics.contains("dom-3")));
+}
