@@ -705,7 +705,19 @@ impl<'o> Walk<'o> {
                     );
                     return;
                 }
-                if let Some(problem) = self.bundles.last().and_then(|b| b.resolve_relative(r)) {
+                // R4 asks a document to carry what its Composition references, not the
+                // signer (`Bundle.signature.who`, `onBehalfOf`): those may live elsewhere.
+                let tail = match self.path.rsplit_once(".entry[") {
+                    Some((_, rest)) => rest.split_once("].resource").map_or("", |(_, t)| t),
+                    None => self.path.split_once('.').map_or("", |(_, t)| t),
+                };
+                let in_signature = tail.trim_start_matches('.').starts_with("signature");
+                if let Some(problem) = self
+                    .bundles
+                    .last()
+                    .filter(|_| !in_signature)
+                    .and_then(|b| b.resolve_relative(r))
+                {
                     self.error_at("reference", IssueType::NotFound, problem);
                     return;
                 }

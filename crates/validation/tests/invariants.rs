@@ -441,3 +441,28 @@ fn a_contained_resource_named_by_a_canonical_is_referenced() {
         .iter()
         .any(|i| i.diagnostics.contains("dom-3")));
 }
+
+/// A document Bundle carries what its Composition references; the signer
+/// (`Bundle.signature.who`) may live elsewhere, as R4 says.
+#[test]
+fn a_documents_signer_need_not_be_in_the_bundle() {
+    let doc = |who: &str| {
+        json!({"resourceType": "Bundle", "type": "document",
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0"},
+            "timestamp": "2026-01-01T00:00:00Z",
+            "entry": [
+                {"fullUrl": "http://a.example/fhir/Composition/c", "resource": {"resourceType": "Composition", "id": "c",
+                    "status": "final", "type": {"text": "note"}, "date": "2026-01-01", "title": "t",
+                    "author": [{"reference": "Patient/p"}], "subject": {"reference": "Patient/p"}}},
+                {"fullUrl": "http://a.example/fhir/Patient/p", "resource": {"resourceType": "Patient", "id": "p"}}
+            ],
+            "signature": {"type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.1"}],
+                "when": "2026-01-01T00:00:00Z", "who": {"reference": who}, "data": "AAAA"}})
+    };
+    let r = validate_resource(&doc("Practitioner/signer"), &Options::default());
+    assert!(!r.has_errors(), "{:#?}", r.issues);
+    // A reference of the Composition must still resolve inside the document.
+    let mut missing = doc("Practitioner/signer");
+    missing["entry"][0]["resource"]["author"][0]["reference"] = json!("Practitioner/absent");
+    assert!(validate_resource(&missing, &Options::default()).has_errors());
+}
