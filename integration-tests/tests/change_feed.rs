@@ -213,3 +213,39 @@ async fn trialbridge_feed_prints_one_line_per_version() {
     assert_eq!(lines[5]["id"], "f0");
     assert_eq!(lines[5]["version"], 2);
 }
+
+/// `trialbridge feed --follow` writes each event as it arrives, not when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trialbridge_feed_follow_writes_lines_while_it_runs() {
+    use tokio::io::AsyncBufReadExt;
+    let s = TestStore::start().await;
+    integration_tests::put_patients(&s, "ff", 2).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+        .args(["feed", "--from", &s.feed, "--after", "0", "--follow"])
+        .env("TRIALBRIDGE_TOKEN", token(Role::Warehouse, &[], ""))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let wait = std::time::Duration::from_secs(20);
+    for _ in 0..2 {
+        let line = tokio::time::timeout(wait, lines.next_line())
+            .await
+            .expect("a line while following")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["resourceType"], "Patient");
+    }
+    // A write after the catch-up arrives as its own line while the command still runs.
+    integration_tests::put_patients(&s, "fg", 1).await;
+    let line = tokio::time::timeout(wait, lines.next_line())
+        .await
+        .expect("the new version's line")
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["id"], "fg0", "{v}");
+    child.kill().await.unwrap();
+}

@@ -62,6 +62,11 @@ pub async fn run(a: FeedArgs) -> anyhow::Result<()> {
             line["resource"] = serde_json::from_str(&e.resource_json)?;
         }
         writeln!(out, "{line}")?;
+        // Following, a line is for now (a pipe to `jq`, a monitor's terminal): out it goes.
+        // Catching up without --follow, the buffer writes in large blocks.
+        if a.follow {
+            out.flush()?;
+        }
         n += 1;
         last = e.sequence;
     }
