@@ -11,9 +11,10 @@ use tokio::io::AsyncWriteExt;
 /// Arguments of `export`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExportArgs {
-    /// FHIR base URL of the trial store.
-    #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
-    pub from: String,
+    /// FHIR base URL of the trial store (default: `TRIALBRIDGE_BASE_URL`, else the one
+    /// `TRIALBRIDGE_LISTEN` names).
+    #[arg(long)]
+    pub from: Option<String>,
     /// Folder for the NDJSON files and `manifest.json`.
     #[arg(long)]
     pub to: PathBuf,
@@ -43,7 +44,7 @@ pub async fn run(a: ExportArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .default_headers(headers)
         .build()?;
-    let base = a.from.trim_end_matches('/');
+    let base = a.from.as_deref().unwrap_or_default().trim_end_matches('/');
     let mut url = format!("{base}/{}$export", if a.patients { "Patient/" } else { "" });
     let mut params = Vec::new();
     if let Some(t) = &a.types {

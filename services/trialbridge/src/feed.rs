@@ -9,9 +9,9 @@ use trialbridge_feed::SubscribeRequest;
 /// Flags of `feed`.
 #[derive(Debug, clap::Args)]
 pub struct FeedArgs {
-    /// The store's change-feed address.
-    #[arg(long, default_value = "http://127.0.0.1:8082")]
-    pub from: String,
+    /// The store's change-feed address (default: the one `TRIALBRIDGE_GRPC_LISTEN` names).
+    #[arg(long)]
+    pub from: Option<String>,
     /// Start after this sequence number (0: from the beginning).
     #[arg(long, default_value_t = 0)]
     pub after: i64,
@@ -31,7 +31,7 @@ pub struct FeedArgs {
 
 /// Streams the feed to stdout; a summary line (events, last sequence, rate) goes to stderr.
 pub async fn run(a: FeedArgs) -> anyhow::Result<()> {
-    let mut client = ChangeFeedClient::connect(a.from.clone())
+    let mut client = ChangeFeedClient::connect(a.from.clone().unwrap_or_default())
         .await?
         .max_decoding_message_size(64 * 1024 * 1024);
     let mut req = tonic::Request::new(SubscribeRequest {

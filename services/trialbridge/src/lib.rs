@@ -98,9 +98,18 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         }
         Some(Command::Bench(a)) => bench::run(a).await,
         Some(Command::Hl7(c)) => hl7::run(c).await,
-        Some(Command::Export(a)) => export::run(a).await,
-        Some(Command::Feed(a)) => feed::run(a).await,
-        Some(Command::Sync(a)) => sync::run(a).await,
+        Some(Command::Export(mut a)) => {
+            a.from.get_or_insert_with(|| own_fhir_base(&cli.serve));
+            export::run(a).await
+        }
+        Some(Command::Feed(mut a)) => {
+            a.from.get_or_insert_with(|| own_feed(&cli.serve));
+            feed::run(a).await
+        }
+        Some(Command::Sync(mut a)) => {
+            a.from.get_or_insert_with(|| own_feed(&cli.serve));
+            sync::run(a).await
+        }
         Some(Command::Validate(a)) => validate::run(a, &cli.serve.validation()),
         Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
         Some(Command::Token(a)) => token::run(a, &cli.serve),
@@ -126,4 +135,38 @@ async fn reindex(database_url: &str) -> anyhow::Result<()> {
     bar.finish_and_clear();
     println!("re-indexed {n} resources");
     Ok(())
+}
+
+/// A client's address for a listen address (`0.0.0.0:8080` is reached on `127.0.0.1:8080`).
+fn reachable(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "", port)) => format!("127.0.0.1:{port}"),
+        _ => listen.to_string(),
+    }
+}
+
+/// The FHIR base URL the server's own variables name (`TRIALBRIDGE_BASE_URL`, else
+/// `TRIALBRIDGE_LISTEN`): what `export` reads when `--from` is not given.
+fn own_fhir_base(serve: &trial_store::ServeArgs) -> String {
+    serve
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}/fhir", reachable(&serve.listen)))
+}
+
+/// The change-feed address the server's own `TRIALBRIDGE_GRPC_LISTEN` names.
+fn own_feed(serve: &trial_store::ServeArgs) -> String {
+    format!("http://{}", reachable(&serve.grpc_listen))
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::reachable;
+
+    #[test]
+    fn a_wildcard_listen_address_is_reached_on_loopback() {
+        assert_eq!(reachable("0.0.0.0:8082"), "127.0.0.1:8082");
+        assert_eq!(reachable("127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(reachable("[::]:8080"), "127.0.0.1:8080");
+    }
 }

@@ -4,9 +4,9 @@
 /// Flags of `sync`.
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
-    /// The store's change-feed address.
-    #[arg(long, default_value = "http://127.0.0.1:8082")]
-    pub from: String,
+    /// The store's change-feed address (default: the one `TRIALBRIDGE_GRPC_LISTEN` names).
+    #[arg(long)]
+    pub from: Option<String>,
     /// The warehouse database (`postgres://user@host:port/db`).
     #[arg(long, env = "TRIALBRIDGE_WAREHOUSE_URL", hide_env_values = true)]
     pub postgres: String,
@@ -25,7 +25,7 @@ pub struct SyncArgs {
 /// Runs the sync with a progress line; prints the totals as one JSON line.
 pub async fn run(a: SyncArgs) -> anyhow::Result<()> {
     let config = warehouse_sync::SyncConfig {
-        feed_url: a.from,
+        feed_url: a.from.unwrap_or_default(),
         token: a.token,
         postgres_url: a.postgres,
         follow: a.follow,
