@@ -133,6 +133,18 @@ def body(t):
     }}
 
 
+# A PATCH body: RFC 6902 operations, or an RFC 7386 merge document (also as application/json,
+# which is what fhirpy sends).
+PATCH_BODY = {"required": True, "content": {
+    "application/json-patch+json": {"schema": {"type": "array", "items": {
+        "type": "object", "required": ["op", "path"],
+        "properties": {"op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
+                       "path": {"type": "string"}, "from": {"type": "string"}, "value": {}}}}},
+    "application/merge-patch+json": {"schema": {"type": "object"}},
+    "application/json": {"schema": {"type": "object"}},
+}}
+
+
 def type_paths(t, profile, what):
     search_params = [param_ref("search" + n) for n, _, _ in COMMON_SEARCH]
     search_params += [{"name": n, "in": "query", "schema": {"type": "string"}, "description": d} for n, d in TYPE_SEARCH.get(t, [])]
@@ -173,6 +185,9 @@ def type_paths(t, profile, what):
                                   "304": {"description": "Not modified"}, "default": REFUSED}},
             "put": {"summary": f"Update (or create with this id) a {t}", "description": profile_note.strip() or None, "tags": tag,
                     "parameters": lead + [ID, *CONDITIONAL, REASON], "requestBody": body(t), "responses": WRITTEN},
+            "patch": {"summary": f"Patch a {t} (JSON Patch or JSON merge patch)",
+                      "description": "Applied to the current version in the write transaction, then validated and written like an update." + profile_note,
+                      "tags": tag, "parameters": lead + [ID, *CONDITIONAL, REASON], "requestBody": PATCH_BODY, "responses": WRITTEN},
             "delete": {"summary": f"Delete a {t} (a tombstone version)", "tags": tag, "parameters": lead + [ID, REASON],
                        "responses": {"200": fhir(ref("schemas/OperationOutcome"), "Deleted"), "204": {"description": "Deleted"}, "default": REFUSED}},
         },
@@ -201,6 +216,9 @@ def type_paths(t, profile, what):
         paths[f"/fhir/{t}"]["put"] = {
             "summary": "Conditional update (the search picks the resource)", "tags": tag,
             "parameters": lead + [REASON], "requestBody": body(t), "responses": WRITTEN}
+        paths[f"/fhir/{t}"]["patch"] = {
+            "summary": "Conditional patch (the search picks the one resource)", "tags": tag,
+            "parameters": lead + [REASON], "requestBody": PATCH_BODY, "responses": WRITTEN}
         paths[f"/fhir/{t}"]["delete"] = {
             "summary": "Conditional delete (the search picks the resources)", "tags": tag,
             "parameters": lead + [REASON],

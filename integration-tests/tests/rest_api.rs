@@ -497,13 +497,52 @@ async fn error_paths_name_the_element() {
     assert_eq!(r.body["resourceType"], "OperationOutcome");
     let r = send(
         Method::PATCH,
-        &s.url("Observation/v1"),
+        &s.url("Observation/v1/_history"),
         &[],
         Some("{}".into()),
     )
     .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body["resourceType"], "OperationOutcome");
+    // PATCH: a FHIR resource is not a patch (415); a failed operation names where (422) and
+    // changes nothing; If-Match as for an update (412).
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/v1"),
+        &[],
+        Some("{}".into()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
+    let json_patch = [("content-type", "application/json-patch+json")];
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/v1"),
+        &json_patch,
+        Some(json!([{"op": "remove", "path": "/component/7/code"}]).to_string()),
+    )
+    .await;
+    assert_outcome(&r, 422, "processing", "Observation.component[7].code");
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/v1"),
+        &[
+            ("content-type", "application/json-patch+json"),
+            ("if-match", "W/\"9\""),
+        ],
+        Some(json!([{"op": "replace", "path": "/status", "value": "final"}]).to_string()),
+    )
+    .await;
+    assert_outcome(&r, 412, "conflict", "Observation.meta.versionId");
+    // A patch that makes the resource invalid is refused like such an update.
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/v1"),
+        &json_patch,
+        Some(json!([{"op": "replace", "path": "/status", "value": "done"}]).to_string()),
+    )
+    .await;
+    assert_outcome(&r, 422, "code-invalid", "Observation.status");
     // Strict search handling names the parameter; lenient reports it in the Bundle.
     let r = send(
         Method::GET,
@@ -729,6 +768,11 @@ async fn health_and_capability_statement() {
                 "Observation/cap",
                 Some(obs(Some("cap")).to_string()),
             ),
+            "patch" => (
+                Method::PATCH,
+                "Observation/cap",
+                Some(json!([{"op": "replace", "path": "/status", "value": "final"}]).to_string()),
+            ),
             "delete" => (Method::DELETE, "Observation/other", None),
             "history-instance" => (Method::GET, "Observation/cap/_history", None),
             "history-type" => (Method::GET, "Observation/_history", None),
@@ -736,7 +780,12 @@ async fn health_and_capability_statement() {
             "search-type" => (Method::GET, "Observation?status=final", None),
             other => panic!("the statement claims '{other}': add it here"),
         };
-        let r = send(m, &s.url(path), &[], body).await;
+        let headers: &[(&str, &str)] = if m == Method::PATCH {
+            &[("content-type", "application/json-patch+json")]
+        } else {
+            &[]
+        };
+        let r = send(m, &s.url(path), headers, body).await;
         assert!(r.status.is_success(), "{} {}", i["code"], r.status);
     }
     for i in rest["interaction"].as_array().unwrap() {

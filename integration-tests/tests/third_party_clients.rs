@@ -108,3 +108,41 @@ async fn fhir_kit_client_next_page_walks_1000_results_once() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhirpy_patch_count_and_get_or_create() {
+    let s = TestStore::start().await;
+    let script = repo_root().join("integration-tests/python/fhirpy_patch_count.py");
+    let out = tokio::process::Command::new(python_with_fhirpy().await)
+        .arg(script)
+        .arg(&s.base)
+        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all steps passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_kit_client_json_patch() {
+    let s = TestStore::start().await;
+    let node_dir = repo_root().join("integration-tests/node");
+    let out = tokio::process::Command::new("node")
+        .arg(node_dir.join("fhir_kit_client_patch.mjs"))
+        .arg(&s.base)
+        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

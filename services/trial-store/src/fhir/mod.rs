@@ -12,6 +12,7 @@ pub mod history;
 mod include;
 pub mod interactions;
 pub mod loading;
+pub mod patch;
 pub mod search;
 pub mod validate;
 

@@ -42,6 +42,7 @@ pub fn routes(state: StoreState) -> Router {
             get(search::type_search)
                 .post(resources::create)
                 .put(resources::conditional_update)
+                .patch(resources::conditional_patch)
                 .delete(resources::conditional_delete),
         )
         .route("/fhir/$export", get(export::system))
@@ -66,6 +67,7 @@ pub fn routes(state: StoreState) -> Router {
             "/fhir/{rtype}/{id}",
             get(resources::read)
                 .put(resources::update)
+                .patch(resources::patch)
                 .delete(resources::delete),
         )
         .route("/fhir/{rtype}/{id}/_history", get(history::instance))

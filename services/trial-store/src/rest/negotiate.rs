@@ -98,6 +98,15 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             .at("Content-Type"));
         }
     }
+    read_bounded(headers, body, limit).await
+}
+
+/// Reads a body of any media type within `limit` bytes (a PATCH checks its own media types).
+pub async fn read_bounded(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, StoreError> {
     let too_long = || {
         StoreError::new(
             Status::PayloadTooLarge,

@@ -15,7 +15,7 @@ use crate::fhir::interactions::{self, conditional_criteria, found, incoming_from
 use crate::fhir::StoreState;
 use crate::rest::access::audited;
 use crate::rest::extract::{Instance, TypeName, VersionPath};
-use crate::rest::negotiate::{read_body, Asked};
+use crate::rest::negotiate::{read_body, read_bounded, Asked};
 use crate::rest::respond::{json_response, version_headers, written_response};
 use crate::security::audit::write_audited;
 use crate::security::Caller;
@@ -165,6 +165,83 @@ pub async fn update(
     let (c, rules) = (caller.clone(), s.rules.clone());
     let w = write_audited(&*s.store, &caller, "update", move |txn| {
         Box::pin(async move { interactions::update(txn, &c, &*rules, &res, &id, expected).await })
+    })
+    .await?;
+    Ok(audited(written_response(&s, w, a.fmt, a.prefer)))
+}
+
+/// `PATCH [type]/[id]`: JSON Patch or JSON merge patch on the current version, validated and
+/// written like an update.
+pub async fn patch(
+    State(s): State<StoreState>,
+    caller: Caller,
+    Instance { rt, id }: Instance,
+    a: Asked,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    caller.require(rt, Interaction::Read)?;
+    caller.require(rt, Interaction::Update)?;
+    let expected = if_match(&headers, rt)?;
+    let bytes = read_bounded(&headers, body, s.config.max_body_bytes).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let p = crate::fhir::patch::parse(content_type, &bytes)?;
+    let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
+    let w = write_audited(&*s.store, &caller, "patch", move |txn| {
+        Box::pin(async move {
+            let target = crate::fhir::patch::Target {
+                resource_type: rt,
+                id: &id,
+                if_match: expected,
+            };
+            crate::fhir::patch::patch_in(txn, &c, &*rules, target, &p, &validation).await
+        })
+    })
+    .await?;
+    Ok(audited(written_response(&s, w, a.fmt, a.prefer)))
+}
+
+/// `PATCH [type]?criteria`: the patch of the one resource the criteria match.
+pub async fn conditional_patch(
+    State(s): State<StoreState>,
+    caller: Caller,
+    TypeName(rt): TypeName,
+    a: Asked,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    caller.require(rt, Interaction::Read)?;
+    caller.require(rt, Interaction::Update)?;
+    caller.require(rt, Interaction::Search)?;
+    let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional patch")?;
+    let expected = if_match(&headers, rt)?;
+    let bytes = read_bounded(&headers, body, s.config.max_body_bytes).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let p = crate::fhir::patch::parse(content_type, &bytes)?;
+    let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
+    let w = write_audited(&*s.store, &caller, "patch", move |txn| {
+        Box::pin(async move {
+            let Some(id) =
+                interactions::match_one(txn, &c, rt, &criteria, "conditional patch").await?
+            else {
+                return Err(StoreError::new(
+                    Status::NotFound,
+                    IssueType::NotFound,
+                    format!("the conditional patch matches no {rt}"),
+                ));
+            };
+            let target = crate::fhir::patch::Target {
+                resource_type: rt,
+                id: &id,
+                if_match: expected,
+            };
+            crate::fhir::patch::patch_in(txn, &c, &*rules, target, &p, &validation).await
+        })
     })
     .await?;
     Ok(audited(written_response(&s, w, a.fmt, a.prefer)))

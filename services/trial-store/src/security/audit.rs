@@ -189,7 +189,7 @@ fn action(subtype: &str) -> &'static str {
     match subtype {
         "create" => "C",
         "read" | "vread" | "history-instance" => "R",
-        "update" => "U",
+        "update" | "patch" => "U",
         "delete" => "D",
         _ => "E",
     }
@@ -384,6 +384,7 @@ pub(crate) fn interaction_of(method: &str, segments: &[&str]) -> &'static str {
         ("GET", [_]) | ("POST", [_, "_search"]) => "search-type",
         ("POST", [_]) => "create",
         ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
         ("DELETE", _) => "delete",
         ("GET", [_, "_history"]) => "history-type",
         ("GET", [_, _]) => "read",
