@@ -146,3 +146,29 @@ async fn fhir_kit_client_json_patch() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A SMART client discovers that the store is protected and where the issuer's endpoints are
+/// (from the configuration), and `.well-known/smart-configuration` answers without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smart_client_discovers_the_issuer() {
+    const TOKEN: &str = "https://idp.mesemcart-sponsor.example/oauth2/token";
+    const AUTHORIZE: &str = "https://idp.mesemcart-sponsor.example/oauth2/authorize";
+    let s = TestStore::start_with(|c| {
+        c.smart.token = Some(TOKEN.into());
+        c.smart.authorize = Some(AUTHORIZE.into());
+    })
+    .await;
+    let script = repo_root().join("integration-tests/python/fhirclient_discovery.py");
+    let out = tokio::process::Command::new(python_with_fhirpy().await)
+        .arg(script)
+        .args([&s.base, TOKEN, AUTHORIZE])
+        .output()
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all steps passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -34,6 +34,13 @@ pub struct AuthArgs {
         global = true
     )]
     pub auth_audience: String,
+    /// The issuer's token endpoint, published in the CapabilityStatement and
+    /// `/.well-known/smart-configuration` for SMART clients.
+    #[arg(long, env = "TRIALBRIDGE_AUTH_TOKEN_URL", global = true)]
+    pub auth_token_url: Option<String>,
+    /// The issuer's authorization endpoint (authorization code + PKCE), published likewise.
+    #[arg(long, env = "TRIALBRIDGE_AUTH_AUTHORIZE_URL", global = true)]
+    pub auth_authorize_url: Option<String>,
 }
 
 impl AuthArgs {
@@ -43,6 +50,8 @@ impl AuthArgs {
             auth_jwks: None,
             auth_issuer: LOCAL_ISSUER.into(),
             auth_audience: "trialbridge".into(),
+            auth_token_url: None,
+            auth_authorize_url: None,
         }
     }
 

@@ -173,6 +173,8 @@ pub struct ServeConfig {
     pub auth_issuer: String,
     /// Expected `aud`.
     pub auth_audience: String,
+    /// The issuer's endpoints for SMART discovery.
+    pub smart: SmartEndpoints,
 }
 
 impl ServeConfig {
@@ -278,7 +280,17 @@ impl ServeConfig {
                 validation,
                 load_study,
                 auth,
-                auth_issuer: a.auth.auth_issuer,
+                auth_issuer: a.auth.auth_issuer.clone(),
+                smart: SmartEndpoints {
+                    issuer: a.auth.auth_issuer.clone(),
+                    jwks_uri: a
+                        .auth
+                        .auth_jwks
+                        .clone()
+                        .filter(|j| j.starts_with("http://") || j.starts_with("https://")),
+                    token: a.auth.auth_token_url.clone(),
+                    authorize: a.auth.auth_authorize_url.clone(),
+                },
                 auth_audience: a.auth.auth_audience,
             }),
             _ => Err(problems),
@@ -301,6 +313,23 @@ pub struct StoreConfig {
     pub validation: trialbridge_validation::Options,
     /// Where `$export` jobs keep their state and files.
     pub export_dir: std::path::PathBuf,
+    /// What SMART clients are told about the token issuer.
+    pub smart: SmartEndpoints,
+}
+
+/// The token issuer as SMART App Launch clients discover it (CapabilityStatement
+/// `rest.security` and `/.well-known/smart-configuration`). trialbridge is a resource server:
+/// the endpoints are the sponsor's identity provider's, from the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SmartEndpoints {
+    /// `iss` of the tokens.
+    pub issuer: String,
+    /// The JWKS URL, when the keys come from one.
+    pub jwks_uri: Option<String>,
+    /// Token endpoint (`TRIALBRIDGE_AUTH_TOKEN_URL`).
+    pub token: Option<String>,
+    /// Authorization endpoint (`TRIALBRIDGE_AUTH_AUTHORIZE_URL`).
+    pub authorize: Option<String>,
 }
 
 impl StoreConfig {
@@ -313,6 +342,10 @@ impl StoreConfig {
             max_count: 1000,
             validation: validation_options(DEFAULT_EXTENSION_DOMAINS),
             export_dir: "data/exports".into(),
+            smart: SmartEndpoints {
+                issuer: LOCAL_ISSUER.into(),
+                ..SmartEndpoints::default()
+            },
         }
     }
 }

@@ -106,6 +106,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     api.max_body_bytes = config.max_body_bytes;
     api.validation = config.validation.clone();
     api.export_dir = config.data_dir.join("exports");
+    api.smart = config.smart.clone();
     Ok(Bound {
         listener,
         feed_listener,

@@ -7,6 +7,10 @@
 use serde_json::{json, Value};
 use trialbridge_fhir::{index, resource_type, search_param};
 
+use crate::config::SmartEndpoints;
+
+const OAUTH_URIS: &str = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris";
+
 /// Type-level interactions served for every resource type.
 pub const TYPE_INTERACTIONS: &[&str] = &[
     "read",
@@ -38,9 +42,59 @@ fn kind_code(k: search_param::SearchParamKind) -> &'static str {
     }
 }
 
+/// `rest.security`: OAuth2 bearer tokens of the configured issuer, announced the SMART way
+/// (the `oauth-uris` extension with the issuer's endpoints, when configured), so that a SMART
+/// client knows the server is protected and where to get a token.
+fn security(smart: &SmartEndpoints) -> Value {
+    let mut s = json!({
+        "cors": false,
+        "service": [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}]},
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth", "display": "OAuth"}]}
+        ],
+        "description": "OAuth2 bearer JWTs checked against the configured JWKS (RS256/ES256), SMART v2 scopes (system/ and user/) and the trialbridge_role claim (site, monitor, warehouse, admin); site and monitor tokens see their trialbridge_sites only. Every request is audited as an AuditEvent. The issuer's endpoints are also at .well-known/smart-configuration."
+    });
+    if let Some(token) = &smart.token {
+        let mut uris = vec![json!({"url": "token", "valueUri": token})];
+        if let Some(a) = &smart.authorize {
+            uris.push(json!({"url": "authorize", "valueUri": a}));
+        }
+        s["extension"] = json!([{"url": OAUTH_URIS, "extension": uris}]);
+    }
+    s
+}
+
+/// `/.well-known/smart-configuration` (SMART App Launch 2.0): the issuer's endpoints from the
+/// configuration and what this resource server accepts.
+pub fn smart_configuration(smart: &SmartEndpoints) -> Value {
+    let mut c = json!({
+        "issuer": smart.issuer,
+        "grant_types_supported": ["authorization_code", "client_credentials"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "scopes_supported": ["system/*.rs", "system/*.cruds", "user/*.rs", "user/*.cruds"],
+        "capabilities": ["launch-standalone", "client-public", "client-confidential-symmetric", "client-confidential-asymmetric", "permission-v2", "permission-user"],
+    });
+    for (key, value) in [
+        ("token_endpoint", &smart.token),
+        ("authorization_endpoint", &smart.authorize),
+        ("jwks_uri", &smart.jwks_uri),
+    ] {
+        if let Some(v) = value {
+            c[key] = json!(v);
+        }
+    }
+    c
+}
+
 /// The CapabilityStatement of the server at `base_url`; `adjust` may change the entry of each
 /// resource type (it is called once per type).
-pub fn capability_statement(base_url: &str, adjust: &dyn Fn(&str, &mut Value)) -> Value {
+pub fn capability_statement(
+    base_url: &str,
+    smart: &SmartEndpoints,
+    adjust: &dyn Fn(&str, &mut Value),
+) -> Value {
     let resources: Vec<Value> = resource_type::all()
             .iter()
             .map(|t| {
@@ -76,11 +130,7 @@ pub fn capability_statement(base_url: &str, adjust: &dyn Fn(&str, &mut Value)) -
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "security": {
-                "cors": false,
-                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "OAuth", "display": "OAuth"}]}],
-                "description": "OAuth2 bearer JWTs checked against the configured JWKS (RS256/ES256), SMART v2 scopes (system/ and user/) and the trialbridge_role claim (site, monitor, warehouse, admin); site and monitor tokens see their trialbridge_sites only. Every request is audited as an AuditEvent."
-            },
+            "security": security(smart),
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
             "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],

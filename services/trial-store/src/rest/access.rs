@@ -17,12 +17,18 @@ use crate::security::Caller;
 /// The header that carries a reason for change.
 pub const REASON_HEADER: &str = "x-reason-for-change";
 
-/// Paths served without a token: the capability statement, the API description, the health
+/// Paths served without a token: the capability statement and SMART configuration, the API description, the health
 /// checks and the metrics (no patient data in any of them).
 fn is_open(path: &str) -> bool {
     matches!(
         path,
-        "/fhir/metadata" | "/livez" | "/readyz" | "/openapi.json" | "/metrics"
+        "/fhir/metadata"
+            | "/fhir/.well-known/smart-configuration"
+            | "/.well-known/smart-configuration"
+            | "/livez"
+            | "/readyz"
+            | "/openapi.json"
+            | "/metrics"
     )
 }
 

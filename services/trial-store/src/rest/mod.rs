@@ -34,6 +34,14 @@ use crate::fhir::StoreState;
 pub fn routes(state: StoreState) -> Router {
     Router::new()
         .route("/fhir/metadata", get(capability::metadata))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(capability::smart_configuration),
+        )
+        .route(
+            "/.well-known/smart-configuration",
+            get(capability::smart_configuration),
+        )
         .route("/fhir", post(bundle::process).get(search::system_search))
         .route("/fhir/", post(bundle::process).get(search::system_search))
         .route("/fhir/_history", get(history::system))
