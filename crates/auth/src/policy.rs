@@ -16,6 +16,7 @@ const DEFINITIONAL: &[&str] = &[
     "Location",
     "Measure",
     "NamingSystem",
+    "OperationDefinition",
     "Organization",
     "PlanDefinition",
     "Practitioner",

@@ -33,6 +33,18 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../studies/mesemcart/Group-mesemcart-eligibility.json"),
     ),
     (
+        "OperationDefinition-ResearchSubject-sdv.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-ResearchSubject-sdv.json"),
+    ),
+    (
+        "OperationDefinition-Resource-diff.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-Resource-diff.json"),
+    ),
+    (
+        "OperationDefinition-Resource-verify.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-Resource-verify.json"),
+    ),
+    (
         "Organization-mesemcart-sponsor.json",
         include_str!("../../../studies/mesemcart/Organization-mesemcart-sponsor.json"),
     ),

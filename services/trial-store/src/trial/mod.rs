@@ -34,3 +34,43 @@ pub fn adjust_capability(resource_type: &str, entry: &mut serde_json::Value) {
         list.extend(ops);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every operation the CapabilityStatement names has an OperationDefinition: HL7's by
+    /// their canonical, trialbridge's own as a resource of the study definition the store
+    /// loads (so `GET OperationDefinition/{id}` answers), with the code it is listed under.
+    #[test]
+    fn every_listed_operation_has_a_served_definition() {
+        let cs = crate::fhir::capability::capability_statement(
+            "http://x/fhir",
+            &crate::config::SmartEndpoints::default(),
+            &super::adjust_capability,
+        );
+        let mut own = 0;
+        for r in cs["rest"][0]["resource"].as_array().unwrap() {
+            for op in r["operation"].as_array().into_iter().flatten() {
+                let url = op["definition"].as_str().unwrap();
+                if url.starts_with("http://hl7.org/fhir/") {
+                    continue;
+                }
+                own += 1;
+                let id = url.rsplit('/').next().unwrap();
+                let def = trialbridge_study::resource("OperationDefinition", id)
+                    .unwrap_or_else(|| panic!("no OperationDefinition {id} for {url}"));
+                assert_eq!(def["url"], url);
+                assert_eq!(def["code"], op["name"], "{url}");
+                let applies = def["resource"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|t| t == "Resource" || t == r["type"]);
+                assert!(applies, "{url} listed on {}", r["type"]);
+            }
+        }
+        assert!(own > 0);
+    }
+}
