@@ -126,9 +126,9 @@ fn translate(cc: &mut Value, site: &str, codes: &Value) -> Result<(), String> {
                 .pointer("/meta/versionId")
                 .and_then(Value::as_str)
                 .map_or_else(|| "built in".to_string(), |v| format!("version {v}"));
+            let map = codes.get("id").and_then(Value::as_str).unwrap_or("?");
             return Err(format!(
-                "the local code '{code}' of {site} has no entry in ConceptMap {} ({version})",
-                crate::code_map::CONCEPT_MAP_ID
+                "the local code '{code}' of {site} has no entry in ConceptMap {map} ({version})"
             ));
         }
     }
