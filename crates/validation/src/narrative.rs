@@ -166,7 +166,19 @@ fn scan(div: &str) -> Result<(), String> {
                     "declarations, processing instructions and DOCTYPEs are not allowed".into(),
                 )
             }
-            Event::GeneralRef(_) => content = true,
+            Event::GeneralRef(r) => {
+                // XHTML without a DTD defines only XML's five entities; `&reg;` and the other
+                // HTML names are undefined (a numeric reference such as `&#174;` is fine).
+                let name = String::from_utf8_lossy(r.as_ref()).into_owned();
+                if !name.starts_with('#')
+                    && !matches!(name.as_str(), "amp" | "lt" | "gt" | "quot" | "apos")
+                {
+                    return Err(format!(
+                        "the entity &{name}; is not defined in XHTML (only &amp; &lt; &gt; &quot; &apos; and numeric references such as &#174;)"
+                    ));
+                }
+                content = true;
+            }
             Event::Eof => break,
         }
     }

@@ -485,11 +485,15 @@ impl<'o> Walk<'o> {
     fn typed(&mut self, el: &'static ElementDef, ty: &str, m: &Map<String, Value>) {
         match ty {
             "Coding" => {
+                if let Some(system) = m.get("system").and_then(Value::as_str) {
+                    self.code_system(system);
+                }
                 if let Some(code) = m.get("code").and_then(Value::as_str) {
                     let system = m.get("system").and_then(Value::as_str);
                     self.code_binding(el, system, code);
                 }
             }
+            "Attachment" => self.attachment(m),
             "CodeableConcept" => self.concept_binding(el, m),
             "Reference" => self.reference(el, m),
             "Extension" => self.extension(m),
@@ -564,6 +568,61 @@ impl<'o> Walk<'o> {
                 IssueType::Informational,
                 format!("the extension {url} is not defined by FHIR R4 or an accepted domain ({domains}); it is kept as sent, unchecked"),
             );
+        }
+    }
+
+    /// R4 (datatypes.html#Coding): the system is an absolute URI naming a code system; a
+    /// relative name (`loinc`) or a ValueSet's canonical is not one.
+    fn code_system(&mut self, system: &str) {
+        let problem = if !system.contains(':') {
+            Some(format!(
+                "the code system '{system}' is not an absolute URI (LOINC is http://loinc.org)"
+            ))
+        } else if system.contains("/ValueSet/") {
+            Some(format!(
+                "'{system}' is a ValueSet, not a code system: a Coding names the code system its code is from"
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            self.error_at("system", IssueType::Value, p);
+        }
+    }
+
+    /// R4 (datatypes.html#Attachment): `size` is the number of bytes of the data and `hash`
+    /// its SHA-1 in base64, when they are given beside inline data.
+    fn attachment(&mut self, m: &Map<String, Value>) {
+        use base64::Engine as _;
+        use sha1::Digest as _;
+        let Some(data) = m.get("data").and_then(Value::as_str) else {
+            return;
+        };
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data) else {
+            return; // the base64Binary check reports it
+        };
+        if let Some(size) = m.get("size").and_then(Value::as_u64) {
+            if size != bytes.len() as u64 {
+                self.error_at(
+                    "size",
+                    IssueType::Value,
+                    format!(
+                        "size {size} does not match the data ({} bytes)",
+                        bytes.len()
+                    ),
+                );
+            }
+        }
+        if let Some(hash) = m.get("hash").and_then(Value::as_str) {
+            let actual =
+                base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&bytes));
+            if hash != actual {
+                self.error_at(
+                    "hash",
+                    IssueType::Value,
+                    format!("hash {hash} is not the SHA-1 of the data ({actual})"),
+                );
+            }
         }
     }
 

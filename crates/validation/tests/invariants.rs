@@ -466,3 +466,55 @@ fn a_documents_signer_need_not_be_in_the_bundle() {
     missing["entry"][0]["resource"]["author"][0]["reference"] = json!("Practitioner/absent");
     assert!(validate_resource(&missing, &Options::default()).has_errors());
 }
+
+/// Rules the HL7 validator applies that R4 states in prose: a Coding's system is an absolute
+/// URI of a code system (not a ValueSet), an Attachment's size and hash describe its data,
+/// and a narrative uses only the entities XHTML defines.
+#[test]
+fn code_systems_attachments_and_entities_as_r4_says() {
+    let options = Options::default();
+    let obs_code = |system: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": system, "code": "x"}]}})
+    };
+    assert!(!validate_resource(&obs_code("http://loinc.org"), &options).has_errors());
+    for bad in ["loinc", "http://hl7.org/fhir/ValueSet/observation-codes"] {
+        let r = validate_resource(&obs_code(bad), &options);
+        assert!(
+            r.errors()
+                .any(|i| i.expression == ["Observation.code.coding[0].system"]),
+            "{bad}: {:#?}",
+            r.issues
+        );
+    }
+    // "hello" is aGVsbG8= (5 bytes, SHA-1 qvTGHdzF6KLavt4PO0gs2a6pQ00=).
+    let doc = |size: u64, hash: &str| {
+        json!({"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"contentType": "text/plain", "data": "aGVsbG8=", "size": size, "hash": hash}}]})
+    };
+    assert!(
+        !validate_resource(&doc(5, "qvTGHdzF6KLavt4PO0gs2a6pQ00="), &options).has_errors(),
+        "{:#?}",
+        validate_resource(&doc(5, "qvTGHdzF6KLavt4PO0gs2a6pQ00="), &options).issues
+    );
+    let wrong_size = validate_resource(&doc(6, "qvTGHdzF6KLavt4PO0gs2a6pQ00="), &options);
+    assert!(wrong_size
+        .errors()
+        .any(|i| i.expression == ["DocumentReference.content[0].attachment.size"]));
+    let wrong_hash = validate_resource(&doc(5, "AAAAAAAAAAAAAAAAAAAAAAAAAAA="), &options);
+    assert!(wrong_hash
+        .errors()
+        .any(|i| i.expression == ["DocumentReference.content[0].attachment.hash"]));
+    let narrative =
+        |div: &str| json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+    assert!(!validate_resource(
+        &narrative("<div xmlns=\"http://www.w3.org/1999/xhtml\">a &amp; b &#174; &lt;</div>"),
+        &options
+    )
+    .has_errors());
+    assert!(validate_resource(
+        &narrative("<div xmlns=\"http://www.w3.org/1999/xhtml\">MesemCart&reg;</div>"),
+        &options
+    )
+    .has_errors());
+}
