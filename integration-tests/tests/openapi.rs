@@ -233,3 +233,29 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response() {
             .join("\n")
     );
 }
+
+/// `/openapi.json`, as the running store serves it, passes openapi-spec-validator (PyPI), the
+/// validator OpenAPI tooling and code generators use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_description_passes_openapi_spec_validator() {
+    let s = TestStore::start().await;
+    let url = s
+        .url("/openapi.json")
+        .replace("/fhir/openapi.json", "/openapi.json");
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let file = s.dir.path().join("openapi.json");
+    std::fs::write(&file, text).unwrap();
+    let python = std::env::var("TRIALBRIDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = tokio::process::Command::new(&python)
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("run openapi-spec-validator");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -84,6 +84,7 @@ OBSERVATION = {
     "properties": {
         "resourceType": {"const": "Observation"},
         "status": {"enum": ["preliminary", "final", "amended", "corrected", "entered-in-error"]},
+        "effectiveDateTime": {"type": "string"},
         "extension": STUDY_LINK,
         "subject": PATIENT_REF,
         "code": {"type": "object", "required": ["coding"], "properties": {"coding": {
@@ -101,6 +102,7 @@ RESEARCH_SUBJECT = {
     "required": ["resourceType", "identifier", "status", "study", "individual"],
     "properties": {
         "resourceType": {"const": "ResearchSubject"},
+        "status": {"type": "string"},
         "identifier": {"type": "array", "contains": {"type": "object", "required": ["system", "value"], "properties": {
             "system": {"const": BASE + "/sid/subject"},
             "value": {"type": "string", "pattern": "^MC-[0-9]{2}-[0-9]{3}$"}}}},
@@ -127,6 +129,7 @@ IMPLANTATION = {
     "anyOf": [{"required": ["performedDateTime"]}, {"required": ["performedPeriod"]}],
     "properties": {
         "resourceType": {"const": "Procedure"},
+        "status": {"type": "string"},
         "code": {"type": "object", "required": ["coding"], "properties": {"coding": {
             "contains": coding(MEAS, "mesemcart-implantation")}}},
         "subject": PATIENT_REF,
