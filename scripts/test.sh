@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/test-venv
-if ! "$venv/bin/python" -c 'import fhirpy, hl7, helm_python, kubernetes_validate, yaml, schemathesis' 2>/dev/null || [ ! -x "$venv/bin/mllp_send" ]; then
+if ! "$venv/bin/python" -c 'import fhirpy, hl7, helm_python, kubernetes_validate, yaml, schemathesis, fhirclient, openapi_spec_validator' 2>/dev/null || [ ! -x "$venv/bin/mllp_send" ]; then
     echo "scripts/test.sh: installing the Python test clients into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r integration-tests/python/requirements.txt
