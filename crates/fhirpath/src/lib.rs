@@ -1,0 +1,77 @@
+//! FHIRPath (N1 2.0.0 with the FHIR R4 additions) over FHIR R4 JSON.
+//!
+//! An expression is parsed once ([`Expression::parse`]) and evaluated on any number of
+//! resources ([`Expression::evaluate`]); element types come from the generated R4 model of
+//! `trialbridge-fhir` (choice elements such as `Observation.value` resolve to `valueQuantity`,
+//! `ofType(Quantity)` and `is`/`as` know each node's FHIR type). No I/O: `resolve()` and the
+//! terminology functions are not offered, and say so when called.
+//!
+//! The official FHIRPath R4 test cases run in `tests/official.rs`; their pass rate, group by
+//! group, is the measure of what is built.
+
+mod eval;
+pub mod invariants;
+pub mod parse;
+
+pub use eval::{Item, Node};
+pub use parse::Expr;
+
+use std::collections::HashMap;
+
+/// Why an expression cannot be parsed or evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The text is not FHIRPath.
+    #[error("syntax: {0}")]
+    Syntax(String),
+    /// The expression is well-formed but means nothing (an unknown function, wrong argument
+    /// count).
+    #[error("semantics: {0}")]
+    Semantic(String),
+    /// Evaluation failed (a collection of several items where one is required, ...).
+    #[error("evaluation: {0}")]
+    Execution(String),
+}
+
+/// A parsed expression, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Expression {
+    text: String,
+    expr: Expr,
+}
+
+/// Values of `%name` variables (beyond `%resource`, `%context`, `%ucum`, `%sct`, `%loinc`).
+pub type Variables = HashMap<String, Vec<Item>>;
+
+impl Expression {
+    /// Parses `text`.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        Ok(Self {
+            text: text.to_string(),
+            expr: parse::parse(text)?,
+        })
+    }
+
+    pub(crate) fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
+    /// The expression as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Evaluates on `resource` (a FHIR R4 resource as JSON, also `%resource` and `%context`).
+    pub fn evaluate(&self, resource: &serde_json::Value) -> Result<Vec<Item>, Error> {
+        self.evaluate_with(resource, &Variables::new())
+    }
+
+    /// Evaluates with more `%` variables.
+    pub fn evaluate_with(
+        &self,
+        resource: &serde_json::Value,
+        vars: &Variables,
+    ) -> Result<Vec<Item>, Error> {
+        eval::evaluate(&self.expr, resource, vars)
+    }
+}
