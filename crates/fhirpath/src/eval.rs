@@ -407,7 +407,8 @@ fn known_type(name: &str) -> Result<(), Error> {
         "Boolean", "Integer", "Decimal", "String", "Date", "DateTime", "Time", "Quantity",
     ];
     let known = match name.split_once('.') {
-        Some(("System", t)) => SYSTEM.contains(&t),
+        // A System type that does not exist is simply not the item's type.
+        Some(("System", _)) => true,
         Some(("FHIR", t)) => type_def(model(t)).is_some(),
         Some(_) => false,
         None => SYSTEM.contains(&name) || type_def(model(name)).is_some(),
@@ -665,8 +666,9 @@ fn compare_moments(a: &str, b: &str, time_only: bool) -> Option<Ordering> {
 
 fn unit_norm(u: &str) -> &str {
     match u {
-        "year" | "years" => "a",
-        "month" | "months" => "mo",
+        // A calendar year or month is not UCUM's `a` or `mo` (mean lengths).
+        "year" | "years" => "year",
+        "month" | "months" => "month",
         "week" | "weeks" => "wk",
         "day" | "days" => "d",
         "hour" | "hours" => "h",
@@ -675,6 +677,41 @@ fn unit_norm(u: &str) -> &str {
         "millisecond" | "milliseconds" => "ms",
         u => u,
     }
+}
+
+/// A UCUM unit of the few dimensions clinical data uses, as (factor to the base unit, base).
+/// Calendar durations of fixed length count as their UCUM units; `month`/`year` and UCUM's
+/// `mo`/`a` have no fixed length and are not converted.
+fn canonical(u: &str) -> Option<(Decimal, &'static str)> {
+    let d = |s: &str| Decimal::from_str(s).ok();
+    Some(match unit_norm(u) {
+        "g" => (Decimal::ONE, "g"),
+        "mg" => (d("0.001")?, "g"),
+        "ug" => (d("0.000001")?, "g"),
+        "kg" => (d("1000")?, "g"),
+        "[lb_av]" => (d("453.59237")?, "g"),
+        "m" => (Decimal::ONE, "m"),
+        "cm" => (d("0.01")?, "m"),
+        "mm" => (d("0.001")?, "m"),
+        "km" => (d("1000")?, "m"),
+        "[in_i]" => (d("0.0254")?, "m"),
+        "s" => (Decimal::ONE, "s"),
+        "ms" => (d("0.001")?, "s"),
+        "min" => (d("60")?, "s"),
+        "h" => (d("3600")?, "s"),
+        "d" => (d("86400")?, "s"),
+        "wk" => (d("604800")?, "s"),
+        _ => return None,
+    })
+}
+
+/// Two quantities in one unit (the first one's, converted through UCUM), if they have one.
+fn same_unit(a: (Decimal, String), b: (Decimal, String)) -> Option<(Decimal, Decimal)> {
+    if unit_norm(&a.1) == unit_norm(&b.1) {
+        return Some((a.0, b.0));
+    }
+    let ((fa, da), (fb, db)) = (canonical(&a.1)?, canonical(&b.1)?);
+    (da == db).then(|| (a.0, b.0 * fb / fa))
 }
 
 fn equal(a: &Item, b: &Item) -> Option<bool> {
@@ -689,11 +726,10 @@ fn equal(a: &Item, b: &Item) -> Option<bool> {
         }
         (Item::Time(x), Item::Time(y)) => compare_moments(x, y, true).map(|o| o == Ordering::Equal),
         (Item::Quantity(..), _) | (_, Item::Quantity(..)) => {
-            let ((v1, u1), (v2, u2)) = (a.quantity()?, b.quantity()?);
-            if unit_norm(&u1) == unit_norm(&u2) {
-                Some(v1 == v2)
-            } else {
-                None
+            let (qa, qb) = (a.quantity()?, b.quantity()?);
+            match (canonical(&qa.1), canonical(&qb.1)) {
+                (Some((_, da)), Some((_, db))) if da != db => Some(false),
+                _ => same_unit(qa, qb).map(|(x, y)| x == y),
             }
         }
         (Item::Node(x), Item::Node(y)) => Some(x.value == y.value),
@@ -729,6 +765,16 @@ fn equivalent(a: &Item, b: &Item) -> bool {
         (Item::Date(x) | Item::DateTime(x), Item::Date(y) | Item::DateTime(y)) => {
             compare_moments(x, y, false) == Some(Ordering::Equal)
         }
+        (Item::Quantity(..), Item::Quantity(..)) => match (a.quantity(), b.quantity()) {
+            (Some(qa), Some(qb)) => match same_unit(qa, qb) {
+                Some((x, y)) => {
+                    let scale = x.scale().min(y.scale());
+                    x.round_dp(scale) == y.round_dp(scale)
+                }
+                None => false,
+            },
+            _ => false,
+        },
         _ => equal(&a, &b) == Some(true),
     }
 }
@@ -745,9 +791,7 @@ fn order(a: &Item, b: &Item) -> Result<Option<Ordering>, Error> {
         }
         (Item::Time(x), Item::Time(y)) => compare_moments(x, y, true),
         (Item::Quantity(..), _) | (_, Item::Quantity(..)) => match (a.quantity(), b.quantity()) {
-            (Some((v1, u1)), Some((v2, u2))) if unit_norm(&u1) == unit_norm(&u2) => {
-                Some(v1.cmp(&v2))
-            }
+            (Some(x), Some(y)) => same_unit(x, y).map(|(v1, v2)| v1.cmp(&v2)),
             _ => None,
         },
         _ => return Err(exec(format!("{a:?} and {b:?} cannot be compared"))),
@@ -917,13 +961,42 @@ fn arithmetic(op: BinOp, x: &Item, y: &Item) -> R {
             }
         }
         (Item::Str(a), Item::Str(b)) if op == BinOp::Add => vec![Item::Str(format!("{a}{b}"))],
-        (Item::Quantity(a, u), Item::Quantity(b, v))
-            if matches!(op, BinOp::Add | BinOp::Sub) && unit_norm(u) == unit_norm(v) =>
-        {
-            vec![Item::Quantity(
-                if op == BinOp::Add { a + b } else { a - b },
-                u.clone(),
-            )]
+        (Item::Quantity(a, u), Item::Quantity(b, v)) if matches!(op, BinOp::Add | BinOp::Sub) => {
+            match same_unit((*a, u.clone()), (*b, v.clone())) {
+                Some((a, b)) => {
+                    vec![Item::Quantity(
+                        if op == BinOp::Add { a + b } else { a - b },
+                        u.clone(),
+                    )]
+                }
+                None => vec![],
+            }
+        }
+        (Item::Quantity(a, u), Item::Quantity(b, v)) if matches!(op, BinOp::Mul | BinOp::Div) => {
+            // In the base units: cm * m = m2, g / m = g/m, m / m = 1.
+            match (canonical(u), canonical(v)) {
+                (Some((fa, da)), Some((fb, db))) => {
+                    let (x, y) = (a * fa, b * fb);
+                    if op == BinOp::Mul {
+                        let unit = if da == db {
+                            format!("{da}2")
+                        } else {
+                            format!("{da}.{db}")
+                        };
+                        vec![Item::Quantity(x * y, unit)]
+                    } else if y.is_zero() {
+                        vec![]
+                    } else {
+                        let unit = if da == db {
+                            "1".to_string()
+                        } else {
+                            format!("{da}/{db}")
+                        };
+                        vec![Item::Quantity(x / y, unit)]
+                    }
+                }
+                _ => vec![],
+            }
         }
         (Item::Date(d) | Item::DateTime(d), Item::Quantity(v, u))
             if matches!(op, BinOp::Add | BinOp::Sub) =>
@@ -1055,8 +1128,8 @@ fn shift(d: &str, v: Decimal, unit: &str) -> Option<String> {
         .collect::<Option<_>>()?;
     let (mut y, mut m, mut day) = (p[0], *p.get(1).unwrap_or(&1), *p.get(2).unwrap_or(&1));
     match unit_norm(unit) {
-        "a" => y += n,
-        "mo" => {
+        "year" => y += n,
+        "month" => {
             let t = y * 12 + (m - 1) + n;
             y = t.div_euclid(12);
             m = t.rem_euclid(12) + 1;
@@ -1719,6 +1792,9 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
             };
             str_fn(&|s| {
                 let Some(p) = &p else { return Ok(vec![]) };
+                if p.is_empty() && name == "replaceMatches" {
+                    return Ok(vec![Item::Str(s.to_string())]);
+                }
                 let re = regex::Regex::new(&format!("(?s){p}"))
                     .map_err(|e| exec(format!("a bad regular expression: {e}")))?;
                 Ok(if name == "matches" {
@@ -1966,14 +2042,26 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
                         let q = serde_json::to_string(s).unwrap_or_default();
                         Some(Item::Str(q[1..q.len() - 1].to_string()))
                     }
-                    ("unescape", "json") => serde_json::from_str::<String>(&format!("\"{s}\""))
-                        .ok()
-                        .map(Item::Str),
+                    ("unescape", "json") => Some(Item::Str(
+                        serde_json::from_str::<String>(&format!("\"{s}\""))
+                            .unwrap_or_else(|_| s.to_string()),
+                    )),
                     _ => None,
                 }
                 .into_iter()
                 .collect())
             })?
+        }
+        "comparable" => {
+            arity(name, args, 1, 1)?;
+            let other = arg(args, 0, focus, env)?;
+            match (singleton(input, name)?, singleton(&other, name)?) {
+                (Some(a), Some(b)) => match (a.quantity(), b.quantity()) {
+                    (Some(x), Some(y)) => vec![Item::Bool(same_unit(x, y).is_some())],
+                    _ => vec![],
+                },
+                _ => vec![],
+            }
         }
         "now" => vec![Item::DateTime(now_utc())],
         "today" => vec![Item::Date(now_utc()[..10].to_string())],
