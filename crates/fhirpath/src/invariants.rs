@@ -35,6 +35,12 @@ fn compiled(inv: &'static Invariant) -> Result<&'static Expression, Error> {
 
 /// Evaluates every core invariant that applies to `resource` and its elements.
 pub fn check(resource: &Value) -> Findings {
+    check_except(resource, &|_| false)
+}
+
+/// Evaluates the core invariants that apply, except those `skip` names (the ones a caller
+/// checks another way).
+pub fn check_except(resource: &Value, skip: &dyn Fn(&str) -> bool) -> Findings {
     let mut f = Findings::default();
     let root = root_item(resource);
     let ty = resource
@@ -42,7 +48,7 @@ pub fn check(resource: &Value) -> Findings {
         .and_then(Value::as_str)
         .unwrap_or("Resource")
         .to_string();
-    walk(&root, &root, &ty, &ty, &mut f);
+    walk(&root, &root, &ty, &ty, skip, &mut f);
     f
 }
 
@@ -61,14 +67,21 @@ fn evaluate(inv: &'static Invariant, focus: &Item, root: &Item, path: &str, f: &
     }
 }
 
-fn walk(item: &Item, root: &Item, ty: &str, path: &str, f: &mut Findings) {
+fn walk(
+    item: &Item,
+    root: &Item,
+    ty: &str,
+    path: &str,
+    skip: &dyn Fn(&str) -> bool,
+    f: &mut Findings,
+) {
     let Item::Node(n) = item else { return };
     let model = match ty {
         "SimpleQuantity" | "MoneyQuantity" => "Quantity",
         t => t,
     };
     let Some(def) = type_def(model) else { return };
-    for inv in def.invariants {
+    for inv in def.invariants.iter().filter(|i| !skip(i.key)) {
         evaluate(inv, item, root, path, f);
     }
     let Value::Object(m) = &*n.value else { return };
@@ -99,7 +112,7 @@ fn walk(item: &Item, root: &Item, ty: &str, path: &str, f: &mut Findings) {
                 },
                 ext: None,
             });
-            for inv in el.invariants {
+            for inv in el.invariants.iter().filter(|i| !skip(i.key)) {
                 evaluate(inv, &child, root, &child_path, f);
             }
             // A resource inside a Bundle entry is its own root; a contained one keeps its
@@ -109,7 +122,7 @@ fn walk(item: &Item, root: &Item, ty: &str, path: &str, f: &mut Findings) {
             } else {
                 root.clone()
             };
-            walk(&child, &next_root, child_ty, &child_path, f);
+            walk(&child, &next_root, child_ty, &child_path, skip, f);
         }
     }
 }
