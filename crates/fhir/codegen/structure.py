@@ -306,8 +306,9 @@ def main(src, out_dir, header):
         f.write("/// The extensions defined by the R4 core specification, sorted by URL, with the types\n")
         f.write("/// their value may have (empty for complex extensions, which have no value).\n")
         f.write("pub static CORE_EXTENSIONS: &[CoreExtension] = &[\n")
-        for url, types in extensions:
-            f.write(f"    CoreExtension {{ url: {rs(url)}, value_types: &[{', '.join(rs(t) for t in types)}] }},\n")
+        for url, types, contexts in extensions:
+            ctx = "None" if contexts is None else f"Some(&[{', '.join(rs(c) for c in contexts)}])"
+            f.write(f"    CoreExtension {{ url: {rs(url)}, value_types: &[{', '.join(rs(t) for t in types)}], contexts: {ctx} }},\n")
         f.write("];\n\n")
         f.write("/// The core vital-signs profiles of R4 (the base profile first), as the facts their\n")
         f.write("/// differentials fix: the LOINC code, the UCUM units and the component slices.\n")
@@ -333,8 +334,13 @@ def core_extensions(g):
         for el in r["snapshot"]["element"]:
             if el["path"] == "Extension.value[x]" and el.get("max") != "0":
                 types = [g.type_code(t) for t in el.get("type", [])]
-        out.append((r["url"], types))
-    return sorted(set((u, tuple(t)) for u, t in out))
+        # Where the extension may be used: element contexts only (a FHIRPath or extension
+        # context is not checked: None).
+        ctx = r.get("context", [])
+        contexts = None if not ctx or any(c.get("type") != "element" for c in ctx) else tuple(
+            sorted(c["expression"] for c in ctx))
+        out.append((r["url"], tuple(types), contexts))
+    return sorted(set(out), key=lambda x: x[0])
 
 
 def vital_signs_profiles(g, vs_ref):

@@ -120,6 +120,9 @@ pub struct CoreExtension {
     pub url: &'static str,
     /// Types its `value[x]` may have; empty for a complex extension.
     pub value_types: &'static [&'static str],
+    /// The element contexts it may be used in (`HumanName.family`, `Patient`, `Element`);
+    /// `None` when the definition states its context otherwise (not checked).
+    pub contexts: Option<&'static [&'static str]>,
 }
 
 /// The core extension with URL `url`.

@@ -44,6 +44,10 @@ pub struct Walk<'o> {
     pub(crate) frames: Vec<ResourceFrame>,
     /// The Bundles being walked, innermost last.
     pub(crate) bundles: Vec<invariants::BundleContext>,
+    /// While the `_x` object of a primitive is walked: `Type.x`, its extensions' context.
+    primitive_of: Option<String>,
+    /// While an `extension` array is walked: the contexts its holder stands in.
+    ext_context: Vec<String>,
 }
 
 impl<'o> Walk<'o> {
@@ -56,6 +60,8 @@ impl<'o> Walk<'o> {
             path: String::new(),
             frames: Vec::new(),
             bundles: Vec::new(),
+            primitive_of: None,
+            ext_context: Vec::new(),
         }
     }
 
@@ -206,9 +212,18 @@ impl<'o> Walk<'o> {
                 choices.push((el.choice, name));
             }
             let len = self.path.len();
+            let holder = matches!(name, "extension" | "modifierExtension") && !underscore;
+            let contexts = holder.then(|| self.holder_contexts(td));
             self.push_name(el);
             if underscore {
+                // The extensions of a primitive are used in the context `Type.element`.
+                let saved = self.primitive_of.replace(format!("{}.{name}", td.name));
                 self.primitive_element(el, value, m);
+                self.primitive_of = saved;
+            } else if let Some(c) = contexts {
+                let saved = std::mem::replace(&mut self.ext_context, c);
+                self.element(el, value, m);
+                self.ext_context = saved;
             } else {
                 self.element(el, value, m);
             }
@@ -238,6 +253,37 @@ impl<'o> Walk<'o> {
             }
         }
         invariants::element_type(self, td, m);
+    }
+
+    /// The contexts (as extension definitions name them) an extension held by an element of
+    /// type `td` at the current path is used in.
+    fn holder_contexts(&self, td: &'static TypeDef) -> Vec<String> {
+        let mut c = vec!["Element".to_string()];
+        match (td.name, &self.primitive_of) {
+            ("Element", Some(p)) => c.push(p.clone()),
+            (name, _) => c.push(name.to_string()),
+        }
+        match td.kind {
+            TypeKind::Resource => {
+                c.push("Resource".into());
+                c.push("DomainResource".into());
+            }
+            TypeKind::Backbone => c.push("BackboneElement".into()),
+            _ => {}
+        }
+        // The element's path in the resource without indexes (`Patient.name`).
+        let mut path = String::new();
+        let mut skip = false;
+        for ch in self.path.chars() {
+            match ch {
+                '[' | '(' => skip = true,
+                ']' | ')' => skip = false,
+                _ if !skip => path.push(ch),
+                _ => {}
+            }
+        }
+        c.push(path.replace(".ofType", ""));
+        c
     }
 
     fn push_name(&mut self, el: &ElementDef) {
@@ -519,6 +565,19 @@ impl<'o> Walk<'o> {
             return; // the name of a part of a complex extension
         }
         if let Some(def) = structure::core_extension(url) {
+            if let Some(allowed) = def.contexts {
+                let here = &self.ext_context;
+                if !here.is_empty() && !allowed.iter().any(|a| here.iter().any(|h| h == a)) {
+                    self.error(
+                        IssueType::Structure,
+                        format!(
+                            "the extension {url} is not allowed on {} (its definition allows it on {})",
+                            here.get(1).map_or("this element", String::as_str),
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+            }
             if let Some(key) = m.keys().find(|k| k.starts_with("value")) {
                 let ty = &key["value".len()..];
                 let ok = def.value_types.iter().any(|t| {

@@ -549,3 +549,31 @@ fn the_written_out_invariants_agree_with_the_fhirpath_engine() {
     assert!(disagree.is_empty(), "{}", disagree.join("\n"));
     assert!(compared >= 50, "{compared}");
 }
+
+/// A core extension is used where its definition allows it: humanname-mothers-family on
+/// `HumanName.family` (the `_family` of a name), not on the HumanName itself.
+#[test]
+fn a_core_extension_is_used_only_in_its_context() {
+    let ext = json!([{"url": "http://hl7.org/fhir/StructureDefinition/humanname-mothers-family", "valueString": "Gomez"}]);
+    let on_family = json!({"resourceType": "Patient", "name": [{"family": "Garcia Gomez", "_family": {"extension": ext.clone()}}]});
+    let on_name =
+        json!({"resourceType": "Patient", "name": [{"family": "Garcia Gomez", "extension": ext}]});
+    let options = Options::default();
+    let ok = validate_resource(&on_family, &options);
+    assert!(!ok.has_errors(), "{:#?}", ok.issues);
+    let wrong = validate_resource(&on_name, &options);
+    assert!(
+        wrong
+            .errors()
+            .any(|i| i.diagnostics.contains("HumanName.family")),
+        "{:#?}",
+        wrong.issues
+    );
+    // The study link on an Observation (its context lists Observation) is fine; on a
+    // Condition, which it does not list, it is not.
+    let link = json!([{"url": "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy", "valueReference": {"reference": "ResearchStudy/s"}}]);
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "extension": link.clone()});
+    assert!(!validate_resource(&obs, &options).has_errors());
+    let cond = json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"}, "extension": link});
+    assert!(validate_resource(&cond, &options).has_errors());
+}
