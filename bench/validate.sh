@@ -3,7 +3,8 @@
 # --repeat`) and npm `fhir` 4.12.0 and `@medplum/core` 4.5.2 (bench/validate-peers), each
 # single-threaded over bench/data/observations-1000.ndjson, best of RUNS, definitions loaded
 # beforehand. Prints one JSON line per validator; "invalid" must be 4 (the copies of
-# Observation-clinical-gender, whose performer is an Encounter).
+# Observation-clinical-gender, whose performer is an Encounter). Last, the FHIRPath engine's
+# walk of every core invariant over the same file (crates/fhirpath, not yet on the write path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
@@ -12,3 +13,4 @@ cargo build --release --locked -q -p trialbridge
 (cd bench/validate-peers && npm ci --no-audit --no-fund --silent)
 ./target/release/trialbridge validate --repeat "$RUNS" "$DATA" | tail -1 || true
 node bench/validate-peers/validate.cjs "$DATA" "$RUNS"
+cargo run --release --locked -q -p trialbridge-fhirpath --example invariant_walk
