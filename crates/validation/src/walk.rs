@@ -568,14 +568,19 @@ impl<'o> Walk<'o> {
             if let Some(allowed) = def.contexts {
                 let here = &self.ext_context;
                 if !here.is_empty() && !allowed.iter().any(|a| here.iter().any(|h| h == a)) {
-                    self.error(
-                        IssueType::Structure,
-                        format!(
-                            "the extension {url} is not allowed on {} (its definition allows it on {})",
-                            here.get(1).map_or("this element", String::as_str),
-                            allowed.join(", ")
-                        ),
+                    let msg = format!(
+                        "the extension {url} is not allowed on {} (its definition allows it on {})",
+                        here.get(1).map_or("this element", String::as_str),
+                        allowed.join(", ")
                     );
+                    // Like an unknown extension: refused in strict mode (the HL7 Java
+                    // validator's default), a warning otherwise, as R4 asks receivers not to
+                    // reject resources for their extensions.
+                    if self.options.extensions == crate::ExtensionPolicy::Strict {
+                        self.error(IssueType::Structure, msg);
+                    } else {
+                        self.issue(IssueSeverity::Warning, IssueType::Structure, msg);
+                    }
                 }
             }
             if let Some(key) = m.keys().find(|k| k.starts_with("value")) {
