@@ -23,24 +23,43 @@ async fn python_with_fhirpy() -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fhirpy_create_read_update_history_transaction_delete() {
-    let s = TestStore::start().await;
-    let py = python_with_fhirpy().await;
-    let script = repo_root().join("integration-tests/python/fhirpy_walkthrough.py");
-    let out = tokio::process::Command::new(&py)
-        .arg(script)
-        .arg(&s.base)
+/// Runs a client script (`python` with fhirpy, or `node` with fhir-kit-client) with the
+/// system token in `TRIALBRIDGE_TOKEN`; fails the test with its output unless it succeeds.
+/// Returns its standard output.
+async fn run_client(program: &str, script: &str, args: &[&str]) -> String {
+    let (program, path) = if program == "node" {
+        let dir = repo_root().join("integration-tests/node");
+        assert!(
+            dir.join("node_modules/fhir-kit-client").exists(),
+            "fhir-kit-client is not installed: run `bash scripts/test.sh` (it runs npm ci in integration-tests/node)"
+        );
+        ("node".to_string(), dir.join(script))
+    } else {
+        (
+            python_with_fhirpy().await,
+            repo_root().join("integration-tests/python").join(script),
+        )
+    };
+    let out = tokio::process::Command::new(&program)
+        .arg(path)
+        .args(args)
         .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
         .output()
         .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .expect("run the client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "fhirpy walkthrough failed\n{stdout}\n{stderr}"
+        "{script} failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhirpy_create_read_update_history_transaction_delete() {
+    let s = TestStore::start().await;
+    let stdout = run_client("python", "fhirpy_walkthrough.py", &[&s.base]).await;
     assert!(stdout.contains("all steps passed"), "{stdout}");
 }
 
@@ -67,84 +86,27 @@ async fn load_weights(s: &TestStore, n: usize) {
 async fn fhirpy_fetch_all_sorted_walks_1000_results_once() {
     let s = TestStore::start().await;
     load_weights(&s, 1000).await;
-    let script = repo_root().join("integration-tests/python/fhirpy_paging.py");
-    let out = tokio::process::Command::new(python_with_fhirpy().await)
-        .arg(script)
-        .arg(&s.base)
-        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
-        .arg("1000")
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_client("python", "fhirpy_paging.py", &[&s.base, "1000"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fhir_kit_client_next_page_walks_1000_results_once() {
     let s = TestStore::start().await;
     load_weights(&s, 1000).await;
-    let node_dir = repo_root().join("integration-tests/node");
-    assert!(
-        node_dir.join("node_modules/fhir-kit-client").exists(),
-        "fhir-kit-client is not installed: run `bash scripts/test.sh` (it runs npm ci in integration-tests/node)"
-    );
-    let out = tokio::process::Command::new("node")
-        .arg(node_dir.join("fhir_kit_client_paging.mjs"))
-        .arg(&s.base)
-        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
-        .arg("1000")
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_client("node", "fhir_kit_client_paging.mjs", &[&s.base, "1000"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fhirpy_patch_count_and_get_or_create() {
     let s = TestStore::start().await;
-    let script = repo_root().join("integration-tests/python/fhirpy_patch_count.py");
-    let out = tokio::process::Command::new(python_with_fhirpy().await)
-        .arg(script)
-        .arg(&s.base)
-        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all steps passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_client("python", "fhirpy_patch_count.py", &[&s.base]).await;
+    assert!(stdout.contains("all steps passed"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fhir_kit_client_json_patch() {
     let s = TestStore::start().await;
-    let node_dir = repo_root().join("integration-tests/node");
-    let out = tokio::process::Command::new("node")
-        .arg(node_dir.join("fhir_kit_client_patch.mjs"))
-        .arg(&s.base)
-        .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_client("node", "fhir_kit_client_patch.mjs", &[&s.base]).await;
 }
 
 /// A SMART client discovers that the store is protected and where the issuer's endpoints are
@@ -158,17 +120,11 @@ async fn a_smart_client_discovers_the_issuer() {
         c.smart.authorize = Some(AUTHORIZE.into());
     })
     .await;
-    let script = repo_root().join("integration-tests/python/fhirclient_discovery.py");
-    let out = tokio::process::Command::new(python_with_fhirpy().await)
-        .arg(script)
-        .args([&s.base, TOKEN, AUTHORIZE])
-        .output()
-        .await
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all steps passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_client(
+        "python",
+        "fhirclient_discovery.py",
+        &[&s.base, TOKEN, AUTHORIZE],
+    )
+    .await;
+    assert!(stdout.contains("all steps passed"), "{stdout}");
 }

@@ -1004,7 +1004,9 @@ fn arithmetic(op: BinOp, x: &Item, y: &Item) -> R {
             let v = if op == BinOp::Sub { -*v } else { *v };
             // Calendar arithmetic takes calendar durations and the UCUM codes that are exact
             // (d, wk, h, min, s, ms); UCUM's `a` and `mo` are averages, not calendar units.
-            if !CALENDAR_UNITS.contains(&u.as_str()) {
+            if !crate::parse::CALENDAR.contains(&u.as_str())
+                && !UCUM_DURATIONS.contains(&u.as_str())
+            {
                 return Err(exec(format!("a date cannot be moved by '{u}'")));
             }
             shift(d, v, u)
@@ -1026,30 +1028,9 @@ fn arithmetic(op: BinOp, x: &Item, y: &Item) -> R {
     })
 }
 
-const CALENDAR_UNITS: &[&str] = &[
-    "year",
-    "years",
-    "month",
-    "months",
-    "week",
-    "weeks",
-    "day",
-    "days",
-    "hour",
-    "hours",
-    "minute",
-    "minutes",
-    "second",
-    "seconds",
-    "millisecond",
-    "milliseconds",
-    "wk",
-    "d",
-    "h",
-    "min",
-    "s",
-    "ms",
-];
+/// The UCUM codes of fixed-length durations a date may be moved by (besides the calendar
+/// words).
+const UCUM_DURATIONS: &[&str] = &["wk", "d", "h", "min", "s", "ms"];
 
 /// A dateTime moved by a time quantity (hours, minutes, seconds, milliseconds) on its wall
 /// clock, written at the precision it had.

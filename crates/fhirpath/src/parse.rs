@@ -319,7 +319,8 @@ struct Parser {
     pos: usize,
 }
 
-const CALENDAR: &[&str] = &[
+/// The calendar duration words of quantity literals (`4 days`).
+pub(crate) const CALENDAR: &[&str] = &[
     "year",
     "years",
     "month",

@@ -170,6 +170,19 @@ pub async fn update(
     Ok(audited(written_response(&s, w, a.fmt, a.prefer)))
 }
 
+/// A PATCH body within the size limit, read by its media type.
+async fn read_patch(
+    s: &StoreState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::fhir::patch::Patch, StoreError> {
+    let bytes = read_bounded(headers, body, s.config.max_body_bytes).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    crate::fhir::patch::parse(content_type, &bytes)
+}
+
 /// `PATCH [type]/[id]`: JSON Patch or JSON merge patch on the current version, validated and
 /// written like an update.
 pub async fn patch(
@@ -183,11 +196,7 @@ pub async fn patch(
     caller.require(rt, Interaction::Read)?;
     caller.require(rt, Interaction::Update)?;
     let expected = if_match(&headers, rt)?;
-    let bytes = read_bounded(&headers, body, s.config.max_body_bytes).await?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let p = crate::fhir::patch::parse(content_type, &bytes)?;
+    let p = read_patch(&s, &headers, body).await?;
     let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
     let w = write_audited(&*s.store, &caller, "patch", move |txn| {
         Box::pin(async move {
@@ -218,11 +227,7 @@ pub async fn conditional_patch(
     caller.require(rt, Interaction::Search)?;
     let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional patch")?;
     let expected = if_match(&headers, rt)?;
-    let bytes = read_bounded(&headers, body, s.config.max_body_bytes).await?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let p = crate::fhir::patch::parse(content_type, &bytes)?;
+    let p = read_patch(&s, &headers, body).await?;
     let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
     let w = write_audited(&*s.store, &caller, "patch", move |txn| {
         Box::pin(async move {
