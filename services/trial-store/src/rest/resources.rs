@@ -183,6 +183,14 @@ async fn read_patch(
     crate::fhir::patch::parse(content_type, &bytes)
 }
 
+/// Which resource a PATCH names.
+enum PatchOf {
+    /// `PATCH [type]/[id]`
+    Id(String),
+    /// `PATCH [type]?criteria`: the one resource they match.
+    Matching(trialbridge_fhir::search::SearchRequest),
+}
+
 /// `PATCH [type]/[id]`: JSON Patch or JSON merge patch on the current version, validated and
 /// written like an update.
 pub async fn patch(
@@ -193,23 +201,7 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, StoreError> {
-    caller.require(rt, Interaction::Read)?;
-    caller.require(rt, Interaction::Update)?;
-    let expected = if_match(&headers, rt)?;
-    let p = read_patch(&s, &headers, body).await?;
-    let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
-    let w = write_audited(&*s.store, &caller, "patch", move |txn| {
-        Box::pin(async move {
-            let target = crate::fhir::patch::Target {
-                resource_type: rt,
-                id: &id,
-                if_match: expected,
-            };
-            crate::fhir::patch::patch_in(txn, &c, &*rules, target, &p, &validation).await
-        })
-    })
-    .await?;
-    Ok(audited(written_response(&s, w, a.fmt, a.prefer)))
+    patch_one(s, caller, rt, PatchOf::Id(id), a, headers, body).await
 }
 
 /// `PATCH [type]?criteria`: the patch of the one resource the criteria match.
@@ -222,23 +214,40 @@ pub async fn conditional_patch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, StoreError> {
-    caller.require(rt, Interaction::Read)?;
-    caller.require(rt, Interaction::Update)?;
     caller.require(rt, Interaction::Search)?;
     let criteria = conditional_criteria(rt, q.as_deref().unwrap_or(""), "conditional patch")?;
+    patch_one(s, caller, rt, PatchOf::Matching(criteria), a, headers, body).await
+}
+
+async fn patch_one(
+    s: StoreState,
+    caller: Caller,
+    rt: &'static str,
+    which: PatchOf,
+    a: Asked,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    caller.require(rt, Interaction::Read)?;
+    caller.require(rt, Interaction::Update)?;
     let expected = if_match(&headers, rt)?;
     let p = read_patch(&s, &headers, body).await?;
     let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
     let w = write_audited(&*s.store, &caller, "patch", move |txn| {
         Box::pin(async move {
-            let Some(id) =
-                interactions::match_one(txn, &c, rt, &criteria, "conditional patch").await?
-            else {
-                return Err(StoreError::new(
-                    Status::NotFound,
-                    IssueType::NotFound,
-                    format!("the conditional patch matches no {rt}"),
-                ));
+            let id = match which {
+                PatchOf::Id(id) => id,
+                PatchOf::Matching(criteria) => {
+                    interactions::match_one(txn, &c, rt, &criteria, "conditional patch")
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::new(
+                                Status::NotFound,
+                                IssueType::NotFound,
+                                format!("the conditional patch matches no {rt}"),
+                            )
+                        })?
+                }
             };
             let target = crate::fhir::patch::Target {
                 resource_type: rt,
