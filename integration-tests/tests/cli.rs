@@ -293,3 +293,21 @@ async fn load_writes_like_the_api() {
     assert_eq!(e["action"], "C", "{b}");
     assert!(e.to_string().contains("dm-anna"), "{e}");
 }
+
+/// `--help` never shows a secret: a database URL with a password in the environment is not
+/// echoed (clap prints the values of the variables it names unless told not to).
+#[test]
+fn help_does_not_print_the_database_password() {
+    let out = trialbridge()
+        .args(["serve", "--help"])
+        .env(
+            "TRIALBRIDGE_DATABASE_URL",
+            "postgres://trialbridge:s3cret-pw@db.example:5432/trial",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("TRIALBRIDGE_DATABASE_URL"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}

@@ -28,6 +28,8 @@ pub struct ServeArgs {
         long,
         env = "TRIALBRIDGE_DATABASE_URL",
         default_value = "sqlite://data/trialbridge.db",
+        // A PostgreSQL URL may carry a password: `--help` names the variable, not its value.
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
