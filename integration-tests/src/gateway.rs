@@ -134,6 +134,18 @@ impl TestGateway {
         assert_eq!(status, 201, "{}", r.text().await.unwrap_or_default());
     }
 
+    /// Replays dead letter `id` as site staff; the API's JSON answer (`{"id", "result"}`).
+    pub async fn replay(&self, id: i64) -> Value {
+        staff()
+            .post(self.url(&format!("/dead-letters/{id}/replay")))
+            .send()
+            .await
+            .expect("POST replay")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// GET a JSON answer of the API as site staff.
     pub async fn get(&self, path: &str) -> Value {
         staff()

@@ -177,14 +177,7 @@ async fn unmapped_codes_wait_in_the_dead_letter_queue() {
     let id = dead[0]["id"].as_i64().unwrap();
     let one = g.get(&format!("/dead-letters/{id}")).await;
     assert!(one["message"].as_str().unwrap().contains("KNIE-SCORE"));
-    let r: Value = staff()
-        .post(g.url(&format!("/dead-letters/{id}/replay")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = g.replay(id).await;
     assert!(
         r["result"].as_str().unwrap().starts_with("still dead"),
         "{r}"

@@ -431,14 +431,7 @@ async fn a_code_map_fixed_in_the_store_releases_its_dead_letter_and_survives_a_r
 
     // Replayed, the message goes out with the translated code.
     let id = dead[0]["id"].as_i64().unwrap();
-    let r: Value = integration_tests::gateway::staff()
-        .post(g.url(&format!("/dead-letters/{id}/replay")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = g.replay(id).await;
     assert_eq!(r["result"], "queued", "{r}");
     let obs = observations_at(&base, &g).await;
     assert_eq!(obs.len(), 1, "{obs:?}");

@@ -333,14 +333,7 @@ async fn a_reused_control_id_with_new_content_waits_for_a_person() {
     assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
     let id = dead[0]["id"].as_i64().unwrap();
     // A person decides it is a new message: replayed, it becomes its own Observation.
-    let r: Value = staff()
-        .post(g.url(&format!("/dead-letters/{id}/replay")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = g.replay(id).await;
     assert_eq!(r["result"], "queued", "{r}");
     assert_eq!(weights(&store, &g, "mc-01-001").await, ["70", "80"]);
     assert_eq!(g.get("/status").await["control_ids_reused"], 1);

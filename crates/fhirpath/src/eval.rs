@@ -495,7 +495,7 @@ fn eval(e: &Expr, focus: &[Item], env: &Env) -> R {
                 Some(b) => eval(b, focus, env)?,
                 None => focus.to_vec(),
             };
-            call(name, &input, args, focus, env)?
+            call(name, &input, args, env)?
         }
     })
 }
@@ -1245,11 +1245,6 @@ fn to_quantity(i: &Item) -> Option<(Decimal, String)> {
     }
 }
 
-fn is_date(s: &str) -> bool {
-    let re = regex_date();
-    re.is_match(s)
-}
-
 fn regex_date() -> &'static regex::Regex {
     static R: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     R.get_or_init(|| regex::Regex::new(r"^\d{4}(-\d{2}(-\d{2})?)?$").unwrap())
@@ -1283,10 +1278,9 @@ fn arity(name: &str, args: &[Expr], min: usize, max: usize) -> Result<(), Error>
 }
 
 /// An argument evaluated once on the whole context (not per item).
-fn arg(args: &[Expr], i: usize, focus: &[Item], env: &Env) -> R {
+fn arg(args: &[Expr], i: usize, env: &Env) -> R {
     let this = env.this.clone().unwrap_or_else(|| env.root.clone());
     let inner = env.with(this.clone(), env.index.unwrap_or(0));
-    let _ = focus;
     eval(&args[i], std::slice::from_ref(&this), &inner)
 }
 
@@ -1306,7 +1300,7 @@ fn single_int(c: &[Item], what: &str) -> Result<Option<i64>, Error> {
     }
 }
 
-fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) -> R {
+fn call(name: &str, input: &[Item], args: &[Expr], env: &Env) -> R {
     // Functions whose argument is evaluated per item, with $this.
     let per_item = |f: &PerItem| -> R {
         let mut out = Vec::new();
@@ -1387,7 +1381,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "subsetOf" | "supersetOf" => {
             arity(name, args, 1, 1)?;
-            let other = arg(args, 0, focus, env)?;
+            let other = arg(args, 0, env)?;
             let (small, big) = if name == "subsetOf" {
                 (input, &other[..])
             } else {
@@ -1437,7 +1431,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         "aggregate" => {
             arity(name, args, 1, 2)?;
             let mut total = if args.len() == 2 {
-                arg(args, 1, focus, env)?
+                arg(args, 1, env)?
             } else {
                 vec![]
             };
@@ -1476,9 +1470,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         "tail" => input.iter().skip(1).cloned().collect(),
         "skip" | "take" => {
             arity(name, args, 1, 1)?;
-            let n = single_int(&arg(args, 0, focus, env)?, name)?
-                .unwrap_or(0)
-                .max(0) as usize;
+            let n = single_int(&arg(args, 0, env)?, name)?.unwrap_or(0).max(0) as usize;
             if name == "skip" {
                 input.iter().skip(n).cloned().collect()
             } else {
@@ -1487,7 +1479,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "intersect" => {
             arity(name, args, 1, 1)?;
-            let other = arg(args, 0, focus, env)?;
+            let other = arg(args, 0, env)?;
             distinct(
                 input
                     .iter()
@@ -1498,7 +1490,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "exclude" => {
             arity(name, args, 1, 1)?;
-            let other = arg(args, 0, focus, env)?;
+            let other = arg(args, 0, env)?;
             input
                 .iter()
                 .filter(|x| !contains_item(&other, x))
@@ -1507,21 +1499,11 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "union" => {
             arity(name, args, 1, 1)?;
-            distinct(
-                input
-                    .iter()
-                    .cloned()
-                    .chain(arg(args, 0, focus, env)?)
-                    .collect(),
-            )
+            distinct(input.iter().cloned().chain(arg(args, 0, env)?).collect())
         }
         "combine" => {
             arity(name, args, 1, 1)?;
-            input
-                .iter()
-                .cloned()
-                .chain(arg(args, 0, focus, env)?)
-                .collect()
+            input.iter().cloned().chain(arg(args, 0, env)?).collect()
         }
         "iif" => {
             arity(name, args, 2, 3)?;
@@ -1584,7 +1566,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "extension" => {
             arity(name, args, 1, 1)?;
-            let url = single_string(&arg(args, 0, focus, env)?, name)?.unwrap_or_default();
+            let url = single_string(&arg(args, 0, env)?, name)?.unwrap_or_default();
             let mut out = Vec::new();
             for i in input {
                 if let Item::Node(n) = i {
@@ -1669,7 +1651,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
                     {
                         "Date" => {
                             let d = s.split('T').next().unwrap_or("").to_string();
-                            is_date(&d).then_some(Item::Date(d))
+                            regex_date().is_match(&d).then_some(Item::Date(d))
                         }
                         "DateTime" => regex_datetime().is_match(&s).then_some(Item::DateTime(s)),
                         _ => regex_time().is_match(&s).then_some(Item::Time(s)),
@@ -1684,7 +1666,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         },
         "indexOf" => {
             arity(name, args, 1, 1)?;
-            let sub = single_string(&arg(args, 0, focus, env)?, name)?;
+            let sub = single_string(&arg(args, 0, env)?, name)?;
             str_fn(&|s| {
                 Ok(sub
                     .as_ref()
@@ -1700,9 +1682,9 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "substring" => {
             arity(name, args, 1, 2)?;
-            let start = single_int(&arg(args, 0, focus, env)?, name)?;
+            let start = single_int(&arg(args, 0, env)?, name)?;
             let len = if args.len() == 2 {
-                single_int(&arg(args, 1, focus, env)?, name)?
+                single_int(&arg(args, 1, env)?, name)?
             } else {
                 None
             };
@@ -1723,7 +1705,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "startsWith" | "endsWith" | "contains" => {
             arity(name, args, 1, 1)?;
-            let p = single_string(&arg(args, 0, focus, env)?, name)?;
+            let p = single_string(&arg(args, 0, env)?, name)?;
             str_fn(&|s| {
                 Ok(p.as_ref()
                     .map(|p| {
@@ -1745,8 +1727,8 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         "replace" => {
             arity(name, args, 2, 2)?;
             let (p, r) = (
-                single_string(&arg(args, 0, focus, env)?, name)?,
-                single_string(&arg(args, 1, focus, env)?, name)?,
+                single_string(&arg(args, 0, env)?, name)?,
+                single_string(&arg(args, 1, env)?, name)?,
             );
             str_fn(&|s| {
                 Ok(match (&p, &r) {
@@ -1765,9 +1747,9 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "matches" | "replaceMatches" => {
             arity(name, args, 1, 2)?;
-            let p = single_string(&arg(args, 0, focus, env)?, name)?;
+            let p = single_string(&arg(args, 0, env)?, name)?;
             let r = if args.len() == 2 {
-                single_string(&arg(args, 1, focus, env)?, name)?
+                single_string(&arg(args, 1, env)?, name)?
             } else {
                 None
             };
@@ -1790,7 +1772,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "split" => {
             arity(name, args, 1, 1)?;
-            let sep = single_string(&arg(args, 0, focus, env)?, name)?;
+            let sep = single_string(&arg(args, 0, env)?, name)?;
             str_fn(&|s| {
                 Ok(sep
                     .as_ref()
@@ -1803,7 +1785,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
             let sep = if args.is_empty() {
                 String::new()
             } else {
-                single_string(&arg(args, 0, focus, env)?, name)?.unwrap_or_default()
+                single_string(&arg(args, 0, env)?, name)?.unwrap_or_default()
             };
             let parts: Vec<String> = input.iter().filter_map(to_string).collect();
             vec![Item::Str(parts.join(&sep))]
@@ -1822,7 +1804,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
             let dp = if args.is_empty() {
                 0
             } else {
-                single_int(&arg(args, 0, focus, env)?, name)?.unwrap_or(0)
+                single_int(&arg(args, 0, env)?, name)?.unwrap_or(0)
             };
             if dp < 0 {
                 return Err(exec("round() needs a non-negative precision"));
@@ -1842,12 +1824,12 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         "exp" => math(&|d| f64_of(d).and_then(|x| from_f64(x.exp())))?,
         "ln" => math(&|d| f64_of(d).and_then(|x| from_f64(x.ln())))?,
         "log" => {
-            let base = single_int(&arg(args, 0, focus, env)?, name)
+            let base = single_int(&arg(args, 0, env)?, name)
                 .ok()
                 .flatten()
                 .map(|b| b as f64)
                 .or_else(|| {
-                    arg(args, 0, focus, env)
+                    arg(args, 0, env)
                         .ok()
                         .and_then(|c| c.first().and_then(|i| num(&i.system())))
                         .and_then(|d| d.to_f64())
@@ -1860,7 +1842,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "power" => {
             arity(name, args, 1, 1)?;
-            let e = arg(args, 0, focus, env)?;
+            let e = arg(args, 0, env)?;
             let (Some(x), Some(y)) = (
                 singleton(input, name)?.map(Item::system),
                 singleton(&e, name)?.map(Item::system),
@@ -1888,7 +1870,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
             let p = if args.is_empty() {
                 None
             } else {
-                single_int(&arg(args, 0, focus, env)?, name)?
+                single_int(&arg(args, 0, env)?, name)?
             };
             match singleton(input, name)?.map(Item::system) {
                 None => vec![],
@@ -1927,7 +1909,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
             .collect(),
         "matchesFull" => {
             arity(name, args, 1, 1)?;
-            let p = single_string(&arg(args, 0, focus, env)?, name)?;
+            let p = single_string(&arg(args, 0, env)?, name)?;
             str_fn(&|s| {
                 let Some(p) = &p else { return Ok(vec![]) };
                 let re = regex::Regex::new(&format!("(?s)^(?:{p})$"))
@@ -1986,7 +1968,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         "encode" | "decode" | "escape" | "unescape" => {
             arity(name, args, 1, 1)?;
             use base64::Engine as _;
-            let format = single_string(&arg(args, 0, focus, env)?, name)?.unwrap_or_default();
+            let format = single_string(&arg(args, 0, env)?, name)?.unwrap_or_default();
             str_fn(&|s| {
                 let text = |b: Vec<u8>| String::from_utf8(b).ok().map(Item::Str);
                 let b64 = base64::engine::general_purpose::STANDARD;
@@ -2035,7 +2017,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], focus: &[Item], env: &Env) ->
         }
         "comparable" => {
             arity(name, args, 1, 1)?;
-            let other = arg(args, 0, focus, env)?;
+            let other = arg(args, 0, env)?;
             match (singleton(input, name)?, singleton(&other, name)?) {
                 (Some(a), Some(b)) => match (a.quantity(), b.quantity()) {
                     (Some(x), Some(y)) => vec![Item::Bool(same_unit(x, y).is_some())],

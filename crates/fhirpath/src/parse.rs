@@ -191,28 +191,12 @@ fn tokens(text: &str) -> Result<Vec<Tok>, Error> {
                 out.push(Tok::Quoted(unescape(&mut chars, '`')?));
             }
             '0'..='9' => {
-                let mut n = String::new();
-                while let Some(&d) = chars.peek() {
-                    if d.is_ascii_digit() {
-                        n.push(d);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
+                let mut n = take_while(&mut chars, |d| d.is_ascii_digit());
                 // A decimal point only when a digit follows (`1.toString()` is a call).
-                let mut ahead = chars.clone();
-                if ahead.next() == Some('.') && ahead.peek().is_some_and(char::is_ascii_digit) {
+                if dot_then_digit(&chars) {
                     chars.next();
                     n.push('.');
-                    while let Some(&d) = chars.peek() {
-                        if d.is_ascii_digit() {
-                            n.push(d);
-                            chars.next();
-                        } else {
-                            break;
-                        }
-                    }
+                    n.push_str(&take_while(&mut chars, |d| d.is_ascii_digit()));
                 }
                 out.push(Tok::Num(n));
             }
@@ -222,12 +206,10 @@ fn tokens(text: &str) -> Result<Vec<Tok>, Error> {
                 while let Some(&d) = chars.peek() {
                     // A '.' belongs to the literal only before a digit (fractional seconds):
                     // `@2015.is(Date)` is a call on the literal.
-                    let fraction = d == '.' && {
-                        let mut ahead = chars.clone();
-                        ahead.next();
-                        ahead.peek().is_some_and(char::is_ascii_digit)
-                    };
-                    if d.is_ascii_digit() || matches!(d, '-' | ':' | 'T' | '+' | 'Z') || fraction {
+                    if d.is_ascii_digit()
+                        || matches!(d, '-' | ':' | 'T' | '+' | 'Z')
+                        || dot_then_digit(&chars)
+                    {
                         s.push(d);
                         chars.next();
                     } else {
@@ -302,16 +284,29 @@ fn tokens(text: &str) -> Result<Vec<Tok>, Error> {
 }
 
 fn ident(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> String {
+    take_while(chars, |c| c.is_alphanumeric() || c == '_')
+}
+
+/// The characters from the cursor on while `keep` holds.
+fn take_while(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    keep: impl Fn(char) -> bool,
+) -> String {
     let mut s = String::new();
     while let Some(&c) = chars.peek() {
-        if c.is_alphanumeric() || c == '_' {
-            s.push(c);
-            chars.next();
-        } else {
+        if !keep(c) {
             break;
         }
+        s.push(c);
+        chars.next();
     }
     s
+}
+
+/// Whether the cursor is at a '.' followed by a digit.
+fn dot_then_digit(chars: &std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+    let mut ahead = chars.clone();
+    ahead.next() == Some('.') && ahead.peek().is_some_and(char::is_ascii_digit)
 }
 
 struct Parser {

@@ -267,15 +267,6 @@ pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
     })
 }
 
-/// Looks a code up in the study's ConceptMaps: the target `(system, code, display)` of
-/// `(system, code)`, if a map has it.
-pub fn translate(system: &str, code: &str) -> Option<(String, String, Option<String>)> {
-    resources()
-        .iter()
-        .filter(|r| r.get("resourceType").and_then(Value::as_str) == Some("ConceptMap"))
-        .find_map(|cm| translate_in(cm, system, code))
-}
-
 /// Looks a code up in one ConceptMap (the built-in one, or the version an administrator
 /// edited in the trial store): the target `(system, code, display)` of `(system, code)`.
 /// An element whose first target is `unmatched` or `disjoint` translates to nothing.
@@ -361,12 +352,13 @@ mod tests {
 
     #[test]
     fn site_local_codes_translate() {
-        let (system, code, _) = translate("urn:mesemcart:site-01:local", "BMI").unwrap();
+        let map = resource("ConceptMap", "mesemcart-site-local-codes").unwrap();
+        let (system, code, _) = translate_in(map, "urn:mesemcart:site-01:local", "BMI").unwrap();
         assert_eq!(
             (system.as_str(), code.as_str()),
             ("http://loinc.org", "39156-5")
         );
-        assert!(translate("urn:mesemcart:site-01:local", "HB").is_none());
+        assert!(translate_in(map, "urn:mesemcart:site-01:local", "HB").is_none());
     }
 
     #[test]

@@ -56,12 +56,6 @@ pub enum RefreshError {
     },
 }
 
-impl Default for CodeMap {
-    fn default() -> Self {
-        Self::built_in()
-    }
-}
-
 impl CodeMap {
     /// The map built into the binary.
     pub fn built_in() -> Self {

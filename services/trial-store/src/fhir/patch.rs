@@ -174,15 +174,8 @@ pub async fn patch_in(
         )
     })?;
     let patched = apply(&stored, patch)?;
-    let text = serde_json::to_vec(&patched)
-        .map_err(|e| StoreError::new(Status::InternalError, IssueType::Exception, e.to_string()))?;
-    let raw = trialbridge_fhir::json::RawResource::parse(&text).map_err(|e| {
-        StoreError::new(
-            Status::Unprocessable,
-            IssueType::Structure,
-            format!("the patched resource is not a resource: {e}"),
-        )
-    })?;
+    // `apply` kept the type and id, so the result is a resource object.
+    let raw = trialbridge_fhir::json::RawResource::from_value(&patched);
     let res = incoming(resource_type, raw, patched, validation)?;
     // The version patched is the one read here: If-Match, when given, must name it.
     let expected = Some(if_match.unwrap_or(current.version));

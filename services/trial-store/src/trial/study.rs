@@ -80,14 +80,12 @@ async fn held_before(
     for version in (1..current.version).rev() {
         if let Some(v) = store.vread(ctx, ty, id, version).await? {
             if same(&v) {
-                if version < current.version {
-                    tracing::info!(
-                        resource = %format!("{ty}/{id}"),
-                        loaded = version,
-                        current = current.version,
-                        "the study resource was edited after it was loaded; the edit stays"
-                    );
-                }
+                tracing::info!(
+                    resource = %format!("{ty}/{id}"),
+                    loaded = version,
+                    current = current.version,
+                    "the study resource was edited after it was loaded; the edit stays"
+                );
                 return Ok(true);
             }
         }
