@@ -37,6 +37,7 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Patch, StoreErr
             IssueType::Structure,
             format!("the patch is not JSON: {e}"),
         )
+        .at("PATCH body")
     })?;
     let json_patch = |v: Value| {
         serde_json::from_value::<json_patch::Patch>(v)
@@ -47,6 +48,7 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Patch, StoreErr
                     IssueType::Structure,
                     format!("the JSON Patch is not a list of RFC 6902 operations: {e}"),
                 )
+                .at("PATCH body")
             })
     };
     match (media.as_str(), &value) {
@@ -62,13 +64,15 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Patch, StoreErr
                 Status::UnsupportedMediaType,
                 IssueType::NotSupported,
                 "FHIRPath Patch (a Parameters resource) is not supported yet; send a JSON Patch (application/json-patch+json) or a JSON merge patch (application/merge-patch+json)",
-            ))
+            )
+            .at("Content-Type"))
         }
         (other, _) => Err(StoreError::new(
             Status::UnsupportedMediaType,
             IssueType::NotSupported,
             format!("a patch is application/json-patch+json (JSON Patch) or application/merge-patch+json (JSON merge patch), not '{other}'"),
-        )),
+        )
+        .at("Content-Type")),
     }
 }
 
