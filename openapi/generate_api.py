@@ -133,8 +133,8 @@ def body(t):
     }}
 
 
-# A PATCH body: RFC 6902 operations, or an RFC 7386 merge document (also as application/json,
-# which is what fhirpy sends).
+# A PATCH body: RFC 6902 operations, an RFC 7386 merge document (also as application/json,
+# which is what fhirpy sends), or a FHIRPath Patch (a Parameters resource).
 PATCH_BODY = {"required": True, "content": {
     "application/json-patch+json": {"schema": {"type": "array", "items": {
         "type": "object", "required": ["op", "path"],
@@ -142,6 +142,8 @@ PATCH_BODY = {"required": True, "content": {
                        "path": {"type": "string"}, "from": {"type": "string"}, "value": {}}}}},
     "application/merge-patch+json": {"schema": {"type": "object"}},
     "application/json": {"schema": {"type": "object"}},
+    "application/fhir+json": {"schema": {"type": "object", "required": ["resourceType", "parameter"],
+        "properties": {"resourceType": {"const": "Parameters"}, "parameter": {"type": "array"}}}},
 }}
 
 

@@ -62,7 +62,7 @@ fn assert_outcome(r: &Reply, status: u16, code: &str, expression: &str) {
 
 fn obs(id: Option<&str>) -> Value {
     // Parsed from text: the json! macro would turn 24.50 into 24.5.
-    let mut o: Value = serde_json::from_str(r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"39156-5"}]},"valueQuantity":{"value":24.50,"unit":"kg/m2","system":"http://unitsofmeasure.org","code":"kg/m2"}}"#).unwrap();
+    let mut o: Value = serde_json::from_str(r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"39156-5"}]},"subject":{"display":"a test subject"},"effectiveDateTime":"2026-03-02","valueQuantity":{"value":24.50,"unit":"kg/m2","system":"http://unitsofmeasure.org","code":"kg/m2"}}"#).unwrap();
     if let Some(id) = id {
         o["id"] = json!(id);
     }
@@ -504,8 +504,9 @@ async fn error_paths_name_the_element() {
     .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.body["resourceType"], "OperationOutcome");
-    // PATCH: a FHIR resource is not a patch (415); a failed operation names where (422) and
-    // changes nothing; If-Match as for an update (412).
+    // PATCH: a FHIR resource other than Parameters is not a patch (400), nor is text (415);
+    // a failed operation names where (422) and changes nothing; If-Match as for an update
+    // (412).
     let r = send(
         Method::PATCH,
         &s.url("Observation/v1"),
@@ -513,7 +514,15 @@ async fn error_paths_name_the_element() {
         Some("{}".into()),
     )
     .await;
-    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
+    assert_outcome(&r, 400, "structure", "PATCH body");
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/v1"),
+        &[("content-type", "text/plain")],
+        Some("{}".into()),
+    )
+    .await;
+    assert_outcome(&r, 415, "not-supported", "Content-Type");
     let json_patch = [("content-type", "application/json-patch+json")];
     let r = send(
         Method::PATCH,
@@ -840,7 +849,8 @@ async fn health_and_capability_statement() {
 async fn an_update_that_changes_nothing_writes_no_version() {
     let s = TestStore::start().await;
     let obs = json!({"resourceType": "Observation", "id": "same", "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}], "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"display": "a test subject"}, "effectiveDateTime": "2026-03-02",
         "valueQuantity": {"value": 70.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}});
     let url = s.url("Observation/same");
     let first = send(Method::PUT, &url, &[], Some(obs.to_string())).await;
@@ -860,7 +870,7 @@ async fn an_update_that_changes_nothing_writes_no_version() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["meta"]["versionId"], "1");
     // Member order, whitespace and the client's meta.versionId do not make a change.
-    let reordered = r#"{"id":"same", "resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"valueQuantity":{"value":70.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"meta":{"versionId":"7","lastUpdated":"2020-01-01T00:00:00Z"}}"#;
+    let reordered = r#"{"id":"same", "resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"effectiveDateTime":"2026-03-02","subject":{"display":"a test subject"},"valueQuantity":{"value":70.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"meta":{"versionId":"7","lastUpdated":"2020-01-01T00:00:00Z"}}"#;
     let r = send(Method::PUT, &url, &[], Some(reordered.into())).await;
     assert_eq!(
         (r.status, r.body["meta"]["versionId"].as_str()),
@@ -1040,4 +1050,118 @@ async fn a_query_on_create_is_refused_not_ignored() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// One FHIRPath Patch operation as a Parameters resource.
+fn fhirpath_patch(parts: Value) -> Value {
+    json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]})
+}
+
+#[tokio::test]
+async fn fhirpath_patch_and_patch_in_a_transaction() {
+    let s = TestStore::start().await;
+    let fhir = [("content-type", "application/fhir+json")];
+    let r = send(
+        Method::PUT,
+        &s.url("Observation/fp1"),
+        &[],
+        Some(obs(Some("fp1")).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // FHIRPath Patch: replace by path, validated and written as version 2.
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/fp1"),
+        &fhir,
+        Some(
+            fhirpath_patch(json!([
+                {"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Observation.value.value"},
+                {"name": "value", "valueDecimal": 25.1}]))
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["etag"], "W/\"2\"");
+    assert_eq!(r.body["valueQuantity"]["value"], json!(25.1));
+    // A path that finds two elements is named, and nothing changes.
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/fp1"),
+        &fhir,
+        Some(
+            fhirpath_patch(json!([
+                {"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Observation.descendants().where($this is string or $this is uri)"},
+                {"name": "value", "valueString": "x"}]))
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_outcome(&r, 422, "processing", "Parameters.parameter[0].part[1]");
+    // The result is validated like an update: an unknown status code is refused.
+    let r = send(
+        Method::PATCH,
+        &s.url("Observation/fp1"),
+        &fhir,
+        Some(
+            fhirpath_patch(json!([
+                {"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Observation.status"},
+                {"name": "value", "valueCode": "done"}]))
+            .to_string(),
+        ),
+    )
+    .await;
+    assert_outcome(&r, 422, "code-invalid", "Observation.status");
+
+    // In a transaction: a JSON Patch in a Binary and a FHIRPath Patch, with the create of a
+    // second Observation; all commit together.
+    let json_patch = json!([{"op": "add", "path": "/category/-", "value":
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "exam"}]}}]);
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(json_patch.to_string());
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data},
+         "request": {"method": "PATCH", "url": "Observation/fp1", "ifMatch": "W/\"2\""}},
+        {"resource": obs(None), "request": {"method": "POST", "url": "Observation"}},
+    ]});
+    let r = send(Method::POST, &s.base, &[], Some(bundle.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["entry"][0]["response"]["status"], "200 OK");
+    assert_eq!(r.body["entry"][0]["response"]["etag"], "W/\"3\"");
+    let r = send(Method::GET, &s.url("Observation/fp1"), &[], None).await;
+    assert_eq!(r.body["category"][1]["coding"][0]["code"], "exam");
+    assert_eq!(r.body["valueQuantity"]["value"], json!(25.1));
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": fhirpath_patch(json!([
+            {"name": "type", "valueCode": "delete"},
+            {"name": "path", "valueString": "Observation.category[1]"}])),
+         "request": {"method": "PATCH", "url": "Observation?_id=fp1"}},
+    ]});
+    let r = send(Method::POST, &s.base, &[], Some(bundle.to_string())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = send(Method::GET, &s.url("Observation/fp1"), &[], None).await;
+    assert_eq!(
+        r.body["category"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["meta"]["versionId"], "4");
+    // A failing patch fails the whole transaction and names its entry.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": obs(None), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                      "data": base64::engine::general_purpose::STANDARD.encode(r#"[{"op":"remove","path":"/nothing"}]"#)},
+         "request": {"method": "PATCH", "url": "Observation/fp1"}},
+    ]});
+    let r = send(Method::POST, &s.base, &[], Some(bundle.to_string())).await;
+    assert_eq!(r.status.as_u16(), 422, "{}", r.body);
+    let text = r.body.to_string();
+    assert!(text.contains("Bundle.entry[1]"), "{text}");
+    let r = send(Method::GET, &s.url("Observation/fp1"), &[], None).await;
+    assert_eq!(r.body["meta"]["versionId"], "4");
 }

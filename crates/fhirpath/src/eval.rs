@@ -1,6 +1,7 @@
 //! Evaluation: collections of items, the FHIR model for navigation and types, the operators
 //! with FHIRPath's empty-collection rules, and the functions.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -13,21 +14,58 @@ use trialbridge_fhir::structure::type_def;
 use crate::parse::{BinOp, Expr};
 use crate::{Error, Variables};
 
+/// A JSON value of the data: borrowed from the resource being evaluated (navigation copies
+/// nothing), or shared when evaluation made it (`type()`'s TypeInfo).
+#[derive(Debug, Clone)]
+pub enum Json<'a> {
+    /// Part of the evaluated resource.
+    Borrowed(&'a Value),
+    /// Made during evaluation.
+    Shared(Arc<Value>),
+}
+
+impl std::ops::Deref for Json<'_> {
+    type Target = Value;
+    fn deref(&self) -> &Value {
+        match self {
+            Json::Borrowed(v) => v,
+            Json::Shared(v) => v,
+        }
+    }
+}
+
+impl PartialEq for Json<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<'a> Json<'a> {
+    /// A part of this value with the same provenance: borrowed from a borrowed value,
+    /// copied out of a made one (rare: only made values such as TypeInfo are copied).
+    fn part(&self, f: impl FnOnce(&Value) -> Option<&Value>) -> Option<Json<'a>> {
+        match self {
+            Json::Borrowed(v) => f(v).map(Json::Borrowed),
+            Json::Shared(v) => f(v).map(|x| Json::Shared(Arc::new(x.clone()))),
+        }
+    }
+}
+
 /// A FHIR element in the data, with its FHIR type.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub struct Node<'a> {
     /// The JSON value (an object, or a primitive's JSON value; `Null` for a primitive that
     /// has only extensions).
-    pub value: Arc<Value>,
+    pub value: Json<'a>,
     /// Its FHIR type (`HumanName`, `string`, `Patient`, `Observation.component`).
-    pub ty: String,
+    pub ty: Cow<'static, str>,
     /// A primitive's `_name` sibling (id and extensions), if any.
-    pub ext: Option<Arc<Value>>,
+    pub ext: Option<Json<'a>>,
 }
 
 /// One item of a collection.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Item {
+pub enum Item<'a> {
     /// System.Boolean
     Bool(bool),
     /// System.Integer
@@ -45,12 +83,12 @@ pub enum Item {
     /// System.Quantity (value, unit)
     Quantity(Decimal, String),
     /// An element of the data.
-    Node(Node),
+    Node(Node<'a>),
 }
 
-type R = Result<Vec<Item>, Error>;
+type R<'a> = Result<Vec<Item<'a>>, Error>;
 /// What a per-item function makes of an item and its argument's value there.
-type PerItem = dyn Fn(&Item, Vec<Item>) -> Result<Option<Item>, Error>;
+type PerItem<'a> = dyn Fn(&Item<'a>, Vec<Item<'a>>) -> Result<Option<Item<'a>>, Error>;
 
 fn exec(msg: impl Into<String>) -> Error {
     Error::Execution(msg.into())
@@ -61,14 +99,14 @@ fn semantic(msg: impl Into<String>) -> Error {
 
 const INTEGERS: &[&str] = &["integer", "positiveInt", "unsignedInt", "integer64"];
 
-impl Item {
+impl<'a> Item<'a> {
     /// The system value of a FHIR primitive (a `string` node is a String, ...); other items
     /// as they are.
-    pub fn system(&self) -> Item {
+    pub fn system(&self) -> Item<'a> {
         let Item::Node(n) = self else {
             return self.clone();
         };
-        match (&*n.value, n.ty.as_str()) {
+        match (&*n.value, &*n.ty) {
             (Value::Bool(b), _) => Item::Bool(*b),
             (Value::Number(x), t) if INTEGERS.contains(&t) => {
                 x.as_i64().map_or_else(|| self.clone(), Item::Int)
@@ -124,13 +162,13 @@ impl Item {
             Item::Node(n) => {
                 let mut out = vec![format!("FHIR.{}", n.ty)];
                 if matches!(
-                    n.ty.as_str(),
+                    &*n.ty,
                     "Age" | "Count" | "Distance" | "Duration" | "MoneyQuantity" | "SimpleQuantity"
                 ) {
                     out.push("FHIR.Quantity".into());
                 }
                 if n.value.get("resourceType").is_some() {
-                    if !matches!(n.ty.as_str(), "Bundle" | "Binary" | "Parameters") {
+                    if !matches!(&*n.ty, "Bundle" | "Binary" | "Parameters") {
                         out.push("FHIR.DomainResource".into());
                     }
                     out.push("FHIR.Resource".into());
@@ -166,21 +204,32 @@ fn model(ty: &str) -> &str {
     }
 }
 
-fn node(value: Value, ty: &str, ext: Option<Value>) -> Item {
+/// The name of a type as a static string where the model knows it (the usual case: no
+/// allocation per node).
+fn type_name(ty: &str) -> Cow<'static, str> {
+    match type_def(ty) {
+        Some(d) => Cow::Borrowed(d.name),
+        None => Cow::Owned(ty.to_string()),
+    }
+}
+
+fn node<'a>(value: Json<'a>, ty: &'static str, ext: Option<Json<'a>>) -> Item<'a> {
     let ty = if ty == "Resource" {
-        value
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .unwrap_or("Resource")
-            .to_string()
+        type_name(
+            value
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or("Resource"),
+        )
     } else {
-        ty.to_string()
+        Cow::Borrowed(ty)
     };
-    Item::Node(Node {
-        value: Arc::new(value),
-        ty,
-        ext: ext.map(Arc::new),
-    })
+    Item::Node(Node { value, ty, ext })
+}
+
+/// A made value (not part of the evaluated resource) as a node.
+fn made<'a>(value: Value, ty: &'static str) -> Item<'a> {
+    node(Json::Shared(Arc::new(value)), ty, None)
 }
 
 /// A JSON value's type when the model does not say (an object of unknown type, a choice
@@ -196,38 +245,57 @@ fn guess(v: &Value) -> &'static str {
     }
 }
 
-fn push_values(v: &Value, ext: Option<&Value>, ty: &str, out: &mut Vec<Item>) {
-    match v {
+static NULL: Value = Value::Null;
+
+/// The items of member `name` of `parent` (with its `_name` sibling), typed `ty`.
+fn push_values<'a>(parent: &Json<'a>, name: &str, ty: &'static str, out: &mut Vec<Item<'a>>) {
+    let under = format!("_{name}");
+    let Some(v) = parent.part(|p| p.get(name)) else {
+        if let Some(e) = parent.part(|p| p.get(&under)) {
+            if let Value::Array(a) = &*e {
+                for i in 0..a.len() {
+                    let x = e.part(|e| e.get(i)).expect("index in range");
+                    if !x.is_null() {
+                        out.push(node(Json::Borrowed(&NULL), ty, Some(x)));
+                    }
+                }
+            } else {
+                out.push(node(Json::Borrowed(&NULL), ty, Some(e)));
+            }
+        }
+        return;
+    };
+    let ext = parent.part(|p| p.get(&under));
+    match &*v {
         Value::Array(a) => {
-            for (i, x) in a.iter().enumerate() {
+            for i in 0..a.len() {
                 let e = ext
-                    .and_then(Value::as_array)
-                    .and_then(|e| e.get(i))
-                    .filter(|e| !e.is_null())
-                    .cloned();
+                    .as_ref()
+                    .and_then(|e| e.part(|e| e.get(i)))
+                    .filter(|e| !e.is_null());
+                let x = v.part(|v| v.get(i)).expect("index in range");
                 if !x.is_null() || e.is_some() {
-                    out.push(node(x.clone(), ty, e));
+                    out.push(node(x, ty, e));
                 }
             }
         }
         Value::Null => {
             if let Some(e) = ext {
-                out.push(node(Value::Null, ty, Some(e.clone())));
+                out.push(node(Json::Borrowed(&NULL), ty, Some(e)));
             }
         }
-        other => out.push(node(other.clone(), ty, ext.cloned())),
+        _ => out.push(node(v, ty, ext)),
     }
 }
 
 /// The children named `name` of a node (choice elements by their base name). A name the
 /// node's type does not define is an error, as is a choice branch by its JSON name
 /// (`valueQuantity`: FHIRPath says `value.ofType(Quantity)`).
-fn children(n: &Node, name: &str, out: &mut Vec<Item>) -> Result<(), Error> {
+fn children<'a>(n: &Node<'a>, name: &str, out: &mut Vec<Item<'a>>) -> Result<(), Error> {
     let Value::Object(m) = &*n.value else {
         return Ok(());
     };
     let def = type_def(model(&n.ty));
-    let under = format!("_{name}");
     if let Some(e) = def.and_then(|t| t.element(name)) {
         if !e.choice.is_empty() {
             return Err(semantic(format!(
@@ -235,19 +303,14 @@ fn children(n: &Node, name: &str, out: &mut Vec<Item>) -> Result<(), Error> {
                 n.ty, n.ty, e.choice, e.ty.name
             )));
         }
-        if let Some(v) = m.get(name).or(m.get(&under).map(|_| &Value::Null)) {
-            push_values(v, m.get(&under), model(e.ty.name), out);
-        }
+        push_values(&n.value, name, model(e.ty.name), out);
         return Ok(());
     }
     if let Some(t) = def {
         let mut known = false;
         for e in t.elements.iter().filter(|e| e.choice == name) {
             known = true;
-            let under = format!("_{}", e.name);
-            if let Some(v) = m.get(e.name).or(m.get(&under).map(|_| &Value::Null)) {
-                push_values(v, m.get(&under), model(e.ty.name), out);
-            }
+            push_values(&n.value, e.name, model(e.ty.name), out);
         }
         if !known {
             return Err(semantic(format!("{} has no element '{name}'", n.ty)));
@@ -260,24 +323,24 @@ fn children(n: &Node, name: &str, out: &mut Vec<Item>) -> Result<(), Error> {
             Value::Array(a) => a.first().map_or("Element", guess),
             x => guess(x),
         };
-        push_values(v, m.get(&under), ty, out);
+        push_values(&n.value, name, ty, out);
         return Ok(());
     }
-    for (k, v) in m {
+    for k in m.keys() {
         if let Some(suffix) = k.strip_prefix(name) {
             if suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
-                let mut ty = suffix.to_string();
-                if type_def(&ty).is_none() {
-                    ty = ty[..1].to_ascii_lowercase() + &ty[1..];
-                }
-                push_values(v, m.get(&format!("_{k}")), &ty, out);
+                let lower = suffix[..1].to_ascii_lowercase() + &suffix[1..];
+                let ty = type_def(suffix)
+                    .or_else(|| type_def(&lower))
+                    .map_or("Element", |d| d.name);
+                push_values(&n.value, k, ty, out);
             }
         }
     }
     Ok(())
 }
 
-fn all_children(n: &Node, out: &mut Vec<Item>) {
+fn all_children<'a>(n: &Node<'a>, out: &mut Vec<Item<'a>>) {
     let Value::Object(m) = &*n.value else {
         return;
     };
@@ -288,22 +351,21 @@ fn all_children(n: &Node, out: &mut Vec<Item>) {
         }
         let ty = def
             .and_then(|t| t.element(k))
-            .map(|e| model(e.ty.name).to_string())
-            .unwrap_or_else(|| guess(v).to_string());
-        push_values(v, m.get(&format!("_{k}")), &ty, out);
+            .map_or_else(|| guess(v), |e| model(e.ty.name));
+        push_values(&n.value, k, ty, out);
     }
 }
 
-struct Env<'a> {
-    root: &'a Item,
-    vars: &'a Variables,
-    this: Option<Item>,
+struct Env<'e, 'a> {
+    root: &'e Item<'a>,
+    vars: &'e Variables<'a>,
+    this: Option<Item<'a>>,
     index: Option<usize>,
-    total: Option<Vec<Item>>,
+    total: Option<Vec<Item<'a>>>,
 }
 
-impl Env<'_> {
-    fn with(&self, this: Item, index: usize) -> Env<'_> {
+impl<'a> Env<'_, 'a> {
+    fn with(&self, this: Item<'a>, index: usize) -> Env<'_, 'a> {
         Env {
             root: self.root,
             vars: self.vars,
@@ -314,12 +376,8 @@ impl Env<'_> {
     }
 }
 
-pub(crate) fn evaluate(e: &Expr, resource: &Value, vars: &Variables) -> R {
-    let ty = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("Resource");
-    let root = node(resource.clone(), ty, None);
+pub(crate) fn evaluate<'a>(e: &Expr, resource: &'a Value, vars: &Variables<'a>) -> R<'a> {
+    let root = root_item(resource);
     let env = Env {
         root: &root,
         vars,
@@ -332,7 +390,12 @@ pub(crate) fn evaluate(e: &Expr, resource: &Value, vars: &Variables) -> R {
 
 /// Evaluates with `focus` as the context (`$this`, `%context`) inside the resource `root`
 /// (`%resource`): how an invariant of an element is evaluated.
-pub(crate) fn evaluate_at(e: &Expr, focus: &Item, root: &Item, vars: &Variables) -> R {
+pub(crate) fn evaluate_at<'a>(
+    e: &Expr,
+    focus: &Item<'a>,
+    root: &Item<'a>,
+    vars: &Variables<'a>,
+) -> R<'a> {
     let env = Env {
         root,
         vars,
@@ -344,25 +407,26 @@ pub(crate) fn evaluate_at(e: &Expr, focus: &Item, root: &Item, vars: &Variables)
 }
 
 /// Evaluates a parsed expression at `focus` inside `root`.
-pub(crate) fn evaluate_expr(
+pub(crate) fn evaluate_expr<'a>(
     e: &crate::Expression,
-    focus: &Item,
-    root: &Item,
-    vars: &Variables,
-) -> R {
+    focus: &Item<'a>,
+    root: &Item<'a>,
+    vars: &Variables<'a>,
+) -> R<'a> {
     evaluate_at(e.expr(), focus, root, vars)
 }
 
 /// A resource as the root item of an evaluation.
-pub(crate) fn root_item(resource: &Value) -> Item {
-    let ty = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("Resource");
-    node(resource.clone(), ty, None)
+pub(crate) fn root_item(resource: &Value) -> Item<'_> {
+    node(Json::Borrowed(resource), "Resource", None)
 }
 
-fn singleton<'a>(c: &'a [Item], what: &str) -> Result<Option<&'a Item>, Error> {
+/// An element of a resource as an item of type `ty` (the invariant walk's focus).
+pub(crate) fn element_item<'a>(value: &'a Value, ty: &'static str) -> Item<'a> {
+    node(Json::Borrowed(value), model(ty), None)
+}
+
+fn singleton<'c, 'a>(c: &'c [Item<'a>], what: &str) -> Result<Option<&'c Item<'a>>, Error> {
     match c.len() {
         0 => Ok(None),
         1 => Ok(Some(&c[0])),
@@ -383,7 +447,7 @@ fn truth(c: &[Item]) -> Result<Option<bool>, Error> {
     }
 }
 
-fn boolean(b: Option<bool>) -> Vec<Item> {
+fn boolean<'a>(b: Option<bool>) -> Vec<Item<'a>> {
     b.map(|b| vec![Item::Bool(b)]).unwrap_or_default()
 }
 
@@ -420,7 +484,7 @@ fn known_type(name: &str) -> Result<(), Error> {
     }
 }
 
-fn eval(e: &Expr, focus: &[Item], env: &Env) -> R {
+fn eval<'a>(e: &Expr, focus: &[Item<'a>], env: &Env<'_, 'a>) -> R<'a> {
     Ok(match e {
         Expr::Empty => vec![],
         Expr::Bool(b) => vec![Item::Bool(*b)],
@@ -441,7 +505,13 @@ fn eval(e: &Expr, focus: &[Item], env: &Env) -> R {
         Expr::Member(None, name) => {
             // A type name at the start of a path names the context itself.
             if let [Item::Node(n)] = focus {
-                if n.value.get("resourceType").is_some() && (n.ty == *name) {
+                // The resource's own type, or one it specialises (`Resource.id` on any
+                // resource, `DomainResource.text` on all but Bundle, Binary, Parameters).
+                let is_resource = n.value.get("resourceType").is_some();
+                let domain = !matches!(&*n.ty, "Bundle" | "Binary" | "Parameters");
+                if is_resource
+                    && (n.ty == *name || name == "Resource" || (name == "DomainResource" && domain))
+                {
                     return Ok(focus.to_vec());
                 }
                 if n.value.get("resourceType").is_some()
@@ -502,7 +572,7 @@ fn eval(e: &Expr, focus: &[Item], env: &Env) -> R {
 
 /// `name` on every node of the focus. A name no node's type defines is an error (a typo in
 /// an expression); in a mixed collection (`descendants()`) the nodes that define it answer.
-fn member(focus: &[Item], name: &str) -> R {
+fn member<'a>(focus: &[Item<'a>], name: &str) -> R<'a> {
     let mut out = Vec::new();
     let (mut defined, mut first_error) = (false, None);
     for i in focus {
@@ -519,7 +589,7 @@ fn member(focus: &[Item], name: &str) -> R {
     }
 }
 
-fn variable(v: &str, env: &Env) -> R {
+fn variable<'a>(v: &str, env: &Env<'_, 'a>) -> R<'a> {
     if let Some(val) = env.vars.get(v) {
         return Ok(val.clone());
     }
@@ -802,7 +872,7 @@ fn contains_item(c: &[Item], x: &Item) -> bool {
     c.iter().any(|y| equal(y, x) == Some(true))
 }
 
-fn distinct(c: Vec<Item>) -> Vec<Item> {
+fn distinct(c: Vec<Item<'_>>) -> Vec<Item<'_>> {
     let mut out: Vec<Item> = Vec::new();
     for i in c {
         if !contains_item(&out, &i) {
@@ -814,7 +884,7 @@ fn distinct(c: Vec<Item>) -> Vec<Item> {
 
 // ---- operators ----
 
-fn binary(op: BinOp, a: &Expr, b: &Expr, focus: &[Item], env: &Env) -> R {
+fn binary<'a>(op: BinOp, a: &Expr, b: &Expr, focus: &[Item<'a>], env: &Env<'_, 'a>) -> R<'a> {
     let l = eval(a, focus, env)?;
     // Short circuits of the logical operators still follow the three-valued tables.
     match op {
@@ -924,7 +994,7 @@ fn binary(op: BinOp, a: &Expr, b: &Expr, focus: &[Item], env: &Env) -> R {
     })
 }
 
-fn arithmetic(op: BinOp, x: &Item, y: &Item) -> R {
+fn arithmetic<'a>(op: BinOp, x: &Item<'a>, y: &Item<'a>) -> R<'a> {
     Ok(match (x, y) {
         (Item::Int(a), Item::Int(b)) => match op {
             BinOp::Add => a.checked_add(*b).map(Item::Int).into_iter().collect(),
@@ -1278,7 +1348,7 @@ fn arity(name: &str, args: &[Expr], min: usize, max: usize) -> Result<(), Error>
 }
 
 /// An argument evaluated once on the whole context (not per item).
-fn arg(args: &[Expr], i: usize, env: &Env) -> R {
+fn arg<'a>(args: &[Expr], i: usize, env: &Env<'_, 'a>) -> R<'a> {
     let this = env.this.clone().unwrap_or_else(|| env.root.clone());
     let inner = env.with(this.clone(), env.index.unwrap_or(0));
     eval(&args[i], std::slice::from_ref(&this), &inner)
@@ -1300,9 +1370,9 @@ fn single_int(c: &[Item], what: &str) -> Result<Option<i64>, Error> {
     }
 }
 
-fn call(name: &str, input: &[Item], args: &[Expr], env: &Env) -> R {
+fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], env: &Env<'_, 'a>) -> R<'a> {
     // Functions whose argument is evaluated per item, with $this.
-    let per_item = |f: &PerItem| -> R {
+    let per_item = |f: &PerItem<'a>| -> R<'a> {
         let mut out = Vec::new();
         for (i, item) in input.iter().enumerate() {
             let inner = env.with(item.clone(), i);
@@ -1313,13 +1383,13 @@ fn call(name: &str, input: &[Item], args: &[Expr], env: &Env) -> R {
         }
         Ok(out)
     };
-    let str_fn = |f: &dyn Fn(&str) -> Result<Vec<Item>, Error>| -> R {
+    let str_fn = |f: &dyn Fn(&str) -> Result<Vec<Item<'a>>, Error>| -> R<'a> {
         match single_string(input, name)? {
             None => Ok(vec![]),
             Some(s) => f(&s),
         }
     };
-    let math = |f: &dyn Fn(Decimal) -> Option<Item>| -> R {
+    let math = |f: &dyn Fn(Decimal) -> Option<Item<'a>>| -> R<'a> {
         match singleton(input, name)?.map(Item::system) {
             None => Ok(vec![]),
             Some(Item::Int(i)) => Ok(f(Decimal::from(i)).into_iter().collect()),
@@ -1571,18 +1641,18 @@ fn call(name: &str, input: &[Item], args: &[Expr], env: &Env) -> R {
             for i in input {
                 if let Item::Node(n) = i {
                     let holder = if n.value.is_object() {
-                        Some(&*n.value)
+                        Some(n.value.clone())
                     } else {
-                        n.ext.as_deref()
+                        n.ext.clone()
                     };
-                    for e in holder
-                        .and_then(|h| h.get("extension"))
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
+                    let Some(list) = holder.and_then(|h| h.part(|h| h.get("extension"))) else {
+                        continue;
+                    };
+                    let count = list.as_array().map_or(0, Vec::len);
+                    for k in 0..count {
+                        let e = list.part(|l| l.get(k)).expect("index in range");
                         if e.get("url").and_then(Value::as_str) == Some(url.as_str()) {
-                            out.push(node(e.clone(), "Extension", None));
+                            out.push(node(e, "Extension", None));
                         }
                     }
                 }
@@ -1900,11 +1970,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], env: &Env) -> R {
             .map(|i| {
                 let full = i.type_names().remove(0);
                 let (ns, n) = full.split_once('.').unwrap_or(("System", &full));
-                node(
-                    serde_json::json!({"namespace": ns, "name": n}),
-                    "TypeInfo",
-                    None,
-                )
+                made(serde_json::json!({"namespace": ns, "name": n}), "TypeInfo")
             })
             .collect(),
         "matchesFull" => {
@@ -2041,7 +2107,7 @@ fn call(name: &str, input: &[Item], args: &[Expr], env: &Env) -> R {
 /// `lowBoundary`/`highBoundary`: the least or greatest value the item may stand for at its
 /// precision, written at precision `p` (decimal places for numbers, digits for dates and
 /// times).
-fn boundary(i: &Item, p: Option<i64>, high: bool) -> Option<Item> {
+fn boundary<'a>(i: &Item<'a>, p: Option<i64>, high: bool) -> Option<Item<'a>> {
     match i {
         Item::Int(_) | Item::Dec(_) => {
             let x = num(i)?;
@@ -2086,7 +2152,7 @@ fn decimal_boundary(x: Decimal, p: i64, high: bool) -> Option<Decimal> {
     Some(r)
 }
 
-fn moment_boundary(s: &str, p: i64, high: bool, time_only: bool) -> Option<Item> {
+fn moment_boundary<'a>(s: &str, p: i64, high: bool, time_only: bool) -> Option<Item<'a>> {
     let (body, zone) = match s.find(|c: char| c == 'Z' || ((c == '+' || c == '-') && time_only)) {
         Some(i) if time_only => (&s[..i], Some(&s[i..])),
         _ => {
@@ -2213,7 +2279,7 @@ mod tests {
     use crate::Expression;
     use serde_json::json;
 
-    fn eval(expr: &str, r: &serde_json::Value) -> Vec<super::Item> {
+    fn eval<'a>(expr: &str, r: &'a serde_json::Value) -> Vec<super::Item<'a>> {
         Expression::parse(expr).unwrap().evaluate(r).unwrap()
     }
 

@@ -3,9 +3,12 @@
 //! its type and of the element itself are evaluated with the element as the context.
 
 use serde_json::Value;
-use trialbridge_fhir::structure::{type_def, Invariant};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::OnceLock;
+use trialbridge_fhir::structure::{ElementDef, Invariant, TypeDef};
 
-use crate::eval::root_item;
+use crate::eval::{element_item, root_item};
 use crate::{Error, Expression, Item, Variables};
 
 /// What evaluating the invariants found.
@@ -35,94 +38,270 @@ fn compiled(inv: &'static Invariant) -> Result<&'static Expression, Error> {
 
 /// Evaluates every core invariant that applies to `resource` and its elements.
 pub fn check(resource: &Value) -> Findings {
-    check_except(resource, &|_| false)
+    static ALL: OnceLock<Checker> = OnceLock::new();
+    ALL.get_or_init(|| Checker::except(&[])).check(resource)
 }
 
 /// Evaluates the core invariants that apply, except those `skip` names (the ones a caller
-/// checks another way).
+/// checks another way). Plans the walk on every call: a caller that checks many resources
+/// keeps a [`Checker`].
 pub fn check_except(resource: &Value, skip: &dyn Fn(&str) -> bool) -> Findings {
-    let mut f = Findings::default();
-    let root = root_item(resource);
-    let ty = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("Resource")
-        .to_string();
-    walk(&root, &root, &ty, &ty, skip, &mut f);
-    f
+    let keys: Vec<&str> = all_keys().filter(|k| skip(k)).collect();
+    Checker::except(&keys).check(resource)
 }
 
-fn evaluate(inv: &'static Invariant, focus: &Item, root: &Item, path: &str, f: &mut Findings) {
-    let expr = match compiled(inv) {
-        Ok(e) => e,
-        Err(e) => {
-            f.not_evaluated.push((inv.key, e.to_string()));
-            return;
+fn all_keys() -> impl Iterator<Item = &'static str> {
+    trialbridge_fhir::structure::TYPES.iter().flat_map(|t| {
+        t.invariants.iter().map(|i| i.key).chain(
+            t.elements
+                .iter()
+                .flat_map(|e| e.invariants.iter().map(|i| i.key)),
+        )
+    })
+}
+
+/// The core invariants minus those a caller checks another way, with the walk planned once:
+/// for each type, which of its elements can lead to an invariant, so a resource is walked
+/// only where one may apply (an Observation whose every invariant is skipped costs a few
+/// look-ups, not a walk of every element).
+pub struct Checker {
+    plans: Vec<Plan>,
+    by_name: HashMap<&'static str, usize>,
+}
+
+struct Plan {
+    def: &'static TypeDef,
+    invariants: Vec<&'static Invariant>,
+    members: Vec<Member>,
+}
+
+struct Member {
+    el: &'static ElementDef,
+    invariants: Vec<&'static Invariant>,
+    child: Child,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Child {
+    /// A type with nothing to check below it.
+    Nothing,
+    /// A planned type.
+    Plan(usize),
+    /// A resource: planned by its `resourceType`.
+    Resource,
+}
+
+impl Checker {
+    /// A checker of every core invariant whose key is not in `skip`.
+    pub fn except(skip: &[&str]) -> Self {
+        let kept = |list: &'static [&'static Invariant]| -> Vec<&'static Invariant> {
+            list.iter()
+                .copied()
+                .filter(|i| !skip.contains(&i.key))
+                .collect()
+        };
+        let types = trialbridge_fhir::structure::TYPES;
+        let by_name: HashMap<&'static str, usize> =
+            types.iter().enumerate().map(|(i, t)| (t.name, i)).collect();
+        let index = |ty: &str| by_name.get(model(ty)).copied();
+        // Which types can lead to an invariant: a fixed point over the model.
+        let own: Vec<bool> = types
+            .iter()
+            .map(|t| {
+                !kept(t.invariants).is_empty()
+                    || t.elements
+                        .iter()
+                        .any(|e| !kept(e.invariants).is_empty() || e.ty.name == "Resource")
+            })
+            .collect();
+        let mut relevant = own;
+        loop {
+            let mut changed = false;
+            for (i, t) in types.iter().enumerate() {
+                if relevant[i] {
+                    continue;
+                }
+                if t.elements
+                    .iter()
+                    .any(|e| index(e.ty.name).is_some_and(|c| relevant[c]))
+                {
+                    relevant[i] = true;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
         }
-    };
-    match crate::eval::evaluate_expr(expr, focus, root, &Variables::new()) {
-        Ok(r) if r == [Item::Bool(false)] => f.violated.push((inv.key, path.to_string())),
-        Ok(_) => {}
-        Err(e) => f.not_evaluated.push((inv.key, e.to_string())),
+        let plans = types
+            .iter()
+            .map(|t| Plan {
+                def: t,
+                invariants: kept(t.invariants),
+                members: t
+                    .elements
+                    .iter()
+                    .filter_map(|e| {
+                        let child = match (e.ty.name, index(e.ty.name)) {
+                            ("Resource", _) => Child::Resource,
+                            (_, Some(c)) if relevant[c] => Child::Plan(c),
+                            _ => Child::Nothing,
+                        };
+                        let invariants = kept(e.invariants);
+                        (child != Child::Nothing || !invariants.is_empty()).then_some(Member {
+                            el: e,
+                            invariants,
+                            child,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        Checker { plans, by_name }
+    }
+
+    /// Evaluates the kept invariants that apply to `resource` and its elements.
+    pub fn check(&self, resource: &Value) -> Findings {
+        let mut walk = Walk {
+            checker: self,
+            findings: Findings::default(),
+            path: Vec::new(),
+        };
+        let root = root_item(resource);
+        let ty = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("Resource");
+        if let Some(&plan) = self.by_name.get(ty) {
+            walk.path.push(Step::Name(ty));
+            walk.node(resource, &root, plan);
+        }
+        walk.findings
     }
 }
 
-fn walk(
-    item: &Item,
-    root: &Item,
-    ty: &str,
-    path: &str,
-    skip: &dyn Fn(&str) -> bool,
-    f: &mut Findings,
-) {
-    let Item::Node(n) = item else { return };
-    let model = match ty {
+/// One step of the path to the element being checked; the path is written out only for a
+/// finding, so walking costs no allocation per element.
+enum Step<'a> {
+    Name(&'a str),
+    /// A choice branch: `value.ofType(Quantity)`.
+    Choice(&'static ElementDef),
+    Index(usize),
+}
+
+struct Walk<'c, 'a> {
+    checker: &'c Checker,
+    findings: Findings,
+    path: Vec<Step<'a>>,
+}
+
+impl<'a> Walk<'_, 'a> {
+    fn path(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.path.iter().enumerate() {
+            match s {
+                Step::Name(n) if i == 0 => out.push_str(n),
+                Step::Name(n) => {
+                    out.push('.');
+                    out.push_str(n);
+                }
+                Step::Choice(e) => {
+                    let _ = write!(out, ".{}.ofType({})", e.choice, e.ty.name);
+                }
+                Step::Index(k) => {
+                    let _ = write!(out, "[{k}]");
+                }
+            }
+        }
+        out
+    }
+
+    fn evaluate(&mut self, inv: &'static Invariant, focus: &Item<'a>, root: &Item<'a>) {
+        let expr = match compiled(inv) {
+            Ok(e) => e,
+            Err(e) => {
+                self.findings.not_evaluated.push((inv.key, e.to_string()));
+                return;
+            }
+        };
+        match crate::eval::evaluate_expr(expr, focus, root, &Variables::new()) {
+            Ok(r) if r == [Item::Bool(false)] => {
+                let path = self.path();
+                self.findings.violated.push((inv.key, path));
+            }
+            Ok(_) => {}
+            Err(e) => self.findings.not_evaluated.push((inv.key, e.to_string())),
+        }
+    }
+
+    /// Checks the invariants of `value`'s type (plan `plan`), then the elements that can
+    /// lead to one.
+    fn node(&mut self, value: &'a Value, root: &Item<'a>, plan: usize) {
+        let checker = self.checker;
+        let plan = &checker.plans[plan];
+        if !plan.invariants.is_empty() {
+            let item = element_item(value, plan.def.name);
+            for inv in &plan.invariants {
+                self.evaluate(inv, &item, root);
+            }
+        }
+        let Value::Object(m) = value else { return };
+        for member in &plan.members {
+            let Some(v) = m.get(member.el.name) else {
+                continue;
+            };
+            self.path.push(if member.el.choice.is_empty() {
+                Step::Name(member.el.name)
+            } else {
+                Step::Choice(member.el)
+            });
+            match v {
+                Value::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        self.path.push(Step::Index(i));
+                        self.element(member, v, root);
+                        self.path.pop();
+                    }
+                }
+                v => self.element(member, v, root),
+            }
+            self.path.pop();
+        }
+    }
+
+    fn element(&mut self, member: &Member, v: &'a Value, root: &Item<'a>) {
+        let (plan, ty) = match member.child {
+            Child::Resource => {
+                let ty = v.get("resourceType").and_then(Value::as_str);
+                match ty.and_then(|t| self.checker.by_name.get(t)) {
+                    Some(&p) => (Some(p), self.checker.plans[p].def.name),
+                    None => (None, "Resource"),
+                }
+            }
+            Child::Plan(p) => (Some(p), member.el.ty.name),
+            Child::Nothing => (None, member.el.ty.name),
+        };
+        if !member.invariants.is_empty() {
+            let child = element_item(v, ty);
+            for inv in &member.invariants {
+                self.evaluate(inv, &child, root);
+            }
+        }
+        let Some(plan) = plan else { return };
+        // A resource inside a Bundle entry is its own root; a contained one keeps its
+        // container's (dom-3 looks through %resource).
+        if member.child == Child::Resource && member.el.name != "contained" {
+            let own_root = root_item(v);
+            self.node(v, &own_root, plan);
+        } else {
+            self.node(v, root, plan);
+        }
+    }
+}
+
+fn model(ty: &str) -> &str {
+    match ty {
         "SimpleQuantity" | "MoneyQuantity" => "Quantity",
         t => t,
-    };
-    let Some(def) = type_def(model) else { return };
-    for inv in def.invariants.iter().filter(|i| !skip(i.key)) {
-        evaluate(inv, item, root, path, f);
-    }
-    let Value::Object(m) = &*n.value else { return };
-    for (key, value) in m {
-        let Some(el) = def.element(key) else { continue };
-        let values: Vec<&Value> = match value {
-            Value::Array(a) => a.iter().collect(),
-            v => vec![v],
-        };
-        for (i, v) in values.into_iter().enumerate() {
-            let child_ty = if el.ty.name == "Resource" {
-                v.get("resourceType")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Resource")
-            } else {
-                el.ty.name
-            };
-            let child_path = if value.is_array() {
-                format!("{path}.{key}[{i}]")
-            } else {
-                format!("{path}.{key}")
-            };
-            let child = Item::Node(crate::Node {
-                value: std::sync::Arc::new(v.clone()),
-                ty: match child_ty {
-                    "SimpleQuantity" | "MoneyQuantity" => "Quantity".into(),
-                    t => t.to_string(),
-                },
-                ext: None,
-            });
-            for inv in el.invariants.iter().filter(|i| !skip(i.key)) {
-                evaluate(inv, &child, root, &child_path, f);
-            }
-            // A resource inside a Bundle entry is its own root; a contained one keeps its
-            // container's (dom-3 looks through %resource).
-            let next_root = if el.ty.name == "Resource" && key != "contained" {
-                child.clone()
-            } else {
-                root.clone()
-            };
-            walk(&child, &next_root, child_ty, &child_path, skip, f);
-        }
     }
 }

@@ -12,8 +12,9 @@
 mod eval;
 pub mod invariants;
 pub mod parse;
+pub mod patch;
 
-pub use eval::{Item, Node};
+pub use eval::{Item, Json, Node};
 pub use parse::Expr;
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ pub struct Expression {
 }
 
 /// Values of `%name` variables (beyond `%resource`, `%context`, `%ucum`, `%sct`, `%loinc`).
-pub type Variables = HashMap<String, Vec<Item>>;
+pub type Variables<'a> = HashMap<String, Vec<Item<'a>>>;
 
 impl Expression {
     /// Parses `text`.
@@ -62,16 +63,16 @@ impl Expression {
     }
 
     /// Evaluates on `resource` (a FHIR R4 resource as JSON, also `%resource` and `%context`).
-    pub fn evaluate(&self, resource: &serde_json::Value) -> Result<Vec<Item>, Error> {
+    pub fn evaluate<'a>(&self, resource: &'a serde_json::Value) -> Result<Vec<Item<'a>>, Error> {
         self.evaluate_with(resource, &Variables::new())
     }
 
     /// Evaluates with more `%` variables.
-    pub fn evaluate_with(
+    pub fn evaluate_with<'a>(
         &self,
-        resource: &serde_json::Value,
-        vars: &Variables,
-    ) -> Result<Vec<Item>, Error> {
+        resource: &'a serde_json::Value,
+        vars: &Variables<'a>,
+    ) -> Result<Vec<Item<'a>>, Error> {
         eval::evaluate(&self.expr, resource, vars)
     }
 }

@@ -21,6 +21,24 @@ pub const IMPLEMENTED: &[&str] = &[
 
 const UCUM: &str = "http://unitsofmeasure.org";
 
+/// The other core invariants, each evaluated by the FHIRPath engine from its expression in
+/// the definitions. The walk is planned once and visits only elements below which such an
+/// invariant can apply, so a resource that has none costs a few look-ups. Invariants that
+/// need a server or terminology (`resolve()`, `memberOf()`) are not evaluated here.
+pub(crate) fn from_definitions(walk: &mut Walk, resource: &Value) {
+    static CHECKER: std::sync::OnceLock<trialbridge_fhirpath::invariants::Checker> =
+        std::sync::OnceLock::new();
+    let checker =
+        CHECKER.get_or_init(|| trialbridge_fhirpath::invariants::Checker::except(IMPLEMENTED));
+    let findings = checker.check(resource);
+    let saved = std::mem::take(&mut walk.path);
+    for (key, path) in findings.violated {
+        walk.path = path;
+        violated(walk, key);
+    }
+    walk.path = saved;
+}
+
 fn ucum_or_absent(m: &Map<String, Value>) -> bool {
     m.get("system").is_none_or(|s| s.as_str() == Some(UCUM))
 }

@@ -5,7 +5,8 @@
 //! 1. [`json_text`]: the body as text (size, depth, string length, duplicate keys, JSON syntax);
 //! 2. the R4 structure, generated from the official StructureDefinitions (`walk`);
 //! 3. required and extensible bindings against the core value sets (`walk`);
-//! 4. core invariants and Bundle rules ([`invariants`]);
+//! 4. core invariants and Bundle rules ([`invariants`]): the common ones written out, every
+//!    other one evaluated from its FHIRPath expression by `trialbridge-fhirpath`;
 //! 5. profiles: the core vital-signs profiles (`profiles`) and the trial profiles, JSON
 //!    Schemas in `openapi/schemas/` ([`trial`]).
 //!
@@ -121,6 +122,7 @@ pub fn validate_resource(resource: &Value, options: &Options) -> Report {
                 .unwrap_or("Resource")
                 .to_string();
             walk.resource(m, false);
+            invariants::from_definitions(&mut walk, resource);
             trial::check(resource, &mut walk.issues);
         }
         _ => walk.error(

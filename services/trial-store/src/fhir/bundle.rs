@@ -18,6 +18,7 @@ use crate::fhir::interactions::{
     self, checked_id, conditional_criteria, conditional_update_in, found, incoming_from_bytes,
     known_type, Incoming,
 };
+use crate::fhir::patch::{Patch, PatchOf};
 use crate::fhir::{query_pairs, version_path, StoreState, WriteRules};
 use crate::security::audit::{write_audited, Changes};
 use crate::security::Caller;
@@ -60,6 +61,14 @@ enum Action {
         rt: &'static str,
         criteria: SearchRequest,
     },
+    Patch {
+        rt: &'static str,
+        which: PatchOf,
+        patch: Patch,
+        if_match: Option<i64>,
+        /// The validation the patched resource gets (an update's).
+        validation: Box<trialbridge_validation::Options>,
+    },
 }
 
 impl Action {
@@ -68,7 +77,7 @@ impl Action {
         match self {
             Action::Delete { .. } | Action::ConditionalDelete { .. } => 0,
             Action::Create { .. } => 1,
-            Action::Update { .. } | Action::ConditionalUpdate { .. } => 2,
+            Action::Update { .. } | Action::ConditionalUpdate { .. } | Action::Patch { .. } => 2,
             Action::Read { .. } | Action::Search { .. } => 3,
         }
     }
@@ -88,6 +97,12 @@ impl Action {
             Action::ConditionalDelete { rt, .. } => (rt, &[Delete, Search]),
             Action::Read { rt, .. } => (rt, &[Read]),
             Action::Search { rt, .. } => (rt, &[Search]),
+            Action::Patch {
+                rt,
+                which: PatchOf::Id(_),
+                ..
+            } => (rt, &[Read, Update]),
+            Action::Patch { rt, .. } => (rt, &[Read, Update, Search]),
         }
     }
 
@@ -99,6 +114,7 @@ impl Action {
             Action::Delete { .. } | Action::ConditionalDelete { .. } => "delete",
             Action::Read { .. } => "read",
             Action::Search { .. } => "search-type",
+            Action::Patch { .. } => "patch",
         }
     }
 
@@ -112,6 +128,11 @@ impl Action {
                 .and_then(Value::as_str)
                 .map(|id| format!("{}/{id}", res.resource_type)),
             Action::Delete { rt, id, .. } => Some(format!("{rt}/{id}")),
+            Action::Patch {
+                rt,
+                which: PatchOf::Id(id),
+                ..
+            } => Some(format!("{rt}/{id}")),
             _ => None,
         }
     }
@@ -278,6 +299,35 @@ fn error_field(e: &StoreError) -> &'static str {
     }
 }
 
+/// The patch a PATCH entry carries: a `Binary` holding a JSON Patch or a JSON merge patch
+/// (its `contentType` says which), or a FHIRPath Patch `Parameters`.
+fn entry_patch(entry: &EntryText) -> Result<Patch, StoreError> {
+    let bad = |msg: &str| StoreError::new(Status::BadRequest, IssueType::Invalid, msg.to_string());
+    let text = entry.resource.as_ref().ok_or_else(|| {
+        bad("PATCH needs a resource: a Binary with the patch, or a FHIRPath Patch Parameters")
+    })?;
+    let value: Value = serde_json::from_str(text.get())
+        .map_err(|e| bad(&format!("the resource is not JSON: {e}")))?;
+    match value.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => Ok(Patch::FhirPath(value)),
+        Some("Binary") => {
+            let content_type = value.get("contentType").and_then(Value::as_str);
+            let data = value
+                .get("data")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("the Binary has no data: put the patch in Binary.data, base64"))?;
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| bad(&format!("Binary.data is not base64: {e}")))?;
+            crate::fhir::patch::parse(content_type, &bytes)
+        }
+        _ => Err(bad(
+            "a PATCH entry's resource is a Binary (JSON Patch or JSON merge patch) or a Parameters (FHIRPath Patch)",
+        )),
+    }
+}
+
 fn plan_entry(
     i: usize,
     entry: &EntryText,
@@ -423,13 +473,21 @@ fn plan_entry(
             })?;
             Action::Search { rt, criteria }
         }
-        ("PATCH", _, _) => {
-            return Err(StoreError::new(
-                Status::BadRequest,
-                IssueType::NotSupported,
-                format!("entry {i}: PATCH is not supported"),
-            )
-            .at(format!("Bundle.entry[{i}].request.method")))
+        ("PATCH", 2, None) | ("PATCH", 1, Some(_)) => {
+            let which = match query {
+                None => {
+                    checked_id(rt, segments[1]).map_err(wrap)?;
+                    PatchOf::Id(segments[1].to_string())
+                }
+                Some(q) => PatchOf::Matching(criteria(q, "conditional patch")?),
+            };
+            Action::Patch {
+                rt,
+                which,
+                patch: entry_patch(entry).map_err(|e| entry_error(i, e, "resource"))?,
+                if_match,
+                validation: Box::new(validation.clone()),
+            }
         }
         _ => {
             return Err(bad(
@@ -649,6 +707,21 @@ async fn execute(
                 version: Some(v),
                 bundle: None,
             });
+        }
+        Action::Patch {
+            rt,
+            which,
+            patch,
+            if_match,
+            validation,
+        } => {
+            let id = which.resolve(txn, caller, rt).await?;
+            let target = crate::fhir::patch::Target {
+                resource_type: rt,
+                id: &id,
+                if_match: *if_match,
+            };
+            crate::fhir::patch::patch_in(txn, caller, rules, target, patch, validation).await?
         }
         Action::Search { rt, criteria } => {
             // One page, as the same search on its own would answer (`_count`, default 20).

@@ -2,10 +2,12 @@
 //! write comes between the version read and the version written), then validated and written
 //! like an update (If-Match, protocol rules, reason for change, audit).
 //!
-//! Two patch formats: JSON Patch (RFC 6902, `application/json-patch+json`) and JSON merge
+//! Three patch formats: JSON Patch (RFC 6902, `application/json-patch+json`), JSON merge
 //! patch (RFC 7386, `application/merge-patch+json`, and a plain JSON object sent as
-//! `application/json`, which is what fhirpy sends). FHIRPath Patch (a `Parameters` resource)
-//! needs the FHIRPath engine and is refused with a message that says so.
+//! `application/json`, which is what fhirpy sends) and FHIRPath Patch (a `Parameters`
+//! resource as `application/fhir+json`, applied by `trialbridge_fhirpath::patch`). In a
+//! transaction or batch the same formats come as the entry's resource: a `Binary` with the
+//! patch's media type, or the `Parameters`.
 
 use serde_json::Value;
 use trialbridge_fhir::IssueType;
@@ -23,6 +25,8 @@ pub enum Patch {
     Json(json_patch::Patch),
     /// An RFC 7386 merge document.
     Merge(Value),
+    /// A FHIRPath Patch `Parameters` resource.
+    FhirPath(Value),
 }
 
 /// Reads a patch body by its media type (parameters such as `; charset=utf-8` ignored).
@@ -57,20 +61,21 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<Patch, StoreErr
         ("application/merge-patch+json" | "application/json", Value::Object(_)) => {
             Ok(Patch::Merge(value))
         }
-        ("application/fhir+json", v)
+        ("application/fhir+json" | "application/json+fhir", v)
             if v.get("resourceType").and_then(Value::as_str) == Some("Parameters") =>
         {
-            Err(StoreError::new(
-                Status::UnsupportedMediaType,
-                IssueType::NotSupported,
-                "FHIRPath Patch (a Parameters resource) is not supported yet; send a JSON Patch (application/json-patch+json) or a JSON merge patch (application/merge-patch+json)",
-            )
-            .at("Content-Type"))
+            Ok(Patch::FhirPath(value))
         }
+        ("application/fhir+json" | "application/json+fhir", _) => Err(StoreError::new(
+            Status::BadRequest,
+            IssueType::Structure,
+            "a FHIRPath Patch is a Parameters resource",
+        )
+        .at("PATCH body")),
         (other, _) => Err(StoreError::new(
             Status::UnsupportedMediaType,
             IssueType::NotSupported,
-            format!("a patch is application/json-patch+json (JSON Patch) or application/merge-patch+json (JSON merge patch), not '{other}'"),
+            format!("a patch is application/json-patch+json (JSON Patch), application/merge-patch+json (JSON merge patch) or application/fhir+json (FHIRPath Patch, a Parameters resource), not '{other}'"),
         )
         .at("Content-Type")),
     }
@@ -97,6 +102,16 @@ pub fn apply(current: &Value, patch: &Patch) -> Result<Value, StoreError> {
             .at(format!("{rt}{}", pointer_as_path(&e.path.to_string())))
         })?,
         Patch::Merge(m) => json_patch::merge(&mut out, m),
+        Patch::FhirPath(p) => {
+            out = trialbridge_fhirpath::patch::apply(current, p).map_err(|e| {
+                StoreError::new(
+                    Status::Unprocessable,
+                    IssueType::Processing,
+                    format!("FHIRPath Patch: {}; nothing was changed", e.message),
+                )
+                .at(e.location)
+            })?
+        }
     }
     for member in ["resourceType", "id"] {
         if out.get(member) != current.get(member) {
@@ -124,6 +139,41 @@ fn pointer_as_path(pointer: &str) -> String {
         }
     }
     out
+}
+
+/// Which resource a PATCH names.
+#[derive(Debug, Clone)]
+pub enum PatchOf {
+    /// `PATCH [type]/[id]`
+    Id(String),
+    /// `PATCH [type]?criteria`: the one resource they match.
+    Matching(trialbridge_fhir::search::SearchRequest),
+}
+
+impl PatchOf {
+    /// The id of the resource to patch (a conditional patch that matches none is a 404, one
+    /// that matches several a 412).
+    pub async fn resolve(
+        &self,
+        txn: &mut dyn WriteTxn,
+        caller: &Caller,
+        rt: &'static str,
+    ) -> Result<String, StoreError> {
+        match self {
+            PatchOf::Id(id) => Ok(id.clone()),
+            PatchOf::Matching(criteria) => {
+                interactions::match_one(txn, caller, rt, criteria, "conditional patch")
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::new(
+                            Status::NotFound,
+                            IssueType::NotFound,
+                            format!("the conditional patch matches no {rt}"),
+                        )
+                    })
+            }
+        }
+    }
 }
 
 /// What to patch.
@@ -192,7 +242,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn the_two_formats_by_media_type() {
+    fn the_three_formats_by_media_type() {
         let p = parse(
             Some("application/json-patch+json"),
             br#"[{"op":"replace","path":"/gender","value":"male"}]"#,
@@ -222,9 +272,23 @@ mod tests {
         assert!(parse(Some("text/plain"), b"{}").is_err());
         assert!(parse(
             Some("application/fhir+json"),
-            br#"{"resourceType":"Parameters"}"#
+            br#"{"resourceType":"Patient"}"#
         )
         .is_err());
+        // FHIRPath Patch: a Parameters resource.
+        let p = parse(
+            Some("application/fhir+json; fhirVersion=4.0"),
+            br#"{"resourceType":"Parameters","parameter":[{"name":"operation","part":[
+                {"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.gender"},
+                {"name":"value","valueCode":"other"}]}]}"#,
+        )
+        .unwrap();
+        let out = apply(
+            &json!({"resourceType":"Patient","id":"p","gender":"female"}),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(out["gender"], "other");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use trialbridge_fhir::{instant, IssueType};
 
 use crate::error::{Status, StoreError};
 use crate::fhir::interactions::{self, conditional_criteria, found, incoming_from_bytes, Written};
+use crate::fhir::patch::PatchOf;
 use crate::fhir::StoreState;
 use crate::rest::access::audited;
 use crate::rest::extract::{Instance, TypeName, VersionPath};
@@ -183,16 +184,8 @@ async fn read_patch(
     crate::fhir::patch::parse(content_type, &bytes)
 }
 
-/// Which resource a PATCH names.
-enum PatchOf {
-    /// `PATCH [type]/[id]`
-    Id(String),
-    /// `PATCH [type]?criteria`: the one resource they match.
-    Matching(trialbridge_fhir::search::SearchRequest),
-}
-
-/// `PATCH [type]/[id]`: JSON Patch or JSON merge patch on the current version, validated and
-/// written like an update.
+/// `PATCH [type]/[id]`: JSON Patch, JSON merge patch or FHIRPath Patch on the current
+/// version, validated and written like an update.
 pub async fn patch(
     State(s): State<StoreState>,
     caller: Caller,
@@ -235,20 +228,7 @@ async fn patch_one(
     let (c, rules, validation) = (caller.clone(), s.rules.clone(), s.config.validation.clone());
     let w = write_audited(&*s.store, &caller, "patch", move |txn| {
         Box::pin(async move {
-            let id = match which {
-                PatchOf::Id(id) => id,
-                PatchOf::Matching(criteria) => {
-                    interactions::match_one(txn, &c, rt, &criteria, "conditional patch")
-                        .await?
-                        .ok_or_else(|| {
-                            StoreError::new(
-                                Status::NotFound,
-                                IssueType::NotFound,
-                                format!("the conditional patch matches no {rt}"),
-                            )
-                        })?
-                }
-            };
+            let id = which.resolve(txn, &c, rt).await?;
             let target = crate::fhir::patch::Target {
                 resource_type: rt,
                 id: &id,
