@@ -43,7 +43,7 @@ async fn put(http: &reqwest::Client, s: &TestStore, v: Value) -> u16 {
 
 fn observation(id: &str, value: f64) -> Value {
     json!({"resourceType": "Observation", "id": id, "status": "final",
-           "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}], "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
            "subject": {"reference": "Patient/mc-01-p"},
            "effectiveDateTime": "2026-03-02",
            "valueQuantity": {"value": value, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})

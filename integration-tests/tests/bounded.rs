@@ -112,7 +112,7 @@ async fn one_request_cannot_exhaust_the_stores_memory() {
             .map(|i| {
                 let id = format!("o-{chunk}-{i}");
                 json!({"resource": {"resourceType": "Observation", "id": id, "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+                    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}], "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
                     "subject": {"reference": "Patient/mc-01-p"},
                     "effectiveDateTime": "2026-03-02",
                     "valueQuantity": {"value": 70 + i % 20, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}},

@@ -201,7 +201,7 @@ async fn load_writes_like_the_api() {
     };
     let obs = |id: &str, v: &str| {
         format!(
-            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"29463-7"}}]}},"subject":{{"reference":"Patient/mc-01-p"}},"valueQuantity":{{"value":{v},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}}}"#
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"29463-7"}}]}},"subject":{{"reference":"Patient/mc-01-p"}},"effectiveDateTime":"2026-03-02","valueQuantity":{{"value":{v},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}}}"#
         )
     };
     // Clinical data of no site is refused, naming the line.

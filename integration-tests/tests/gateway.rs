@@ -332,7 +332,7 @@ async fn ehr_pull_brings_each_new_version_once() {
     };
     put("Patient/ehr-77".into(), json!({"resourceType":"Patient","id":"ehr-77","identifier":[{"system":mrn_system,"value":"4711"}],"name":[{"family":"Muster","given":["Erika"]}],"birthDate":"1988-04-12","address":[{"line":["Hauptstr. 5"],"city":"Berlin"}]})).await;
     for i in 0..120 {
-        put(format!("Observation/w{i}"), json!({"resourceType":"Observation","id":format!("w{i}"),"status":"final","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":format!("2026-03-{:02}T08:00:00+01:00", 1 + i % 28),"valueQuantity":{"value":60 + i % 10,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"note":[{"text":"Frau Muster, nüchtern"}]})).await;
+        put(format!("Observation/w{i}"), json!({"resourceType":"Observation","id":format!("w{i}"),"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":format!("2026-03-{:02}T08:00:00+01:00", 1 + i % 28),"valueQuantity":{"value":60 + i % 10,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"note":[{"text":"Frau Muster, nüchtern"}]})).await;
     }
     put("Observation/hb".into(), json!({"resourceType":"Observation","id":"hb","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"718-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":"2026-03-01T08:00:00+01:00","valueQuantity":{"value":13.1,"unit":"g/dL","system":"http://unitsofmeasure.org","code":"g/dL"}})).await;
     put("Condition/oa".into(), json!({"resourceType":"Condition","id":"oa","subject":{"reference":"Patient/ehr-77"},"code":{"coding":[{"system":"http://fhir.de/CodeSystem/bfarm/icd-10-gm","code":"M94.26"}]}})).await;
@@ -374,7 +374,7 @@ async fn ehr_pull_brings_each_new_version_once() {
             .unwrap(),
         0
     );
-    put("Observation/w5".into(), json!({"resourceType":"Observation","id":"w5","status":"amended","code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":"2026-03-06T08:00:00+01:00","valueQuantity":{"value":71.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}})).await;
+    put("Observation/w5".into(), json!({"resourceType":"Observation","id":"w5","status":"amended","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},"subject":{"reference":"Patient/ehr-77"},"effectiveDateTime":"2026-03-06T08:00:00+01:00","valueQuantity":{"value":71.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}})).await;
     assert_eq!(
         site_gateway::ehr_pull::poll_once(&gateway, &config)
             .await

@@ -19,12 +19,15 @@ fn patient(id: &str, gender: &str) -> Value {
     json!({"resourceType": "Patient", "id": id, "gender": gender})
 }
 
+/// A vital sign (weight in kg, height in cm) as R4's vital-signs profiles want it.
 fn observation(id: &str, patient: &str, code: &str, value: f64) -> Value {
+    let unit = if code == "8302-2" { "cm" } else { "kg" };
     json!({"resourceType": "Observation", "id": id, "status": "final",
+           "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
            "subject": {"reference": format!("Patient/{patient}")},
            "effectiveDateTime": "2026-03-02",
-           "valueQuantity": {"value": value, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+           "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}})
 }
 
 /// A caller: a label and its HTTP client.

@@ -70,7 +70,8 @@ async fn load_weights(s: &TestStore, n: usize) {
             .map(|i| {
                 let id = format!("w{i:04}");
                 serde_json::json!({"resource":{"resourceType":"Observation","id":id,"status":"final",
-                    "code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},
+                    "category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7"}]},
+                    "subject":{"display":"a test subject"},
                     "effectiveDateTime": format!("2024-{:02}-{:02}T{:02}:{:02}:00Z", 1 + i % 12, 1 + i % 28, i % 24, i % 60),
                     "valueQuantity":{"value": 60 + i % 40, "unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}},
                   "request":{"method":"PUT","url":format!("Observation/{id}")}})

@@ -13,7 +13,8 @@ const CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/observation
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
-/// The vital-signs profiles a resource claims (a specific one implies the base profile).
+/// The vital-signs profiles that apply to an Observation: those it claims, and the one its
+/// code makes mandatory (a specific one implies the base profile).
 pub(crate) fn claimed(m: &Map<String, Value>) -> Vec<&'static VitalSignsProfile> {
     let mut out: Vec<&'static VitalSignsProfile> = Vec::new();
     let claims = m
@@ -23,18 +24,44 @@ pub(crate) fn claimed(m: &Map<String, Value>) -> Vec<&'static VitalSignsProfile>
         .into_iter()
         .flatten()
         .filter_map(Value::as_str);
+    let mut add = |p: &'static VitalSignsProfile| {
+        if out.is_empty() && p.loinc.is_some() {
+            out.push(&VITAL_SIGNS_PROFILES[0]);
+        }
+        if !out.iter().any(|q| q.url == p.url) {
+            out.push(p);
+        }
+    };
     for url in claims {
         let url = url.split('|').next().unwrap_or(url);
         if let Some(p) = VITAL_SIGNS_PROFILES.iter().find(|p| p.url == url) {
-            if out.is_empty() && p.loinc.is_some() {
-                out.push(&VITAL_SIGNS_PROFILES[0]);
-            }
-            if !out.iter().any(|q| q.url == p.url) {
-                out.push(p);
-            }
+            add(p);
         }
     }
+    for p in by_code(m) {
+        add(p);
+    }
     out
+}
+
+/// SNOMED CT body temperature, which the HL7 Java validator also takes as the body
+/// temperature vital sign (R4 names the LOINC codes only; this one is in its examples).
+const SNOMED_BODY_TEMPERATURE: (&str, &str) = ("http://snomed.info/sct", "276885007");
+
+/// The vital-signs profile an Observation's code makes mandatory. R4 (Observation, "Vital
+/// Signs"): an Observation that represents a vital sign SHALL conform to its profile; the
+/// code is what says it does. An Observation entered in error is a record that the
+/// observation did not stand, not a vital sign.
+fn by_code(m: &Map<String, Value>) -> Option<&'static VitalSignsProfile> {
+    if m.get("status").and_then(Value::as_str) == Some("entered-in-error") {
+        return None;
+    }
+    let code = m.get("code");
+    let snomed_temperature = codings(code).any(|c| c == SNOMED_BODY_TEMPERATURE);
+    VITAL_SIGNS_PROFILES.iter().find(|p| {
+        p.loinc.is_some_and(|l| has_loinc(code, l))
+            || (snomed_temperature && p.loinc == Some("8310-5"))
+    })
 }
 
 /// `(system, code)` of each coding of a CodeableConcept.
@@ -50,7 +77,7 @@ fn has_loinc(cc: Option<&Value>, code: &str) -> bool {
     codings(cc).any(|(s, c)| s == LOINC && c == code)
 }
 
-/// Checks an Observation against the vital-signs profiles it claims.
+/// Checks an Observation against the vital-signs profiles that apply to it.
 pub(crate) fn vital_signs(walk: &mut Walk, m: &Map<String, Value>) {
     for p in claimed(m) {
         let name = p.name;

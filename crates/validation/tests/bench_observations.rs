@@ -85,3 +85,46 @@ fn a_vital_signs_observation_that_breaks_its_profile_is_rejected() {
         "{report:?}"
     );
 }
+
+/// R4 makes the vital-signs profiles mandatory for the Observations they describe, claimed or
+/// not: the code is what makes an Observation a vital sign (LOINC, and SNOMED CT body
+/// temperature as the HL7 Java validator reads it). An Observation entered in error is not
+/// held to it.
+#[test]
+fn a_vital_sign_by_its_code_meets_its_profile_unclaimed() {
+    let weight = serde_json::json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2026-03-16",
+        "valueQuantity": {"value": 70, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}});
+    let options = Options::default();
+    let report = validate_bytes(weight.to_string().as_bytes(), &options);
+    assert!(
+        report
+            .errors()
+            .any(|e| e.expression == ["Observation.category"]),
+        "{report:?}"
+    );
+    let mut categorised = weight.clone();
+    categorised["category"] = serde_json::json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}]);
+    let report = validate_bytes(categorised.to_string().as_bytes(), &options);
+    assert!(!report.has_errors(), "{report:?}");
+    let mut pounds = categorised.clone();
+    pounds["valueQuantity"]["code"] = serde_json::json!("[stone_av]");
+    assert!(validate_bytes(pounds.to_string().as_bytes(), &options).has_errors());
+    let mut withdrawn = weight.clone();
+    withdrawn["status"] = serde_json::json!("entered-in-error");
+    let report = validate_bytes(withdrawn.to_string().as_bytes(), &options);
+    assert!(!report.has_errors(), "{report:?}");
+    // SNOMED CT body temperature needs the LOINC code beside it.
+    let mut temperature = categorised.clone();
+    temperature["code"] =
+        serde_json::json!({"coding": [{"system": "http://snomed.info/sct", "code": "276885007"}]});
+    temperature["valueQuantity"] = serde_json::json!({"value": 36.5, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"});
+    let report = validate_bytes(temperature.to_string().as_bytes(), &options);
+    assert!(
+        report
+            .errors()
+            .any(|e| e.expression == ["Observation.code"]),
+        "{report:?}"
+    );
+}

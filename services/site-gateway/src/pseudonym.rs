@@ -136,6 +136,42 @@ fn translate(cc: &mut Value, site: &str, codes: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// R4 requires an Observation that is a vital sign (its LOINC code is one of the vital-signs
+/// profiles') to carry the category `vital-signs`; HL7 v2 has no such field, so the gateway
+/// adds it to the results whose translated code says so.
+fn add_vital_signs_category(o: &mut Value) {
+    const CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+    let vital = o
+        .pointer("/code/coding")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.get("system").and_then(Value::as_str) == Some("http://loinc.org")
+                && c.get("code").and_then(Value::as_str).is_some_and(|k| {
+                    trialbridge_fhir::structure::VITAL_SIGNS_PROFILES
+                        .iter()
+                        .any(|p| p.loinc == Some(k))
+                })
+        });
+    if !vital {
+        return;
+    }
+    let category =
+        json!({"coding": [{"system": CATEGORY, "code": "vital-signs", "display": "Vital Signs"}]});
+    match o.get_mut("category").and_then(Value::as_array_mut) {
+        Some(list) => {
+            let present = list.iter().any(|c| {
+                c.pointer("/coding/0/code").and_then(Value::as_str) == Some("vital-signs")
+            });
+            if !present {
+                list.push(category);
+            }
+        }
+        None => o["category"] = json!([category]),
+    }
+}
+
 /// The resources of one patient group, pointing at its subject; `Err` for a local code
 /// without a translation.
 fn group_entries(
@@ -201,6 +237,7 @@ fn group_entries(
                     dropped += 1;
                     continue;
                 }
+                add_vital_signs_category(&mut r);
                 "obs"
             }
             "Procedure" => "proc",
@@ -310,4 +347,23 @@ pub fn outgoing(
         ),
         dropped,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vital_sign_gets_its_category_once_and_other_results_none() {
+        let mut bmi = json!({"resourceType": "Observation",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "39156-5"}]}});
+        add_vital_signs_category(&mut bmi);
+        add_vital_signs_category(&mut bmi);
+        assert_eq!(bmi["category"].as_array().unwrap().len(), 1);
+        assert_eq!(bmi["category"][0]["coding"][0]["code"], "vital-signs");
+        let mut koos = json!({"resourceType": "Observation",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "72095-5"}]}});
+        add_vital_signs_category(&mut koos);
+        assert!(koos.get("category").is_none());
+    }
 }
