@@ -1057,6 +1057,17 @@ fn fhirpath_patch(parts: Value) -> Value {
     json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]})
 }
 
+/// A FHIRPath Patch of `Observation/fp1` with one operation of these parts.
+async fn patch_fp1(s: &TestStore, parts: Value) -> Reply {
+    send(
+        Method::PATCH,
+        &s.url("Observation/fp1"),
+        &[("content-type", "application/fhir+json")],
+        Some(fhirpath_patch(parts).to_string()),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn fhirpath_patch_and_patch_in_a_transaction() {
     let s = TestStore::start().await;
@@ -1070,49 +1081,30 @@ async fn fhirpath_patch_and_patch_in_a_transaction() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     // FHIRPath Patch: replace by path, validated and written as version 2.
-    let r = send(
-        Method::PATCH,
-        &s.url("Observation/fp1"),
-        &fhir,
-        Some(
-            fhirpath_patch(json!([
+    let r = patch_fp1(
+        &s,
+        json!([
                 {"name": "type", "valueCode": "replace"},
                 {"name": "path", "valueString": "Observation.value.value"},
-                {"name": "value", "valueDecimal": 25.1}]))
-            .to_string(),
-        ),
+                {"name": "value", "valueDecimal": 25.1}]),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.headers["etag"], "W/\"2\"");
     assert_eq!(r.body["valueQuantity"]["value"], json!(25.1));
     // A path that finds two elements is named, and nothing changes.
-    let r = send(
-        Method::PATCH,
-        &s.url("Observation/fp1"),
-        &fhir,
-        Some(
-            fhirpath_patch(json!([
+    let r = patch_fp1(&s, json!([
                 {"name": "type", "valueCode": "replace"},
                 {"name": "path", "valueString": "Observation.descendants().where($this is string or $this is uri)"},
-                {"name": "value", "valueString": "x"}]))
-            .to_string(),
-        ),
-    )
-    .await;
+                {"name": "value", "valueString": "x"}])).await;
     assert_outcome(&r, 422, "processing", "Parameters.parameter[0].part[1]");
     // The result is validated like an update: an unknown status code is refused.
-    let r = send(
-        Method::PATCH,
-        &s.url("Observation/fp1"),
-        &fhir,
-        Some(
-            fhirpath_patch(json!([
+    let r = patch_fp1(
+        &s,
+        json!([
                 {"name": "type", "valueCode": "replace"},
                 {"name": "path", "valueString": "Observation.status"},
-                {"name": "value", "valueCode": "done"}]))
-            .to_string(),
-        ),
+                {"name": "value", "valueCode": "done"}]),
     )
     .await;
     assert_outcome(&r, 422, "code-invalid", "Observation.status");

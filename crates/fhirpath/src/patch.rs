@@ -527,14 +527,16 @@ fn apply_operation(out: &mut Value, op: &Operation) -> Result<(), PatchError> {
                 a.insert(destination, v);
             }
         }
-        other => return Err(error(
-            op.part("type")
-                .map(|(_, a)| a)
-                .unwrap_or_else(|| op.at.clone()),
-            format!(
+        other => {
+            return Err(error(
+                op.part("type")
+                    .map(|(_, a)| a)
+                    .unwrap_or_else(|| op.at.clone()),
+                format!(
                 "'{other}' is not a FHIRPath Patch operation (add, insert, delete, replace, move)"
             ),
-        )),
+            ))
+        }
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub(crate) fn claimed(m: &Map<String, Value>) -> Vec<&'static VitalSignsProfile>
             add(p);
         }
     }
-    for p in by_code(m) {
+    if let Some(p) = by_code(m) {
         add(p);
     }
     out

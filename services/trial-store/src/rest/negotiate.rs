@@ -38,7 +38,40 @@ fn is_json_media(m: &str) -> bool {
     )
 }
 
-/// Checks `Accept` and `_format`; 406 if the client wants something other than JSON.
+/// The FHIR version this server speaks, as the `fhirVersion` media-type parameter names it.
+const FHIR_VERSION: &str = "4.0";
+
+/// The `fhirVersion` parameter of a media type, if any (`application/fhir+json;
+/// fhirVersion=4.3` -> `4.3`).
+fn fhir_version(media: &str) -> Option<&str> {
+    media.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("fhirVersion")
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Whether a `fhirVersion` names the version served here (`4.0`, or a patch release of it).
+fn serves(version: &str) -> bool {
+    version == FHIR_VERSION || version.starts_with("4.0.")
+}
+
+/// What to tell a client that asked for another FHIR version.
+fn other_version(asked: &str) -> String {
+    format!(
+        "this server serves FHIR {FHIR_VERSION} (R4) only, not fhirVersion={asked}: ask for application/fhir+json without a fhirVersion or with fhirVersion={FHIR_VERSION}"
+    )
+}
+
+/// A media range this server can answer: JSON, and no other FHIR version (R4, http.html:
+/// a server answers a version it does not serve with 406).
+fn acceptable(m: &str) -> bool {
+    is_json_media(m) && fhir_version(m).is_none_or(serves)
+}
+
+/// Checks `Accept` and `_format`; 406 if the client wants something other than JSON, or
+/// another FHIR version.
 pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Format, StoreError> {
     let mut f = Format::default();
     for (k, v) in query {
@@ -53,6 +86,15 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Form
                 )
                 .at("_format"));
             }
+            "_format" if !acceptable(v) => {
+                let asked = fhir_version(v).unwrap_or_default();
+                return Err(StoreError::new(
+                    Status::NotAcceptable,
+                    IssueType::NotSupported,
+                    other_version(asked),
+                )
+                .at("_format"));
+            }
             "_pretty" => f.pretty = v == "true",
             _ => {}
         }
@@ -62,7 +104,15 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Form
     }
     if let Some(accept) = headers.get(header::ACCEPT) {
         let accept = accept.to_str().unwrap_or("");
-        if !accept.split(',').any(is_json_media) {
+        if !accept.split(',').any(acceptable) {
+            if let Some(asked) = accept.split(',').find_map(fhir_version) {
+                return Err(StoreError::new(
+                    Status::NotAcceptable,
+                    IssueType::NotSupported,
+                    other_version(asked),
+                )
+                .at("Accept"));
+            }
             return Err(StoreError::new(
                 Status::NotAcceptable,
                 IssueType::NotSupported,
@@ -76,8 +126,27 @@ pub fn negotiate(headers: &HeaderMap, query: &[(String, String)]) -> Result<Form
     Ok(f)
 }
 
-/// Checks the body's `Content-Type` (415 unless JSON) and reads it within `limit` (413).
+/// 415 when the body's `Content-Type` names another FHIR version than the one served here.
+pub fn body_version(headers: &HeaderMap) -> Result<(), StoreError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match fhir_version(ct) {
+        Some(v) if !serves(v) => Err(StoreError::new(
+            Status::UnsupportedMediaType,
+            IssueType::NotSupported,
+            other_version(v),
+        )
+        .at("Content-Type")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the body's `Content-Type` (415 unless JSON of the FHIR version served here) and
+/// reads it within `limit` (413).
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, StoreError> {
+    body_version(headers)?;
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("?");
         let base = ct
@@ -201,5 +270,58 @@ impl<S: Send + Sync> FromRequestParts<S> for Asked {
             fmt,
             prefer: prefer(&parts.headers),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn another_fhir_version_is_not_acceptable() {
+        assert!(negotiate(&accept("application/fhir+json; fhirVersion=4.0"), &[]).is_ok());
+        assert!(negotiate(&accept("application/fhir+json;fhirVersion=4.0.1"), &[]).is_ok());
+        assert!(negotiate(&accept("application/fhir+json"), &[]).is_ok());
+        // One acceptable range is enough.
+        assert!(negotiate(
+            &accept(
+                "application/fhir+json; fhirVersion=4.3, application/fhir+json; fhirVersion=4.0"
+            ),
+            &[]
+        )
+        .is_ok());
+        let e = negotiate(&accept("application/fhir+json; fhirVersion=4.3"), &[]).unwrap_err();
+        assert_eq!(e.status(), Status::NotAcceptable);
+        let text = format!("{:?}", e.outcome());
+        assert!(
+            text.contains("fhirVersion=4.3") && text.contains("Accept"),
+            "{text}"
+        );
+        let q = [(
+            "_format".to_string(),
+            "application/fhir+json; fhirVersion=5.0".to_string(),
+        )];
+        assert!(negotiate(&HeaderMap::new(), &q).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/fhir+json; fhirVersion=4.3"),
+        );
+        assert_eq!(
+            body_version(&h).unwrap_err().status(),
+            Status::UnsupportedMediaType
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/fhir+json; fhirVersion=4.0"),
+        );
+        assert!(body_version(&h).is_ok());
     }
 }

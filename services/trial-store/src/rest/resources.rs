@@ -177,6 +177,7 @@ async fn read_patch(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<crate::fhir::patch::Patch, StoreError> {
+    crate::rest::negotiate::body_version(headers)?;
     let bytes = read_bounded(headers, body, s.config.max_body_bytes).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
