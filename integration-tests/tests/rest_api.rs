@@ -1071,7 +1071,6 @@ async fn patch_fp1(s: &TestStore, parts: Value) -> Reply {
 #[tokio::test]
 async fn fhirpath_patch_and_patch_in_a_transaction() {
     let s = TestStore::start().await;
-    let fhir = [("content-type", "application/fhir+json")];
     let r = send(
         Method::PUT,
         &s.url("Observation/fp1"),
