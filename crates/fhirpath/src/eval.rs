@@ -2003,22 +2003,21 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], env: &Env<'_, 'a>) ->
                     return order(a, b).ok().flatten().unwrap_or(Ordering::Equal);
                 }
                 for (n, arg) in args.iter().enumerate() {
+                    // An empty key sorts first in either direction; a descending key
+                    // reverses the order of the values only.
+                    let descending = matches!(arg, Expr::Negate(_));
                     let o = match (ka[n].first(), kb[n].first()) {
                         (None, None) => Ordering::Equal,
                         (None, _) => Ordering::Less,
                         (_, None) => Ordering::Greater,
                         (Some(x), Some(y)) => match order(x, y) {
+                            Ok(o) if descending => o.unwrap_or(Ordering::Equal).reverse(),
                             Ok(o) => o.unwrap_or(Ordering::Equal),
                             Err(e) => {
                                 failure = Some(e);
                                 Ordering::Equal
                             }
                         },
-                    };
-                    let o = if matches!(arg, Expr::Negate(_)) {
-                        o.reverse()
-                    } else {
-                        o
                     };
                     if o != Ordering::Equal {
                         return o;

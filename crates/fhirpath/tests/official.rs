@@ -10,7 +10,7 @@ use quick_xml::events::Event;
 use trialbridge_fhirpath::{Expression, Item};
 
 /// Tests that must pass; raise it when the engine gets better.
-const FLOOR: usize = 910;
+const FLOOR: usize = 911;
 
 #[derive(Debug, Default)]
 struct Case {
