@@ -46,8 +46,19 @@ impl TestStore {
         dir: tempfile::TempDir,
         adjust: impl FnOnce(&mut trial_store::StoreConfig),
     ) -> Self {
+        Self::start_limited(dir, trialbridge_storage::DEFAULT_STATEMENT_TIMEOUT, adjust).await
+    }
+
+    /// Starts a store whose reads are cancelled after `statement_timeout`.
+    pub async fn start_limited(
+        dir: tempfile::TempDir,
+        statement_timeout: std::time::Duration,
+        adjust: impl FnOnce(&mut trial_store::StoreConfig),
+    ) -> Self {
         let url = store_database_url(dir.path()).await;
-        let store = trialbridge_storage::open(&url).await.expect("open store");
+        let store = trialbridge_storage::open_with(&url, statement_timeout)
+            .await
+            .expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

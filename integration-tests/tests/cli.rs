@@ -311,3 +311,44 @@ fn help_does_not_print_the_database_password() {
     assert!(text.contains("TRIALBRIDGE_DATABASE_URL"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
+
+/// The bench client counts a failed request apart from the throughput and fails the run: here
+/// every GET asks for an Observation the store does not have (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_counts_failed_requests_apart_and_exits_non_zero() {
+    let s = integration_tests::TestStore::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("obs.ndjson");
+    std::fs::write(
+        &data,
+        r#"{"resourceType":"Observation","id":"nowhere","status":"final","code":{"text":"x"}}"#,
+    )
+    .unwrap();
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        trialbridge()
+            .args([
+                "bench",
+                "--base",
+                &base,
+                "--scenario",
+                "get",
+                "--requests",
+                "20",
+            ])
+            .arg("--data")
+            .arg(&data)
+            .env("TRIALBRIDGE_TOKEN", integration_tests::system_token())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout} {stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(line["errors"], 20, "{line}");
+    assert_eq!(line["requests"], 0, "{line}");
+    assert!(stderr.contains("20 requests failed"), "{stderr}");
+}

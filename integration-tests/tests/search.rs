@@ -788,3 +788,125 @@ async fn elements_summary_compartments_and_system_search() {
     .await;
     assert_eq!(b["total"].as_u64().unwrap() as usize, expected.len());
 }
+
+/// `n` Observations of one patient, written in transactions of 500.
+async fn load_observations(s: &TestStore, n: usize) {
+    for chunk in 0..n.div_ceil(500) {
+        let entries: Vec<Value> = (chunk * 500..((chunk + 1) * 500).min(n))
+            .map(|i| {
+                json!({"resource": {"resourceType": "Observation", "id": format!("t{i:05}"), "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "72514-3"}]},
+                    "subject": {"reference": "Patient/example"},
+                    "effectiveDateTime": format!("2025-{:02}-{:02}T{:02}:{:02}:00Z", 1 + i % 12, 1 + i % 28, i % 24, i % 60),
+                    "valueQuantity": {"value": i % 11, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}},
+                  "request": {"method": "PUT", "url": format!("Observation/t{i:05}")}})
+            })
+            .collect();
+        let b = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        let r = integration_tests::post_fhir(&s.base, b.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+}
+
+/// A read past the statement timeout (here 1 ms) is cancelled by the database and answered
+/// with a 422 `too-costly` that names the setting, never a 500 or a hung connection: after 40
+/// such searches at once (more than the PostgreSQL pool's 16 connections) the store still
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_past_the_statement_timeout_is_too_costly_and_frees_its_connection() {
+    let s = TestStore::start_limited(
+        tempfile::tempdir().unwrap(),
+        std::time::Duration::from_millis(1),
+        |_| {},
+    )
+    .await;
+    let r = put_fhir(
+        s.url("Patient/example"),
+        json!({"resourceType": "Patient", "id": "example"}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    load_observations(&s, 3000).await;
+    let heavy =
+        s.url("Observation?subject=Patient/example&_sort=-value-quantity,-date&_count=1000");
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let url = heavy.clone();
+        set.spawn(async move {
+            let r = client().get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = set.join_all().await;
+    let mut too_costly = 0;
+    for (status, body) in &answers {
+        match status {
+            200 => {}
+            422 => {
+                assert_eq!(body["issue"][0]["code"], "too-costly", "{body}");
+                let text = body["issue"][0]["diagnostics"].as_str().unwrap();
+                assert!(text.contains("TRIALBRIDGE_STATEMENT_TIMEOUT"), "{text}");
+                too_costly += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(too_costly > 0, "no search ran past 1 ms");
+    // The connections are free again: a read answers (a 1 ms budget may cancel one on a busy
+    // server, so a few tries).
+    let mut read = 0;
+    for _ in 0..20 {
+        read = client()
+            .get(s.url("Patient/example"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if read == 200 {
+            break;
+        }
+        assert_eq!(read, 422);
+    }
+    assert_eq!(read, 200);
+}
+
+/// After a bulk load the planner must know the tables' sizes: on PostgreSQL without fresh
+/// statistics one `_sort` page over 20,000 Observations took 48 s (a nested loop over what the
+/// planner believed empty). The bound is the server's own: a 5 s statement timeout, so a slow
+/// plan fails as `too-costly` instead of passing slowly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sort_page_after_a_bulk_load_is_planned_with_statistics() {
+    let s = TestStore::start_limited(
+        tempfile::tempdir().unwrap(),
+        std::time::Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
+    let r = put_fhir(
+        s.url("Patient/example"),
+        json!({"resourceType": "Patient", "id": "example"}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    load_observations(&s, 20_000).await;
+    for query in [
+        "Observation?_sort=-date&_count=20",
+        "Observation?subject=Patient/example&_sort=-date&_count=20",
+        "Observation?code=http://loinc.org|72514-3&_sort=date&_count=20",
+    ] {
+        let r = client().get(s.url(query)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(body["entry"].as_array().map_or(0, Vec::len), 20, "{query}");
+    }
+}

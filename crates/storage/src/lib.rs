@@ -587,16 +587,47 @@ pub async fn put_job(
     .await
 }
 
+/// How long one read statement may run unless configured otherwise.
+pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens the store named by a database URL: `sqlite://path` (embedded, created if missing)
 /// or `postgres://user[:password]@host[:port]/database` (`postgresql://` too; migrations are
-/// applied at start-up).
+/// applied at start-up), with the default statement timeout.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
+    open_with(url, DEFAULT_STATEMENT_TIMEOUT).await
+}
+
+/// As [`open`], with reads cancelled after `statement_timeout` (PostgreSQL's
+/// `statement_timeout`, SQLite's progress handler); see [`StorageError::is_too_costly`].
+pub async fn open_with(
+    url: &str,
+    statement_timeout: std::time::Duration,
+) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
     match Backend::of(url)? {
         Backend::Sqlite => {
-            let store = SqliteStore::open(SqliteOptions::from_url(url)?).await?;
-            Ok(std::sync::Arc::new(store))
+            let mut options = SqliteOptions::from_url(url)?;
+            options.statement_timeout = statement_timeout;
+            Ok(std::sync::Arc::new(SqliteStore::open(options).await?))
         }
-        Backend::Postgres => Ok(std::sync::Arc::new(PostgresStore::open(url).await?)),
+        Backend::Postgres => Ok(std::sync::Arc::new(
+            PostgresStore::open_with(url, statement_timeout).await?,
+        )),
+    }
+}
+
+impl StorageError {
+    /// Whether the database cancelled the statement for running past the statement timeout
+    /// (PostgreSQL `query_canceled`, SQLite interrupted by the progress handler).
+    pub fn is_too_costly(&self) -> bool {
+        match self {
+            StorageError::Postgres(sqlx::Error::Database(d)) => {
+                d.code().as_deref() == Some("57014")
+            }
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::OperationInterrupted
+            }
+            _ => false,
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     /// Read connections kept open.
     pub readers: usize,
+    /// How long one read may run before it is interrupted ([`StorageError::is_too_costly`]).
+    pub statement_timeout: Duration,
 }
 
 impl SqliteOptions {
@@ -64,6 +66,7 @@ impl SqliteOptions {
         Ok(Self {
             path: PathBuf::from(path),
             readers: 8,
+            statement_timeout: crate::DEFAULT_STATEMENT_TIMEOUT,
         })
     }
 }
@@ -108,6 +111,9 @@ struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     keep: usize,
+    /// The budget of one read: SQLite's progress handler interrupts a read past it, as
+    /// PostgreSQL's `statement_timeout` cancels a statement.
+    timeout: Duration,
 }
 
 impl ReaderPool {
@@ -120,7 +126,11 @@ impl ReaderPool {
             Some(c) => c,
             None => open_connection(&self.path, true)?,
         };
+        let deadline = std::time::Instant::now() + self.timeout;
+        // Checked every 10,000 virtual-machine steps: a clock read per tens of microseconds.
+        conn.progress_handler(10_000, Some(move || std::time::Instant::now() > deadline))?;
         let result = f(&conn);
+        conn.progress_handler(0, None::<fn() -> bool>)?;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.keep {
             idle.push(conn);
@@ -219,6 +229,7 @@ impl SqliteStore {
             path: options.path,
             idle: Mutex::new(Vec::new()),
             keep: options.readers.max(1),
+            timeout: options.statement_timeout,
         });
         Ok(Self {
             readers,
@@ -965,6 +976,7 @@ mod tests {
         let s = SqliteStore::open(SqliteOptions {
             path: dir.path().join("t.db"),
             readers: 2,
+            statement_timeout: crate::DEFAULT_STATEMENT_TIMEOUT,
         })
         .await
         .unwrap();
@@ -1349,6 +1361,7 @@ mod tests {
         let opts = SqliteOptions {
             path: dir.path().join("r.db"),
             readers: 1,
+            statement_timeout: crate::DEFAULT_STATEMENT_TIMEOUT,
         };
         {
             let s = SqliteStore::open(opts.clone()).await.unwrap();

@@ -48,6 +48,14 @@ pub struct ServeArgs {
         global = true
     )]
     pub max_body_bytes: String,
+    /// Seconds one database read may run before it is cancelled (a `too-costly` answer).
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_STATEMENT_TIMEOUT",
+        default_value = "30",
+        global = true
+    )]
+    pub statement_timeout: String,
     /// Load the MesemCart study definition at start-up (true/false).
     #[arg(
         long,
@@ -165,6 +173,8 @@ pub struct ServeConfig {
     pub base_url: Option<String>,
     /// Body limit.
     pub max_body_bytes: usize,
+    /// How long one database read may run.
+    pub statement_timeout: std::time::Duration,
     /// Whether to load the study.
     pub load_study: bool,
     /// How payloads are validated.
@@ -229,6 +239,13 @@ impl ServeConfig {
                 None
             }
         };
+        let statement_timeout = match a.statement_timeout.trim_end_matches('s').parse::<f64>() {
+            Ok(n) if n >= 0.001 && n.is_finite() => Some(std::time::Duration::from_secs_f64(n)),
+            _ => {
+                problems.push(format!("TRIALBRIDGE_STATEMENT_TIMEOUT / --statement-timeout: '{}' is not a number of seconds (30, 2.5)", a.statement_timeout));
+                None
+            }
+        };
         let load_study = match a.load_study.as_str() {
             "true" | "1" | "yes" => Some(true),
             "false" | "0" | "no" => Some(false),
@@ -265,14 +282,23 @@ impl ServeConfig {
                 problems.push(format!("TRIALBRIDGE_LISTEN / --listen: the local profile listens on loopback only, not {l}; set TRIALBRIDGE_PROFILE=production and TRIALBRIDGE_AUTH_JWKS to serve a network"));
             }
         }
-        match (listen, grpc_listen, max_body_bytes, load_study, auth) {
+        match (
+            listen,
+            grpc_listen,
+            max_body_bytes,
+            load_study,
+            auth,
+            statement_timeout,
+        ) {
             (
                 Some(listen),
                 Some(grpc_listen),
                 Some(max_body_bytes),
                 Some(load_study),
                 Some(auth),
+                Some(statement_timeout),
             ) if problems.is_empty() => Ok(Self {
+                statement_timeout,
                 listen,
                 grpc_listen,
                 data_dir: data_dir(&a),
@@ -364,6 +390,7 @@ mod tests {
             data_dir: None,
             base_url: None,
             max_body_bytes: "4096".into(),
+            statement_timeout: "30".into(),
             load_study: "true".into(),
             extension_domains: String::new(),
             extensions: "lenient".into(),
@@ -406,6 +433,7 @@ mod tests {
             data_dir: None,
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),
+            statement_timeout: "soon".into(),
             load_study: "maybe".into(),
             extension_domains: String::new(),
             extensions: "loose".into(),
@@ -413,7 +441,7 @@ mod tests {
             auth: trialbridge_auth::AuthArgs::local(),
         };
         let problems = ServeConfig::from_args(a).unwrap_err();
-        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert_eq!(problems.len(), 7, "{problems:#?}");
         assert!(problems[0].contains("TRIALBRIDGE_LISTEN"));
     }
 }

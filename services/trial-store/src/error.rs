@@ -147,6 +147,9 @@ impl StoreError {
         match self {
             Self::Rejected { status, .. } => *status,
             Self::Storage(StorageError::WriterGone) => Status::Unavailable,
+            // The request asked for more than the statement budget allows: the same request
+            // would fail again, so a 4xx, not a 5xx a client would retry.
+            Self::Storage(e) if e.is_too_costly() => Status::Unprocessable,
             Self::Storage(_) => Status::InternalError,
         }
     }
@@ -155,6 +158,10 @@ impl StoreError {
     pub fn outcome(&self) -> OperationOutcome {
         match self {
             Self::Rejected { outcome, .. } => outcome.clone(),
+            Self::Storage(e) if e.is_too_costly() => OperationOutcome::single(OutcomeIssue::error(
+                IssueType::TooCostly,
+                "the query ran past the statement timeout (TRIALBRIDGE_STATEMENT_TIMEOUT) and was cancelled: narrow it (more criteria, a smaller _count, no _sort on an unindexed value)",
+            )),
             Self::Storage(e) => {
                 // The database's own words (SQL, constraint names) stay in the log.
                 let reference = uuid::Uuid::now_v7().simple().to_string();

@@ -71,7 +71,8 @@ pub struct Bound {
 /// Opens the database, loads the study if configured, and binds the listener.
 pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     let auth = config::auth(config).await.map_err(RunError::Auth)?;
-    let store = trialbridge_storage::open(&config.database_url).await?;
+    let store =
+        trialbridge_storage::open_with(&config.database_url, config.statement_timeout).await?;
     let study = if config.load_study {
         Some(
             trial::study::load(&*store, Arc::new(TrialRules), &config.validation)

@@ -206,8 +206,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     Ok(resp) => {
                         let ok = resp.status().is_success();
                         let _ = resp.into_body().collect().await;
-                        lat.push(t.elapsed());
-                        if !ok {
+                        // A failed request is counted apart: its time is not throughput.
+                        if ok {
+                            lat.push(t.elapsed());
+                        } else {
                             errors += 1;
                         }
                     }
@@ -245,5 +247,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "p50_ms": (pct(0.50) * 100.0).round() / 100.0, "p99_ms": (pct(0.99) * 100.0).round() / 100.0,
         })
     );
+    if errors > 0 {
+        anyhow::bail!(
+            "{errors} requests failed; the figures above count only the {n} that succeeded"
+        );
+    }
     Ok(())
 }
