@@ -789,6 +789,20 @@ async fn elements_summary_compartments_and_system_search() {
     assert_eq!(b["total"].as_u64().unwrap() as usize, expected.len());
 }
 
+/// A store whose reads are cancelled after `statement_timeout`, with `Patient/example`.
+async fn store_with_patient(statement_timeout: std::time::Duration) -> TestStore {
+    let s = TestStore::start_limited(tempfile::tempdir().unwrap(), statement_timeout, |_| {}).await;
+    let r = put_fhir(
+        s.url("Patient/example"),
+        json!({"resourceType": "Patient", "id": "example"}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    s
+}
+
 /// `n` Observations of one patient, written in transactions of 500.
 async fn load_observations(s: &TestStore, n: usize) {
     for chunk in 0..n.div_ceil(500) {
@@ -817,20 +831,7 @@ async fn load_observations(s: &TestStore, n: usize) {
 /// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_query_past_the_statement_timeout_is_too_costly_and_frees_its_connection() {
-    let s = TestStore::start_limited(
-        tempfile::tempdir().unwrap(),
-        std::time::Duration::from_millis(1),
-        |_| {},
-    )
-    .await;
-    let r = put_fhir(
-        s.url("Patient/example"),
-        json!({"resourceType": "Patient", "id": "example"}).to_string(),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert!(r.status().is_success());
+    let s = store_with_patient(std::time::Duration::from_millis(1)).await;
     load_observations(&s, 3000).await;
     let heavy =
         s.url("Observation?subject=Patient/example&_sort=-value-quantity,-date&_count=1000");
@@ -883,20 +884,7 @@ async fn a_query_past_the_statement_timeout_is_too_costly_and_frees_its_connecti
 /// plan fails as `too-costly` instead of passing slowly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sort_page_after_a_bulk_load_is_planned_with_statistics() {
-    let s = TestStore::start_limited(
-        tempfile::tempdir().unwrap(),
-        std::time::Duration::from_secs(5),
-        |_| {},
-    )
-    .await;
-    let r = put_fhir(
-        s.url("Patient/example"),
-        json!({"resourceType": "Patient", "id": "example"}).to_string(),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert!(r.status().is_success());
+    let s = store_with_patient(std::time::Duration::from_secs(5)).await;
     load_observations(&s, 20_000).await;
     for query in [
         "Observation?_sort=-date&_count=20",

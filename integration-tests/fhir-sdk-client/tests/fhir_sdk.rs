@@ -76,10 +76,33 @@ async fn the_r4b_client_is_told_the_store_serves_r4_only() {
     assert_eq!(r["total"], 0, "{r}");
 }
 
+/// Writes an R4B-built resource with plain R4 HTTP; it must be created.
+async fn put(s: &TestStore, path: &str, resource: &impl serde::Serialize) {
+    let r = client()
+        .put(s.url(path))
+        .header("content-type", "application/fhir+json")
+        .body(serde_json::to_string(resource).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+/// Reads `path` with plain R4 HTTP into an R4B model.
+async fn get<T: serde::de::DeserializeOwned>(s: &TestStore, path: &str) -> T {
+    client()
+        .get(s.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_r4b_models_write_and_read_patients_and_observations() {
     let s = TestStore::start().await;
-    let http = client();
     let patient = Patient::builder()
         .id("sdk-p".to_owned())
         .gender(AdministrativeGender::Female)
@@ -91,14 +114,7 @@ async fn the_r4b_models_write_and_read_patients_and_observations() {
         )])
         .build()
         .unwrap();
-    let r = http
-        .put(s.url("Patient/sdk-p"))
-        .header("content-type", "application/fhir+json")
-        .body(serde_json::to_string(&patient).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    put(&s, "Patient/sdk-p", &patient).await;
     let observation = Observation::builder()
         .id("sdk-o".to_owned())
         .status(ObservationStatus::Final)
@@ -131,47 +147,20 @@ async fn the_r4b_models_write_and_read_patients_and_observations() {
         ))
         .build()
         .unwrap();
-    let r = http
-        .put(s.url("Observation/sdk-o"))
-        .header("content-type", "application/fhir+json")
-        .body(serde_json::to_string(&observation).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    put(&s, "Observation/sdk-o", &observation).await;
     // Read back into the typed models: what the store serves is what was built, plus meta.
-    let read: Patient = http
-        .get(s.url("Patient/sdk-p"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Patient = get(&s, "Patient/sdk-p").await;
     assert_eq!(read.gender, Some(AdministrativeGender::Female));
     assert_eq!(
         read.meta.as_ref().and_then(|m| m.version_id.as_deref()),
         Some("1")
     );
-    let read: Observation = http
-        .get(s.url("Observation/sdk-o"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Observation = get(&s, "Observation/sdk-o").await;
     assert_eq!(read.status, ObservationStatus::Final);
     assert_eq!(read.subject, observation.subject);
     // A searchset Bundle of the store reads as an R4B Bundle.
-    let bundle: fhir_sdk::r4b::resources::Bundle = http
-        .get(s.url("Observation?subject=Patient/sdk-p"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bundle: fhir_sdk::r4b::resources::Bundle =
+        get(&s, "Observation?subject=Patient/sdk-p").await;
     let entries: Vec<_> = bundle.entry.iter().flatten().collect();
     assert_eq!(entries.len(), 1);
     assert!(matches!(
