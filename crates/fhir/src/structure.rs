@@ -162,6 +162,42 @@ pub struct VitalSignsComponent {
     pub units: &'static [&'static str],
 }
 
+/// The type whose elements a type has: a profile of Quantity (SimpleQuantity, MoneyQuantity)
+/// has Quantity's.
+pub fn model_name(ty: &str) -> &str {
+    match ty {
+        "SimpleQuantity" | "MoneyQuantity" => "Quantity",
+        t => t,
+    }
+}
+
+/// How a choice element's JSON name ends for a value of type `ty`: the type code with its
+/// first letter capitalised (`valueString`, `valueCodeableConcept`); Quantity's profiles are
+/// `...Quantity`.
+pub fn json_type_suffix(ty: &str) -> String {
+    let ty = model_name(ty);
+    let mut c = ty.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// SNOMED CT body temperature, which the HL7 Java validator also takes as the body
+/// temperature vital sign (R4 names the LOINC codes only; this one is in its examples).
+const SNOMED_BODY_TEMPERATURE: (&str, &str) = ("http://snomed.info/sct", "276885007");
+
+impl VitalSignsProfile {
+    /// Whether a coding `(system, code)` makes an Observation this vital sign: the profile's
+    /// LOINC code, or SNOMED CT body temperature for the body temperature profile.
+    pub fn is_code(&self, system: &str, code: &str) -> bool {
+        match self.loinc {
+            Some(l) if system == "http://loinc.org" && code == l => true,
+            Some("8310-5") => (system, code) == SNOMED_BODY_TEMPERATURE,
+            _ => false,
+        }
+    }
+}
+
 /// The type named `name`. A hash look-up: validation and FHIRPath ask this for every
 /// element they visit, and a binary search over a thousand names was a third of validation.
 pub fn type_def(name: &str) -> Option<&'static TypeDef> {
@@ -251,24 +287,16 @@ mod tests {
         for t in TYPES {
             for e in t.elements.iter().filter(|e| !e.choice.is_empty()) {
                 let suffix = &e.name[e.choice.len()..];
-                let expected = match e.ty.name {
-                    "SimpleQuantity" | "MoneyQuantity" => {
-                        quantity_profiles.push(format!("{}.{}", t.name, e.name));
-                        "Quantity".to_string()
-                    }
-                    ty => {
-                        let mut c = ty.chars();
-                        c.next()
-                            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                            .unwrap_or_default()
-                    }
-                };
-                assert_eq!(suffix, expected, "{}.{}", t.name, e.name);
-                let model = match e.ty.name {
-                    "SimpleQuantity" | "MoneyQuantity" => "Quantity",
-                    t => t,
-                };
-                assert!(type_def(model).is_some(), "{}: {}", e.name, e.ty.name);
+                if model_name(e.ty.name) != e.ty.name {
+                    quantity_profiles.push(format!("{}.{}", t.name, e.name));
+                }
+                assert_eq!(suffix, json_type_suffix(e.ty.name), "{}.{}", t.name, e.name);
+                assert!(
+                    type_def(model_name(e.ty.name)).is_some(),
+                    "{}: {}",
+                    e.name,
+                    e.ty.name
+                );
             }
         }
         quantity_profiles.sort();

@@ -9,7 +9,7 @@ use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::str::FromStr;
-use trialbridge_fhir::structure::type_def;
+use trialbridge_fhir::structure::{model_name as model, type_def};
 
 use crate::parse::{BinOp, Expr};
 use crate::{Error, Variables};
@@ -193,14 +193,6 @@ impl<'a> Item<'a> {
         }
         let system = format!("System.{name}");
         !matches!(self, Item::Node(_)) && names.contains(&system)
-    }
-}
-
-/// The model's name for a type (Quantity profiles validate as Quantity).
-fn model(ty: &str) -> &str {
-    match ty {
-        "SimpleQuantity" | "MoneyQuantity" => "Quantity",
-        t => t,
     }
 }
 

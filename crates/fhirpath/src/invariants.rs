@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::OnceLock;
-use trialbridge_fhir::structure::{ElementDef, Invariant, TypeDef};
+use trialbridge_fhir::structure::{model_name as model, ElementDef, Invariant, TypeDef};
 
 use crate::eval::{element_item, root_item};
 use crate::{Error, Expression, Item, Variables};
@@ -40,24 +40,6 @@ fn compiled(inv: &'static Invariant) -> Result<&'static Expression, Error> {
 pub fn check(resource: &Value) -> Findings {
     static ALL: OnceLock<Checker> = OnceLock::new();
     ALL.get_or_init(|| Checker::except(&[])).check(resource)
-}
-
-/// Evaluates the core invariants that apply, except those `skip` names (the ones a caller
-/// checks another way). Plans the walk on every call: a caller that checks many resources
-/// keeps a [`Checker`].
-pub fn check_except(resource: &Value, skip: &dyn Fn(&str) -> bool) -> Findings {
-    let keys: Vec<&str> = all_keys().filter(|k| skip(k)).collect();
-    Checker::except(&keys).check(resource)
-}
-
-fn all_keys() -> impl Iterator<Item = &'static str> {
-    trialbridge_fhir::structure::TYPES.iter().flat_map(|t| {
-        t.invariants.iter().map(|i| i.key).chain(
-            t.elements
-                .iter()
-                .flat_map(|e| e.invariants.iter().map(|i| i.key)),
-        )
-    })
 }
 
 /// The core invariants minus those a caller checks another way, with the walk planned once:
@@ -296,12 +278,5 @@ impl<'a> Walk<'_, 'a> {
         } else {
             self.node(v, root, plan);
         }
-    }
-}
-
-fn model(ty: &str) -> &str {
-    match ty {
-        "SimpleQuantity" | "MoneyQuantity" => "Quantity",
-        t => t,
     }
 }

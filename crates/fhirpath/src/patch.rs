@@ -8,7 +8,7 @@
 //! array). The result is not validated here: the caller validates it like any update.
 
 use serde_json::{Map, Value};
-use trialbridge_fhir::structure::type_def;
+use trialbridge_fhir::structure::{json_type_suffix, model_name, type_def};
 
 use crate::{Expression, Item, Json};
 
@@ -221,13 +221,6 @@ fn part_value(
     Ok((None, Value::Object(obj)))
 }
 
-fn capitalised(t: &str) -> String {
-    let mut c = t.chars();
-    c.next()
-        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-        .unwrap_or_default()
-}
-
 /// Where an element goes in JSON.
 struct Target {
     /// The JSON name (`valueQuantity` for the Quantity branch of `value[x]`).
@@ -246,12 +239,8 @@ fn json_name(
     value_ty: Option<&str>,
     at: &str,
 ) -> Result<Target, PatchError> {
-    let model = match container {
-        "SimpleQuantity" | "MoneyQuantity" => "Quantity",
-        t => t,
-    };
-    let def =
-        type_def(model).ok_or_else(|| error(at, format!("'{container}' is not an R4 type")))?;
+    let def = type_def(model_name(container))
+        .ok_or_else(|| error(at, format!("'{container}' is not an R4 type")))?;
     if let Some(e) = def.element(name).filter(|e| e.choice.is_empty()) {
         return Ok(Target {
             key: name.to_string(),
@@ -271,7 +260,7 @@ fn json_name(
             ),
         ));
     };
-    let key = format!("{name}{}", capitalised(t));
+    let key = format!("{name}{}", json_type_suffix(t));
     branches
         .iter()
         .find(|e| e.name == key)
@@ -495,10 +484,10 @@ fn apply_operation(out: &mut Value, op: &Operation) -> Result<(), PatchError> {
             if let (Some(Step::Key(k)), Some(t)) = (found.steps.last(), ty.as_deref()) {
                 let (parent, key) = (found.steps[..found.steps.len() - 1].to_vec(), k.clone());
                 let base = key
-                    .strip_suffix(&*capitalised(&found.ty))
+                    .strip_suffix(&*json_type_suffix(&found.ty))
                     .map(str::to_string);
                 if let Some(base) = base.filter(|b| !b.is_empty()) {
-                    let new_key = format!("{base}{}", capitalised(t));
+                    let new_key = format!("{base}{}", json_type_suffix(t));
                     if new_key != key {
                         if let Value::Object(m) = at_mut(out, &parent) {
                             m.shift_remove(&key);

@@ -44,10 +44,6 @@ pub(crate) fn claimed(m: &Map<String, Value>) -> Vec<&'static VitalSignsProfile>
     out
 }
 
-/// SNOMED CT body temperature, which the HL7 Java validator also takes as the body
-/// temperature vital sign (R4 names the LOINC codes only; this one is in its examples).
-const SNOMED_BODY_TEMPERATURE: (&str, &str) = ("http://snomed.info/sct", "276885007");
-
 /// The vital-signs profile an Observation's code makes mandatory. R4 (Observation, "Vital
 /// Signs"): an Observation that represents a vital sign SHALL conform to its profile; the
 /// code is what says it does. An Observation entered in error is a record that the
@@ -56,12 +52,9 @@ fn by_code(m: &Map<String, Value>) -> Option<&'static VitalSignsProfile> {
     if m.get("status").and_then(Value::as_str) == Some("entered-in-error") {
         return None;
     }
-    let code = m.get("code");
-    let snomed_temperature = codings(code).any(|c| c == SNOMED_BODY_TEMPERATURE);
-    VITAL_SIGNS_PROFILES.iter().find(|p| {
-        p.loinc.is_some_and(|l| has_loinc(code, l))
-            || (snomed_temperature && p.loinc == Some("8310-5"))
-    })
+    VITAL_SIGNS_PROFILES
+        .iter()
+        .find(|p| codings(m.get("code")).any(|(s, c)| p.is_code(s, c)))
 }
 
 /// `(system, code)` of each coding of a CodeableConcept.

@@ -191,7 +191,7 @@ pub(crate) fn fhirpath(resource_type: &str, pointer: &str) -> String {
             }
         }
         td = el.and_then(|el| {
-            structure::type_def(crate::walk::model_type(el.ty.name))
+            structure::type_def(structure::model_name(el.ty.name))
                 .filter(|t| t.kind != TypeKind::Primitive)
         });
     }

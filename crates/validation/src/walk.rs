@@ -9,14 +9,6 @@ use trialbridge_fhir::{resource_type, IssueSeverity, IssueType, OutcomeIssue};
 
 use crate::{invariants, narrative, primitive};
 
-/// SimpleQuantity, the Quantity profile that R4 element types name; it has Quantity's elements.
-pub(crate) fn model_type(name: &str) -> &str {
-    match name {
-        "SimpleQuantity" => "Quantity",
-        other => other,
-    }
-}
-
 /// What the walk knows about the resource it is in (for local references and `dom-3`).
 #[derive(Default)]
 pub(crate) struct ResourceFrame {
@@ -406,7 +398,7 @@ impl<'o> Walk<'o> {
     }
 
     fn value(&mut self, el: &'static ElementDef, v: &Value) {
-        let ty = model_type(el.ty.name);
+        let ty = structure::model_name(el.ty.name);
         let Some(td) = structure::type_def(ty) else {
             return;
         };
@@ -585,11 +577,10 @@ impl<'o> Walk<'o> {
             }
             if let Some(key) = m.keys().find(|k| k.starts_with("value")) {
                 let ty = &key["value".len()..];
-                let ok = def.value_types.iter().any(|t| {
-                    let mut c = t.chars();
-                    c.next()
-                        .is_some_and(|f| f.to_ascii_uppercase().to_string() + c.as_str() == ty)
-                });
+                let ok = def
+                    .value_types
+                    .iter()
+                    .any(|t| structure::json_type_suffix(t) == ty);
                 if !ok {
                     self.error(
                         IssueType::Structure,

@@ -65,14 +65,7 @@ async fn the_r4b_client_is_told_the_store_serves_r4_only() {
     let (status, why) = refusal(&e);
     assert!(matches!(status, 406 | 415), "{status} {why}");
     assert!(why.contains("fhirVersion"), "{why}");
-    let r: serde_json::Value = client()
-        .get(s.url("Patient?_summary=count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = integration_tests::get_json(&s.url("Patient?_summary=count")).await;
     assert_eq!(r["total"], 0, "{r}");
 }
 
@@ -90,14 +83,7 @@ async fn put(s: &TestStore, path: &str, resource: &impl serde::Serialize) {
 
 /// Reads `path` with plain R4 HTTP into an R4B model.
 async fn get<T: serde::de::DeserializeOwned>(s: &TestStore, path: &str) -> T {
-    client()
-        .get(s.url(path))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_value(integration_tests::get_json(&s.url(path)).await).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,7 +136,7 @@ fn translate(cc: &mut Value, site: &str, codes: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// R4 requires an Observation that is a vital sign (its LOINC code is one of the vital-signs
+/// R4 requires an Observation that is a vital sign (its code is one of the vital-signs
 /// profiles') to carry the category `vital-signs`; HL7 v2 has no such field, so the gateway
 /// adds it to the results whose translated code says so.
 fn add_vital_signs_category(o: &mut Value) {
@@ -146,13 +146,11 @@ fn add_vital_signs_category(o: &mut Value) {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .any(|c| {
-            c.get("system").and_then(Value::as_str) == Some("http://loinc.org")
-                && c.get("code").and_then(Value::as_str).is_some_and(|k| {
-                    trialbridge_fhir::structure::VITAL_SIGNS_PROFILES
-                        .iter()
-                        .any(|p| p.loinc == Some(k))
-                })
+        .filter_map(|c| Some((c.get("system")?.as_str()?, c.get("code")?.as_str()?)))
+        .any(|(system, code)| {
+            trialbridge_fhir::structure::VITAL_SIGNS_PROFILES
+                .iter()
+                .any(|p| p.is_code(system, code))
         });
     if !vital {
         return;
