@@ -490,3 +490,72 @@ async fn a_batch_is_received_message_by_message_and_acknowledged_together() {
     )
     .await;
 }
+
+/// `trialbridge hl7 send --file` sends a file's messages once each, as written (framed or
+/// not, CRLF or CR), prints each ACK with the line of its message, and fails when a message
+/// is not accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hl7_send_sends_each_message_of_a_file_once_and_prints_its_ack() {
+    let store = TestStore::start().await;
+    let g = start_gateway(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.hl7");
+    // The first message with CRLF segment ends, the second with CR: as people's files are.
+    let content = format!("{}{}", msg(ORU, "SEND-1"), msg(ADT, "SEND-2")).replacen(
+        '\r',
+        "\r\n",
+        ORU.matches('\r').count(),
+    );
+    std::fs::write(&file, content).unwrap();
+    let send = |file: std::path::PathBuf| {
+        let to = g.mllp.to_string();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+                .args(["hl7", "send", "--to", &to, "--file"])
+                .arg(file)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = send(file).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 2, "{stdout}");
+    assert_eq!(acks[0]["msa"], "MSA|AA|SEND-1");
+    assert_eq!(acks[0]["line"], 1);
+    assert_eq!(acks[1]["msa"], "MSA|AA|SEND-2");
+    assert_eq!(acks[1]["line"], 8);
+
+    // The README's file: one message in MLLP framing.
+    let framed = dir.path().join("framed.hl7");
+    std::fs::write(&framed, format!("\x0b{}\x1c\r", msg(ORU, "SEND-4"))).unwrap();
+    let out = send(framed).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"msa\":\"MSA|AA|SEND-4\""));
+
+    // A message the gateway refuses (no PID: nobody to attribute the result to).
+    let bad = dir.path().join("bad.hl7");
+    let no_pid: String = msg(ORU, "SEND-3")
+        .split('\r')
+        .filter(|s| !s.starts_with("PID"))
+        .map(|s| format!("{s}\r"))
+        .collect();
+    std::fs::write(&bad, no_pid).unwrap();
+    let out = send(bad).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let ack: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_ne!(ack["ack"], "AA", "{stdout}");
+    assert!(!ack["err"].as_array().unwrap().is_empty(), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 1 messages were not accepted"));
+    g.stop().await;
+}

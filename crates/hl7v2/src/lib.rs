@@ -7,6 +7,7 @@
 
 pub mod ack;
 pub mod escape;
+pub mod file;
 pub mod mllp;
 
 use std::borrow::Cow;
@@ -113,6 +114,19 @@ pub enum ParseError {
         /// Byte offset.
         offset: usize,
     },
+}
+
+impl ParseError {
+    /// The byte offset the error points at, when it points at one.
+    pub fn offset(&self) -> Option<usize> {
+        match self {
+            Self::NoMsh { offset, .. }
+            | Self::BadSegmentId { offset, .. }
+            | Self::BadEncoding { offset }
+            | Self::NestedHeader { offset, .. } => Some(*offset),
+            _ => None,
+        }
+    }
 }
 
 /// One segment: its span and the spans of its fields (index 0 is the segment id).
