@@ -352,3 +352,158 @@ async fn bench_counts_failed_requests_apart_and_exits_non_zero() {
     assert_eq!(line["requests"], 0, "{line}");
     assert!(stderr.contains("20 requests failed"), "{stderr}");
 }
+
+/// Message files as hospital IT has them: the README's MLLP-framed `printf` output, several
+/// messages with CRLF segment ends, and a bad message among good ones named by its line.
+#[test]
+fn hl7_parse_reads_framed_and_multi_message_files_and_names_the_bad_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = "MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|LAB-0001|P|2.5.1\rPID|1||4711^^^KH-NORD^MR\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM\r";
+    let b = a.replace("LAB-0001", "LAB-0002");
+    let parse = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        let out = trialbridge()
+            .args(["hl7", "parse"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            out.status.code(),
+            lines,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, lines, err) = parse("framed.hl7", &format!("\x0b{a}\x1c\r"));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(lines[0]["control_id"], "LAB-0001");
+
+    let (code, lines, err) = parse("two.hl7", &format!("{a}{b}").replace('\r', "\r\n"));
+    assert_eq!(code, Some(0), "{err}");
+    let found: Vec<(u64, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["line"].as_u64().unwrap(),
+                l["control_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(found, vec![(1, "LAB-0001"), (4, "LAB-0002")]);
+
+    // The middle message has a line that is not a segment (a line break inside OBX-5).
+    let broken = a
+        .replace("LAB-0001", "LAB-0003")
+        .replace("27.4|", "27.4\nkg|");
+    let (code, lines, err) = parse(
+        "three.hl7",
+        &format!("{a}\n{broken}\n{b}").replace('\r', "\n"),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("1 of 3 messages do not parse"), "{err}");
+    let bad: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
+    assert_eq!(bad.len(), 1, "{lines:?}");
+    assert_eq!(bad[0]["line"], 8, "{lines:?}");
+    assert!(bad[0]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("line break inside a field"));
+
+    let (code, lines, _) = parse("cut.hl7", &format!("\x0b{a}\x1c\r\x0b{b}"));
+    assert_eq!(code, Some(1));
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("line 5"),
+        "{lines:?}"
+    );
+}
+
+/// `trialbridge view run`: a ViewDefinition over NDJSON and a Bundle file, as CSV and NDJSON;
+/// an invalid view names its element.
+#[test]
+fn view_run_prints_the_rows_of_a_view_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = dir.path().join("bp.json");
+    std::fs::write(
+        &view,
+        serde_json::json!({"resourceType": "ViewDefinition", "name": "bp", "resource": "Observation", "select": [
+            {"column": [{"name": "id", "path": "getResourceKey()"}]},
+            {"forEach": "component", "column": [
+                {"name": "code", "path": "code.coding.first().code"},
+                {"name": "value", "path": "value.ofType(Quantity).value"},
+                {"name": "note", "path": "'a, \"b\"'"}]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let obs = |id: &str, s: f64, d: f64| {
+        serde_json::json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "bp"}, "component": [
+            {"code": {"coding": [{"code": "8480-6"}]}, "valueQuantity": {"value": s}},
+            {"code": {"coding": [{"code": "8462-4"}]}, "valueQuantity": {"value": d}}]})
+    };
+    let ndjson = dir.path().join("data.ndjson");
+    std::fs::write(
+        &ndjson,
+        format!(
+            "{}\n\n{}\n",
+            obs("a", 120.0, 80.0),
+            serde_json::json!({"resourceType": "Patient", "id": "p"})
+        ),
+    )
+    .unwrap();
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(
+        &bundle,
+        serde_json::json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": obs("b", 130.5, 85.0)}]}).to_string(),
+    )
+    .unwrap();
+    let out = trialbridge()
+        .args(["view", "run"])
+        .args([&view, &ndjson, &bundle])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "id,code,value,note\nObservation/a,8480-6,120.0,\"a, \"\"b\"\"\"\nObservation/a,8462-4,80.0,\"a, \"\"b\"\"\"\nObservation/b,8480-6,130.5,\"a, \"\"b\"\"\"\nObservation/b,8462-4,85.0,\"a, \"\"b\"\"\"\n"
+    );
+    let out = trialbridge()
+        .args(["view", "run", "--format", "ndjson"])
+        .args([&view, &bundle])
+        .output()
+        .unwrap();
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[1],
+        serde_json::json!({"id": "Observation/b", "code": "8462-4", "value": 85.0, "note": "a, \"b\""})
+    );
+
+    std::fs::write(&view, r#"{"resource": "Observation", "select": [{"forEachOrNull": "component.(", "column": []}]}"#).unwrap();
+    let out = trialbridge()
+        .args(["view", "run"])
+        .args([&view, &bundle])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a valid ViewDefinition") && err.contains("select[0].forEachOrNull"),
+        "{err}"
+    );
+    let out = trialbridge()
+        .args(["view", "run"])
+        .arg(&view)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -224,12 +224,13 @@ async fn metrics_report_progress_lag_and_rows() {
         token: token(Role::Warehouse, &[], ""),
         postgres_url: url.clone(),
         follow: false,
+        views_dir: None,
     };
     let stats = warehouse_sync::run(&config, std::future::pending(), |st| metrics.record(st))
         .await
         .unwrap();
     assert_eq!(stats.events, 5);
-    let pg = warehouse_sync::connect(&url, &[]).await.unwrap();
+    let pg = warehouse_sync::connect(&url).await.unwrap();
     let text = warehouse_sync::metrics::render(&metrics, &pg)
         .await
         .unwrap();
@@ -249,4 +250,177 @@ async fn metrics_report_progress_lag_and_rows() {
         .parse()
         .unwrap();
     assert!((0.0..60.0).contains(&lag), "{lag}");
+}
+
+/// Waits until `query` (one bigint) gives `want` on the warehouse.
+async fn wait_for(url: &str, query: &str, want: i64) {
+    let mut last = None;
+    for _ in 0..200 {
+        let mut c = pg(url).await;
+        last = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(query.to_string()))
+            .fetch_one(&mut c)
+            .await
+            .ok();
+        if last == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{query}: {last:?}, expected {want}");
+}
+
+/// Three views a warehouse team writes (one row per component with `forEach`, final results
+/// only with `where`, codes and component codes in one table with `unionAll`), added to the
+/// views directory while the sync follows: each table is made and back-filled, then kept
+/// current as new versions arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn views_added_while_the_sync_runs_are_back_filled_and_kept_current() {
+    let s = TestStore::start().await;
+    integration_tests::put_patients(&s, "v", 1).await;
+    let observation = |id: &str, status: &str, components: &[(&str, f64)]| {
+        let component: Vec<_> = components
+            .iter()
+            .map(|(code, v)| json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                                    "valueQuantity": {"value": v, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}))
+            .collect();
+        let mut o = json!({"resourceType": "Observation", "id": id, "status": status,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}], "text": "panel"},
+            "subject": {"reference": "Patient/v0"}, "effectiveDateTime": "2026-03-02"});
+        if !component.is_empty() {
+            o["component"] = json!(component);
+        }
+        o
+    };
+    let put = |o: serde_json::Value| {
+        let url = s.url(&format!("Observation/{}", o["id"].as_str().unwrap()));
+        async move {
+            let r = integration_tests::put_fhir(url, o.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        }
+    };
+    put(observation(
+        "o1",
+        "final",
+        &[("8480-6", 120.0), ("8462-4", 80.0)],
+    ))
+    .await;
+    put(observation("o2", "preliminary", &[("8480-6", 130.0)])).await;
+    put(observation("o3", "final", &[])).await;
+
+    let url = database(&format!("wh_views_{}", std::process::id())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = warehouse_sync::SyncConfig {
+        feed_url: s.feed.clone(),
+        token: token(Role::Warehouse, &[], ""),
+        postgres_url: url.clone(),
+        follow: true,
+        views_dir: Some(dir.path().to_path_buf()),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let sync = tokio::spawn(async move {
+        warehouse_sync::run(
+            &config,
+            async {
+                let _ = stopped.await;
+            },
+            |_| {},
+        )
+        .await
+    });
+    wait_for(
+        &url,
+        "SELECT count(*) FROM fhir_resource WHERE resource_type = 'Observation'",
+        3,
+    )
+    .await;
+
+    let views = [
+        json!({"resourceType": "ViewDefinition", "name": "bp_component", "resource": "Observation", "status": "active", "select": [
+            {"column": [{"name": "id", "path": "getResourceKey()"}]},
+            {"forEach": "component", "column": [
+                {"name": "code", "path": "code.coding.first().code", "type": "code"},
+                {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"}]}]}),
+        json!({"resourceType": "ViewDefinition", "name": "final_result", "resource": "Observation", "status": "active",
+            "where": [{"path": "status = 'final'"}],
+            "select": [{"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "patient", "path": "subject.getReferenceKey(Patient)"}]}]}),
+        json!({"resourceType": "ViewDefinition", "name": "every_code", "resource": "Observation", "status": "active", "select": [
+            {"column": [{"name": "id", "path": "getResourceKey()"}]},
+            {"unionAll": [
+                {"forEach": "code.coding", "column": [{"name": "kind", "path": "'result'"}, {"name": "code", "path": "code"}]},
+                {"forEach": "component.code.coding", "column": [{"name": "kind", "path": "'component'"}, {"name": "code", "path": "code"}]}]}]}),
+    ];
+    for v in &views {
+        std::fs::write(
+            dir.path()
+                .join(format!("{}.json", v["name"].as_str().unwrap())),
+            v.to_string(),
+        )
+        .unwrap();
+    }
+    // Back-filled from what the warehouse already holds.
+    wait_for(&url, "SELECT count(*) FROM view_bp_component", 3).await;
+    wait_for(&url, "SELECT count(*) FROM view_final_result", 2).await;
+    wait_for(&url, "SELECT count(*) FROM view_every_code", 6).await;
+    let mut c = pg(&url).await;
+    let v: f64 = sqlx::query_scalar("SELECT value::float8 FROM view_bp_component WHERE id = 'Observation/o1' AND code = '8462-4'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 80.0);
+    let p: String =
+        sqlx::query_scalar("SELECT patient FROM view_final_result WHERE id = 'Observation/o3'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(p, "Patient/v0");
+
+    // Kept current: o2 becomes final with a second component, o1 is deleted.
+    put(observation(
+        "o2",
+        "final",
+        &[("8480-6", 131.0), ("8462-4", 85.0)],
+    ))
+    .await;
+    let r = integration_tests::client()
+        .delete(s.url("Observation/o1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    wait_for(&url, "SELECT count(*) FROM view_final_result", 2).await;
+    wait_for(
+        &url,
+        "SELECT count(*) FROM view_final_result WHERE id = 'Observation/o2'",
+        1,
+    )
+    .await;
+    wait_for(&url, "SELECT count(*) FROM view_bp_component", 2).await;
+    wait_for(
+        &url,
+        "SELECT count(*) FROM view_bp_component WHERE value = 131",
+        1,
+    )
+    .await;
+    wait_for(&url, "SELECT count(*) FROM view_every_code", 4).await;
+
+    // A view that is not valid is left out with its error; the others keep working.
+    std::fs::write(
+        dir.path().join("broken.json"),
+        r#"{"name": "broken", "resource": "Observation", "select": [{"forEach": 1}]}"#,
+    )
+    .unwrap();
+    put(observation("o4", "final", &[])).await;
+    wait_for(&url, "SELECT count(*) FROM view_final_result", 3).await;
+    wait_for(
+        &url,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'view_broken'",
+        0,
+    )
+    .await;
+
+    let _ = stop.send(());
+    sync.await.unwrap().unwrap();
 }

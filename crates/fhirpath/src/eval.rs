@@ -100,6 +100,11 @@ fn semantic(msg: impl Into<String>) -> Error {
 const INTEGERS: &[&str] = &["integer", "positiveInt", "unsignedInt", "integer64"];
 
 impl<'a> Item<'a> {
+    /// A resource as an item (the root of an evaluation).
+    pub fn resource(resource: &'a Value) -> Item<'a> {
+        root_item(resource)
+    }
+
     /// The system value of a FHIR primitive (a `string` node is a String, ...); other items
     /// as they are.
     pub fn system(&self) -> Item<'a> {
@@ -305,7 +310,10 @@ fn children<'a>(n: &Node<'a>, name: &str, out: &mut Vec<Item<'a>>) -> Result<(),
             push_values(&n.value, e.name, model(e.ty.name), out);
         }
         if !known {
-            return Err(semantic(format!("{} has no element '{name}'", n.ty)));
+            return Err(Error::NoSuchElement {
+                ty: n.ty.to_string(),
+                name: name.to_string(),
+            });
         }
         return Ok(());
     }
@@ -1934,7 +1942,16 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], env: &Env<'_, 'a>) ->
             } else {
                 single_int(&arg(args, 0, env)?, name)?
             };
-            match singleton(input, name)?.map(Item::system) {
+            let item = singleton(input, name)?;
+            // A date's boundaries are dates (precision 8), a dateTime's are dateTimes (17),
+            // though a dateTime without a time compares as a date.
+            let is_date = match item {
+                Some(Item::Date(_)) => true,
+                Some(Item::Node(n)) => n.ty == "date",
+                _ => false,
+            };
+            let p = p.or(is_date.then_some(8));
+            match item.map(Item::system) {
                 None => vec![],
                 Some(i) => boundary(&i, p, name == "highBoundary")
                     .into_iter()
@@ -2086,6 +2103,39 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], env: &Env<'_, 'a>) ->
         "now" => vec![Item::DateTime(now_utc())],
         "today" => vec![Item::Date(now_utc()[..10].to_string())],
         "timeOfDay" => vec![Item::Time(now_utc()[11..19].to_string())],
+        // SQL on FHIR v2: keys that join a resource and the references to it. The key of a
+        // resource is `Type/id`; a reference's key is the same for a relative or absolute
+        // literal reference (a version suffix dropped), so the two compare equal.
+        "getResourceKey" => {
+            arity(name, args, 0, 0)?;
+            input
+                .iter()
+                .filter_map(|i| {
+                    let Item::Node(n) = i else { return None };
+                    let ty = n.value.get("resourceType")?.as_str()?;
+                    let id = n.value.get("id")?.as_str()?;
+                    Some(Item::Str(format!("{ty}/{id}")))
+                })
+                .collect()
+        }
+        "getReferenceKey" => {
+            arity(name, args, 0, 1)?;
+            let want = match args.first() {
+                Some(a) => Some(type_arg(a)?),
+                None => None,
+            };
+            input
+                .iter()
+                .filter_map(|i| {
+                    let Item::Node(n) = i else { return None };
+                    let key = reference_key(n.value.get("reference")?.as_str()?)?;
+                    match &want {
+                        Some(w) if !key.starts_with(&format!("{w}/")) => None,
+                        _ => Some(Item::Str(key)),
+                    }
+                })
+                .collect()
+        }
         "resolve" | "memberOf" | "conformsTo" | "htmlChecks" | "subsumes" | "subsumedBy" => {
             return Err(semantic(format!(
                 "{name}() needs a server or terminology and is not offered"
@@ -2093,6 +2143,23 @@ fn call<'a>(name: &str, input: &[Item<'a>], args: &[Expr], env: &Env<'_, 'a>) ->
         }
         other => return Err(semantic(format!("{other}() is not a FHIRPath function"))),
     })
+}
+
+/// The `Type/id` of a literal reference (`Patient/p1`, `https://host/fhir/Patient/p1`,
+/// `Patient/p1/_history/2`); none for a contained (`#x`) or logical (`urn:uuid:`) one.
+fn reference_key(reference: &str) -> Option<String> {
+    let path = reference.split(['?', '#']).next()?;
+    let path = match path.find("/_history/") {
+        Some(at) => &path[..at],
+        None => path,
+    };
+    let mut parts = path.rsplit('/');
+    let id = parts.next().filter(|id| !id.is_empty())?;
+    let ty = parts.next()?;
+    if !ty.starts_with(|c: char| c.is_ascii_uppercase()) || path.starts_with("urn:") {
+        return None;
+    }
+    Some(format!("{ty}/{id}"))
 }
 
 /// `lowBoundary`/`highBoundary`: the least or greatest value the item may stand for at its
@@ -2203,10 +2270,15 @@ fn moment_boundary<'a>(s: &str, p: i64, high: bool, time_only: bool) -> Option<I
             "00".into()
         }
     });
-    let minute = t
-        .get(1)
-        .map(|x| x.to_string())
-        .unwrap_or_else(|| "00".into());
+    // An hour without minutes is that hour's first minute (FHIR writes `T08` as `T08:00`);
+    // no time at all spans the whole day.
+    let minute = t.get(1).map(|x| x.to_string()).unwrap_or_else(|| {
+        if high && t.is_empty() {
+            "59".into()
+        } else {
+            "00".into()
+        }
+    });
     let (sec, ms) = match t.get(2) {
         Some(x) => match x.split_once('.') {
             Some((a, b)) => (a.to_string(), format!("{b:0<3}")),

@@ -29,6 +29,16 @@ pub enum Error {
     /// count).
     #[error("semantics: {0}")]
     Semantic(String),
+    /// A member name that the element's type does not have (`Patient.foo`): the model says
+    /// it can never hold a value. Callers that walk nested structures where a name exists at
+    /// some levels only (a SQL on FHIR `repeat`) read it as empty.
+    #[error("semantics: {ty} has no element '{name}'")]
+    NoSuchElement {
+        /// The type navigated from.
+        ty: String,
+        /// The member name.
+        name: String,
+    },
     /// Evaluation failed (a collection of several items where one is required, ...).
     #[error("evaluation: {0}")]
     Execution(String),
@@ -65,6 +75,17 @@ impl Expression {
     /// Evaluates on `resource` (a FHIR R4 resource as JSON, also `%resource` and `%context`).
     pub fn evaluate<'a>(&self, resource: &'a serde_json::Value) -> Result<Vec<Item<'a>>, Error> {
         self.evaluate_with(resource, &Variables::new())
+    }
+
+    /// Evaluates with `focus` as the context (`$this`) inside `resource` (`%resource`, from
+    /// [`Item::resource`]): how a ViewDefinition evaluates a column inside a `forEach`.
+    pub fn evaluate_at<'a>(
+        &self,
+        focus: &Item<'a>,
+        resource: &Item<'a>,
+        vars: &Variables<'a>,
+    ) -> Result<Vec<Item<'a>>, Error> {
+        eval::evaluate_at(&self.expr, focus, resource, vars)
     }
 
     /// Evaluates with more `%` variables.

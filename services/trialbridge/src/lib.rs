@@ -14,6 +14,7 @@ mod serve;
 mod sync;
 mod token;
 mod validate;
+mod view;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ enum Command {
     /// The audit trail: `verify` checks its hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// SQL on FHIR v2 views: `run` prints a ViewDefinition's rows over files or a store.
+    #[command(subcommand)]
+    View(view::ViewCommand),
 }
 
 /// Runs the CLI with these arguments and returns the process exit code.
@@ -114,6 +118,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
         Some(Command::Token(a)) => token::run(a, &cli.serve),
         Some(Command::Audit(c)) => audit::run(c, &cli.serve.database_url).await,
+        Some(Command::View(c)) => view::run(c).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

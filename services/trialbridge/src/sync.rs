@@ -16,6 +16,11 @@ pub struct SyncArgs {
     /// Bearer token (a `warehouse` token).
     #[arg(long, env = "TRIALBRIDGE_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// A directory of the warehouse's own ViewDefinitions (`*.json`): each gets a table
+    /// `view_<name>`, made and back-filled when it appears or changes (read again while
+    /// following).
+    #[arg(long, env = "TRIALBRIDGE_VIEWS_DIR")]
+    pub views: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics, `/livez` and `/readyz` on this address (a deployment's
     /// probes and scrapes).
     #[arg(long, env = "TRIALBRIDGE_SYNC_METRICS_LISTEN")]
@@ -29,6 +34,7 @@ pub async fn run(a: SyncArgs) -> anyhow::Result<()> {
         token: a.token,
         postgres_url: a.postgres,
         follow: a.follow,
+        views_dir: a.views,
     };
     let metrics = std::sync::Arc::new(warehouse_sync::metrics::Metrics::default());
     if let Some(listen) = &a.metrics_listen {

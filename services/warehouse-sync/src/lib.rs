@@ -1,8 +1,12 @@
 //! warehouse-sync: follows the trial store's gRPC change feed and keeps the sponsor warehouse's
 //! PostgreSQL tables current: `fhir_version` (every version, by change sequence) and
 //! `fhir_resource` (the current version of each resource, deletes included as tombstones), and
-//! one flat table per ViewDefinition of the study (`studies/mesemcart/views/`: `view_subject`,
-//! `view_observation`, `view_procedure`, `view_adverse_event`, `view_visit`).
+//! one flat table per ViewDefinition: the study's (`studies/mesemcart/views/`: `view_subject`,
+//! `view_observation`, `view_procedure`, `view_adverse_event`, `view_visit`) and any the
+//! warehouse team puts in `TRIALBRIDGE_VIEWS_DIR`. A view that is new or changed gets its table
+//! made and back-filled from `fhir_resource` in one transaction (`sync_view` records which
+//! definition each table holds); the directory is read again while the sync follows, so a view
+//! added to it is live within seconds.
 //!
 //! Each batch of events is written in one PostgreSQL transaction together with the cursor
 //! (`sync_cursor`): a crash at any point rolls the whole batch back, and the restart resumes
@@ -42,6 +46,8 @@ pub struct SyncConfig {
     pub postgres_url: String,
     /// Keep following new commits; otherwise stop once caught up.
     pub follow: bool,
+    /// A directory of the warehouse's own ViewDefinitions (`*.json`), beside the study's.
+    pub views_dir: Option<std::path::PathBuf>,
 }
 
 /// What a sync did.
@@ -72,9 +78,9 @@ pub enum SyncError {
     /// The token is not usable as metadata.
     #[error("the token cannot be sent")]
     Token,
-    /// A ViewDefinition of the study cannot be used.
-    #[error("view: {0}")]
-    View(String),
+    /// The metrics listener failed.
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// The warehouse schema (idempotent).
@@ -105,28 +111,152 @@ CREATE TABLE IF NOT EXISTS sync_cursor (
     feed text PRIMARY KEY,
     seq  bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sync_view (
+    name       text PRIMARY KEY,
+    definition text NOT NULL
+);
 ";
 
-/// Connects to PostgreSQL and applies the schema, the views' tables included. The pool holds
-/// the one connection the writer uses (and another for the metrics).
-pub async fn connect(url: &str, views: &[View]) -> Result<PgPool, SyncError> {
+/// How often a following sync reads the views directory again.
+const VIEWS_RESCAN: Duration = Duration::from_secs(2);
+
+/// Connects to PostgreSQL and applies the schema. The pool holds the one connection the
+/// writer uses (and another for the metrics).
+pub async fn connect(url: &str) -> Result<PgPool, SyncError> {
     let pool = PgPoolOptions::new().max_connections(2).connect(url).await?;
     pool.execute(sqlx::raw_sql(SCHEMA)).await?;
+    Ok(pool)
+}
+
+/// Makes the table of every view that is new or whose definition changed, and back-fills it
+/// from the current resources in `fhir_resource`, each view in one transaction with its
+/// `sync_view` row (a crash leaves the old table or the new one, whole). Returns the names of
+/// the views made.
+pub async fn install_views(pool: &PgPool, views: &[View]) -> Result<Vec<String>, SyncError> {
+    let known: std::collections::HashMap<String, String> =
+        sqlx::query_as("SELECT name, definition FROM sync_view")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    let mut made = Vec::new();
     for v in views {
+        if known.get(&v.name) == Some(&v.text) {
+            continue;
+        }
         let cols: Vec<String> = v
             .columns
             .iter()
             .map(|c| format!("\"{}\" {}", c.name, c.sql_type))
             .collect();
         let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS view_{n} (_key text NOT NULL, {cols});
-             CREATE INDEX IF NOT EXISTS view_{n}_key ON view_{n} (_key);",
+            "DROP TABLE IF EXISTS view_{n};
+             CREATE TABLE view_{n} (_key text NOT NULL, {cols});
+             CREATE INDEX view_{n}_key ON view_{n} (_key);",
             n = v.name,
             cols = cols.join(", ")
         );
-        pool.execute(sqlx::raw_sql(AssertSqlSafe(ddl))).await?;
+        let mut tx = pool.begin().await?;
+        tx.execute(sqlx::raw_sql(AssertSqlSafe(ddl))).await?;
+        let current: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, resource::text FROM fhir_resource
+             WHERE resource_type = $1 AND NOT deleted AND resource IS NOT NULL",
+        )
+        .bind(&v.resource)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rows = ViewRows::new(v);
+        for (id, body) in &current {
+            if let Ok(resource) = serde_json::from_str::<serde_json::Value>(body) {
+                rows.add(&format!("{}/{id}", v.resource), &resource);
+            }
+        }
+        rows.insert(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO sync_view (name, definition) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
+        )
+        .bind(&v.name)
+        .bind(&v.text)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(view = %v.name, resources = current.len(), "view table made and back-filled");
+        made.push(v.name.clone());
     }
-    Ok(pool)
+    Ok(made)
+}
+
+/// The rows of one view for a set of resources, column by column, ready for one INSERT.
+struct ViewRows<'v> {
+    view: &'v View,
+    keys: Vec<String>,
+    cols: Vec<Vec<Option<String>>>,
+}
+
+impl<'v> ViewRows<'v> {
+    fn new(view: &'v View) -> Self {
+        Self {
+            view,
+            keys: Vec::new(),
+            cols: vec![Vec::new(); view.columns.len()],
+        }
+    }
+
+    /// Adds the rows of one resource. A resource the view cannot make a row of (several
+    /// values in a single-valued column) is logged and left out of that view: the change is
+    /// still in `fhir_version` and `fhir_resource`, and one resource must not stop the sync.
+    fn add(&mut self, key: &str, resource: &serde_json::Value) {
+        match self.view.rows(resource) {
+            Ok(rows) => {
+                for row in rows {
+                    self.keys.push(key.to_string());
+                    for (i, value) in row.into_iter().enumerate() {
+                        self.cols[i].push(value);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(view = %self.view.name, resource = key, error = %e, "no view rows for this resource")
+            }
+        }
+    }
+
+    async fn insert(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), SyncError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let v = self.view;
+        let names: Vec<String> = v
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        let casts: Vec<String> = v
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("c{i}::{}", c.sql_type))
+            .collect();
+        let arrays: Vec<String> = (0..v.columns.len())
+            .map(|i| format!("${}::text[]", i + 2))
+            .collect();
+        let aliases: Vec<String> = (0..v.columns.len()).map(|i| format!("c{i}")).collect();
+        let sql = format!(
+            "INSERT INTO view_{n} (_key, {names}) SELECT k, {casts} FROM UNNEST($1::text[], {arrays}) AS x(k, {aliases})",
+            n = v.name,
+            names = names.join(", "),
+            casts = casts.join(", "),
+            arrays = arrays.join(", "),
+            aliases = aliases.join(", "),
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&self.keys);
+        for c in &self.cols {
+            q = q.bind(c);
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
 }
 
 /// Replaces the view rows of the resources a batch changed (the newest version of each).
@@ -151,51 +281,16 @@ async fn write_views(
         .bind(&keys)
         .execute(&mut **tx)
         .await?;
-        let mut row_keys: Vec<String> = Vec::new();
-        let mut cols: Vec<Vec<Option<String>>> = vec![Vec::new(); v.columns.len()];
+        let mut rows = ViewRows::new(v);
         for (k, e) in &newest {
             if e.resource_json.is_empty() {
                 continue; // deleted: no row
             }
-            let Ok(resource) = serde_json::from_str::<serde_json::Value>(&e.resource_json) else {
-                continue;
-            };
-            row_keys.push(k.clone());
-            for (i, value) in v.row(&resource).into_iter().enumerate() {
-                cols[i].push(value);
+            if let Ok(resource) = serde_json::from_str::<serde_json::Value>(&e.resource_json) {
+                rows.add(k, &resource);
             }
         }
-        if row_keys.is_empty() {
-            continue;
-        }
-        let names: Vec<String> = v
-            .columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.name))
-            .collect();
-        let casts: Vec<String> = v
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("c{i}::{}", c.sql_type))
-            .collect();
-        let arrays: Vec<String> = (0..v.columns.len())
-            .map(|i| format!("${}::text[]", i + 2))
-            .collect();
-        let aliases: Vec<String> = (0..v.columns.len()).map(|i| format!("c{i}")).collect();
-        let sql = format!(
-            "INSERT INTO view_{n} (_key, {names}) SELECT k, {casts} FROM UNNEST($1::text[], {arrays}) AS x(k, {aliases})",
-            n = v.name,
-            names = names.join(", "),
-            casts = casts.join(", "),
-            arrays = arrays.join(", "),
-            aliases = aliases.join(", "),
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&row_keys);
-        for c in &cols {
-            q = q.bind(c);
-        }
-        q.execute(&mut **tx).await?;
+        rows.insert(tx).await?;
     }
     Ok(())
 }
@@ -285,8 +380,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(&SyncStats),
 ) -> Result<SyncStats, SyncError> {
-    let views = view::study_views().map_err(SyncError::View)?;
-    let pg = connect(&config.postgres_url, &views).await?;
+    let pg = connect(&config.postgres_url).await?;
+    let mut views = load_views(&pg, config.views_dir.as_deref()).await?;
+    let mut rescanned = std::time::Instant::now();
     let mut stats = SyncStats {
         cursor: cursor(&pg).await?,
         ..Default::default()
@@ -336,6 +432,24 @@ pub async fn run(
         if done {
             break;
         }
+        // A view added to (or changed in) the directory: made and back-filled between two
+        // batches, so its table is consistent with the cursor from the start.
+        if idle && config.views_dir.is_some() && rescanned.elapsed() >= VIEWS_RESCAN {
+            views = load_views(&pg, config.views_dir.as_deref()).await?;
+            rescanned = std::time::Instant::now();
+        }
     }
     Ok(stats)
+}
+
+/// The views to keep (the study's and the directory's), their tables made or re-made where
+/// new or changed. Files that are not valid views are logged (with the element that is wrong)
+/// and left out.
+async fn load_views(pg: &PgPool, dir: Option<&std::path::Path>) -> Result<Vec<View>, SyncError> {
+    let (views, errors) = view::all_views(dir);
+    for e in errors {
+        tracing::error!(error = %e, "a ViewDefinition in the views directory is not used");
+    }
+    install_views(pg, &views).await?;
+    Ok(views)
 }

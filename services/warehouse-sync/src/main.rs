@@ -1,5 +1,6 @@
 //! `warehouse-sync`: the sync as a service (the same library as `trialbridge sync --follow`),
-//! configured by `TRIALBRIDGE_FEED_URL`, `TRIALBRIDGE_TOKEN` and `TRIALBRIDGE_WAREHOUSE_URL`;
+//! configured by `TRIALBRIDGE_FEED_URL`, `TRIALBRIDGE_TOKEN`, `TRIALBRIDGE_WAREHOUSE_URL` and
+//! `TRIALBRIDGE_VIEWS_DIR` (the warehouse's own ViewDefinitions, optional);
 //! Prometheus metrics on `TRIALBRIDGE_SYNC_METRICS_LISTEN` (default 127.0.0.1:9108).
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ async fn main() -> std::process::ExitCode {
         token: var("TRIALBRIDGE_TOKEN"),
         postgres_url: var("TRIALBRIDGE_WAREHOUSE_URL"),
         follow: true,
+        views_dir: std::env::var_os("TRIALBRIDGE_VIEWS_DIR").map(Into::into),
     };
     let metrics = Arc::new(warehouse_sync::metrics::Metrics::default());
     let listen = std::env::var("TRIALBRIDGE_SYNC_METRICS_LISTEN")

@@ -87,7 +87,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     postgres_url: String,
 ) -> Result<(), crate::SyncError> {
-    let pg = Arc::new(crate::connect(&postgres_url, &[]).await?);
+    let pg = Arc::new(crate::connect(&postgres_url).await?);
     let ready_pg = pg.clone();
     let app = axum::Router::new()
         .route(
@@ -124,5 +124,5 @@ pub async fn serve(
         );
     axum::serve(listener, app)
         .await
-        .map_err(|e| crate::SyncError::View(format!("metrics listener: {e}")))
+        .map_err(crate::SyncError::Metrics)
 }
