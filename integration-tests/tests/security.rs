@@ -1347,3 +1347,117 @@ async fn search_values_are_matched_as_r4_says_and_errors_show_no_sql() {
     }
     assert_eq!(get(&system, s.url("Patient/alice")).await.0, 200);
 }
+
+/// `$viewdefinition-run` answers the warehouse with every site's rows and a monitor with its
+/// sites' rows only (the cross-site result `o2x` included for site 02 only), refuses a site,
+/// names the element of an invalid view, and runs the study's views by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewdefinition_run_sees_what_the_caller_sees() {
+    let s = TestStore::start().await;
+    let (site1, _site2) = two_sites(&s).await;
+    let mon1 = who("monitor of site 01", Role::Monitor, &[S1], "");
+    let mon2 = who("monitor of site 02", Role::Monitor, &[S2], "");
+    let wh = who("warehouse", Role::Warehouse, &[], "");
+    let view = json!({"resourceType": "ViewDefinition", "name": "weights", "resource": "Observation", "select": [
+        {"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "patient", "path": "subject.getReferenceKey(Patient)"},
+                    {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"}]}]});
+    let run = |w: &Who, params: Value| {
+        let r = w
+            .http
+            .post(s.url("ViewDefinition/$viewdefinition-run"))
+            .header("content-type", "application/fhir+json")
+            .body(params.to_string());
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, ct, r.text().await.unwrap())
+        }
+    };
+    let params = |format: &str| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "viewResource", "resource": view.clone()},
+            {"name": "_format", "valueCode": format}]})
+    };
+    let ids = |body: &str| -> Vec<String> {
+        let rows: Vec<Value> = serde_json::from_str(body).unwrap();
+        let mut ids: Vec<String> = rows
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (st, ct, body) = run(&wh, params("json")).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(ct.as_deref(), Some("application/json"));
+    assert_eq!(
+        ids(&body),
+        [
+            "Observation/mc-01-o",
+            "Observation/mc-02-o",
+            "Observation/o2x"
+        ]
+    );
+    let (st, _, body) = run(&mon1, params("json")).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(ids(&body), ["Observation/mc-01-o"]);
+    let (_, _, body) = run(&mon2, params("json")).await;
+    assert_eq!(ids(&body), ["Observation/mc-02-o", "Observation/o2x"]);
+    let (st, ct, body) = run(&mon1, params("csv")).await;
+    assert_eq!(st, 200);
+    assert_eq!(ct.as_deref(), Some("text/csv; charset=utf-8"));
+    assert_eq!(
+        body,
+        "id,patient,value\nObservation/mc-01-o,Patient/mc-01-p,70.0\n"
+    );
+    let (st, _, body) = run(&site1, params("json")).await;
+    assert_eq!(st, 403, "{body}");
+    // The operation's R4 form at the system level, the format from Accept, _count rows.
+    let mut p = params("json");
+    p["parameter"] = json!([p["parameter"][0].clone(), {"name": "_count", "valueInteger": 2}]);
+    let r = wh
+        .http
+        .post(s.url("$viewdefinition-run"))
+        .header("content-type", "application/fhir+json")
+        .header("accept", "application/x-ndjson")
+        .body(p.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().lines().count(), 2);
+
+    let mut bad = params("json");
+    bad["parameter"][0]["resource"]["select"][0]["forEach"] = json!(3);
+    let (st, _, body) = run(&wh, bad).await;
+    assert_eq!(st, 400, "{body}");
+    let oo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        oo["issue"][0]["expression"][0], "ViewDefinition.select[0].forEach",
+        "{oo}"
+    );
+
+    // A study view by name, as NDJSON, for the monitor of site 01.
+    let r = mon1
+        .http
+        .get(s.url("ViewDefinition/subject/$viewdefinition-run?_format=ndjson"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines: Vec<Value> = r
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["subject_id"], "MC-01-001");
+    let (st, _) = get(&mon1, s.url("ViewDefinition/nothing/$viewdefinition-run")).await;
+    assert_eq!(st, 404);
+}

@@ -221,6 +221,7 @@ async fn one_trace_spans_the_mllp_message_the_forward_and_the_store_write() {
     assert!(!named(&all, "hl7.map").is_empty(), "the mapping is traced");
 
     // The change feed carries the trace of the write on.
+    let feed_url = feed.clone();
     let mut c = ChangeFeedClient::connect(feed).await.unwrap();
     let mut req = tonic::Request::new(SubscribeRequest {
         after_sequence: 0,
@@ -243,4 +244,46 @@ async fn one_trace_spans_the_mllp_message_the_forward_and_the_store_write() {
             "the feed event's traceparent {t} is of the message's trace"
         );
     }
+
+    // ...to the warehouse: `trialbridge sync` applies the event in a span of the same trace,
+    // a child of the store write the feed names.
+    let server = std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
+        "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let warehouse = integration_tests::postgres_database(
+        &server,
+        &format!("wh_trace_{}_{nanos}", std::process::id()),
+    )
+    .await;
+    let sync_dir = tempfile::tempdir().unwrap();
+    let mut sync = Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
+    sync.args(["sync", "--from", &feed_url, "--postgres", &warehouse])
+        .env("TRIALBRIDGE_TOKEN", token(Role::Warehouse, &[], ""));
+    traced(&mut sync, &endpoint, sync_dir.path());
+    let out = sync.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parent = carried[0].split('-').nth(2).unwrap().to_string();
+    let mut applied = None;
+    for _ in 0..100 {
+        let all = spans.lock().unwrap().clone();
+        applied = named(&all, "warehouse.apply")
+            .into_iter()
+            .find(|(_, s)| s["traceId"] == trace_id.as_str())
+            .cloned();
+        if applied.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (service, apply) = applied.expect("a warehouse.apply span in the message's trace");
+    assert_eq!(service, "warehouse-sync");
+    assert_eq!(apply["parentSpanId"], parent.as_str());
 }

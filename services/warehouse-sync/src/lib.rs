@@ -304,11 +304,41 @@ pub async fn cursor(pool: &PgPool) -> Result<i64, SyncError> {
     Ok(seq.unwrap_or(0))
 }
 
+/// One `warehouse.apply` span per trace the batch's events carry (a store transaction's
+/// events share one), each a child of the store write that made them: a trace then runs from
+/// the HL7 message to the warehouse row. The spans last until the batch is committed.
+fn apply_spans(batch: &[ChangeEvent]) -> Vec<tracing::Span> {
+    let mut traces: Vec<(&str, usize, i64, i64)> = Vec::new();
+    for e in batch.iter().filter(|e| !e.traceparent.is_empty()) {
+        match traces.iter_mut().find(|t| t.0 == e.traceparent) {
+            Some(t) => {
+                t.1 += 1;
+                t.3 = e.sequence;
+            }
+            None => traces.push((&e.traceparent, 1, e.sequence, e.sequence)),
+        }
+    }
+    traces
+        .into_iter()
+        .map(|(parent, events, first, last)| {
+            let span = tracing::info_span!(
+                "warehouse.apply",
+                events,
+                first_seq = first,
+                last_seq = last
+            );
+            trialbridge_telemetry::set_parent(&span, parent);
+            span
+        })
+        .collect()
+}
+
 /// Writes a batch, its view rows and the cursor in one transaction.
 async fn write(pool: &PgPool, views: &[View], batch: &[ChangeEvent]) -> Result<(), SyncError> {
     let Some(last) = batch.last() else {
         return Ok(());
     };
+    let _spans = apply_spans(batch);
     let col = |f: fn(&ChangeEvent) -> String| batch.iter().map(f).collect::<Vec<String>>();
     let seqs: Vec<i64> = batch.iter().map(|e| e.sequence).collect();
     let versions: Vec<i64> = batch.iter().map(|e| e.version).collect();

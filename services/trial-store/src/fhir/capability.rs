@@ -134,7 +134,10 @@ pub fn capability_statement(
             "resource": resources,
             "interaction": SYSTEM_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
             "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
-            "operation": [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"}],
+            "operation": [
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                {"name": "viewdefinition-run", "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run"},
+            ],
         }]
     });
     cs["implementation"] =

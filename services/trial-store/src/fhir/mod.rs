@@ -15,6 +15,7 @@ pub mod loading;
 pub mod patch;
 pub mod search;
 pub mod validate;
+pub mod views;
 
 use std::sync::Arc;
 

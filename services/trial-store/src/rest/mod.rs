@@ -18,6 +18,7 @@ mod resources;
 pub mod respond;
 mod search;
 mod validate;
+mod views;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -61,6 +62,15 @@ pub fn routes(state: StoreState) -> Router {
             get(export::status).delete(export::cancel),
         )
         .route("/fhir/$export-file/{job}/{file}", get(export::file))
+        .route("/fhir/$viewdefinition-run", post(views::run_posted))
+        .route(
+            "/fhir/ViewDefinition/$viewdefinition-run",
+            post(views::run_posted),
+        )
+        .route(
+            "/fhir/ViewDefinition/{name}/$viewdefinition-run",
+            get(views::run_named),
+        )
         .route("/fhir/{rtype}/_search", post(search::type_search_post))
         .route("/fhir/{rtype}/$validate", post(validate::type_level))
         .route(
