@@ -47,7 +47,7 @@ cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log" |
 
 # The store test suite again on PostgreSQL: every test that starts a store (in-process or as
 # the binary) gets a database of its own on the test server instead of an SQLite file.
-store_suite=(rest_api search security protocol validation change_feed export crash official_examples openapi third_party_clients)
+store_suite=(rest_api search security protocol validation change_feed export crash official_examples openapi third_party_clients archive)
 echo "scripts/test.sh: the store test suite on PostgreSQL (${store_suite[*]})" >&2
 TRIALBRIDGE_TEST_STORE_POSTGRES="$TRIALBRIDGE_TEST_POSTGRES_URL" \
     cargo test -p integration-tests --locked $(printf -- '--test %s ' "${store_suite[@]}") 2>&1 | tee -a "$log" || status=$?

@@ -403,6 +403,17 @@ pub trait WriteTxn: Send {
     async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError>;
     /// Saves (or, with `None`, removes) the state of a background job (an export).
     async fn put_job(&mut self, id: &str, state: Option<&str>) -> Result<(), StorageError>;
+    /// Inserts a version as another store recorded it (an archive restored into an empty
+    /// store): its change sequence, number, time and site kept, the current pointer moved.
+    /// No search index is written: the restore rebuilds it afterwards, as `reindex` does.
+    async fn restore_version(&mut self, v: &StoredVersion) -> Result<(), StorageError>;
+    /// Inserts an audit event as another store recorded it: its position, hashes and
+    /// `audit_entity` rows kept, so that the chain verifies as it did there.
+    async fn restore_audit(
+        &mut self,
+        a: &StoredAudit,
+        entities: &[String],
+    ) -> Result<(), StorageError>;
 }
 
 /// A type-erased write closure; see [`write`].

@@ -584,6 +584,67 @@ impl WriteTxn for PgWriteTxn<'_> {
         Ok(())
     }
 
+    async fn restore_version(&mut self, v: &StoredVersion) -> Result<(), StorageError> {
+        let id = pg_text(&v.id);
+        let body = v.body.as_deref().map(pg_text);
+        sqlx::query(
+            "INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+        )
+        .bind(v.seq)
+        .bind(&v.resource_type)
+        .bind(&id)
+        .bind(v.version)
+        .bind(&v.last_updated)
+        .bind(v.last_updated_us)
+        .bind(i32::from(v.deleted))
+        .bind(body.as_deref())
+        .bind(v.site.as_deref())
+        .execute(&mut *self.conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO resource_current (res_type, res_id, seq, deleted, site) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site",
+        )
+        .bind(&v.resource_type)
+        .bind(&id)
+        .bind(v.seq)
+        .bind(i32::from(v.deleted))
+        .bind(v.site.as_deref())
+        .execute(&mut *self.conn)
+        .await?;
+        self.last_seq = self.last_seq.max(v.seq);
+        self.last_us = self.last_us.max(v.last_updated_us);
+        Ok(())
+    }
+
+    async fn restore_audit(
+        &mut self,
+        a: &StoredAudit,
+        entities: &[String],
+    ) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(a.seq)
+            .bind(a.recorded_us)
+            .bind(a.site.as_deref())
+            .bind(i32::from(a.batch))
+            .bind(&a.body)
+            .bind(&a.prev_hash)
+            .bind(&a.hash)
+            .bind(a.hash_version as i32)
+            .execute(&mut *self.conn)
+            .await?;
+        if !entities.is_empty() {
+            sqlx::query("INSERT INTO audit_entity (entity, seq) SELECT e, $2 FROM UNNEST($1::text[]) AS t(e) ON CONFLICT DO NOTHING")
+                .bind(entities)
+                .bind(a.seq)
+                .execute(&mut *self.conn)
+                .await?;
+        }
+        self.chain_end = Some((a.seq, a.hash.clone()));
+        Ok(())
+    }
+
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
         self.appended += 1;
         let id = pg_text(new.id);

@@ -554,6 +554,41 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         Ok(())
     }
 
+    async fn restore_version(&mut self, v: &StoredVersion) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)",
+            )?
+            .execute(params![v.seq, v.resource_type, v.id, v.version, v.last_updated, v.last_updated_us, i64::from(v.deleted), v.body, v.site])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO resource_current (res_type, res_id, seq, deleted, site) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site",
+            )?
+            .execute(params![v.resource_type, v.id, v.seq, i64::from(v.deleted), v.site])?;
+        self.last_us = self.last_us.max(v.last_updated_us);
+        Ok(())
+    }
+
+    async fn restore_audit(
+        &mut self,
+        a: &StoredAudit,
+        entities: &[String],
+    ) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?
+            .execute(params![a.seq, a.recorded_us, a.site, i64::from(a.batch), a.body, a.prev_hash, a.hash, a.hash_version])?;
+        let mut e = self.conn.prepare_cached(
+            "INSERT INTO audit_entity (entity, seq) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?;
+        for entity in entities {
+            e.execute(params![entity, a.seq])?;
+        }
+        self.chain_end = Some((a.seq, a.hash.clone()));
+        Ok(())
+    }
+
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
         self.appended += 1;
         let conn = &*self.conn;

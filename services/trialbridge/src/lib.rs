@@ -4,6 +4,7 @@
 //! SQLite database with the MesemCart study loaded; `load` imports FHIR files; `validate` checks
 //! files as the store would; `bench` drives a FHIR server with the benchmark workloads. The integration tests run this same entry point.
 
+mod archive;
 mod audit;
 mod bench;
 mod export;
@@ -66,6 +67,9 @@ enum Command {
     /// The audit trail: `verify` checks its hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The trial's records as a self-describing, signed archive (`archive --to DIR`), and
+    /// `archive verify DIR` / `archive restore DIR`.
+    Archive(archive::ArchiveArgs),
     /// SQL on FHIR v2 views: `run` prints a ViewDefinition's rows over files or a store.
     #[command(subcommand)]
     View(view::ViewCommand),
@@ -119,6 +123,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Token(a)) => token::run(a, &cli.serve),
         Some(Command::Audit(c)) => audit::run(c, &cli.serve.database_url).await,
         Some(Command::View(c)) => view::run(c).await,
+        Some(Command::Archive(a)) => archive::run(a, &cli.serve.database_url).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
