@@ -145,8 +145,17 @@ fn recipe_passes(dir: &Path, fingerprint: &str) -> bool {
             "2" => code == 0 && out.contains("Signature Verified Successfully"),
             "3" => out.starts_with(fingerprint),
             "4" | "5" => code == 0 && out.trim().is_empty() && err.trim().is_empty(),
-            // Only for archives with a checkpoint.
-            _ => true,
+            // The checkpoint's event carries the signed hash.
+            _ => {
+                let signed: Value = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join("audit/checkpoint.json")).unwrap(),
+                )
+                .unwrap();
+                let hash = signed["hash"].as_str().unwrap();
+                code == 0
+                    && out.contains("Signature Verified Successfully")
+                    && out.lines().filter(|l| *l == hash).count() == 2
+            }
         };
         if !passed {
             eprintln!("step {n} says the archive is not intact: code {code}\n{out}\n{err}");
@@ -185,9 +194,40 @@ async fn an_archive_verifies_with_the_command_and_standard_tools_restores_and_sh
     )
     .await;
 
+    // The sponsor's signed checkpoint of the chain, carried in the archive.
     let work = tempfile::tempdir().unwrap();
+    let keys = work.path().join("sponsor");
+    let k = cli(
+        &["audit", "keygen", "--out", keys.to_str().unwrap()],
+        &s.database_url,
+    );
+    assert!(k.status.success(), "{}", String::from_utf8_lossy(&k.stderr));
+    let checkpoint = work.path().join("checkpoint.json");
+    let c = cli(
+        &[
+            "audit",
+            "checkpoint",
+            "--key",
+            keys.with_extension("key").to_str().unwrap(),
+            "--out",
+            checkpoint.to_str().unwrap(),
+        ],
+        &s.database_url,
+    );
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
     let dir = work.path().join("archive");
-    let out = cli(&["archive", "--to", dir.to_str().unwrap()], &s.database_url);
+    let out = cli(
+        &[
+            "archive",
+            "--to",
+            dir.to_str().unwrap(),
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--checkpoint-key",
+            keys.with_extension("pub").to_str().unwrap(),
+        ],
+        &s.database_url,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -205,6 +245,7 @@ async fn an_archive_verifies_with_the_command_and_standard_tools_restores_and_sh
     assert_eq!(lines.lines().count(), 10);
     assert!(lines.lines().any(|l| l.contains("\"deleted\":true")));
     assert!(dir.join("study/ResearchStudy-mesemcart.json").exists());
+    assert!(dir.join("audit/checkpoint.json").exists());
     for d in [
         "StructureDefinition-Observation",
         "StructureDefinition-ResearchSubject",

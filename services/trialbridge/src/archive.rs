@@ -893,12 +893,21 @@ Run these in this directory. Each prints nothing alarming when the archive is in
    (Events with hash_version 1, written by early versions, hash prev_hash, seq and body,
    each followed by a newline.)
 
-6. When audit/checkpoint.json is present, its signature covers the four lines
+6. When audit/checkpoint.json is present: its signature covers the four lines
    "trialbridge audit checkpoint v1", sequence, hash, signed_at (each ending in a newline),
-   and the event of that sequence must carry that hash:
+   made with the key in audit/checkpoint-key.pub (32 bytes, base64); this prints "Signature
+   Verified Successfully", then the hash of the event of that sequence, which must be the
+   checkpoint's hash:
 
-     jq --argjson s "$(jq .sequence audit/checkpoint.json)" 'select(.seq == $s) | .hash' \
-         audit/events.ndjson
+     c=audit/checkpoint.json; t=$(mktemp -d)
+     printf 'trialbridge audit checkpoint v1\n%s\n%s\n%s\n' "$(jq .sequence $c)" \
+         "$(jq -r .hash $c)" "$(jq -r .signed_at $c)" > $t/message
+     jq -r .signature $c | base64 -d > $t/signature
+     {{ printf '\060\052\060\005\006\003\053\145\160\003\041\000'; base64 -d audit/checkpoint-key.pub; }} |
+         openssl pkey -pubin -inform DER -out $t/key.pem
+     openssl pkeyutl -verify -pubin -inkey $t/key.pem -rawin -in $t/message -sigfile $t/signature
+     jq -r --argjson s "$(jq .sequence $c)" 'select(.seq == $s) | .hash' audit/events.ndjson
+     jq -r .hash $c
 
 Reading it
 ----------
