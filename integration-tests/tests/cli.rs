@@ -507,3 +507,82 @@ fn view_run_prints_the_rows_of_a_view_and_names_what_is_wrong() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// One data directory: `serve` with only `TRIALBRIDGE_DATA_DIR` writes its SQLite database, the
+/// gateway's database and the development key there, and nothing in the working directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_holds_everything_serve_writes() {
+    let (data, cwd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRIALBRIDGE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("serve")
+        .current_dir(cwd.path())
+        .env("TRIALBRIDGE_DATA_DIR", data.path())
+        .env("TRIALBRIDGE_LISTEN", "127.0.0.1:0")
+        .env("TRIALBRIDGE_GRPC_LISTEN", "127.0.0.1:0")
+        .env("TRIALBRIDGE_MLLP_LISTEN", "127.0.0.1:0")
+        .env("TRIALBRIDGE_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("TRIALBRIDGE_LOAD_STUDY", "false")
+        .stderr(std::process::Stdio::null());
+    let (mut child, base) = integration_tests::spawn_with_base(&mut cmd).await;
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    for f in ["trialbridge.db", "site-gateway.db", "dev-signing-key.p8"] {
+        assert!(
+            data.path().join(f).exists(),
+            "{f} is not in the data directory"
+        );
+    }
+    let _ = child.kill().await;
+    let stray: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(
+        stray.is_empty(),
+        "written in the working directory: {stray:?}"
+    );
+}
+
+/// A PostgreSQL password never appears in start-up logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_logs_show_the_database_url_without_its_password() {
+    use tokio::io::AsyncBufReadExt;
+    let server = std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
+        "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
+    );
+    let db =
+        integration_tests::postgres_database(&server, &format!("tb_secret_{}", std::process::id()))
+            .await;
+    // The test server trusts local connections: the password is carried, not needed.
+    let with_password = db.replacen("://postgres@", "://postgres:Very-Secret-42@", 1);
+    assert_ne!(with_password, db, "{db}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = integration_tests::store_command(
+        env!("CARGO_BIN_EXE_trialbridge-under-test"),
+        &with_password,
+        dir.path(),
+    );
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), err.next_line()).await
+    {
+        let done = line.contains("listening, FHIR base");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill().await;
+    let text = seen.join("\n");
+    assert!(text.contains("listening, FHIR base"), "{text}");
+    assert!(text.contains("postgres:***@"), "{text}");
+    assert!(!text.contains("Very-Secret-42"), "{text}");
+}

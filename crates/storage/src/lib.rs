@@ -598,6 +598,44 @@ pub async fn put_job(
     .await
 }
 
+/// A database URL fit for logs and messages: a password in the user part
+/// (`postgres://user:secret@host/db`) or in the query (`?password=secret`) becomes `***`.
+pub fn redacted_url(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => match user.split_once(':') {
+                    Some((name, _)) => format!("{name}:***@{host}"),
+                    None => authority.to_string(),
+                },
+                None => authority.to_string(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => head.to_string(),
+    };
+    if let Some(q) = query {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 /// How long one read statement may run unless configured otherwise.
 pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -677,5 +715,27 @@ pub fn default_data_dir(url: &str) -> std::path::PathBuf {
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| ".".into(), std::path::Path::to_path_buf),
         Err(_) => "data".into(),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redacted_url;
+
+    #[test]
+    fn passwords_never_reach_a_log() {
+        assert_eq!(
+            redacted_url("postgres://tb:s3cr:et@db.example:5432/trial?sslmode=require"),
+            "postgres://tb:***@db.example:5432/trial?sslmode=require"
+        );
+        assert_eq!(
+            redacted_url("postgresql://tb@db/trial?password=s3cret&sslmode=verify-full"),
+            "postgresql://tb@db/trial?password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            redacted_url("sqlite://data/trialbridge.db"),
+            "sqlite://data/trialbridge.db"
+        );
+        assert!(!redacted_url("postgres://u:p%40ss@h/d").contains("p%40ss"));
     }
 }

@@ -23,18 +23,20 @@ pub struct ServeArgs {
     )]
     pub grpc_listen: String,
     /// Database: sqlite://path (embedded, created if missing) or
-    /// postgres://user@host:port/database (migrations applied at start-up).
+    /// postgres://user@host:port/database (migrations applied at start-up). Default:
+    /// sqlite://DATA_DIR/trialbridge.db; a relative SQLite path is relative to the data
+    /// directory when one is given.
     #[arg(
         long,
         env = "TRIALBRIDGE_DATABASE_URL",
-        default_value = "sqlite://data/trialbridge.db",
         // A PostgreSQL URL may carry a password: `--help` names the variable, not its value.
         hide_env_values = true,
         global = true
     )]
-    pub database_url: String,
-    /// Directory for exports and the local profile's signing key (default: beside the SQLite
-    /// file, or `data` with PostgreSQL).
+    pub database_url: Option<String>,
+    /// Directory for everything the process writes by default: the SQLite database, the site
+    /// gateway's database, exports and the local profile's signing key (default: `data`, or
+    /// the directory of the SQLite file --database-url names).
     #[arg(long, env = "TRIALBRIDGE_DATA_DIR", global = true)]
     pub data_dir: Option<String>,
     /// Public base URL of the FHIR API (default http://LISTEN/fhir).
@@ -102,13 +104,38 @@ pub use trialbridge_auth::LOCAL_ISSUER;
 
 pub use trialbridge_auth::AuthSource;
 
-/// The data directory of a configuration: `--data-dir`, else beside the SQLite database (or
-/// `data` with PostgreSQL). Exports and the local development key live there.
+/// The data directory of a configuration: `--data-dir`, else the directory of the SQLite
+/// file `--database-url` names, else `data`. Everything written by default lives there.
 pub fn data_dir(a: &ServeArgs) -> std::path::PathBuf {
-    a.data_dir
-        .as_ref()
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| trialbridge_storage::default_data_dir(&a.database_url))
+    match (&a.data_dir, &a.database_url) {
+        (Some(d), _) => d.into(),
+        (None, Some(url)) => trialbridge_storage::default_data_dir(url),
+        (None, None) => "data".into(),
+    }
+}
+
+impl ServeArgs {
+    /// The database URL: as given (a relative SQLite path taken relative to `--data-dir` when
+    /// that is given), else `sqlite://DATA_DIR/trialbridge.db`.
+    pub fn database(&self) -> String {
+        let Some(url) = &self.database_url else {
+            return format!(
+                "sqlite://{}",
+                data_dir(self).join("trialbridge.db").display()
+            );
+        };
+        match (&self.data_dir, url.strip_prefix("sqlite://")) {
+            (Some(dir), Some(path))
+                if !path.is_empty() && !path.starts_with('/') && !path.starts_with(':') =>
+            {
+                format!(
+                    "sqlite://{}",
+                    std::path::Path::new(dir).join(path).display()
+                )
+            }
+            _ => url.clone(),
+        }
+    }
 }
 
 /// How tokens are checked for a configuration (see [`trialbridge_auth::Authenticator::open`]).
@@ -222,8 +249,9 @@ impl ServeConfig {
                 ))
             })
             .ok();
-        if trialbridge_storage::Backend::of(&a.database_url).is_err() {
-            problems.push(format!("TRIALBRIDGE_DATABASE_URL / --database-url: '{}' is not supported (use sqlite://path or postgres://user@host:port/database)", a.database_url));
+        let database_url = a.database();
+        if trialbridge_storage::Backend::of(&database_url).is_err() {
+            problems.push(format!("TRIALBRIDGE_DATABASE_URL / --database-url: '{}' is not supported (use sqlite://path or postgres://user@host:port/database)", trialbridge_storage::redacted_url(&database_url)));
         }
         if let Some(b) = &a.base_url {
             if !(b.starts_with("http://") || b.starts_with("https://")) {
@@ -302,7 +330,7 @@ impl ServeConfig {
                 listen,
                 grpc_listen,
                 data_dir: data_dir(&a),
-                database_url: a.database_url,
+                database_url,
                 base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
                 max_body_bytes,
                 validation,
@@ -386,7 +414,7 @@ mod tests {
         ServeArgs {
             listen: "127.0.0.1:8080".into(),
             grpc_listen: "127.0.0.1:8082".into(),
-            database_url: "sqlite://data/x.db".into(),
+            database_url: Some("sqlite://data/x.db".into()),
             data_dir: None,
             base_url: None,
             max_body_bytes: "4096".into(),
@@ -429,7 +457,7 @@ mod tests {
         let a = ServeArgs {
             listen: "nowhere".into(),
             grpc_listen: "127.0.0.1:8082".into(),
-            database_url: "mysql://x".into(),
+            database_url: Some("mysql://x".into()),
             data_dir: None,
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),

@@ -160,7 +160,7 @@ pub async fn serve_command(args: ServeArgs) -> std::process::ExitCode {
     local_profile_notice(&config);
     eprintln!(
         "trialbridge: trial store listening, FHIR base {base} (database {})",
-        config.database_url
+        trialbridge_storage::redacted_url(&config.database_url)
     );
     if let Ok(a) = bound.feed_listener.local_addr() {
         eprintln!("trialbridge: change feed (gRPC) listening on {a}");

@@ -102,7 +102,7 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
         Some(Command::Gateway) => return serve::gateway_only(cli.serve, cli.gateway).await,
         Some(Command::Load(a)) => {
             let validation = cli.serve.validation();
-            load::run(a, &cli.serve.database_url, &validation).await
+            load::run(a, &cli.serve.database(), &validation).await
         }
         Some(Command::Bench(a)) => bench::run(a).await,
         Some(Command::Hl7(c)) => hl7::run(c).await,
@@ -119,11 +119,11 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             sync::run(a).await
         }
         Some(Command::Validate(a)) => validate::run(a, &cli.serve.validation()),
-        Some(Command::Reindex) => reindex(&cli.serve.database_url).await,
+        Some(Command::Reindex) => reindex(&cli.serve.database()).await,
         Some(Command::Token(a)) => token::run(a, &cli.serve),
-        Some(Command::Audit(c)) => audit::run(c, &cli.serve.database_url).await,
+        Some(Command::Audit(c)) => audit::run(c, &cli.serve.database()).await,
         Some(Command::View(c)) => view::run(c).await,
-        Some(Command::Archive(a)) => archive::run(a, &cli.serve.database_url).await,
+        Some(Command::Archive(a)) => archive::run(a, &cli.serve.database()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

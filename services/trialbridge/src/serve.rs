@@ -38,6 +38,7 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
         );
     }
     let base = bound.state.config.base_url.clone();
+    let gateway_args = in_data_dir(gateway_args, &store_config.data_dir);
     let mut gateway_config = match GatewayConfig::from_args(
         &gateway_args,
         &base,
@@ -100,7 +101,7 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
     println!("{base}");
     eprintln!(
         "trialbridge: trial store listening, FHIR base {base} (database {})",
-        store_config.database_url
+        trialbridge_storage::redacted_url(&store_config.database_url)
     );
     eprintln!(
         "trialbridge: site gateway for {} listening, MLLP {} and HTTP http://{} (database {}), forwarding to {}",
@@ -171,6 +172,7 @@ pub async fn gateway_only(store_args: ServeArgs, gateway_args: GatewayArgs) -> E
             Ok(t) => std::sync::Arc::new(t),
             Err(e) => return report(vec![e]),
         };
+    let gateway_args = in_data_dir(gateway_args, &data_dir);
     let config = match GatewayConfig::from_args(
         &gateway_args,
         "http://127.0.0.1:8080/fhir",
@@ -198,4 +200,15 @@ pub async fn gateway_only(store_args: ServeArgs, gateway_args: GatewayArgs) -> E
             ExitCode::from(1)
         }
     }
+}
+
+/// A relative `TRIALBRIDGE_GATEWAY_DATABASE` is relative to the data directory, like every
+/// other file the process writes.
+fn in_data_dir(mut a: GatewayArgs, data_dir: &std::path::Path) -> GatewayArgs {
+    if let Some(p) = &a.gateway_database {
+        if p.is_relative() {
+            a.gateway_database = Some(data_dir.join(p));
+        }
+    }
+    a
 }
