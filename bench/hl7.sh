@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # HL7 v2 in one run: parse time per message of trialbridge's parser beside npm hl7v2 1.8.0 and
 # python-hl7 (bench/hl7-peers), then the site gateway's MLLP throughput and ACK latency with
-# `trialbridge hl7 send` (16 connections, then 1), for a patient who is not enrolled (receive,
-# dedup, durable commit, ACK) and for an enrolled one (plus mapping, pseudonymisation and the
-# outbox row; the forwarder runs meanwhile). One JSON line per figure.
+# `trialbridge hl7 send` (16 connections, then 1, as fast as ACKs come back), for a patient who
+# is not enrolled (receive, dedup, durable commit, ACK) and for an enrolled one (plus mapping,
+# pseudonymisation and the outbox row; the forwarder runs meanwhile), then for the enrolled one
+# at fixed offered rates (open loop). One JSON line per figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # TB: the trialbridge binary to measure (default: this tree's release build). MLLP_ONLY=1 skips
@@ -42,3 +43,7 @@ start=$(date +%s.%N)
 while [ "$(curl -sf http://127.0.0.1:18481/status | python3 -c 'import json,sys; print(json.load(sys.stdin).get("messages_outbox", 0))')" != 0 ]; do sleep 0.2; done
 python3 -c "import sys; s=float(sys.argv[1]); import time; print('{\"label\": \"outbox drained after the enrolled burst\", \"seconds_after_burst\": %.1f}' % (time.time()-s))" "$start"
 $tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "enrolled, 1 connection"
+# The target's reading: ACK latency at a given offered load (an open loop: each message has its
+# scheduled time and its latency counts from there), 16 connections, 2,000 and 1,000 msg/s.
+$tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --rate 2000 --requests 20000 --label "enrolled, 16 connections, offered 2,000/s"
+$tb hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --rate 1000 --requests 10000 --label "enrolled, 16 connections, offered 1,000/s"
