@@ -586,3 +586,121 @@ async fn start_up_logs_show_the_database_url_without_its_password() {
     assert!(text.contains("postgres:***@"), "{text}");
     assert!(!text.contains("Very-Secret-42"), "{text}");
 }
+
+/// Every subcommand, given one bad input, says what was wrong and what to do next, and exits
+/// non-zero.
+#[test]
+fn each_subcommand_names_a_bad_input_and_the_next_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!(
+        "sqlite://{}",
+        dir.path().join("none/trialbridge.db").display()
+    );
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    drop(std::net::TcpListener::bind(&free));
+    let nobody = format!("http://{free}/fhir");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "audit".into(),
+                "verify".into(),
+                "--database-url".into(),
+                missing.clone(),
+            ],
+            "no trial database at",
+        ),
+        (
+            vec!["reindex".into(), "--database-url".into(), missing.clone()],
+            "--database-url (TRIALBRIDGE_DATABASE_URL)",
+        ),
+        (
+            vec![
+                "archive".into(),
+                "--to".into(),
+                dir.path().join("a").display().to_string(),
+                "--database-url".into(),
+                missing.clone(),
+            ],
+            "no trial database at",
+        ),
+        (
+            vec![
+                "archive".into(),
+                "verify".into(),
+                dir.path().display().to_string(),
+            ],
+            "not an archive",
+        ),
+        (
+            vec![
+                "export".into(),
+                "--from".into(),
+                nobody.clone(),
+                "--to".into(),
+                dir.path().join("x").display().to_string(),
+            ],
+            "start the server",
+        ),
+        (
+            vec![
+                "feed".into(),
+                "--from".into(),
+                format!("http://{free}"),
+                "--token".into(),
+                "t".into(),
+                "--after".into(),
+                "0".into(),
+            ],
+            "start the server",
+        ),
+        (
+            vec![
+                "hl7".into(),
+                "send".into(),
+                "--to".into(),
+                free.clone(),
+                "--file".into(),
+                dir.path().join("nothing.hl7").display().to_string(),
+            ],
+            "cannot read",
+        ),
+        (
+            vec!["token".into(), "--role".into(), "nobody".into()],
+            "not one of site, monitor",
+        ),
+        (
+            vec![
+                "sync".into(),
+                "--token".into(),
+                "t".into(),
+                "--postgres".into(),
+                "warehouse".into(),
+                "--from".into(),
+                format!("http://{free}"),
+            ],
+            "postgres://user:password@host:5432/database",
+        ),
+        (
+            vec![
+                "view".into(),
+                "run".into(),
+                dir.path().join("v.json").display().to_string(),
+            ],
+            "cannot read",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = trialbridge().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(
+        !dir.path().join("none").exists(),
+        "a missing database was created"
+    );
+}

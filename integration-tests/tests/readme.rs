@@ -344,9 +344,18 @@ async fn every_block_of_the_readme_runs_as_written() {
         .arg(&text)
         .current_dir(work.path())
         .env("TRIALBRIDGE_LISTEN", format!("127.0.0.1:{}", ports.fhir))
-        .env("TRIALBRIDGE_GATEWAY_LISTEN", format!("127.0.0.1:{}", ports.gateway))
-        .env("TRIALBRIDGE_MLLP_LISTEN", format!("127.0.0.1:{}", ports.mllp))
-        .env("TRIALBRIDGE_GRPC_LISTEN", format!("127.0.0.1:{}", ports.feed))
+        .env(
+            "TRIALBRIDGE_GATEWAY_LISTEN",
+            format!("127.0.0.1:{}", ports.gateway),
+        )
+        .env(
+            "TRIALBRIDGE_MLLP_LISTEN",
+            format!("127.0.0.1:{}", ports.mllp),
+        )
+        .env(
+            "TRIALBRIDGE_GRPC_LISTEN",
+            format!("127.0.0.1:{}", ports.feed),
+        )
         .env("TB", tb)
         .env("PATH", path)
         .output()

@@ -79,6 +79,14 @@ pub enum ArchiveCommand {
     },
 }
 
+impl ArchiveArgs {
+    /// Whether this reads an existing store (`archive --to`; `verify` reads only the archive,
+    /// `restore` fills a new database).
+    pub fn reads_store(&self) -> bool {
+        self.command.is_none()
+    }
+}
+
 /// Runs `trialbridge archive`.
 pub async fn run(a: ArchiveArgs, database_url: &str) -> anyhow::Result<()> {
     match a.command {

@@ -119,18 +119,66 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             sync::run(a).await
         }
         Some(Command::Validate(a)) => validate::run(a, &cli.serve.validation()),
-        Some(Command::Reindex) => reindex(&cli.serve.database()).await,
+        Some(Command::Reindex) => match existing(&cli.serve.database()) {
+            Ok(()) => reindex(&cli.serve.database()).await,
+            Err(e) => Err(e),
+        },
         Some(Command::Token(a)) => token::run(a, &cli.serve),
-        Some(Command::Audit(c)) => audit::run(c, &cli.serve.database()).await,
+        Some(Command::Audit(c)) => match existing(&cli.serve.database()) {
+            Ok(()) => audit::run(c, &cli.serve.database()).await,
+            Err(e) => Err(e),
+        },
         Some(Command::View(c)) => view::run(c).await,
-        Some(Command::Archive(a)) => archive::run(a, &cli.serve.database()).await,
+        Some(Command::Archive(a)) => {
+            let check = if a.reads_store() {
+                existing(&cli.serve.database())
+            } else {
+                Ok(())
+            };
+            match check {
+                Ok(()) => archive::run(a, &cli.serve.database()).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trialbridge: {e:#}");
+            if let Some(h) = next_step(&format!("{e:#}")) {
+                eprintln!("trialbridge: {h}");
+            }
             ExitCode::from(1)
         }
+    }
+}
+
+/// A command that reads the trial database refuses to create an empty one where none is (it
+/// would then report on nothing as if all were well).
+fn existing(database_url: &str) -> anyhow::Result<()> {
+    if let Some(path) = database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        anyhow::ensure!(
+            path.starts_with(':') || std::path::Path::new(path).exists(),
+            "no trial database at {path}: name it with --database-url (TRIALBRIDGE_DATABASE_URL) or its directory with --data-dir (TRIALBRIDGE_DATA_DIR)"
+        );
+    }
+    Ok(())
+}
+
+/// What to do next after the usual failures a new user meets.
+fn next_step(error: &str) -> Option<&'static str> {
+    if error.contains("Connection refused") || error.contains("tcp connect error") {
+        Some("nothing answers at that address: start the server (`cargo run --release`), or name where it runs with --from / --to")
+    } else if error.contains("relative URL without a base") || error.contains("invalid port") {
+        Some("a PostgreSQL URL looks like postgres://user:password@host:5432/database")
+    } else if error.contains("401")
+        || error.contains("Unauthorized")
+        || error.contains("unauthenticated")
+    {
+        Some("the server wants a bearer token: mint one with `trialbridge token --role ...` and pass it with --token (or TRIALBRIDGE_TOKEN)")
+    } else {
+        None
     }
 }
 
