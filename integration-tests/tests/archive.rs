@@ -300,14 +300,10 @@ async fn an_archive_verifies_with_the_command_and_standard_tools_restores_and_sh
         "a second restore into the same store is refused"
     );
     let restored = TestStore::start_in(restored_dir, |_| {}).await;
-    let found: Value = client()
-        .get(restored.url("Observation?subject=Patient/mc-01-001&_summary=count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found = integration_tests::get_json(
+        &restored.url("Observation?subject=Patient/mc-01-001&_summary=count"),
+    )
+    .await;
     assert_eq!(found["total"], 3, "{found}");
 
     // One byte of one file changed: both verifications fail.

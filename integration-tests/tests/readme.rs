@@ -222,6 +222,25 @@ struct Ports {
 }
 
 impl Ports {
+    /// The listen settings that put the server (and the defaults of the commands) on them.
+    fn listen_vars(&self) -> [(&'static str, String); 4] {
+        [
+            ("TRIALBRIDGE_LISTEN", format!("127.0.0.1:{}", self.fhir)),
+            (
+                "TRIALBRIDGE_GATEWAY_LISTEN",
+                format!("127.0.0.1:{}", self.gateway),
+            ),
+            (
+                "TRIALBRIDGE_MLLP_LISTEN",
+                format!("127.0.0.1:{}", self.mllp),
+            ),
+            (
+                "TRIALBRIDGE_GRPC_LISTEN",
+                format!("127.0.0.1:{}", self.feed),
+            ),
+        ]
+    }
+
     fn map(&self, text: &str) -> String {
         // `from` where it is a number of its own (not part of a longer one).
         let re = |from: &str, to: u16, t: &str| -> String {
@@ -286,19 +305,7 @@ async fn every_block_of_the_readme_runs_as_written() {
     }
     server
         .current_dir(work.path())
-        .env("TRIALBRIDGE_LISTEN", format!("127.0.0.1:{}", ports.fhir))
-        .env(
-            "TRIALBRIDGE_GATEWAY_LISTEN",
-            format!("127.0.0.1:{}", ports.gateway),
-        )
-        .env(
-            "TRIALBRIDGE_MLLP_LISTEN",
-            format!("127.0.0.1:{}", ports.mllp),
-        )
-        .env(
-            "TRIALBRIDGE_GRPC_LISTEN",
-            format!("127.0.0.1:{}", ports.feed),
-        )
+        .envs(ports.listen_vars())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
@@ -343,19 +350,7 @@ async fn every_block_of_the_readme_runs_as_written() {
         .arg("-c")
         .arg(&text)
         .current_dir(work.path())
-        .env("TRIALBRIDGE_LISTEN", format!("127.0.0.1:{}", ports.fhir))
-        .env(
-            "TRIALBRIDGE_GATEWAY_LISTEN",
-            format!("127.0.0.1:{}", ports.gateway),
-        )
-        .env(
-            "TRIALBRIDGE_MLLP_LISTEN",
-            format!("127.0.0.1:{}", ports.mllp),
-        )
-        .env(
-            "TRIALBRIDGE_GRPC_LISTEN",
-            format!("127.0.0.1:{}", ports.feed),
-        )
+        .envs(ports.listen_vars())
         .env("TB", tb)
         .env("PATH", path)
         .output()

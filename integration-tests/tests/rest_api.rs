@@ -964,16 +964,26 @@ async fn the_capability_statement_lists_exactly_what_is_served() {
         }
     }
     assert!(checked > 1000, "{checked} parameters");
+    // The system-level operations claimed are served.
     for op in rest["operation"].as_array().unwrap() {
-        assert_eq!(op["name"], "export");
-        let got = send(
-            Method::GET,
-            &s.url("$export"),
-            &[("prefer", "respond-async")],
-            None,
-        )
-        .await;
-        assert_eq!(got.status, StatusCode::ACCEPTED);
+        let got = match op["name"].as_str().unwrap() {
+            "export" => {
+                send(
+                    Method::GET,
+                    &s.url("$export"),
+                    &[("prefer", "respond-async")],
+                    None,
+                )
+                .await
+            }
+            "viewdefinition-run" => {
+                let params = json!({"resourceType": "Parameters", "parameter": [{"name": "viewResource", "resource":
+                    {"resourceType": "ViewDefinition", "resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]}}]});
+                send(Method::POST, &s.url("$viewdefinition-run"), &[], Some(params.to_string())).await
+            }
+            other => panic!("the CapabilityStatement claims ${other}: add it here"),
+        };
+        assert!(got.status.is_success(), "${}: {}", op["name"], got.status);
     }
     // AuditEvent: read and search only, and writes are refused.
     let audit = rest["resource"]
