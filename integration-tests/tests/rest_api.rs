@@ -979,7 +979,13 @@ async fn the_capability_statement_lists_exactly_what_is_served() {
             "viewdefinition-run" => {
                 let params = json!({"resourceType": "Parameters", "parameter": [{"name": "viewResource", "resource":
                     {"resourceType": "ViewDefinition", "resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]}}]});
-                send(Method::POST, &s.url("$viewdefinition-run"), &[], Some(params.to_string())).await
+                send(
+                    Method::POST,
+                    &s.url("$viewdefinition-run"),
+                    &[],
+                    Some(params.to_string()),
+                )
+                .await
             }
             other => panic!("the CapabilityStatement claims ${other}: add it here"),
         };
