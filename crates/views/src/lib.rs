@@ -406,6 +406,25 @@ fn product(left: Vec<Vec<Value>>, right: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
     out
 }
 
+/// A cell as text (CSV, a SQL cast): `None` for null, a string as it is, anything else as
+/// JSON (numbers, booleans, arrays of a collection column).
+pub fn cell_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+impl ViewError {
+    /// The element of the ViewDefinition the error is about (`select[1].forEach`).
+    pub fn element(&self) -> &str {
+        match self {
+            ViewError::Invalid { element, .. } | ViewError::Evaluation { element, .. } => element,
+        }
+    }
+}
+
 /// A FHIRPath value as a cell: a FHIR element as its JSON, a system value as JSON text or
 /// number.
 pub fn to_json(item: &Item<'_>) -> Value {

@@ -599,9 +599,10 @@ fn check_chain(dir: &Path, r: &mut VerifyReport) -> anyhow::Result<()> {
         r.problems.push("audit/events.ndjson is missing".into());
         return Ok(());
     };
-    let checkpoint: Option<Value> = std::fs::read_to_string(dir.join("audit/checkpoint.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let checkpoint: Option<crate::audit::Checkpoint> =
+        std::fs::read_to_string(dir.join("audit/checkpoint.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
     let (mut last_seq, mut last_hash) = (0i64, AUDIT_GENESIS.to_string());
     let mut at_checkpoint = None;
     for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -648,7 +649,7 @@ fn check_chain(dir: &Path, r: &mut VerifyReport) -> anyhow::Result<()> {
                 "{at}: event {seq} does not match its hash (a field was changed)"
             ));
         }
-        if checkpoint.as_ref().and_then(|c| c["sequence"].as_i64()) == Some(seq) {
+        if checkpoint.as_ref().is_some_and(|c| c.sequence == seq) {
             at_checkpoint = Some(hash.to_string());
         }
         last_seq = seq;
@@ -660,26 +661,15 @@ fn check_chain(dir: &Path, r: &mut VerifyReport) -> anyhow::Result<()> {
             .ok()
             .and_then(|t| b64().decode(t.trim()).ok())
             .unwrap_or_default();
-        let message = format!(
-            "trialbridge audit checkpoint v1\n{}\n{}\n{}\n",
-            c["sequence"].as_i64().unwrap_or(0),
-            c["hash"].as_str().unwrap_or(""),
-            c["signed_at"].as_str().unwrap_or("")
-        );
-        let sig = b64()
-            .decode(c["signature"].as_str().unwrap_or(""))
-            .unwrap_or_default();
-        if UnparsedPublicKey::new(&ED25519, &public)
-            .verify(message.as_bytes(), &sig)
-            .is_err()
-        {
+        // The signature check of `audit verify --checkpoint`, on the archive's copy.
+        if c.check_signature(&public).is_err() {
             r.problems.push(
                 "audit/checkpoint.json: its signature does not verify with audit/checkpoint-key.pub"
                     .into(),
             );
         }
         match at_checkpoint {
-            Some(h) if Some(h.as_str()) == c["hash"].as_str() => {}
+            Some(h) if h == c.hash => {}
             Some(_) => r
                 .problems
                 .push("audit: the chain differs from the signed checkpoint (rewritten)".into()),

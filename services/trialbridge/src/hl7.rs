@@ -77,7 +77,7 @@ pub async fn run(cmd: Hl7Command) -> anyhow::Result<()> {
     }
 }
 
-/// A message file cut into its messages, or why it cannot be, with its line.
+/// The bytes of a message file (`split_file` cuts them into messages).
 fn read_messages(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

@@ -134,15 +134,6 @@ async fn fetch(
     }
 }
 
-/// A cell as CSV text: empty for null, text as it is, anything else as JSON.
-fn csv_cell(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 async fn run_view(a: RunArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.view)
         .with_context(|| format!("cannot read {}", a.view.display()))?;
@@ -172,7 +163,10 @@ async fn run_view(a: RunArgs) -> anyhow::Result<()> {
             w.write_record(&names)?;
             for (at, r) in &resources {
                 for row in view.rows(r).with_context(|| at.clone())? {
-                    w.write_record(row.iter().map(csv_cell))?;
+                    w.write_record(
+                        row.iter()
+                            .map(|v| trialbridge_views::cell_text(v).unwrap_or_default()),
+                    )?;
                 }
             }
             w.flush()?;

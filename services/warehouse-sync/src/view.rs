@@ -44,15 +44,6 @@ fn sql_type(c: &trialbridge_views::Column) -> &'static str {
     }
 }
 
-/// A cell as the text PostgreSQL casts to the column's type.
-fn cell(v: Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        other => Some(other.to_string()),
-    }
-}
-
 impl View {
     /// Reads a ViewDefinition; a warehouse table needs its `name`.
     pub fn parse(def: &Value) -> Result<View, String> {
@@ -84,7 +75,7 @@ impl View {
             .definition
             .rows(resource)?
             .into_iter()
-            .map(|row| row.into_iter().map(cell).collect())
+            .map(|row| row.iter().map(trialbridge_views::cell_text).collect())
             .collect())
     }
 }

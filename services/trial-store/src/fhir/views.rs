@@ -212,7 +212,7 @@ impl ViewRun {
         })??;
         let view = ViewDefinition::parse(&def).map_err(|e| {
             StoreError::new(Status::BadRequest, IssueType::Invalid, e.to_string())
-                .at(format!("ViewDefinition.{}", view_element(&e)))
+                .at(format!("ViewDefinition.{}", e.element()))
         })?;
         caller.require(&view.resource, Interaction::Search)?;
         let as_of = s.store.last_seq(&caller.ctx).await?;
@@ -324,12 +324,8 @@ impl ViewRun {
         match self.format {
             RowFormat::Csv => {
                 let cells: Vec<String> = row
-                    .into_iter()
-                    .map(|v| match v {
-                        Value::Null => String::new(),
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    })
+                    .iter()
+                    .map(|v| trialbridge_views::cell_text(v).unwrap_or_default())
                     .collect();
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(&cells).map_err(internal)?;
@@ -353,12 +349,4 @@ impl ViewRun {
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
     StoreError::new(Status::InternalError, IssueType::Exception, e.to_string())
-}
-
-/// The element an invalid view's error names (`select[1].forEach`).
-fn view_element(e: &trialbridge_views::ViewError) -> String {
-    match e {
-        trialbridge_views::ViewError::Invalid { element, .. }
-        | trialbridge_views::ViewError::Evaluation { element, .. } => element.clone(),
-    }
 }
