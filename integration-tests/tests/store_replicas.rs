@@ -1,9 +1,10 @@
-//! Two trial-store processes (`trialbridge store`) writing to one PostgreSQL database at once,
-//! as replicas behind a Kubernetes Service do, while a reader follows `_history?_since` on one
-//! of them: the follower sees every committed version exactly once, in the order of the
-//! change sequence, and version numbers stay contiguous per resource even when both replicas
-//! update the same resources. Needs TRIALBRIDGE_TEST_POSTGRES_URL (`scripts/test.sh` starts a
-//! server).
+//! Three trial-store processes (`trialbridge store`) writing to one PostgreSQL database at
+//! once, as replicas behind a Kubernetes Service do, while a reader follows `_history?_since` on
+//! one of them: the follower sees every committed version exactly once, in the order of the
+//! change sequence; version numbers stay contiguous per resource even when every replica
+//! updates the same resources; the audit hash chain the replicas extended together passes
+//! `trialbridge audit verify`; and a `$export` on a replica holds every resource once, at its
+//! latest version. Needs TRIALBRIDGE_TEST_POSTGRES_URL (`scripts/test.sh` starts a server).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -30,21 +31,24 @@ async fn replica(db: &str, dir: &std::path::Path) -> (Child, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_write_at_once_and_a_history_follower_misses_no_version() {
+async fn three_replicas_write_at_once_and_feed_chain_and_export_stay_whole() {
     let name = format!("tb_replicas_{}", std::process::id());
     let db = postgres_database(&server_url(), &name).await;
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // Both start at once: they race to migrate the empty database and to load the study.
-    let ((mut a, base_a), (mut b, base_b)) =
-        tokio::join!(replica(&db, dir_a.path()), replica(&db, dir_b.path()));
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    // All start at once: they race to migrate the empty database and to load the study.
+    let ((mut a, base_a), (mut b, base_b), (mut c, base_c)) = tokio::join!(
+        replica(&db, dirs[0].path()),
+        replica(&db, dirs[1].path()),
+        replica(&db, dirs[2].path())
+    );
 
     let done = Arc::new(AtomicBool::new(false));
     let follower = tokio::spawn(follow_http(base_a.clone(), done.clone()));
 
     // Three writers per replica. Each writes its own Patients twice (versions 1 and 2) and
-    // updates ten Patients that every writer of both replicas updates too.
+    // updates ten Patients that every writer of every replica updates too.
     let mut writers = Vec::new();
-    for (r, base) in [("a", &base_a), ("b", &base_b)] {
+    for (r, base) in [("a", &base_a), ("b", &base_b), ("c", &base_c)] {
         for w in 0..3 {
             let base = base.clone();
             writers.push(tokio::spawn(async move {
@@ -111,7 +115,7 @@ async fn two_replicas_write_at_once_and_a_history_follower_misses_no_version() {
     }
     assert_eq!(
         versions[&("Patient".to_string(), "shared-3".to_string())].len(),
-        6 * 6
+        9 * 6
     );
 
     // The study was loaded once, not once per replica.
@@ -124,6 +128,85 @@ async fn two_replicas_write_at_once_and_a_history_follower_misses_no_version() {
         "a study resource was written twice: {studies:?}"
     );
 
-    let _ = a.kill().await;
-    let _ = b.kill().await;
+    // The audit chain that three processes extended at once is one unbroken chain.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"))
+        .args(["audit", "verify"])
+        .env("TRIALBRIDGE_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify after three replicas wrote: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `$export` on the third replica: every Patient once, at the version the feed ends with.
+    let latest: BTreeMap<String, i64> = versions
+        .iter()
+        .filter(|((t, _), _)| t == "Patient")
+        .map(|((_, id), vs)| (id.clone(), *vs.last().unwrap()))
+        .collect();
+    let exported = export_patients(&base_c).await;
+    assert_eq!(
+        exported, latest,
+        "the export holds each Patient once, at its latest version"
+    );
+
+    for child in [&mut a, &mut b, &mut c] {
+        let _ = child.kill().await;
+    }
+}
+
+/// Runs `$export?_type=Patient` on `base` to its manifest and reads its files: id -> version.
+async fn export_patients(base: &str) -> BTreeMap<String, i64> {
+    let c = client();
+    let kick = c
+        .get(format!("{base}/$export?_type=Patient"))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        kick.status(),
+        202,
+        "{}",
+        kick.text().await.unwrap_or_default()
+    );
+    let status_url = kick.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut manifest = None;
+    for _ in 0..1200 {
+        let r = c.get(&status_url).send().await.unwrap();
+        if r.status() == 200 {
+            manifest = Some(r.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let manifest = manifest.expect("the export finished");
+    let mut out = BTreeMap::new();
+    for f in manifest["output"].as_array().unwrap() {
+        let text = c
+            .get(f["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let id = v["id"].as_str().unwrap().to_string();
+            let version = v["meta"]["versionId"].as_str().unwrap().parse().unwrap();
+            assert!(
+                out.insert(id.clone(), version).is_none(),
+                "Patient/{id} exported twice"
+            );
+        }
+    }
+    out
 }

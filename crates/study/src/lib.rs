@@ -33,6 +33,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../studies/mesemcart/Group-mesemcart-eligibility.json"),
     ),
     (
+        "OperationDefinition-ResearchStudy-sdv.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-ResearchStudy-sdv.json"),
+    ),
+    (
         "OperationDefinition-ResearchSubject-sdv.json",
         include_str!("../../../studies/mesemcart/OperationDefinition-ResearchSubject-sdv.json"),
     ),
@@ -41,8 +45,20 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../studies/mesemcart/OperationDefinition-Resource-diff.json"),
     ),
     (
+        "OperationDefinition-Resource-raise-query.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-Resource-raise-query.json"),
+    ),
+    (
         "OperationDefinition-Resource-verify.json",
         include_str!("../../../studies/mesemcart/OperationDefinition-Resource-verify.json"),
+    ),
+    (
+        "OperationDefinition-Task-answer.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-Task-answer.json"),
+    ),
+    (
+        "OperationDefinition-Task-close.json",
+        include_str!("../../../studies/mesemcart/OperationDefinition-Task-close.json"),
     ),
     (
         "Organization-mesemcart-sponsor.json",

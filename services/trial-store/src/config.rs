@@ -58,6 +58,16 @@ pub struct ServeArgs {
         global = true
     )]
     pub statement_timeout: String,
+    /// Origins whose pages may call the API from a browser (CORS), comma-separated; `*`: any.
+    /// Safe as `*`: the API takes bearer tokens only, never cookies, so a foreign page cannot
+    /// act with a signed-in person's rights; narrow it to the sponsor's tools where wanted.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_CORS_ORIGINS",
+        default_value = "*",
+        global = true
+    )]
+    pub cors_origins: String,
     /// Load the MesemCart study definition at start-up (true/false).
     #[arg(
         long,
@@ -202,6 +212,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// How long one database read may run.
     pub statement_timeout: std::time::Duration,
+    /// Origins allowed to call from a browser (`*`: any).
+    pub cors_origins: Vec<String>,
     /// Whether to load the study.
     pub load_study: bool,
     /// How payloads are validated.
@@ -332,6 +344,12 @@ impl ServeConfig {
                 data_dir: data_dir(&a),
                 database_url,
                 base_url: a.base_url.map(|b| b.trim_end_matches('/').to_string()),
+                cors_origins: a
+                    .cors_origins
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
                 max_body_bytes,
                 validation,
                 load_study,
@@ -371,6 +389,8 @@ pub struct StoreConfig {
     pub export_dir: std::path::PathBuf,
     /// What SMART clients are told about the token issuer.
     pub smart: SmartEndpoints,
+    /// Origins allowed to call from a browser (CORS; `*`: any; empty: none).
+    pub cors_origins: Vec<String>,
 }
 
 /// The token issuer as SMART App Launch clients discover it (CapabilityStatement
@@ -402,6 +422,7 @@ impl StoreConfig {
                 issuer: LOCAL_ISSUER.into(),
                 ..SmartEndpoints::default()
             },
+            cors_origins: vec!["*".into()],
         }
     }
 }
@@ -419,6 +440,7 @@ mod tests {
             base_url: None,
             max_body_bytes: "4096".into(),
             statement_timeout: "30".into(),
+            cors_origins: "*".into(),
             load_study: "true".into(),
             extension_domains: String::new(),
             extensions: "lenient".into(),
@@ -462,6 +484,7 @@ mod tests {
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),
             statement_timeout: "soon".into(),
+            cors_origins: "*".into(),
             load_study: "maybe".into(),
             extension_domains: String::new(),
             extensions: "loose".into(),

@@ -108,10 +108,35 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     api.validation = config.validation.clone();
     api.export_dir = config.data_dir.join("exports");
     api.smart = config.smart.clone();
+    api.cors_origins = config.cors_origins.clone();
+    // The local profile signs people in to the pages with its development key, through
+    // OAuth endpoints of its own; a configured identity provider takes precedence.
+    let dev_sign_in = match &config.auth {
+        AuthSource::LocalKey(dir) => {
+            let dev = rest::app::dev_sign_in(
+                dir,
+                &config.auth_issuer,
+                &config.auth_audience,
+                &api.base_url,
+            )
+            .map_err(|e| RunError::Auth(format!("the development signing key: {e}")))?;
+            let origin = api.base_url.trim_end_matches("/fhir").to_string();
+            api.smart
+                .authorize
+                .get_or_insert_with(|| format!("{origin}/dev-issuer/authorize"));
+            api.smart
+                .token
+                .get_or_insert_with(|| format!("{origin}/dev-issuer/token"));
+            Some(dev)
+        }
+        AuthSource::Jwks(_) => None,
+    };
+    let mut state = StoreState::new(store, api, Arc::new(auth), Arc::new(TrialRules));
+    state.dev_sign_in = dev_sign_in;
     Ok(Bound {
         listener,
         feed_listener,
-        state: StoreState::new(store, api, Arc::new(auth), Arc::new(TrialRules)),
+        state,
         study,
     })
 }

@@ -41,6 +41,9 @@ pub struct StoreState {
     pub auth: Arc<trialbridge_auth::Authenticator>,
     /// The rules of the domain every write passes (the trial's protocol).
     pub rules: Arc<dyn WriteRules>,
+    /// The local profile's sign-in for the pages (none in production, where the sponsor's
+    /// identity provider signs people in).
+    pub dev_sign_in: Option<Arc<crate::rest::app::DevSignIn>>,
 }
 
 impl StoreState {
@@ -57,6 +60,7 @@ impl StoreState {
             exports: Arc::default(),
             auth,
             rules,
+            dev_sign_in: None,
         }
     }
 }

@@ -20,16 +20,20 @@ pub const REASON_HEADER: &str = "x-reason-for-change";
 /// Paths served without a token: the capability statement and SMART configuration, the API description, the health
 /// checks and the metrics (no patient data in any of them).
 fn is_open(path: &str) -> bool {
-    matches!(
-        path,
-        "/fhir/metadata"
-            | "/fhir/.well-known/smart-configuration"
-            | "/.well-known/smart-configuration"
-            | "/livez"
-            | "/readyz"
-            | "/openapi.json"
-            | "/metrics"
-    )
+    // The pages and the local sign-in hold no data: what the pages show, they fetch with a
+    // token.
+    path.starts_with("/app/")
+        || path.starts_with("/dev-issuer/")
+        || matches!(
+            path,
+            "/fhir/metadata"
+                | "/fhir/.well-known/smart-configuration"
+                | "/.well-known/smart-configuration"
+                | "/livez"
+                | "/readyz"
+                | "/openapi.json"
+                | "/metrics"
+        )
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

@@ -4,6 +4,7 @@
 //! `fhir` or `trial`, and shapes its answer.
 
 pub mod access;
+pub mod app;
 mod bundle;
 mod capability;
 pub mod error;
@@ -26,6 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use trialbridge_fhir::IssueType;
 
 use crate::error::{Status, StoreError};
@@ -82,6 +85,12 @@ pub fn routes(state: StoreState) -> Router {
         .route("/fhir/{rtype}/{id}/$diff", get(monitor::version_diff))
         .route("/fhir/{rtype}/{id}/$verify", post(monitor::verify))
         .route(
+            "/fhir/{rtype}/{id}/$raise-query",
+            post(monitor::raise_query),
+        )
+        .route("/fhir/{rtype}/{id}/$answer", post(monitor::answer_query))
+        .route("/fhir/{rtype}/{id}/$close", post(monitor::close_query))
+        .route(
             "/fhir/{rtype}/{id}",
             get(resources::read)
                 .put(resources::update)
@@ -94,6 +103,13 @@ pub fn routes(state: StoreState) -> Router {
             "/fhir/{rtype}/{id}/{member}",
             get(search::compartment_search),
         )
+        .route("/app/monitor", get(app::monitor_page))
+        .route("/app/{file}", get(app::file))
+        .route(
+            "/dev-issuer/authorize",
+            get(app::authorize_form).post(app::authorize),
+        )
+        .route("/dev-issuer/token", post(app::token))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
@@ -109,8 +125,62 @@ pub fn routes(state: StoreState) -> Router {
         ))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(metrics::record))
+        // Every answer may carry PHI: no browser or proxy keeps a copy (an answer that says
+        // otherwise, none today, keeps its own).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        ))
+        // Outside authentication: a preflight carries no token and is answered here.
+        .layer(cors(&state.config.cors_origins))
         .layer(CatchPanicLayer::custom(error::panicked))
         .with_state(state)
+}
+
+/// Cross-origin calls from browser tools: the origins configured (`*`: any), the headers the
+/// FHIR API reads and the ones a client needs to see (versions, locations, progress).
+fn cors(origins: &[String]) -> CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::HEAD,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            HeaderName::from_static("if-none-exist"),
+            HeaderName::from_static("prefer"),
+            HeaderName::from_static("x-reason-for-change"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::CONTENT_LOCATION,
+            header::LAST_MODIFIED,
+            HeaderName::from_static("x-progress"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -15,7 +15,7 @@ use crate::rest::extract::Instance;
 use crate::rest::negotiate::{read_body, Asked};
 use crate::rest::respond::{json_response, written_response};
 use crate::security::Caller;
-use crate::trial::monitor;
+use crate::trial::{monitor, queries};
 
 /// A report of the monitor operations: plain JSON, not a FHIR resource.
 fn json_report(report: &Value) -> Response {
@@ -47,7 +47,7 @@ pub async fn audit_search(
     Ok(json_response(StatusCode::OK, bundle, Default::default()))
 }
 
-/// `GET ResearchSubject/{id}/$sdv[?unverified=true]`.
+/// `GET ResearchSubject/{id}/$sdv[?unverified=true]`, `GET ResearchStudy/{id}/$sdv`.
 pub async fn sdv(
     State(s): State<StoreState>,
     caller: Caller,
@@ -55,10 +55,7 @@ pub async fn sdv(
     RawQuery(q): RawQuery,
 ) -> Result<Response, StoreError> {
     let Path((t, id)) = path?;
-    let only_unverified = query_pairs(q.as_deref())
-        .iter()
-        .any(|(k, v)| k == "unverified" && v == "true");
-    let report = monitor::sdv(&s, &caller, (&t, &id), only_unverified).await?;
+    let report = monitor::sdv(&s, &caller, (&t, &id), &query_pairs(q.as_deref())).await?;
     Ok(json_report(&report))
 }
 
@@ -85,4 +82,59 @@ pub async fn verify(
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
     let w = monitor::verify(&s, &caller, (rt, &id), &bytes).await?;
     Ok(audited(written_response(&s, w, a.fmt, Default::default())))
+}
+
+/// `POST [type]/{id}/$raise-query`.
+pub async fn raise_query(
+    State(s): State<StoreState>,
+    caller: Caller,
+    Instance { rt, id }: Instance,
+    a: Asked,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let w = queries::raise(&s, &caller, (rt, &id), &bytes).await?;
+    Ok(audited(written_response(&s, w, a.fmt, Default::default())))
+}
+
+/// `POST Task/{id}/$answer`.
+pub async fn answer_query(
+    State(s): State<StoreState>,
+    caller: Caller,
+    Instance { rt, id }: Instance,
+    a: Asked,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    only_on_task(rt, "$answer")?;
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let w = queries::answer(&s, &caller, &id, &bytes).await?;
+    Ok(audited(written_response(&s, w, a.fmt, Default::default())))
+}
+
+/// `POST Task/{id}/$close`.
+pub async fn close_query(
+    State(s): State<StoreState>,
+    caller: Caller,
+    Instance { rt, id }: Instance,
+    a: Asked,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    only_on_task(rt, "$close")?;
+    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
+    let w = queries::close(&s, &caller, &id, &bytes).await?;
+    Ok(audited(written_response(&s, w, a.fmt, Default::default())))
+}
+
+fn only_on_task(rt: &str, op: &str) -> Result<(), StoreError> {
+    if rt == "Task" {
+        return Ok(());
+    }
+    Err(StoreError::new(
+        crate::error::Status::NotFound,
+        trialbridge_fhir::IssueType::NotSupported,
+        format!("{op} is an operation on Task (a data query)"),
+    ))
 }

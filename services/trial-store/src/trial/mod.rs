@@ -6,6 +6,7 @@
 pub mod audit_trail;
 pub mod monitor;
 pub mod protocol;
+pub mod queries;
 pub mod study;
 
 /// The trial layer's part of the CapabilityStatement: AuditEvent is read and searched only
@@ -21,11 +22,21 @@ pub fn adjust_capability(resource_type: &str, entry: &mut serde_json::Value) {
         json!({"name": "diff", "definition": format!("{OPS}/Resource-diff"),
                "documentation": "The difference between two versions (?from=&to=)"}),
         json!({"name": "verify", "definition": format!("{OPS}/Resource-verify"),
-               "documentation": "A monitor marks a version as source-data verified"}),
+               "documentation": "A monitor marks a version as source-data verified (once per version)"}),
+        json!({"name": "raise-query", "definition": format!("{OPS}/Resource-raise-query"),
+               "documentation": "A monitor raises a data query on a version (a Task)"}),
     ];
     match resource_type {
         "ResearchSubject" => ops.push(json!({"name": "sdv", "definition": format!("{OPS}/ResearchSubject-sdv"),
             "documentation": "Every clinical value of the subject with its source, versions and verification"})),
+        "ResearchStudy" => ops.push(json!({"name": "sdv", "definition": format!("{OPS}/ResearchStudy-sdv"),
+            "documentation": "A site's verification worklist: per subject, verified / unverified / changed values, open queries, deviations"})),
+        "Task" => ops.extend([
+            json!({"name": "answer", "definition": format!("{OPS}/Task-answer"),
+                   "documentation": "The site answers a data query"}),
+            json!({"name": "close", "definition": format!("{OPS}/Task-close"),
+                   "documentation": "The monitor closes a data query"}),
+        ]),
         "Patient" => ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"})),
         "Group" => ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"})),
         _ => {}

@@ -295,7 +295,15 @@ impl WriteRules for TrialRules {
         res: &Incoming,
         id: &str,
     ) -> Result<Vec<Value>, StoreError> {
-        crate::trial::monitor::evidence_is_the_monitors(caller, &res.value)?;
+        let current = if crate::trial::monitor::may_be_evidence(res.resource_type) {
+            txn.current(res.resource_type, id)
+                .await?
+                .and_then(|v| v.body)
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        } else {
+            None
+        };
+        crate::trial::monitor::evidence_is_the_monitors(caller, &res.value, current.as_ref())?;
         subject_identifiers_in_site(caller, res)?;
         enforce(txn, &caller.ctx, crate::trial::study::rules(), res, id).await
     }

@@ -1,0 +1,141 @@
+// The monitor workspace in a real browser (Debian's chromium, driven by playwright-core):
+// sign in through the local issuer (authorization code + PKCE) → worklist → subject → the
+// changes between versions → verify a value → raise a query → the site corrects the value and
+// answers (through the API, as the site's system does) → the monitor closes the query; then a
+// monitor of site 02 sees nothing of site 01. Every page is screenshotted into OUTDIR and
+// checked with axe-core: a serious or critical violation fails the run.
+//
+// usage: node monitor_flow.mjs ORIGIN SITE_TOKEN OUTDIR
+
+import { chromium } from "playwright-core";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+
+const [origin, siteToken, outdir] = process.argv.slice(2);
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+mkdirSync(outdir, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.TRIALBRIDGE_TEST_CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const failures = [];
+
+async function check(page, name) {
+  await page.screenshot({ path: `${outdir}/${name}.png`, fullPage: true });
+  // axe runs through the DevTools protocol, so the page's CSP (no inline scripts) stays on.
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
+  for (const v of result.violations.filter((v) => v.impact === "serious" || v.impact === "critical")) {
+    failures.push(`${name}: ${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+  }
+  console.log(`page ${name}: ${result.violations.length} axe findings, screenshot ${outdir}/${name}.png`);
+}
+
+async function signIn(page, subject, site) {
+  await page.goto(`${origin}/app/monitor`);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(/dev-issuer\/authorize/);
+  await page.getByLabel("Your name or e-mail").fill(subject);
+  await page.getByLabel("Role").selectOption("monitor");
+  for (const box of await page.getByRole("checkbox").all()) await box.uncheck();
+  await page.getByLabel(site).check();
+  return page;
+}
+
+async function api(method, path, body, reason) {
+  const headers = { authorization: `Bearer ${siteToken}`, accept: "application/fhir+json" };
+  if (body) headers["content-type"] = "application/fhir+json";
+  if (reason) headers["x-reason-for-change"] = reason;
+  const r = await fetch(`${origin}/fhir/${path}`, { method, headers, body: body && JSON.stringify(body) });
+  const json = await r.json();
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
+
+  await page.goto(`${origin}/app/monitor`);
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  await check(page, "monitor-sign-in");
+  await signIn(page, "monitor.one@sponsor.example", "mesemcart-site-01");
+  await check(page, "dev-issuer-sign-in");
+  await page.getByRole("button", { name: "Sign in" }).click();
+
+  // The worklist.
+  await page.getByRole("table", { name: /Subjects and the state/ }).waitFor();
+  await page.getByText("Signed in as monitor.one@sponsor.example").waitFor();
+  const row = page.getByRole("row", { name: /mc-01-001/i });
+  await row.waitFor();
+  await check(page, "monitor-worklist");
+
+  // The subject, and the changes of the corrected KOOS value.
+  await row.getByRole("link").click();
+  await page.getByRole("heading", { name: /Subject/ }).waitFor();
+  await check(page, "monitor-subject");
+  await page.getByRole("button", { name: /^Changes: KOOS/i }).click();
+  await page.getByRole("table", { name: /Differences between versions 1 and 2/ }).waitFor();
+  await page.getByRole("rowheader", { name: "Observation.valueQuantity.value" }).waitFor();
+  await check(page, "monitor-diff");
+
+  // Verify the BMI.
+  await page.getByRole("button", { name: /^Verify: Body mass index/ }).click();
+  await page.getByText(/verified\.$/).waitFor();
+  const bmiRow = page.getByRole("row", { name: /Body mass index/ });
+  await bmiRow.getByText("Verified", { exact: true }).waitFor();
+
+  // Raise a query on the KOOS value.
+  await page.getByRole("button", { name: /^Raise query: KOOS/i }).click();
+  await page.getByLabel("Question to the site").fill("The KOOS pain score in the source form is 75, not 70. Please check.");
+  await check(page, "monitor-raise-query");
+  await page.getByRole("button", { name: "Send query" }).click();
+  await page.getByText(/^Query raised/).waitFor();
+  await page.getByText(/: open$/).waitFor();
+
+  // The site corrects the value with a reason for change and answers the query.
+  const tasks = await api("GET", "Task?subject=Patient/mc-01-001");
+  const task = tasks.entry.map((e) => e.resource).find((t) => t.status === "requested");
+  const [, obsId] = task.focus.reference.split("/");
+  const obs = await api("GET", `Observation/${obsId}`);
+  obs.valueQuantity.value = 75;
+  delete obs.meta;
+  await api("PUT", `Observation/${obsId}`, obs, "transcription error, corrected from the source form");
+  await api("POST", `Task/${task.id}/$answer`, {
+    resourceType: "Parameters",
+    parameter: [{ name: "text", valueString: "Transcription error; corrected to 75 as on the form." }],
+  });
+
+  // The monitor sees the answer and the correction, and closes the query.
+  await page.reload();
+  await page.getByText(/: answered$/).waitFor();
+  await page.getByText(/Corrected in Observation\//).waitFor();
+  await check(page, "monitor-query-answered");
+  await page.getByRole("button", { name: /^Close query: KOOS/i }).click();
+  await page.getByText("Query closed.").waitFor();
+  await page.getByText(/: closed$/).waitFor();
+
+  // Site isolation in the pages: a monitor of site 02 sees no site-01 subject.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  await signIn(page, "monitor.two@sponsor.example", "mesemcart-site-02");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByText("No subjects at your sites yet.").waitFor();
+  await page.goto(`${origin}/app/monitor#/subject/mc-01-001`);
+  await page.getByText(/not known|not found|no resource/i).waitFor();
+  if (await page.getByText("Body mass index").count()) failures.push("site 02 sees a site-01 value");
+  await check(page, "monitor-site-02");
+} catch (e) {
+  failures.push(`flow: ${e.stack || e}`);
+} finally {
+  await browser.close();
+}
+if (failures.length) {
+  console.error(failures.join("\n"));
+  process.exit(1);
+}
+console.log("monitor flow: ok");
