@@ -16,8 +16,9 @@ fi
 export TRIALBRIDGE_TEST_PYTHON="$PWD/$venv/bin/python"
 export TRIALBRIDGE_TEST_MLLP_SEND="$PWD/$venv/bin/mllp_send"
 
-# fhir-kit-client from npm, pinned by integration-tests/node/package-lock.json.
-if [ ! -d integration-tests/node/node_modules/fhir-kit-client ]; then
+# fhir-kit-client, playwright-core and axe-core from npm, pinned by
+# integration-tests/node/package-lock.json.
+if [ ! -d integration-tests/node/node_modules/fhir-kit-client ] || [ ! -d integration-tests/node/node_modules/playwright-core ] || [ ! -d integration-tests/node/node_modules/axe-core ]; then
     echo "scripts/test.sh: installing the Node test clients" >&2
     (cd integration-tests/node && npm ci --no-audit --no-fund --silent)
 fi
@@ -47,7 +48,7 @@ cargo test --workspace --all-targets --locked --no-fail-fast 2>&1 | tee "$log" |
 
 # The store test suite again on PostgreSQL: every test that starts a store (in-process or as
 # the binary) gets a database of its own on the test server instead of an SQLite file.
-store_suite=(rest_api search security protocol validation change_feed export crash official_examples openapi third_party_clients archive)
+store_suite=(rest_api search security protocol validation change_feed export crash official_examples openapi third_party_clients archive monitor_workspace)
 echo "scripts/test.sh: the store test suite on PostgreSQL (${store_suite[*]})" >&2
 TRIALBRIDGE_TEST_STORE_POSTGRES="$TRIALBRIDGE_TEST_POSTGRES_URL" \
     cargo test -p integration-tests --locked $(printf -- '--test %s ' "${store_suite[@]}") 2>&1 | tee -a "$log" || status=$?

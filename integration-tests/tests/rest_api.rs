@@ -945,6 +945,7 @@ async fn the_capability_statement_lists_exactly_what_is_served() {
                 "diff" => (Method::GET, format!("{t}/x/$diff")),
                 "verify" => (Method::POST, format!("{t}/x/$verify")),
                 "sdv" => (Method::GET, format!("{t}/x/$sdv")),
+                "raise-query" | "answer" | "close" => (Method::POST, format!("{t}/x/${name}")),
                 "export" if t == "Group" => (Method::GET, "Group/x/$export".to_string()),
                 "export" => (Method::GET, format!("{t}/$export")),
                 other => panic!("{t} claims ${other}: add it here"),
