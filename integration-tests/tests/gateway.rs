@@ -66,7 +66,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
     let ack = mllp_send(g.mllp, &msg(ORU, "LAB-0001")).await;
     assert_eq!(msa(&ack), ("AA".into(), "LAB-0001".into()));
     let status = get_json(&g.url("/status")).await;
-    assert_eq!(status["not_enrolled"], 1, "{status}");
+    assert_eq!(status["not_enrolled_total"], 1, "{status}");
     enrol(&g).await;
     let ack = mllp_send(g.mllp, &msg(ADT, "KIS-0001")).await;
     assert_eq!(msa(&ack), ("AA".into(), "KIS-0001".into()));
@@ -121,7 +121,7 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
         get_json(&store.url("Observation?_summary=count")).await["total"],
         2
     );
-    assert_eq!(get_json(&g.url("/status")).await["duplicates"], 1);
+    assert_eq!(get_json(&g.url("/status")).await["duplicates_total"], 1);
     // Nothing that identifies the patient reached the store.
     let mut everything = String::new();
     for t in [
@@ -164,6 +164,19 @@ async fn mllp_send_to_the_trial_store_pseudonymised() {
 async fn unmapped_codes_wait_in_the_dead_letter_queue() {
     let store = TestStore::start().await;
     let g = start_gateway(&store).await;
+    // Every counter is shown from the start, as 0.
+    let status = g.get("/status").await;
+    for key in [
+        "dead_letters",
+        "outbox",
+        "dead_letters_total",
+        "queued_total",
+        "duplicates_total",
+        "received_last_hour",
+        "mllp_connections_refused_total",
+    ] {
+        assert_eq!(status[key], 0, "{key}: {status}");
+    }
     enrol(&g).await;
     let unknown = msg(ORU, "LAB-0100").replace("BMI^Body mass index^L", "KNIE-SCORE^Knee score^L");
     let ack = mllp_send(g.mllp, &unknown).await;
@@ -189,6 +202,13 @@ async fn unmapped_codes_wait_in_the_dead_letter_queue() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert!(g.get("/dead-letters").await.as_array().unwrap().is_empty());
+    // `/status` says what is there now apart from what was ever counted: no dead letter is
+    // left, one was counted, and what the gateway took in within the hour (the enrolment and
+    // the message) is counted by the hour.
+    let status = g.get("/status").await;
+    assert_eq!(status["dead_letters"], 0, "{status}");
+    assert_eq!(status["dead_letters_total"], 1, "{status}");
+    assert_eq!(status["received_last_hour"], 2, "{status}");
 }
 
 fn framed(m: &[u8]) -> Vec<u8> {

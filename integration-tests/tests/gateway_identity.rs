@@ -112,7 +112,7 @@ async fn a_lost_end_byte_drops_the_cut_message_unacknowledged() {
         .is_none());
     assert_eq!(weights(&store, &g, "mc-01-001").await, Vec::<String>::new());
     assert_eq!(weights(&store, &g, "mc-01-002").await, ["80"]);
-    assert_eq!(g.get("/status").await["mllp_frames_abandoned"], 1);
+    assert_eq!(g.get("/status").await["mllp_frames_abandoned_total"], 1);
     // The resend of A lands on A.
     assert_eq!(
         msa(&exchange(
@@ -186,7 +186,7 @@ async fn identity_needs_the_assigning_authority() {
         .unwrap()
         .contains("no assigning authority"));
     let status = g.get("/status").await;
-    assert_eq!(status["identity_problems"], 1, "{status}");
+    assert_eq!(status["identity_problems_total"], 1, "{status}");
     // With its authority the value goes to the right one of the two.
     assert_eq!(
         msa(&send(&g, &oru("SUED-1", "4711^^^KH-SUED^MR", "76")).await).0,
@@ -336,7 +336,7 @@ async fn a_reused_control_id_with_new_content_waits_for_a_person() {
     let r = g.replay(id).await;
     assert_eq!(r["result"], "queued", "{r}");
     assert_eq!(weights(&store, &g, "mc-01-001").await, ["70", "80"]);
-    assert_eq!(g.get("/status").await["control_ids_reused"], 1);
+    assert_eq!(g.get("/status").await["control_ids_reused_total"], 1);
 }
 
 /// Versions in the store of a type, counted from its type history.

@@ -70,7 +70,7 @@ async fn idle_and_trickling_sockets_cannot_lock_a_sender_out() {
     }
     let status = g.get("/status").await;
     assert!(
-        status["mllp_connections_evicted"].as_u64().unwrap() >= 1,
+        status["mllp_connections_evicted_total"].as_u64().unwrap() >= 1,
         "{status}"
     );
     // A CR outside a frame does not keep a connection: the idle timeout counts from the last
@@ -116,8 +116,8 @@ async fn a_frame_that_never_ends_is_closed_and_counted() {
     }
     assert!(started.elapsed() < Duration::from_secs(3));
     let status = g.get("/status").await;
-    assert_eq!(status["mllp_frame_timeouts"], 2, "{status}");
-    assert_eq!(status["mllp_connections_refused"], 1, "{status}");
+    assert_eq!(status["mllp_frame_timeouts_total"], 2, "{status}");
+    assert_eq!(status["mllp_connections_refused_total"], 1, "{status}");
     // The places are free again.
     let mut s = TcpStream::connect(g.mllp).await.unwrap();
     assert_eq!(

@@ -492,6 +492,21 @@ fn audit_row(
     .map(|_| ())
 }
 
+/// The counters the gateway keeps (`bump`, `Effects::counters`), shown as `NAME_total` even
+/// before they first count.
+pub const COUNTERS: &[&str] = &[
+    "control_ids_reused",
+    "dead_letters",
+    "duplicates",
+    "enrolments",
+    "frames_too_large",
+    "identity_problems",
+    "merges",
+    "not_enrolled",
+    "observations_outside_the_dataset",
+    "queued",
+];
+
 fn bump_in(conn: &Connection, name: &str, by: i64) -> Result<(), rusqlite::Error> {
     conn.execute("INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2", params![name, by])
         .map(|_| ())
@@ -746,17 +761,23 @@ impl Db {
         .await
     }
 
-    /// Every counter, and the outbox and dead-letter depths.
+    /// What the gateway holds now and what it has counted: the current message states
+    /// (`messages_outbox` .. `messages_dead`, and `outbox` and `dead_letters`, the two an
+    /// integrator watches), what was taken in during the last hour (messages, enrolments, EHR
+    /// versions: `received_last_hour`, and of those now dead letters), and every lifetime counter
+    /// as `NAME_total` (0 when nothing was counted yet: "0" is an answer, a missing key is a
+    /// question).
     pub async fn status(&self) -> Result<serde_json::Value, DbError> {
         self.run(|conn| {
             let mut m = serde_json::Map::new();
+            for name in COUNTERS {
+                m.insert(format!("{name}_total"), 0.into());
+            }
             let mut q = conn.prepare("SELECT name, value FROM counter ORDER BY name")?;
             for row in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (n, v) = row?;
-                m.insert(n, v.into());
+                m.insert(format!("{n}_total"), v.into());
             }
-            // Every state is shown, an empty one as 0: "outbox 0" is an answer, a missing key
-            // is a question.
             for state in [State::Outbox, State::Forwarded, State::Done, State::Dead] {
                 m.insert(format!("messages_{}", state.as_str()), 0.into());
             }
@@ -765,6 +786,18 @@ impl Db {
                 let (n, v) = row?;
                 m.insert(format!("messages_{n}"), v.into());
             }
+            m.insert("outbox".into(), m["messages_outbox"].clone());
+            m.insert("dead_letters".into(), m["messages_dead"].clone());
+            let hour_ago = trialbridge_fhir::instant::format(
+                time::OffsetDateTime::now_utc() - time::Duration::hours(1),
+            );
+            let (received, dead): (i64, i64) = conn.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE state = 'dead') FROM message WHERE received >= ?1",
+                params![hour_ago],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            m.insert("received_last_hour".into(), received.into());
+            m.insert("dead_letters_last_hour".into(), dead.into());
             Ok(serde_json::Value::Object(m))
         })
         .await

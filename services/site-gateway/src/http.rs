@@ -350,7 +350,13 @@ async fn all_status(g: &Gateway) -> Result<Value, crate::db::DbError> {
     let mut s = g.db.status().await?;
     if let Value::Object(m) = &mut s {
         for (k, v) in g.connections.counters() {
-            m.insert(k.into(), v.into());
+            // Open connections are a current figure; the others count since the start.
+            let key = if k == "mllp_connections_open" {
+                k.to_string()
+            } else {
+                format!("{k}_total")
+            };
+            m.insert(key, v.into());
         }
     }
     Ok(s)
@@ -365,22 +371,31 @@ async fn metrics(State(g): State<Gateway>) -> Response {
     };
     let mut counters = String::new();
     let mut states = String::new();
+    let mut gauges = String::new();
     for (name, value) in status.as_object().into_iter().flatten() {
         let v = value.as_i64().unwrap_or(0);
-        match name.strip_prefix("messages_") {
-            Some(state) => states.push_str(&format!(
+        if let Some(state) = name.strip_prefix("messages_") {
+            states.push_str(&format!(
                 "trialbridge_gateway_messages{{state=\"{state}\"}} {v}\n"
-            )),
-            None => counters.push_str(&format!(
-                "trialbridge_gateway_events_total{{event=\"{name}\"}} {v}\n"
-            )),
+            ));
+        } else if let Some(event) = name.strip_suffix("_total") {
+            counters.push_str(&format!(
+                "trialbridge_gateway_events_total{{event=\"{event}\"}} {v}\n"
+            ));
+        } else if matches!(
+            name.as_str(),
+            "mllp_connections_open" | "received_last_hour" | "dead_letters_last_hour"
+        ) {
+            gauges.push_str(&format!(
+                "# TYPE trialbridge_gateway_{name} gauge\ntrialbridge_gateway_{name} {v}\n"
+            ));
         }
     }
     let text = format!(
         "# HELP trialbridge_gateway_messages Messages held by the gateway by state (outbox: waiting to be forwarded; dead: the dead-letter queue)\n\
          # TYPE trialbridge_gateway_messages gauge\n{states}\
          # HELP trialbridge_gateway_events_total Messages received, acknowledged, forwarded, refused, counted since the database was created; MLLP connection events since the start\n\
-         # TYPE trialbridge_gateway_events_total counter\n{counters}"
+         # TYPE trialbridge_gateway_events_total counter\n{counters}{gauges}"
     );
     (
         StatusCode::OK,

@@ -11,64 +11,31 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use sha2::Digest;
 use trialbridge_auth::{DevIssuer, TokenRequest};
+use trialbridge_pages::Reach;
 
 use crate::fhir::StoreState;
 
-/// `Content-Security-Policy` of the pages: their own scripts and styles only, no framing.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CSP),
-            ),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-            (
-                header::REFERRER_POLICY,
-                HeaderValue::from_static("no-referrer"),
-            ),
-        ],
-        body,
-    )
-        .into_response()
-}
+/// The files the store serves.
+const SERVED: &[&str] = &["monitor.html", "monitor.js", "signin.js", "app.css"];
 
 /// `GET /app/monitor`.
 pub async fn monitor_page() -> Response {
-    asset(
-        "text/html; charset=utf-8",
-        include_str!("../../app/monitor.html"),
-    )
+    trialbridge_pages::file("monitor.html", SERVED, &Reach::default())
 }
 
 /// `GET /app/{file}`: the pages' scripts and style sheet.
 pub async fn file(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
-    match name.as_str() {
-        "monitor.js" => asset(
-            "text/javascript; charset=utf-8",
-            include_str!("../../app/monitor.js"),
-        ),
-        "signin.js" => asset(
-            "text/javascript; charset=utf-8",
-            include_str!("../../app/signin.js"),
-        ),
-        "app.css" => asset("text/css; charset=utf-8", include_str!("../../app/app.css")),
-        "monitor" | "" => monitor_page().await,
-        _ => (StatusCode::NOT_FOUND, "no such page").into_response(),
-    }
+    let name = if name == "monitor" {
+        "monitor.html"
+    } else {
+        name.as_str()
+    };
+    trialbridge_pages::file(name, SERVED, &Reach::default())
 }
 
 /// The local profile's sign-in: the development key and the codes handed out and not yet
@@ -143,9 +110,8 @@ fn escape(s: &str) -> String {
 
 fn page_error(status: StatusCode, why: &str) -> Response {
     let body = format!("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign-in refused</title></head><body><main><h1>Sign-in refused</h1><p>{}</p></main></body></html>", escape(why));
-    let mut r = asset("text/html; charset=utf-8", "").into_response();
+    let mut r = trialbridge_pages::page("text/html; charset=utf-8", body, &Reach::default());
     *r.status_mut() = status;
-    *r.body_mut() = axum::body::Body::from(body);
     r
 }
 
@@ -223,9 +189,7 @@ pub async fn authorize_form(State(s): State<StoreState>, RawQuery(query): RawQue
 <fieldset><legend>Sites</legend>{sites}</fieldset>
 <p><button type="submit">Sign in</button></p></form></main></body></html>"#
     );
-    let mut r = asset("text/html; charset=utf-8", "").into_response();
-    *r.body_mut() = axum::body::Body::from(body);
-    r
+    trialbridge_pages::page("text/html; charset=utf-8", body, &Reach::default())
 }
 
 /// `POST /dev-issuer/authorize`: hands out a code for the chosen identity and sends the
