@@ -113,7 +113,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     // OAuth endpoints of its own; a configured identity provider takes precedence.
     let dev_sign_in = match &config.auth {
         AuthSource::LocalKey(dir) => {
-            let dev = rest::app::dev_sign_in(
+            let dev = security::sign_in::DevSignIn::open(
                 dir,
                 &config.auth_issuer,
                 &config.auth_audience,

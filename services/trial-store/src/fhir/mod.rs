@@ -43,7 +43,7 @@ pub struct StoreState {
     pub rules: Arc<dyn WriteRules>,
     /// The local profile's sign-in for the pages (none in production, where the sponsor's
     /// identity provider signs people in).
-    pub dev_sign_in: Option<Arc<crate::rest::app::DevSignIn>>,
+    pub dev_sign_in: Option<Arc<crate::security::sign_in::DevSignIn>>,
 }
 
 impl StoreState {

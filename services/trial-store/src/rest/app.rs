@@ -6,16 +6,12 @@
 //! `TRIALBRIDGE_AUTH_TOKEN_URL`) and these two endpoints do not exist.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine;
-use sha2::Digest;
-use trialbridge_auth::{DevIssuer, TokenRequest};
+use trialbridge_auth::TokenRequest;
 use trialbridge_pages::Reach;
 
 use crate::fhir::StoreState;
@@ -36,36 +32,6 @@ pub async fn file(axum::extract::Path(name): axum::extract::Path<String>) -> Res
         name.as_str()
     };
     trialbridge_pages::file(name, SERVED, &Reach::default())
-}
-
-/// The local profile's sign-in: the development key and the codes handed out and not yet
-/// exchanged.
-pub struct DevSignIn {
-    issuer: DevIssuer,
-    origin: String,
-    codes: Mutex<HashMap<String, Pending>>,
-}
-
-struct Pending {
-    challenge: String,
-    redirect_uri: String,
-    client_id: String,
-    request: TokenRequest,
-    issued: Instant,
-}
-
-/// How long a code may wait for its exchange.
-const CODE_LIFETIME: Duration = Duration::from_secs(120);
-
-impl DevSignIn {
-    /// Sign-in with `issuer`'s key for pages served at `origin` (`http://host:port`).
-    pub fn new(issuer: DevIssuer, origin: String) -> Self {
-        Self {
-            issuer,
-            origin,
-            codes: Mutex::default(),
-        }
-    }
 }
 
 /// The pairs of a form or query string (never refused: what is missing is checked by name).
@@ -149,7 +115,7 @@ pub async fn authorize_form(State(s): State<StoreState>, RawQuery(query): RawQue
             "this server signs in through the sponsor's identity provider",
         );
     };
-    if let Err(why) = checked(&q, &dev.origin) {
+    if let Err(why) = checked(&q, dev.origin()) {
         return page_error(StatusCode::BAD_REQUEST, &why);
     }
     let hidden: String = [
@@ -204,7 +170,7 @@ pub async fn authorize(State(s): State<StoreState>, body: Bytes) -> Response {
     };
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let q = AuthorizeRequest::from_pairs(&form);
-    if let Err(why) = checked(&q, &dev.origin) {
+    if let Err(why) = checked(&q, dev.origin()) {
         return page_error(StatusCode::BAD_REQUEST, &why);
     }
     let subject = get("subject").unwrap_or_default();
@@ -228,32 +194,19 @@ pub async fn authorize(State(s): State<StoreState>, body: Bytes) -> Response {
             "a name and at least one site are required (a site token names exactly one)",
         );
     }
-    let code = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
     let redirect_uri = q.redirect_uri.clone().unwrap_or_default();
-    {
-        let mut codes = dev.codes.lock().unwrap_or_else(|e| e.into_inner());
-        codes.retain(|_, p| p.issued.elapsed() < CODE_LIFETIME);
-        codes.insert(
-            code.clone(),
-            Pending {
-                challenge: q.code_challenge.clone().unwrap_or_default(),
-                redirect_uri: redirect_uri.clone(),
-                client_id: q.client_id.clone().unwrap_or_default(),
-                request: TokenRequest {
-                    subject: subject.trim().to_string(),
-                    role,
-                    sites,
-                    scope: trialbridge_auth::default_scopes(role).into(),
-                    lifetime_seconds: 3600,
-                },
-                issued: Instant::now(),
-            },
-        );
-    }
+    let code = dev.issue_code(
+        q.code_challenge.as_deref().unwrap_or_default(),
+        q.client_id.as_deref().unwrap_or_default(),
+        &redirect_uri,
+        TokenRequest {
+            subject: subject.trim().to_string(),
+            role,
+            sites,
+            scope: trialbridge_auth::default_scopes(role).into(),
+            lifetime_seconds: 3600,
+        },
+    );
     let mut back = url_with(&redirect_uri, &[("code", &code)]);
     if let Some(state) = &q.state {
         back = url_with(&back, &[("state", state)]);
@@ -306,58 +259,24 @@ pub async fn token(State(s): State<StoreState>, body: Bytes) -> Response {
             "grant_type must be authorization_code",
         );
     }
-    let code = form.get("code").cloned().unwrap_or_default();
-    let pending = dev
-        .codes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&code);
-    let Some(p) = pending.filter(|p| p.issued.elapsed() < CODE_LIFETIME) else {
-        return token_error("invalid_grant", "the code is unknown, used or expired");
-    };
-    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-    let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(verifier.as_bytes()));
-    if computed != p.challenge {
-        return token_error(
-            "invalid_grant",
-            "code_verifier does not match the code_challenge",
-        );
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    match dev.exchange(
+        field("code"),
+        field("code_verifier"),
+        field("client_id"),
+        field("redirect_uri"),
+    ) {
+        Err(why) => token_error("invalid_grant", why),
+        Ok(issued) => (
+            StatusCode::OK,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(serde_json::json!({
+                "access_token": issued.token, "token_type": "Bearer",
+                "expires_in": issued.lifetime_seconds, "scope": issued.scope,
+            })),
+        )
+            .into_response(),
     }
-    if form.get("redirect_uri") != Some(&p.redirect_uri)
-        || form.get("client_id") != Some(&p.client_id)
-    {
-        return token_error(
-            "invalid_grant",
-            "redirect_uri or client_id differ from the authorization request",
-        );
-    }
-    let token = dev.issuer.mint(&p.request);
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(serde_json::json!({
-            "access_token": token, "token_type": "Bearer",
-            "expires_in": p.request.lifetime_seconds, "scope": p.request.scope,
-        })),
-    )
-        .into_response()
-}
-
-/// The development sign-in for a store whose tokens are checked against the local key in
-/// `dir`, serving pages at `base_url`'s origin.
-pub fn dev_sign_in(
-    dir: &std::path::Path,
-    issuer: &str,
-    audience: &str,
-    base_url: &str,
-) -> std::io::Result<Arc<DevSignIn>> {
-    let dev = DevIssuer::load_or_create(dir, issuer, audience)?;
-    let origin = base_url
-        .strip_suffix("/fhir")
-        .unwrap_or(base_url)
-        .to_string();
-    Ok(Arc::new(DevSignIn::new(dev, origin)))
 }
 
 #[cfg(test)]
@@ -389,15 +308,6 @@ mod tests {
             assert!(checked(&request(bad, ok), "http://h:1").is_err(), "{bad}");
         }
         assert!(checked(&request("http://h:1/app/monitor", "short"), "http://h:1").is_err());
-    }
-
-    #[test]
-    fn the_rfc_7636_example_verifier_matches_its_challenge() {
-        // RFC 7636, appendix B.
-        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        let c = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(verifier.as_bytes()));
-        assert_eq!(c, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 
     #[test]

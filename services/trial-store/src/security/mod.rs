@@ -4,5 +4,6 @@
 
 pub mod audit;
 mod caller;
+pub mod sign_in;
 
 pub use caller::{in_site_namespace, named_site, resource_site, site_namespace, Caller};
