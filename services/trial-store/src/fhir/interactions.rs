@@ -90,6 +90,37 @@ pub fn checked_id(resource_type: &str, id: &str) -> Result<(), StoreError> {
     }
 }
 
+/// The version an operation's `version` parameter names (default `current`), which must
+/// exist.
+pub async fn version_asked(
+    s: &crate::fhir::StoreState,
+    caller: &Caller,
+    (rt, id): (&str, &str),
+    param: Option<serde_json::Value>,
+    current: i64,
+) -> Result<i64, StoreError> {
+    let version = match param {
+        Some(p) => p["valueInteger"].as_i64().ok_or_else(|| {
+            StoreError::new(
+                Status::BadRequest,
+                IssueType::Value,
+                "version is a valueInteger",
+            )
+            .at("Parameters.parameter")
+        })?,
+        None => current,
+    };
+    if s.store.vread(&caller.ctx, rt, id, version).await?.is_none() {
+        return Err(StoreError::new(
+            Status::BadRequest,
+            IssueType::Value,
+            format!("{rt}/{id} has no version {version}"),
+        )
+        .at("version"));
+    }
+    Ok(version)
+}
+
 /// Parses a body for `url_type` under the validation limits (duplicate keys and the like are
 /// refused with their position), then checks it as [`incoming`] does.
 pub fn incoming_from_bytes(

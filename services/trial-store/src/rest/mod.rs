@@ -83,13 +83,22 @@ pub fn routes(state: StoreState) -> Router {
         .route("/fhir/{rtype}/_history", get(history::of_type))
         .route("/fhir/{rtype}/{id}/$sdv", get(monitor::sdv))
         .route("/fhir/{rtype}/{id}/$diff", get(monitor::version_diff))
-        .route("/fhir/{rtype}/{id}/$verify", post(monitor::verify))
+        .route(
+            "/fhir/{rtype}/{id}/$verify",
+            post(monitor::write_operation::<{ monitor::VERIFY }>),
+        )
         .route(
             "/fhir/{rtype}/{id}/$raise-query",
-            post(monitor::raise_query),
+            post(monitor::write_operation::<{ monitor::RAISE_QUERY }>),
         )
-        .route("/fhir/{rtype}/{id}/$answer", post(monitor::answer_query))
-        .route("/fhir/{rtype}/{id}/$close", post(monitor::close_query))
+        .route(
+            "/fhir/{rtype}/{id}/$answer",
+            post(monitor::write_operation::<{ monitor::ANSWER_QUERY }>),
+        )
+        .route(
+            "/fhir/{rtype}/{id}/$close",
+            post(monitor::write_operation::<{ monitor::CLOSE_QUERY }>),
+        )
         .route(
             "/fhir/{rtype}/{id}",
             get(resources::read)

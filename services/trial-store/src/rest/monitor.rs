@@ -70,51 +70,18 @@ pub async fn version_diff(
     Ok(json_report(&report))
 }
 
-/// `POST [type]/{id}/$verify`.
-pub async fn verify(
-    State(s): State<StoreState>,
-    caller: Caller,
-    Instance { rt, id }: Instance,
-    a: Asked,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, StoreError> {
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let w = monitor::verify(&s, &caller, (rt, &id), &bytes).await?;
-    Ok(audited(written_response(&s, w, a.fmt, Default::default())))
-}
-
+/// The monitor's and the site's writing operations, one handler (`OP`: which).
+pub const VERIFY: u8 = 0;
 /// `POST [type]/{id}/$raise-query`.
-pub async fn raise_query(
-    State(s): State<StoreState>,
-    caller: Caller,
-    Instance { rt, id }: Instance,
-    a: Asked,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, StoreError> {
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let w = queries::raise(&s, &caller, (rt, &id), &bytes).await?;
-    Ok(audited(written_response(&s, w, a.fmt, Default::default())))
-}
-
+pub const RAISE_QUERY: u8 = 1;
 /// `POST Task/{id}/$answer`.
-pub async fn answer_query(
-    State(s): State<StoreState>,
-    caller: Caller,
-    Instance { rt, id }: Instance,
-    a: Asked,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, StoreError> {
-    only_on_task(rt, "$answer")?;
-    let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let w = queries::answer(&s, &caller, &id, &bytes).await?;
-    Ok(audited(written_response(&s, w, a.fmt, Default::default())))
-}
-
+pub const ANSWER_QUERY: u8 = 2;
 /// `POST Task/{id}/$close`.
-pub async fn close_query(
+pub const CLOSE_QUERY: u8 = 3;
+
+/// `POST [type]/{id}/$verify`, `POST [type]/{id}/$raise-query`, `POST Task/{id}/$answer`,
+/// `POST Task/{id}/$close`: the version written (or found), audited.
+pub async fn write_operation<const OP: u8>(
     State(s): State<StoreState>,
     caller: Caller,
     Instance { rt, id }: Instance,
@@ -122,9 +89,18 @@ pub async fn close_query(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, StoreError> {
-    only_on_task(rt, "$close")?;
+    match OP {
+        ANSWER_QUERY => only_on_task(rt, "$answer")?,
+        CLOSE_QUERY => only_on_task(rt, "$close")?,
+        _ => {}
+    }
     let bytes = read_body(&headers, body, s.config.max_body_bytes).await?;
-    let w = queries::close(&s, &caller, &id, &bytes).await?;
+    let w = match OP {
+        VERIFY => monitor::verify(&s, &caller, (rt, &id), &bytes).await?,
+        RAISE_QUERY => queries::raise(&s, &caller, (rt, &id), &bytes).await?,
+        ANSWER_QUERY => queries::answer(&s, &caller, &id, &bytes).await?,
+        _ => queries::close(&s, &caller, &id, &bytes).await?,
+    };
     Ok(audited(written_response(&s, w, a.fmt, Default::default())))
 }
 

@@ -738,18 +738,8 @@ pub async fn verify(
             .find(|p| p["name"] == name)
             .cloned()
     };
-    let version = match param("version") {
-        Some(p) => p["valueInteger"]
-            .as_i64()
-            .ok_or_else(|| bad("version is a valueInteger", "Parameters.parameter"))?,
-        None => current.version,
-    };
-    if s.store.vread(&caller.ctx, rt, id, version).await?.is_none() {
-        return Err(bad(
-            format!("{rt}/{id} has no version {version}"),
-            "version",
-        ));
-    }
+    let version =
+        interactions::version_asked(s, caller, (rt, id), param("version"), current.version).await?;
     let who = caller
         .principal
         .as_ref()

@@ -147,23 +147,13 @@ pub async fn raise(
     let params = parameters(s, bytes)?;
     let text = text_param(&params, "text")?
         .ok_or_else(|| bad("a query needs its text", "Parameters.parameter"))?;
-    let version = match params["parameter"]
+    let asked = params["parameter"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|p| p["name"] == "version")
-    {
-        Some(p) => p["valueInteger"]
-            .as_i64()
-            .ok_or_else(|| bad("version is a valueInteger", "Parameters.parameter"))?,
-        None => current.version,
-    };
-    if s.store.vread(&caller.ctx, rt, id, version).await?.is_none() {
-        return Err(bad(
-            format!("{rt}/{id} has no version {version}"),
-            "version",
-        ));
-    }
+        .cloned();
+    let version = interactions::version_asked(s, caller, (rt, id), asked, current.version).await?;
     let body: Value = current
         .body
         .as_deref()
