@@ -161,9 +161,13 @@ function valueRow(subjectId, item) {
         : null));
 }
 
+function postVerify(type, id) {
+  return api(`${type}/${id}/$verify`, { method: "POST", headers: { "content-type": "application/fhir+json" }, body: parameters([]) });
+}
+
 async function verify(subjectId, type, id) {
   try {
-    await api(`${type}/${id}/$verify`, { method: "POST", headers: { "content-type": "application/fhir+json" }, body: parameters([]) });
+    await postVerify(type, id);
     await subject(subjectId);
     say(`${type}/${id} verified.`, "ok");
   } catch (e) {
@@ -176,7 +180,7 @@ async function verifyAll(subjectId, items) {
     let n = 0;
     for (const item of items.filter((i) => !i.verified)) {
       const [type, id] = item.resource.split("/");
-      await api(`${type}/${id}/$verify`, { method: "POST", headers: { "content-type": "application/fhir+json" }, body: parameters([]) });
+      await postVerify(type, id);
       n += 1;
     }
     await subject(subjectId);

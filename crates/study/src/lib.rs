@@ -275,6 +275,17 @@ pub fn display(system: &str, code: &str) -> Option<&'static str> {
         .and_then(|l| l.iter().find_map(|c| c.display))
 }
 
+/// The display a study CodeSystem gives `(system, code)` (the sponsor's own codes, whose
+/// ValueSet entries carry none).
+pub fn code_system_display(system: &str, code: &str) -> Option<&'static str> {
+    resources()
+        .iter()
+        .filter(|r| r["resourceType"] == "CodeSystem" && r["url"] == system)
+        .flat_map(|r| r["concept"].as_array().into_iter().flatten())
+        .find(|c| c["code"] == code)
+        .and_then(|c| c["display"].as_str())
+}
+
 /// The resource of this type and id.
 pub fn resource(resource_type: &str, id: &str) -> Option<&'static Value> {
     resources().iter().find(|r| {

@@ -120,7 +120,7 @@ pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
                 &api.base_url,
             )
             .map_err(|e| RunError::Auth(format!("the development signing key: {e}")))?;
-            let origin = api.base_url.trim_end_matches("/fhir").to_string();
+            let origin = dev.origin().to_string();
             api.smart
                 .authorize
                 .get_or_insert_with(|| format!("{origin}/dev-issuer/authorize"));

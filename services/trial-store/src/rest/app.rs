@@ -12,7 +12,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use trialbridge_auth::TokenRequest;
-use trialbridge_pages::Reach;
 
 use crate::fhir::StoreState;
 
@@ -21,7 +20,7 @@ const SERVED: &[&str] = &["monitor.html", "monitor.js", "signin.js", "app.css"];
 
 /// `GET /app/monitor`.
 pub async fn monitor_page() -> Response {
-    trialbridge_pages::file("monitor.html", SERVED, &Reach::default())
+    trialbridge_pages::file("monitor.html", SERVED)
 }
 
 /// `GET /app/{file}`: the pages' scripts and style sheet.
@@ -31,7 +30,7 @@ pub async fn file(axum::extract::Path(name): axum::extract::Path<String>) -> Res
     } else {
         name.as_str()
     };
-    trialbridge_pages::file(name, SERVED, &Reach::default())
+    trialbridge_pages::file(name, SERVED)
 }
 
 /// The pairs of a form or query string (never refused: what is missing is checked by name).
@@ -76,7 +75,7 @@ fn escape(s: &str) -> String {
 
 fn page_error(status: StatusCode, why: &str) -> Response {
     let body = format!("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign-in refused</title></head><body><main><h1>Sign-in refused</h1><p>{}</p></main></body></html>", escape(why));
-    let mut r = trialbridge_pages::page("text/html; charset=utf-8", body, &Reach::default());
+    let mut r = trialbridge_pages::page("text/html; charset=utf-8", body);
     *r.status_mut() = status;
     r
 }
@@ -155,7 +154,7 @@ pub async fn authorize_form(State(s): State<StoreState>, RawQuery(query): RawQue
 <fieldset><legend>Sites</legend>{sites}</fieldset>
 <p><button type="submit">Sign in</button></p></form></main></body></html>"#
     );
-    trialbridge_pages::page("text/html; charset=utf-8", body, &Reach::default())
+    trialbridge_pages::page("text/html; charset=utf-8", body)
 }
 
 /// `POST /dev-issuer/authorize`: hands out a code for the chosen identity and sends the

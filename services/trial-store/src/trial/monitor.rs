@@ -284,9 +284,7 @@ fn query_summary(id: &str, t: &Value) -> Value {
     };
     json!({
         "task": format!("Task/{id}"),
-        "state": QueryState::of(t).map(|st| match st {
-            QueryState::Open => "open", QueryState::Answered => "answered", QueryState::Closed => "closed",
-        }),
+        "state": QueryState::of(t).map(QueryState::name),
         "focus": t.pointer("/focus/reference"),
         "text": t["description"],
         "raised": t["authoredOn"],
@@ -306,14 +304,15 @@ fn deviation_summary(id: &str, d: &Value) -> Value {
     })
 }
 
-/// Every resource of `t` whose `param` is `value` that the caller sees (id, body).
-async fn search_all(
+/// Every version of `t` whose `param` is `value` that the caller sees (current ones), all
+/// pages.
+async fn search_versions(
     s: &StoreState,
     caller: &Caller,
     t: &str,
     param: &str,
     value: &str,
-) -> Result<Vec<(String, Value)>, StoreError> {
+) -> Result<Vec<StoredVersion>, StoreError> {
     let req = trialbridge_fhir::search::parse(t, &[(param.to_string(), value.to_string())], true)
         .map_err(|i| StoreError::from_issue(Status::BadRequest, i))?;
     let mut out = Vec::new();
@@ -323,7 +322,7 @@ async fn search_all(
             .store
             .search(&caller.ctx, t, &req, after.as_ref(), 500)
             .await?;
-        out.extend(page.versions.iter().map(|v| (v.id.clone(), parse(v))));
+        out.extend(page.versions);
         match page.next {
             Some(c) => after = Some(c),
             None => return Ok(out),
@@ -331,22 +330,32 @@ async fn search_all(
     }
 }
 
-/// The display of a coding: its own, else the study's CodeSystem's.
+/// [`search_versions`], as (id, body).
+async fn search_all(
+    s: &StoreState,
+    caller: &Caller,
+    t: &str,
+    param: &str,
+    value: &str,
+) -> Result<Vec<(String, Value)>, StoreError> {
+    let found = search_versions(s, caller, t, param, value).await?;
+    Ok(found.iter().map(|v| (v.id.clone(), parse(v))).collect())
+}
+
+/// The display of a code: its first coding's own, the concept's text, else what the study's
+/// ValueSets or CodeSystems give it.
 fn display_of(code: Option<&Value>) -> Option<String> {
     let coding = code?.pointer("/coding/0")?;
-    if let Some(d) = coding["display"].as_str() {
+    if let Some(d) = coding["display"]
+        .as_str()
+        .or_else(|| code?["text"].as_str())
+    {
         return Some(d.to_string());
     }
-    if let Some(t) = code?.get("text").and_then(Value::as_str) {
-        return Some(t.to_string());
-    }
     let (system, code) = (coding["system"].as_str()?, coding["code"].as_str()?);
-    trialbridge_study::resources()
-        .iter()
-        .filter(|r| r["resourceType"] == "CodeSystem" && r["url"] == system)
-        .flat_map(|r| r["concept"].as_array().into_iter().flatten())
-        .find(|c| c["code"] == code)
-        .and_then(|c| c["display"].as_str().map(String::from))
+    trialbridge_study::display(system, code)
+        .or_else(|| trialbridge_study::code_system_display(system, code))
+        .map(String::from)
 }
 
 /// One item of `$sdv`: a value with its source, versions, verification state, data queries
@@ -492,35 +501,33 @@ async fn subject_sdv(
         id,
         s.store.read(&caller.ctx, "ResearchSubject", id).await?,
     )?;
-    let sb = parse(&subject);
+    subject_report(s, caller, &subject, only_unverified).await
+}
+
+/// The `$sdv` report of a subject the caller has read.
+async fn subject_report(
+    s: &StoreState,
+    caller: &Caller,
+    subject: &StoredVersion,
+    only_unverified: bool,
+) -> Result<Value, StoreError> {
+    let id = &subject.id;
+    let sb = parse(subject);
     let patient = sb
         .pointer("/individual/reference")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
     let evidence = SubjectEvidence::of(s, caller, &patient).await?;
-    let mut items = vec![item(s, caller, &subject, &evidence).await?];
+    let mut items = vec![item(s, caller, subject, &evidence).await?];
     for t in CLINICAL {
         let param = if *t == "AdverseEvent" {
             "subject"
         } else {
             "patient"
         };
-        let req = trialbridge_fhir::search::parse(t, &[(param.to_string(), patient.clone())], true)
-            .map_err(|i| StoreError::from_issue(Status::BadRequest, i))?;
-        let mut after = None;
-        loop {
-            let page = s
-                .store
-                .search(&caller.ctx, t, &req, after.as_ref(), 500)
-                .await?;
-            for v in &page.versions {
-                items.push(item(s, caller, v, &evidence).await?);
-            }
-            match page.next {
-                Some(c) => after = Some(c),
-                None => break,
-            }
+        for v in search_versions(s, caller, t, param, &patient).await? {
+            items.push(item(s, caller, &v, &evidence).await?);
         }
     }
     let total = items.len();
@@ -600,21 +607,14 @@ pub async fn site_sdv(
     let offset = number("_offset", 0, usize::MAX)?;
     let mut subjects = Vec::new();
     for site in &sites {
-        let found = search_all(
-            s,
-            caller,
-            "ResearchSubject",
-            "study",
-            &format!("ResearchStudy/{site}"),
-        )
-        .await?;
-        subjects.extend(found.into_iter().map(|(sid, _)| sid));
+        let study = format!("ResearchStudy/{site}");
+        subjects.extend(search_versions(s, caller, "ResearchSubject", "study", &study).await?);
     }
-    subjects.sort();
-    subjects.dedup();
+    subjects.sort_by(|a, b| a.id.cmp(&b.id));
+    subjects.dedup_by(|a, b| a.id == b.id);
     let mut rows = Vec::new();
-    for sid in subjects.iter().skip(offset).take(count) {
-        let r = subject_sdv(s, caller, sid, false).await?;
+    for subject in subjects.iter().skip(offset).take(count) {
+        let r = subject_report(s, caller, subject, false).await?;
         rows.push(json!({
             "subject": r["subject"], "identifier": r["identifier"], "status": r["status"],
             "site": r["site"], "values": r["values"], "verified": r["verified"],

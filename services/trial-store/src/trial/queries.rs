@@ -36,7 +36,8 @@ pub enum QueryState {
 }
 
 impl QueryState {
-    fn name(self) -> &'static str {
+    /// The state's name (`open`, `answered`, `closed`).
+    pub fn name(self) -> &'static str {
         match self {
             QueryState::Open => "open",
             QueryState::Answered => "answered",
