@@ -7,32 +7,10 @@
 //
 // usage: node monitor_flow.mjs ORIGIN SITE_TOKEN OUTDIR
 
-import { chromium } from "playwright-core";
-import { readFileSync, mkdirSync } from "node:fs";
-import { createRequire } from "node:module";
+import { launch, finish } from "./browser.mjs";
 
 const [origin, siteToken, outdir] = process.argv.slice(2);
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-mkdirSync(outdir, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: process.env.TRIALBRIDGE_TEST_CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
-const failures = [];
-
-async function check(page, name) {
-  await page.screenshot({ path: `${outdir}/${name}.png`, fullPage: true });
-  // axe runs through the DevTools protocol, so the page's CSP (no inline scripts) stays on.
-  await page.evaluate(axeSource);
-  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ["violations"] }));
-  for (const v of result.violations.filter((v) => v.impact === "serious" || v.impact === "critical")) {
-    failures.push(`${name}: ${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
-  }
-  console.log(`page ${name}: ${result.violations.length} axe findings, screenshot ${outdir}/${name}.png`);
-}
+const { browser, failures, check } = await launch(outdir);
 
 async function signIn(page, subject, site) {
   await page.goto(`${origin}/app/monitor`);
@@ -134,8 +112,4 @@ try {
 } finally {
   await browser.close();
 }
-if (failures.length) {
-  console.error(failures.join("\n"));
-  process.exit(1);
-}
-console.log("monitor flow: ok");
+finish(failures, "monitor flow");

@@ -29,6 +29,9 @@ fn protected() -> Vec<(Method, &'static str, Option<String>)> {
         (Method::DELETE, "/dead-letters/1", None),
         (Method::POST, "/dead-letters/1/replay", None),
         (Method::GET, "/audit", None),
+        (Method::GET, "/messages", None),
+        (Method::GET, "/messages?q=4711", None),
+        (Method::GET, "/messages/1", None),
         (Method::POST, "/hl7v2", Some(ORU.into())),
     ]
 }
@@ -117,11 +120,22 @@ async fn every_protected_endpoint_refuses_strangers() {
     assert_eq!(list, json!([]));
     let status = g.get("/status").await;
     assert_eq!(status["messages_done"], 0, "{status}");
-    // The open endpoints need nothing.
-    for path in ["/livez", "/readyz", "/status", "/metrics"] {
+    // The open endpoints need nothing: health, counters, and the console's files (no data).
+    for path in [
+        "/livez",
+        "/readyz",
+        "/status",
+        "/metrics",
+        "/app/console",
+        "/app/console.js",
+        "/app/settings.json",
+    ] {
         let (status, _) = call(&g, &Method::GET, path, &None, &[]).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
+    // The store's pages are not the gateway's.
+    let (status, _) = call(&g, &Method::GET, "/app/monitor.js", &None, &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     // Site staff of this site, on the gateway's own Host, may.
     let (status, text) = call(
         &g,
@@ -189,6 +203,43 @@ async fn bad_input_is_a_400_with_a_message_never_a_panic() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // The message list names what is wrong with its query.
+    for (query, says) in [
+        ("state=lost", "state"),
+        ("_count=0", "_count"),
+        ("_count=100000", "_count"),
+        ("before=x", "before"),
+    ] {
+        let r = staff()
+            .get(g.url(&format!("/messages?{query}")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{query}: {text}");
+        assert!(text.contains(says), "{query}: {text}");
+    }
+    for path in [
+        "/messages/x",
+        "/dead-letters/1e9",
+        "/dead-letters/%00/replay",
+    ] {
+        let r = staff().get(g.url(path)).send().await.unwrap();
+        let r = if path.ends_with("replay") {
+            staff().post(g.url(path)).send().await.unwrap()
+        } else {
+            r
+        };
+        assert_eq!(r.status(), 400, "{path}");
+        assert!(
+            r.text().await.unwrap().contains("OperationOutcome"),
+            "{path}"
+        );
+    }
+    let r = staff().get(g.url("/messages/99")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     // The gateway still answers.
     assert_eq!(g.get("/enrolments").await, json!([]));
+    assert_eq!(g.get("/messages").await["messages"], json!([]));
 }

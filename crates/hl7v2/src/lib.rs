@@ -8,6 +8,7 @@
 pub mod ack;
 pub mod escape;
 pub mod file;
+pub mod labels;
 pub mod mllp;
 
 use std::borrow::Cow;

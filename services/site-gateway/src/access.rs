@@ -23,9 +23,20 @@ use trialbridge_auth::{Interaction, Principal};
 
 use crate::Gateway;
 
-/// Paths served without a token: health, status and metrics (counters, no patient data).
+/// Paths served without a token: health, status and metrics (counters, no patient data), the
+/// console's files and where to sign in (the pages hold no data; what they show comes through
+/// the token-checked API).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/livez" | "/readyz" | "/status" | "/metrics")
+    matches!(
+        path,
+        "/livez"
+            | "/readyz"
+            | "/status"
+            | "/metrics"
+            | "/favicon.ico"
+            | "/.well-known/smart-configuration"
+    ) || path == "/app"
+        || path.starts_with("/app/")
 }
 
 /// The verified caller of a request, for the gateway's audit log.

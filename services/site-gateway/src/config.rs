@@ -240,6 +240,7 @@ impl GatewayConfig {
             api: ApiAccess {
                 tokens,
                 hosts: Vec::new(),
+                sign_in: None,
             },
             ehr: None,
             store_token: StoreToken::None,
@@ -363,7 +364,11 @@ impl GatewayConfig {
                 max_connections_per_address: a.mllp_max_per_address,
                 shutdown_grace: Duration::from_secs(a.shutdown_grace_seconds),
                 code_map_refresh: Duration::from_secs(a.code_map_refresh_seconds.max(1)),
-                api: ApiAccess { tokens, hosts },
+                api: ApiAccess {
+                    tokens,
+                    hosts,
+                    sign_in: None,
+                },
                 ehr,
                 store_token: a
                     .store_token
@@ -410,12 +415,25 @@ pub struct ApiAccess {
     pub tokens: Arc<trialbridge_auth::Authenticator>,
     /// Accepted Host values (`host:port`, lower case); empty: derived from the listener.
     pub hosts: Vec<String>,
+    /// Where the console's people sign in (OAuth 2.0 authorization code + PKCE), published at
+    /// `/.well-known/smart-configuration`; `None`: the console cannot sign anyone in.
+    pub sign_in: Option<SignIn>,
+}
+
+/// The OAuth 2.0 endpoints of the issuer of the gateway's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignIn {
+    /// Authorization endpoint.
+    pub authorize: String,
+    /// Token endpoint.
+    pub token: String,
 }
 
 impl std::fmt::Debug for ApiAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiAccess")
             .field("hosts", &self.hosts)
+            .field("sign_in", &self.sign_in)
             .finish_non_exhaustive()
     }
 }

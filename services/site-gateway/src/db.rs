@@ -41,6 +41,13 @@ pub enum State {
 }
 
 impl State {
+    /// The state by its name in the database and the API.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Outbox, Self::Forwarded, Self::Done, Self::Dead]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Outbox => "outbox",
@@ -58,6 +65,9 @@ pub struct NewMessage<'a> {
     pub sender: &'a str,
     /// MSH-10.
     pub control_id: &'a str,
+    /// What it is, for people searching the message list: `ORU^R01` (MSH-9), `FHIR
+    /// Observation` for an EHR version.
+    pub kind: &'a str,
     /// SHA-256 of the message text (segments joined by CR); empty for rows whose control id
     /// is unique by construction (enrolments, EHR versions).
     pub fingerprint: &'a str,
@@ -210,6 +220,100 @@ pub struct DeadLetter {
     /// The message (only when one is inspected).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Which messages a console lists: newest first, at most `limit`, older than `before`.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    /// Only this state.
+    pub state: Option<State>,
+    /// Text found in the control id, sender, kind or reason, or a subject id.
+    pub text: Option<String>,
+    /// Only rows with a smaller id (the next page).
+    pub before: Option<i64>,
+    /// Most rows.
+    pub limit: usize,
+}
+
+/// A message as the console lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRow {
+    /// Row id.
+    pub id: i64,
+    /// `outbox`, `forwarded`, `done` or `dead`.
+    pub state: &'static str,
+    /// MSH-9 (`ORU^R01`), `enrolment`, `FHIR Observation`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// MSH-3^MSH-4.
+    pub sender: String,
+    /// MSH-10.
+    pub control_id: String,
+    /// Received time.
+    pub received: String,
+    /// Why it is dead, dropped or discarded.
+    pub reason: String,
+    /// The subjects its FHIR is about (`MC-01-001`).
+    pub subjects: Vec<String>,
+    /// Whether it was about a patient who is not enrolled (nothing of it is kept).
+    pub not_enrolled: bool,
+    /// Forwarding attempts.
+    pub attempts: i64,
+}
+
+/// One message with what it became.
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    /// As listed.
+    pub row: MessageRow,
+    /// The message as received (`None` when not kept).
+    pub raw: Option<Vec<u8>>,
+    /// The transaction Bundle for the trial store.
+    pub bundle: Option<String>,
+    /// The acknowledgement sent.
+    pub ack: String,
+}
+
+/// The subjects a Bundle's resources point at: the pseudonymous Patient ids (`mc-01-001`) as
+/// subject ids. A scan for `"Patient/` rather than a parse: the list shows up to a page of
+/// Bundles at a time.
+pub fn subjects_of(bundle: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, _) in bundle.match_indices("\"Patient/") {
+        let id: String = bundle[i + 9..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+            .collect();
+        let subject = id.to_ascii_uppercase();
+        if !id.is_empty() && !out.contains(&subject) {
+            out.push(subject);
+        }
+    }
+    out
+}
+
+const MESSAGE_COLUMNS: &str = "id, state, coalesce(kind, ''), sender, control_id, received, coalesce(reason, ''), attempts, bundle";
+
+fn message_row(r: &rusqlite::Row<'_>) -> Result<(MessageRow, Option<String>), rusqlite::Error> {
+    let state: String = r.get(1)?;
+    let reason: String = r.get(6)?;
+    let bundle: Option<String> = r.get(8)?;
+    Ok((
+        MessageRow {
+            id: r.get(0)?,
+            state: State::parse(&state).map_or("unknown", State::as_str),
+            kind: r.get(2)?,
+            sender: r.get(3)?,
+            control_id: r.get(4)?,
+            received: r.get(5)?,
+            not_enrolled: reason == "not enrolled",
+            reason,
+            subjects: bundle.as_deref().map(subjects_of).unwrap_or_default(),
+            attempts: r.get(7)?,
+        },
+        bundle,
+    ))
 }
 
 /// A visit's Encounter as it stands after `new`: what `new` says replaces what was known, what
@@ -400,6 +504,7 @@ CREATE TABLE IF NOT EXISTS message (
     ack TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     traceparent TEXT,
+    kind TEXT,
     UNIQUE (sender, control_id, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS message_outbox ON message (state, id);
@@ -463,6 +568,17 @@ fn upgrade(conn: &Connection) -> Result<(), rusqlite::Error> {
          DROP TABLE message_before_fingerprints;
          COMMIT;",
     )
+}
+
+/// Databases made before the message list: a `kind` column (MSH-9), empty for older rows.
+fn add_kind(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('message') WHERE name = 'kind'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE message ADD COLUMN kind TEXT")?;
+    }
+    Ok(())
 }
 
 /// A key-list row of `SELECT authority, mrn, subject_id, patient_id, site_study`.
@@ -598,6 +714,7 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         upgrade(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        add_kind(&conn)?;
         let reader = Connection::open(path)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -672,11 +789,12 @@ impl Db {
     /// control id the sender used for other content as [`Recorded::Reused`] (the row is then
     /// a dead letter, and no effect is applied).
     pub async fn record(&self, m: NewMessage<'_>, effects: Effects) -> Result<Recorded, DbError> {
-        let (sender, control_id, fingerprint, received) = (
+        let (sender, control_id, fingerprint, received, kind) = (
             m.sender.to_string(),
             m.control_id.to_string(),
             m.fingerprint.to_string(),
             m.received.to_string(),
+            m.kind.to_string(),
         );
         let raw = m.raw.map(<[u8]>::to_vec);
         let (state, reason, mut bundle, ack) = (
@@ -700,10 +818,10 @@ impl Db {
             }
             if let (Some(reused), false) = (&reused_ack, earlier.is_empty()) {
                 tx.execute(
-                    "INSERT INTO message (sender, control_id, fingerprint, received, raw, state, reason, ack, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, 'dead', ?6, ?7, ?8)",
+                    "INSERT INTO message (sender, control_id, fingerprint, received, raw, state, reason, ack, traceparent, kind) VALUES (?1, ?2, ?3, ?4, ?5, 'dead', ?6, ?7, ?8, ?9)",
                     params![sender, control_id, fingerprint, received, raw,
                         format!("the sender used control id {control_id} before for a message with other content; decide whether this is a new message (replay) or an error (discard)"),
-                        reused, trace],
+                        reused, trace, kind],
                 )?;
                 let id = tx.last_insert_rowid();
                 bump_in(tx, "control_ids_reused", 1)?;
@@ -720,8 +838,8 @@ impl Db {
             }
             apply_key_changes(tx, &effects.key_changes, &received, "merge")?;
             tx.execute(
-                "INSERT INTO message (sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, trace],
+                "INSERT INTO message (sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, traceparent, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![sender, control_id, fingerprint, received, raw, state, reason, bundle, ack, trace, kind],
             )?;
             let id = tx.last_insert_rowid();
             for (name, v) in &effects.counters {
@@ -851,7 +969,7 @@ impl Db {
             let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
                 {"resource": p, "request": {"method": "PUT", "url": format!("Patient/{}", who.patient_id)}}]});
             tx.execute(
-                "INSERT INTO message (sender, control_id, fingerprint, received, state, bundle, ack) VALUES ('site-gateway^enrolment', ?1, '', ?2, 'outbox', ?3, '')",
+                "INSERT INTO message (sender, control_id, fingerprint, received, state, bundle, ack, kind) VALUES ('site-gateway^enrolment', ?1, '', ?2, 'outbox', ?3, '', 'enrolment')",
                 params![format!("enrolment-{}-{}", who.subject_id, at), at, bundle.to_string()],
             )?;
             let id = tx.last_insert_rowid();
@@ -1082,6 +1200,59 @@ impl Db {
         .await
     }
 
+    /// The messages `filter` selects, newest first. The text search scans (control id, sender,
+    /// kind, reason, the Bundle's Patient references): a console's query over a site's
+    /// messages, not a hot path.
+    pub async fn messages(&self, filter: MessageFilter) -> Result<Vec<MessageRow>, DbError> {
+        self.run(move |conn| {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM message
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR id < ?2)
+                   AND (?3 IS NULL OR instr(lower(control_id), ?3) OR instr(lower(sender), ?3)
+                        OR instr(lower(coalesce(kind, '')), ?3) OR instr(lower(coalesce(reason, '')), ?3)
+                        OR instr(coalesce(bundle, ''), '\"Patient/' || ?3))
+                 ORDER BY id DESC LIMIT ?4"
+            );
+            let mut q = conn.prepare_cached(&sql)?;
+            let text = filter
+                .text
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| !t.is_empty());
+            let rows = q.query_map(
+                params![
+                    filter.state.map(State::as_str),
+                    filter.before,
+                    text,
+                    filter.limit as i64
+                ],
+                |r| message_row(r).map(|(row, _)| row),
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// One message with its raw text, Bundle and acknowledgement.
+    pub async fn message(&self, id: i64) -> Result<Option<MessageRecord>, DbError> {
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {MESSAGE_COLUMNS}, raw, ack FROM message WHERE id = ?1"),
+                params![id],
+                |r| {
+                    let (row, bundle) = message_row(r)?;
+                    Ok(MessageRecord {
+                        row,
+                        bundle,
+                        raw: r.get(9)?,
+                        ack: r.get(10)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
     /// Discards a dead letter (its row stays as `done`, with the reasons, for the record; the
     /// message itself is erased), audited.
     pub async fn discard(&self, id: i64, by: String, why: String) -> Result<bool, DbError> {
@@ -1101,6 +1272,122 @@ impl Db {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_bundles_subjects_are_its_patient_references() {
+        let b = json!({"resourceType": "Bundle", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "mc-01-001"}, "request": {"url": "Patient/mc-01-001"}},
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/mc-01-001"}}},
+            {"resource": {"resourceType": "Observation", "subject": {"reference": "Patient/mc-01-002"}}},
+        ]});
+        assert_eq!(subjects_of(&b.to_string()), ["MC-01-001", "MC-01-002"]);
+        assert!(subjects_of("{}").is_empty());
+        assert!(subjects_of("\"Patient/").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_message_list_finds_by_text_state_and_subject_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("g.db")).unwrap();
+        let bundle =
+            json!({"entry": [{"resource": {"subject": {"reference": "Patient/mc-01-007"}}}]})
+                .to_string();
+        for (i, (kind, state, reason)) in [
+            ("ORU^R01", State::Outbox, None),
+            ("ADT^A01", State::Done, Some("not enrolled")),
+            (
+                "ORU^R01",
+                State::Dead,
+                Some("OBX 1: local code KNIE-GR is not in the code map"),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let control = format!("CTRL-{i}");
+            let r = db
+                .record(
+                    NewMessage {
+                        sender: "LAB^KH",
+                        control_id: &control,
+                        kind,
+                        fingerprint: "f",
+                        received: "2026-03-02T08:00:00Z",
+                        raw: (reason != Some("not enrolled"))
+                            .then_some(b"MSH|^~\\&|LAB|KH\r".as_slice()),
+                        state,
+                        reason,
+                        bundle: (state == State::Outbox).then_some(bundle.as_str()),
+                        ack: "MSH|^~\\&\rMSA|AA|x\r",
+                        reused_ack: None,
+                    },
+                    Effects::default(),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(r, Recorded::Stored(_)));
+        }
+        let list = |state: Option<State>, text: Option<&str>, before: Option<i64>| {
+            let db = db.clone();
+            let text = text.map(String::from);
+            async move {
+                db.messages(MessageFilter {
+                    state,
+                    text,
+                    before,
+                    limit: 2,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.control_id)
+                .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            list(None, None, None).await,
+            ["CTRL-2", "CTRL-1"],
+            "newest first, a page of 2"
+        );
+        assert_eq!(list(None, None, Some(2)).await, ["CTRL-0"]);
+        assert_eq!(list(Some(State::Dead), None, None).await, ["CTRL-2"]);
+        assert_eq!(
+            list(None, Some("knie-gr"), None).await,
+            ["CTRL-2"],
+            "reason, any case"
+        );
+        assert_eq!(list(None, Some("adt^a01"), None).await, ["CTRL-1"], "type");
+        assert_eq!(
+            list(None, Some("MC-01-007"), None).await,
+            ["CTRL-0"],
+            "subject"
+        );
+        assert_eq!(
+            list(None, Some("ctrl-1"), None).await,
+            ["CTRL-1"],
+            "control id"
+        );
+        assert!(
+            list(None, Some("%"), None).await.is_empty(),
+            "no LIKE wildcards"
+        );
+        let all = db
+            .messages(MessageFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(all[1].not_enrolled);
+        assert_eq!(all[2].subjects, ["MC-01-007"]);
+        assert_eq!(all[2].kind, "ORU^R01");
+        let one = db.message(all[1].id).await.unwrap().unwrap();
+        assert!(
+            one.raw.is_none(),
+            "nothing of a patient who is not enrolled is kept"
+        );
+        assert!(db.message(999).await.unwrap().is_none());
+    }
 
     #[test]
     fn a_visit_is_merged_message_by_message() {

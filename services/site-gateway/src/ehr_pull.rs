@@ -291,9 +291,11 @@ pub async fn poll_once(gateway: &Gateway, config: &EhrConfig) -> Result<usize, P
                     );
                     let control = format!("{ty}/{id}/_history/{version}");
                     let sender = format!("ehr^{base}");
+                    let kind = format!("FHIR {ty}");
                     let base_row = NewMessage {
                         sender: &sender,
                         control_id: &control,
+                        kind: &kind,
                         fingerprint: "",
                         received: &received,
                         raw: None,

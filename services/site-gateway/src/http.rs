@@ -1,7 +1,9 @@
 //! The gateway's HTTP API: `POST /hl7v2` for sites that cannot do MLLP, the key list
-//! (`/enrolments`: it maps MRNs to subject ids and never leaves the site), the dead-letter
-//! queue (`/dead-letters`: list, inspect, replay, discard), the gateway's audit log
-//! (`/audit`), status, metrics and health. Who may call what is `access`'s job.
+//! (`/enrolments`: it maps MRNs to subject ids and never leaves the site), the message list
+//! (`/messages`: search, one message with its fields labelled beside its FHIR and ACK), the
+//! dead-letter queue (`/dead-letters`: list, inspect, replay, discard), the gateway's audit log
+//! (`/audit`), status, metrics and health; and the integrator console that uses them (`/app`).
+//! Who may call what is `access`'s job.
 
 use std::sync::Arc;
 
@@ -16,6 +18,27 @@ use serde_json::{json, Value};
 use crate::access::{problem, ApiCaller, Guard};
 use crate::db::{Fact, SubjectFacts};
 use crate::Gateway;
+
+/// The id of a message row in a path (`/messages/{id}`, `/dead-letters/{id}`); anything but
+/// a number is a 400 OperationOutcome naming it.
+pub struct MessageId(i64);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MessageId {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Path::<i64>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(MessageId(id)),
+            Err(_) => Err(problem(
+                StatusCode::BAD_REQUEST,
+                "the message id in the path is a number (the id of /messages or /dead-letters)",
+            )),
+        }
+    }
+}
 
 /// The header that carries the reason for a key-list or dead-letter decision.
 pub const REASON_HEADER: &str = "x-reason-for-change";
@@ -32,7 +55,16 @@ pub fn router(gateway: Gateway, hosts: Vec<String>) -> Router {
         .route("/dead-letters", get(dead_letters))
         .route("/dead-letters/{id}", get(dead_letter).delete(discard))
         .route("/dead-letters/{id}/replay", post(replay))
+        .route("/messages", get(messages))
+        .route("/messages/{id}", get(message))
         .route("/audit", get(audit))
+        .route(
+            "/app",
+            get(|| async { axum::response::Redirect::to("/app/console") }),
+        )
+        .route("/app/settings.json", get(console_settings))
+        .route("/app/{file}", get(console_file))
+        .route("/.well-known/smart-configuration", get(smart_configuration))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { "ok" }))
@@ -273,7 +305,7 @@ async fn dead_letters(State(g): State<Gateway>) -> Response {
 async fn dead_letter(
     State(g): State<Gateway>,
     Extension(caller): Extension<ApiCaller>,
-    Path(id): Path<i64>,
+    MessageId(id): MessageId,
 ) -> Response {
     match g.db.dead_letter(id).await {
         Ok(Some((d, _))) => {
@@ -298,7 +330,7 @@ async fn dead_letter(
 async fn replay(
     State(g): State<Gateway>,
     Extension(caller): Extension<ApiCaller>,
-    Path(id): Path<i64>,
+    MessageId(id): MessageId,
 ) -> Response {
     match g.replay(id, &caller.subject).await {
         Ok(Some(result)) => Json(json!({"id": id, "result": result})).into_response(),
@@ -311,7 +343,7 @@ async fn discard(
     State(g): State<Gateway>,
     Extension(caller): Extension<ApiCaller>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    MessageId(id): MessageId,
 ) -> Response {
     let Some(why) = reason(&headers) else {
         return no_reason();
@@ -321,6 +353,164 @@ async fn discard(
         Ok(false) => problem(StatusCode::NOT_FOUND, format!("no dead letter {id}")),
         Err(e) => failed(e),
     }
+}
+
+/// The files of the console.
+const CONSOLE: &[&str] = &["console.html", "console.js", "signin.js", "app.css"];
+
+/// `GET /app/{file}`: the console (`/app/console`) and its scripts, under a policy that lets
+/// the page call the issuer's token endpoint.
+async fn console_file(State(g): State<Gateway>, Path(name): Path<String>) -> Response {
+    let name = if name == "console" {
+        "console.html"
+    } else {
+        name.as_str()
+    };
+    let issuer: Vec<&str> = g
+        .config
+        .api
+        .sign_in
+        .iter()
+        .map(|s| s.token.as_str())
+        .collect();
+    trialbridge_pages::file_with_policy(name, CONSOLE, &trialbridge_pages::policy(&issuer, &[]))
+}
+
+/// `GET /app/settings.json`: what the console shows before anyone signs in.
+async fn console_settings(State(g): State<Gateway>) -> Response {
+    let mut r = Json(json!({
+        "site": g.config.site,
+        "timeZone": g.config.timezone.iana_name().unwrap_or("UTC"),
+    }))
+    .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, "no-store".parse().expect("a header"));
+    r
+}
+
+/// `GET /.well-known/smart-configuration`: where the console signs people in (SMART App
+/// Launch discovery, the same document the trial store serves); 404 when none is configured.
+async fn smart_configuration(State(g): State<Gateway>) -> Response {
+    match &g.config.api.sign_in {
+        Some(s) => Json(json!({
+            "authorization_endpoint": s.authorize,
+            "token_endpoint": s.token,
+            "grant_types_supported": ["authorization_code"],
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
+            "capabilities": ["launch-standalone", "client-public"],
+        }))
+        .into_response(),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "this gateway names no sign-in (TRIALBRIDGE_AUTH_AUTHORIZE_URL, TRIALBRIDGE_AUTH_TOKEN_URL)",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MessagesQuery {
+    q: Option<String>,
+    state: Option<String>,
+    before: Option<i64>,
+    #[serde(rename = "_count")]
+    count: Option<usize>,
+}
+
+/// `GET /messages?q=&state=&before=&_count=`: newest first; `next` is the `before` of the
+/// following page.
+async fn messages(
+    State(g): State<Gateway>,
+    query: Result<Query<MessagesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the query takes q (text), state (outbox, forwarded, done, dead), before (a message id) and _count (1 to 200)",
+        );
+    };
+    let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match crate::db::State::parse(s) {
+            Some(s) => Some(s),
+            None => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "state: '{}' is not outbox, forwarded, done or dead",
+                        s.chars().take(40).collect::<String>()
+                    ),
+                )
+            }
+        },
+    };
+    let limit = match q.count.unwrap_or(50) {
+        n @ 1..=200 => n,
+        _ => return problem(StatusCode::BAD_REQUEST, "_count is 1 to 200"),
+    };
+    let filter = crate::db::MessageFilter {
+        state,
+        text: q.q,
+        before: q.before,
+        limit: limit + 1,
+    };
+    match g.db.messages(filter).await {
+        Ok(mut rows) => {
+            let next = (rows.len() > limit).then(|| rows[limit - 1].id);
+            rows.truncate(limit);
+            Json(json!({"messages": rows, "next": next})).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// Each segment of an HL7 v2 text with its fields labelled; `None` when it does not parse.
+fn labelled(text: &[u8]) -> Option<Value> {
+    let m = trialbridge_hl7v2::Message::parse(text).ok()?;
+    Some(json!(trialbridge_hl7v2::labels::labelled(&m)
+        .into_iter()
+        .map(|s| json!({
+            "id": s.id,
+            "number": s.number,
+            "fields": s.fields.into_iter().map(|f| json!({"position": f.position, "name": f.name, "value": f.value})).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>()))
+}
+
+/// `GET /messages/{id}`: the message as received (text and labelled fields), the Bundle it
+/// became and the ACK that was sent. The raw message is PHI: who read it is recorded.
+async fn message(
+    State(g): State<Gateway>,
+    Extension(caller): Extension<ApiCaller>,
+    MessageId(id): MessageId,
+) -> Response {
+    let record = match g.db.message(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no message {id}")),
+        Err(e) => return failed(e),
+    };
+    if record.raw.is_some() {
+        if let Err(e) =
+            g.db.audit(caller.subject, "read-message", json!({"message": id}))
+                .await
+        {
+            return failed(e);
+        }
+    }
+    let mut out = json!(record.row);
+    out["raw"] = json!(record
+        .raw
+        .as_deref()
+        .map(|r| String::from_utf8_lossy(r).replace('\r', "\n")));
+    out["segments"] = record.raw.as_deref().and_then(labelled).into();
+    out["bundle"] = record
+        .bundle
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+        .into();
+    out["ack"] = json!(record.ack.replace('\r', "\n"));
+    out["ackSegments"] = labelled(record.ack.as_bytes()).into();
+    Json(out).into_response()
 }
 
 #[derive(serde::Deserialize)]

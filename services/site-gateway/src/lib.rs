@@ -22,7 +22,7 @@ pub mod receive;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{ApiAccess, GatewayArgs, GatewayConfig, StoreToken};
+pub use config::{ApiAccess, GatewayArgs, GatewayConfig, SignIn, StoreToken};
 pub use receive::Received;
 
 use crate::db::{Db, EnrolConflict, SubjectFacts};

@@ -86,6 +86,8 @@ pub struct Admitted {
     pub sender: String,
     /// MSH-10.
     pub control_id: String,
+    /// MSH-9's message type and trigger event (`ORU^R01`).
+    pub kind: String,
     /// SHA-256 of the message's segments (CR-separated): the same content sent again has the
     /// same fingerprint whatever its line ends or framing.
     pub fingerprint: String,
@@ -177,6 +179,7 @@ pub fn admit(msg: &Message) -> Result<Admitted, Received> {
     }
     Ok(Admitted {
         sender: format!("{}^{}", msg.msh(3).value(), msg.msh(4).value()),
+        kind: format!("{}^{}", msg.msh(9).component(1), msg.msh(9).component(2)),
         control_id,
         fingerprint: fingerprint(msg),
         of,
@@ -457,6 +460,7 @@ impl Gateway {
                 NewMessage {
                     sender: &a.sender,
                     control_id: &a.control_id,
+                    kind: &a.kind,
                     fingerprint: &a.fingerprint,
                     received: &now_instant(),
                     raw: Some(bytes),
@@ -532,6 +536,7 @@ impl Gateway {
         let base = NewMessage {
             sender: &a.sender,
             control_id: &a.control_id,
+            kind: &a.kind,
             fingerprint: &a.fingerprint,
             received: &origin.received,
             raw: None,

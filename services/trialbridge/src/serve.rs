@@ -50,6 +50,15 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
         Ok(c) => c,
         Err(p) => return report(p),
     };
+    // Site staff sign in to the gateway's console where people sign in to the store's pages
+    // (in the local profile: the store's development issuer).
+    let smart = &bound.state.config.smart;
+    if let (Some(authorize), Some(token)) = (&smart.authorize, &smart.token) {
+        gateway_config.api.sign_in = Some(site_gateway::SignIn {
+            authorize: authorize.clone(),
+            token: token.clone(),
+        });
+    }
     // In the local profile the gateway signs its own site token with the development key.
     if let (trial_store::AuthSource::LocalKey(dir), site_gateway::StoreToken::None) =
         (&store_config.auth, &gateway_config.store_token)
@@ -98,13 +107,19 @@ pub async fn run(store_args: ServeArgs, gateway_args: GatewayArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The development issuer sends people back to the console's pages too.
+    if let (Some(dev), Ok(addr)) = (&bound.state.dev_sign_in, api.local_addr()) {
+        for host in gateway.config.api_hosts(addr) {
+            dev.allow_pages_of(&format!("http://{host}"));
+        }
+    }
     println!("{base}");
     eprintln!(
         "trialbridge: trial store listening, FHIR base {base} (database {})",
         trialbridge_storage::redacted_url(&store_config.database_url)
     );
     eprintln!(
-        "trialbridge: site gateway for {} listening, MLLP {} and HTTP http://{} (database {}), forwarding to {}",
+        "trialbridge: site gateway for {} listening, MLLP {} and HTTP http://{} (console http://{2}/app; database {}), forwarding to {}",
         gateway.config.site,
         mllp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -173,7 +188,7 @@ pub async fn gateway_only(store_args: ServeArgs, gateway_args: GatewayArgs) -> E
             Err(e) => return report(vec![e]),
         };
     let gateway_args = in_data_dir(gateway_args, &data_dir);
-    let config = match GatewayConfig::from_args(
+    let mut config = match GatewayConfig::from_args(
         &gateway_args,
         "http://127.0.0.1:8080/fhir",
         data_dir.join("site-gateway.db"),
@@ -182,6 +197,16 @@ pub async fn gateway_only(store_args: ServeArgs, gateway_args: GatewayArgs) -> E
         Ok(c) => c,
         Err(p) => return report(p),
     };
+    // The console signs site staff in at the issuer of the API's tokens.
+    if let (Some(authorize), Some(token)) = (
+        &store_args.auth.auth_authorize_url,
+        &store_args.auth.auth_token_url,
+    ) {
+        config.api.sign_in = Some(site_gateway::SignIn {
+            authorize: authorize.clone(),
+            token: token.clone(),
+        });
+    }
     eprintln!(
         "trialbridge: site gateway for {}, MLLP {} and HTTP http://{} (database {}), forwarding to {}",
         config.site,

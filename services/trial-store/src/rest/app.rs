@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use trialbridge_auth::TokenRequest;
 
 use crate::fhir::StoreState;
+use crate::security::sign_in::DevSignIn;
 
 /// The files the store serves.
 const SERVED: &[&str] = &["monitor.html", "monitor.js", "signin.js", "app.css"];
@@ -80,9 +81,10 @@ fn page_error(status: StatusCode, why: &str) -> Response {
     r
 }
 
-/// Checks an authorization request: code flow, PKCE with S256, a redirect back to this
-/// server's own pages (never elsewhere: the local issuer is no open redirector).
-fn checked(q: &AuthorizeRequest, origin: &str) -> Result<(), String> {
+/// Checks an authorization request: code flow, PKCE with S256, a redirect back to a page of
+/// this server or of an origin allowed to sign in here (never elsewhere: the local issuer is
+/// no open redirector).
+fn checked(q: &AuthorizeRequest, dev: &DevSignIn) -> Result<(), String> {
     if q.response_type.as_deref() != Some("code") {
         return Err("response_type must be code".into());
     }
@@ -90,9 +92,10 @@ fn checked(q: &AuthorizeRequest, origin: &str) -> Result<(), String> {
         return Err("client_id is required".into());
     }
     let redirect = q.redirect_uri.as_deref().unwrap_or("");
-    if !redirect.starts_with(&format!("{origin}/app/")) {
+    if !dev.may_return_to(redirect) {
         return Err(format!(
-            "redirect_uri must be a page of this server ({origin}/app/...)"
+            "redirect_uri must be a page of this server ({}/app/...) or of a console allowed to sign in here",
+            dev.origin()
         ));
     }
     if q.code_challenge_method.as_deref() != Some("S256")
@@ -114,7 +117,7 @@ pub async fn authorize_form(State(s): State<StoreState>, RawQuery(query): RawQue
             "this server signs in through the sponsor's identity provider",
         );
     };
-    if let Err(why) = checked(&q, dev.origin()) {
+    if let Err(why) = checked(&q, dev) {
         return page_error(StatusCode::BAD_REQUEST, &why);
     }
     let hidden: String = [
@@ -154,7 +157,14 @@ pub async fn authorize_form(State(s): State<StoreState>, RawQuery(query): RawQue
 <fieldset><legend>Sites</legend>{sites}</fieldset>
 <p><button type="submit">Sign in</button></p></form></main></body></html>"#
     );
-    trialbridge_pages::page("text/html; charset=utf-8", body)
+    // The form's answer sends the browser back to the page that asked, which may be another
+    // server's (the gateway console): the policy allows that redirect, and only that.
+    let others = dev.page_origins();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    trialbridge_pages::with_policy(
+        trialbridge_pages::page("text/html; charset=utf-8", body),
+        &trialbridge_pages::policy(&[], &others),
+    )
 }
 
 /// `POST /dev-issuer/authorize`: hands out a code for the chosen identity and sends the
@@ -169,7 +179,7 @@ pub async fn authorize(State(s): State<StoreState>, body: Bytes) -> Response {
     };
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let q = AuthorizeRequest::from_pairs(&form);
-    if let Err(why) = checked(&q, dev.origin()) {
+    if let Err(why) = checked(&q, dev) {
         return page_error(StatusCode::BAD_REQUEST, &why);
     }
     let subject = get("subject").unwrap_or_default();
@@ -295,18 +305,26 @@ mod tests {
     }
 
     #[test]
-    fn the_issuer_sends_browsers_back_to_its_own_pages_only() {
+    fn the_issuer_sends_browsers_back_to_allowed_pages_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = DevSignIn::open(dir.path(), "iss", "aud", "http://h:1/fhir").unwrap();
         let ok = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-        assert!(checked(&request("http://h:1/app/monitor", ok), "http://h:1").is_ok());
+        assert!(checked(&request("http://h:1/app/monitor", ok), &dev).is_ok());
+        let console = "http://h:2/app/console";
+        assert!(checked(&request(console, ok), &dev).is_err());
+        dev.allow_pages_of("http://h:2");
+        assert!(checked(&request(console, ok), &dev).is_ok());
         for bad in [
             "http://evil/app/monitor",
             "http://h:1.evil/app/",
+            "http://h:2.evil/app/console",
             "http://h:1/fhir/x",
+            "http://h:2/messages",
             "/app/monitor",
         ] {
-            assert!(checked(&request(bad, ok), "http://h:1").is_err(), "{bad}");
+            assert!(checked(&request(bad, ok), &dev).is_err(), "{bad}");
         }
-        assert!(checked(&request("http://h:1/app/monitor", "short"), "http://h:1").is_err());
+        assert!(checked(&request("http://h:1/app/monitor", "short"), &dev).is_err());
     }
 
     #[test]

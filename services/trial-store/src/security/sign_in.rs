@@ -18,6 +18,9 @@ const CODE_LIFETIME: Duration = Duration::from_secs(120);
 pub struct DevSignIn {
     issuer: DevIssuer,
     origin: String,
+    /// Other origins whose pages sign in here (the site gateway's console under `trialbridge
+    /// serve`).
+    page_origins: Mutex<Vec<String>>,
     codes: Mutex<HashMap<String, Pending>>,
 }
 
@@ -55,13 +58,40 @@ impl DevSignIn {
         Ok(Arc::new(Self {
             issuer: dev,
             origin,
+            page_origins: Mutex::default(),
             codes: Mutex::default(),
         }))
     }
 
-    /// The origin of the pages the browser may be sent back to.
+    /// The origin of this server's pages.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// Lets the pages of `origin` (`http://127.0.0.1:2576`) sign in here too.
+    pub fn allow_pages_of(&self, origin: &str) {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        let mut o = self.page_origins.lock().unwrap_or_else(|e| e.into_inner());
+        if !o.contains(&origin) {
+            o.push(origin);
+        }
+    }
+
+    /// The other origins whose pages sign in here.
+    pub fn page_origins(&self) -> Vec<String> {
+        self.page_origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the browser may be sent back to `redirect_uri`: a page (`/app/...`) of this
+    /// server or of an allowed origin, never elsewhere (the issuer is no open redirector).
+    pub fn may_return_to(&self, redirect_uri: &str) -> bool {
+        let others = self.page_origins.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(&self.origin)
+            .chain(others.iter())
+            .any(|o| redirect_uri.starts_with(&format!("{o}/app/")))
     }
 
     /// Hands out a code for `request`, bound to the PKCE challenge, client and redirect.
