@@ -1,7 +1,8 @@
 // The monitor workspace in a real browser (Debian's chromium, driven by playwright-core):
 // sign in through the local issuer (authorization code + PKCE) → worklist → subject → the
 // changes between versions → verify a value → raise a query → the site corrects the value and
-// answers (through the API, as the site's system does) → the monitor closes the query; then a
+// answers (the correction through the API, as the site's system makes it; the answer in the page,
+// signed in as site staff) → the monitor closes the query; then a
 // monitor of site 02 sees nothing of site 01. Every page is screenshotted into OUTDIR and
 // checked with axe-core: a serious or critical violation fails the run.
 //
@@ -12,12 +13,12 @@ import { launch, finish } from "./browser.mjs";
 const [origin, siteToken, outdir] = process.argv.slice(2);
 const { browser, failures, check } = await launch(outdir);
 
-async function signIn(page, subject, site) {
+async function signIn(page, subject, site, role = "monitor") {
   await page.goto(`${origin}/app/monitor`);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForURL(/dev-issuer\/authorize/);
   await page.getByLabel("Your name or e-mail").fill(subject);
-  await page.getByLabel("Role").selectOption("monitor");
+  await page.getByLabel("Role").selectOption(role);
   for (const box of await page.getByRole("checkbox").all()) await box.uncheck();
   await page.getByLabel(site).check();
   return page;
@@ -83,10 +84,27 @@ try {
   obs.valueQuantity.value = 75;
   delete obs.meta;
   await api("PUT", `Observation/${obsId}`, obs, "transcription error, corrected from the source form");
-  await api("POST", `Task/${task.id}/$answer`, {
-    resourceType: "Parameters",
-    parameter: [{ name: "text", valueString: "Transcription error; corrected to 75 as on the form." }],
-  });
+  // ... and answers in the page, signed in as site staff.
+  const siteContext = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const sitePage = await siteContext.newPage();
+  sitePage.on("pageerror", (e) => failures.push(`site page error: ${e.message}`));
+  await signIn(sitePage, "study.nurse@klinikum.example", "mesemcart-site-01", "site");
+  await sitePage.getByRole("button", { name: "Sign in" }).click();
+  await sitePage.getByRole("row", { name: /mc-01-001/i }).getByRole("link").click();
+  await sitePage.getByText(/: open$/).waitFor();
+  const strayNull = await sitePage.evaluate(() =>
+    [...document.querySelectorAll("#view, #view *")].some((e) =>
+      [...e.childNodes].some((n) => n.nodeType === Node.TEXT_NODE && n.textContent.trim() === "null")));
+  if (strayNull) failures.push("the page shows the text null");
+  if (await sitePage.getByRole("button", { name: /^(Verify|Raise query|Close query)/ }).count()) {
+    failures.push("site staff are offered a monitor's action");
+  }
+  await sitePage.getByLabel(/^Answer to the monitor/).fill("Transcription error; corrected to 75 as on the form.");
+  await check(sitePage, "site-answer-query");
+  await sitePage.getByRole("button", { name: "Send answer" }).click();
+  await sitePage.getByText("Answer sent.").waitFor();
+  await sitePage.getByText(/: answered$/).waitFor();
+  await siteContext.close();
 
   // The monitor sees the answer and the correction, and closes the query.
   await page.reload();

@@ -1,8 +1,10 @@
 // The monitor workspace: a site worklist (ResearchStudy/$sdv), a subject's values by visit
 // with sources, versions, verification, data queries and deviations (ResearchSubject/$sdv),
 // the difference between versions ($diff), verification ($verify) and queries
-// ($raise-query, $close). Everything it shows comes from the FHIR API with the signed-in
-// monitor's token, so the site isolation of the API is the page's.
+// ($raise-query, $close). Site staff signed in with a site token see their site's part and
+// answer open queries ($answer); verifying, raising and closing are the monitor's. Everything
+// it shows comes from the FHIR API with the signed-in person's token, so the site isolation of
+// the API is the page's.
 
 import { session, signIn, finishSignIn, signOut, h, siteTime } from "/app/signin.js";
 
@@ -59,6 +61,11 @@ function valueText(item) {
 
 function itemName(item) {
   return item.display || item.code?.coding?.[0]?.code || item.type;
+}
+
+/** Whether the signed-in person is site staff (who answer queries) rather than a monitor. */
+function isSite() {
+  return session()?.claims.trialbridge_role === "site";
 }
 
 function verificationText(item) {
@@ -128,7 +135,7 @@ async function subject(id) {
       h("dt", {}, "Status"), h("dd", {}, r.status || ""),
       h("dt", {}, "Values"), h("dd", {}, `${r.values} (${r.verified} verified, ${r.unverified} not verified, ${r.changedSinceVerification} changed since verification)`),
       h("dt", {}, "Open queries"), h("dd", {}, r.openQueries)),
-    h("p", {}, h("button", { type: "button", onclick: () => verifyAll(id, r.items) }, "Verify every unverified value")),
+    isSite() ? "" : h("p", {}, h("button", { type: "button", onclick: () => verifyAll(id, r.items) }, "Verify every unverified value")),
     ...sections,
     h("section", { "aria-labelledby": "queries-h" },
       h("h3", { id: "queries-h" }, "Queries"),
@@ -154,8 +161,8 @@ function valueRow(subjectId, item) {
     h("td", { class: item.verified ? "ok" : "todo" }, verificationText(item)),
     h("td", {}, open ? `${open} open` : item.queries.length ? "closed" : ""),
     h("td", { class: "actions" },
-      item.verified ? null : h("button", { type: "button", "aria-label": `Verify: ${name}`, onclick: () => verify(subjectId, type, rid) }, "Verify"),
-      h("button", { type: "button", "aria-label": `Raise query: ${name}`, onclick: () => queryForm(subjectId, type, rid, version, name) }, "Raise query"),
+      item.verified || isSite() ? null : h("button", { type: "button", "aria-label": `Verify: ${name}`, onclick: () => verify(subjectId, type, rid) }, "Verify"),
+      isSite() ? null : h("button", { type: "button", "aria-label": `Raise query: ${name}`, onclick: () => queryForm(subjectId, type, rid, version, name) }, "Raise query"),
       item.versions.length > 1
         ? h("button", { type: "button", "aria-label": `Changes: ${name}`, onclick: () => showDiff(type, rid, name) }, "Changes")
         : null));
@@ -225,7 +232,24 @@ function queryItem(subjectId, q) {
   ];
   if (q.answer) parts.push(h("p", {}, `Answer: ${q.answer}`));
   if (q.correction) parts.push(h("p", {}, `Corrected in ${q.correction}`));
-  if (q.state !== "closed") {
+  if (isSite() && q.state === "open") {
+    const answer = h("textarea", { id: `answer-${id}`, name: "text", rows: 2, required: true });
+    parts.push(h("form", {
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        try {
+          await api(`Task/${id}/$answer`, { method: "POST", headers: { "content-type": "application/fhir+json" }, body: parameters([{ name: "text", valueString: answer.value }]) });
+          await subject(subjectId);
+          say("Answer sent.", "ok");
+        } catch (e) {
+          say(e.message, "error");
+        }
+      },
+    },
+    h("label", { for: `answer-${id}` }, `Answer to the monitor: ${itemName(q.item)}`), answer,
+    h("p", {}, "Correct the value itself first, with its reason for change, where the site records it; the answer then names the corrected version."),
+    h("button", { type: "submit" }, "Send answer")));
+  } else if (!isSite() && q.state !== "closed") {
     parts.push(h("button", {
       type: "button",
       "aria-label": `Close query: ${itemName(q.item)}`,
