@@ -248,6 +248,28 @@ pub fn system_token() -> &'static str {
     TOKEN.get_or_init(|| token(Role::System, &[], ""))
 }
 
+/// Sends a FHIR request with `client` and a reason for change: the status and the JSON answer
+/// (`null` when there is none).
+pub async fn send_fhir(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+    reason: &str,
+) -> (u16, serde_json::Value) {
+    let mut r = client
+        .request(method, url)
+        .header("x-reason-for-change", reason);
+    if let Some(b) = body {
+        r = r
+            .header("content-type", "application/fhir+json")
+            .body(b.to_string());
+    }
+    let r = r.send().await.expect("a FHIR request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// A FHIR JSON HTTP client carrying `token`, and no reason for change.
 pub fn client_with(token: &str) -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();

@@ -23,18 +23,7 @@ impl Who {
         url: String,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut r = self
-            .0
-            .request(method, url)
-            .header("x-reason-for-change", "transcription error");
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/fhir+json")
-                .body(b.to_string());
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        integration_tests::send_fhir(&self.0, method, url, body, "transcription error").await
     }
     async fn get(&self, url: String) -> (u16, Value) {
         self.send(reqwest::Method::GET, url, None).await

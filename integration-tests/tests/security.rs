@@ -44,18 +44,7 @@ fn who(name: &'static str, role: Role, sites: &[&str], scope: &str) -> Who {
 }
 
 async fn send(w: &Who, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-    let mut r = w
-        .http
-        .request(method, url)
-        .header("x-reason-for-change", "correction");
-    if let Some(b) = body {
-        r = r
-            .header("content-type", "application/fhir+json")
-            .body(b.to_string());
-    }
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    integration_tests::send_fhir(&w.http, method, url, body, "correction").await
 }
 
 async fn get(w: &Who, url: String) -> (u16, Value) {

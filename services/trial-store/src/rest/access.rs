@@ -18,7 +18,8 @@ use crate::security::Caller;
 pub const REASON_HEADER: &str = "x-reason-for-change";
 
 /// Paths served without a token: the capability statement and SMART configuration, the API description, the health
-/// checks and the metrics (no patient data in any of them).
+/// checks and the metrics (no patient data in any of them), and the icon a browser asks for
+/// (a 404, not a 401 in every browser console).
 fn is_open(path: &str) -> bool {
     // The pages and the local sign-in hold no data: what the pages show, they fetch with a
     // token.
@@ -33,6 +34,7 @@ fn is_open(path: &str) -> bool {
                 | "/readyz"
                 | "/openapi.json"
                 | "/metrics"
+                | "/favicon.ico"
         )
 }
 
