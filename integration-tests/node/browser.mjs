@@ -38,3 +38,26 @@ export function finish(failures, name) {
   }
   console.log(`${name}: ok`);
 }
+
+/** Opens `pageUrl`, asks to sign in and fills the development issuer's form (who, role, the
+ * one site); the caller presses its "Sign in". */
+export async function fillSignIn(page, pageUrl, subject, site, role) {
+  await page.goto(pageUrl);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(/dev-issuer\/authorize/);
+  await page.getByLabel("Your name or e-mail").fill(subject);
+  await page.getByLabel("Role").selectOption(role);
+  for (const box of await page.getByRole("checkbox").all()) await box.uncheck();
+  await page.getByLabel(site).check();
+}
+
+/** A FHIR call with `token` (what a site's or the sponsor's system does beside the pages). */
+export async function fhir(base, token, method, path, body, reason) {
+  const headers = { authorization: `Bearer ${token}`, accept: "application/fhir+json" };
+  if (body) headers["content-type"] = "application/fhir+json";
+  if (reason) headers["x-reason-for-change"] = reason;
+  const r = await fetch(`${base}/${path}`, { method, headers, body: body && JSON.stringify(body) });
+  const json = await r.json();
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
+  return json;
+}

@@ -9,30 +9,17 @@
 //
 // usage: node console_flow.mjs GATEWAY_ORIGIN STORE_BASE ADMIN_TOKEN OUTDIR
 
-import { launch, finish } from "./browser.mjs";
+import { launch, finish, fillSignIn, fhir } from "./browser.mjs";
 
 const [gateway, storeBase, adminToken, outdir] = process.argv.slice(2);
 const { browser, failures, check } = await launch(outdir);
 
 async function signIn(page, subject, site) {
-  await page.goto(`${gateway}/app`);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.waitForURL(/dev-issuer\/authorize/);
-  await page.getByLabel("Your name or e-mail").fill(subject);
-  await page.getByLabel("Role").selectOption("site");
-  for (const box of await page.getByRole("checkbox").all()) await box.uncheck();
-  await page.getByLabel(site).check();
+  await fillSignIn(page, `${gateway}/app`, subject, site, "site");
   await page.getByRole("button", { name: "Sign in" }).click();
 }
 
-async function store(method, path, body) {
-  const headers = { authorization: `Bearer ${adminToken}`, accept: "application/fhir+json" };
-  if (body) headers["content-type"] = "application/fhir+json";
-  const r = await fetch(`${storeBase}/${path}`, { method, headers, body: body && JSON.stringify(body) });
-  const json = await r.json();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
-  return json;
-}
+const store = (method, path, body) => fhir(storeBase, adminToken, method, path, body);
 
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });

@@ -8,31 +8,15 @@
 //
 // usage: node monitor_flow.mjs ORIGIN SITE_TOKEN OUTDIR
 
-import { launch, finish } from "./browser.mjs";
+import { launch, finish, fillSignIn, fhir } from "./browser.mjs";
 
 const [origin, siteToken, outdir] = process.argv.slice(2);
 const { browser, failures, check } = await launch(outdir);
 
-async function signIn(page, subject, site, role = "monitor") {
-  await page.goto(`${origin}/app/monitor`);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.waitForURL(/dev-issuer\/authorize/);
-  await page.getByLabel("Your name or e-mail").fill(subject);
-  await page.getByLabel("Role").selectOption(role);
-  for (const box of await page.getByRole("checkbox").all()) await box.uncheck();
-  await page.getByLabel(site).check();
-  return page;
-}
+const signIn = (page, subject, site, role = "monitor") =>
+  fillSignIn(page, `${origin}/app/monitor`, subject, site, role);
 
-async function api(method, path, body, reason) {
-  const headers = { authorization: `Bearer ${siteToken}`, accept: "application/fhir+json" };
-  if (body) headers["content-type"] = "application/fhir+json";
-  if (reason) headers["x-reason-for-change"] = reason;
-  const r = await fetch(`${origin}/fhir/${path}`, { method, headers, body: body && JSON.stringify(body) });
-  const json = await r.json();
-  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
-  return json;
-}
+const api = (method, path, body, reason) => fhir(`${origin}/fhir`, siteToken, method, path, body, reason);
 
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });

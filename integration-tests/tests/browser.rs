@@ -105,15 +105,6 @@ async fn a_monitor_works_through_a_subject_in_the_browser_and_site_02_sees_nothi
     let _ = store.kill().await;
 }
 
-/// A free loopback port (bound and released: `serve` binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn oru(control_id: &str, local_code: &str, value: &str) -> String {
     format!(
         "MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r\
@@ -131,7 +122,10 @@ async fn an_integrator_finds_a_dead_letter_in_the_console_and_replays_it_after_t
     // development issuer signing site staff in to the gateway's console.
     let dir = tempfile::tempdir().unwrap();
     integration_tests::install_test_key(dir.path());
-    let (mllp_port, gateway_port) = (free_port(), free_port());
+    let (mllp_port, gateway_port) = (
+        integration_tests::free_port(),
+        integration_tests::free_port(),
+    );
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_trialbridge-under-test"));
     cmd.args([
         "serve",
