@@ -178,7 +178,7 @@ fn token_mints_a_site_token_and_a_monitor_token_for_several_sites() {
 }
 
 /// `trialbridge load` writes like the API: a site for clinical data (refused without one), an
-/// AuditEvent per resource naming the operator, each error with its file, line and element,
+/// AuditEvent naming the operator that finds each resource by `entity`, each error with its file, line and element,
 /// and a report of what was committed before a refusal, or nothing at all with `--atomic`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_writes_like_the_api() {
@@ -280,7 +280,7 @@ async fn load_writes_like_the_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "the atomic file was not");
-    // An AuditEvent per resource, naming the operator.
+    // The resource's AuditEvent, naming the operator.
     let admin = integration_tests::client_with(&integration_tests::token(
         integration_tests::Role::Admin,
         &[],
@@ -292,6 +292,81 @@ async fn load_writes_like_the_api() {
     let e = &b["entry"][0]["resource"];
     assert_eq!(e["action"], "C", "{b}");
     assert!(e.to_string().contains("dm-anna"), "{e}");
+}
+
+/// `load` reports its pace per tenth of the input and how much the store grew per resource;
+/// `space` lists every table and index, on both backends. The trail of a load names what it
+/// wrote without outweighing it: one AuditEvent per commit and site, not one per resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_its_pace_and_space_shows_where_the_bytes_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
+        "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
+    );
+    let pg =
+        integration_tests::postgres_database(&server, &format!("tb_space_{}", std::process::id()))
+            .await;
+    let lines: Vec<String> = (0..1200)
+        .map(|i| {
+            format!(
+                r#"{{"resourceType":"Observation","id":"sp-{i}","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"29463-7"}}]}},"subject":{{"reference":"Patient/p{}"}},"effectiveDateTime":"2026-03-02","valueQuantity":{{"value":{i},"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}}}}"#,
+                i % 50
+            )
+        })
+        .collect();
+    let file = dir.path().join("obs.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("space.db").display());
+    for db in [sqlite, pg] {
+        let out = trialbridge()
+            .args(["load", "--site", "mesemcart-site-01"])
+            .arg(&file)
+            .env("TRIALBRIDGE_DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1200 created"), "{text}");
+        assert!(text.contains("1200 resources in "), "{text}");
+        assert!(text.contains("by tenth of the input: "), "{text}");
+        let per = text
+            .split("store grew by ")
+            .nth(1)
+            .and_then(|t| t.split(" MB, ").nth(1))
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no growth line: {text}"));
+        assert!(per > 0, "{text}");
+
+        let out = trialbridge()
+            .arg("space")
+            .env("TRIALBRIDGE_DATABASE_URL", &db)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = |name: &str| -> u64 {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{name} not listed: {text}"))
+        };
+        assert!(bytes("search_index") > 0, "{text}");
+        assert!(
+            bytes("audit_event") < bytes("resource_version"),
+            "the trail outweighs the data: {text}"
+        );
+        assert!(text.contains("(1200 resources)"), "{text}");
+    }
 }
 
 /// `--help` never shows a secret: a database URL with a password in the environment is not

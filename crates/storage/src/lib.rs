@@ -533,6 +533,29 @@ pub trait ResourceStore: Send + Sync + 'static {
     async fn submit(&self, ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError>;
     /// Whether the database answers.
     async fn is_ready(&self) -> bool;
+    /// Disk space the store uses, with `detail` per table and index (reading every page, so
+    /// seconds at millions of resources).
+    async fn space(&self, detail: bool) -> Result<StoreSpace, StorageError>;
+}
+
+/// Disk space the database takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSpace {
+    /// Bytes of the whole database, free pages excluded.
+    pub total: u64,
+    /// Current resources (tombstones included).
+    pub resources: u64,
+    /// Each table and index, largest first (empty unless asked for).
+    pub parts: Vec<SpaceUse>,
+}
+
+/// Bytes one table or index takes on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaceUse {
+    /// The table or index.
+    pub name: String,
+    /// Bytes.
+    pub bytes: u64,
 }
 
 tokio::task_local! {

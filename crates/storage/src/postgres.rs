@@ -30,8 +30,8 @@ use crate::sql::{
 use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
     audit_entities_of, audit_hash_v2, AccessContext, AuditQuery, AuditRecord, AuditRow,
-    HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage,
-    StorageError, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+    HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage, SpaceUse,
+    StorageError, StoreSpace, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
 };
 
 /// The advisory lock every write transaction holds from its start to its commit (an arbitrary
@@ -279,6 +279,7 @@ async fn run_batch(
         appended: 0,
         audited: 0,
         chain_end: None,
+        queued: IndexRows::default(),
     };
     for job in batch.drain(..) {
         txn.conn.execute("SAVEPOINT job").await?;
@@ -293,7 +294,16 @@ async fn run_batch(
         let outcome = std::panic::AssertUnwindSafe(job(&mut txn))
             .catch_unwind()
             .await;
-        match settle(outcome, txn.appended, txn.audited) {
+        let mut settled = settle(outcome, txn.appended, txn.audited);
+        if let Settlement::Keep(finish) = settled {
+            // The job's index rows; if PostgreSQL refuses them, the job is refused whole.
+            settled = match txn.queued.flush(txn.conn).await {
+                Ok(()) => Settlement::Keep(finish),
+                Err(e) => Settlement::Refuse(finish, e),
+            };
+        }
+        txn.queued.clear();
+        match settled {
             Settlement::Keep(finish) => {
                 txn.conn.execute("RELEASE SAVEPOINT job").await?;
                 finishers.push(finish);
@@ -334,6 +344,8 @@ struct PgWriteTxn<'c> {
     audited: usize,
     /// The audit chain's last position and hash in this transaction, once read.
     chain_end: Option<(i64, String)>,
+    /// The current job's index rows, written when it ends.
+    queued: IndexRows,
 }
 
 /// Appends one row to the audit chain (under the change-sequence lock, so the chain's end,
@@ -424,15 +436,122 @@ async fn read_version(
     Ok(row.as_ref().map(version_from_row).transpose()?)
 }
 
-/// Replaces the index rows of one resource, two statements for any number of rows.
+/// Index rows of the current job, written when the job ends (or before anything in the job
+/// reads or deletes index rows): one statement per table for the whole job instead of two per
+/// resource, so a bulk load's 500-resource commits send two index statements, not a thousand.
+#[derive(Debug, Default)]
+struct IndexRows {
+    text: TextRows,
+    ranges: RangeRows,
+}
+
+/// `search_index` rows as columns (bound as arrays).
+#[derive(Debug, Default)]
+struct TextRows {
+    res_type: Vec<String>,
+    param: Vec<String>,
+    value: Vec<String>,
+    system: Vec<String>,
+    res_id: Vec<String>,
+}
+
+/// `search_range` rows as columns (bound as arrays).
+#[derive(Debug, Default)]
+struct RangeRows {
+    res_type: Vec<String>,
+    param: Vec<String>,
+    token_code: Vec<String>,
+    low: Vec<f64>,
+    high: Vec<f64>,
+    token_system: Vec<String>,
+    unit_system: Vec<String>,
+    unit_code: Vec<String>,
+    long: Vec<i32>,
+    res_id: Vec<String>,
+}
+
+impl IndexRows {
+    fn add(&mut self, resource_type: &str, id: &str, index: &Index) {
+        let t = &mut self.text;
+        for e in &index.text {
+            t.res_type.push(resource_type.to_string());
+            t.param.push(e.param.to_string());
+            t.value.push(pg_text(&e.value));
+            t.system.push(pg_text(e.system.as_deref().unwrap_or("")));
+            t.res_id.push(id.to_string());
+        }
+        let r = &mut self.ranges;
+        for e in &index.ranges {
+            r.res_type.push(resource_type.to_string());
+            r.param.push(e.param.to_string());
+            r.token_code.push(pg_text(&e.token_code));
+            r.low.push(e.low);
+            r.high.push(e.high);
+            r.token_system.push(pg_text(&e.token_system));
+            r.unit_system.push(pg_text(&e.unit_system));
+            r.unit_code.push(pg_text(&e.unit_code));
+            r.long.push(i32::from(e.high - e.low > SHORT_SPAN));
+            r.res_id.push(id.to_string());
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Writes what is waiting.
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), StorageError> {
+        let IndexRows { text, ranges } = std::mem::take(self);
+        if !text.res_id.is_empty() {
+            // A resource may repeat a row (the same code twice): the key keeps one.
+            sqlx::query(
+                "INSERT INTO search_index (res_type, param, value, system, res_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(text.res_type)
+            .bind(text.param)
+            .bind(text.value)
+            .bind(text.system)
+            .bind(text.res_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !ranges.res_id.is_empty() {
+            sqlx::query(
+                "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[], $7::text[], $8::text[], $9::int4[], $10::text[])",
+            )
+            .bind(ranges.res_type)
+            .bind(ranges.param)
+            .bind(ranges.token_code)
+            .bind(ranges.low)
+            .bind(ranges.high)
+            .bind(ranges.token_system)
+            .bind(ranges.unit_system)
+            .bind(ranges.unit_code)
+            .bind(ranges.long)
+            .bind(ranges.res_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the index rows of one resource: the old ones deleted (two statements), the new
+/// ones queued for the job's two inserts.
 async fn write_index(
     conn: &mut PgConnection,
+    queued: &mut IndexRows,
     resource_type: &str,
     id: &str,
     had_rows: bool,
     index: Option<&Index>,
 ) -> Result<(), StorageError> {
     if had_rows {
+        // Queued rows may be this resource's own: they go in first, then all of its go.
+        queued.flush(conn).await?;
         sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
             .bind(resource_type)
             .bind(id)
@@ -444,52 +563,8 @@ async fn write_index(
             .execute(&mut *conn)
             .await?;
     }
-    let Some(index) = index else { return Ok(()) };
-    if !index.text.is_empty() {
-        let params: Vec<String> = index.text.iter().map(|e| e.param.to_string()).collect();
-        let values: Vec<String> = index.text.iter().map(|e| pg_text(&e.value)).collect();
-        let systems: Vec<String> = index
-            .text
-            .iter()
-            .map(|e| pg_text(e.system.as_deref().unwrap_or("")))
-            .collect();
-        sqlx::query(
-            "INSERT INTO search_index (res_type, param, value, system, res_id) \
-             SELECT $1, p, v, s, $2 FROM UNNEST($3::text[], $4::text[], $5::text[]) AS t(p, v, s) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(params)
-        .bind(values)
-        .bind(systems)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !index.ranges.is_empty() {
-        let r = &index.ranges;
-        sqlx::query(
-            "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
-             SELECT $1, p, tc, lo, hi, ts, us, uc, lg, $2 \
-             FROM UNNEST($3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[], $8::text[], $9::text[], $10::int4[]) \
-             AS t(p, tc, lo, hi, ts, us, uc, lg)",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .bind(r.iter().map(|e| e.param.to_string()).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| pg_text(&e.token_code)).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.low).collect::<Vec<f64>>())
-        .bind(r.iter().map(|e| e.high).collect::<Vec<f64>>())
-        .bind(r.iter().map(|e| pg_text(&e.token_system)).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| pg_text(&e.unit_system)).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| pg_text(&e.unit_code)).collect::<Vec<_>>())
-        .bind(
-            r.iter()
-                .map(|e| i32::from(e.high - e.low > SHORT_SPAN))
-                .collect::<Vec<i32>>(),
-        )
-        .execute(&mut *conn)
-        .await?;
+    if let Some(index) = index {
+        queued.add(resource_type, id, index);
     }
     Ok(())
 }
@@ -506,7 +581,15 @@ impl WriteTxn for PgWriteTxn<'_> {
         id: &str,
         index: &Index,
     ) -> Result<(), StorageError> {
-        write_index(self.conn, resource_type, id, true, Some(index)).await
+        write_index(
+            self.conn,
+            &mut self.queued,
+            resource_type,
+            id,
+            true,
+            Some(index),
+        )
+        .await
     }
 
     async fn current(
@@ -556,6 +639,7 @@ impl WriteTxn for PgWriteTxn<'_> {
             "c.res_id",
         );
         let sql = Dialect::Postgres.placeholders(&sql);
+        self.queued.flush(self.conn).await?;
         let rows = bound(&sql, &args).fetch_all(&mut *self.conn).await?;
         Ok(rows
             .iter()
@@ -690,6 +774,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         .await?;
         write_index(
             self.conn,
+            &mut self.queued,
             new.resource_type,
             &id,
             previous.is_some(),
@@ -1003,6 +1088,37 @@ impl ResourceStore for PostgresStore {
             .map_err(|_| StorageError::WriterGone)
     }
 
+    async fn space(&self, detail: bool) -> Result<StoreSpace, StorageError> {
+        let (total, resources): (i64, i64) = sqlx::query_as(
+            "SELECT pg_database_size(current_database()), (SELECT COUNT(*) FROM resource_current)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let parts: Vec<(String, i64)> = if detail {
+            // Tables with their TOAST (large bodies), indexes on their own.
+            sqlx::query_as(
+                "SELECT c.relname::text, CASE WHEN c.relkind = 'r' THEN pg_table_size(c.oid) ELSE pg_relation_size(c.oid) END \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i') ORDER BY 2 DESC, 1",
+            )
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(StoreSpace {
+            total: total.max(0) as u64,
+            resources: resources.max(0) as u64,
+            parts: parts
+                .into_iter()
+                .map(|(name, bytes)| SpaceUse {
+                    name,
+                    bytes: bytes.max(0) as u64,
+                })
+                .collect(),
+        })
+    }
+
     async fn is_ready(&self) -> bool {
         // Reachable, and every migration this build knows is applied (a replica of an older
         // build beside a newer schema, or the reverse, is not ready).
@@ -1012,5 +1128,39 @@ impl ResourceStore for PostgresStore {
                 .fetch_one(&self.pool)
                 .await;
         matches!(applied, Ok(Some(v)) if v == latest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IndexEntry, RangeEntry};
+
+    #[test]
+    fn a_job_queues_its_resources_rows_as_columns_and_a_flush_empties_them() {
+        let index = Index {
+            text: vec![IndexEntry {
+                param: "code",
+                value: "8302-2".into(),
+                system: Some("http://loinc.org".into()),
+            }],
+            ranges: vec![RangeEntry {
+                param: "value-quantity",
+                low: 172.0,
+                high: 172.0,
+                unit_system: "http://unitsofmeasure.org".into(),
+                unit_code: "cm".into(),
+                token_system: String::new(),
+                token_code: String::new(),
+            }],
+        };
+        let mut rows = IndexRows::default();
+        rows.add("Observation", "o1", &index);
+        rows.add("Observation", "o\0-2", &index);
+        assert_eq!(rows.text.res_id, ["o1", "o\0-2"]);
+        assert_eq!(rows.ranges.low, [172.0, 172.0]);
+        assert_eq!(rows.ranges.long, [0, 0]);
+        rows.clear();
+        assert!(rows.text.res_id.is_empty() && rows.ranges.res_id.is_empty());
     }
 }

@@ -28,8 +28,8 @@ use crate::sql::{
 use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
     audit_entities_of, audit_hash_v2, AccessContext, AuditQuery, AuditRecord, AuditRow,
-    HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage,
-    StorageError, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+    HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage, SpaceUse,
+    StorageError, StoreSpace, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
@@ -156,7 +156,16 @@ fn open_connection(path: &std::path::Path, read_only: bool) -> Result<Connection
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
     conn.pragma_update(None, "cache_size", -65536)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // The writer's savepoint journals (one savepoint per job, one per statement) go to a file
+    // once they pass 64 kB: an in-memory journal is a chunk list that each statement's release
+    // walks from its start, so a large job (a `load` batch touching thousands of pages) got
+    // slower with every page it touched and with the size of the table (54 % of a load's CPU
+    // went there). Readers keep their sorts in memory.
+    conn.pragma_update(
+        None,
+        "temp_store",
+        if read_only { "MEMORY" } else { "FILE" },
+    )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -993,6 +1002,41 @@ impl ResourceStore for SqliteStore {
             .map_err(|_| StorageError::WriterGone)
     }
 
+    async fn space(&self, detail: bool) -> Result<StoreSpace, StorageError> {
+        self.blocking(move |c| {
+            let total: i64 = c.query_row(
+                "SELECT (page_count - freelist_count) * page_size \
+                 FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )?;
+            let resources: i64 =
+                c.query_row("SELECT COUNT(*) FROM resource_current", [], |r| r.get(0))?;
+            let parts = if detail {
+                let mut stmt = c.prepare(
+                    "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC, 1",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok(SpaceUse {
+                            name: r.get(0)?,
+                            bytes: r.get::<_, i64>(1)?.max(0) as u64,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            } else {
+                Vec::new()
+            };
+            Ok(StoreSpace {
+                total: total.max(0) as u64,
+                resources: resources.max(0) as u64,
+                parts,
+            })
+        })
+        .await
+    }
+
     async fn is_ready(&self) -> bool {
         self.readers
             .with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
@@ -1005,6 +1049,53 @@ mod tests {
     use super::*;
     use crate::{write, HistoryOrder, HistoryScope, SiteScope};
     use trialbridge_fhir::index::extract;
+
+    /// The writer's savepoint journals spill to a file (its release is then a truncate, not a
+    /// walk of an in-memory chunk list); readers sort in memory.
+    #[test]
+    fn the_writer_journals_to_a_file_and_readers_sort_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let temp_store = |c: &Connection| -> i64 {
+            c.pragma_query_value(None, "temp_store", |r| r.get(0))
+                .unwrap()
+        };
+        let writer = open_connection(&path, false).unwrap();
+        assert_eq!(temp_store(&writer), 1, "FILE");
+        let reader = open_connection(&path, true).unwrap();
+        assert_eq!(temp_store(&reader), 2, "MEMORY");
+    }
+
+    #[tokio::test]
+    async fn space_names_every_table_and_counts_current_resources() {
+        let (_dir, store) = store().await;
+        for i in 0..30 {
+            let p = serde_json::json!({"resourceType":"Patient","gender":"male"});
+            put_at(&store, None, "Patient", &format!("p{i}"), p)
+                .await
+                .unwrap();
+        }
+        let brief = store.space(false).await.unwrap();
+        assert_eq!(brief.resources, 30);
+        assert!(brief.parts.is_empty());
+        let full = store.space(true).await.unwrap();
+        assert!(full.total > 0 && full.total == brief.total, "{full:?}");
+        for table in [
+            "resource_version",
+            "resource_current",
+            "search_index",
+            "audit_event",
+        ] {
+            assert!(
+                full.parts.iter().any(|p| p.name == table),
+                "{table}: {full:?}"
+            );
+        }
+        assert!(
+            full.parts.windows(2).all(|w| w[0].bytes >= w[1].bytes),
+            "largest first"
+        );
+    }
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();

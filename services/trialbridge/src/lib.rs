@@ -49,6 +49,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Rebuild the search index of every resource (after search-parameter definitions changed).
     Reindex,
+    /// Disk space the store's database takes, per table and index, and per current resource.
+    Space,
     /// Drive a FHIR server with a benchmark workload and print one JSON line of figures.
     Bench(bench::BenchArgs),
     /// Validate FHIR JSON or NDJSON files as the store would, without a server.
@@ -123,6 +125,10 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCod
             Ok(()) => reindex(&cli.serve.database()).await,
             Err(e) => Err(e),
         },
+        Some(Command::Space) => match existing(&cli.serve.database()) {
+            Ok(()) => space(&cli.serve.database()).await,
+            Err(e) => Err(e),
+        },
         Some(Command::Token(a)) => token::run(a, &cli.serve),
         Some(Command::Audit(c)) => match existing(&cli.serve.database()) {
             Ok(()) => audit::run(c, &cli.serve.database()).await,
@@ -192,6 +198,28 @@ async fn reindex(database_url: &str) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{:?}", e.outcome().issues))?;
     bar.finish_and_clear();
     println!("re-indexed {n} resources");
+    Ok(())
+}
+
+async fn space(database_url: &str) -> anyhow::Result<()> {
+    let store = trialbridge_storage::open(database_url).await?;
+    let space = store.space(true).await?;
+    let listed: u64 = space.parts.iter().map(|p| p.bytes).sum();
+    for p in &space.parts {
+        println!(
+            "{:<36} {:>14} bytes {:>5.1}%",
+            p.name,
+            p.bytes,
+            100.0 * p.bytes as f64 / listed.max(1) as f64
+        );
+    }
+    println!(
+        "{:<36} {:>14} bytes, {} per current resource ({} resources)",
+        "database",
+        space.total,
+        space.total / space.resources.max(1),
+        space.resources
+    );
     Ok(())
 }
 

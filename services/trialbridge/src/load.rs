@@ -1,9 +1,10 @@
 //! `trialbridge load`: FHIR resources from JSON files, NDJSON files or directories, written
 //! straight into the database like the API writes them: each resource validated, with the
 //! protocol rules, its site (from its content, else `--site`; clinical data of no site is
-//! refused) and an AuditEvent of its own naming the operator. Batches of 500 commit one by
-//! one (a refusal names its file, line and element and says what was committed before), or
-//! with `--atomic` each file commits whole or not at all.
+//! refused) and, per commit and site, an AuditEvent naming the operator and every version
+//! written. Batches of 500 commit one by one (a refusal names its file, line and element and
+//! says what was committed before), or with `--atomic` each file commits whole or not at all.
+//! The report ends with the rate in each tenth of the input and the store's growth per resource.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -38,10 +39,56 @@ fn operator() -> String {
     format!("trialbridge load (operator {user})")
 }
 
-/// What has been committed so far, for the report after a refusal.
+/// What has been committed so far, for the report after a refusal, and how fast.
 struct Progress {
     total: LoadCounts,
     committed_through: Option<String>,
+    pace: Pace,
+}
+
+/// The load's rate in each tenth of the input (by bytes read), so that a slowdown as the
+/// store grows shows in the report: a load should end as fast as it began.
+struct Pace {
+    started: std::time::Instant,
+    total_bytes: u64,
+    /// (when, resources done) at the first commit past each tenth of the input.
+    marks: Vec<(std::time::Instant, usize)>,
+}
+
+impl Pace {
+    fn new(total_bytes: u64) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            total_bytes: total_bytes.max(1),
+            marks: Vec::new(),
+        }
+    }
+
+    /// Called after each commit with the bytes read and resources done so far.
+    fn committed(&mut self, bytes_read: u64, done: usize) {
+        let tenth = (bytes_read.saturating_mul(10) / self.total_bytes).min(10) as usize;
+        while self.marks.len() < tenth {
+            self.marks.push((std::time::Instant::now(), done));
+        }
+    }
+
+    /// Resources per second in each tenth that saw a commit.
+    fn rates(&self) -> Vec<f64> {
+        let mut from = (self.started, 0usize);
+        let mut rates = Vec::new();
+        for &(t, n) in &self.marks {
+            let secs = t.duration_since(from.0).as_secs_f64();
+            if n > from.1 && secs > 0.0 {
+                rates.push((n - from.1) as f64 / secs);
+                from = (t, n);
+            }
+        }
+        rates
+    }
+}
+
+fn done(c: &LoadCounts) -> usize {
+    c.created + c.updated + c.unchanged
 }
 
 async fn commit(
@@ -50,6 +97,7 @@ async fn commit(
     args: &LoadArgs,
     validation: &trialbridge_validation::Options,
     progress: &mut Progress,
+    bytes_read: u64,
 ) -> anyhow::Result<()> {
     let Some(last) = items.last().map(|i| i.origin.clone()) else {
         return Ok(());
@@ -84,6 +132,7 @@ async fn commit(
     })?;
     progress.total.add(counts);
     progress.committed_through = Some(last);
+    progress.pace.committed(bytes_read, done(&progress.total));
     Ok(())
 }
 
@@ -192,7 +241,9 @@ pub async fn run(
     let mut progress = Progress {
         total: LoadCounts::default(),
         committed_through: None,
+        pace: Pace::new(total_bytes),
     };
+    let space_before = store_bytes(&*store).await?;
     let mut pending: Vec<LoadItem> = Vec::with_capacity(BATCH);
     for f in &files {
         let name = f.display().to_string();
@@ -211,8 +262,16 @@ pub async fn run(
                 pending.extend(items_of(v, &origin)?);
                 if !args.atomic && pending.len() >= BATCH {
                     let batch = std::mem::take(&mut pending);
-                    commit(&*store, batch, &args, validation, &mut progress).await?;
-                    bar.set_message(format!("{} created", progress.total.created));
+                    commit(
+                        &*store,
+                        batch,
+                        &args,
+                        validation,
+                        &mut progress,
+                        bar.position(),
+                    )
+                    .await?;
+                    bar.set_message(rate_message(&progress));
                 }
             }
         } else {
@@ -224,11 +283,27 @@ pub async fn run(
         }
         if args.atomic || pending.len() >= BATCH {
             let batch = std::mem::take(&mut pending);
-            commit(&*store, batch, &args, validation, &mut progress).await?;
-            bar.set_message(format!("{} created", progress.total.created));
+            commit(
+                &*store,
+                batch,
+                &args,
+                validation,
+                &mut progress,
+                bar.position(),
+            )
+            .await?;
+            bar.set_message(rate_message(&progress));
         }
     }
-    commit(&*store, pending, &args, validation, &mut progress).await?;
+    commit(
+        &*store,
+        pending,
+        &args,
+        validation,
+        &mut progress,
+        bar.position(),
+    )
+    .await?;
     bar.finish_and_clear();
     println!(
         "loaded {} files: {} created, {} updated, {} unchanged",
@@ -237,5 +312,78 @@ pub async fn run(
         progress.total.updated,
         progress.total.unchanged
     );
+    let n = done(&progress.total);
+    let secs = progress.pace.started.elapsed().as_secs_f64();
+    if n > 0 {
+        println!(
+            "{n} resources in {secs:.1} s, {:.0}/s; by tenth of the input: {}",
+            n as f64 / secs.max(1e-9),
+            progress
+                .pace
+                .rates()
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let grown = store_bytes(&*store).await?.saturating_sub(space_before);
+        let written = progress.total.created + progress.total.updated;
+        if written > 0 {
+            println!(
+                "store grew by {:.1} MB, {} bytes per resource written; the input is {} bytes per resource (the store grew by {:.1}x the input)",
+                grown as f64 / 1e6,
+                grown / written as u64,
+                total_bytes / n as u64,
+                grown as f64 / total_bytes.max(1) as f64,
+            );
+        }
+    }
     Ok(())
+}
+
+fn rate_message(p: &Progress) -> String {
+    let n = done(&p.total);
+    format!(
+        "{n} resources, {:.0}/s",
+        n as f64 / p.pace.started.elapsed().as_secs_f64().max(1e-9)
+    )
+}
+
+/// The database's size on disk now.
+async fn store_bytes(store: &dyn ResourceStore) -> anyhow::Result<u64> {
+    Ok(store.space(false).await?.total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_gives_the_rate_of_each_tenth_that_saw_a_commit() {
+        let mut pace = Pace::new(1000);
+        let t0 = pace.started;
+        // Commits past 10 %, past 30 % (the second tenth saw none of its own) and at the end.
+        pace.committed(150, 100);
+        pace.committed(350, 300);
+        pace.committed(1000, 700);
+        assert_eq!(pace.marks.len(), 10);
+        assert_eq!(pace.marks[1].1, 300);
+        assert_eq!(pace.marks[9].1, 700);
+        // Made-up times for the three commits: after 1 s, 3 s and 10 s (marks of one commit
+        // share its time).
+        for (i, m) in pace.marks.iter_mut().enumerate() {
+            let secs = match i {
+                0 => 1,
+                1 | 2 => 3,
+                _ => 10,
+            };
+            m.0 = t0 + std::time::Duration::from_secs(secs);
+        }
+        let rates = pace.rates();
+        // 100 in the first second, 200 over the next two, 400 over the last seven.
+        assert_eq!(rates.len(), 3, "{rates:?}");
+        assert!((rates[0] - 100.0).abs() < 1e-9);
+        assert!((rates[1] - 100.0).abs() < 1e-9);
+        assert!((rates[2] - 400.0 / 7.0).abs() < 1e-9);
+    }
 }

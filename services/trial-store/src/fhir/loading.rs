@@ -3,7 +3,7 @@
 //! alone, so loading the same files twice creates no versions.
 
 use serde_json::Value;
-use trialbridge_storage::{write, AccessContext, ResourceStore};
+use trialbridge_storage::{write, AccessContext, ResourceStore, StoredVersion};
 
 use std::sync::Arc;
 
@@ -58,8 +58,11 @@ impl LoadItem {
 }
 
 /// Writes `items` in one transaction: all of them or, if one is refused, none (the error
-/// names its origin and element). Each resource written gets an AuditEvent of its own naming
-/// `agent` (the operator's command). A resource whose content names no site belongs to
+/// names its origin and element). The commit gets one AuditEvent per site and interaction
+/// (create, update) naming `agent` (the operator's command) and every version it wrote, as a
+/// transaction Bundle through the API does; each resource is findable in the trail by
+/// `entity`. One event per resource made the trail as large as the data itself (1.2 kB per
+/// Observation, a fifth of the store). A resource whose content names no site belongs to
 /// `site`; clinical data of no site is refused.
 pub async fn load_values(
     store: &dyn ResourceStore,
@@ -75,6 +78,7 @@ pub async fn load_values(
     write(store, &caller.ctx, move |txn| {
         Box::pin(async move {
             let mut c = LoadCounts::default();
+            let mut written_all: Vec<(&'static str, u16, StoredVersion)> = Vec::new();
             for item in items {
                 let written = match load_resource(
                     txn,
@@ -109,15 +113,41 @@ pub async fn load_values(
                     }
                     Err(e) => return Err(e),
                 };
-                if let Some((subtype, status, v)) = written {
-                    txn.audit(change_event(&who, subtype, status, &[(&v, None)]))
-                        .await?;
-                }
+                written_all.extend(written);
+            }
+            for record in audit_records(&who, &written_all) {
+                txn.audit(record).await?;
             }
             Ok(c)
         })
     })
     .await
+}
+
+/// What an AuditEvent of a load groups by: interaction, HTTP status, site.
+type AuditGroup<'a> = (&'a str, u16, Option<&'a str>);
+
+/// One AuditEvent per (interaction, site) of what one commit wrote, in the order each group
+/// first appears.
+fn audit_records(
+    who: &Caller,
+    written: &[(&'static str, u16, StoredVersion)],
+) -> Vec<trialbridge_storage::AuditRecord> {
+    let mut groups: Vec<(AuditGroup, Vec<&StoredVersion>)> = Vec::new();
+    for (subtype, status, v) in written {
+        let key = (*subtype, *status, v.site.as_deref());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, vs)) => vs.push(v),
+            None => groups.push((key, vec![v])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((subtype, status, _), vs)| {
+            let named: Vec<_> = vs.into_iter().map(|v| (v, None)).collect();
+            change_event(who, subtype, status, &named)
+        })
+        .collect()
 }
 
 /// How many resources one re-index commit covers.
@@ -169,6 +199,110 @@ pub async fn reindex(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One AuditEvent per site and interaction of a commit, naming every version it wrote; each
+    /// resource is still found by `entity`.
+    #[tokio::test]
+    async fn a_commit_is_audited_once_per_site_and_interaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            trialbridge_storage::open(&format!("sqlite://{}", dir.path().join("a.db").display()))
+                .await
+                .unwrap();
+        let patient = |i: usize, site: &str| {
+            serde_json::json!({"resourceType":"Patient","id":format!("p{i}"),"gender":"female",
+                "extension":[{"url":"http://hl7.org/fhir/StructureDefinition/workflow-researchStudy",
+                    "valueReference":{"reference":format!("ResearchStudy/{site}")}}]})
+        };
+        let load = |items: Vec<Value>| {
+            let store = &store;
+            async move {
+                load_values(
+                    &**store,
+                    std::sync::Arc::new(crate::fhir::NoRules),
+                    "test",
+                    items.into_iter().map(LoadItem::of).collect(),
+                    &Default::default(),
+                    None,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let first: Vec<Value> = (0..5)
+            .map(|i| {
+                patient(
+                    i,
+                    if i < 3 {
+                        "mesemcart-site-01"
+                    } else {
+                        "mesemcart-site-02"
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(load(first).await.created, 5);
+        // p0 changes, p1 stays, p5 is new: one update event and one create event (site-01).
+        let mut changed = patient(0, "mesemcart-site-01");
+        changed["gender"] = "male".into();
+        let counts = load(vec![
+            changed,
+            patient(1, "mesemcart-site-01"),
+            patient(5, "mesemcart-site-01"),
+        ])
+        .await;
+        assert_eq!(
+            (counts.created, counts.updated, counts.unchanged),
+            (1, 1, 1)
+        );
+        let ctx = AccessContext::system("test");
+        let all = store
+            .audit_search(
+                &ctx,
+                &trialbridge_storage::AuditQuery {
+                    count: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let summary: Vec<(Option<String>, usize, bool)> = all
+            .iter()
+            .map(|a| {
+                let e: Value = serde_json::from_str(&a.body).unwrap();
+                let named = e["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|x| x["what"]["reference"].is_string())
+                    .count();
+                (a.site.clone(), named, e["action"] == "C")
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Some("mesemcart-site-01".into()), 3, true),
+                (Some("mesemcart-site-02".into()), 2, true),
+                (Some("mesemcart-site-01".into()), 1, false),
+                (Some("mesemcart-site-01".into()), 1, true),
+            ]
+        );
+        for id in ["Patient/p1", "Patient/p4"] {
+            let found = store
+                .audit_search(
+                    &ctx,
+                    &trialbridge_storage::AuditQuery {
+                        entity: Some(id.into()),
+                        count: 10,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "{id}");
+        }
+    }
 
     #[tokio::test]
     async fn reindex_restores_a_lost_index() {
