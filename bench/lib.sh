@@ -23,6 +23,19 @@ start_trialbridge() {
     export TRIALBRIDGE_TOKEN
 }
 
+# write_patients OUT: the 1,000 Patients (p00000..p00999) the generated Observations refer to,
+# as NDJSON.
+write_patients() {
+    python3 - "$1" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(1000):
+        g = "female" if i % 2 else "male"
+        f.write(json.dumps({"resourceType": "Patient", "id": f"p{i:05d}", "gender": g,
+                            "name": [{"family": f"Proband{i:05d}"}], "birthDate": f"{1966 + i % 40}"}) + "\n")
+PY
+}
+
 # tb_database BACKEND NAME: the database for a trialbridge run: an SQLite file in $work, or,
 # for BACKEND postgres, a fresh database NAME on a throwaway PostgreSQL server (started once
 # per script on 127.0.0.1:55433, stopped by stop_postgres). Prints it; run it in the script's

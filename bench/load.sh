@@ -15,13 +15,7 @@ work=$(mktemp -d)
 trap 'stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
 python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
-python3 - "$work/patients.ndjson" <<'PY'
-import json, sys
-with open(sys.argv[1], "w") as f:
-    for i in range(1000):
-        f.write(json.dumps({"resourceType": "Patient", "id": f"p{i:05d}", "gender": "female" if i % 2 else "male",
-                            "name": [{"family": f"Proband{i:05d}"}], "birthDate": f"{1966 + i % 40}"}) + "\n")
-PY
+write_patients "$work/patients.ndjson"
 n=0
 for build in ${TB_BEFORE:+before} after; do
     bin=$tb

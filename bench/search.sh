@@ -16,14 +16,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
 [ -n "${TB_DB:-}" ] && [ -z "${HFS_BIN:-}" ] || python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
-python3 - "$work/patients.ndjson" <<'PY'
-import json, sys
-with open(sys.argv[1], "w") as f:
-    for i in range(1000):
-        g = "female" if i % 2 else "male"
-        f.write(json.dumps({"resourceType": "Patient", "id": f"p{i:05d}", "gender": g,
-                            "name": [{"family": f"Proband{i:05d}"}], "birthDate": f"{1966 + i % 40}"}) + "\n")
-PY
+write_patients "$work/patients.ndjson"
 
 queries=(
   "Observation?code=http://loinc.org|8867-4"

@@ -318,18 +318,27 @@ async fn load_reports_its_pace_and_space_shows_where_the_bytes_are() {
     std::fs::write(&file, lines.join("\n")).unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("space.db").display());
     for db in [sqlite, pg] {
-        let out = trialbridge()
-            .args(["load", "--site", "mesemcart-site-01"])
-            .arg(&file)
-            .env("TRIALBRIDGE_DATABASE_URL", &db)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // stdout of a command that must succeed.
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = trialbridge()
+                .args(args)
+                .env("TRIALBRIDGE_DATABASE_URL", &db)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text
+        };
+        let text = run(&[
+            "load".as_ref(),
+            "--site".as_ref(),
+            "mesemcart-site-01".as_ref(),
+            file.as_os_str(),
+        ]);
         assert!(text.contains("1200 created"), "{text}");
         assert!(text.contains("1200 resources in "), "{text}");
         assert!(text.contains("by tenth of the input: "), "{text}");
@@ -342,17 +351,7 @@ async fn load_reports_its_pace_and_space_shows_where_the_bytes_are() {
             .unwrap_or_else(|| panic!("no growth line: {text}"));
         assert!(per > 0, "{text}");
 
-        let out = trialbridge()
-            .arg("space")
-            .env("TRIALBRIDGE_DATABASE_URL", &db)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = run(&["space".as_ref()]);
         let bytes = |name: &str| -> u64 {
             text.lines()
                 .find(|l| l.split_whitespace().next() == Some(name))

@@ -97,7 +97,7 @@ async fn commit(
     args: &LoadArgs,
     validation: &trialbridge_validation::Options,
     progress: &mut Progress,
-    bytes_read: u64,
+    bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<()> {
     let Some(last) = items.last().map(|i| i.origin.clone()) else {
         return Ok(());
@@ -132,7 +132,10 @@ async fn commit(
     })?;
     progress.total.add(counts);
     progress.committed_through = Some(last);
-    progress.pace.committed(bytes_read, done(&progress.total));
+    progress
+        .pace
+        .committed(bar.position(), done(&progress.total));
+    bar.set_message(rate_message(progress));
     Ok(())
 }
 
@@ -262,16 +265,7 @@ pub async fn run(
                 pending.extend(items_of(v, &origin)?);
                 if !args.atomic && pending.len() >= BATCH {
                     let batch = std::mem::take(&mut pending);
-                    commit(
-                        &*store,
-                        batch,
-                        &args,
-                        validation,
-                        &mut progress,
-                        bar.position(),
-                    )
-                    .await?;
-                    bar.set_message(rate_message(&progress));
+                    commit(&*store, batch, &args, validation, &mut progress, &bar).await?;
                 }
             }
         } else {
@@ -283,27 +277,10 @@ pub async fn run(
         }
         if args.atomic || pending.len() >= BATCH {
             let batch = std::mem::take(&mut pending);
-            commit(
-                &*store,
-                batch,
-                &args,
-                validation,
-                &mut progress,
-                bar.position(),
-            )
-            .await?;
-            bar.set_message(rate_message(&progress));
+            commit(&*store, batch, &args, validation, &mut progress, &bar).await?;
         }
     }
-    commit(
-        &*store,
-        pending,
-        &args,
-        validation,
-        &mut progress,
-        bar.position(),
-    )
-    .await?;
+    commit(&*store, pending, &args, validation, &mut progress, &bar).await?;
     bar.finish_and_clear();
     println!(
         "loaded {} files: {} created, {} updated, {} unchanged",
