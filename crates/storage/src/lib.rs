@@ -442,6 +442,21 @@ pub trait ResourceStore: Send + Sync + 'static {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError>;
+    /// The current versions (tombstones included) of several resources of one type, in no
+    /// particular order; ids that do not exist or that the caller may not see are left out.
+    /// One query where a read is a round trip (PostgreSQL), point reads where it is not.
+    async fn read_many(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredVersion>, StorageError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.read(ctx, resource_type, id).await?);
+        }
+        Ok(out)
+    }
     /// One version of a resource.
     async fn vread(
         &self,

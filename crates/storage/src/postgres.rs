@@ -12,6 +12,7 @@
 //! Schema in `migrations/postgres/`, applied at start-up with sqlx's migrator (the same files
 //! `sqlx migrate run` applies), which serialises concurrent replicas on its own lock.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,10 +280,21 @@ async fn run_batch(
         appended: 0,
         audited: 0,
         chain_end: None,
-        queued: IndexRows::default(),
+        queued: JobRows::default(),
+        known: HashMap::new(),
     };
+    // The savepoint of the last job kept, released with the next one's start (one round trip
+    // for both; COMMIT releases the last).
+    let mut kept_open = false;
     for job in batch.drain(..) {
-        txn.conn.execute("SAVEPOINT job").await?;
+        txn.conn
+            .execute(if kept_open {
+                "RELEASE SAVEPOINT job; SAVEPOINT job"
+            } else {
+                "SAVEPOINT job"
+            })
+            .await?;
+        kept_open = false;
         txn.appended = 0;
         txn.audited = 0;
         txn.trace = None;
@@ -296,7 +308,7 @@ async fn run_batch(
             .await;
         let mut settled = settle(outcome, txn.appended, txn.audited);
         if let Settlement::Keep(finish) = settled {
-            // The job's index rows; if PostgreSQL refuses them, the job is refused whole.
+            // The job's rows; if PostgreSQL refuses them, the job is refused whole.
             settled = match txn.queued.flush(txn.conn).await {
                 Ok(()) => Settlement::Keep(finish),
                 Err(e) => Settlement::Refuse(finish, e),
@@ -305,10 +317,12 @@ async fn run_batch(
         txn.queued.clear();
         match settled {
             Settlement::Keep(finish) => {
-                txn.conn.execute("RELEASE SAVEPOINT job").await?;
+                kept_open = true;
                 finishers.push(finish);
             }
             discarded => {
+                // What the job read or wrote may be gone with it.
+                txn.known.clear();
                 txn.conn
                     .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
                     .await?;
@@ -324,8 +338,9 @@ async fn run_batch(
     }
     // The queued audit events of requests that changed nothing ride along with this commit.
     for row in pending.take_rows() {
-        insert_audit(txn.conn, &mut txn.chain_end, &row, true).await?;
+        insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, &row, true).await?;
     }
+    txn.queued.flush(txn.conn).await?;
     // synchronous_commit (on by default): COMMIT returns once the WAL is flushed.
     txn.conn.execute("COMMIT").await?;
     Ok(txn.last_seq - last_seq)
@@ -344,15 +359,23 @@ struct PgWriteTxn<'c> {
     audited: usize,
     /// The audit chain's last position and hash in this transaction, once read.
     chain_end: Option<(i64, String)>,
-    /// The current job's index rows, written when it ends.
-    queued: IndexRows,
+    /// The current job's rows, written when it ends or before it reads.
+    queued: JobRows,
+    /// Version, deletion and site of the resources this transaction has read or written, as
+    /// they stand with its queued rows: what `current_version` and `append` would otherwise
+    /// ask the database for once more. Cleared when a job is rolled back.
+    known: HashMap<(String, String), CurrentState>,
 }
 
+/// A resource's current version number, whether it is deleted, and its site.
+type CurrentState = (i64, bool, Option<String>);
+
 /// Appends one row to the audit chain (under the change-sequence lock, so the chain's end,
-/// read once per transaction, stays true across replicas).
+/// read once per transaction, stays true across replicas); the row is queued with the job's.
 async fn insert_audit(
     conn: &mut PgConnection,
     chain_end: &mut Option<(i64, String)>,
+    queued: &mut JobRows,
     r: &AuditRecord,
     batch: bool,
 ) -> Result<(), StorageError> {
@@ -381,22 +404,17 @@ async fn insert_audit(
         body: &body,
         entities: &entities,
     });
-    sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES ($1, $2, $3, $4, $5, $6, $7, 2)")
-        .bind(seq)
-        .bind(r.recorded_us)
-        .bind(site.as_deref())
-        .bind(i32::from(batch))
-        .bind(&body)
-        .bind(&prev)
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
-    if !entities.is_empty() {
-        sqlx::query("INSERT INTO audit_entity (entity, seq) SELECT e, $2 FROM UNNEST($1::text[]) AS t(e) ON CONFLICT DO NOTHING")
-            .bind(entities)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?;
+    let a = &mut queued.audit;
+    a.seq.push(seq);
+    a.recorded_us.push(r.recorded_us);
+    a.site.push(site);
+    a.batch.push(i32::from(batch));
+    a.body.push(body);
+    a.prev_hash.push(prev);
+    a.hash.push(hash.clone());
+    for e in entities {
+        queued.entities.entity.push(e);
+        queued.entities.seq.push(seq);
     }
     *chain_end = Some((seq, hash));
     Ok(())
@@ -436,13 +454,65 @@ async fn read_version(
     Ok(row.as_ref().map(version_from_row).transpose()?)
 }
 
-/// Index rows of the current job, written when the job ends (or before anything in the job
-/// reads or deletes index rows): one statement per table for the whole job instead of two per
-/// resource, so a bulk load's 500-resource commits send two index statements, not a thousand.
+/// The rows the current job writes, sent when the job ends (or before anything in the job
+/// reads what they change, or deletes index rows): one statement for the whole job, every
+/// table bound as column arrays, instead of six to eight round trips per resource on the
+/// writer's one connection. A bulk load's 500-resource commit sends one insert, not thousands;
+/// a PUT costs three round trips (savepoint, current version, rows).
 #[derive(Debug, Default)]
-struct IndexRows {
+struct JobRows {
+    versions: VersionRows,
+    current: CurrentRows,
+    audit: AuditRows,
+    entities: EntityRows,
     text: TextRows,
     ranges: RangeRows,
+}
+
+/// `resource_version` rows as columns.
+#[derive(Debug, Default)]
+struct VersionRows {
+    seq: Vec<i64>,
+    res_type: Vec<String>,
+    res_id: Vec<String>,
+    version: Vec<i64>,
+    last_updated: Vec<String>,
+    last_updated_us: Vec<i64>,
+    deleted: Vec<i32>,
+    body: Vec<Option<String>>,
+    site: Vec<Option<String>>,
+    traceparent: Vec<Option<String>>,
+}
+
+/// `resource_current` rows as columns, one per resource (a later version replaces the row of
+/// an earlier one: one INSERT may not update a row twice).
+#[derive(Debug, Default)]
+struct CurrentRows {
+    at: HashMap<(String, String), usize>,
+    res_type: Vec<String>,
+    res_id: Vec<String>,
+    seq: Vec<i64>,
+    deleted: Vec<i32>,
+    site: Vec<Option<String>>,
+}
+
+/// `audit_event` rows as columns.
+#[derive(Debug, Default)]
+struct AuditRows {
+    seq: Vec<i64>,
+    recorded_us: Vec<i64>,
+    site: Vec<Option<String>>,
+    batch: Vec<i32>,
+    body: Vec<String>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+}
+
+/// `audit_entity` rows as columns.
+#[derive(Debug, Default)]
+struct EntityRows {
+    entity: Vec<String>,
+    seq: Vec<i64>,
 }
 
 /// `search_index` rows as columns (bound as arrays).
@@ -470,8 +540,49 @@ struct RangeRows {
     res_id: Vec<String>,
 }
 
-impl IndexRows {
-    fn add(&mut self, resource_type: &str, id: &str, index: &Index) {
+impl CurrentRows {
+    fn set(&mut self, res_type: &str, res_id: &str, seq: i64, deleted: bool, site: Option<&str>) {
+        let key = (res_type.to_string(), res_id.to_string());
+        let deleted = i32::from(deleted);
+        let site = site.map(String::from);
+        if let Some(&k) = self.at.get(&key) {
+            (self.seq[k], self.deleted[k], self.site[k]) = (seq, deleted, site);
+            return;
+        }
+        self.at.insert(key, self.res_id.len());
+        self.res_type.push(res_type.to_string());
+        self.res_id.push(res_id.to_string());
+        self.seq.push(seq);
+        self.deleted.push(deleted);
+        self.site.push(site);
+    }
+}
+
+impl JobRows {
+    fn is_empty(&self) -> bool {
+        self.versions.seq.is_empty()
+            && self.audit.seq.is_empty()
+            && self.text.res_id.is_empty()
+            && self.ranges.res_id.is_empty()
+    }
+
+    fn add_version(&mut self, v: &StoredVersion) {
+        let r = &mut self.versions;
+        r.seq.push(v.seq);
+        r.res_type.push(v.resource_type.clone());
+        r.res_id.push(v.id.clone());
+        r.version.push(v.version);
+        r.last_updated.push(v.last_updated.clone());
+        r.last_updated_us.push(v.last_updated_us);
+        r.deleted.push(i32::from(v.deleted));
+        r.body.push(v.body.clone());
+        r.site.push(v.site.clone());
+        r.traceparent.push(v.traceparent.clone());
+        self.current
+            .set(&v.resource_type, &v.id, v.seq, v.deleted, v.site.as_deref());
+    }
+
+    fn add_index(&mut self, resource_type: &str, id: &str, index: &Index) {
         let t = &mut self.text;
         for e in &index.text {
             t.res_type.push(resource_type.to_string());
@@ -499,51 +610,85 @@ impl IndexRows {
         *self = Self::default();
     }
 
-    /// Writes what is waiting.
+    /// Writes what is waiting, in one statement. The data-modifying CTEs see one snapshot and
+    /// touch different tables; the ids and texts were made PostgreSQL-safe (`pg_text`) when
+    /// queued.
     async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), StorageError> {
-        let IndexRows { text, ranges } = std::mem::take(self);
-        if !text.res_id.is_empty() {
-            // A resource may repeat a row (the same code twice): the key keeps one.
-            sqlx::query(
-                "INSERT INTO search_index (res_type, param, value, system, res_id) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(text.res_type)
-            .bind(text.param)
-            .bind(text.value)
-            .bind(text.system)
-            .bind(text.res_id)
-            .execute(&mut *conn)
-            .await?;
+        if self.is_empty() {
+            return Ok(());
         }
-        if !ranges.res_id.is_empty() {
-            sqlx::query(
-                "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[], $7::text[], $8::text[], $9::int4[], $10::text[])",
-            )
-            .bind(ranges.res_type)
-            .bind(ranges.param)
-            .bind(ranges.token_code)
-            .bind(ranges.low)
-            .bind(ranges.high)
-            .bind(ranges.token_system)
-            .bind(ranges.unit_system)
-            .bind(ranges.unit_code)
-            .bind(ranges.long)
-            .bind(ranges.res_id)
-            .execute(&mut *conn)
-            .await?;
-        }
+        let JobRows {
+            versions: v,
+            current: c,
+            audit: a,
+            entities: e,
+            text: t,
+            ranges: r,
+        } = std::mem::take(self);
+        sqlx::query(
+            "WITH v AS (INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
+               SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int4[], $8::text[], $9::text[], $10::text[])), \
+             c AS (INSERT INTO resource_current (res_type, res_id, seq, deleted, site) \
+               SELECT * FROM UNNEST($11::text[], $12::text[], $13::int8[], $14::int4[], $15::text[]) \
+               ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site), \
+             a AS (INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) \
+               SELECT *, 2 FROM UNNEST($16::int8[], $17::int8[], $18::text[], $19::int4[], $20::text[], $21::text[], $22::text[])), \
+             e AS (INSERT INTO audit_entity (entity, seq) SELECT * FROM UNNEST($23::text[], $24::int8[]) ON CONFLICT DO NOTHING), \
+             i AS (INSERT INTO search_index (res_type, param, value, system, res_id) \
+               SELECT * FROM UNNEST($25::text[], $26::text[], $27::text[], $28::text[], $29::text[]) ON CONFLICT DO NOTHING) \
+             INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
+               SELECT * FROM UNNEST($30::text[], $31::text[], $32::text[], $33::float8[], $34::float8[], $35::text[], $36::text[], $37::text[], $38::int4[], $39::text[])",
+        )
+        .bind(v.seq)
+        .bind(v.res_type)
+        .bind(v.res_id)
+        .bind(v.version)
+        .bind(v.last_updated)
+        .bind(v.last_updated_us)
+        .bind(v.deleted)
+        .bind(v.body)
+        .bind(v.site)
+        .bind(v.traceparent)
+        .bind(c.res_type)
+        .bind(c.res_id)
+        .bind(c.seq)
+        .bind(c.deleted)
+        .bind(c.site)
+        .bind(a.seq)
+        .bind(a.recorded_us)
+        .bind(a.site)
+        .bind(a.batch)
+        .bind(a.body)
+        .bind(a.prev_hash)
+        .bind(a.hash)
+        .bind(e.entity)
+        .bind(e.seq)
+        .bind(t.res_type)
+        .bind(t.param)
+        .bind(t.value)
+        .bind(t.system)
+        .bind(t.res_id)
+        .bind(r.res_type)
+        .bind(r.param)
+        .bind(r.token_code)
+        .bind(r.low)
+        .bind(r.high)
+        .bind(r.token_system)
+        .bind(r.unit_system)
+        .bind(r.unit_code)
+        .bind(r.long)
+        .bind(r.res_id)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 }
 
-/// Replaces the index rows of one resource: the old ones deleted (two statements), the new
-/// ones queued for the job's two inserts.
+/// Replaces the index rows of one resource: the old ones deleted (one statement), the new
+/// ones queued with the job's rows.
 async fn write_index(
     conn: &mut PgConnection,
-    queued: &mut IndexRows,
+    queued: &mut JobRows,
     resource_type: &str,
     id: &str,
     had_rows: bool,
@@ -552,19 +697,17 @@ async fn write_index(
     if had_rows {
         // Queued rows may be this resource's own: they go in first, then all of its go.
         queued.flush(conn).await?;
-        sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
-            .bind(resource_type)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM search_range WHERE res_type = $1 AND res_id = $2")
-            .bind(resource_type)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "WITH i AS (DELETE FROM search_index WHERE res_type = $1 AND res_id = $2) \
+             DELETE FROM search_range WHERE res_type = $1 AND res_id = $2",
+        )
+        .bind(resource_type)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     }
     if let Some(index) = index {
-        queued.add(resource_type, id, index);
+        queued.add_index(resource_type, id, index);
     }
     Ok(())
 }
@@ -597,6 +740,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
+        self.queued.flush(self.conn).await?;
         read_current(self.conn, resource_type, id).await
     }
 
@@ -606,6 +750,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StorageError> {
+        self.queued.flush(self.conn).await?;
         read_version(self.conn, resource_type, id, version).await
     }
 
@@ -614,12 +759,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<(i64, bool, Option<String>)>, StorageError> {
-        let row: Option<(i64, i32, Option<String>)> = sqlx::query_as("SELECT v.version, c.deleted, c.site FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2")
-            .bind(resource_type)
-            .bind(pg_text(id))
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        Ok(row.map(|(v, d, s)| (v, d != 0, s)))
+        self.known_version(resource_type, &pg_text(id)).await
     }
 
     async fn search_ids(
@@ -663,12 +803,21 @@ impl WriteTxn for PgWriteTxn<'_> {
     }
 
     async fn audit(&mut self, record: AuditRecord) -> Result<(), StorageError> {
-        insert_audit(self.conn, &mut self.chain_end, &record, false).await?;
+        insert_audit(
+            self.conn,
+            &mut self.chain_end,
+            &mut self.queued,
+            &record,
+            false,
+        )
+        .await?;
         self.audited += 1;
         Ok(())
     }
 
     async fn restore_version(&mut self, v: &StoredVersion) -> Result<(), StorageError> {
+        self.queued.flush(self.conn).await?;
+        self.known.clear();
         let id = pg_text(&v.id);
         let body = v.body.as_deref().map(pg_text);
         sqlx::query(
@@ -707,6 +856,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         a: &StoredAudit,
         entities: &[String],
     ) -> Result<(), StorageError> {
+        self.queued.flush(self.conn).await?;
         sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(a.seq)
             .bind(a.recorded_us)
@@ -732,46 +882,17 @@ impl WriteTxn for PgWriteTxn<'_> {
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
         self.appended += 1;
         let id = pg_text(new.id);
-        let previous: Option<i64> = sqlx::query_scalar("SELECT v.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2")
-            .bind(new.resource_type)
-            .bind(&id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
+        let previous = self
+            .known_version(new.resource_type, &id)
+            .await?
+            .map(|(v, ..)| v);
         let version = previous.unwrap_or(0) + 1;
         // lastUpdated strictly increases with seq, so `_since` never skips a late commit.
         let us = now_us().max(self.last_us + 1);
         self.last_us = us;
         let last_updated = instant_text(us)?;
         let body = (!new.deleted).then(|| pg_text(&(new.body)(version, &last_updated)));
-        let seq = self.last_seq + 1;
-        sqlx::query(
-            "INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(seq)
-        .bind(new.resource_type)
-        .bind(&id)
-        .bind(version)
-        .bind(&last_updated)
-        .bind(us)
-        .bind(i32::from(new.deleted))
-        .bind(body.as_deref())
-        .bind(new.site)
-        .bind(self.trace.as_deref())
-        .execute(&mut *self.conn)
-        .await?;
-        self.last_seq = seq;
-        sqlx::query(
-            "INSERT INTO resource_current (res_type, res_id, seq, deleted, site) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (res_type, res_id) DO UPDATE SET seq = excluded.seq, deleted = excluded.deleted, site = excluded.site",
-        )
-        .bind(new.resource_type)
-        .bind(&id)
-        .bind(seq)
-        .bind(i32::from(new.deleted))
-        .bind(new.site)
-        .execute(&mut *self.conn)
-        .await?;
+        self.last_seq += 1;
         write_index(
             self.conn,
             &mut self.queued,
@@ -781,18 +902,53 @@ impl WriteTxn for PgWriteTxn<'_> {
             (!new.deleted).then_some(new.index),
         )
         .await?;
-        Ok(StoredVersion {
+        let stored = StoredVersion {
             resource_type: new.resource_type.to_string(),
-            id: new.id.to_string(),
+            id,
             version,
-            seq,
+            seq: self.last_seq,
             last_updated,
             last_updated_us: us,
             deleted: new.deleted,
             body,
             site: new.site.map(String::from),
             traceparent: self.trace.clone(),
+        };
+        self.queued.add_version(&stored);
+        self.known.insert(
+            (stored.resource_type.clone(), stored.id.clone()),
+            (version, new.deleted, stored.site.clone()),
+        );
+        Ok(StoredVersion {
+            id: new.id.to_string(),
+            ..stored
         })
+    }
+}
+
+impl PgWriteTxn<'_> {
+    /// The current version, deletion and site of a resource (`id` PostgreSQL-safe) as this
+    /// transaction stands: from what it has read or written, else from the database.
+    async fn known_version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<CurrentState>, StorageError> {
+        let key = (resource_type.to_string(), id.to_string());
+        if let Some(state) = self.known.get(&key) {
+            return Ok(Some(state.clone()));
+        }
+        // Not written in this transaction (it would be known), so the database has it as is.
+        let row: Option<(i64, i32, Option<String>)> = sqlx::query_as("SELECT v.version, c.deleted, c.site FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2")
+            .bind(resource_type)
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let state = row.map(|(v, d, s)| (v, d != 0, s));
+        if let Some(state) = &state {
+            self.known.insert(key, state.clone());
+        }
+        Ok(state)
     }
 }
 
@@ -807,6 +963,31 @@ impl ResourceStore for PostgresStore {
         let mut conn = self.pool.acquire().await?;
         let v = read_current(&mut conn, resource_type, id).await?;
         Ok(v.filter(|v| ctx.sites.sees(v.site.as_deref())))
+    }
+
+    async fn read_many(
+        &self,
+        ctx: &AccessContext,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredVersion>, StorageError> {
+        let ids: Vec<String> = ids.iter().map(|id| pg_text(id)).collect();
+        let sql = format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = ANY($2)"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(resource_type)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let v = version_from_row(row)?;
+            if ctx.sites.sees(v.site.as_deref()) {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     async fn vread(
@@ -1154,13 +1335,45 @@ mod tests {
                 token_code: String::new(),
             }],
         };
-        let mut rows = IndexRows::default();
-        rows.add("Observation", "o1", &index);
-        rows.add("Observation", "o\0-2", &index);
+        let mut rows = JobRows::default();
+        rows.add_index("Observation", "o1", &index);
+        rows.add_index("Observation", "o\0-2", &index);
         assert_eq!(rows.text.res_id, ["o1", "o\0-2"]);
         assert_eq!(rows.ranges.low, [172.0, 172.0]);
         assert_eq!(rows.ranges.long, [0, 0]);
         rows.clear();
         assert!(rows.text.res_id.is_empty() && rows.ranges.res_id.is_empty());
+    }
+
+    /// One INSERT may not update a row twice: a resource written twice in one job (a load
+    /// file that repeats an id) keeps one current row, the later version's.
+    #[test]
+    fn a_resource_written_twice_in_a_job_has_one_current_row_the_later() {
+        let version = |v: i64, seq: i64, deleted: bool| StoredVersion {
+            resource_type: "Observation".into(),
+            id: "o1".into(),
+            version: v,
+            seq,
+            last_updated: String::new(),
+            last_updated_us: seq,
+            deleted,
+            body: (!deleted).then(|| "{}".into()),
+            site: Some("site-a".into()),
+            traceparent: None,
+        };
+        let mut rows = JobRows::default();
+        assert!(rows.is_empty());
+        rows.add_version(&version(1, 10, false));
+        rows.add_version(&StoredVersion {
+            id: "o2".into(),
+            ..version(1, 11, false)
+        });
+        rows.add_version(&version(2, 12, true));
+        assert!(!rows.is_empty());
+        assert_eq!(rows.versions.seq, [10, 11, 12]);
+        assert_eq!(rows.current.res_id, ["o1", "o2"]);
+        assert_eq!(rows.current.seq, [12, 11]);
+        assert_eq!(rows.current.deleted, [1, 0]);
+        assert_eq!(rows.versions.body[2], None);
     }
 }

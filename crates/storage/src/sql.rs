@@ -194,7 +194,15 @@ fn glob_literal(s: &str) -> String {
 }
 
 /// The search SELECT over current, non-deleted resources, ordered by id; with `limit` `None`
-/// it selects `columns` without order or limit (for counting).
+/// it selects `columns` without order or limit (for counting and for `_sort`'s inner query).
+///
+/// A page is cut from ids before any body is read: the inner query picks the page's ids, the
+/// outer one joins their current rows and versions. For a caller who sees every site the ids
+/// come straight from the index rows of the most selective criterion (index rows exist only
+/// for current, non-deleted versions), so a page of a criterion with 14,000 matches reads
+/// 14,000 index entries and 21 resources, not 14,000 resources. A caller limited to some
+/// sites needs each match's current row for its site, and a `_lastUpdated` criterion its
+/// version; those inner queries start from `resource_current`.
 pub(crate) fn search_sql(
     dialect: Dialect,
     sites: Option<&[String]>,
@@ -204,51 +212,141 @@ pub(crate) fn search_sql(
     limit: Option<usize>,
     columns: &str,
 ) -> (String, Vec<Arg>) {
-    let mut q = SqlBuilder { sql: format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), args: vec![resource_type.to_string().into()], sites: sites.map(<[String]>::to_vec), dialect };
-    q.site_scope();
-    // ANDed single-value range criteria of one parameter (`date=ge..&date=lt..`) are evaluated
-    // together, on the same value, so that the index reads only the rows between both bounds.
-    // (For an element that repeats, each criterion could otherwise be met by a different value.)
+    let mut q = SqlBuilder {
+        sql: String::new(),
+        args: Vec::new(),
+        sites: sites.map(<[String]>::to_vec),
+        dialect,
+    };
+    let clauses = clauses(request);
+    let Some(limit) = limit else {
+        q.push(&format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), resource_type.to_string());
+        q.site_scope();
+        q.clauses(resource_type, &clauses, None);
+        return (q.sql, q.args);
+    };
+    q.push(&format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0 AND c.res_id IN ("), resource_type.to_string());
+    let reads_version = request.criteria.iter().any(reads_version);
+    let driver = if sites.is_none() && !reads_version {
+        clauses
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.source_rank().map(|r| (r, k)))
+            .min()
+            .map(|(_, k)| k)
+    } else {
+        None
+    };
+    match driver {
+        Some(k) => {
+            q.sql.push_str("SELECT DISTINCT c.res_id FROM (");
+            q.source(resource_type, &clauses[k]);
+            q.sql.push_str(") AS c WHERE 1 = 1");
+        }
+        None => {
+            let join = if reads_version {
+                " JOIN resource_version v ON v.seq = c.seq"
+            } else {
+                ""
+            };
+            q.push(&format!("SELECT c.res_id FROM resource_current c{join} WHERE c.res_type = ? AND c.deleted = 0"), resource_type.to_string());
+            q.site_scope();
+        }
+    }
+    q.clauses(resource_type, &clauses, driver);
+    if let Some(after) = after_id {
+        q.push(" AND c.res_id > ?", after.to_string());
+    }
+    q.push(" ORDER BY c.res_id LIMIT ?)", limit as i64);
+    q.sql.push_str(" ORDER BY c.res_id");
+    (q.sql, q.args)
+}
+
+/// One ANDed condition of a search.
+enum Clause<'a> {
+    /// ANDed single-value range criteria of one parameter (`date=ge..&date=lt..`), evaluated
+    /// together on the same value so that the index reads only the rows between both bounds.
+    /// (For an element that repeats, each criterion could otherwise be met by a different
+    /// value.)
+    RangeGroup(&'a str, Vec<&'a Match>),
+    /// Any other criterion: one of its values matches.
+    Criterion(&'a Criterion),
+}
+
+impl Clause<'_> {
+    /// How selective this clause usually is when its ids are read straight from the index
+    /// (lower first), or `None` when its matches are not all index rows of current resources
+    /// (`_id`, `:missing`, `:not`, `_has`, `_lastUpdated`, `_filter`-style alternatives).
+    fn source_rank(&self) -> Option<u8> {
+        match self {
+            Clause::RangeGroup(..) => Some(1),
+            Clause::Criterion(c) if c.param == "_lastUpdated" => None,
+            Clause::Criterion(c) => c
+                .any_of
+                .iter()
+                .map(|m| match m {
+                    Match::Token { code: Some(_), .. }
+                    | Match::Reference {
+                        target_type: Some(_),
+                        ..
+                    }
+                    | Match::Uri(_)
+                    | Match::Exact(_) => Some(0),
+                    Match::Range { .. } => Some(1),
+                    Match::StartsWith(_) => Some(2),
+                    Match::Chain { .. } => Some(3),
+                    Match::Token { code: None, .. }
+                    | Match::Reference {
+                        target_type: None, ..
+                    }
+                    | Match::Contains(_) => Some(4),
+                    Match::Id(_)
+                    | Match::Missing(_)
+                    | Match::Not(_)
+                    | Match::AnyOf(_)
+                    | Match::Has { .. } => None,
+                })
+                .try_fold(0, |worst, r| r.map(|r| worst.max(r))),
+        }
+    }
+}
+
+/// The request's criteria as ANDed clauses, in request order.
+fn clauses(request: &SearchRequest) -> Vec<Clause<'_>> {
     let single_range = |c: &Criterion| {
         c.param != "_lastUpdated"
             && matches!(c.any_of.as_slice(), [Match::Range { token: None, .. }])
     };
+    let mut out = Vec::new();
     let mut grouped: Vec<&str> = Vec::new();
     for criterion in &request.criteria {
-        if single_range(criterion) {
-            if grouped.contains(&criterion.param.as_str()) {
-                continue;
-            }
-            grouped.push(&criterion.param);
-            let group: Vec<&Match> = request
-                .criteria
-                .iter()
-                .filter(|c| c.param == criterion.param && single_range(c))
-                .map(|c| &c.any_of[0])
-                .collect();
-            q.sql.push_str(" AND (");
-            q.range_rows_condition(resource_type, &criterion.param, &group);
-            q.sql.push(')');
+        if !single_range(criterion) {
+            out.push(Clause::Criterion(criterion));
             continue;
         }
-        q.sql.push_str(" AND (");
-        for (i, m) in criterion.any_of.iter().enumerate() {
-            if i > 0 {
-                q.sql.push_str(" OR ");
-            }
-            q.condition(resource_type, criterion, m);
+        if grouped.contains(&criterion.param.as_str()) {
+            continue;
         }
-        q.sql.push(')');
+        grouped.push(&criterion.param);
+        let group = request
+            .criteria
+            .iter()
+            .filter(|c| c.param == criterion.param && single_range(c))
+            .map(|c| &c.any_of[0])
+            .collect();
+        out.push(Clause::RangeGroup(&criterion.param, group));
     }
-    if let Some(after) = after_id {
-        q.sql.push_str(" AND c.res_id > ?");
-        q.arg(after.to_string());
-    }
-    if let Some(limit) = limit {
-        q.sql.push_str(" ORDER BY c.res_id LIMIT ?");
-        q.arg(limit as i64);
-    }
-    (q.sql, q.args)
+    out
+}
+
+/// Whether a criterion compares the version row itself (`_lastUpdated`, also inside a
+/// `_filter`-style alternative).
+fn reads_version(c: &Criterion) -> bool {
+    c.param == "_lastUpdated"
+        || c.any_of.iter().any(|m| match m {
+            Match::AnyOf(inner) => inner.iter().any(reads_version),
+            _ => false,
+        })
 }
 
 /// SQL text with its bound values.
@@ -279,6 +377,81 @@ impl SqlBuilder {
     fn push(&mut self, sql: &str, v: impl Into<Arg>) {
         self.sql.push_str(sql);
         self.arg(v);
+    }
+
+    /// ` AND (...)` for each clause but `skip` (the one the ids already come from).
+    fn clauses(&mut self, rt: &str, clauses: &[Clause], skip: Option<usize>) {
+        for (k, clause) in clauses.iter().enumerate() {
+            if Some(k) == skip {
+                continue;
+            }
+            self.sql.push_str(" AND (");
+            match clause {
+                Clause::RangeGroup(param, group) => {
+                    self.sql.push_str("c.res_id IN (");
+                    self.range_rows_source(rt, param, group);
+                    self.sql.push(')');
+                }
+                Clause::Criterion(criterion) => {
+                    for (i, m) in criterion.any_of.iter().enumerate() {
+                        if i > 0 {
+                            self.sql.push_str(" OR ");
+                        }
+                        self.condition(rt, criterion, m);
+                    }
+                }
+            }
+            self.sql.push(')');
+        }
+    }
+
+    /// A SELECT of the ids (column `res_id`, repeats possible) of the resources matching a
+    /// clause whose [`Clause::source_rank`] is some.
+    fn source(&mut self, rt: &str, clause: &Clause) {
+        match clause {
+            Clause::RangeGroup(param, group) => self.range_rows_source(rt, param, group),
+            Clause::Criterion(criterion) => {
+                for (i, m) in criterion.any_of.iter().enumerate() {
+                    if i > 0 {
+                        self.sql.push_str(" UNION ALL ");
+                    }
+                    self.match_source(rt, criterion, m);
+                }
+            }
+        }
+    }
+
+    /// A SELECT of the ids of the resources with an index row of `criterion` that matches
+    /// `m`: a token, string, reference or URI value, a range value or a chain.
+    fn match_source(&mut self, rt: &str, criterion: &Criterion, m: &Match) {
+        match m {
+            Match::Chain {
+                target_type,
+                criterion: inner,
+            } => {
+                // Nested SELECTs reuse the aliases c and v: SQL resolves them to the nearest one.
+                self.push(
+                    "SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
+                    rt.to_string(),
+                );
+                self.push(" AND i.param = ?", criterion.param.clone());
+                self.push(
+                    " AND i.value IN (SELECT ? || '/' || c.res_id FROM ",
+                    target_type.clone(),
+                );
+                self.matching_ids_tail(target_type, inner);
+                self.sql.push(')');
+            }
+            Match::Range { .. } => self.range_rows_source(rt, &criterion.param, &[m]),
+            _ => {
+                self.push(
+                    "SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
+                    rt.to_string(),
+                );
+                self.push(" AND i.param = ?", criterion.param.clone());
+                self.text_condition(m);
+            }
+        }
     }
 
     /// A boolean expression over `c` (current pointer) and `v` (its version) for one value.
@@ -312,23 +485,6 @@ impl SqlBuilder {
                 self.sql.push_str("NOT (");
                 self.condition(rt, criterion, inner);
                 self.sql.push(')');
-            }
-            Match::Chain {
-                target_type,
-                criterion: inner,
-            } => {
-                // Nested SELECTs reuse the aliases c and v: SQL resolves them to the nearest one.
-                self.sql.push_str(
-                    "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
-                );
-                self.arg(rt.to_string());
-                self.push(" AND i.param = ?", criterion.param.clone());
-                self.push(
-                    " AND i.value IN (SELECT ? || '/' || c.res_id FROM ",
-                    target_type.clone(),
-                );
-                self.matching_ids_tail(target_type, inner);
-                self.sql.push_str("))");
             }
             Match::AnyOf(criteria) => {
                 self.sql.push('(');
@@ -366,14 +522,9 @@ impl SqlBuilder {
                 // From the version itself: an instant, i.e. the range [t, t + 1 µs).
                 self.range_condition(m, "v.last_updated_us", "(v.last_updated_us + 1)");
             }
-            Match::Range { .. } => self.range_rows_condition(rt, &criterion.param, &[m]),
             _ => {
-                self.sql.push_str(
-                    "c.res_id IN (SELECT i.res_id FROM search_index i WHERE i.res_type = ?",
-                );
-                self.arg(rt.to_string());
-                self.push(" AND i.param = ?", criterion.param.clone());
-                self.text_condition(m);
+                self.sql.push_str("c.res_id IN (");
+                self.match_source(rt, criterion, m);
                 self.sql.push(')');
             }
         }
@@ -456,18 +607,17 @@ impl SqlBuilder {
         }
     }
 
-    /// `c.res_id IN` the resources with one `param` row that satisfies every match of `group`
-    /// (ANDed range criteria of one parameter are evaluated on the same value). Short rows are
-    /// bounded on `low` so the lookup index reads one range; long rows come from their own
-    /// index.
-    fn range_rows_condition(&mut self, rt: &str, param: &str, group: &[&Match]) {
+    /// A SELECT of the ids of the resources with one `param` row that satisfies every match of
+    /// `group` (ANDed range criteria of one parameter are evaluated on the same value). Short
+    /// rows are bounded on `low` so the lookup index reads one range; long rows come from their
+    /// own index.
+    fn range_rows_source(&mut self, rt: &str, param: &str, group: &[&Match]) {
         let (mut lb, mut ub) = (f64::MIN, f64::MAX);
         for m in group {
             let (l, u) = short_row_bounds(m);
             lb = lb.max(l);
             ub = ub.min(u);
         }
-        self.sql.push_str("c.res_id IN (");
         for long in [false, true] {
             if long {
                 self.sql.push_str(" UNION ALL ");
@@ -522,7 +672,6 @@ impl SqlBuilder {
                 self.range_condition(m, "r.low", "r.high");
             }
         }
-        self.sql.push(')');
     }
 
     /// The comparison of an indexed range `[lo, hi)` (dates) or value (numbers) with the search
@@ -877,4 +1026,85 @@ pub(crate) fn instant_text(us: i64) -> Result<String, crate::StorageError> {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .map_err(|e| crate::StorageError::Corrupt(e.to_string()))?;
     Ok(trialbridge_fhir::instant::format(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &[(&str, &str)]) -> SearchRequest {
+        let params: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        trialbridge_fhir::search::parse("Observation", &params, true).unwrap()
+    }
+
+    /// The page's inner query (its ids) and what follows it (the bodies' join).
+    fn page_sql(sites: Option<&[String]>, query: &[(&str, &str)]) -> (String, String) {
+        let (sql, args) = search_sql(
+            Dialect::Postgres,
+            sites,
+            "Observation",
+            &request(query),
+            None,
+            Some(21),
+            VERSION_COLUMNS,
+        );
+        assert_eq!(sql.matches('?').count(), args.len(), "{sql}");
+        let start = sql.find("c.res_id IN (").unwrap() + "c.res_id IN (".len();
+        let end = sql.rfind(" ORDER BY c.res_id LIMIT ?)").unwrap();
+        (sql[start..end].to_string(), sql[end..].to_string())
+    }
+
+    #[test]
+    fn an_unlimited_page_takes_its_ids_from_the_most_selective_index_rows() {
+        let (ids, _) = page_sql(
+            None,
+            &[
+                ("date", "ge2021-01-01"),
+                ("date", "lt2021-02-01"),
+                ("subject", "Patient/p1"),
+            ],
+        );
+        // The reference's rows are the source; the date range (both bounds on one value) is a
+        // condition on them; no current row or body is read before the LIMIT.
+        assert!(
+            ids.starts_with("SELECT DISTINCT c.res_id FROM (SELECT i.res_id FROM search_index i"),
+            "{ids}"
+        );
+        assert_eq!(ids.matches("search_range r WHERE").count(), 2, "{ids}");
+        assert!(!ids.contains("resource_current"), "{ids}");
+        assert!(!ids.contains("resource_version"), "{ids}");
+        let (ids, _) = page_sql(None, &[("date", "ge2021-01-01"), ("date", "lt2021-02-01")]);
+        assert!(
+            ids.starts_with("SELECT DISTINCT c.res_id FROM (SELECT r.res_id FROM search_range r"),
+            "{ids}"
+        );
+    }
+
+    #[test]
+    fn pages_of_site_limited_callers_and_of_criteria_on_the_version_start_from_current_rows() {
+        let sites = vec!["site-a".to_string()];
+        let (ids, _) = page_sql(Some(&sites), &[("subject", "Patient/p1")]);
+        assert!(
+            ids.starts_with("SELECT c.res_id FROM resource_current c WHERE"),
+            "{ids}"
+        );
+        assert!(ids.contains("c.site"), "{ids}");
+        assert!(!ids.contains("resource_version"), "{ids}");
+        // `_lastUpdated` compares the version; `_id` and `:missing` need every current row.
+        let (ids, _) = page_sql(None, &[("_lastUpdated", "ge2021-01-01")]);
+        assert!(
+            ids.starts_with("SELECT c.res_id FROM resource_current c JOIN resource_version v"),
+            "{ids}"
+        );
+        for query in [[("_id", "a")], [("subject:missing", "true")]] {
+            let (ids, _) = page_sql(None, &query);
+            assert!(
+                ids.starts_with("SELECT c.res_id FROM resource_current c"),
+                "{ids}"
+            );
+        }
+    }
 }

@@ -83,8 +83,9 @@ async fn forward_include(
         .collect();
     targets.sort();
     targets.dedup();
-    let mut out = Vec::new();
-    for r in targets {
+    // One read per target type (one query on PostgreSQL), not one per resource.
+    let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for r in &targets {
         let Some((t, id)) = r.split_once('/') else {
             continue;
         };
@@ -93,9 +94,14 @@ async fn forward_include(
         {
             continue;
         }
-        if let Some(found) = store.read(ctx, t, id).await?.filter(|f| !f.deleted) {
-            out.push(found);
-        }
+        by_type.entry(t).or_default().push(id.to_string());
+    }
+    let mut out = Vec::new();
+    for (t, ids) in by_type {
+        let mut found = store.read_many(ctx, t, &ids).await?;
+        found.retain(|f| !f.deleted);
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        out.extend(found);
     }
     Ok(out)
 }
