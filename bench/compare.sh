@@ -9,7 +9,8 @@
 # TB_BACKENDS="sqlite postgres" runs trialbridge once per backend (PostgreSQL: a throwaway
 # server on loopback, see bench/lib.sh), labelled trialbridge-sqlite / trialbridge-postgres.
 # TB_BUILDS="before=/path/to/old/trialbridge after=target/release/trialbridge" serves each of
-# those builds in turn (on SQLite), labelled by name, with the same client: a before/after.
+# those builds in turn (on SQLite, or on TB_BUILDS_BACKEND=postgres), labelled by name, with the
+# same client: a before/after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
@@ -45,7 +46,7 @@ done
 
 for build in ${TB_BUILDS:-}; do
     tb_server=${build#*=}
-    tb_database sqlite "tb_${build%%=*}" > "$work/db"
+    tb_database "${TB_BUILDS_BACKEND:-sqlite}" "tb_${build%%=*}" > "$work/db"
     start_trialbridge "$(cat "$work/db")"
     suite "trialbridge-${build%%=*}" http://127.0.0.1:8190/fhir $tb_pid
     kill $tb_pid; wait $tb_pid 2>/dev/null || true

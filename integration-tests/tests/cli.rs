@@ -350,6 +350,29 @@ async fn load_reports_its_pace_and_space_shows_where_the_bytes_are() {
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or_else(|| panic!("no growth line: {text}"));
         assert!(per > 0, "{text}");
+        if db.starts_with("postgres://") {
+            // The load ends with fresh planner statistics: an ANALYZE finished after the last
+            // version was written (the writer's own, started after the first 1,000, need not
+            // have; the statistics views may lag a little).
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
+                .await
+                .unwrap();
+            let mut fresh = false;
+            for _ in 0..50 {
+                fresh = sqlx::query_scalar::<_, bool>(
+                    "SELECT COALESCE(s.last_analyze >= (SELECT to_timestamp(MAX(last_updated_us) / 1e6) FROM resource_version), false) \
+                     FROM pg_stat_user_tables s WHERE s.relname = 'resource_version'",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+                if fresh {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            assert!(fresh, "no ANALYZE after the last version loaded");
+        }
 
         let text = run(&["space".as_ref()]);
         let bytes = |name: &str| -> u64 {

@@ -548,6 +548,11 @@ pub trait ResourceStore: Send + Sync + 'static {
     async fn submit(&self, ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError>;
     /// Whether the database answers.
     async fn is_ready(&self) -> bool;
+    /// Renews the planner's statistics now (after a bulk load). The default does nothing:
+    /// SQLite's plans are pinned by index hints and need no statistics.
+    async fn refresh_statistics(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Disk space the store uses, with `detail` per table and index (reading every page, so
     /// seconds at millions of resources).
     async fn space(&self, detail: bool) -> Result<StoreSpace, StorageError>;

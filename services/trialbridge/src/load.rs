@@ -281,6 +281,9 @@ pub async fn run(
         }
     }
     commit(&*store, pending, &args, validation, &mut progress, &bar).await?;
+    // The first searches after a load are planned with what was loaded (PostgreSQL).
+    bar.set_message("renewing the planner's statistics");
+    store.refresh_statistics().await?;
     bar.finish_and_clear();
     println!(
         "loaded {} files: {} created, {} updated, {} unchanged",
