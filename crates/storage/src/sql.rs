@@ -196,7 +196,7 @@ fn glob_literal(s: &str) -> String {
 /// The search SELECT over current, non-deleted resources, ordered by id; with `limit` `None`
 /// it selects `columns` without order or limit (for counting and for `_sort`'s inner query).
 ///
-/// A page is cut from ids before any body is read: the inner query picks the page's ids, the
+/// On PostgreSQL a page is cut from ids before any body is read: the inner query picks the page's ids, the
 /// outer one joins their current rows and versions. For a caller who sees every site the ids
 /// come straight from the index rows of the most selective criterion (index rows exist only
 /// for current, non-deleted versions), so a page of a criterion with 14,000 matches reads
@@ -219,10 +219,21 @@ pub(crate) fn search_sql(
         dialect,
     };
     let clauses = clauses(request);
-    let Some(limit) = limit else {
+    // SQLite keeps one query: it runs `c.res_id IN (...)` as an ephemeral b-tree of the
+    // matches in id order and reads only the page's rows, while the ids-first form, without
+    // statistics, is flattened into a walk of the owner index over every row of the type (a
+    // `subject=` page at 100,000 Observations went from 2,600 to 12 per second).
+    let page = limit.filter(|_| dialect == Dialect::Postgres);
+    let Some(limit) = page else {
         q.push(&format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0"), resource_type.to_string());
         q.site_scope();
         q.clauses(resource_type, &clauses, None);
+        if let Some(after) = after_id {
+            q.push(" AND c.res_id > ?", after.to_string());
+        }
+        if let Some(limit) = limit {
+            q.push(" ORDER BY c.res_id LIMIT ?", limit as i64);
+        }
         return (q.sql, q.args);
     };
     q.push(&format!("SELECT {columns} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ? AND c.deleted = 0 AND c.res_id IN ("), resource_type.to_string());
@@ -1080,6 +1091,32 @@ mod tests {
         assert!(
             ids.starts_with("SELECT DISTINCT c.res_id FROM (SELECT r.res_id FROM search_range r"),
             "{ids}"
+        );
+    }
+
+    /// SQLite plans the one-query form well and the ids-first form badly (see `search_sql`).
+    #[test]
+    fn an_sqlite_page_is_one_query_over_current_rows() {
+        let (sql, args) = search_sql(
+            Dialect::Sqlite,
+            None,
+            "Observation",
+            &request(&[("subject", "Patient/p1")]),
+            Some("o1"),
+            Some(21),
+            VERSION_COLUMNS,
+        );
+        assert_eq!(sql.matches('?').count(), args.len(), "{sql}");
+        assert!(
+            sql.starts_with(&format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v"
+            )),
+            "{sql}"
+        );
+        assert!(!sql.contains("DISTINCT"), "{sql}");
+        assert!(
+            sql.ends_with(" AND c.res_id > ? ORDER BY c.res_id LIMIT ?"),
+            "{sql}"
         );
     }
 

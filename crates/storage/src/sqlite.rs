@@ -1066,6 +1066,47 @@ mod tests {
         assert_eq!(temp_store(&reader), 2, "MEMORY");
     }
 
+    /// The page queries of the search suites read the lookup indexes and only the page's
+    /// rows, in id order: no scan, no walk of an owner index over every row of the type, no
+    /// sort of all matches (the planner has no statistics; these plans are what it picks).
+    #[test]
+    fn search_pages_are_planned_on_the_lookup_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("t.db"), false).unwrap();
+        migrate(&mut conn).unwrap();
+        for query in [
+            vec![("subject", "Patient/p00123")],
+            vec![("code", "http://loinc.org|8867-4")],
+            vec![("date", "ge2021-01-01"), ("date", "lt2021-02-01")],
+            vec![("code-value-quantity", "http://loinc.org|8867-4$gt50")],
+        ] {
+            let params: Vec<(String, String)> = query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let request = trialbridge_fhir::search::parse("Observation", &params, true).unwrap();
+            let (sql, args) = search_sql(
+                Dialect::Sqlite,
+                None,
+                "Observation",
+                &request,
+                None,
+                Some(21),
+                VERSION_COLUMNS,
+            );
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            for bad in ["SCAN", "_owner", "TEMP B-TREE"] {
+                assert!(!plan.contains(bad), "{query:?}: {bad}\n{plan}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn space_names_every_table_and_counts_current_resources() {
         let (_dir, store) = store().await;
