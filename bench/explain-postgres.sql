@@ -1,0 +1,10 @@
+-- The PostgreSQL page statements of the search suite as the store sends them (values inlined),
+-- for `EXPLAIN (ANALYZE, BUFFERS)` on a loaded database:
+--   psql postgres://.../tb1m -f bench/explain-postgres.sql
+\timing on
+-- (2) subject= page of 50
+EXPLAIN (ANALYZE, BUFFERS) SELECT v.res_type, v.res_id, v.version, v.seq, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = 'Observation' AND c.deleted = 0 AND c.res_id IN (SELECT DISTINCT c.res_id FROM (SELECT i.res_id FROM search_index i WHERE i.res_type = 'Observation' AND i.param = 'subject' AND i.value = 'Patient/p00123') AS c WHERE 1 = 1 ORDER BY c.res_id LIMIT 51) ORDER BY c.res_id;
+-- (3) date=ge2021-01-01&date=lt2021-02-01
+EXPLAIN (ANALYZE, BUFFERS) SELECT v.res_type, v.res_id, v.version, v.seq, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = 'Observation' AND c.deleted = 0 AND c.res_id IN (SELECT DISTINCT c.res_id FROM (SELECT r.res_id FROM search_range r WHERE r.res_type = 'Observation' AND r.param = 'date' AND r.token_code = '' AND r.low >= 1609459200000000.0 AND r.low <= 1612137600000000.0 AND (r.high > 1609459200000000.0 OR (r.low >= 1609459200000000.0 AND r.high <= 1609545600000000.0)) AND r.low < 1612137600000000.0 UNION ALL SELECT r.res_id FROM search_range r WHERE r.res_type = 'Observation' AND r.param = 'date' AND r.token_code = '' AND r.long = 1 AND (r.high > 1609459200000000.0 OR (r.low >= 1609459200000000.0 AND r.high <= 1609545600000000.0)) AND r.low < 1612137600000000.0) AS c WHERE 1 = 1 ORDER BY c.res_id LIMIT 21) ORDER BY c.res_id;
+-- (5) the page of code=http://loinc.org|8867-4&_include=Observation:subject
+EXPLAIN (ANALYZE, BUFFERS) SELECT v.res_type, v.res_id, v.version, v.seq, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = 'Observation' AND c.deleted = 0 AND c.res_id IN (SELECT DISTINCT c.res_id FROM (SELECT i.res_id FROM search_index i WHERE i.res_type = 'Observation' AND i.param = 'code' AND i.value = '8867-4' AND i.system = 'http://loinc.org') AS c WHERE 1 = 1 ORDER BY c.res_id LIMIT 21) ORDER BY c.res_id;
