@@ -548,8 +548,9 @@ pub trait ResourceStore: Send + Sync + 'static {
     async fn submit(&self, ctx: &AccessContext, job: WriteJob) -> Result<(), StorageError>;
     /// Whether the database answers.
     async fn is_ready(&self) -> bool;
-    /// Renews the planner's statistics now (after a bulk load). The default does nothing:
-    /// SQLite's plans are pinned by index hints and need no statistics.
+    /// Renews the planner's statistics now (after a bulk load; PostgreSQL: `VACUUM (ANALYZE)`,
+    /// which also marks the new pages all-visible for index-only scans). The default does
+    /// nothing: SQLite's plans are pinned by index hints and need no statistics.
     async fn refresh_statistics(&self) -> Result<(), StorageError> {
         Ok(())
     }

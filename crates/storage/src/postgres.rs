@@ -1296,11 +1296,16 @@ impl ResourceStore for PostgresStore {
     }
 
     async fn refresh_statistics(&self) -> Result<(), StorageError> {
-        // No statement timeout: at a million Observations ANALYZE takes seconds, and a load
-        // that ends must leave the planner informed.
-        let mut conn = self.pool.acquire().await?;
-        conn.execute("SET statement_timeout = 0; ANALYZE; RESET statement_timeout")
-            .await?;
+        // VACUUM as well as ANALYZE: it sets the visibility map of the pages just written, so
+        // that the index-only scans of search read no heap (a one-month date range at a million
+        // Observations: 2,483 heap fetches and 25-29 ms before, none and 13-19 ms after). On a
+        // connection of its own without the read budget: at a million it takes seconds, and a
+        // load that ends must leave the planner informed. (VACUUM cannot share a statement
+        // string with SET, so three statements.)
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        conn.execute("SET statement_timeout = 0").await?;
+        conn.execute("VACUUM (ANALYZE)").await?;
+        conn.close().await?;
         Ok(())
     }
 
