@@ -426,7 +426,7 @@ impl Gateway {
                 Ok(m) => m,
                 Err(errors) => return reply(&admitted.of, AckCode::AE, &errors),
             };
-        let identified = match self.identify(&mapped).await {
+        let identified = match self.identify(&mapped) {
             Ok(i) => i,
             Err(e) => return self.unavailable(&admitted.of, e),
         };
@@ -445,7 +445,7 @@ impl Gateway {
     /// ACK), or for a control id reused with other content (AE; the message is kept as a dead
     /// letter).
     async fn dedup(&self, a: &Admitted, bytes: &[u8]) -> Result<Option<Received>, DbError> {
-        let previous = self.db.previous(&a.sender, &a.control_id).await?;
+        let previous = self.db.previous(&a.sender, &a.control_id)?;
         if let Some(p) = previous.iter().find(|p| p.fingerprint == a.fingerprint) {
             self.db.bump("duplicates", 1).await?;
             return Ok(Some(again(&a.of, p.ack.clone())));
@@ -481,7 +481,7 @@ impl Gateway {
     }
 
     /// Stage 5: the subject of every patient group, by the identity rule.
-    pub async fn identify(&self, mapped: &Mapped) -> Result<Identified, DbError> {
+    pub fn identify(&self, mapped: &Mapped) -> Result<Identified, DbError> {
         let mut mrns: Vec<String> = mapped
             .groups
             .iter()
@@ -490,7 +490,7 @@ impl Gateway {
             .collect();
         mrns.sort();
         mrns.dedup();
-        let rows = self.db.key_rows(mrns).await?;
+        let rows = self.db.key_rows(&mrns)?;
         if mapped.event == Event::Merge {
             let mut pairs = Vec::new();
             for (n, g) in mapped.groups.iter().enumerate() {
@@ -681,7 +681,7 @@ impl Gateway {
                 ))
             }
         };
-        let identified = self.identify(&mapped).await?;
+        let identified = self.identify(&mapped)?;
         let origin = Origin {
             sender: d.sender,
             control_id: d.control_id,

@@ -352,13 +352,20 @@ async fn load(a: &SendArgs, messages: &[(usize, Vec<u8>)], total: usize) -> anyh
                 }
                 let msg =
                     with_control_id(&templates[k % templates.len()], &format!("B{run_id}-{k}"));
-                // Open loop: the message's latency counts from its scheduled time, so time
-                // spent waiting for a free connection is part of it.
+                // Open loop: a message whose connection is still busy at its scheduled time
+                // counts from that time, so waiting for the gateway's last ACK is part of its
+                // latency. One whose connection is free counts from when it is sent: the
+                // timer wakes up to a millisecond late (its resolution), and that delay is the
+                // client's, not the gateway's.
                 let t = match rate {
                     Some(r) => {
                         let at = started + Duration::from_secs_f64(k as f64 / r);
-                        tokio::time::sleep_until(at.into()).await;
-                        at
+                        if Instant::now() < at {
+                            tokio::time::sleep_until(at.into()).await;
+                            Instant::now()
+                        } else {
+                            at
+                        }
                     }
                     None => Instant::now(),
                 };
