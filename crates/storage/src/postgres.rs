@@ -288,16 +288,19 @@ async fn run_batch(
     finishers: &mut Vec<JobFinish>,
     pending: &PendingAudit,
 ) -> Result<i64, StorageError> {
-    conn.execute("BEGIN").await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CHANGE_SEQUENCE_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    let (last_seq, last_us): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(MAX(seq), 0)::bigint, COALESCE(MAX(last_updated_us), 0)::bigint FROM resource_version",
-    )
-    .fetch_one(&mut *conn)
+    // One round trip for the three statements that open a batch. They stay three: at READ
+    // COMMITTED each statement takes its own snapshot, so the highest `seq` is read after the
+    // lock is granted (one statement would read it from before the wait).
+    let opened = sqlx::raw_sql(AssertSqlSafe(format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({CHANGE_SEQUENCE_LOCK}); \
+         SELECT COALESCE(MAX(seq), 0)::bigint, COALESCE(MAX(last_updated_us), 0)::bigint FROM resource_version"
+    )))
+    .fetch_all(&mut *conn)
     .await?;
+    let highest = opened.last().ok_or_else(|| {
+        StorageError::Corrupt("opening a write transaction returned no row".into())
+    })?;
+    let (last_seq, last_us): (i64, i64) = (highest.try_get(0)?, highest.try_get(1)?);
     let mut txn = PgWriteTxn {
         conn,
         last_us,
