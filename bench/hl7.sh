@@ -35,13 +35,12 @@ TRIALBRIDGE_DATABASE_URL="sqlite://$work/store.db" TRIALBRIDGE_LISTEN=127.0.0.1:
     $tb serve >/dev/null 2>&1 &
 serve_pid=$!
 wait_up http://127.0.0.1:18480/fhir
-printf 'MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|X|P|2.5.1\rPID|1||4711^^^KH-NORD^MR||Muster^Erika||19880412|F\rOBR|1|||SCREEN|||20260302093000+0100\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM|18.5-25|H|||F|||20260302093000+0100\rOBX|2|NM|29463-7^Body weight^LN||68|kg^^UCUM|||||F|||20260302093000+0100\r' > "$work/oru.hl7"
+write_oru "$work/oru.hl7"
 $client hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "not enrolled, 16 connections"
 $client hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 1 --requests 3000 --label "not enrolled, 1 connection"
 # The gateway's API takes a site token of its site (the local profile's key beside the database).
 site_token=$(TRIALBRIDGE_DATA_DIR=$work $tb token --role site --site mesemcart-site-01 --database-url "sqlite://$work/store.db")
-curl -sf -X POST http://127.0.0.1:18481/enrolments -H "Authorization: Bearer $site_token" -H 'content-type: application/json' \
-    -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
+enrol_oru_patient "$site_token"
 $client hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --requests 20000 --label "enrolled, 16 connections"
 # How long the outbox takes to reach the store after that burst (forwarding runs meanwhile).
 start=$(date +%s.%N)
@@ -67,6 +66,5 @@ TRIALBRIDGE_DATA_DIR="$work/deployed" TRIALBRIDGE_GATEWAY_DATABASE="$work/gatewa
     TRIALBRIDGE_MLLP_LISTEN=127.0.0.1:18482 TRIALBRIDGE_GATEWAY_LISTEN=127.0.0.1:18481 \
     taskset -c 0 $tb gateway >/dev/null 2>&1 &
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18481/status >/dev/null && break; sleep 0.2; done
-curl -sf -X POST http://127.0.0.1:18481/enrolments -H "Authorization: Bearer $site_token" -H 'content-type: application/json' \
-    -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
+enrol_oru_patient "$site_token"
 taskset -c 1 $client hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --rate 2000 --requests 20000 --label "deployed shape: gateway alone on one core, enrolled, 16 connections, offered 2,000/s"

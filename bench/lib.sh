@@ -76,3 +76,16 @@ writable_data() {
     sed 's#"performer":\[{"reference":"Encounter/example"}\]#"performer":[{"reference":"Practitioner/example"}]#' \
         bench/data/observations-1000.ndjson > "$1"
 }
+
+# write_oru OUT: the ORU^R01 the MLLP benchmarks send: patient MRN 4711 of authority KH-NORD,
+# two results (BMI with a local code, body weight with LOINC).
+write_oru() {
+    printf 'MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|X|P|2.5.1\rPID|1||4711^^^KH-NORD^MR||Muster^Erika||19880412|F\rOBR|1|||SCREEN|||20260302093000+0100\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM|18.5-25|H|||F|||20260302093000+0100\rOBX|2|NM|29463-7^Body weight^LN||68|kg^^UCUM|||||F|||20260302093000+0100\r' > "$1"
+}
+
+# enrol_oru_patient TOKEN: enrols that patient as subject MC-01-001 at the gateway whose API is
+# on 127.0.0.1:18481 (TOKEN: a site token of mesemcart-site-01).
+enrol_oru_patient() {
+    curl -sf -X POST http://127.0.0.1:18481/enrolments -H "Authorization: Bearer $1" -H 'content-type: application/json' \
+        -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
+}

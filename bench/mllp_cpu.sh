@@ -19,10 +19,9 @@ TRIALBRIDGE_DATA_DIR="$work" TRIALBRIDGE_DATABASE_URL="sqlite://$work/store.db" 
     TRIALBRIDGE_STORE_URL=http://127.0.0.1:9/fhir $tb serve >/dev/null 2>&1 &
 server=$!
 wait_up http://127.0.0.1:18480/fhir
-printf 'MSH|^~\\&|LAB|KH-NORD|TB|SPONSOR|20260302100000+0100||ORU^R01^ORU_R01|X|P|2.5.1\rPID|1||4711^^^KH-NORD^MR||Muster^Erika||19880412|F\rOBR|1|||SCREEN|||20260302093000+0100\rOBX|1|NM|BMI^Body mass index^L||27.4|kg/m2^^UCUM|18.5-25|H|||F|||20260302093000+0100\rOBX|2|NM|29463-7^Body weight^LN||68|kg^^UCUM|||||F|||20260302093000+0100\r' > "$work/oru.hl7"
+write_oru "$work/oru.hl7"
 site_token=$(TRIALBRIDGE_DATA_DIR=$work $tb token --role site --site mesemcart-site-01 --database-url "sqlite://$work/store.db")
-curl -sf -X POST http://127.0.0.1:18481/enrolments -H "Authorization: Bearer $site_token" -H 'content-type: application/json' \
-    -d '{"mrn":"4711","authority":"KH-NORD","subjectId":"MC-01-001","gender":"female","birthYear":1988}' >/dev/null
+enrol_oru_patient "$site_token"
 ticks() { awk '{print $14+$15}' "/proc/$server/stat"; }
 before=$(ticks)
 $client hl7 send --to 127.0.0.1:18482 --file "$work/oru.hl7" --concurrency 16 --rate 2000 --requests 20000 --label "enrolled, 16 connections, offered 2,000/s, forwarding off"
