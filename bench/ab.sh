@@ -6,10 +6,9 @@
 #       /path/to/before/trialbridge target/release/trialbridge
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 tb=target/release/trialbridge
 . bench/lib.sh
+scratch_dir
 write_patients "$work/patients.ndjson"
 q=$1
 shift

@@ -14,9 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
+scratch_dir
 data=$work/observations.ndjson
 writable_data "$data"
 

@@ -9,9 +9,8 @@ cd "$(dirname "$0")/.."
 N=${N:-100000}
 cargo build --release --locked -q -p trialbridge
 tb=target/release/trialbridge
-work=$(mktemp -d)
 . bench/lib.sh
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+scratch_dir
 db=${TB_DB:-$work/tb.db}
 if [ -z "${TB_DB:-}" ]; then
     python3 bench/gen_observations.py "$N" "$work/obs.ndjson"

@@ -1,5 +1,12 @@
 # Shared by the benchmark scripts (sourced): starting and stopping the servers under test.
-# Expects $work (a scratch folder) and $tb (the trialbridge binary).
+# Expects $tb (the trialbridge binary) and, from `scratch_dir`, $work.
+
+# scratch_dir: a scratch folder in $work, removed at exit together with the servers the script
+# started (its jobs) and a throwaway PostgreSQL (`stop_postgres`).
+scratch_dir() {
+    work=$(mktemp -d)
+    trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
+}
 
 # Refuses to start a server on a port another process already answers on.
 port_free() { ! curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null || { echo "port $1 is in use: stop the server there first" >&2; exit 1; }; }

@@ -11,9 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
 N=${N:-100000}
-work=$(mktemp -d)
-trap 'stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
+scratch_dir
 python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
 write_patients "$work/patients.ndjson"
 n=0

@@ -11,8 +11,7 @@ tb=${TB:-target/release/trialbridge}
 [ -n "${TB:-}" ] || cargo build --release --locked -q -p trialbridge
 client=${CLIENT:-$tb}
 . bench/lib.sh
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+scratch_dir
 port_free 18480; port_free 18481
 TRIALBRIDGE_DATA_DIR="$work" TRIALBRIDGE_DATABASE_URL="sqlite://$work/store.db" TRIALBRIDGE_LISTEN=127.0.0.1:18480 \
     TRIALBRIDGE_MLLP_LISTEN=127.0.0.1:18482 TRIALBRIDGE_GATEWAY_LISTEN=127.0.0.1:18481 TRIALBRIDGE_GRPC_LISTEN=127.0.0.1:0 \

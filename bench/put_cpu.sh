@@ -7,10 +7,9 @@
 #   PG_URL=postgres://postgres@127.0.0.1:55500 bash bench/put_cpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 tb=target/release/trialbridge
 . bench/lib.sh
+scratch_dir
 writable_data "$work/obs.ndjson"
 psql "$PG_URL/postgres" -qc "drop database if exists tb_put_cpu" -c "create database tb_put_cpu"
 start_trialbridge "$PG_URL/tb_put_cpu"

@@ -12,9 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
 N=${N:-100000}
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; stop_postgres; rm -rf "$work"' EXIT
 . bench/lib.sh
+scratch_dir
 [ -n "${TB_DB:-}" ] && [ -z "${HFS_BIN:-}" ] || python3 bench/gen_observations.py "$N" "$work/obs.ndjson"
 write_patients "$work/patients.ndjson"
 

@@ -14,9 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
 servers=${SERVERS:-"without-security=${BEFORE_BIN:?BEFORE_BIN or SERVERS must name the builds} with-security=$tb"}
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 . bench/lib.sh
+scratch_dir
 data=$work/observations.ndjson
 writable_data "$work/plain.ndjson"
 # A site writes in its namespace: the ids it chooses and the subjects it references begin with

@@ -213,6 +213,19 @@ async fn writer_loop(
     }
 }
 
+/// Runs maintenance statements one by one on a connection opened for them (beside the pool and
+/// the writer, so that neither waits for them), then closes it.
+async fn on_own_connection(
+    options: &PgConnectOptions,
+    statements: &[&'static str],
+) -> Result<(), sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    for statement in statements {
+        conn.execute(*statement).await?;
+    }
+    conn.close().await
+}
+
 /// When the planner's statistics are renewed. A bulk load (`trialbridge load`, large
 /// transactions) fills the tables faster than autovacuum's autoanalyze looks at them, and a
 /// planner that believes a table empty picks nested loops: one `_sort` page took 48 s at 20,000
@@ -260,12 +273,7 @@ impl Statistics {
             (self.running.clone(), self.options.clone(), self.at_last);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let analyzed = async {
-                let mut conn = PgConnection::connect_with(&options).await?;
-                conn.execute("ANALYZE").await?;
-                conn.close().await
-            }
-            .await;
+            let analyzed = on_own_connection(&options, &["ANALYZE"]).await;
             running.store(false, Ordering::Release);
             match analyzed {
                 Ok(()) => tracing::info!(
@@ -1305,10 +1313,11 @@ impl ResourceStore for PostgresStore {
         // connection of its own without the read budget: at a million it takes seconds, and a
         // load that ends must leave the planner informed. (VACUUM cannot share a statement
         // string with SET, so three statements.)
-        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
-        conn.execute("SET statement_timeout = 0").await?;
-        conn.execute("VACUUM (ANALYZE)").await?;
-        conn.close().await?;
+        on_own_connection(
+            &self.pool.connect_options(),
+            &["SET statement_timeout = 0", "VACUUM (ANALYZE)"],
+        )
+        .await?;
         Ok(())
     }
 
