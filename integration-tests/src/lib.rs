@@ -56,7 +56,11 @@ impl TestStore {
         adjust: impl FnOnce(&mut trial_store::StoreConfig),
     ) -> Self {
         let url = store_database_url(dir.path()).await;
-        let store = trialbridge_storage::open_with(&url, statement_timeout)
+        let options = trialbridge_storage::StoreOptions {
+            statement_timeout,
+            ..Default::default()
+        };
+        let store = trialbridge_storage::open_with(&url, options)
             .await
             .expect("open store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -106,6 +106,23 @@ fn the_chart_renders_and_every_manifest_validates() {
             assert_eq!(probes.1["httpGet"]["path"], "/readyz", "{}", c["name"]);
         }
     }
+    // The read cache: 64 MiB by default, as set otherwise.
+    for (render, want) in [(&renders[0], "64"), (&renders[1], "256")] {
+        let store = render["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "mc-trialbridge-store")
+            .unwrap();
+        let env = store["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let cache = env
+            .iter()
+            .find(|e| e["name"] == "TRIALBRIDGE_READ_CACHE_MB")
+            .map(|e| e["value"].clone());
+        assert_eq!(cache, Some(json!(want)), "{}", render["values"]);
+    }
     // Defaults: the store alone, autoscaled, with a disruption budget and a network policy.
     let default_kinds = kinds(&renders[0]);
     for (kind, name) in [

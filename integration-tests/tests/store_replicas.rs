@@ -210,3 +210,145 @@ async fn export_patients(base: &str) -> BTreeMap<String, i64> {
     }
     out
 }
+
+/// The version and the name text `GET {base}/Patient/{id}` answers with.
+async fn read_patient(c: &reqwest::Client, base: &str, id: &str) -> (i64, String) {
+    let r = c.get(format!("{base}/Patient/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {base}/Patient/{id}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    let version = body["meta"]["versionId"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("meta.versionId");
+    (
+        version,
+        body["name"][0]["text"].as_str().unwrap_or("").into(),
+    )
+}
+
+/// Each replica keeps the current versions it has read in memory; a read must still answer
+/// with every write any replica acknowledged before it arrived. Writers update their own
+/// Patients on the replicas in turn and read each write back from all three at once; readers
+/// meanwhile read the same Patients from any replica and never see a version go back; and a
+/// transaction of more versions than one cache poll reads, written on one replica, is seen
+/// whole on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_reads_what_another_acknowledged() {
+    let name = format!("tb_replica_reads_{}", std::process::id());
+    let db = postgres_database(&server_url(), &name).await;
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let ((mut a, base_a), (mut b, base_b), (mut c, base_c)) = tokio::join!(
+        replica(&db, dirs[0].path()),
+        replica(&db, dirs[1].path()),
+        replica(&db, dirs[2].path())
+    );
+    let bases = [base_a.clone(), base_b.clone(), base_c.clone()];
+    let put = |c: &reqwest::Client, base: &str, id: &str, text: &str| {
+        let body = json!({"resourceType": "Patient", "id": id, "name": [{"text": text}]});
+        c.put(format!("{base}/Patient/{id}"))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    let ids: Vec<String> = (0..8).map(|i| format!("r-{i}")).collect();
+    let http = client();
+    for id in &ids {
+        let r = put(&http, &base_a, id, "start").await.unwrap();
+        assert!(r.status().is_success(), "{id}: {}", r.status());
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..6usize {
+        let (bases, ids, done) = (bases.clone(), ids.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let c = client();
+            let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+            let mut n = r;
+            while !done.load(Ordering::SeqCst) {
+                n += 1;
+                let id = &ids[n % ids.len()];
+                let base = &bases[(n / ids.len()) % bases.len()];
+                let (v, _) = read_patient(&c, base, id).await;
+                let before = seen.insert(id.clone(), v).unwrap_or(0);
+                assert!(
+                    v >= before,
+                    "reader {r}: {id} went back from version {before} to {v} on {base}"
+                );
+            }
+        }));
+    }
+
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let (bases, mine) = (bases.clone(), [ids[2 * w].clone(), ids[2 * w + 1].clone()]);
+        writers.push(tokio::spawn(async move {
+            let c = client();
+            for n in 0..30usize {
+                let id = &mine[n % 2];
+                let text = format!("w{w}-{n}");
+                let r = put(&c, &bases[n % 3], id, &text).await.unwrap();
+                assert!(r.status().is_success(), "{id}: {}", r.status());
+                let written: serde_json::Value = r.json().await.unwrap();
+                let version: i64 = written["meta"]["versionId"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let (ra, rb, rc) = tokio::join!(
+                    read_patient(&c, &bases[0], id),
+                    read_patient(&c, &bases[1], id),
+                    read_patient(&c, &bases[2], id)
+                );
+                let reads = [ra, rb, rc];
+                for (base, got) in bases.iter().zip(reads) {
+                    assert_eq!(
+                        got,
+                        (version, text.clone()),
+                        "{base} after version {version} of {id} was acknowledged"
+                    );
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+
+    // More new versions than one poll reads, the cached Patients last; no other reads, so the
+    // first read on each replica afterwards is the one that meets them.
+    for base in &bases {
+        for id in &ids {
+            read_patient(&http, base, id).await;
+        }
+    }
+    let mut entries: Vec<serde_json::Value> = (0..1100)
+        .map(|i| json!({"resource": {"resourceType": "Patient", "id": format!("bulk-{i}")}, "request": {"method": "PUT", "url": format!("Patient/bulk-{i}")}}))
+        .collect();
+    entries.extend(ids.iter().map(|id| json!({"resource": {"resourceType": "Patient", "id": id, "name": [{"text": "bulk"}]}, "request": {"method": "PUT", "url": format!("Patient/{id}")}})));
+    let r = http
+        .post(&base_a)
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    for base in [&base_b, &base_c] {
+        for id in &ids {
+            let (_, text) = read_patient(&http, base, id).await;
+            assert_eq!(text, "bulk", "{base}: {id} after the transaction");
+        }
+    }
+
+    for child in [&mut a, &mut b, &mut c] {
+        let _ = child.kill().await;
+    }
+}

@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 pub use trialbridge_fhir::index::{Index, IndexEntry, RangeEntry};
 pub use trialbridge_fhir::search::{Cursor, SearchRequest};
 
+mod current_cache;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -683,27 +684,51 @@ pub fn redacted_url(url: &str) -> String {
 /// How long one read statement may run unless configured otherwise.
 pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Opens the store named by a database URL: `sqlite://path` (embedded, created if missing)
-/// or `postgres://user[:password]@host[:port]/database` (`postgresql://` too; migrations are
-/// applied at start-up), with the default statement timeout.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
-    open_with(url, DEFAULT_STATEMENT_TIMEOUT).await
+/// How much memory a PostgreSQL replica gives the current versions it has read, unless
+/// configured otherwise.
+pub const DEFAULT_READ_CACHE_BYTES: u64 = 64 << 20;
+
+/// How a store is opened, beyond its URL.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// How long one read statement may run (PostgreSQL's `statement_timeout`, SQLite's
+    /// progress handler); see [`StorageError::is_too_costly`].
+    pub statement_timeout: std::time::Duration,
+    /// Bytes of current versions a PostgreSQL replica keeps for reads by id, coherent with
+    /// the other replicas' writes through the change sequence; 0 turns it off. SQLite reads
+    /// its own pages in process and has none.
+    pub read_cache_bytes: u64,
 }
 
-/// As [`open`], with reads cancelled after `statement_timeout` (PostgreSQL's
-/// `statement_timeout`, SQLite's progress handler); see [`StorageError::is_too_costly`].
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            read_cache_bytes: DEFAULT_READ_CACHE_BYTES,
+        }
+    }
+}
+
+/// Opens the store named by a database URL: `sqlite://path` (embedded, created if missing)
+/// or `postgres://user[:password]@host[:port]/database` (`postgresql://` too; migrations are
+/// applied at start-up), with the default options.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
+    open_with(url, StoreOptions::default()).await
+}
+
+/// As [`open`], with `options`.
 pub async fn open_with(
     url: &str,
-    statement_timeout: std::time::Duration,
+    options: StoreOptions,
 ) -> Result<std::sync::Arc<dyn ResourceStore>, StorageError> {
     match Backend::of(url)? {
         Backend::Sqlite => {
-            let mut options = SqliteOptions::from_url(url)?;
-            options.statement_timeout = statement_timeout;
-            Ok(std::sync::Arc::new(SqliteStore::open(options).await?))
+            let mut sqlite = SqliteOptions::from_url(url)?;
+            sqlite.statement_timeout = options.statement_timeout;
+            Ok(std::sync::Arc::new(SqliteStore::open(sqlite).await?))
         }
         Backend::Postgres => Ok(std::sync::Arc::new(
-            PostgresStore::open_with(url, statement_timeout).await?,
+            PostgresStore::open_with(url, options).await?,
         )),
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
+use crate::current_cache::CurrentCache;
 use crate::sql::{
     audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
     Dialect, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
@@ -32,7 +33,8 @@ use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH}
 use crate::{
     audit_entities_of, audit_hash_v2, AccessContext, AuditQuery, AuditRecord, AuditRow,
     HistoryPage, HistoryQuery, Index, JobFinish, NewVersion, ResourceStore, SearchPage, SpaceUse,
-    StorageError, StoreSpace, StoredAudit, StoredVersion, WriteJob, WriteTxn, AUDIT_GENESIS,
+    StorageError, StoreOptions, StoreSpace, StoredAudit, StoredVersion, WriteJob, WriteTxn,
+    AUDIT_GENESIS,
 };
 
 /// The advisory lock every write transaction holds from its start to its commit (an arbitrary
@@ -45,6 +47,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The PostgreSQL implementation of [`crate::ResourceStore`].
 pub struct PostgresStore {
     pool: PgPool,
+    /// Current versions read by id, coherent through the change sequence (none if configured
+    /// to 0 bytes).
+    current: Option<CurrentCache>,
     jobs: mpsc::Sender<WriteJob>,
     pending_audit: Arc<PendingAudit>,
 }
@@ -120,13 +125,15 @@ impl PostgresStore {
     /// Connects to the database named by `url` (`postgres://user@host:port/db`), applies the
     /// migrations and starts the writer.
     pub async fn open(url: &str) -> Result<Self, StorageError> {
-        Self::open_with(url, crate::DEFAULT_STATEMENT_TIMEOUT).await
+        Self::open_with(url, StoreOptions::default()).await
     }
 
-    /// As [`PostgresStore::open`], with the server cancelling any statement that runs longer
-    /// than `statement_timeout` (the session's `statement_timeout`), so that no query holds a
-    /// connection and a CPU for as long as it likes.
-    pub async fn open_with(url: &str, statement_timeout: Duration) -> Result<Self, StorageError> {
+    /// As [`PostgresStore::open`], with the server cancelling any read statement that runs
+    /// longer than `options.statement_timeout` (the session's `statement_timeout`), so that no
+    /// query holds a connection and a CPU for as long as it likes, and a read cache of
+    /// `options.read_cache_bytes`.
+    pub async fn open_with(url: &str, store: StoreOptions) -> Result<Self, StorageError> {
+        let statement_timeout = store.statement_timeout;
         let options: PgConnectOptions = url
             .parse()
             .map_err(|_| StorageError::UnsupportedUrl(url.to_string()))?;
@@ -146,13 +153,20 @@ impl PostgresStore {
             .max_connections(16)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(read_options)
+            .connect_with(read_options.clone())
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let pending_audit = Arc::new(PendingAudit::default());
+        let (last_seq,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM resource_version")
+                .fetch_one(&pool)
+                .await?;
+        let current = (store.read_cache_bytes > 0)
+            .then(|| CurrentCache::start(read_options.clone(), last_seq, store.read_cache_bytes));
         tokio::spawn(writer_loop(writer, options, rx, pending_audit.clone()));
         Ok(Self {
             pool,
+            current,
             jobs: tx,
             pending_audit,
         })
@@ -997,8 +1011,24 @@ impl ResourceStore for PostgresStore {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        let mut conn = self.pool.acquire().await?;
-        let v = read_current(&mut conn, resource_type, id).await?;
+        let fresh = match &self.current {
+            Some(cache) => cache.fresh().await.map(|f| (cache, f)),
+            None => None,
+        };
+        let cached = fresh
+            .as_ref()
+            .and_then(|(cache, _)| cache.get(resource_type, id));
+        let v = match cached {
+            Some(v) => Some(StoredVersion::clone(&v)),
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                let v = read_current(&mut conn, resource_type, id).await?;
+                if let (Some((cache, fresh)), Some(v)) = (&fresh, &v) {
+                    cache.offer(fresh, v);
+                }
+                v
+            }
+        };
         Ok(v.filter(|v| ctx.sites.sees(v.site.as_deref())))
     }
 

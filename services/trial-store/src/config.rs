@@ -58,6 +58,15 @@ pub struct ServeArgs {
         global = true
     )]
     pub statement_timeout: String,
+    /// Mebibytes of current versions a PostgreSQL replica keeps in memory for reads by id,
+    /// kept coherent with every replica's writes; 0 turns the cache off.
+    #[arg(
+        long,
+        env = "TRIALBRIDGE_READ_CACHE_MB",
+        default_value = "64",
+        global = true
+    )]
+    pub read_cache_mb: String,
     /// Origins whose pages may call the API from a browser (CORS), comma-separated; `*`: any.
     /// Safe as `*`: the API takes bearer tokens only, never cookies, so a foreign page cannot
     /// act with a signed-in person's rights; narrow it to the sponsor's tools where wanted.
@@ -212,6 +221,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// How long one database read may run.
     pub statement_timeout: std::time::Duration,
+    /// Bytes of the PostgreSQL read cache.
+    pub read_cache_bytes: u64,
     /// Origins allowed to call from a browser (`*`: any).
     pub cors_origins: Vec<String>,
     /// Whether to load the study.
@@ -229,6 +240,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// How the database is opened.
+    pub fn store_options(&self) -> trialbridge_storage::StoreOptions {
+        trialbridge_storage::StoreOptions {
+            statement_timeout: self.statement_timeout,
+            read_cache_bytes: self.read_cache_bytes,
+        }
+    }
+
     /// What a token must say to be accepted here (issuer, audience, 30 s clock skew).
     pub fn verifier_settings(&self) -> trialbridge_auth::VerifierSettings {
         trialbridge_auth::VerifierSettings {
@@ -286,6 +305,13 @@ impl ServeConfig {
                 None
             }
         };
+        let read_cache_bytes = match a.read_cache_mb.parse::<u64>() {
+            Ok(n) if n <= 1 << 20 => Some(n << 20),
+            _ => {
+                problems.push(format!("TRIALBRIDGE_READ_CACHE_MB / --read-cache-mb: '{}' is not a number of mebibytes (64; 0 for none)", a.read_cache_mb));
+                None
+            }
+        };
         let load_study = match a.load_study.as_str() {
             "true" | "1" | "yes" => Some(true),
             "false" | "0" | "no" => Some(false),
@@ -329,6 +355,7 @@ impl ServeConfig {
             load_study,
             auth,
             statement_timeout,
+            read_cache_bytes,
         ) {
             (
                 Some(listen),
@@ -337,8 +364,10 @@ impl ServeConfig {
                 Some(load_study),
                 Some(auth),
                 Some(statement_timeout),
+                Some(read_cache_bytes),
             ) if problems.is_empty() => Ok(Self {
                 statement_timeout,
+                read_cache_bytes,
                 listen,
                 grpc_listen,
                 data_dir: data_dir(&a),
@@ -440,6 +469,7 @@ mod tests {
             base_url: None,
             max_body_bytes: "4096".into(),
             statement_timeout: "30".into(),
+            read_cache_mb: "64".into(),
             cors_origins: "*".into(),
             load_study: "true".into(),
             extension_domains: String::new(),
@@ -471,6 +501,7 @@ mod tests {
     fn good_values_pass() {
         let c = ServeConfig::from_args(args()).unwrap();
         assert_eq!(c.max_body_bytes, 4096);
+        assert_eq!(c.read_cache_bytes, 64 << 20);
         assert!(c.load_study);
     }
 
@@ -484,6 +515,7 @@ mod tests {
             base_url: Some("ftp://x".into()),
             max_body_bytes: "-1".into(),
             statement_timeout: "soon".into(),
+            read_cache_mb: "lots".into(),
             cors_origins: "*".into(),
             load_study: "maybe".into(),
             extension_domains: String::new(),
@@ -492,7 +524,10 @@ mod tests {
             auth: trialbridge_auth::AuthArgs::local(),
         };
         let problems = ServeConfig::from_args(a).unwrap_err();
-        assert_eq!(problems.len(), 7, "{problems:#?}");
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("TRIALBRIDGE_READ_CACHE_MB")));
         assert!(problems[0].contains("TRIALBRIDGE_LISTEN"));
     }
 }

@@ -72,7 +72,7 @@ pub struct Bound {
 pub async fn bind(config: &ServeConfig) -> Result<Bound, RunError> {
     let auth = config::auth(config).await.map_err(RunError::Auth)?;
     let store =
-        trialbridge_storage::open_with(&config.database_url, config.statement_timeout).await?;
+        trialbridge_storage::open_with(&config.database_url, config.store_options()).await?;
     let study = if config.load_study {
         Some(
             trial::study::load(&*store, Arc::new(TrialRules), &config.validation)
