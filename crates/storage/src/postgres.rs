@@ -415,11 +415,21 @@ struct PgWriteTxn<'c> {
     /// Version, deletion and site of the resources this transaction has read or written, as
     /// they stand with its queued rows: what `current_version` and `append` would otherwise
     /// ask the database for once more. Cleared when a job is rolled back.
-    known: HashMap<(String, String), CurrentState>,
+    known: HashMap<(String, String), Known>,
 }
 
 /// A resource's current version number, whether it is deleted, and its site.
 type CurrentState = (i64, bool, Option<String>);
+
+/// What a write transaction knows of a resource, so that it asks the database once.
+enum Known {
+    /// As the database has it (read in this transaction and not written since): its current
+    /// version, or that there is none. An update reads it to check the version and again to
+    /// compare the content; a create reads it twice (is it new, which version is next).
+    Read(Option<StoredVersion>),
+    /// Written in this transaction (its rows may still be queued).
+    Written(CurrentState),
+}
 
 /// Appends one row to the audit chain (under the change-sequence lock, so the chain's end,
 /// read once per transaction, stays true across replicas); the row is queued with the job's.
@@ -791,8 +801,16 @@ impl WriteTxn for PgWriteTxn<'_> {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
+        let key = (resource_type.to_string(), pg_text(id));
+        if let Some(Known::Read(v)) = self.known.get(&key) {
+            return Ok(v.clone());
+        }
         self.queued.flush(self.conn).await?;
-        read_current(self.conn, resource_type, id).await
+        let v = read_current(self.conn, resource_type, id).await?;
+        if !self.known.contains_key(&key) {
+            self.known.insert(key, Known::Read(v.clone()));
+        }
+        Ok(v)
     }
 
     async fn version(
@@ -968,7 +986,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         self.queued.add_version(&stored);
         self.known.insert(
             (stored.resource_type.clone(), stored.id.clone()),
-            (version, new.deleted, stored.site.clone()),
+            Known::Written((version, new.deleted, stored.site.clone())),
         );
         Ok(StoredVersion {
             id: new.id.to_string(),
@@ -986,20 +1004,19 @@ impl PgWriteTxn<'_> {
         id: &str,
     ) -> Result<Option<CurrentState>, StorageError> {
         let key = (resource_type.to_string(), id.to_string());
-        if let Some(state) = self.known.get(&key) {
-            return Ok(Some(state.clone()));
-        }
-        // Not written in this transaction (it would be known), so the database has it as is.
-        let row: Option<(i64, i32, Option<String>)> = sqlx::query_as("SELECT v.version, c.deleted, c.site FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = $2")
-            .bind(resource_type)
-            .bind(id)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        let state = row.map(|(v, d, s)| (v, d != 0, s));
-        if let Some(state) = &state {
-            self.known.insert(key, state.clone());
-        }
-        Ok(state)
+        let known = match self.known.get(&key) {
+            Some(known) => known,
+            None => {
+                // Not written in this transaction (it would be known), so the database has it
+                // as is; no other writer runs while this one holds the change-sequence lock.
+                let v = read_current(self.conn, resource_type, id).await?;
+                self.known.entry(key).or_insert(Known::Read(v))
+            }
+        };
+        Ok(match known {
+            Known::Read(v) => v.as_ref().map(|v| (v.version, v.deleted, v.site.clone())),
+            Known::Written(state) => Some(state.clone()),
+        })
     }
 }
 
