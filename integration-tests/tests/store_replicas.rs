@@ -256,6 +256,47 @@ async fn every_replica_reads_what_another_acknowledged() {
         let r = put(&http, &base_a, id, "start").await.unwrap();
         assert!(r.status().is_success(), "{id}: {}", r.status());
     }
+    // An `_include` reads its Patients through the same cache.
+    let observation = json!({"resourceType": "Observation", "id": "obs-r", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]}, "valueQuantity": {"value": 13.2, "unit": "g/dL"},
+        "subject": {"reference": "Patient/r-0"}});
+    let r = http
+        .put(format!("{base_a}/Observation/obs-r"))
+        .header("content-type", "application/fhir+json")
+        .body(observation.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "obs-r: {}",
+        r.text().await.unwrap_or_default()
+    );
+    let included_name = |base: String| {
+        let http = http.clone();
+        async move {
+            let page: serde_json::Value = http
+                .get(format!(
+                    "{base}/Observation?_id=obs-r&_include=Observation:subject"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let patient = page["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["resource"]["resourceType"] == "Patient")
+                .unwrap_or_else(|| panic!("{base}: no included Patient in {page}"));
+            patient["resource"]["name"][0]["text"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        }
+    };
 
     let done = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -326,6 +367,7 @@ async fn every_replica_reads_what_another_acknowledged() {
         for id in &ids {
             read_patient(&http, base, id).await;
         }
+        included_name(base.clone()).await;
     }
     let mut entries: Vec<serde_json::Value> = (0..1100)
         .map(|i| json!({"resource": {"resourceType": "Patient", "id": format!("bulk-{i}")}, "request": {"method": "PUT", "url": format!("Patient/bulk-{i}")}}))
@@ -342,6 +384,11 @@ async fn every_replica_reads_what_another_acknowledged() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     for base in [&base_b, &base_c] {
+        assert_eq!(
+            included_name(base.clone()).await,
+            "bulk",
+            "{base}: the included Patient after the transaction"
+        );
         for id in &ids {
             let (_, text) = read_patient(&http, base, id).await;
             assert_eq!(text, "bulk", "{base}: {id} after the transaction");

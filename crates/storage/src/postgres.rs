@@ -807,9 +807,9 @@ impl WriteTxn for PgWriteTxn<'_> {
         }
         self.queued.flush(self.conn).await?;
         let v = read_current(self.conn, resource_type, id).await?;
-        if !self.known.contains_key(&key) {
-            self.known.insert(key, Known::Read(v.clone()));
-        }
+        self.known
+            .entry(key)
+            .or_insert_with(|| Known::Read(v.clone()));
         Ok(v)
     }
 
@@ -1055,22 +1055,45 @@ impl ResourceStore for PostgresStore {
         resource_type: &str,
         ids: &[String],
     ) -> Result<Vec<StoredVersion>, StorageError> {
-        let ids: Vec<String> = ids.iter().map(|id| pg_text(id)).collect();
-        let sql = format!(
-            "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = ANY($2)"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(resource_type)
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let v = version_from_row(row)?;
-            if ctx.sites.sees(v.site.as_deref()) {
+        // The read cache first (an `_include` names the same Patients page after page), then
+        // one query for the rest.
+        let fresh = match &self.current {
+            Some(cache) => cache.fresh().await.map(|f| (cache, f)),
+            None => None,
+        };
+        // Each resource once, as `= ANY(ids)` answers.
+        let mut asked: Vec<&String> = ids.iter().collect();
+        asked.sort_unstable();
+        asked.dedup();
+        let mut out = Vec::with_capacity(asked.len());
+        let mut missing = Vec::with_capacity(asked.len());
+        for id in asked {
+            match fresh
+                .as_ref()
+                .and_then(|(cache, _)| cache.get(resource_type, id))
+            {
+                Some(v) => out.push(StoredVersion::clone(&v)),
+                None => missing.push(pg_text(id)),
+            }
+        }
+        if !missing.is_empty() {
+            let sql = format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = $1 AND c.res_id = ANY($2)"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(resource_type)
+                .bind(missing)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                let v = version_from_row(row)?;
+                if let Some((cache, fresh)) = &fresh {
+                    cache.offer(fresh, &v);
+                }
                 out.push(v);
             }
         }
+        out.retain(|v| ctx.sites.sees(v.site.as_deref()));
         Ok(out)
     }
 
