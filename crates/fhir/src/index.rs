@@ -14,6 +14,26 @@ use unicode_normalization::UnicodeNormalization;
 use crate::path::PathExpr;
 use crate::search_param::{for_type, SearchParamKind, SearchParameterDef};
 
+/// The longest index key in bytes. A longer token code or system, string (normalised and as
+/// written), reference or uri is indexed by its first bytes up to this bound, at a character
+/// boundary, and a search value is cut the same way ([`index_key`]): such values are compared
+/// on their first 1,000 bytes (a `:contains` finds text within them only). Why a bound:
+/// PostgreSQL cannot hold a b-tree key above about 2,700 bytes (the row's other key columns
+/// included), and free-text results from a hospital's feed can be longer.
+pub const INDEX_KEY_MAX_BYTES: usize = 1000;
+
+/// `s` cut to [`INDEX_KEY_MAX_BYTES`] at a character boundary.
+pub fn index_key(s: &str) -> &str {
+    if s.len() <= INDEX_KEY_MAX_BYTES {
+        return s;
+    }
+    let mut end = INDEX_KEY_MAX_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// One index row: `param` of the resource has this (system, value).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IndexEntry {
@@ -298,8 +318,8 @@ fn composite_rows(
             for (system, code) in &tokens {
                 out.push(RangeEntry {
                     param: def.code,
-                    token_system: system.clone(),
-                    token_code: code.clone(),
+                    token_system: index_key(system).to_string(),
+                    token_code: index_key(code).to_string(),
                     ..r.clone()
                 });
             }
@@ -311,8 +331,10 @@ fn push(out: &mut Vec<IndexEntry>, param: &'static str, system: Option<&str>, va
     if !value.is_empty() {
         out.push(IndexEntry {
             param,
-            system: system.filter(|s| !s.is_empty()).map(str::to_string),
-            value: value.to_string(),
+            system: system
+                .filter(|s| !s.is_empty())
+                .map(|s| index_key(s).to_string()),
+            value: index_key(value).to_string(),
         });
     }
 }
@@ -468,6 +490,46 @@ pub fn normalize_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any text, of any length and any characters: its key is a prefix of it that fits the
+        /// bound, cut where a character starts, the text itself when it fits, and stable.
+        #[test]
+        fn an_index_key_is_the_longest_fitting_prefix(text in "\\PC{0,1200}") {
+            let key = index_key(&text);
+            proptest::prop_assert!(text.starts_with(key));
+            proptest::prop_assert!(key.len() <= INDEX_KEY_MAX_BYTES);
+            proptest::prop_assert!(text.len() <= INDEX_KEY_MAX_BYTES || key.len() + 4 > INDEX_KEY_MAX_BYTES);
+            if text.len() <= INDEX_KEY_MAX_BYTES {
+                proptest::prop_assert_eq!(key, text.as_str());
+            }
+            proptest::prop_assert_eq!(index_key(key), key);
+        }
+    }
+
+    #[test]
+    fn index_keys_are_cut_at_a_character_boundary() {
+        let short = "ä".repeat(10);
+        assert_eq!(index_key(&short), short);
+        // 999 bytes of ASCII, then a two-byte character across the bound.
+        let long = format!("{}ä{}", "a".repeat(999), "b".repeat(50));
+        let cut = index_key(&long);
+        assert_eq!(cut.len(), 999);
+        assert!(long.starts_with(cut));
+        assert_eq!(index_key(cut), cut);
+        let family = "漢".repeat(2000);
+        let index = extract(
+            "Patient",
+            &serde_json::json!({"resourceType": "Patient", "name": [{"family": family}]}),
+        );
+        for e in &index.text {
+            assert!(e.value.len() <= INDEX_KEY_MAX_BYTES, "{}", e.param);
+            assert!(e
+                .system
+                .as_ref()
+                .is_none_or(|s| s.len() <= INDEX_KEY_MAX_BYTES));
+        }
+    }
     use serde_json::json;
 
     #[test]

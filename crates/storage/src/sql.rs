@@ -3,7 +3,7 @@
 //! Queries are written with `?` placeholders; [`Dialect::placeholders`] numbers them for
 //! PostgreSQL.
 
-use trialbridge_fhir::index::normalize_string;
+use trialbridge_fhir::index::{index_key, normalize_string};
 use trialbridge_fhir::search::{
     Criterion, Cursor, Match, Prefix, RangeKind, SearchRequest, SortKey, SortValue,
 };
@@ -562,23 +562,28 @@ impl SqlBuilder {
 
     fn text_condition(&mut self, m: &Match) {
         match m {
+            // Index keys are cut at INDEX_KEY_MAX_BYTES; so is what they are compared with.
             Match::Token { system, code } => {
                 if let Some(code) = code {
-                    self.push(" AND i.value = ?", code.clone());
+                    self.push(" AND i.value = ?", index_key(code).to_string());
                 }
                 match system {
                     None => {}
                     Some(None) => self.sql.push_str(" AND i.system = ''"),
-                    Some(Some(s)) => self.push(" AND i.system = ?", s.clone()),
+                    Some(Some(s)) => self.push(" AND i.system = ?", index_key(s).to_string()),
                 }
             }
             Match::StartsWith(prefix) => {
-                self.push(" AND i.value >= ?", prefix.clone());
+                let prefix = index_key(prefix);
+                self.push(" AND i.value >= ?", prefix.to_string());
                 self.push(" AND i.value < ?", format!("{prefix}\u{10FFFF}"));
             }
             Match::Exact(text) => {
-                self.push(" AND i.value = ?", normalize_string(text));
-                self.push(" AND i.system = ?", text.clone());
+                self.push(
+                    " AND i.value = ?",
+                    index_key(&normalize_string(text)).to_string(),
+                );
+                self.push(" AND i.system = ?", index_key(text).to_string());
             }
             Match::Contains(part) => {
                 // SQLite's LIKE ignores ASCII case; PostgreSQL's ILIKE does the same.
@@ -607,7 +612,7 @@ impl SqlBuilder {
                     format!("%/{}", like_literal(id)),
                 ),
             },
-            Match::Uri(u) => self.push(" AND i.value = ?", u.clone()),
+            Match::Uri(u) => self.push(" AND i.value = ?", index_key(u).to_string()),
             Match::Id(_)
             | Match::Range { .. }
             | Match::Missing(_)
@@ -650,9 +655,9 @@ impl SqlBuilder {
             });
             match &token {
                 Some((system, code)) => {
-                    self.push(" AND r.token_code = ?", code.clone());
+                    self.push(" AND r.token_code = ?", index_key(code).to_string());
                     if let Some(s) = system {
-                        self.push(" AND r.token_system = ?", s.clone());
+                        self.push(" AND r.token_system = ?", index_key(s).to_string());
                     }
                 }
                 None => self.sql.push_str(" AND r.token_code = ''"),

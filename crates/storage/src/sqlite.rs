@@ -19,6 +19,7 @@ use futures::FutureExt;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::mpsc;
 
+use trialbridge_fhir::index::{index_key, INDEX_KEY_MAX_BYTES};
 use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
 use crate::sql::{
@@ -39,7 +40,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_jobs.sql"),
     include_str!("../migrations/sqlite/0004_trace_context.sql"),
     include_str!("../migrations/sqlite/0005_audit_hash_v2.sql"),
+    include_str!("../migrations/sqlite/0006_index_keys_cut.sql"),
 ];
+
+/// The migration that cuts index keys written before they were cut (see its SQL file).
+const INDEX_KEYS_CUT: i64 = 6;
 
 /// Where and how to open the SQLite database.
 #[derive(Debug, Clone)]
@@ -170,6 +175,45 @@ fn open_connection(path: &std::path::Path, read_only: bool) -> Result<Connection
     Ok(conn)
 }
 
+/// Cuts the index keys longer than [`INDEX_KEY_MAX_BYTES`] as the indexer now does; rows that
+/// become equal are kept once.
+fn cut_long_index_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let max = INDEX_KEY_MAX_BYTES as i64;
+    let long: Vec<(String, String, String, String, String)> = tx
+        .prepare(
+            "SELECT res_type, param, value, system, res_id FROM search_index \
+             WHERE length(CAST(value AS BLOB)) > ?1 OR length(CAST(system AS BLOB)) > ?1",
+        )?
+        .query_map([max], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (res_type, param, value, system, res_id) in long {
+        tx.execute(
+            "DELETE FROM search_index WHERE res_type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND res_id = ?5",
+            params![res_type, param, value, system, res_id],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![res_type, param, index_key(&value), index_key(&system), res_id],
+        )?;
+    }
+    let long: Vec<(i64, String, String)> = tx
+        .prepare(
+            "SELECT rowid, token_code, token_system FROM search_range \
+             WHERE length(CAST(token_code AS BLOB)) > ?1 OR length(CAST(token_system AS BLOB)) > ?1",
+        )?
+        .query_map([max], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (rowid, code, system) in long {
+        tx.execute(
+            "UPDATE search_range SET token_code = ?2, token_system = ?3 WHERE rowid = ?1",
+            params![rowid, index_key(&code), index_key(&system)],
+        )?;
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate() {
@@ -180,6 +224,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)
             .map_err(|e| StorageError::Migration(format!("migration {version}: {e}")))?;
+        if version == INDEX_KEYS_CUT {
+            cut_long_index_keys(&tx)
+                .map_err(|e| StorageError::Migration(format!("migration {version}: {e}")))?;
+        }
         tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
     }
@@ -1049,6 +1097,50 @@ mod tests {
     use super::*;
     use crate::{write, HistoryOrder, HistoryScope, SiteScope};
     use trialbridge_fhir::index::extract;
+
+    /// A database written before index keys were cut: its long keys are cut by the migration
+    /// as the indexer cuts them now, rows that become equal kept once, short ones untouched.
+    #[test]
+    fn the_migration_cuts_index_keys_written_before() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..INDEX_KEYS_CUT as usize - 1] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", INDEX_KEYS_CUT - 1)
+            .unwrap();
+        let long = format!("{}ä{}", "a".repeat(999), "b".repeat(3000));
+        let longer = format!("{long}c");
+        for value in [&long, &longer, &"short".to_string()] {
+            conn.execute(
+                "INSERT INTO search_index (res_type, param, value, system, res_id) VALUES ('Patient', 'family', ?1, ?1, 'p')",
+                [value],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO search_range (res_type, param, token_code, low, high, res_id) VALUES ('Observation', 'code-value-quantity', ?1, 1, 1, 'o')",
+            [&long],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let keys: Vec<(String, String)> = conn
+            .prepare("SELECT value, system FROM search_index ORDER BY value")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let cut = index_key(&long).to_string();
+        assert_eq!(cut.len(), 999);
+        assert_eq!(
+            keys,
+            [(cut.clone(), cut.clone()), ("short".into(), "short".into())]
+        );
+        let code: String = conn
+            .query_row("SELECT token_code FROM search_range", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(code, cut);
+    }
 
     /// The writer's savepoint journals spill to a file (its release is then a truncate, not a
     /// walk of an in-memory chunk list); readers sort in memory.
