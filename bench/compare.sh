@@ -6,6 +6,7 @@
 #
 #   cargo build --release
 #   HFS_BIN=/path/to/hfs HFS_DATA=/path/to/dir/with/search-parameters-r4.json bash bench/compare.sh
+# HFS_BACKEND=postgres runs helios-hfs on PostgreSQL (a build with --features R4,postgres).
 # TB_BACKENDS="sqlite postgres" runs trialbridge once per backend (PostgreSQL: a throwaway
 # server on loopback, see bench/lib.sh), labelled trialbridge-sqlite / trialbridge-postgres.
 # TB_BUILDS="before=/path/to/old/trialbridge after=target/release/trialbridge" serves each of
@@ -55,6 +56,6 @@ unset tb_server
 
 if [ -n "${HFS_BIN:-}" ]; then
     start_hfs
-    suite helios-hfs http://127.0.0.1:8191 "$hfs_pid"
+    suite "$hfs_label" http://127.0.0.1:8191 "$hfs_pid"
     kill "$hfs_pid"
 fi

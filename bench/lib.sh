@@ -66,12 +66,21 @@ tb_database() {
 stop_postgres() { [ -z "${pg_url:-}" ] || { bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"; }; }
 
 # start_hfs: helios-hfs ($HFS_BIN, search parameters from $HFS_DATA) on a fresh database on
-# 127.0.0.1:8191; sets hfs_pid. `exec`, so that the job is the server and the trap stops it.
+# 127.0.0.1:8191; sets hfs_pid and hfs_label. `exec`, so that the job is the server and the
+# trap stops it. HFS_BACKEND=postgres: a build with `--features R4,postgres` on a fresh database
+# of the throwaway PostgreSQL (see tb_database), labelled helios-hfs-postgres.
 start_hfs() {
     port_free 8191
     mkdir -p "$work/hfs/data"
     cp "${HFS_DATA:?HFS_DATA must hold search-parameters-r4.json}/search-parameters-r4.json" "$work/hfs/data/"
-    (cd "$work/hfs" && HFS_LOG_LEVEL=warn HFS_BASE_URL=http://127.0.0.1:8191 exec "$HFS_BIN" --port 8191 --data-dir ./data --database-url ./hfs.db >hfs.log 2>&1) &
+    local backend=${HFS_BACKEND:-sqlite} db=./hfs.db
+    hfs_label=helios-hfs
+    if [ "$backend" = postgres ]; then
+        tb_database postgres hfs > "$work/hfsdb"
+        db=$(cat "$work/hfsdb")
+        hfs_label=helios-hfs-postgres
+    fi
+    (cd "$work/hfs" && HFS_STORAGE_BACKEND=$backend HFS_LOG_LEVEL=warn HFS_BASE_URL=http://127.0.0.1:8191 exec "$HFS_BIN" --port 8191 --data-dir ./data --database-url "$db" >hfs.log 2>&1) &
     hfs_pid=$!
     wait_up http://127.0.0.1:8191
 }

@@ -8,6 +8,7 @@
 # Larger N for trialbridge alone (`N=1000000 bash bench/search.sh`): load 1,000,000 with
 # `trialbridge load` first and pass TB_DB=path to reuse that database.
 # TB_BACKENDS="sqlite postgres" loads and queries trialbridge once per backend.
+# HFS_BACKEND=postgres runs helios-hfs on PostgreSQL (a build with --features R4,postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
@@ -52,5 +53,5 @@ done
 
 if [ -n "${HFS_BIN:-}" ]; then
     start_hfs
-    load_and_query helios-hfs http://127.0.0.1:8191
+    load_and_query "$hfs_label" http://127.0.0.1:8191
 fi

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
-use crate::current_cache::CurrentCache;
+use crate::current_cache::{CurrentCache, Fresh};
 use crate::sql::{
     audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
     Dialect, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
@@ -170,6 +170,13 @@ impl PostgresStore {
             jobs: tx,
             pending_audit,
         })
+    }
+
+    /// The read cache once a poll that started now has ended (`None`: no cache, or the poll
+    /// failed and the database is read directly).
+    async fn fresh_cache(&self) -> Option<(&CurrentCache, Fresh)> {
+        let cache = self.current.as_ref()?;
+        Some((cache, cache.fresh().await?))
     }
 
     async fn versions(&self, sql: &str, args: &[Arg]) -> Result<Vec<StoredVersion>, StorageError> {
@@ -1028,10 +1035,7 @@ impl ResourceStore for PostgresStore {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        let fresh = match &self.current {
-            Some(cache) => cache.fresh().await.map(|f| (cache, f)),
-            None => None,
-        };
+        let fresh = self.fresh_cache().await;
         let cached = fresh
             .as_ref()
             .and_then(|(cache, _)| cache.get(resource_type, id));
@@ -1057,10 +1061,7 @@ impl ResourceStore for PostgresStore {
     ) -> Result<Vec<StoredVersion>, StorageError> {
         // The read cache first (an `_include` names the same Patients page after page), then
         // one query for the rest.
-        let fresh = match &self.current {
-            Some(cache) => cache.fresh().await.map(|f| (cache, f)),
-            None => None,
-        };
+        let fresh = self.fresh_cache().await;
         // Each resource once, as `= ANY(ids)` answers.
         let mut asked: Vec<&String> = ids.iter().collect();
         asked.sort_unstable();
