@@ -325,7 +325,6 @@ pub fn next_link(bundle: &serde_json::Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// GET `url` and return the body as text.
 /// GET a URL and parse the JSON answer (any status).
 pub async fn get_json(url: &str) -> serde_json::Value {
     get_json_as(&client(), url).await
@@ -342,6 +341,7 @@ pub async fn get_json_as(http: &reqwest::Client, url: &str) -> serde_json::Value
         .expect("a JSON answer")
 }
 
+/// GET `url` and return the body as text.
 pub async fn get_text(url: &str) -> String {
     client()
         .get(url)

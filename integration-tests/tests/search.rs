@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use integration_tests::{client, fixture, next_link, put_fhir, TestStore, INVALID_EXAMPLE};
+use integration_tests::{
+    client, fixture, get_json, next_link, put_fhir, TestStore, INVALID_EXAMPLE,
+};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -484,19 +486,9 @@ async fn values_longer_than_an_index_key_are_stored_and_found() {
         );
     }
     let found = |rt: &'static str, param: &'static str, value: String| {
-        let url = s.url(rt);
-        async move {
-            let b: Value = client()
-                .get(url)
-                .query(&[(param, value.as_str())])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            entry_ids(&b)
-        }
+        let mut url = reqwest::Url::parse(&s.url(rt)).unwrap();
+        url.query_pairs_mut().append_pair(param, &value);
+        async move { entry_ids(&get_json(url.as_str()).await) }
     };
     let start: String = family.chars().take(20).collect();
     assert_eq!(found("Patient", "family", start).await, ["long-name"]);

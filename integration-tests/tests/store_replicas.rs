@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use integration_tests::history::{committed, follow_http, Key};
-use integration_tests::{client, postgres_database};
+use integration_tests::{client, get_json, postgres_database};
 use serde_json::json;
 use tokio::process::Child;
 
@@ -20,6 +20,19 @@ fn server_url() -> String {
     std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
         "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
     )
+}
+
+/// Three replicas started at once on a fresh database `name` (they race to migrate it and to
+/// load the study): the database's URL, their processes and bases, and their data directories.
+async fn three_replicas(name: &str) -> (String, [(Child, String); 3], [tempfile::TempDir; 3]) {
+    let db = postgres_database(&server_url(), name).await;
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let (a, b, c) = tokio::join!(
+        replica(&db, dirs[0].path()),
+        replica(&db, dirs[1].path()),
+        replica(&db, dirs[2].path())
+    );
+    (db, [a, b, c], dirs)
 }
 
 /// Starts `trialbridge store` on `db` with its own data directory; returns it and its base.
@@ -33,14 +46,8 @@ async fn replica(db: &str, dir: &std::path::Path) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_write_at_once_and_feed_chain_and_export_stay_whole() {
     let name = format!("tb_replicas_{}", std::process::id());
-    let db = postgres_database(&server_url(), &name).await;
-    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
-    // All start at once: they race to migrate the empty database and to load the study.
-    let ((mut a, base_a), (mut b, base_b), (mut c, base_c)) = tokio::join!(
-        replica(&db, dirs[0].path()),
-        replica(&db, dirs[1].path()),
-        replica(&db, dirs[2].path())
-    );
+    let (db, [(mut a, base_a), (mut b, base_b), (mut c, base_c)], _dirs) =
+        three_replicas(&name).await;
 
     let done = Arc::new(AtomicBool::new(false));
     let follower = tokio::spawn(follow_http(base_a.clone(), done.clone()));
@@ -235,13 +242,8 @@ async fn read_patient(c: &reqwest::Client, base: &str, id: &str) -> (i64, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_replica_reads_what_another_acknowledged() {
     let name = format!("tb_replica_reads_{}", std::process::id());
-    let db = postgres_database(&server_url(), &name).await;
-    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
-    let ((mut a, base_a), (mut b, base_b), (mut c, base_c)) = tokio::join!(
-        replica(&db, dirs[0].path()),
-        replica(&db, dirs[1].path()),
-        replica(&db, dirs[2].path())
-    );
+    let (_db, [(mut a, base_a), (mut b, base_b), (mut c, base_c)], _dirs) =
+        three_replicas(&name).await;
     let bases = [base_a.clone(), base_b.clone(), base_c.clone()];
     let put = |c: &reqwest::Client, base: &str, id: &str, text: &str| {
         let body = json!({"resourceType": "Patient", "id": id, "name": [{"text": text}]});
@@ -272,30 +274,21 @@ async fn every_replica_reads_what_another_acknowledged() {
         "obs-r: {}",
         r.text().await.unwrap_or_default()
     );
-    let included_name = |base: String| {
-        let http = http.clone();
-        async move {
-            let page: serde_json::Value = http
-                .get(format!(
-                    "{base}/Observation?_id=obs-r&_include=Observation:subject"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let patient = page["entry"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["resource"]["resourceType"] == "Patient")
-                .unwrap_or_else(|| panic!("{base}: no included Patient in {page}"));
-            patient["resource"]["name"][0]["text"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        }
+    let included_name = |base: String| async move {
+        let page = get_json(&format!(
+            "{base}/Observation?_id=obs-r&_include=Observation:subject"
+        ))
+        .await;
+        let patient = page["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "Patient")
+            .unwrap_or_else(|| panic!("{base}: no included Patient in {page}"));
+        patient["resource"]["name"][0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     };
 
     let done = Arc::new(AtomicBool::new(false));
