@@ -51,6 +51,22 @@ fn kinds(render: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of environment variable `var` in the first container of Deployment `deployment`.
+fn env_value(render: &Value, deployment: &str, var: &str) -> Option<Value> {
+    let d = render["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == deployment)
+        .unwrap_or_else(|| panic!("no Deployment {deployment}"));
+    d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == var)
+        .map(|e| e["value"].clone())
+}
+
 fn containers(render: &Value) -> Vec<&Value> {
     render["documents"]
         .as_array()
@@ -108,19 +124,7 @@ fn the_chart_renders_and_every_manifest_validates() {
     }
     // The read cache: 64 MiB by default, as set otherwise.
     for (render, want) in [(&renders[0], "64"), (&renders[1], "256")] {
-        let store = render["documents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "mc-trialbridge-store")
-            .unwrap();
-        let env = store["spec"]["template"]["spec"]["containers"][0]["env"]
-            .as_array()
-            .unwrap();
-        let cache = env
-            .iter()
-            .find(|e| e["name"] == "TRIALBRIDGE_READ_CACHE_MB")
-            .map(|e| e["value"].clone());
+        let cache = env_value(render, "mc-trialbridge-store", "TRIALBRIDGE_READ_CACHE_MB");
         assert_eq!(cache, Some(json!(want)), "{}", render["values"]);
     }
     // Defaults: the store alone, autoscaled, with a disruption budget and a network policy.
@@ -173,20 +177,7 @@ fn the_chart_renders_and_every_manifest_validates() {
         json!([{"ipBlock": {"cidr": "10.20.40.0/24"}}])
     );
     assert_eq!(ingress[1]["ports"][0]["port"], 8081);
-    let gw = prod["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "mc-trialbridge-gateway")
-        .unwrap();
-    let env = &gw["spec"]["template"]["spec"]["containers"][0]["env"];
-    let var = |name: &str| {
-        env.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .map(|e| e["value"].clone())
-    };
+    let var = |name: &str| env_value(prod, "mc-trialbridge-gateway", name);
     assert_eq!(var("TRIALBRIDGE_PROFILE"), Some(json!("production")));
     assert!(var("TRIALBRIDGE_AUTH_JWKS").is_some());
     let hosts = var("TRIALBRIDGE_GATEWAY_HOSTS").unwrap();
