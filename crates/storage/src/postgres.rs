@@ -311,6 +311,14 @@ impl Statistics {
 }
 
 /// Runs the queued jobs in one transaction; returns how many versions it wrote.
+///
+/// A kept job's rows wait in memory ([`PgWriteTxn::waiting`]) and go in together with the
+/// batch's others, in one statement before `COMMIT` (or earlier, when a job is about to read or
+/// delete what they change, or when too much waits): one insert per batch instead of one per
+/// job is what lifts PUT with 16 clients by about half. If PostgreSQL refuses rows written
+/// together, they are written again job by job ([`PgWriteTxn::isolate`]): the jobs before the
+/// one refused keep their writes, that one and the ones after it (whose change sequence numbers
+/// and audit chain follow from its) are refused, and none of them is acknowledged.
 async fn run_batch(
     conn: &mut PgConnection,
     batch: &mut Vec<WriteJob>,
@@ -340,11 +348,19 @@ async fn run_batch(
         chain_end: None,
         queued: JobRows::default(),
         known: HashMap::new(),
+        known_before: Vec::new(),
+        waiting: Vec::new(),
+        written: 0,
+        wrote_in_job: false,
+        refused: None,
     };
     // The savepoint of the last job kept, released with the next one's start (one round trip
     // for both; COMMIT releases the last).
     let mut kept_open = false;
     for job in batch.drain(..) {
+        if txn.waiting_rows() >= MAX_WAITING_ROWS {
+            txn.write_between_jobs(&mut kept_open).await?;
+        }
         txn.conn
             .execute(if kept_open {
                 "RELEASE SAVEPOINT job; SAVEPOINT job"
@@ -356,52 +372,120 @@ async fn run_batch(
         txn.appended = 0;
         txn.audited = 0;
         txn.trace = None;
+        txn.wrote_in_job = false;
+        txn.known_before.clear();
         // Restored when the job is rolled back, with its rows.
         let chain_before = txn.chain_end.clone();
         let seq_before = txn.last_seq;
+        let written_before = txn.written;
         // A panicking job must not take the writer down: its savepoint is rolled back and its
         // caller sees the writer's error.
         let outcome = std::panic::AssertUnwindSafe(job(&mut txn))
             .catch_unwind()
             .await;
         let mut settled = settle(outcome, txn.appended, txn.audited);
-        if let Settlement::Keep(finish) = settled {
-            // The job's rows; if PostgreSQL refuses them, the job is refused whole.
-            settled = match txn.queued.flush(txn.conn).await {
-                Ok(()) => Settlement::Keep(finish),
-                Err(e) => Settlement::Refuse(finish, e),
+        let refused = txn.refused.take();
+        let rows_refused = refused.is_some();
+        if let Some(e) = refused {
+            // Rows written during this job were refused: the transaction is aborted until the
+            // savepoint is rolled back, whatever the job made of the error.
+            settled = match settled {
+                Settlement::Keep(f) | Settlement::Discard(f) | Settlement::Refuse(f, _) => {
+                    Settlement::Refuse(f, e)
+                }
+                Settlement::Panicked => Settlement::Panicked,
             };
         }
-        txn.queued.clear();
         match settled {
             Settlement::Keep(finish) => {
                 kept_open = true;
-                finishers.push(finish);
+                txn.waiting.push(WaitingJob {
+                    rows: std::mem::take(&mut txn.queued),
+                    finish,
+                    chain_before,
+                    seq_before,
+                    partly_written: txn.wrote_in_job,
+                });
             }
             discarded => {
-                // What the job read or wrote may be gone with it.
-                txn.known.clear();
+                txn.queued.clear();
+                txn.forget_job_known();
                 txn.conn
                     .execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
                     .await?;
                 txn.chain_end = chain_before;
                 txn.last_seq = seq_before;
+                // The rollback took out again what the job wrote of the rows waiting; they
+                // go in later (or, if PostgreSQL refused them, job by job now).
+                txn.written = written_before;
                 match discarded {
                     Settlement::Discard(finish) => finishers.push(finish),
                     Settlement::Refuse(finish, e) => finish(Err(e)),
                     Settlement::Keep(_) | Settlement::Panicked => {}
                 }
+                if rows_refused {
+                    txn.isolate().await?;
+                }
             }
         }
     }
     // The queued audit events of requests that changed nothing ride along with this commit.
-    for row in pending.take_rows() {
-        insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, &row, true).await?;
+    let audit_rows = pending.take_rows();
+    if !txn.nothing_waits(&audit_rows) {
+        let chain_before = txn.chain_end.clone();
+        for row in &audit_rows {
+            insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, row, true).await?;
+        }
+        txn.conn
+            .execute(if kept_open {
+                "RELEASE SAVEPOINT job; SAVEPOINT rows"
+            } else {
+                "SAVEPOINT rows"
+            })
+            .await?;
+        // One statement for the rows waiting and these events, unless PostgreSQL refuses it.
+        let parts: Vec<&JobRows> = txn.waiting[txn.written..]
+            .iter()
+            .map(|w| &w.rows)
+            .chain(std::iter::once(&txn.queued))
+            .collect();
+        if let Err(e) = JobRows::insert_all(txn.conn, &parts).await {
+            tracing::warn!(error = %e, "rows written together refused; writing them job by job");
+            txn.conn
+                .execute("ROLLBACK TO SAVEPOINT rows; RELEASE SAVEPOINT rows")
+                .await?;
+            txn.queued.clear();
+            txn.chain_end = chain_before;
+            txn.isolate().await?;
+            for row in &audit_rows {
+                insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, row, true).await?;
+            }
+            let queued = std::mem::take(&mut txn.queued);
+            queued.insert(txn.conn).await?;
+        }
+        txn.written = txn.waiting.len();
     }
-    txn.queued.flush(txn.conn).await?;
+    for w in txn.waiting.drain(..) {
+        finishers.push(w.finish);
+    }
     // synchronous_commit (on by default): COMMIT returns once the WAL is flushed.
     txn.conn.execute("COMMIT").await?;
     Ok(txn.last_seq - last_seq)
+}
+
+/// Rows of kept jobs beyond which they are written before the next job starts (a bulk load's
+/// 500-resource transactions would otherwise hold a batch's bodies and index rows in memory).
+const MAX_WAITING_ROWS: usize = 2_000;
+
+/// A kept job whose rows wait for the batch's insert, and what its rollback would restore.
+struct WaitingJob {
+    rows: JobRows,
+    finish: JobFinish,
+    chain_before: Option<(i64, String)>,
+    seq_before: i64,
+    /// Whether some of its rows went in already (with the ones waiting before it), when it read
+    /// or replaced index rows; its savepoint is released, so those cannot be taken back alone.
+    partly_written: bool,
 }
 
 struct PgWriteTxn<'c> {
@@ -417,25 +501,179 @@ struct PgWriteTxn<'c> {
     audited: usize,
     /// The audit chain's last position and hash in this transaction, once read.
     chain_end: Option<(i64, String)>,
-    /// The current job's rows, written when it ends or before it reads.
+    /// The current job's rows not written yet.
     queued: JobRows,
     /// Version, deletion and site of the resources this transaction has read or written, as
-    /// they stand with its queued rows: what `current_version` and `append` would otherwise
-    /// ask the database for once more. Cleared when a job is rolled back.
+    /// they stand with its rows (written or waiting): what `current_version` and `append` would
+    /// otherwise ask the database for once more.
     known: HashMap<(String, String), Known>,
+    /// What the current job changed in `known`, with what was there before, so that its
+    /// rollback restores exactly that (a resource a kept job wrote stays known as written:
+    /// its rows may still be waiting, and the database does not have them yet).
+    known_before: Vec<((String, String), Option<Known>)>,
+    /// Kept jobs of this batch, in order, with their rows.
+    waiting: Vec<WaitingJob>,
+    /// How many of `waiting` have their rows in the database.
+    written: usize,
+    /// Whether rows went in during the current job.
+    wrote_in_job: bool,
+    /// Why PostgreSQL refused rows written during the current job (the transaction is aborted
+    /// until the job's savepoint is rolled back).
+    refused: Option<StorageError>,
 }
 
 /// A resource's current version number, whether it is deleted, and its site.
 type CurrentState = (i64, bool, Option<String>);
 
 /// What a write transaction knows of a resource, so that it asks the database once.
+#[derive(Clone)]
 enum Known {
     /// As the database has it (read in this transaction and not written since): its current
     /// version, or that there is none. An update reads it to check the version and again to
     /// compare the content; a create reads it twice (is it new, which version is next).
     Read(Option<StoredVersion>),
-    /// Written in this transaction (its rows may still be queued).
+    /// Written in this transaction (its rows may still be waiting).
     Written(CurrentState),
+}
+
+impl PgWriteTxn<'_> {
+    /// Rows of kept jobs not written yet.
+    fn waiting_rows(&self) -> usize {
+        self.waiting[self.written..]
+            .iter()
+            .map(|w| w.rows.len())
+            .sum()
+    }
+
+    /// Whether there is nothing to write before the commit: no waiting rows, no audit rows.
+    fn nothing_waits(&self, audit_rows: &[AuditRecord]) -> bool {
+        audit_rows.is_empty()
+            && self.waiting[self.written..]
+                .iter()
+                .all(|w| w.rows.is_empty())
+    }
+
+    /// Records what `known` held for `key` before the current job changes it.
+    fn remember_known(&mut self, key: &(String, String)) {
+        let before = self.known.get(key).cloned();
+        self.known_before.push((key.clone(), before));
+    }
+
+    /// Forgets everything known (all rows written), as the current job's rollback would put
+    /// it back.
+    fn forget_all_known(&mut self) {
+        for (key, k) in self.known.drain() {
+            self.known_before.push((key, Some(k)));
+        }
+    }
+
+    /// Puts back what the current job changed in `known`.
+    fn forget_job_known(&mut self) {
+        while let Some((key, before)) = self.known_before.pop() {
+            match before {
+                Some(k) => self.known.insert(key, k),
+                None => self.known.remove(&key),
+            };
+        }
+    }
+
+    /// Writes the rows waiting and the current job's, in one statement, before the job reads
+    /// or deletes what they may change. If PostgreSQL refuses them, the job fails with the
+    /// error and the writer sorts the waiting jobs out once its savepoint is rolled back.
+    async fn write_waiting(&mut self) -> Result<(), StorageError> {
+        let parts: Vec<&JobRows> = self.waiting[self.written..]
+            .iter()
+            .map(|w| &w.rows)
+            .chain(std::iter::once(&self.queued))
+            .collect();
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
+        }
+        match JobRows::insert_all(self.conn, &parts).await {
+            Ok(()) => {
+                self.written = self.waiting.len();
+                self.queued.clear();
+                self.wrote_in_job = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.refused = Some(StorageError::CommitFailed(e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the waiting rows between two jobs (the last kept job's savepoint released), so
+    /// that a refusal can be sorted out job by job.
+    async fn write_between_jobs(&mut self, kept_open: &mut bool) -> Result<(), StorageError> {
+        if *kept_open {
+            self.conn.execute("RELEASE SAVEPOINT job").await?;
+            *kept_open = false;
+        }
+        if self.nothing_waits(&[]) {
+            return Ok(());
+        }
+        self.conn.execute("SAVEPOINT rows").await?;
+        let parts: Vec<&JobRows> = self.waiting[self.written..]
+            .iter()
+            .map(|w| &w.rows)
+            .collect();
+        match JobRows::insert_all(self.conn, &parts).await {
+            Ok(()) => {
+                self.conn.execute("RELEASE SAVEPOINT rows").await?;
+                self.written = self.waiting.len();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rows written together refused; writing them job by job");
+                self.conn
+                    .execute("ROLLBACK TO SAVEPOINT rows; RELEASE SAVEPOINT rows")
+                    .await?;
+                self.isolate().await
+            }
+        }
+    }
+
+    /// Writes the waiting jobs' rows one job at a time. The first job whose rows PostgreSQL
+    /// refuses is refused, and so is every job after it: their change sequence numbers and
+    /// audit hashes follow from its. If that job had rows written already, they cannot be taken
+    /// back alone, and the batch fails (nothing in it is acknowledged).
+    async fn isolate(&mut self) -> Result<(), StorageError> {
+        while self.written < self.waiting.len() {
+            self.conn.execute("SAVEPOINT rows").await?;
+            let inserted = self.waiting[self.written].rows.insert(self.conn).await;
+            match inserted {
+                Ok(()) => {
+                    self.conn.execute("RELEASE SAVEPOINT rows").await?;
+                    self.written += 1;
+                }
+                Err(e) => {
+                    self.conn
+                        .execute("ROLLBACK TO SAVEPOINT rows; RELEASE SAVEPOINT rows")
+                        .await?;
+                    if self.waiting[self.written].partly_written {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "a write job's rows were refused; it and the jobs after it in its batch fail");
+                    let mut refused = self.waiting.split_off(self.written);
+                    let first = &refused[0];
+                    self.chain_end = first.chain_before.clone();
+                    self.last_seq = first.seq_before;
+                    // What the refused jobs wrote is not there; everything else is written.
+                    self.known.clear();
+                    let why = e.to_string();
+                    for (k, w) in refused.drain(..).enumerate() {
+                        (w.finish)(Err(StorageError::CommitFailed(if k == 0 {
+                            why.clone()
+                        } else {
+                            format!("an earlier write of the same batch was refused: {why}")
+                        })));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Appends one row to the audit chain (under the change-sequence lock, so the chain's end,
@@ -522,11 +760,10 @@ async fn read_version(
     Ok(row.as_ref().map(version_from_row).transpose()?)
 }
 
-/// The rows the current job writes, sent when the job ends (or before anything in the job
-/// reads what they change, or deletes index rows): one statement for the whole job, every
-/// table bound as column arrays, instead of six to eight round trips per resource on the
-/// writer's one connection. A bulk load's 500-resource commit sends one insert, not thousands;
-/// a PUT costs three round trips (savepoint, current version, rows).
+/// The rows a job writes, sent with the other kept jobs' of its batch (see [`run_batch`]):
+/// one statement, every table bound as column arrays, instead of six to eight round trips per
+/// resource on the writer's one connection. A bulk load's 500-resource commit sends one
+/// insert, not thousands; a PUT costs two round trips of its own (savepoint, current version).
 #[derive(Debug, Default)]
 struct JobRows {
     versions: VersionRows,
@@ -627,6 +864,15 @@ impl CurrentRows {
 }
 
 impl JobRows {
+    /// Rows to insert (a current row goes with each version).
+    fn len(&self) -> usize {
+        self.versions.seq.len()
+            + self.audit.seq.len()
+            + self.entities.seq.len()
+            + self.text.res_id.len()
+            + self.ranges.res_id.len()
+    }
+
     fn is_empty(&self) -> bool {
         self.versions.seq.is_empty()
             && self.audit.seq.is_empty()
@@ -678,13 +924,83 @@ impl JobRows {
         *self = Self::default();
     }
 
-    /// Writes what is waiting, in one statement. The data-modifying CTEs see one snapshot and
+    /// Appends `other`'s rows after this one's (a later current row replaces an earlier one of
+    /// the same resource, as in one job).
+    fn extend_from(&mut self, other: &JobRows) {
+        let v = &other.versions;
+        let mine = &mut self.versions;
+        mine.seq.extend_from_slice(&v.seq);
+        mine.res_type.extend_from_slice(&v.res_type);
+        mine.res_id.extend_from_slice(&v.res_id);
+        mine.version.extend_from_slice(&v.version);
+        mine.last_updated.extend_from_slice(&v.last_updated);
+        mine.last_updated_us.extend_from_slice(&v.last_updated_us);
+        mine.deleted.extend_from_slice(&v.deleted);
+        mine.body.extend_from_slice(&v.body);
+        mine.site.extend_from_slice(&v.site);
+        mine.traceparent.extend_from_slice(&v.traceparent);
+        let c = &other.current;
+        for k in 0..c.res_id.len() {
+            self.current.set(
+                &c.res_type[k],
+                &c.res_id[k],
+                c.seq[k],
+                c.deleted[k] != 0,
+                c.site[k].as_deref(),
+            );
+        }
+        let (a, mine) = (&other.audit, &mut self.audit);
+        mine.seq.extend_from_slice(&a.seq);
+        mine.recorded_us.extend_from_slice(&a.recorded_us);
+        mine.site.extend_from_slice(&a.site);
+        mine.batch.extend_from_slice(&a.batch);
+        mine.body.extend_from_slice(&a.body);
+        mine.prev_hash.extend_from_slice(&a.prev_hash);
+        mine.hash.extend_from_slice(&a.hash);
+        self.entities
+            .entity
+            .extend_from_slice(&other.entities.entity);
+        self.entities.seq.extend_from_slice(&other.entities.seq);
+        let (t, mine) = (&other.text, &mut self.text);
+        mine.res_type.extend_from_slice(&t.res_type);
+        mine.param.extend_from_slice(&t.param);
+        mine.value.extend_from_slice(&t.value);
+        mine.system.extend_from_slice(&t.system);
+        mine.res_id.extend_from_slice(&t.res_id);
+        let (r, mine) = (&other.ranges, &mut self.ranges);
+        mine.res_type.extend_from_slice(&r.res_type);
+        mine.param.extend_from_slice(&r.param);
+        mine.token_code.extend_from_slice(&r.token_code);
+        mine.low.extend_from_slice(&r.low);
+        mine.high.extend_from_slice(&r.high);
+        mine.token_system.extend_from_slice(&r.token_system);
+        mine.unit_system.extend_from_slice(&r.unit_system);
+        mine.unit_code.extend_from_slice(&r.unit_code);
+        mine.long.extend_from_slice(&r.long);
+        mine.res_id.extend_from_slice(&r.res_id);
+    }
+
+    /// Writes the rows of `parts`, in order, in one statement; they stay where they are, so that
+    /// the parts can be written one by one if PostgreSQL refuses them together.
+    async fn insert_all(conn: &mut PgConnection, parts: &[&JobRows]) -> Result<(), StorageError> {
+        let parts: Vec<&JobRows> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+        match parts.as_slice() {
+            [] => Ok(()),
+            [one] => one.insert(conn).await,
+            many => {
+                let mut all = JobRows::default();
+                for p in many {
+                    all.extend_from(p);
+                }
+                all.insert(conn).await
+            }
+        }
+    }
+
+    /// Writes these rows in one statement. The data-modifying CTEs see one snapshot and
     /// touch different tables; the ids and texts were made PostgreSQL-safe (`pg_text`) when
     /// queued.
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), StorageError> {
-        if self.is_empty() {
-            return Ok(());
-        }
+    async fn insert(&self, conn: &mut PgConnection) -> Result<(), StorageError> {
         let JobRows {
             versions: v,
             current: c,
@@ -692,7 +1008,7 @@ impl JobRows {
             entities: e,
             text: t,
             ranges: r,
-        } = std::mem::take(self);
+        } = self;
         sqlx::query(
             "WITH v AS (INSERT INTO resource_version (seq, res_type, res_id, version, last_updated, last_updated_us, deleted, body, site, traceparent) \
                SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::int4[], $8::text[], $9::text[], $10::text[])), \
@@ -707,77 +1023,78 @@ impl JobRows {
              INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
                SELECT * FROM UNNEST($30::text[], $31::text[], $32::text[], $33::float8[], $34::float8[], $35::text[], $36::text[], $37::text[], $38::int4[], $39::text[])",
         )
-        .bind(v.seq)
-        .bind(v.res_type)
-        .bind(v.res_id)
-        .bind(v.version)
-        .bind(v.last_updated)
-        .bind(v.last_updated_us)
-        .bind(v.deleted)
-        .bind(v.body)
-        .bind(v.site)
-        .bind(v.traceparent)
-        .bind(c.res_type)
-        .bind(c.res_id)
-        .bind(c.seq)
-        .bind(c.deleted)
-        .bind(c.site)
-        .bind(a.seq)
-        .bind(a.recorded_us)
-        .bind(a.site)
-        .bind(a.batch)
-        .bind(a.body)
-        .bind(a.prev_hash)
-        .bind(a.hash)
-        .bind(e.entity)
-        .bind(e.seq)
-        .bind(t.res_type)
-        .bind(t.param)
-        .bind(t.value)
-        .bind(t.system)
-        .bind(t.res_id)
-        .bind(r.res_type)
-        .bind(r.param)
-        .bind(r.token_code)
-        .bind(r.low)
-        .bind(r.high)
-        .bind(r.token_system)
-        .bind(r.unit_system)
-        .bind(r.unit_code)
-        .bind(r.long)
-        .bind(r.res_id)
+        .bind(&v.seq)
+        .bind(&v.res_type)
+        .bind(&v.res_id)
+        .bind(&v.version)
+        .bind(&v.last_updated)
+        .bind(&v.last_updated_us)
+        .bind(&v.deleted)
+        .bind(&v.body)
+        .bind(&v.site)
+        .bind(&v.traceparent)
+        .bind(&c.res_type)
+        .bind(&c.res_id)
+        .bind(&c.seq)
+        .bind(&c.deleted)
+        .bind(&c.site)
+        .bind(&a.seq)
+        .bind(&a.recorded_us)
+        .bind(&a.site)
+        .bind(&a.batch)
+        .bind(&a.body)
+        .bind(&a.prev_hash)
+        .bind(&a.hash)
+        .bind(&e.entity)
+        .bind(&e.seq)
+        .bind(&t.res_type)
+        .bind(&t.param)
+        .bind(&t.value)
+        .bind(&t.system)
+        .bind(&t.res_id)
+        .bind(&r.res_type)
+        .bind(&r.param)
+        .bind(&r.token_code)
+        .bind(&r.low)
+        .bind(&r.high)
+        .bind(&r.token_system)
+        .bind(&r.unit_system)
+        .bind(&r.unit_code)
+        .bind(&r.long)
+        .bind(&r.res_id)
         .execute(&mut *conn)
         .await?;
         Ok(())
     }
 }
 
-/// Replaces the index rows of one resource: the old ones deleted (one statement), the new
-/// ones queued with the job's rows.
-async fn write_index(
-    conn: &mut PgConnection,
-    queued: &mut JobRows,
-    resource_type: &str,
-    id: &str,
-    had_rows: bool,
-    index: Option<&Index>,
-) -> Result<(), StorageError> {
-    if had_rows {
-        // Queued rows may be this resource's own: they go in first, then all of its go.
-        queued.flush(conn).await?;
-        sqlx::query(
-            "WITH i AS (DELETE FROM search_index WHERE res_type = $1 AND res_id = $2) \
-             DELETE FROM search_range WHERE res_type = $1 AND res_id = $2",
-        )
-        .bind(resource_type)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+impl PgWriteTxn<'_> {
+    /// Replaces the index rows of one resource: the old ones deleted (one statement), the new
+    /// ones queued with the job's rows.
+    async fn write_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        had_rows: bool,
+        index: Option<&Index>,
+    ) -> Result<(), StorageError> {
+        if had_rows {
+            // Rows waiting may be this resource's own: they go in first, then all of its go.
+            self.write_waiting().await?;
+            sqlx::query(
+                "WITH i AS (DELETE FROM search_index WHERE res_type = $1 AND res_id = $2) \
+                 DELETE FROM search_range WHERE res_type = $1 AND res_id = $2",
+            )
+            .bind(resource_type)
+            .bind(id)
+            .execute(&mut *self.conn)
+            .await?;
+        }
+        if let Some(index) = index {
+            self.queued.add_index(resource_type, id, index);
+        }
+        Ok(())
     }
-    if let Some(index) = index {
-        queued.add_index(resource_type, id, index);
-    }
-    Ok(())
 }
 
 #[async_trait]
@@ -792,15 +1109,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         id: &str,
         index: &Index,
     ) -> Result<(), StorageError> {
-        write_index(
-            self.conn,
-            &mut self.queued,
-            resource_type,
-            id,
-            true,
-            Some(index),
-        )
-        .await
+        self.write_index(resource_type, id, true, Some(index)).await
     }
 
     async fn current(
@@ -812,11 +1121,12 @@ impl WriteTxn for PgWriteTxn<'_> {
         if let Some(Known::Read(v)) = self.known.get(&key) {
             return Ok(v.clone());
         }
-        self.queued.flush(self.conn).await?;
+        self.write_waiting().await?;
         let v = read_current(self.conn, resource_type, id).await?;
-        self.known
-            .entry(key)
-            .or_insert_with(|| Known::Read(v.clone()));
+        if !self.known.contains_key(&key) {
+            self.remember_known(&key);
+            self.known.insert(key, Known::Read(v.clone()));
+        }
         Ok(v)
     }
 
@@ -826,7 +1136,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StorageError> {
-        self.queued.flush(self.conn).await?;
+        self.write_waiting().await?;
         read_version(self.conn, resource_type, id, version).await
     }
 
@@ -855,7 +1165,7 @@ impl WriteTxn for PgWriteTxn<'_> {
             "c.res_id",
         );
         let sql = Dialect::Postgres.placeholders(&sql);
-        self.queued.flush(self.conn).await?;
+        self.write_waiting().await?;
         let rows = bound(&sql, &args).fetch_all(&mut *self.conn).await?;
         Ok(rows
             .iter()
@@ -892,8 +1202,8 @@ impl WriteTxn for PgWriteTxn<'_> {
     }
 
     async fn restore_version(&mut self, v: &StoredVersion) -> Result<(), StorageError> {
-        self.queued.flush(self.conn).await?;
-        self.known.clear();
+        self.write_waiting().await?;
+        self.forget_all_known();
         let id = pg_text(&v.id);
         let body = v.body.as_deref().map(pg_text);
         sqlx::query(
@@ -932,7 +1242,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         a: &StoredAudit,
         entities: &[String],
     ) -> Result<(), StorageError> {
-        self.queued.flush(self.conn).await?;
+        self.write_waiting().await?;
         sqlx::query("INSERT INTO audit_event (seq, recorded_us, site, batch, body, prev_hash, hash, hash_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(a.seq)
             .bind(a.recorded_us)
@@ -969,9 +1279,7 @@ impl WriteTxn for PgWriteTxn<'_> {
         let last_updated = instant_text(us)?;
         let body = (!new.deleted).then(|| pg_text(&(new.body)(version, &last_updated)));
         self.last_seq += 1;
-        write_index(
-            self.conn,
-            &mut self.queued,
+        self.write_index(
             new.resource_type,
             &id,
             previous.is_some(),
@@ -991,8 +1299,10 @@ impl WriteTxn for PgWriteTxn<'_> {
             traceparent: self.trace.clone(),
         };
         self.queued.add_version(&stored);
+        let key = (stored.resource_type.clone(), stored.id.clone());
+        self.remember_known(&key);
         self.known.insert(
-            (stored.resource_type.clone(), stored.id.clone()),
+            key,
             Known::Written((version, new.deleted, stored.site.clone())),
         );
         Ok(StoredVersion {
@@ -1011,15 +1321,15 @@ impl PgWriteTxn<'_> {
         id: &str,
     ) -> Result<Option<CurrentState>, StorageError> {
         let key = (resource_type.to_string(), id.to_string());
-        let known = match self.known.get(&key) {
-            Some(known) => known,
-            None => {
-                // Not written in this transaction (it would be known), so the database has it
-                // as is; no other writer runs while this one holds the change-sequence lock.
-                let v = read_current(self.conn, resource_type, id).await?;
-                self.known.entry(key).or_insert(Known::Read(v))
-            }
-        };
+        if !self.known.contains_key(&key) {
+            // Not written in this transaction (it would be known, whether its rows went in or
+            // wait), so the database has it as is; no other writer runs while this one holds
+            // the change-sequence lock.
+            let v = read_current(self.conn, resource_type, id).await?;
+            self.remember_known(&key);
+            self.known.insert(key.clone(), Known::Read(v));
+        }
+        let known = &self.known[&key];
         Ok(match known {
             Known::Read(v) => v.as_ref().map(|v| (v.version, v.deleted, v.site.clone())),
             Known::Written(state) => Some(state.clone()),
