@@ -19,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Connection as _, Executor as _, Postgres, Row as _};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions as _, Connection as _, Executor as _, Postgres, Row as _,
+};
 use tokio::sync::mpsc;
 
 use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
@@ -240,7 +242,10 @@ async fn on_own_connection(
     options: &PgConnectOptions,
     statements: &[&'static str],
 ) -> Result<(), sqlx::Error> {
-    let mut conn = PgConnection::connect_with(options).await?;
+    // sqlx would warn of every ANALYZE as a slow statement; the callers log their own line
+    // with its duration.
+    let options = options.clone().disable_statement_logging();
+    let mut conn = PgConnection::connect_with(&options).await?;
     for statement in statements {
         conn.execute(*statement).await?;
     }
