@@ -364,7 +364,9 @@ async fn run_batch(
     let mut kept_open = false;
     for job in batch.drain(..) {
         if txn.waiting_rows() >= MAX_WAITING_ROWS {
-            txn.write_between_jobs(&mut kept_open).await?;
+            let chain_end = txn.chain_end.clone();
+            txn.write_outside_jobs(&mut kept_open, chain_end, false)
+                .await?;
         }
         txn.conn
             .execute(if kept_open {
@@ -434,41 +436,24 @@ async fn run_batch(
             }
         }
     }
-    // The queued audit events of requests that changed nothing ride along with this commit.
+    // The queued audit events of requests that changed nothing ride along with this commit,
+    // in one statement with the rows waiting.
     let audit_rows = pending.take_rows();
-    if !txn.nothing_waits(&audit_rows) {
-        let chain_before = txn.chain_end.clone();
+    let chain_before = txn.chain_end.clone();
+    for row in &audit_rows {
+        insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, row, true).await?;
+    }
+    if !txn
+        .write_outside_jobs(&mut kept_open, chain_before, true)
+        .await?
+    {
+        // Refused together: the waiting jobs went in one by one (or failed); the events follow
+        // the chain as it ends now.
         for row in &audit_rows {
             insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, row, true).await?;
         }
-        txn.conn
-            .execute(if kept_open {
-                "RELEASE SAVEPOINT job; SAVEPOINT rows"
-            } else {
-                "SAVEPOINT rows"
-            })
-            .await?;
-        // One statement for the rows waiting and these events, unless PostgreSQL refuses it.
-        let parts: Vec<&JobRows> = txn.waiting[txn.written..]
-            .iter()
-            .map(|w| &w.rows)
-            .chain(std::iter::once(&txn.queued))
-            .collect();
-        if let Err(e) = JobRows::insert_all(txn.conn, &parts).await {
-            tracing::warn!(error = %e, "rows written together refused; writing them job by job");
-            txn.conn
-                .execute("ROLLBACK TO SAVEPOINT rows; RELEASE SAVEPOINT rows")
-                .await?;
-            txn.queued.clear();
-            txn.chain_end = chain_before;
-            txn.isolate().await?;
-            for row in &audit_rows {
-                insert_audit(txn.conn, &mut txn.chain_end, &mut txn.queued, row, true).await?;
-            }
-            let queued = std::mem::take(&mut txn.queued);
-            queued.insert(txn.conn).await?;
-        }
-        txn.written = txn.waiting.len();
+        let queued = std::mem::take(&mut txn.queued);
+        queued.insert(txn.conn).await?;
     }
     for w in txn.waiting.drain(..) {
         finishers.push(w.finish);
@@ -476,6 +461,15 @@ async fn run_batch(
     // synchronous_commit (on by default): COMMIT returns once the WAL is flushed.
     txn.conn.execute("COMMIT").await?;
     Ok(txn.last_seq - last_seq)
+}
+
+/// The rows not written yet, in order: the waiting jobs', then the queued ones.
+fn unwritten<'a>(waiting: &'a [WaitingJob], queued: &'a JobRows) -> Vec<&'a JobRows> {
+    waiting
+        .iter()
+        .map(|w| &w.rows)
+        .chain(std::iter::once(queued))
+        .collect()
 }
 
 /// Rows of kept jobs beyond which they are written before the next job starts (a bulk load's
@@ -550,12 +544,11 @@ impl PgWriteTxn<'_> {
             .sum()
     }
 
-    /// Whether there is nothing to write before the commit: no waiting rows, no audit rows.
-    fn nothing_waits(&self, audit_rows: &[AuditRecord]) -> bool {
-        audit_rows.is_empty()
-            && self.waiting[self.written..]
-                .iter()
-                .all(|w| w.rows.is_empty())
+    /// Whether no rows wait to be written (the kept jobs' or the queued ones).
+    fn nothing_waits(&self) -> bool {
+        unwritten(&self.waiting[self.written..], &self.queued)
+            .iter()
+            .all(|p| p.is_empty())
     }
 
     /// Records what `known` held for `key` before the current job changes it.
@@ -586,14 +579,10 @@ impl PgWriteTxn<'_> {
     /// or deletes what they may change. If PostgreSQL refuses them, the job fails with the
     /// error and the writer sorts the waiting jobs out once its savepoint is rolled back.
     async fn write_waiting(&mut self) -> Result<(), StorageError> {
-        let parts: Vec<&JobRows> = self.waiting[self.written..]
-            .iter()
-            .map(|w| &w.rows)
-            .chain(std::iter::once(&self.queued))
-            .collect();
-        if parts.iter().all(|p| p.is_empty()) {
+        if self.nothing_waits() {
             return Ok(());
         }
+        let parts = unwritten(&self.waiting[self.written..], &self.queued);
         match JobRows::insert_all(self.conn, &parts).await {
             Ok(()) => {
                 self.written = self.waiting.len();
@@ -608,33 +597,47 @@ impl PgWriteTxn<'_> {
         }
     }
 
-    /// Writes the waiting rows between two jobs (the last kept job's savepoint released), so
-    /// that a refusal can be sorted out job by job.
-    async fn write_between_jobs(&mut self, kept_open: &mut bool) -> Result<(), StorageError> {
-        if *kept_open {
-            self.conn.execute("RELEASE SAVEPOINT job").await?;
-            *kept_open = false;
+    /// Writes the rows waiting and the queued ones together outside any job (the last kept
+    /// job's savepoint released), under a savepoint of their own, so that a refusal can be
+    /// sorted out job by job: then the queued rows are dropped, the audit chain goes back to
+    /// `chain_before` (its end before the queued rows), the waiting jobs are written one by one
+    /// ([`Self::isolate`]), and the answer is false. Before `COMMIT` the savepoint is left for
+    /// the commit to release.
+    async fn write_outside_jobs(
+        &mut self,
+        kept_open: &mut bool,
+        chain_before: Option<(i64, String)>,
+        before_commit: bool,
+    ) -> Result<bool, StorageError> {
+        if self.nothing_waits() {
+            return Ok(true);
         }
-        if self.nothing_waits(&[]) {
-            return Ok(());
-        }
-        self.conn.execute("SAVEPOINT rows").await?;
-        let parts: Vec<&JobRows> = self.waiting[self.written..]
-            .iter()
-            .map(|w| &w.rows)
-            .collect();
+        self.conn
+            .execute(if std::mem::take(kept_open) {
+                "RELEASE SAVEPOINT job; SAVEPOINT rows"
+            } else {
+                "SAVEPOINT rows"
+            })
+            .await?;
+        let parts = unwritten(&self.waiting[self.written..], &self.queued);
         match JobRows::insert_all(self.conn, &parts).await {
             Ok(()) => {
-                self.conn.execute("RELEASE SAVEPOINT rows").await?;
+                if !before_commit {
+                    self.conn.execute("RELEASE SAVEPOINT rows").await?;
+                }
                 self.written = self.waiting.len();
-                Ok(())
+                self.queued.clear();
+                Ok(true)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "rows written together refused; writing them job by job");
                 self.conn
                     .execute("ROLLBACK TO SAVEPOINT rows; RELEASE SAVEPOINT rows")
                     .await?;
-                self.isolate().await
+                self.queued.clear();
+                self.chain_end = chain_before;
+                self.isolate().await?;
+                Ok(false)
             }
         }
     }
