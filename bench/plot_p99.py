@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Draws p99 latency against store size, one panel per search query and one line per backend,
-from the JSON lines `bench/search.sh` prints (the six query lines of a run, in its order).
+from the JSON lines `bench/search.sh` prints (the query lines of a run, in its order; runs from
+before `_revinclude` and history were timed have the first six only, and those panels lack
+their points).
 
     python3 bench/plot_p99.py OUT.svg BACKEND:N:RUN.jsonl [BACKEND:N:RUN.jsonl ...]
 
@@ -12,7 +14,9 @@ import json
 import math
 import sys
 
-QUERIES = ["token", "subject= page", "date range", "code-value-quantity", "_include", "_sort"]
+QUERIES = ["token", "subject= page", "date range", "code-value-quantity", "_include", "_sort",
+           "_revinclude", "type history"]
+EARLIER_RUNS = 6
 COLOURS = {"sqlite": "#1f77b4", "postgres": "#d62728"}
 
 
@@ -28,9 +32,9 @@ def query_lines(path, backend):
         if d.get("label") not in ("trialbridge", f"trialbridge-{backend}"):
             continue
         rows.append(d["p99_ms"])
-    if len(rows) != len(QUERIES):
+    if len(rows) not in (EARLIER_RUNS, len(QUERIES)):
         sys.exit(f"{path}: {len(rows)} query lines for {backend}, expected {len(QUERIES)}")
-    return rows
+    return rows + [None] * (len(QUERIES) - len(rows))
 
 
 def main():
@@ -58,7 +62,8 @@ def main():
     for qi, q in enumerate(QUERIES):
         ox, oy = 10 + (qi % cols) * w, 40 + (qi // cols) * h
         px, py, pw, ph = ox + 45, oy + 20, w - 70, h - 60
-        y_max = max(v[qi] for pts in series.values() for _, v in pts) * 1.15
+        measured = [v[qi] for pts in series.values() for _, v in pts if v[qi] is not None]
+        y_max = max(measured, default=1.0) * 1.15
         svg.append(f'<text x="{ox + 45}" y="{oy + 12}" font-size="12">{q}</text>')
         svg.append(f'<rect x="{px}" y="{py}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
         for t in range(5):
@@ -72,6 +77,7 @@ def main():
             svg.append(f'<text x="{xx:.1f}" y="{py + ph + 14}" text-anchor="middle">{label}</text>')
         for backend, pts in series.items():
             colour = COLOURS.get(backend, "#333")
+            pts = [(n, v) for n, v in pts if v[qi] is not None]
             coords = [(px + pw * (math.log10(n) - x_lo) / (x_hi - x_lo),
                        py + ph - ph * v[qi] / y_max) for n, v in pts]
             if len(coords) > 1:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Search benchmark: loads N generated Observations (and their 1,000 Patients) into trialbridge and,
 # when HFS_BIN is set, into helios-hfs, through the same HTTP client (100-entry transactions),
-# then times the same six queries on both with 16 clients for 10 s each. One JSON line per step.
+# then times the same eight queries on both with 16 clients for 10 s each. One JSON line per step;
+# a query a server answers with errors prints its line with the error count and the run goes on.
 #
 #   cargo build --release
 #   N=100000 HFS_BIN=... HFS_DATA=... bash bench/search.sh
@@ -25,6 +26,8 @@ queries=(
   "Observation?code-value-quantity=http://loinc.org|8867-4\$gt50"
   "Observation?code=http://loinc.org|8867-4&_include=Observation:subject"
   "Observation?_sort=-date&_count=50"
+  "Patient?_id=p00123&_revinclude=Observation:subject"
+  "Observation/_history?_count=50"
 )
 
 load_and_query() { # label base
@@ -37,7 +40,7 @@ load_and_query() { # label base
         echo "{\"label\":\"$label\",\"loaded\":$N,\"load_seconds\":$(echo "$t1 - $t0" | bc)}"
     fi
     for q in "${queries[@]}"; do
-        $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario query --path "$q" --concurrency "${CONC:-16}" --seconds 10 --requests 1000000
+        $tb bench --label "$label" --base "$base" --data "$work/patients.ndjson" --scenario query --path "$q" --concurrency "${CONC:-16}" --seconds 10 --requests 1000000 || true
     done
 }
 

@@ -179,6 +179,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0usize;
+            let mut bytes = 0usize;
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 if k >= args.requests || Instant::now() >= deadline {
@@ -205,10 +206,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 match client.request(req).await {
                     Ok(resp) => {
                         let ok = resp.status().is_success();
-                        let _ = resp.into_body().collect().await;
+                        let body = resp.into_body().collect().await;
                         // A failed request is counted apart: its time is not throughput.
                         if ok {
                             lat.push(t.elapsed());
+                            // What the answers weighed: two servers' figures for one query
+                            // compare only if they answered the same (a `_revinclude` a
+                            // server ignores is fast).
+                            bytes += body.map_or(0, |b| b.to_bytes().len());
                         } else {
                             errors += 1;
                         }
@@ -216,15 +221,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     Err(_) => errors += 1,
                 }
             }
-            (lat, errors)
+            (lat, errors, bytes)
         }));
     }
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut bytes = 0;
     for w in workers {
-        let (l, e) = w.await?;
+        let (l, e, b) = w.await?;
         lat.extend(l);
         errors += e;
+        bytes += b;
     }
     let elapsed = started.elapsed().as_secs_f64();
     lat.sort();
@@ -238,15 +245,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         1
     };
-    println!(
-        "{}",
-        json!({
-            "label": args.label, "scenario": args.scenario, "concurrency": args.concurrency, "requests": n, "errors": errors,
-            "req_per_s": (n as f64 / elapsed * 10.0).round() / 10.0,
-            "resources_per_s": ((n * per_request) as f64 / elapsed).round(),
-            "p50_ms": (pct(0.50) * 100.0).round() / 100.0, "p99_ms": (pct(0.99) * 100.0).round() / 100.0,
-        })
-    );
+    let mut line = json!({
+        "label": args.label, "scenario": args.scenario, "concurrency": args.concurrency, "requests": n, "errors": errors,
+        "req_per_s": (n as f64 / elapsed * 10.0).round() / 10.0,
+        "resources_per_s": ((n * per_request) as f64 / elapsed).round(),
+        "p50_ms": (pct(0.50) * 100.0).round() / 100.0, "p99_ms": (pct(0.99) * 100.0).round() / 100.0,
+        "bytes_per_response": bytes.checked_div(n).unwrap_or(0),
+    });
+    if args.scenario == "query" {
+        line["path"] = json!(args.path);
+    }
+    println!("{line}");
     if errors > 0 {
         anyhow::bail!(
             "{errors} requests failed; the figures above count only the {n} that succeeded"
