@@ -1013,7 +1013,13 @@ pub(crate) fn history_sql(
     match &q.scope {
         HistoryScope::System => {}
         HistoryScope::Type(t) => {
-            sql.push_str(" AND v.res_type = ?");
+            // The type as a range of one value, not an equality: with `=` PostgreSQL drops the
+            // type from the ORDER BY below (it is constant) and walks the change sequence's
+            // own index, stepping over every version of other types written after the page
+            // (a load's 1,000 Patients before each page of Observations). As a range the order
+            // is the (type, seq) index's, and the page reads the type's versions only.
+            sql.push_str(" AND v.res_type >= ? AND v.res_type <= ?");
+            args.push(t.clone().into());
             args.push(t.clone().into());
         }
         HistoryScope::Instance(t, id) => {
@@ -1038,7 +1044,12 @@ pub(crate) fn history_sql(
         sql.push_str(&format!(" AND v.seq {cmp} ?"));
         args.push(after.into());
     }
-    sql.push_str(&format!(" ORDER BY v.seq {order} LIMIT ?"));
+    // A type's versions in the order of the (type, seq) index (see the scope above).
+    let by = match q.scope {
+        HistoryScope::Type(_) => format!("v.res_type {order}, v.seq {order}"),
+        _ => format!("v.seq {order}"),
+    };
+    sql.push_str(&format!(" ORDER BY {by} LIMIT ?"));
     args.push((q.count as i64 + 1).into());
     (sql, args)
 }

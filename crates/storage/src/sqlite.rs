@@ -1199,6 +1199,40 @@ mod tests {
         }
     }
 
+    /// A type's history page walks the (type, seq) index in either order: no scan of the
+    /// change sequence over other types' versions, no sort.
+    #[test]
+    fn a_type_history_page_is_planned_on_the_type_index() {
+        use crate::{HistoryOrder, HistoryScope};
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("t.db"), false).unwrap();
+        migrate(&mut conn).unwrap();
+        for order in [HistoryOrder::NewestFirst, HistoryOrder::OldestFirst] {
+            let q = HistoryQuery {
+                scope: HistoryScope::Type("Observation".into()),
+                since_us: None,
+                at_or_before_us: None,
+                order,
+                after_seq: Some(10),
+                snapshot_seq: None,
+                count: 50,
+            };
+            let (sql, args) = history_sql(None, &q, 3000);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("resource_version_type_seq"),
+                "{order:?}: {plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{order:?}: {plan}");
+        }
+    }
+
     #[tokio::test]
     async fn space_names_every_table_and_counts_current_resources() {
         let (_dir, store) = store().await;
