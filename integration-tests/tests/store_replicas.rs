@@ -233,8 +233,26 @@ async fn read_patient(c: &reqwest::Client, base: &str, id: &str) -> (i64, String
     )
 }
 
+/// The name text of each Patient a search `GET {base}/Patient?{query}` lists, by id.
+async fn searched_names(base: &str, query: &str) -> BTreeMap<String, String> {
+    let page = get_json(&format!("{base}/Patient?{query}")).await;
+    page["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let r = &e["resource"];
+            (
+                r["id"].as_str().unwrap_or("").to_string(),
+                r["name"][0]["text"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Each replica keeps the current versions it has read in memory; a read must still answer
-/// with every write any replica acknowledged before it arrived. Writers update their own
+/// with every write any replica acknowledged before it arrived, and so must a search page,
+/// whose bodies come from the same cache. Writers update their own
 /// Patients on the replicas in turn and read each write back from all three at once; readers
 /// meanwhile read the same Patients from any replica and never see a version go back; and a
 /// transaction of more versions than one cache poll reads, written on one replica, is seen
@@ -329,6 +347,20 @@ async fn every_replica_reads_what_another_acknowledged() {
                     .unwrap()
                     .parse()
                     .unwrap();
+                // The search first: the replica's cache may still hold the version before.
+                let query = format!("_id={id}");
+                let (sa, sb, sc) = tokio::join!(
+                    searched_names(&bases[0], &query),
+                    searched_names(&bases[1], &query),
+                    searched_names(&bases[2], &query)
+                );
+                for (base, got) in bases.iter().zip([sa, sb, sc]) {
+                    assert_eq!(
+                        got.get(id),
+                        Some(&text),
+                        "{base}: a search after version {version} of {id} was acknowledged"
+                    );
+                }
                 let (ra, rb, rc) = tokio::join!(
                     read_patient(&c, &bases[0], id),
                     read_patient(&c, &bases[1], id),
@@ -361,6 +393,7 @@ async fn every_replica_reads_what_another_acknowledged() {
             read_patient(&http, base, id).await;
         }
         included_name(base.clone()).await;
+        searched_names(base, &format!("_id={}", ids.join(","))).await;
     }
     let mut entries: Vec<serde_json::Value> = (0..1100)
         .map(|i| json!({"resource": {"resourceType": "Patient", "id": format!("bulk-{i}")}, "request": {"method": "PUT", "url": format!("Patient/bulk-{i}")}}))
@@ -377,6 +410,13 @@ async fn every_replica_reads_what_another_acknowledged() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     for base in [&base_b, &base_c] {
+        // The search first, before anything else on the replica polls.
+        let listed = searched_names(base, &format!("_id={}", ids.join(","))).await;
+        assert_eq!(listed.len(), ids.len(), "{base}: {listed:?}");
+        assert!(
+            listed.values().all(|t| t == "bulk"),
+            "{base}: a search after the transaction: {listed:?}"
+        );
         assert_eq!(
             included_name(base.clone()).await,
             "bulk",
