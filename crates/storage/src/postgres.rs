@@ -1826,7 +1826,8 @@ mod tests {
 #[cfg(test)]
 mod plan_tests {
     use super::*;
-    use crate::{HistoryOrder, HistoryScope};
+    use crate::sql::tests::observation_history;
+    use crate::HistoryOrder;
 
     /// A fresh database on the test server, migrated.
     async fn database(name: &str) -> PgPool {
@@ -1879,16 +1880,7 @@ mod plan_tests {
             .await
             .unwrap();
         for order in [HistoryOrder::NewestFirst, HistoryOrder::OldestFirst] {
-            let q = HistoryQuery {
-                scope: HistoryScope::Type("Observation".into()),
-                since_us: None,
-                at_or_before_us: None,
-                order,
-                after_seq: None,
-                snapshot_seq: None,
-                count: 50,
-            };
-            let (sql, args) = history_sql(None, &q, 3000);
+            let (sql, args) = history_sql(None, &observation_history(order, None), 3000);
             let sql = Dialect::Postgres.placeholders(&sql);
             let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
             let plan: serde_json::Value = bound(&explain, &args)

@@ -1104,8 +1104,24 @@ pub(crate) fn instant_text(us: i64) -> Result<String, crate::StorageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A page of 50 of the Observations' history in `order`, after `after_seq`.
+    pub(crate) fn observation_history(
+        order: crate::HistoryOrder,
+        after_seq: Option<i64>,
+    ) -> crate::HistoryQuery {
+        crate::HistoryQuery {
+            scope: crate::HistoryScope::Type("Observation".into()),
+            since_us: None,
+            at_or_before_us: None,
+            order,
+            after_seq,
+            snapshot_seq: None,
+            count: 50,
+        }
+    }
 
     fn request(query: &[(&str, &str)]) -> SearchRequest {
         let params: Vec<(String, String)> = query

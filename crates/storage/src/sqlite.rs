@@ -1158,6 +1158,17 @@ mod tests {
         assert_eq!(temp_store(&reader), 2, "MEMORY");
     }
 
+    /// SQLite's `EXPLAIN QUERY PLAN` of `sql`, one step a line.
+    fn query_plan(conn: &Connection, sql: &str, args: &[Arg]) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        plan.join("\n")
+    }
+
     /// The page queries of the search suites read the lookup indexes and only the page's
     /// rows, in id order: no scan, no walk of an owner index over every row of the type, no
     /// sort of all matches (the planner has no statistics; these plans are what it picks).
@@ -1186,13 +1197,7 @@ mod tests {
                 Some(21),
                 VERSION_COLUMNS,
             );
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let plan = query_plan(&conn, &sql, &args);
             for bad in ["SCAN", "_owner", "TEMP B-TREE"] {
                 assert!(!plan.contains(bad), "{query:?}: {bad}\n{plan}");
             }
@@ -1203,28 +1208,14 @@ mod tests {
     /// change sequence over other types' versions, no sort.
     #[test]
     fn a_type_history_page_is_planned_on_the_type_index() {
-        use crate::{HistoryOrder, HistoryScope};
+        use crate::sql::tests::observation_history;
+        use crate::HistoryOrder;
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_connection(&dir.path().join("t.db"), false).unwrap();
         migrate(&mut conn).unwrap();
         for order in [HistoryOrder::NewestFirst, HistoryOrder::OldestFirst] {
-            let q = HistoryQuery {
-                scope: HistoryScope::Type("Observation".into()),
-                since_us: None,
-                at_or_before_us: None,
-                order,
-                after_seq: Some(10),
-                snapshot_seq: None,
-                count: 50,
-            };
-            let (sql, args) = history_sql(None, &q, 3000);
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            let plan = plan.join("\n");
+            let (sql, args) = history_sql(None, &observation_history(order, Some(10)), 3000);
+            let plan = query_plan(&conn, &sql, &args);
             assert!(
                 plan.contains("resource_version_type_seq"),
                 "{order:?}: {plan}"
