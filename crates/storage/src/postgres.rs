@@ -46,6 +46,9 @@ pub const CHANGE_SEQUENCE_LOCK: i64 = 0x7472_6961_6c62_7269;
 /// The migrations in `migrations/postgres/`, built into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// A pooled connection idle this long is pinged before a read uses it; one in steady use is not.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
+
 /// The PostgreSQL implementation of [`crate::ResourceStore`].
 pub struct PostgresStore {
     pool: PgPool,
@@ -155,6 +158,19 @@ impl PostgresStore {
             .max_connections(16)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out: one more round trip (and wake-up of
+            // a PostgreSQL backend) per read, about as costly as the read itself. A connection
+            // in steady use is known alive; one idle for a while (the server may have
+            // restarted or a proxy dropped it) is still checked before use.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_BEFORE_PING {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(read_options.clone())
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
@@ -1821,16 +1837,16 @@ mod tests {
     }
 }
 
-/// Plans of the PostgreSQL queries, on a real server (TRIALBRIDGE_TEST_POSTGRES_URL, which
-/// `scripts/test.sh` starts).
+/// The PostgreSQL queries' plans and the read pool, on a real server
+/// (TRIALBRIDGE_TEST_POSTGRES_URL, which `scripts/test.sh` starts).
 #[cfg(test)]
-mod plan_tests {
+mod server_tests {
     use super::*;
     use crate::sql::tests::observation_history;
     use crate::HistoryOrder;
 
-    /// A fresh database on the test server, migrated.
-    async fn database(name: &str) -> PgPool {
+    /// The URL of a fresh, empty database on the test server.
+    async fn database_url(name: &str) -> String {
         let server = std::env::var("TRIALBRIDGE_TEST_POSTGRES_URL").expect(
             "TRIALBRIDGE_TEST_POSTGRES_URL names no PostgreSQL: run the tests with `bash scripts/test.sh`",
         );
@@ -1844,9 +1860,48 @@ mod plan_tests {
             .await
             .unwrap();
         let (base, _) = server.rsplit_once('/').unwrap();
-        let pool = PgPool::connect(&format!("{base}/{name}")).await.unwrap();
+        format!("{base}/{name}")
+    }
+
+    /// A fresh database on the test server, migrated.
+    async fn database(name: &str) -> PgPool {
+        let pool = PgPool::connect(&database_url(name).await).await.unwrap();
         MIGRATOR.run(&pool).await.unwrap();
         pool
+    }
+
+    /// The read pool does not ping a connection it hands out in steady use, so it must still
+    /// notice one the server has dropped while it sat idle (a restart of PostgreSQL, a proxy's
+    /// idle timeout): the next read gets a working connection, not the dead one's error.
+    #[tokio::test]
+    async fn a_read_after_the_server_dropped_the_idle_connections_succeeds() {
+        let name = format!("tb_pool_idle_{}", std::process::id());
+        let url = database_url(&name).await;
+        let options = StoreOptions {
+            read_cache_bytes: 0,
+            ..StoreOptions::default()
+        };
+        let store = PostgresStore::open_with(&url, options).await.unwrap();
+        let ctx = AccessContext::system("test");
+        let read = || store.read(&ctx, "Patient", "p1");
+        // Several reads at once, so that the pool holds several connections.
+        let first = futures::future::join_all((0..4).map(|_| read())).await;
+        assert!(first.iter().all(|r| matches!(r, Ok(None))), "{first:?}");
+        let admin = PgPool::connect(&url).await.unwrap();
+        let dropped: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND application_name = 'trialbridge') AS t",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert!(dropped >= 2, "{dropped} connections dropped");
+        tokio::time::sleep(IDLE_BEFORE_PING + Duration::from_millis(200)).await;
+        for _ in 0..8 {
+            let r = read().await;
+            assert!(matches!(r, Ok(None)), "{r:?}");
+        }
     }
 
     /// Rows a plan read and threw away (`Rows Removed by Filter`, over every node).
