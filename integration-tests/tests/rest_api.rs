@@ -670,6 +670,67 @@ async fn history_pages_by_sequence_with_absolute_links() {
     assert_outcome(&r, 404, "not-found", "Observation.id");
 }
 
+/// Versions written while a client pages a history: oldest first (the order of a warehouse
+/// following the changes) the later pages go on into them; newest first the later pages list
+/// exactly the older versions, each once.
+#[tokio::test]
+async fn history_pages_and_versions_written_while_paging() {
+    let s = TestStore::start().await;
+    let put = |id: String| {
+        let s = &s;
+        async move {
+            let r = send(
+                Method::PUT,
+                &s.url(&format!("Observation/{id}")),
+                &[],
+                Some(obs(Some(&id)).to_string()),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        }
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let names = |prefix: &str, range: std::ops::Range<usize>| -> Vec<String> {
+        range.map(|i| format!("{prefix}{i}")).collect()
+    };
+    for i in 0..12 {
+        put(format!("k{i}")).await;
+    }
+    // Pages the history from its first page, writing `late` versions after that page.
+    let page_through = |first: &'static str, late: &'static str| {
+        let s = &s;
+        async move {
+            let r = send(Method::GET, &s.url(first), &[], None).await;
+            let mut seen = ids(&r.body);
+            for i in 0..3 {
+                put(format!("{late}{i}")).await;
+            }
+            let mut next = next_link(&r.body);
+            while let Some(url) = next {
+                let r = send(Method::GET, &url, &[], None).await;
+                assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+                seen.extend(ids(&r.body));
+                next = next_link(&r.body);
+            }
+            seen
+        }
+    };
+    let oldest_first = page_through("Observation/_history?_sort=_lastUpdated&_count=5", "a").await;
+    let expected = [names("k", 0..12), names("a", 0..3)].concat();
+    assert_eq!(oldest_first, expected);
+    let newest_first = page_through("Observation/_history?_count=5", "b").await;
+    let mut expected = [names("k", 0..12), names("a", 0..3)].concat();
+    expected.reverse();
+    assert_eq!(newest_first, expected);
+}
+
 #[tokio::test]
 async fn search_pages_with_keyset_links() {
     let s = TestStore::start().await;

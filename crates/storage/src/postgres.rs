@@ -46,6 +46,9 @@ pub const CHANGE_SEQUENCE_LOCK: i64 = 0x7472_6961_6c62_7269;
 /// The migrations in `migrations/postgres/`, built into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The highest committed change sequence (0 for an empty store).
+const HEAD_SEQ: &str = "SELECT COALESCE(MAX(seq), 0)::bigint FROM resource_version";
+
 /// A pooled connection idle this long is pinged before a read uses it; one in steady use is not.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
@@ -177,10 +180,7 @@ impl PostgresStore {
         let pending_audit = Arc::new(PendingAudit::default());
         // On the writer's connection, outside the readers' budget: with a budget of a few
         // milliseconds a busy server cancelled this first query, and the store did not open.
-        let (last_seq,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM resource_version")
-                .fetch_one(&mut writer)
-                .await?;
+        let last_seq: i64 = sqlx::query_scalar(HEAD_SEQ).fetch_one(&mut writer).await?;
         let current = (store.read_cache_bytes > 0)
             .then(|| CurrentCache::start(read_options.clone(), last_seq, store.read_cache_bytes));
         tokio::spawn(writer_loop(writer, options, rx, pending_audit.clone()));
@@ -1451,15 +1451,31 @@ impl ResourceStore for PostgresStore {
         ctx: &AccessContext,
         q: &HistoryQuery,
     ) -> Result<HistoryPage, StorageError> {
-        // Commits are serialised in seq order (the change-sequence lock), so every version at or
-        // below the highest committed seq read here is already visible to the next statement.
-        let max_seq: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM resource_version")
-                .fetch_one(&self.pool)
-                .await?;
-        let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
-        let (sql, args) = history_sql(limited(ctx), q, snapshot);
-        let mut versions = self.versions(&sql, &args).await?;
+        // The page and the change sequence's head in one statement, so one round trip and one
+        // MVCC snapshot: every version the statement sees has a seq at or below the head it
+        // sees, and since commits are serialised in seq order (the change-sequence lock), every
+        // version at or below that head is committed, so the next pages, bounded by it, list
+        // exactly the versions this one could see.
+        let requested = q.snapshot_seq.unwrap_or(i64::MAX);
+        let (sql, args) = history_sql(limited(ctx), q, requested);
+        let sql = sql.replacen(
+            VERSION_COLUMNS,
+            &format!("{VERSION_COLUMNS}, ({HEAD_SEQ})"),
+            1,
+        );
+        let rows = bound(&Dialect::Postgres.placeholders(&sql), &args)
+            .fetch_all(&self.pool)
+            .await?;
+        let head: i64 = match rows.first() {
+            Some(row) => row.try_get(VERSION_COLUMN_COUNT)?,
+            // No version to carry it (an empty history): ask for the head alone.
+            None => sqlx::query_scalar(HEAD_SEQ).fetch_one(&self.pool).await?,
+        };
+        let snapshot = requested.min(head);
+        let mut versions = rows
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let has_more = versions.len() > q.count;
         versions.truncate(q.count);
         Ok(HistoryPage {
@@ -1565,11 +1581,7 @@ impl ResourceStore for PostgresStore {
     }
 
     async fn last_seq(&self, _ctx: &AccessContext) -> Result<i64, StorageError> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM resource_version")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(HEAD_SEQ).fetch_one(&self.pool).await?)
     }
 
     async fn snapshot_page(
