@@ -69,6 +69,17 @@ fn obs(id: Option<&str>) -> Value {
     o
 }
 
+/// PUTs the test Observation as `Observation/{id}`.
+async fn put_obs(s: &TestStore, id: &str) -> Reply {
+    send(
+        Method::PUT,
+        &s.url(&format!("Observation/{id}")),
+        &[],
+        Some(obs(Some(id)).to_string()),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn create_read_update_vread_delete() {
     let s = TestStore::start().await;
@@ -154,13 +165,7 @@ async fn create_read_update_vread_delete() {
         .collect();
     assert_eq!(methods, ["DELETE", "PUT", "POST"]);
     // Update after delete re-creates.
-    let r = send(
-        Method::PUT,
-        &s.url(&format!("Observation/{id}")),
-        &[],
-        Some(obs(Some(&id)).to_string()),
-    )
-    .await;
+    let r = put_obs(&s, &id).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.headers["etag"], "W/\"4\"");
 }
@@ -613,13 +618,7 @@ async fn content_negotiation_accepts_json_forms() {
 async fn history_pages_by_sequence_with_absolute_links() {
     let s = TestStore::start().await;
     for i in 0..25 {
-        send(
-            Method::PUT,
-            &s.url(&format!("Observation/h{i}")),
-            &[],
-            Some(obs(Some(&format!("h{i}"))).to_string()),
-        )
-        .await;
+        put_obs(&s, &format!("h{i}")).await;
     }
     // Oldest first, 10 per page: follow next links verbatim.
     let mut url = s.url("Observation/_history?_sort=_lastUpdated&_count=10");
@@ -679,13 +678,7 @@ async fn history_pages_and_versions_written_while_paging() {
     let put = |id: String| {
         let s = &s;
         async move {
-            let r = send(
-                Method::PUT,
-                &s.url(&format!("Observation/{id}")),
-                &[],
-                Some(obs(Some(&id)).to_string()),
-            )
-            .await;
+            let r = put_obs(s, &id).await;
             assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         }
     };
