@@ -28,8 +28,9 @@ use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
 use crate::current_cache::{CurrentCache, Fresh};
 use crate::sql::{
-    audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
-    Dialect, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
+    audit_search_sql, history_page, history_sql, instant_text, limited, now_us, search_phases,
+    search_sql, Arg, Dialect, AUDIT_COLUMNS, HEAD_SEQ, SHORT_SPAN, VERSION_COLUMNS,
+    VERSION_COLUMN_COUNT,
 };
 use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
@@ -45,9 +46,6 @@ pub const CHANGE_SEQUENCE_LOCK: i64 = 0x7472_6961_6c62_7269;
 
 /// The migrations in `migrations/postgres/`, built into the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// The highest committed change sequence (0 for an empty store).
-const HEAD_SEQ: &str = "SELECT COALESCE(MAX(seq), 0)::bigint FROM resource_version";
 
 /// A pooled connection idle this long is pinged before a read uses it; one in steady use is not.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
@@ -1451,38 +1449,19 @@ impl ResourceStore for PostgresStore {
         ctx: &AccessContext,
         q: &HistoryQuery,
     ) -> Result<HistoryPage, StorageError> {
-        // The page and the change sequence's head in one statement, so one round trip and one
-        // MVCC snapshot: every version the statement sees has a seq at or below the head it
-        // sees, and since commits are serialised in seq order (the change-sequence lock), every
-        // version at or below that head is committed, so the next pages, bounded by it, list
-        // exactly the versions this one could see.
-        let requested = q.snapshot_seq.unwrap_or(i64::MAX);
-        let (sql, args) = history_sql(limited(ctx), q, requested);
-        let sql = sql.replacen(
-            VERSION_COLUMNS,
-            &format!("{VERSION_COLUMNS}, ({HEAD_SEQ})"),
-            1,
-        );
+        let (sql, args) = history_sql(limited(ctx), q);
         let rows = bound(&Dialect::Postgres.placeholders(&sql), &args)
             .fetch_all(&self.pool)
             .await?;
-        let head: i64 = match rows.first() {
+        let head = match rows.first() {
             Some(row) => row.try_get(VERSION_COLUMN_COUNT)?,
-            // No version to carry it (an empty history): ask for the head alone.
             None => sqlx::query_scalar(HEAD_SEQ).fetch_one(&self.pool).await?,
         };
-        let snapshot = requested.min(head);
-        let mut versions = rows
+        let versions = rows
             .iter()
             .map(version_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let has_more = versions.len() > q.count;
-        versions.truncate(q.count);
-        Ok(HistoryPage {
-            versions,
-            snapshot_seq: snapshot,
-            has_more,
-        })
+        Ok(history_page(q, versions, head))
     }
 
     async fn search(
@@ -1947,7 +1926,7 @@ mod server_tests {
             .await
             .unwrap();
         for order in [HistoryOrder::NewestFirst, HistoryOrder::OldestFirst] {
-            let (sql, args) = history_sql(None, &observation_history(order, None), 3000);
+            let (sql, args) = history_sql(None, &observation_history(order, None));
             let sql = Dialect::Postgres.placeholders(&sql);
             let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
             let plan: serde_json::Value = bound(&explain, &args)

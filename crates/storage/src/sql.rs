@@ -999,35 +999,43 @@ fn cursor_condition(
     }
 }
 
-/// The page query of a history request below `snapshot` (the highest sequence it may show),
-/// with one row more than the page to tell whether more follow.
-pub(crate) fn history_sql(
-    sites: Option<&[String]>,
-    q: &crate::HistoryQuery,
-    snapshot: i64,
-) -> (String, Vec<Arg>) {
+/// The highest committed change sequence (0 for an empty store).
+pub(crate) const HEAD_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM resource_version";
+
+/// The page query of a history request: the versions up to the query's snapshot (all when it
+/// has none), with one row more than the page to tell whether more follow. Each row carries,
+/// after the version's columns, the change sequence's head as the same statement sees it: one
+/// statement, so one snapshot and (on PostgreSQL) one round trip for the page and its bound.
+pub(crate) fn history_sql(sites: Option<&[String]>, q: &crate::HistoryQuery) -> (String, Vec<Arg>) {
     use crate::{HistoryOrder, HistoryScope};
-    let mut sql = format!("SELECT {VERSION_COLUMNS} FROM resource_version v WHERE v.seq <= ?");
-    let mut args: Vec<Arg> = vec![snapshot.into()];
+    let mut sql =
+        format!("SELECT {VERSION_COLUMNS}, ({HEAD_SEQ}) FROM resource_version v WHERE v.seq <= ?");
+    let mut args: Vec<Arg> = vec![q.snapshot_seq.unwrap_or(i64::MAX).into()];
     push_site_scope(&mut sql, &mut args, sites, "v.site");
-    match &q.scope {
-        HistoryScope::System => {}
+    let (cmp, order) = match q.order {
+        HistoryOrder::NewestFirst => ("<", "DESC"),
+        HistoryOrder::OldestFirst => (">", "ASC"),
+    };
+    let by = match &q.scope {
+        HistoryScope::System => format!("v.seq {order}"),
         HistoryScope::Type(t) => {
-            // The type as a range of one value, not an equality: with `=` PostgreSQL drops the
-            // type from the ORDER BY below (it is constant) and walks the change sequence's
-            // own index, stepping over every version of other types written after the page
-            // (a load's 1,000 Patients before each page of Observations). As a range the order
-            // is the (type, seq) index's, and the page reads the type's versions only.
+            // The type as a range of one value, not an equality, and the order the (type, seq)
+            // index's: with `=` PostgreSQL drops the type from the ORDER BY (it is constant)
+            // and walks the change sequence's own index, stepping over every version of other
+            // types written after the page (a load's 1,000 Patients before each page of
+            // Observations). This way the page reads the type's versions only.
             sql.push_str(" AND v.res_type >= ? AND v.res_type <= ?");
             args.push(t.clone().into());
             args.push(t.clone().into());
+            format!("v.res_type {order}, v.seq {order}")
         }
         HistoryScope::Instance(t, id) => {
             sql.push_str(" AND v.res_type = ? AND v.res_id = ?");
             args.push(t.clone().into());
             args.push(id.clone().into());
+            format!("v.seq {order}")
         }
-    }
+    };
     if let Some(since) = q.since_us {
         sql.push_str(" AND v.last_updated_us >= ?");
         args.push(since.into());
@@ -1036,22 +1044,31 @@ pub(crate) fn history_sql(
         sql.push_str(" AND v.last_updated_us <= ?");
         args.push(at.into());
     }
-    let (cmp, order) = match q.order {
-        HistoryOrder::NewestFirst => ("<", "DESC"),
-        HistoryOrder::OldestFirst => (">", "ASC"),
-    };
     if let Some(after) = q.after_seq {
         sql.push_str(&format!(" AND v.seq {cmp} ?"));
         args.push(after.into());
     }
-    // A type's versions in the order of the (type, seq) index (see the scope above).
-    let by = match q.scope {
-        HistoryScope::Type(_) => format!("v.res_type {order}, v.seq {order}"),
-        _ => format!("v.seq {order}"),
-    };
     sql.push_str(&format!(" ORDER BY {by} LIMIT ?"));
     args.push((q.count as i64 + 1).into());
     (sql, args)
+}
+
+/// A history page from the versions [`history_sql`] read and `head`, the change sequence's head
+/// its rows carried (read alone when there was none). Every version the statement saw is at or
+/// below that head, and since commits are serialised in seq order every version at or below it
+/// was committed: next pages bounded by it list exactly what this one could see.
+pub(crate) fn history_page(
+    q: &crate::HistoryQuery,
+    mut versions: Vec<crate::StoredVersion>,
+    head: i64,
+) -> crate::HistoryPage {
+    let has_more = versions.len() > q.count;
+    versions.truncate(q.count);
+    crate::HistoryPage {
+        versions,
+        snapshot_seq: q.snapshot_seq.unwrap_or(i64::MAX).min(head),
+        has_more,
+    }
 }
 
 /// The audit-trail query: rows after `after_seq` in chain order, within the caller's sites.

@@ -24,7 +24,7 @@ use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
 use crate::sql::{
     audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
-    Dialect, AUDIT_COLUMNS, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
+    Dialect, AUDIT_COLUMNS, HEAD_SEQ, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
 };
 use crate::writer::{gather, report, settle, PendingAudit, Settlement, MAX_BATCH};
 use crate::{
@@ -709,30 +709,19 @@ fn history_page(
     sites: Option<&[String]>,
     q: &HistoryQuery,
 ) -> Result<HistoryPage, StorageError> {
-    // One read transaction: the snapshot bound and the page come from the same snapshot.
-    conn.execute_batch("BEGIN")?;
-    let result = (|| {
-        let max_seq: i64 = conn.query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM resource_version",
-            [],
-            |r| r.get(0),
-        )?;
-        let snapshot = q.snapshot_seq.unwrap_or(max_seq).min(max_seq);
-        let (sql, args) = history_sql(sites, q, snapshot);
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let mut versions = stmt
-            .query_map(params_from_iter(args), version_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        let has_more = versions.len() > q.count;
-        versions.truncate(q.count);
-        Ok::<_, StorageError>(HistoryPage {
-            versions,
-            snapshot_seq: snapshot,
-            has_more,
-        })
-    })();
-    let _ = conn.execute_batch("COMMIT");
-    result
+    let (sql, args) = history_sql(sites, q);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map(params_from_iter(args), |r| {
+            Ok((version_from_row(r)?, r.get::<_, i64>(VERSION_COLUMN_COUNT)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let head = match rows.first() {
+        Some((_, head)) => *head,
+        None => conn.query_row(HEAD_SEQ, [], |r| r.get(0))?,
+    };
+    let versions = rows.into_iter().map(|(v, _)| v).collect();
+    Ok(crate::sql::history_page(q, versions, head))
 }
 
 #[async_trait]
@@ -876,14 +865,8 @@ impl ResourceStore for SqliteStore {
     }
 
     async fn last_seq(&self, _ctx: &AccessContext) -> Result<i64, StorageError> {
-        self.blocking(|c| {
-            Ok(c.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM resource_version",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+        self.blocking(|c| Ok(c.query_row(HEAD_SEQ, [], |r| r.get(0))?))
+            .await
     }
 
     async fn snapshot_page(
@@ -1214,7 +1197,7 @@ mod tests {
         let mut conn = open_connection(&dir.path().join("t.db"), false).unwrap();
         migrate(&mut conn).unwrap();
         for order in [HistoryOrder::NewestFirst, HistoryOrder::OldestFirst] {
-            let (sql, args) = history_sql(None, &observation_history(order, Some(10)), 3000);
+            let (sql, args) = history_sql(None, &observation_history(order, Some(10)));
             let plan = query_plan(&conn, &sql, &args);
             assert!(
                 plan.contains("resource_version_type_seq"),
