@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 pub use trialbridge_fhir::index::{Index, IndexEntry, RangeEntry};
 pub use trialbridge_fhir::search::{Cursor, SearchRequest};
 
+mod checkpoint;
 mod current_cache;
 mod postgres;
 mod sql;

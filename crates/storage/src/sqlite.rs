@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::checkpoint::Checkpointer;
 use async_trait::async_trait;
 use futures::FutureExt;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
@@ -82,33 +83,6 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<WriteJob>,
     /// Audit events waiting for the writer's next commit.
     pending_audit: Arc<PendingAudit>,
-    /// Dropping it stops the checkpoint thread.
-    _checkpointer: std::sync::mpsc::Sender<()>,
-}
-
-/// How often the background thread copies WAL frames into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-
-/// Copies WAL frames into the database file from its own connection, so that the writer's
-/// automatic checkpoint (every 1,000 pages, inside a commit) finds most of the work done and
-/// stalls its batch for less time. PASSIVE never blocks the writer. The writer's own
-/// checkpoint stays on: under continuous writes only it, running between two transactions,
-/// can finish a checkpoint and so let the WAL start again from the beginning (measured: with
-/// the background thread alone the WAL grew to 1.3 GB over 30,000 writes).
-fn checkpoint_loop(path: PathBuf, stop: std::sync::mpsc::Receiver<()>) {
-    let conn = match open_connection(&path, false) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the checkpoint connection; the writer checkpoints alone");
-            return;
-        }
-    };
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-    }
 }
 
 /// Read-only connections, reused.
@@ -267,7 +241,8 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || {
             let mut conn = open_connection(&path, false)?;
             migrate(&mut conn)?;
-            Ok::<_, StorageError>(conn)
+            let checkpointer = Checkpointer::start(&path, &conn, "trialbridge-sqlite-checkpoint")?;
+            Ok::<_, StorageError>((conn, checkpointer))
         })
         .await
         .map_err(|e| StorageError::Corrupt(format!("opening the database panicked: {e}")))??;
@@ -277,11 +252,6 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("trialbridge-sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx, &pending))?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-        let checkpoint_path = options.path.clone();
-        std::thread::Builder::new()
-            .name("trialbridge-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_path, stop_rx))?;
         let readers = Arc::new(ReaderPool {
             path: options.path,
             idle: Mutex::new(Vec::new()),
@@ -292,7 +262,6 @@ impl SqliteStore {
             readers,
             jobs: tx,
             pending_audit,
-            _checkpointer: stop_tx,
         })
     }
 
@@ -307,7 +276,13 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pending: &PendingAudit) {
+/// Runs write jobs in batches (one commit each) until the store is dropped; checkpoints the
+/// WAL only after a commit's callers have their answer.
+fn writer_loop(
+    (mut conn, checkpointer): (Connection, Checkpointer),
+    mut rx: mpsc::Receiver<WriteJob>,
+    pending: &PendingAudit,
+) {
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         gather(first, &mut rx, &mut batch);
@@ -318,6 +293,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, pending: 
             let _ = conn.execute_batch("ROLLBACK");
         }
         report(finishers, &result);
+        if result.is_ok() {
+            checkpointer.after_commit(&conn);
+        }
         // Jobs not reached because the batch failed early are dropped, which tells their
         // callers that the writer could not run them.
         batch.clear();
