@@ -88,13 +88,11 @@ impl Checkpointer {
         if pages < CHECKPOINT_PAGES {
             return;
         }
-        let finish = self.copied.swap(false, Ordering::AcqRel) || pages >= WRITER_CHECKPOINT_PAGES;
-        let finish = finish
-            || match self.wake.try_send(()) {
-                // Full: the thread is woken and has not started yet.
-                Ok(()) | Err(TrySendError::Full(())) => false,
-                Err(TrySendError::Disconnected(())) => true,
-            };
+        // The thread is asked only when nothing else decides; a full channel means it is woken
+        // and has not started yet.
+        let finish = self.copied.swap(false, Ordering::AcqRel)
+            || pages >= WRITER_CHECKPOINT_PAGES
+            || matches!(self.wake.try_send(()), Err(TrySendError::Disconnected(())));
         if finish {
             if let Err(e) = checkpoint(writer) {
                 tracing::warn!(error = %e, "WAL checkpoint failed");

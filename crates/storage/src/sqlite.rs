@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::checkpoint::Checkpointer;
 use async_trait::async_trait;
 use futures::FutureExt;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
@@ -23,6 +22,7 @@ use tokio::sync::mpsc;
 use trialbridge_fhir::index::{index_key, INDEX_KEY_MAX_BYTES};
 use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
+use crate::checkpoint::Checkpointer;
 use crate::sql::{
     audit_search_sql, history_sql, instant_text, limited, now_us, search_phases, search_sql, Arg,
     Dialect, AUDIT_COLUMNS, HEAD_SEQ, SHORT_SPAN, VERSION_COLUMNS, VERSION_COLUMN_COUNT,
