@@ -7,6 +7,9 @@
 #
 #   TB_DB=postgres://.../tb1m bash bench/ab.sh "Observation?code=...&_include=Observation:subject" \
 #       /path/to/before/trialbridge target/release/trialbridge
+#
+# Builds whose schemas differ serve a database each: TB_DBS="before.db after.db" (one per build,
+# in the builds' order) instead of TB_DB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tb=target/release/trialbridge
@@ -21,9 +24,13 @@ pg_ticks() {
     for p in $(pgrep -u postgres postgres || true); do t=$((t + $(ticks "$p"))); done
     echo $t
 }
+read -r -a dbs <<< "${TB_DBS:-}"
 for round in 1 2 3; do
+    i=0
     for build in "$@"; do
-        tb_server=$build start_trialbridge "$TB_DB"
+        db=${dbs[$i]:-$TB_DB}
+        i=$((i + 1))
+        tb_server=$build start_trialbridge "$db"
         $tb bench --label warm --base http://127.0.0.1:8190/fhir --data "$work/patients.ndjson" \
             --scenario query --path "$q" --concurrency 16 --seconds 2 --requests 1000000 >/dev/null
         s0=$(ticks $tb_pid)

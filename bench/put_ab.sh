@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A/B of durable PUTs on embedded SQLite: each build in turn (one server at a time) on a fresh
-# database, 2,000 warm-up PUTs, then 30,000 PUTs with 16 clients and 6,000 with one, ROUNDS
-# rounds (default 3), so that order and the machine's drift count for both; then the server's
-# peak RSS.
+# database, 2,000 warm-up PUTs, then 30,000 PUTs with 16 clients and 6,000 with one (new
+# resources), then the 30,000 again with 16 clients and `status` entered-in-error (each an update of a resource
+# written by the first), ROUNDS rounds (default 3), so that order and the machine's drift count for both; then
+# the server's peak RSS.
 #
 #   ROUNDS=3 bash bench/put_ab.sh /path/to/before/trialbridge target/release/trialbridge
 set -euo pipefail
@@ -21,6 +22,8 @@ for round in $(seq "${ROUNDS:-3}"); do
             $tb bench --label "put$c $build round $round" --base http://127.0.0.1:8190/fhir --data "$work/obs.ndjson" \
                 --scenario put --concurrency $c --requests $((c == 16 ? 30000 : 6000)) --seconds 60 --id-prefix "m$c-"
         done
+        $tb bench --label "update16 $build round $round" --base http://127.0.0.1:8190/fhir --data "$work/obs.ndjson" \
+            --scenario put --concurrency 16 --requests 30000 --seconds 60 --id-prefix m16- --status entered-in-error
         echo "{\"label\":\"peak RSS $build round $round\",\"vm_hwm_kb\":$(awk '/VmHWM/ {print $2}' /proc/$tb_pid/status)}"
         kill $tb_pid
         wait $tb_pid 2>/dev/null || true

@@ -139,6 +139,17 @@ pub fn is_searchable(def: &SearchParameterDef) -> bool {
         && (def.kind != SearchParamKind::Composite || composite_parts(def).is_some())
 }
 
+/// Which extraction of index rows this build does. A store records the generation its rows
+/// were written with: the SQLite store deletes a resource's old rows by extracting them again
+/// from the old body, which finds exactly the rows written only while extraction is unchanged,
+/// so a store whose generation differs rebuilds its index when it opens.
+///
+/// Raise it with any change to what [`extract`] returns for some resource (a search parameter
+/// added, a value normalised differently); the test `index_generation` in this crate pins a
+/// digest of the rows extracted from the repository's example resources and names this
+/// constant when they change.
+pub const INDEX_GENERATION: i64 = 1;
+
 /// Extracts every index row of `resource`. Rows are sorted and free of duplicates.
 /// `_lastUpdated` is not extracted: the store indexes it from the version itself.
 pub fn extract(resource_type: &'static str, resource: &Value) -> Index {

@@ -482,8 +482,8 @@ pub trait ResourceStore: Send + Sync + 'static {
         after: Option<&Cursor>,
         count: usize,
     ) -> Result<SearchPage, StorageError>;
-    /// The indexed values of `param` (e.g. `Type/id` references) of the current versions of
-    /// `ids`, as `(id, value)` pairs.
+    /// The indexed values of `param` (e.g. `Type/id` references; not a modified parameter such
+    /// as `code:text`) of the current versions of `ids`, as `(id, value)` pairs.
     async fn index_values(
         &self,
         ctx: &AccessContext,

@@ -41,6 +41,16 @@ impl Dialect {
         }
     }
 
+    /// The condition that a `search_index` row (of `table`, or its alias) belongs to a
+    /// parameter without a modifier: the rows SQLite's `search_index_owner` keeps, stated in
+    /// each query that reads it (always true of the parameters such queries name).
+    pub(crate) fn unmodified_param(self, table: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{table}.param NOT GLOB '*:*'"),
+            Dialect::Postgres => format!("{table}.param NOT LIKE '%:%'"),
+        }
+    }
+
     /// The query with its `?` placeholders numbered `$1, $2, ...` for PostgreSQL. The
     /// generated SQL has no `?` inside string literals; values are always bound.
     pub(crate) fn placeholders(self, sql: &str) -> String {
@@ -920,13 +930,15 @@ fn sorted_search_sql(
             // resource (a `subject=` page sorted by date over 20,000 Observations ran past 30 s).
             (_, SearchParamKind::Date | SearchParamKind::Number | SearchParamKind::Quantity) => {
                 key_args.push(key.param.clone().into());
+                // `token_code = ''`: not a composite's row, as SQLite's owner index.
                 let hint = dialect.index_hint("search_range_owner");
-                format!("(SELECT {agg}(r.low) FROM search_range r {hint} WHERE r.res_type = c.res_type AND r.res_id = c.res_id AND r.param = ?)")
+                format!("(SELECT {agg}(r.low) FROM search_range r {hint} WHERE r.res_type = c.res_type AND r.res_id = c.res_id AND r.param = ? AND r.token_code = '')")
             }
             _ => {
                 key_args.push(key.param.clone().into());
                 let hint = dialect.index_hint("search_index_owner");
-                format!("(SELECT {agg}(i.value) FROM search_index i {hint} WHERE i.res_type = c.res_type AND i.res_id = c.res_id AND i.param = ?)")
+                let own = dialect.unmodified_param("i");
+                format!("(SELECT {agg}(i.value) FROM search_index i {hint} WHERE i.res_type = c.res_type AND i.res_id = c.res_id AND i.param = ? AND {own})")
             }
         };
         key_exprs.push_str(&format!(", {expr} AS k{k}"));

@@ -9,6 +9,11 @@
 //! Gap-safety of the change sequence: `seq` is assigned inside the write transaction and SQLite
 //! admits one writer at a time (across processes too), so commits happen in `seq` order and a
 //! reader that sees `seq = n` also sees every version below `n`.
+//!
+//! A resource's old index rows are found again by extracting them from its old body, not
+//! through an index by owner (see `write_index` and migration 0007); the extraction's
+//! generation is recorded, and the index rebuilt at open when it differs
+//! (`ensure_index_generation`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,7 +24,9 @@ use futures::FutureExt;
 use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::mpsc;
 
-use trialbridge_fhir::index::{index_key, INDEX_KEY_MAX_BYTES};
+use trialbridge_fhir::index::{
+    index_key, IndexEntry, RangeEntry, INDEX_GENERATION, INDEX_KEY_MAX_BYTES,
+};
 use trialbridge_fhir::search::{Cursor, SearchRequest, SortValue};
 
 use crate::checkpoint::Checkpointer;
@@ -42,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_trace_context.sql"),
     include_str!("../migrations/sqlite/0005_audit_hash_v2.sql"),
     include_str!("../migrations/sqlite/0006_index_keys_cut.sql"),
+    include_str!("../migrations/sqlite/0007_index_by_owner_dropped.sql"),
 ];
 
 /// The migration that cuts index keys written before they were cut (see its SQL file).
@@ -241,6 +249,7 @@ impl SqliteStore {
         let writer = tokio::task::spawn_blocking(move || {
             let mut conn = open_connection(&path, false)?;
             migrate(&mut conn)?;
+            ensure_index_generation(&mut conn)?;
             let checkpointer = Checkpointer::start(&path, &conn, "trialbridge-sqlite-checkpoint")?;
             Ok::<_, StorageError>((conn, checkpointer))
         })
@@ -460,24 +469,28 @@ fn read_version(
         .optional()?)
 }
 
-/// Replaces the index rows of one resource: removes the old ones (if it had any) and writes
-/// `index` (none for a tombstone).
-fn write_index(
+/// The index rows of a stored body, as this build extracts them: the rows a write of it
+/// inserted, while the recorded index generation is this build's (see [`ensure_index_generation`]).
+fn index_of_body(resource_type: &str, body: &str) -> Result<Index, StorageError> {
+    let Some(rt) = trialbridge_fhir::resource_type::canonical(resource_type) else {
+        return Ok(Index::default());
+    };
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| {
+        StorageError::Corrupt(format!(
+            "the stored body of a {resource_type} is not JSON: {e}"
+        ))
+    })?;
+    Ok(trialbridge_fhir::index::extract(rt, &value))
+}
+
+fn insert_text_rows<'a>(
     conn: &Connection,
     resource_type: &str,
     id: &str,
-    had_rows: bool,
-    index: Option<&Index>,
+    rows: impl Iterator<Item = &'a IndexEntry>,
 ) -> Result<(), StorageError> {
-    if had_rows {
-        conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND res_id = ?2")?
-            .execute(params![resource_type, id])?;
-        conn.prepare_cached("DELETE FROM search_range WHERE res_type = ?1 AND res_id = ?2")?
-            .execute(params![resource_type, id])?;
-    }
-    let Some(index) = index else { return Ok(()) };
     let mut insert = conn.prepare_cached("INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    for e in &index.text {
+    for e in rows {
         insert.execute(params![
             resource_type,
             e.param,
@@ -486,11 +499,39 @@ fn write_index(
             id
         ])?;
     }
+    Ok(())
+}
+
+fn delete_text_rows<'a>(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    rows: impl Iterator<Item = &'a IndexEntry>,
+) -> Result<(), StorageError> {
+    let mut delete = conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND res_id = ?5")?;
+    for e in rows {
+        delete.execute(params![
+            resource_type,
+            e.param,
+            e.value,
+            e.system.as_deref().unwrap_or(""),
+            id
+        ])?;
+    }
+    Ok(())
+}
+
+fn insert_range_rows(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    rows: &[RangeEntry],
+) -> Result<(), StorageError> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO search_range (res_type, param, token_code, low, high, token_system, unit_system, unit_code, long, res_id) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
-    for r in &index.ranges {
+    for r in rows {
         insert.execute(params![
             resource_type,
             r.param,
@@ -507,6 +548,123 @@ fn write_index(
     Ok(())
 }
 
+/// Removes the range rows of `rows` (every copy: a range extracted twice was inserted twice).
+fn delete_range_rows(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    rows: &[RangeEntry],
+) -> Result<(), StorageError> {
+    // The lookup index's columns: the row is found in it, not by a scan.
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM search_range WHERE res_type = ?1 AND param = ?2 AND token_code = ?3 AND low = ?4 AND high = ?5 AND res_id = ?6",
+    )?;
+    for r in rows {
+        delete.execute(params![
+            resource_type,
+            r.param,
+            r.token_code,
+            r.low,
+            r.high,
+            id
+        ])?;
+    }
+    Ok(())
+}
+
+/// Moves the index rows of one resource from `old` (the rows its previous body has, if any)
+/// to `new` (none for a tombstone). Token and string rows that both have stay in place.
+fn write_index(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+    old: Option<&Index>,
+    new: Option<&Index>,
+) -> Result<(), StorageError> {
+    let empty = Index::default();
+    let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    // Both lists are sorted and free of duplicates (see `extract`).
+    let kept = |e: &IndexEntry, other: &[IndexEntry]| other.binary_search(e).is_ok();
+    delete_text_rows(
+        conn,
+        resource_type,
+        id,
+        old.text.iter().filter(|e| !kept(e, &new.text)),
+    )?;
+    delete_range_rows(conn, resource_type, id, &old.ranges)?;
+    insert_text_rows(
+        conn,
+        resource_type,
+        id,
+        new.text.iter().filter(|e| !kept(e, &old.text)),
+    )?;
+    insert_range_rows(conn, resource_type, id, &new.ranges)
+}
+
+/// Rebuilds the search index from the current bodies when the recorded index generation is
+/// not this build's (or is missing): rows another extraction wrote cannot be found again from
+/// the bodies. Runs before the store serves; in commits of [`REBUILD_BATCH`] resources, after
+/// one that empties the index and forgets the generation, so that a rebuild cut short is
+/// started again at the next open.
+fn ensure_index_generation(conn: &mut Connection) -> Result<(), StorageError> {
+    let recorded: Option<i64> = conn
+        .query_row("SELECT generation FROM index_state", [], |r| r.get(0))
+        .optional()?;
+    if recorded == Some(INDEX_GENERATION) {
+        return Ok(());
+    }
+    let any: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM resource_current WHERE deleted = 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    if any {
+        tracing::warn!(
+            recorded,
+            generation = INDEX_GENERATION,
+            "the search index was written by another extraction; rebuilding it from the current bodies"
+        );
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "DELETE FROM index_state; DELETE FROM search_index; DELETE FROM search_range;",
+        )?;
+        tx.commit()?;
+        let mut after = (String::new(), String::new());
+        let mut done = 0usize;
+        loop {
+            let tx = conn.transaction()?;
+            let page: Vec<(String, String, String)> = tx
+                .prepare_cached(
+                    "SELECT c.res_type, c.res_id, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+                     WHERE c.deleted = 0 AND (c.res_type, c.res_id) > (?1, ?2) ORDER BY c.res_type, c.res_id LIMIT ?3",
+                )?
+                .query_map(params![after.0, after.1, REBUILD_BATCH], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let Some((t, id, _)) = page.last() else {
+                break;
+            };
+            after = (t.clone(), id.clone());
+            for (t, id, body) in &page {
+                let index = index_of_body(t, body)?;
+                write_index(&tx, t, id, None, Some(&index))?;
+            }
+            tx.commit()?;
+            done += page.len();
+        }
+        tracing::info!(resources = done, "search index rebuilt");
+    }
+    conn.execute(
+        "INSERT INTO index_state (id, generation) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET generation = excluded.generation",
+        [INDEX_GENERATION],
+    )?;
+    Ok(())
+}
+
+/// Resources per commit of an index rebuild.
+const REBUILD_BATCH: i64 = 1000;
+
 #[async_trait]
 impl WriteTxn for SqliteWriteTxn<'_> {
     fn set_trace(&mut self, traceparent: Option<String>) {
@@ -519,7 +677,20 @@ impl WriteTxn for SqliteWriteTxn<'_> {
         id: &str,
         index: &Index,
     ) -> Result<(), StorageError> {
-        write_index(self.conn, resource_type, id, true, Some(index))
+        // Every row of the current body goes and every row of `index` is written (not only
+        // the difference): after a restore the rows of the current body are not there yet.
+        let body: Option<String> = self
+            .conn
+            .prepare_cached("SELECT v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
+            .query_row(params![resource_type, id], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if let Some(body) = body {
+            let old = index_of_body(resource_type, &body)?;
+            delete_text_rows(self.conn, resource_type, id, old.text.iter())?;
+            delete_range_rows(self.conn, resource_type, id, &old.ranges)?;
+        }
+        write_index(self.conn, resource_type, id, None, Some(index))
     }
 
     async fn current(
@@ -627,11 +798,16 @@ impl WriteTxn for SqliteWriteTxn<'_> {
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
         self.appended += 1;
         let conn = &*self.conn;
-        let previous: Option<i64> = conn
-            .prepare_cached("SELECT v.version FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
-            .query_row(params![new.resource_type, new.id], |r| r.get(0))
+        // The previous body too: its index rows are found again from it.
+        let previous: Option<(i64, Option<String>)> = conn
+            .prepare_cached("SELECT v.version, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
+            .query_row(params![new.resource_type, new.id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let version = previous.unwrap_or(0) + 1;
+        let old_index = match previous.as_ref().and_then(|(_, body)| body.as_deref()) {
+            Some(body) => Some(index_of_body(new.resource_type, body)?),
+            None => None,
+        };
+        let version = previous.map_or(0, |(v, _)| v) + 1;
         // lastUpdated strictly increases with seq, so `_since` never skips a late commit.
         let us = now_us().max(self.last_us + 1);
         self.last_us = us;
@@ -652,7 +828,7 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             conn,
             new.resource_type,
             new.id,
-            previous.is_some(),
+            old_index.as_ref(),
             (!new.deleted).then_some(new.index),
         )?;
         Ok(StoredVersion {
@@ -908,12 +1084,19 @@ impl ResourceStore for SqliteStore {
             let mut out = Vec::new();
             for chunk in ids.chunks(500) {
                 let marks = vec!["?"; chunk.len()].join(",");
-                let sql = format!("SELECT res_id, value FROM search_index INDEXED BY search_index_owner WHERE res_type = ? AND res_id IN ({marks}) AND param = ?");
+                // The owner index's condition, so that the planner may (and must) use it.
+                let sql = format!(
+                    "SELECT res_id, value FROM search_index INDEXED BY search_index_owner \
+                     WHERE res_type = ? AND res_id IN ({marks}) AND param = ? AND {}",
+                    Dialect::Sqlite.unmodified_param("search_index")
+                );
                 let mut args: Vec<Arg> = vec![rt.clone().into()];
                 args.extend(chunk.iter().map(|i| Arg::from(i.clone())));
                 args.push(param.clone().into());
                 let mut stmt = c.prepare_cached(&sql)?;
-                let rows = stmt.query_map(params_from_iter(args), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                let rows = stmt.query_map(params_from_iter(args), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
                 for row in rows {
                     out.push(row?);
                 }
@@ -1598,6 +1781,268 @@ mod tests {
         // About 16 MB were written; the WAL is checkpointed and restarted along the way.
         let wal = std::fs::metadata(d.path().join("t.db-wal")).unwrap().len();
         assert!(wal < 12 * 1024 * 1024, "WAL is {wal} bytes");
+    }
+
+    /// The index rows of each resource, read by scanning both tables (no index needed).
+    fn rows_of(path: &std::path::Path, t: &str, id: &str) -> (Vec<String>, Vec<String>) {
+        let c = Connection::open(path).unwrap();
+        let text = c
+            .prepare("SELECT param || '|' || system || '|' || value FROM search_index WHERE res_type = ?1 AND res_id = ?2 ORDER BY 1")
+            .unwrap()
+            .query_map(params![t, id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<String>, _>>()
+            .unwrap();
+        let ranges = c
+            .prepare("SELECT param || '|' || token_code || '|' || low || '|' || high || '|' || unit_code FROM search_range WHERE res_type = ?1 AND res_id = ?2 ORDER BY 1")
+            .unwrap()
+            .query_map(params![t, id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<String>, _>>()
+            .unwrap();
+        (text, ranges)
+    }
+
+    /// The rows `extract` gives for `body`, in the form of [`rows_of`].
+    fn rows_for(t: &'static str, body: Option<&serde_json::Value>) -> (Vec<String>, Vec<String>) {
+        let Some(body) = body else {
+            return (vec![], vec![]);
+        };
+        let index = extract(t, body);
+        let c = Connection::open_in_memory().unwrap();
+        let mut text: Vec<String> = index
+            .text
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}|{}|{}",
+                    e.param,
+                    e.system.as_deref().unwrap_or(""),
+                    e.value
+                )
+            })
+            .collect();
+        // Formatted by SQLite, as the rows read back are.
+        let mut ranges: Vec<String> = index
+            .ranges
+            .iter()
+            .map(|r| {
+                c.query_row(
+                    "SELECT ?1 || '|' || ?2 || '|' || ?3 || '|' || ?4 || '|' || ?5",
+                    params![r.param, r.token_code, r.low, r.high, r.unit_code],
+                    |row| row.get(0),
+                )
+                .unwrap()
+            })
+            .collect();
+        text.sort();
+        ranges.sort();
+        (text, ranges)
+    }
+
+    async fn delete(s: &SqliteStore, t: &'static str, id: &str) {
+        let id = id.to_string();
+        write(s, &AccessContext::system("test"), move |txn| {
+            Box::pin(async move {
+                let render = |_v: i64, _t: &str| String::new();
+                txn.append(NewVersion {
+                    resource_type: t,
+                    id: &id,
+                    deleted: true,
+                    index: &Default::default(),
+                    body: &render,
+                    site: None,
+                })
+                .await?;
+                txn.audit(record(0)).await?;
+                Ok::<_, StorageError>(())
+            })
+        })
+        .await
+        .unwrap();
+    }
+
+    /// One step of [`a_resource_has_exactly_the_rows_of_its_current_body`]: a write of an
+    /// Observation (code, value, date and subject drawn from small sets, so that versions share
+    /// some rows and differ in others) or a delete.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Put {
+            id: usize,
+            code: usize,
+            value: Option<u8>,
+            day: u8,
+            subject: usize,
+        },
+        Delete {
+            id: usize,
+        },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..3usize, 0..3usize, proptest::option::of(0..4u8), 1..4u8, 0..2usize)
+                .prop_map(|(id, code, value, day, subject)| Step::Put { id, code, value, day, subject }),
+            1 => (0..3usize).prop_map(|id| Step::Delete { id }),
+        ]
+    }
+
+    fn observation(code: usize, value: Option<u8>, day: u8, subject: usize) -> serde_json::Value {
+        let codes = [
+            ("8302-2", "Body height"),
+            ("29463-7", "Body weight"),
+            ("8302-2", "Height"),
+        ];
+        let (c, display) = codes[code];
+        let mut o = serde_json::json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": c, "display": display}]},
+            "subject": {"reference": format!("Patient/p{subject}")},
+            "effectiveDateTime": format!("2026-03-0{day}"),
+        });
+        if let Some(v) = value {
+            o["valueQuantity"] = serde_json::json!({"value": v, "system": "http://unitsofmeasure.org", "code": "kg"});
+        }
+        o
+    }
+
+    // Old rows are found again by extracting them from the old body (the store keeps no index
+    // by owner), so any sequence of writes and deletes must leave each resource with exactly
+    // the rows of its current body: none left over from an older version, none missing.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn a_resource_has_exactly_the_rows_of_its_current_body(steps in proptest::collection::vec(step(), 1..12)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (d, s) = store().await;
+                let mut current: [Option<serde_json::Value>; 3] = Default::default();
+                for st in &steps {
+                    match *st {
+                        Step::Put { id, code, value, day, subject } => {
+                            let body = observation(code, value, day, subject);
+                            put(&s, "Observation", &format!("o{id}"), body.clone()).await.unwrap();
+                            current[id] = Some(body);
+                        }
+                        Step::Delete { id } => {
+                            delete(&s, "Observation", &format!("o{id}")).await;
+                            current[id] = None;
+                        }
+                    }
+                }
+                for (i, body) in current.iter().enumerate() {
+                    assert_eq!(
+                        rows_of(&d.path().join("t.db"), "Observation", &format!("o{i}")),
+                        rows_for("Observation", body.as_ref()),
+                        "o{i} after {steps:?}"
+                    );
+                }
+            });
+        }
+    }
+
+    /// `_sort` keys and `_include` references are read through the partial indexes by owner
+    /// (SQLite refuses a query whose `INDEXED BY` index cannot serve it, so these fail if a
+    /// query does not state the index's condition).
+    #[tokio::test]
+    async fn sort_keys_and_references_are_read_through_the_partial_owner_indexes() {
+        let (_d, s) = store().await;
+        let ctx = AccessContext::system("test");
+        for (id, family, born, org) in [
+            ("a", "Zeller", "1970-01-01", "o1"),
+            ("b", "Adler", "1990-01-01", "o2"),
+            ("c", "Maier", "1980-01-01", "o1"),
+        ] {
+            let body = serde_json::json!({
+                "resourceType": "Patient",
+                "name": [{"family": family}],
+                "birthDate": born,
+                "managingOrganization": {"reference": format!("Organization/{org}"), "display": "x"},
+                "maritalStatus": {"text": "married"},
+            });
+            put(&s, "Patient", id, body).await.unwrap();
+        }
+        let ids = |q: &str| {
+            let (k, v) = q.split_once('=').unwrap();
+            trialbridge_fhir::search::parse("Patient", &[(k.into(), v.into())], true).unwrap()
+        };
+        for (q, want) in [
+            ("_sort=family", ["b", "c", "a"]),
+            ("_sort=-birthdate", ["b", "c", "a"]),
+        ] {
+            let page = s.search(&ctx, "Patient", &ids(q), None, 10).await.unwrap();
+            let got: Vec<&str> = page.versions.iter().map(|v| v.id.as_str()).collect();
+            assert_eq!(got, want, "{q}");
+        }
+        let mut refs = s
+            .index_values(
+                &ctx,
+                "Patient",
+                "organization",
+                &["a".into(), "b".into(), "c".into()],
+            )
+            .await
+            .unwrap();
+        refs.sort();
+        assert_eq!(
+            refs,
+            [
+                ("a", "Organization/o1"),
+                ("b", "Organization/o2"),
+                ("c", "Organization/o1")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    /// A store whose rows another extraction wrote (its recorded generation differs) cannot find
+    /// them again from the bodies, so it rebuilds the whole index when it opens.
+    #[tokio::test]
+    async fn an_index_of_another_generation_is_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions {
+            path: dir.path().join("g.db"),
+            readers: 1,
+            statement_timeout: crate::DEFAULT_STATEMENT_TIMEOUT,
+        };
+        let body = observation(0, Some(3), 1, 0);
+        {
+            let s = SqliteStore::open(opts.clone()).await.unwrap();
+            put(&s, "Observation", "o", body.clone()).await.unwrap();
+            put(
+                &s,
+                "Patient",
+                "gone",
+                serde_json::json!({"resourceType":"Patient","name":[{"family":"X"}]}),
+            )
+            .await
+            .unwrap();
+            delete(&s, "Patient", "gone").await;
+        }
+        let c = Connection::open(&opts.path).unwrap();
+        // What an older extraction might have left: a row the current one does not write, and
+        // one of the current rows missing.
+        c.execute_batch(
+            "INSERT INTO search_index (res_type, param, value, system, res_id) VALUES ('Observation', 'retired-param', 'x', '', 'o');
+             DELETE FROM search_index WHERE res_type = 'Observation' AND param = 'status';
+             UPDATE index_state SET generation = generation - 1;",
+        )
+        .unwrap();
+        drop(c);
+        let s = SqliteStore::open(opts.clone()).await.unwrap();
+        assert_eq!(
+            rows_of(&opts.path, "Observation", "o"),
+            rows_for("Observation", Some(&body))
+        );
+        assert_eq!(rows_of(&opts.path, "Patient", "gone"), (vec![], vec![]));
+        let c = Connection::open(&opts.path).unwrap();
+        let generation: i64 = c
+            .query_row("SELECT generation FROM index_state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(generation, trialbridge_fhir::index::INDEX_GENERATION);
+        drop(s);
     }
 
     #[tokio::test]

@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// to measure what indexing costs.
     #[arg(long)]
     pub as_type: Option<String>,
+    /// For `put`: write each resource with `status` set to this code, so that writing ids a
+    /// run wrote before updates them (an unchanged body is not a new version), e.g.
+    /// `entered-in-error` (valid whatever else the resource holds);
+    /// such a change is sent with a reason for change (`X-Reason-For-Change`), as the audit
+    /// trail requires.
+    #[arg(long)]
+    pub status: Option<String>,
     /// A label printed with the figures (e.g. the server's name).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -80,6 +87,9 @@ fn request_for(
             o["id"] = json!(id);
             let rtype = args.as_type.clone().unwrap_or_else(|| "Observation".into());
             o["resourceType"] = json!(rtype);
+            if let Some(status) = &args.status {
+                o["status"] = json!(status);
+            }
             Some((
                 hyper::Method::PUT,
                 format!("{base_path}/{rtype}/{id}"),
@@ -197,6 +207,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 if let Some(t) = &args.token {
                     req = req.header("authorization", format!("Bearer {t}"));
+                }
+                if let Some(status) = &args.status {
+                    req = req.header("x-reason-for-change", format!("benchmark: status {status}"));
                 }
                 let Ok(req) = req.body(Full::new(body.unwrap_or_default())) else {
                     errors += 1;
