@@ -652,6 +652,9 @@ fn ensure_index_generation(conn: &mut Connection) -> Result<(), StorageError> {
             }
             tx.commit()?;
             done += page.len();
+            if done % 100_000 < REBUILD_BATCH as usize {
+                tracing::info!(resources = done, "rebuilding the search index");
+            }
         }
         tracing::info!(resources = done, "search index rebuilt");
     }
