@@ -483,34 +483,23 @@ fn index_of_body(resource_type: &str, body: &str) -> Result<Index, StorageError>
     Ok(trialbridge_fhir::index::extract(rt, &value))
 }
 
-fn insert_text_rows<'a>(
-    conn: &Connection,
-    resource_type: &str,
-    id: &str,
-    rows: impl Iterator<Item = &'a IndexEntry>,
-) -> Result<(), StorageError> {
-    let mut insert = conn.prepare_cached("INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    for e in rows {
-        insert.execute(params![
-            resource_type,
-            e.param,
-            e.value,
-            e.system.as_deref().unwrap_or(""),
-            id
-        ])?;
-    }
-    Ok(())
-}
+/// Adds one text row; its parameters are those of [`DELETE_TEXT_ROW`].
+const INSERT_TEXT_ROW: &str =
+    "INSERT INTO search_index (res_type, param, value, system, res_id) VALUES (?1, ?2, ?3, ?4, ?5)";
+/// Removes one text row (a lookup of the primary key).
+const DELETE_TEXT_ROW: &str = "DELETE FROM search_index WHERE res_type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND res_id = ?5";
 
-fn delete_text_rows<'a>(
+/// Runs `sql` ([`INSERT_TEXT_ROW`] or [`DELETE_TEXT_ROW`]) for each of `rows`.
+fn each_text_row<'a>(
     conn: &Connection,
+    sql: &str,
     resource_type: &str,
     id: &str,
     rows: impl Iterator<Item = &'a IndexEntry>,
 ) -> Result<(), StorageError> {
-    let mut delete = conn.prepare_cached("DELETE FROM search_index WHERE res_type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND res_id = ?5")?;
+    let mut stmt = conn.prepare_cached(sql)?;
     for e in rows {
-        delete.execute(params![
+        stmt.execute(params![
             resource_type,
             e.param,
             e.value,
@@ -585,15 +574,17 @@ fn write_index(
     let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
     // Both lists are sorted and free of duplicates (see `extract`).
     let kept = |e: &IndexEntry, other: &[IndexEntry]| other.binary_search(e).is_ok();
-    delete_text_rows(
+    each_text_row(
         conn,
+        DELETE_TEXT_ROW,
         resource_type,
         id,
         old.text.iter().filter(|e| !kept(e, &new.text)),
     )?;
     delete_range_rows(conn, resource_type, id, &old.ranges)?;
-    insert_text_rows(
+    each_text_row(
         conn,
+        INSERT_TEXT_ROW,
         resource_type,
         id,
         new.text.iter().filter(|e| !kept(e, &old.text)),
@@ -690,7 +681,13 @@ impl WriteTxn for SqliteWriteTxn<'_> {
             .flatten();
         if let Some(body) = body {
             let old = index_of_body(resource_type, &body)?;
-            delete_text_rows(self.conn, resource_type, id, old.text.iter())?;
+            each_text_row(
+                self.conn,
+                DELETE_TEXT_ROW,
+                resource_type,
+                id,
+                old.text.iter(),
+            )?;
             delete_range_rows(self.conn, resource_type, id, &old.ranges)?;
         }
         write_index(self.conn, resource_type, id, None, Some(index))
