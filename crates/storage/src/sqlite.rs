@@ -490,6 +490,24 @@ const INSERT_TEXT_ROW: &str =
 const DELETE_TEXT_ROW: &str = "DELETE FROM search_index WHERE res_type = ?1 AND param = ?2 AND value = ?3 AND system = ?4 AND res_id = ?5";
 
 /// Runs `sql` ([`INSERT_TEXT_ROW`] or [`DELETE_TEXT_ROW`]) for each of `rows`.
+/// The current version number of a resource (if it has one) and the index rows of its body
+/// (none for a tombstone): the rows its write inserted.
+fn current_index(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<(Option<i64>, Option<Index>), StorageError> {
+    let current: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT v.version, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
+        .query_row(params![resource_type, id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((version, body)) = current else {
+        return Ok((None, None));
+    };
+    let index = body.map(|b| index_of_body(resource_type, &b)).transpose()?;
+    Ok((Some(version), index))
+}
+
 fn each_text_row<'a>(
     conn: &Connection,
     sql: &str,
@@ -673,23 +691,8 @@ impl WriteTxn for SqliteWriteTxn<'_> {
     ) -> Result<(), StorageError> {
         // Every row of the current body goes and every row of `index` is written (not only
         // the difference): after a restore the rows of the current body are not there yet.
-        let body: Option<String> = self
-            .conn
-            .prepare_cached("SELECT v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
-            .query_row(params![resource_type, id], |r| r.get(0))
-            .optional()?
-            .flatten();
-        if let Some(body) = body {
-            let old = index_of_body(resource_type, &body)?;
-            each_text_row(
-                self.conn,
-                DELETE_TEXT_ROW,
-                resource_type,
-                id,
-                old.text.iter(),
-            )?;
-            delete_range_rows(self.conn, resource_type, id, &old.ranges)?;
-        }
+        let (_, old) = current_index(self.conn, resource_type, id)?;
+        write_index(self.conn, resource_type, id, old.as_ref(), None)?;
         write_index(self.conn, resource_type, id, None, Some(index))
     }
 
@@ -798,16 +801,8 @@ impl WriteTxn for SqliteWriteTxn<'_> {
     async fn append(&mut self, new: NewVersion<'_>) -> Result<StoredVersion, StorageError> {
         self.appended += 1;
         let conn = &*self.conn;
-        // The previous body too: its index rows are found again from it.
-        let previous: Option<(i64, Option<String>)> = conn
-            .prepare_cached("SELECT v.version, v.body FROM resource_current c JOIN resource_version v ON v.seq = c.seq WHERE c.res_type = ?1 AND c.res_id = ?2")?
-            .query_row(params![new.resource_type, new.id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let old_index = match previous.as_ref().and_then(|(_, body)| body.as_deref()) {
-            Some(body) => Some(index_of_body(new.resource_type, body)?),
-            None => None,
-        };
-        let version = previous.map_or(0, |(v, _)| v) + 1;
+        let (previous, old_index) = current_index(conn, new.resource_type, new.id)?;
+        let version = previous.unwrap_or(0) + 1;
         // lastUpdated strictly increases with seq, so `_since` never skips a late commit.
         let us = now_us().max(self.last_us + 1);
         self.last_us = us;
